@@ -1,0 +1,46 @@
+# The two set-up commands are `make dev` and `make test`; see README.md.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTOS := $(shell find proto -name '*.proto')
+
+.PHONY: dev test proto lint typecheck buf-lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+node_modules/.bin/buf: package.json
+	npm install --no-audit --no-fund --loglevel=error
+	touch $@
+
+## dev: create the virtual environment, install, and run the whole system locally
+dev: $(STAMP)
+	$(VENV)/bin/releasectl dev
+
+## test: create the virtual environment, install, and run lint, types and every test
+test: $(STAMP) node_modules/.bin/buf lint typecheck buf-lint
+	$(PY) -m pytest
+
+## proto: regenerate the Python code and type stubs under clients/releasecontrol/v1
+proto: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -I proto \
+		--python_out=clients --grpc_python_out=clients \
+		--mypy_out=clients --mypy_grpc_out=clients \
+		$(PROTOS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check clients server tests
+	$(VENV)/bin/ruff format --check clients server tests
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy clients/releasecontrol server/releasecontrol_server
+
+buf-lint: node_modules/.bin/buf
+	node_modules/.bin/buf lint
+
+clean:
+	rm -rf $(VENV) node_modules build *.egg-info
