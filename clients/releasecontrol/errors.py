@@ -1,0 +1,120 @@
+"""The errors of ReleaseControl, shared by the server, the client and the host.
+
+    ReleaseControlError
+    ├── InvalidArgument          bad input; names the field and the fix
+    ├── NotFound                 unknown feature or version
+    ├── AlreadyExists            same version, different manifest
+    ├── FailedPrecondition       a release rule is broken
+    │   └── SoakNotOver          promote before the canary soaked
+    ├── StaleSequence            expected_sequence is not current
+    ├── Unauthenticated          no or bad credentials
+    ├── PermissionDenied         credentials lack the role
+    ├── Unavailable              the server cannot be reached
+    ├── Internal                 the server failed; nothing the caller can fix
+    ├── VerificationError        a signed index or file failed verification
+    └── ConfigError              a setting is invalid; names the setting and the fix
+
+The server maps each class to a gRPC status code in one table
+(`releasecontrol_server.service`); the client maps codes back in one function
+(`from_grpc_code`). The message always says what was wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class ReleaseControlError(Exception):
+    """Base of every error ReleaseControl raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(ReleaseControlError):
+    """A request field is malformed; `field` names it."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class NotFound(ReleaseControlError):
+    """The feature or version does not exist."""
+
+
+class AlreadyExists(ReleaseControlError):
+    """The version exists with different content."""
+
+
+class FailedPrecondition(ReleaseControlError):
+    """The request is well formed but a release rule forbids it now."""
+
+
+class SoakNotOver(FailedPrecondition):
+    """The canary has not soaked long enough to be promoted."""
+
+    def __init__(self, message: str, seconds_left: int) -> None:
+        super().__init__(message)
+        self.seconds_left = seconds_left
+
+
+class StaleSequence(ReleaseControlError):
+    """The caller's expected_sequence is not the feature's current sequence."""
+
+
+class Unauthenticated(ReleaseControlError):
+    """The caller presented no valid credentials."""
+
+
+class PermissionDenied(ReleaseControlError):
+    """The caller is known but not allowed to do this."""
+
+
+class Unavailable(ReleaseControlError):
+    """The server could not be reached or is shutting down."""
+
+
+class Internal(ReleaseControlError):
+    """The server failed in a way the caller cannot fix."""
+
+
+class VerificationError(ReleaseControlError):
+    """A signed index, manifest or artifact failed verification."""
+
+
+class ConfigError(ReleaseControlError):
+    """A setting (config file, environment, trust file) is invalid; names it and the fix."""
+
+
+# The canonical gRPC status code names, by class. Kept here, beside the classes,
+# so that the server's table and the client's reverse mapping cannot drift.
+STATUS_CODE_NAMES: dict[type[ReleaseControlError], str] = {
+    InvalidArgument: "INVALID_ARGUMENT",
+    NotFound: "NOT_FOUND",
+    AlreadyExists: "ALREADY_EXISTS",
+    FailedPrecondition: "FAILED_PRECONDITION",
+    StaleSequence: "ABORTED",
+    Unauthenticated: "UNAUTHENTICATED",
+    PermissionDenied: "PERMISSION_DENIED",
+    Unavailable: "UNAVAILABLE",
+    Internal: "INTERNAL",
+    VerificationError: "DATA_LOSS",
+}
+
+
+def status_code_name(error: ReleaseControlError) -> str:
+    """The gRPC status code name for `error` (the nearest listed base class)."""
+    for cls in type(error).__mro__:
+        if cls in STATUS_CODE_NAMES:
+            return STATUS_CODE_NAMES[cls]  # type: ignore[index]
+    return "INTERNAL"
+
+
+def from_grpc_code(code_name: str, message: str) -> ReleaseControlError:
+    """The error class for a gRPC status code name, carrying the server's message."""
+    for cls, name in STATUS_CODE_NAMES.items():
+        if name == code_name and cls is not VerificationError:
+            return cls(message)
+    if code_name in ("DEADLINE_EXCEEDED", "CANCELLED"):
+        return Unavailable(message)
+    return Internal(f"{code_name}: {message}")
