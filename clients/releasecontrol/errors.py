@@ -106,7 +106,7 @@ def status_code_name(error: ReleaseControlError) -> str:
     """The gRPC status code name for `error` (the nearest listed base class)."""
     for cls in type(error).__mro__:
         if cls in STATUS_CODE_NAMES:
-            return STATUS_CODE_NAMES[cls]  # type: ignore[index]
+            return STATUS_CODE_NAMES[cls]
     return "INTERNAL"
 
 

@@ -237,9 +237,7 @@ def _check_meta(meta: ChangeMeta) -> None:
                 field=name,
             )
     if meta.expected_sequence is not None and meta.expected_sequence < 0:
-        raise InvalidArgument(
-            "expected_sequence must be zero or more", field="expected_sequence"
-        )
+        raise InvalidArgument("expected_sequence must be zero or more", field="expected_sequence")
 
 
 def _check_soak(soak_seconds: int) -> None:
@@ -329,19 +327,38 @@ def _publish(
             )
         canary = Canary(cmd.version, now, cmd.soak_seconds)
         detail = "; ".join(
-            filter(None, [f"published as canary, soak {format_duration(cmd.soak_seconds)}",
-                          _replacing(state, cmd.version)])
+            filter(
+                None,
+                [
+                    f"published as canary, soak {format_duration(cmd.soak_seconds)}",
+                    _replacing(state, cmd.version),
+                ],
+            )
         )
         return _commit(
-            state, meta, now, Action.PUBLISH, cmd.version, detail,
-            stable=state.stable, canary=canary, versions=versions,
+            state,
+            meta,
+            now,
+            Action.PUBLISH,
+            cmd.version,
+            detail,
+            stable=state.stable,
+            canary=canary,
+            versions=versions,
         )
     detail = "published as stable"
     if state.canary is not None:
         detail += f"; cleared canary {state.canary.version}"
     return _commit(
-        state, meta, now, Action.PUBLISH, cmd.version, detail,
-        stable=cmd.version, canary=None, versions=versions,
+        state,
+        meta,
+        now,
+        Action.PUBLISH,
+        cmd.version,
+        detail,
+        stable=cmd.version,
+        canary=None,
+        versions=versions,
     )
 
 
@@ -356,12 +373,17 @@ def _deploy_canary(
             "a canary must be a different version"
         )
     detail = "; ".join(
-        filter(None, [f"soak {format_duration(cmd.soak_seconds)}",
-                      _replacing(state, cmd.version)])
+        filter(None, [f"soak {format_duration(cmd.soak_seconds)}", _replacing(state, cmd.version)])
     )
     return _commit(
-        state, meta, now, Action.DEPLOY_CANARY, cmd.version, detail,
-        stable=state.stable, canary=Canary(cmd.version, now, cmd.soak_seconds),
+        state,
+        meta,
+        now,
+        Action.DEPLOY_CANARY,
+        cmd.version,
+        detail,
+        stable=state.stable,
+        canary=Canary(cmd.version, now, cmd.soak_seconds),
     )
 
 
@@ -387,13 +409,19 @@ def _promote(state: FeatureState, cmd: Promote, meta: ChangeMeta, now: datetime)
             )
         if not meta.reason.strip():
             raise InvalidArgument(
-                "skipping the soak needs a reason: pass --reason \"why it cannot wait\"",
+                'skipping the soak needs a reason: pass --reason "why it cannot wait"',
                 field="reason",
             )
         detail = f"soak skipped with {format_duration(left)} left"
     return _commit(
-        state, meta, now, Action.PROMOTE, cmd.version, detail,
-        stable=cmd.version, canary=None,
+        state,
+        meta,
+        now,
+        Action.PROMOTE,
+        cmd.version,
+        detail,
+        stable=cmd.version,
+        canary=None,
     )
 
 
@@ -415,8 +443,14 @@ def _rollback(state: FeatureState, cmd: Rollback, meta: ChangeMeta, now: datetim
     if state.canary is not None:
         detail += f"; cleared canary {state.canary.version}"
     return _commit(
-        state, meta, now, Action.ROLLBACK, cmd.version, detail,
-        stable=cmd.version, canary=None,
+        state,
+        meta,
+        now,
+        Action.ROLLBACK,
+        cmd.version,
+        detail,
+        stable=cmd.version,
+        canary=None,
     )
 
 
@@ -431,8 +465,14 @@ def _set_channel(
             canary = None
             detail += f"; cleared canary {cmd.version}"
         return _commit(
-            state, meta, now, Action.SET_CHANNEL, cmd.version, detail,
-            stable=cmd.version, canary=canary,
+            state,
+            meta,
+            now,
+            Action.SET_CHANNEL,
+            cmd.version,
+            detail,
+            stable=cmd.version,
+            canary=canary,
         )
     _check_soak(cmd.soak_seconds)
     if state.stable == cmd.version:
@@ -441,12 +481,24 @@ def _set_channel(
             "the canary must be a different version"
         )
     detail = "; ".join(
-        filter(None, [f"canary set to {cmd.version} by operator fallback, soak "
-                      f"{format_duration(cmd.soak_seconds)}", _replacing(state, cmd.version)])
+        filter(
+            None,
+            [
+                f"canary set to {cmd.version} by operator fallback, soak "
+                f"{format_duration(cmd.soak_seconds)}",
+                _replacing(state, cmd.version),
+            ],
+        )
     )
     return _commit(
-        state, meta, now, Action.SET_CHANNEL, cmd.version, detail,
-        stable=state.stable, canary=Canary(cmd.version, now, cmd.soak_seconds),
+        state,
+        meta,
+        now,
+        Action.SET_CHANNEL,
+        cmd.version,
+        detail,
+        stable=state.stable,
+        canary=Canary(cmd.version, now, cmd.soak_seconds),
     )
 
 
