@@ -1,0 +1,1 @@
+"""Who is calling: identities from the transport. Roles and authorize() come with the auth modes."""

@@ -1,0 +1,316 @@
+"""The control plane's use cases: apply a change, sign, commit, publish to the origin.
+
+One writer at a time (an asyncio lock) runs each change through the same steps:
+
+    state machine  ->  sign releases.json + remote-index.json  ->  ONE store
+    transaction (state, audit record, signed files, outbox, request id)  ->
+    write the outbox to the origin  ->  tell watchers
+
+A process killed after the commit finishes the origin write on restart
+(`start()` drains the outbox), so the origin never misses a committed change
+and, since the outbox holds only the newest bytes of each file, never goes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from releasecontrol.errors import InvalidArgument, NotFound, Unavailable
+from releasecontrol.index import FeatureEntry, releases_path
+from releasecontrol.manifest import artifact_path, manifest_path, sha256_hex
+
+from releasecontrol_server import releases
+from releasecontrol_server.origin import Origin
+from releasecontrol_server.releases import ChangeMeta, Command, FeatureState
+from releasecontrol_server.signer import Signer, feature_entry
+from releasecontrol_server.store import Change, SignedFile, SqliteStore, StoredTransition
+from releasecontrol_server.upload import ReceivedAsset
+from releasecontrol_server.watch import ChangeEvent, WatchHub
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+# Test-only fault injection: RELEASECONTROL_FAILPOINT=after-commit kills the
+# process right after a change commits and before the origin write, which is
+# how the crash-recovery test proves that nothing committed is lost.
+FAILPOINT_AFTER_COMMIT = "after-commit"
+
+_RETRY_SECONDS = 5.0
+
+
+def utc_now() -> datetime:
+    """Now, in UTC, to the second: index files carry whole seconds."""
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What a change request did: the feature afterwards and the audit record, if any."""
+
+    state: FeatureState
+    transition: StoredTransition | None
+    why_unchanged: str = ""
+
+
+@dataclass(frozen=True)
+class Status:
+    features: list[FeatureState]
+    global_sequence: int
+    pending_origin_writes: int
+    server_time: datetime
+
+
+class ReleaseController:
+    """Applies release changes durably and serves the committed state."""
+
+    def __init__(
+        self,
+        *,
+        store: SqliteStore,
+        origin: Origin,
+        signer: Signer,
+        hub: WatchHub,
+        default_soak_seconds: int,
+        clock: Callable[[], datetime] = utc_now,
+        failpoint: str = "",
+    ) -> None:
+        self._store = store
+        self._origin = origin
+        self._signer = signer
+        self._hub = hub
+        self._default_soak = default_soak_seconds
+        self._clock = clock
+        self._failpoint = failpoint
+        self._lock = asyncio.Lock()
+        self._entries: dict[str, FeatureEntry] = {}
+        self._retry_task: asyncio.Task[None] | None = None
+
+    @property
+    def default_soak_seconds(self) -> int:
+        return self._default_soak
+
+    async def start(self) -> None:
+        """Load the remote-index entries and finish origin writes a crash left pending."""
+        self._entries = self._load_entries()
+        pending = len(self._store.pending_writes())
+        if pending:
+            log.info("finishing %d origin writes left by the previous run", pending)
+        async with self._lock:
+            self._flush_or_schedule()
+
+    async def stop(self) -> None:
+        if self._retry_task is not None:
+            self._retry_task.cancel()
+
+    def _load_entries(self) -> dict[str, FeatureEntry]:
+        entries: dict[str, FeatureEntry] = {}
+        after = ""
+        while True:
+            page = self._store.list_features(after=after, limit=1000)
+            if not page:
+                return entries
+            paths = [releases_path(s.feature_id) for s in page]
+            for path, file in self._store.signed_files(paths).items():
+                entries[path.split("/")[1]] = feature_entry(file)
+            after = page[-1].feature_id
+
+    # -- writes ------------------------------------------------------------
+
+    async def change(
+        self,
+        feature_id: str,
+        command: Command,
+        meta: ChangeMeta,
+        *,
+        rpc: str,
+        request_id: str,
+        encode: Callable[[Applied], bytes],
+        decode: Callable[[bytes], R],
+        manifest: bytes | None = None,
+        artifacts: Mapping[str, ReceivedAsset] | None = None,
+    ) -> R:
+        """Apply `command` to the feature once, durably, and answer with `encode`'s bytes.
+
+        A `request_id` seen before returns the first answer again (`decode`d)
+        without applying anything. Raises the state machine's errors (nothing
+        changed), or Unavailable when the change committed but the origin write
+        failed (it is retried in the background).
+        """
+        async with self._lock:
+            if request_id:
+                prior = self._store.request_response(request_id)
+                if prior is not None:
+                    prior_rpc, prior_bytes = prior
+                    if prior_rpc != rpc:
+                        raise InvalidArgument(
+                            f"request_id {request_id!r} was already used for {prior_rpc}; "
+                            "use a new request_id for a different request",
+                            field="request_id",
+                        )
+                    return decode(prior_bytes)
+            now = self._clock()
+            state = self._store.load_feature(feature_id)
+            outcome = releases.apply(state, feature_id, command, meta, now)
+            if isinstance(outcome, releases.Unchanged):
+                answer = encode(Applied(outcome.state, None, outcome.why))
+                if request_id:
+                    self._store.remember_request(request_id, rpc, answer)
+                return decode(answer)
+
+            self._write_artifacts(artifacts or {})
+            global_sequence = self._store.global_sequence() + 1
+            files: list[SignedFile] = []
+            stored_manifest: tuple[str, bytes] | None = None
+            if manifest is not None:
+                version = command.version
+                stored_manifest = (version, manifest)
+                files.append(
+                    SignedFile(
+                        path=manifest_path(feature_id, version),
+                        content=manifest,
+                        sha256=sha256_hex(manifest),
+                        sequence=outcome.state.sequence,
+                    )
+                )
+            releases_file = self._signer.releases_file(outcome.state, now)
+            entries = {**self._entries, feature_id: feature_entry(releases_file)}
+            remote = self._signer.remote_index_file(global_sequence, entries, now)
+            files += [releases_file, remote]
+            transition = StoredTransition(
+                id=global_sequence,
+                record=outcome.record,
+                global_sequence=global_sequence,
+                request_id=request_id,
+            )
+            answer = encode(Applied(outcome.state, transition))
+            self._store.commit(
+                Change(
+                    state=outcome.state,
+                    record=outcome.record,
+                    global_sequence=global_sequence,
+                    files=tuple(files),
+                    manifest=stored_manifest,
+                    request_id=request_id,
+                    rpc=rpc,
+                    response=answer,
+                )
+            )
+            self._entries = entries
+            log.info(
+                "committed feature=%s action=%s version=%s sequence=%d global_sequence=%d actor=%s",
+                feature_id,
+                outcome.record.action,
+                outcome.record.version,
+                outcome.state.sequence,
+                global_sequence,
+                meta.actor,
+            )
+            if self._failpoint == FAILPOINT_AFTER_COMMIT:
+                os.kill(os.getpid(), signal.SIGKILL)
+            flushed = self._flush_or_schedule()
+            self._hub.publish(ChangeEvent(global_sequence, outcome.state, transition))
+            if not flushed:
+                raise Unavailable(
+                    f"the change to {feature_id!r} committed as sequence {outcome.state.sequence}, "
+                    "but writing it to the CDN origin failed; the server keeps retrying, and "
+                    "`releasectl release status` shows the pending writes"
+                )
+            return decode(answer)
+
+    def _write_artifacts(self, artifacts: Mapping[str, ReceivedAsset]) -> None:
+        # Content-addressed: an artifact already on the origin is the same bytes.
+        for asset in artifacts.values():
+            path = artifact_path(asset.sha256)
+            if not self._origin.exists(path):
+                self._origin.write(path, asset.read())
+
+    def _flush(self) -> bool:
+        """Write the outbox to the origin in order; True when nothing is left pending."""
+        try:
+            for file in self._store.pending_writes():
+                self._origin.write(file.path, file.content)
+                self._store.mark_written(file.path, file.sha256)
+        except OSError as exc:
+            log.warning("origin write failed, retrying every %.0fs: %s", _RETRY_SECONDS, exc)
+            return False
+        return True
+
+    def _flush_or_schedule(self) -> bool:
+        """Flush the outbox; if that fails, keep retrying in the background."""
+        if self._flush():
+            return True
+        if self._retry_task is None or self._retry_task.done():
+            self._retry_task = asyncio.get_running_loop().create_task(self._retry())
+        return False
+
+    async def _retry(self) -> None:
+        while True:
+            await asyncio.sleep(_RETRY_SECONDS)
+            async with self._lock:
+                if self._flush():
+                    log.info("pending origin writes finished")
+                    return
+
+    # -- reads -------------------------------------------------------------
+
+    def feature(self, feature_id: str) -> FeatureState:
+        state = self._store.load_feature(feature_id)
+        if state is None:
+            raise NotFound(
+                f"feature {feature_id!r} does not exist; `releasectl release status` lists "
+                "the features, and `releasectl publish` creates one"
+            )
+        return state
+
+    def features(self, *, after: str, limit: int) -> list[FeatureState]:
+        return self._store.list_features(after=after, limit=limit)
+
+    def status(self, only: Sequence[str] = ()) -> Status:
+        return Status(
+            features=self._all_features(only),
+            global_sequence=self._store.global_sequence(),
+            pending_origin_writes=len(self._store.pending_writes()),
+            server_time=self._clock(),
+        )
+
+    def _all_features(self, only: Sequence[str] = ()) -> list[FeatureState]:
+        if only:
+            return self._store.list_features(only=only, limit=len(only))
+        out: list[FeatureState] = []
+        after = ""
+        while page := self._store.list_features(after=after, limit=1000):
+            out += page
+            after = page[-1].feature_id
+        return out
+
+    def signed_file(self, path: str) -> SignedFile:
+        file = self._store.signed_file(path)
+        if file is None:
+            raise NotFound(f"{path} has not been signed yet: publish a version first")
+        return file
+
+    def transitions(
+        self, *, feature_id: str, before_id: int, limit: int
+    ) -> list[StoredTransition]:
+        return self._store.list_transitions(feature_id=feature_id, before_id=before_id, limit=limit)
+
+    def snapshot(self, feature_ids: Iterable[str]) -> tuple[list[FeatureState], int]:
+        """Every (or the named) features' state and the global sequence they reflect.
+
+        Synchronous on purpose: no commit can interleave on the event loop, so
+        the states and the sequence match.
+        """
+        only = list(feature_ids)
+        return self._all_features(only), self._store.global_sequence()
+
+    @property
+    def hub(self) -> WatchHub:
+        return self._hub

@@ -1,0 +1,466 @@
+"""The gRPC servicer: proto in, domain call, proto out; and the one error-to-status mapping.
+
+Nothing here decides a release rule: `releases.py` does, `control.py` runs it.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar, cast
+
+import grpc
+from grpc import aio
+
+from releasecontrol.errors import InvalidArgument, ReleaseControlError, status_code_name
+from releasecontrol.index import REMOTE_INDEX_PATH, releases_path
+from releasecontrol.manifest import canonical_bytes, parse_manifest, sha256_hex, validate_feature_id
+from releasecontrol.v1 import release_control_pb2 as pb
+from releasecontrol.v1 import release_control_pb2_grpc as pb_grpc
+
+from releasecontrol_server import releases
+from releasecontrol_server.auth.identity import principal_of
+from releasecontrol_server.control import Applied, ReleaseController
+from releasecontrol_server.releases import Action, Channel, ChangeMeta, FeatureState
+from releasecontrol_server.store import StoredTransition
+from releasecontrol_server.upload import Upload
+from releasecontrol_server.watch import Lagged
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+_ACTIONS = {
+    Action.PUBLISH: pb.TRANSITION_ACTION_PUBLISH,
+    Action.DEPLOY_CANARY: pb.TRANSITION_ACTION_DEPLOY_CANARY,
+    Action.PROMOTE: pb.TRANSITION_ACTION_PROMOTE,
+    Action.ROLLBACK: pb.TRANSITION_ACTION_ROLLBACK,
+    Action.SET_CHANNEL: pb.TRANSITION_ACTION_SET_CHANNEL,
+}
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+# -- the one place where domain errors become gRPC statuses --------------------
+
+
+async def abort_with(error: ReleaseControlError, context: aio.ServicerContext[Any, Any]) -> None:
+    """End the call with the status code of `error` and its message."""
+    code = getattr(grpc.StatusCode, status_code_name(error))
+    log.info("refused code=%s error=%s message=%r", code.name, type(error).__name__, error.message)
+    await context.abort(code, error.message)
+
+
+def maps_errors(method: F) -> F:
+    """Decorate a unary-response RPC so a ReleaseControlError ends it with its status."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await method(self, request, context)
+        except ReleaseControlError as error:
+            await abort_with(error, context)
+
+    return cast(F, wrapper)
+
+
+# -- proto <-> domain ----------------------------------------------------------
+
+
+def feature_to_proto(state: FeatureState) -> pb.Feature:
+    out = pb.Feature(
+        feature_id=state.feature_id,
+        sequence=state.sequence,
+        stable_version=state.stable or "",
+        updated_by=state.updated_by,
+    )
+    if state.updated_at is not None:
+        out.updated_at.FromDatetime(state.updated_at)
+    if state.canary is not None:
+        out.canary.version = state.canary.version
+        out.canary.soak_seconds = state.canary.soak_seconds
+        out.canary.soak_started_at.FromDatetime(state.canary.soak_started_at)
+        out.canary.soak_ends_at.FromDatetime(state.canary.soak_ends_at)
+    for v in state.versions:
+        info = out.versions.add(
+            version=v.version, manifest_sha256=v.manifest_sha256, was_stable=v.was_stable
+        )
+        info.published_at.FromDatetime(v.published_at)
+    return out
+
+
+def transition_to_proto(stored: StoredTransition) -> pb.Transition:
+    r = stored.record
+    out = pb.Transition(
+        id=stored.id,
+        feature_id=r.feature_id,
+        sequence=r.sequence,
+        action=_ACTIONS[r.action],
+        version=r.version,
+        from_stable=r.from_stable or "",
+        to_stable=r.to_stable or "",
+        from_canary=r.from_canary or "",
+        to_canary=r.to_canary or "",
+        actor=r.actor,
+        reason=r.reason,
+        ticket=r.ticket,
+        detail=r.detail,
+        request_id=stored.request_id,
+        global_sequence=stored.global_sequence,
+    )
+    out.at.FromDatetime(r.at)
+    return out
+
+
+def _meta(ctx: pb.ChangeContext, context: aio.ServicerContext[Any, Any]) -> ChangeMeta:
+    return ChangeMeta(
+        actor=ctx.actor or principal_of(context),
+        reason=ctx.reason,
+        ticket=ctx.ticket,
+        expected_sequence=ctx.expected_sequence if ctx.HasField("expected_sequence") else None,
+    )
+
+
+def _page_size(requested: int) -> int:
+    return DEFAULT_PAGE_SIZE if requested == 0 else min(requested, MAX_PAGE_SIZE)
+
+
+def _encode_token(value: str) -> str:
+    return base64.urlsafe_b64encode(value.encode()).decode()
+
+
+def _decode_token(token: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(token.encode()).decode() if token else ""
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(
+            "page_token is not one this server issued; pass next_page_token from the "
+            "previous response, or none for the first page",
+            field="page_token",
+        ) from exc
+
+
+def _feature_ids(ids: Sequence[str]) -> list[str]:
+    return [validate_feature_id(i, field="feature_ids") for i in ids]
+
+
+class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
+    """releasecontrol.v1.ReleaseControl over the ReleaseController."""
+
+    def __init__(
+        self, controller: ReleaseController, *, max_manifest_bytes: int, max_publish_bytes: int
+    ) -> None:
+        self._controller = controller
+        self._max_manifest_bytes = max_manifest_bytes
+        self._max_publish_bytes = max_publish_bytes
+
+    # -- reads ---------------------------------------------------------------
+
+    @maps_errors
+    async def ListFeatures(
+        self, request: pb.ListFeaturesRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.ListFeaturesResponse:
+        size = _page_size(request.page_size)
+        page = self._controller.features(after=_decode_token(request.page_token), limit=size + 1)
+        more = len(page) > size
+        page = page[:size]
+        return pb.ListFeaturesResponse(
+            features=[feature_to_proto(s) for s in page],
+            next_page_token=_encode_token(page[-1].feature_id) if more else "",
+        )
+
+    @maps_errors
+    async def GetFeature(
+        self, request: pb.GetFeatureRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.GetFeatureResponse:
+        validate_feature_id(request.feature_id)
+        return pb.GetFeatureResponse(
+            feature=feature_to_proto(self._controller.feature(request.feature_id))
+        )
+
+    @maps_errors
+    async def GetReleaseIndex(
+        self, request: pb.GetReleaseIndexRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.GetReleaseIndexResponse:
+        if request.feature_id:
+            validate_feature_id(request.feature_id)
+            self._controller.feature(request.feature_id)  # NotFound names the feature
+            path = releases_path(request.feature_id)
+        else:
+            path = REMOTE_INDEX_PATH
+        file = self._controller.signed_file(path)
+        return pb.GetReleaseIndexResponse(
+            content=file.content, path=file.path, sequence=file.sequence, sha256=file.sha256
+        )
+
+    @maps_errors
+    async def GetStatus(
+        self, request: pb.GetStatusRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.GetStatusResponse:
+        only = _feature_ids(request.feature_ids)
+        status = self._controller.status(only)
+        missing = sorted(set(only) - {s.feature_id for s in status.features})
+        if missing:
+            self._controller.feature(missing[0])  # raises NotFound naming it
+        out = pb.GetStatusResponse(
+            features=[feature_to_proto(s) for s in status.features],
+            global_sequence=status.global_sequence,
+            pending_origin_writes=status.pending_origin_writes,
+        )
+        out.server_time.FromDatetime(status.server_time)
+        return out
+
+    @maps_errors
+    async def ListTransitions(
+        self, request: pb.ListTransitionsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.ListTransitionsResponse:
+        if request.feature_id:
+            validate_feature_id(request.feature_id)
+        size = _page_size(request.page_size)
+        token = _decode_token(request.page_token)
+        if token and not token.isdigit():
+            _decode_token("!")  # the same error as any foreign token
+        page = self._controller.transitions(
+            feature_id=request.feature_id, before_id=int(token or 0), limit=size + 1
+        )
+        more = len(page) > size
+        page = page[:size]
+        return pb.ListTransitionsResponse(
+            transitions=[transition_to_proto(t) for t in page],
+            next_page_token=_encode_token(str(page[-1].id)) if more else "",
+        )
+
+    async def WatchReleases(
+        self, request: pb.WatchReleasesRequest, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.WatchReleasesResponse]:
+        try:
+            only = _feature_ids(request.feature_ids)
+        except ReleaseControlError as error:
+            await abort_with(error, context)
+            return
+        hub = self._controller.hub
+        # Subscribe before reading the snapshot, synchronously, so no change
+        # falls between the two; changes the snapshot already holds are skipped.
+        async with hub.subscribe(only) as sub:
+            states, seen = self._controller.snapshot(only)
+            for state in states:
+                yield pb.WatchReleasesResponse(
+                    type=pb.WATCH_EVENT_TYPE_SNAPSHOT,
+                    feature=feature_to_proto(state),
+                    global_sequence=seen,
+                )
+            yield pb.WatchReleasesResponse(type=pb.WATCH_EVENT_TYPE_SYNCED, global_sequence=seen)
+            while True:
+                try:
+                    event = await sub.next()
+                except Lagged:
+                    yield pb.WatchReleasesResponse(
+                        type=pb.WATCH_EVENT_TYPE_RESYNC_REQUIRED,
+                        global_sequence=seen,
+                        message=(
+                            f"this watcher fell behind after global sequence {seen} and missed "
+                            "changes; read the state again (GetStatus) and watch anew"
+                        ),
+                    )
+                    return
+                if event.global_sequence <= seen:
+                    continue
+                seen = event.global_sequence
+                yield pb.WatchReleasesResponse(
+                    type=pb.WATCH_EVENT_TYPE_CHANGE,
+                    feature=feature_to_proto(event.state),
+                    transition=transition_to_proto(event.transition),
+                    global_sequence=event.global_sequence,
+                )
+
+    @maps_errors
+    async def RefreshManifests(
+        self, request: pb.RefreshManifestsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.RefreshManifestsResponse:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "RefreshManifests is not implemented yet (planned with the admin UI's hot refresh)",
+        )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- writes --------------------------------------------------------------
+
+    @maps_errors
+    async def PublishVersion(
+        self,
+        request_iterator: AsyncIterator[pb.PublishVersionRequest],
+        context: aio.ServicerContext[Any, Any],
+    ) -> pb.PublishVersionResponse:
+        header: pb.PublishHeader | None = None
+        upload: Upload | None = None
+        manifest: dict[str, Any] = {}
+        try:
+            async for message in request_iterator:
+                kind = message.WhichOneof("kind")
+                if upload is None:
+                    if kind != "header":
+                        raise InvalidArgument(
+                            "the first PublishVersion message must be the header with the "
+                            "manifest; artifact chunks follow it",
+                            field="header",
+                        )
+                    header = message.header
+                    validate_feature_id(header.feature_id)
+                    manifest = parse_manifest(
+                        header.manifest_json,
+                        feature_id=header.feature_id,
+                        max_bytes=self._max_manifest_bytes,
+                    )
+                    upload = Upload(manifest, max_total_bytes=self._max_publish_bytes)
+                elif kind == "chunk":
+                    upload.add(message.chunk.path, message.chunk.data)
+                else:
+                    raise InvalidArgument(
+                        "a PublishVersion stream carries one header; send one stream per version",
+                        field="header",
+                    )
+            if upload is None or header is None:
+                raise InvalidArgument(
+                    "the PublishVersion stream was empty; send the header first", field="header"
+                )
+            assets = upload.finish()
+            canonical = canonical_bytes(manifest)
+            digest = sha256_hex(canonical)
+            canary = header.channel == pb.CHANNEL_CANARY
+            soak = (
+                header.soak_seconds
+                if header.HasField("soak_seconds")
+                else self._controller.default_soak_seconds
+            )
+            command = releases.Publish(
+                version=manifest["version"],
+                manifest_sha256=digest,
+                channel=Channel.CANARY if canary else Channel.STABLE,
+                soak_seconds=soak if canary else 0,
+            )
+
+            def encode(applied: Applied) -> bytes:
+                out = pb.PublishVersionResponse(
+                    feature=feature_to_proto(applied.state),
+                    already_published=applied.transition is None,
+                    manifest_sha256=digest,
+                )
+                if applied.transition is not None:
+                    out.transition.CopyFrom(transition_to_proto(applied.transition))
+                return out.SerializeToString()
+
+            return await self._controller.change(
+                header.feature_id,
+                command,
+                _meta(header.context, context),
+                rpc="PublishVersion",
+                request_id=header.context.request_id,
+                encode=encode,
+                decode=pb.PublishVersionResponse.FromString,
+                manifest=canonical,
+                artifacts=assets,
+            )
+        finally:
+            if upload is not None:
+                upload.close()
+
+    async def _transition(
+        self,
+        feature_id: str,
+        command: releases.Command,
+        ctx: pb.ChangeContext,
+        context: aio.ServicerContext[Any, Any],
+        *,
+        rpc: str,
+        response: Callable[[], Any],
+    ) -> Any:
+        """Run a channel change; `response` makes the RPC's empty response message."""
+        validate_feature_id(feature_id)
+
+        def encode(applied: Applied) -> bytes:
+            out = response()
+            out.feature.CopyFrom(feature_to_proto(applied.state))
+            if applied.transition is not None:
+                out.transition.CopyFrom(transition_to_proto(applied.transition))
+            return cast(bytes, out.SerializeToString())
+
+        return await self._controller.change(
+            feature_id,
+            command,
+            _meta(ctx, context),
+            rpc=rpc,
+            request_id=ctx.request_id,
+            encode=encode,
+            decode=lambda data: response().FromString(data),
+        )
+
+    def _soak(self, request: Any) -> int:
+        if request.HasField("soak_seconds"):
+            return int(request.soak_seconds)
+        return self._controller.default_soak_seconds
+
+    @maps_errors
+    async def DeployCanary(
+        self, request: pb.DeployCanaryRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.DeployCanaryResponse:
+        command = releases.DeployCanary(request.version, self._soak(request))
+        return cast(
+            pb.DeployCanaryResponse,
+            await self._transition(
+                request.feature_id, command, request.context, context,
+                rpc="DeployCanary", response=pb.DeployCanaryResponse,
+            ),
+        )
+
+    @maps_errors
+    async def Promote(
+        self, request: pb.PromoteRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.PromoteResponse:
+        command = releases.Promote(request.version, skip_soak=request.skip_soak)
+        return cast(
+            pb.PromoteResponse,
+            await self._transition(
+                request.feature_id, command, request.context, context,
+                rpc="Promote", response=pb.PromoteResponse,
+            ),
+        )
+
+    @maps_errors
+    async def Rollback(
+        self, request: pb.RollbackRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.RollbackResponse:
+        command = releases.Rollback(request.version)
+        return cast(
+            pb.RollbackResponse,
+            await self._transition(
+                request.feature_id, command, request.context, context,
+                rpc="Rollback", response=pb.RollbackResponse,
+            ),
+        )
+
+    @maps_errors
+    async def SetChannel(
+        self, request: pb.SetChannelRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.SetChannelResponse:
+        if request.channel == pb.CHANNEL_STABLE:
+            channel = Channel.STABLE
+        elif request.channel == pb.CHANNEL_CANARY:
+            channel = Channel.CANARY
+        else:
+            raise InvalidArgument(
+                "channel must be CHANNEL_STABLE or CHANNEL_CANARY (--to stable|canary)",
+                field="channel",
+            )
+        command = releases.SetChannel(
+            request.version, channel, soak_seconds=self._controller.default_soak_seconds
+        )
+        return cast(
+            pb.SetChannelResponse,
+            await self._transition(
+                request.feature_id, command, request.context, context,
+                rpc="SetChannel", response=pb.SetChannelResponse,
+            ),
+        )

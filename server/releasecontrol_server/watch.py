@@ -1,0 +1,100 @@
+"""Fan-out of committed changes to WatchReleases subscribers.
+
+Each subscriber has a bounded queue. Publishing never blocks the writer: a
+subscriber whose queue is full is marked as lagged and told to re-read the
+state (as etcd does with a compacted revision) instead of silently missing
+events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from releasecontrol_server.releases import FeatureState
+from releasecontrol_server.store import StoredTransition
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChangeEvent:
+    """One committed change, as subscribers receive it."""
+
+    global_sequence: int
+    state: FeatureState
+    transition: StoredTransition
+
+
+class Lagged(Exception):
+    """The subscriber fell too far behind and missed events."""
+
+
+class Subscription:
+    """One watcher's view of the change stream; use as an async context manager."""
+
+    def __init__(self, hub: WatchHub, feature_ids: Collection[str], queue_size: int) -> None:
+        self._hub = hub
+        self._only = frozenset(feature_ids)
+        # None in the queue means "you lagged": it wakes a reader waiting on get().
+        self._queue: asyncio.Queue[ChangeEvent | None] = asyncio.Queue(maxsize=queue_size)
+        self.lagged = False
+
+    def wants(self, event: ChangeEvent) -> bool:
+        return not self._only or event.state.feature_id in self._only
+
+    def offer(self, event: ChangeEvent) -> None:
+        if self.lagged or not self.wants(event):
+            return
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.lagged = True
+            # Wake a waiting reader so it learns about the lag at once.
+            self._drain()
+            log.warning("watch subscriber lagged at global_sequence=%d", event.global_sequence)
+
+    def _drain(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(None)
+
+    async def next(self) -> ChangeEvent:
+        """The next change; raises Lagged once events were dropped for this subscriber."""
+        event = await self._queue.get()
+        if event is None or self.lagged:
+            raise Lagged()
+        return event
+
+    def close(self) -> None:
+        self._hub._subscribers.discard(self)
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+class WatchHub:
+    """Delivers each committed change, in commit order, to every subscriber."""
+
+    def __init__(self, queue_size: int) -> None:
+        self._queue_size = queue_size
+        self._subscribers: set[Subscription] = set()
+
+    def subscribe(self, feature_ids: Collection[str] = ()) -> Subscription:
+        sub = Subscription(self, feature_ids, self._queue_size)
+        self._subscribers.add(sub)
+        return sub
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    def publish(self, event: ChangeEvent) -> None:
+        """Offer `event` to every subscriber without waiting on any of them."""
+        for sub in tuple(self._subscribers):
+            sub.offer(event)
