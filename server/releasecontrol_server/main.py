@@ -1,0 +1,267 @@
+"""Wiring: config -> store -> signer -> origin -> servers. The `releasecontrol-server` process.
+
+`releasectl dev` runs this with `--dev`, which first makes the dev PKI and the
+dev signing key (on first run; reused after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from releasecontrol.errors import ConfigError, ReleaseControlError
+from releasecontrol.trust import SigningKey, TrustStore, load_or_create_dev_key
+from releasecontrol.v1 import release_control_pb2 as pb
+from releasecontrol.v1 import release_control_pb2_grpc as pb_grpc
+
+from releasecontrol_server.config import Config, load_config
+from releasecontrol_server.control import ReleaseController
+from releasecontrol_server.origin.filesystem import FilesystemOrigin
+from releasecontrol_server.origin.http import OriginHttpServer
+from releasecontrol_server.pki import ensure_dev_pki
+from releasecontrol_server.service import ReleaseControlServicer
+from releasecontrol_server.signer import Signer
+from releasecontrol_server.store import SqliteStore
+from releasecontrol_server.watch import WatchHub
+
+log = logging.getLogger("releasecontrol_server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ReleaseControl"].full_name
+
+
+def prepare_dev(config: Config) -> None:
+    """Create the dev PKI and dev signing key under the state directory, once."""
+    if config.is_production:
+        raise ConfigError(
+            "--dev makes insecure development keys and certificates and is refused with "
+            "RELEASECONTROL_ENV=production; provision real ones and start without --dev"
+        )
+    ensure_dev_pki(config.home / "pki")
+    load_or_create_dev_key(config.home / "keys")
+
+
+def load_signing_keys(config: Config) -> list[SigningKey]:
+    """The configured signing keys, each checked to be in the trust set hosts use."""
+    keys = []
+    for path in config.signing_key_paths:
+        if not path.is_file():
+            raise ConfigError(
+                f"signing key {path} does not exist: run `releasectl dev` to make a dev key, "
+                "or set signing_key_paths to your Ed25519 key files"
+            )
+        keys.append(SigningKey.load(path))
+    trust = trusted_keys(config)
+    for key in keys:
+        if key.keyid not in trust.keys:
+            raise ConfigError(
+                f"signing key {key.keyid[:12]}… is not in the trusted keys, so hosts would "
+                "refuse every index it signs; add it to the trust file"
+            )
+    return keys
+
+
+def trusted_keys(config: Config) -> TrustStore:
+    if config.trust_public_keys_json:
+        return TrustStore.from_json(
+            config.trust_public_keys_json, source="FEATURE_TRUST_PUBLIC_KEYS_JSON"
+        )
+    if config.trust_public_keys_path is None or not config.trust_public_keys_path.is_file():
+        raise ConfigError(
+            f"no trust file at {config.trust_public_keys_path}: set "
+            "FEATURE_TRUST_PUBLIC_KEYS_PATH or FEATURE_TRUST_PUBLIC_KEYS_JSON"
+        )
+    return TrustStore.from_file(config.trust_public_keys_path)
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the {what} {path}: {exc.strerror}; run `releasectl dev` to make dev "
+            "certificates, or point the config at yours"
+        ) from exc
+
+
+def _split_listen(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _write_json_atomically(path: Path, value: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".endpoints-")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(value, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+async def serve(
+    config: Config,
+    *,
+    failpoint: str = "",
+    on_ready: Callable[[dict[str, Any]], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run the control plane until `stop` is set (or SIGINT/SIGTERM)."""
+    keys = load_signing_keys(config)
+    cert = _read(config.tls_cert_path, "server certificate")
+    key = _read(config.tls_key_path, "server key")
+    client_ca = _read(config.tls_client_ca_path, "client CA certificate")
+
+    store = SqliteStore(config.database_path)
+    origin = FilesystemOrigin(config.origin_dir)
+    controller = ReleaseController(
+        store=store,
+        origin=origin,
+        signer=Signer(keys, config.index_expiry_seconds),
+        hub=WatchHub(config.watch_queue_size),
+        default_soak_seconds=config.default_soak_seconds,
+        failpoint=failpoint,
+    )
+    origin_http: OriginHttpServer | None = None
+    server = aio.server()
+    try:
+        await controller.start()
+        pb_grpc.add_ReleaseControlServicer_to_server(
+            ReleaseControlServicer(
+                controller,
+                max_manifest_bytes=config.max_manifest_bytes,
+                max_publish_bytes=config.max_publish_bytes,
+            ),
+            server,
+        )
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        credentials = grpc.ssl_server_credentials(
+            [(key, cert)],
+            root_certificates=client_ca,
+            require_client_auth=config.require_client_cert,
+        )
+        host, _ = _split_listen(config.grpc_listen)
+        try:
+            port = server.add_secure_port(config.grpc_listen, credentials)
+        except RuntimeError as exc:
+            raise ConfigError(
+                f"cannot listen on {config.grpc_listen} (grpc_listen): is another server "
+                "running there? stop it or set RELEASECONTROL_GRPC_LISTEN to another port"
+            ) from exc
+        await server.start()
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+        origin_url = config.origin_public_url
+        if config.origin_http_listen:
+            http_host, http_port = _split_listen(config.origin_http_listen)
+            origin_http = OriginHttpServer(config.origin_dir, http_host, http_port)
+            try:
+                origin_http.start()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot serve the CDN origin on {config.origin_http_listen} "
+                    f"(origin_http_listen): {exc.strerror}; free the port or set "
+                    "RELEASECONTROL_ORIGIN_HTTP_LISTEN"
+                ) from exc
+            if http_port == 0:
+                origin_url = origin_http.url
+        endpoints = {"grpc": f"{host}:{port}", "origin_url": origin_url, "pid": os.getpid()}
+        _write_json_atomically(config.endpoints_path, endpoints)
+        log.info("serving grpc=%s origin_url=%s", endpoints["grpc"], origin_url)
+        if on_ready is not None:
+            on_ready(endpoints)
+
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await server.stop(config.shutdown_grace_seconds)
+        if origin_http is not None:
+            origin_http.stop()
+        await controller.stop()
+        store.close()
+        config.endpoints_path.unlink(missing_ok=True)
+
+
+def _banner(config: Config, endpoints: dict[str, Any]) -> str:
+    home = config.home
+    origin_url = endpoints["origin_url"]
+    return "\n".join(
+        [
+            f"ReleaseControl is running ({config.env})",
+            f"  gRPC (mTLS)    {endpoints['grpc']}",
+            f"  CDN origin     {origin_url}   files in {config.origin_dir}",
+            f"  remote index   {origin_url}remote-index.json",
+            f"  state          {home}",
+            f"  client TLS     {home / 'pki' / 'client.pem'} (used by releasectl)",
+            f"  trust file     {config.trust_public_keys_path or 'FEATURE_TRUST_PUBLIC_KEYS_JSON'}",
+            "  admin UI       not available yet (planned at http://"
+            f"{config.admin_listen}/_admin)",
+            "Try `releasectl release status` in another terminal. Stop with Ctrl-C.",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `releasecontrol-server`; returns the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="releasecontrol-server",
+        description="Run the ReleaseControl control plane (gRPC over mTLS, CDN origin).",
+    )
+    parser.add_argument("--config", type=Path, help="TOML config file (env vars win over it)")
+    parser.add_argument("--home", type=Path, help="state directory (RELEASECONTROL_HOME)")
+    parser.add_argument(
+        "--dev",
+        action="store_true",
+        help="development: create a dev PKI and signing key on first run, reuse them after",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("RELEASECONTROL_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    environ = dict(os.environ)
+    if args.home is not None:
+        environ["RELEASECONTROL_HOME"] = str(args.home)
+    try:
+        config = load_config(environ, args.config)
+        if args.dev:
+            prepare_dev(config)
+        asyncio.run(
+            serve(
+                config,
+                failpoint=environ.get("RELEASECONTROL_FAILPOINT", ""),
+                on_ready=lambda endpoints: print(_banner(config, endpoints), flush=True),
+            )
+        )
+    except ReleaseControlError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,341 @@
+"""The real server over mTLS, driven through the client library: rules, signing, durability."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import RunningServer, make_feature, sha256, start_server
+
+from releasecontrol import errors
+from releasecontrol.index import (
+    Envelope,
+    ReleasesIndex,
+    RemoteIndex,
+    verify_signatures,
+)
+from releasecontrol.manifest import load_feature_folder
+from releasecontrol.trust import TrustStore
+from releasecontrol.v1 import release_control_pb2 as pb
+
+pytestmark = pytest.mark.integration
+
+
+def publish(server: RunningServer, tmp_path: Path, version: str, **kwargs: object) -> pb.PublishVersionResponse:
+    folder = make_feature(tmp_path / f"src-{version}", "checkout", version)
+    return server.client().publish(load_feature_folder(folder, feature_id="checkout"), **kwargs)
+
+
+def origin_file(server: RunningServer, path: str) -> bytes:
+    return (server.origin_dir / path).read_bytes()
+
+
+def releases_on_origin(server: RunningServer) -> ReleasesIndex:
+    trust = TrustStore.from_file(server.home / "keys" / "trust.json")
+    envelope = Envelope.from_bytes(origin_file(server, "features/checkout/releases.json"))
+    verify_signatures(envelope, trust)
+    return ReleasesIndex.from_dict(envelope.signed)
+
+
+class TestPublish:
+    def test_publish_signs_and_writes_everything_hosts_verify(
+        self, server: RunningServer, tmp_path: Path
+    ) -> None:
+        """A publish leaves a verifiable releases.json, remote-index.json, manifest and artifacts."""
+        response = publish(server, tmp_path, "1.0.0")
+        assert response.feature.stable_version == "1.0.0"
+        assert response.transition.actor  # defaults to the mTLS principal
+        trust = TrustStore.from_file(server.home / "keys" / "trust.json")
+
+        index = releases_on_origin(server)
+        assert (index.sequence, index.stable, index.canary) == (1, "1.0.0", None)
+        assert index.expires_at > index.issued_at
+        manifest_bytes = origin_file(server, "features/checkout/1.0.0/manifest.json")
+        assert index.versions[0].manifest_sha256 == sha256(manifest_bytes)
+        for asset in json.loads(manifest_bytes)["assets"]:
+            assert sha256(origin_file(server, f"artifacts/{asset['sha256']}")) == asset["sha256"]
+
+        remote_bytes = origin_file(server, "remote-index.json")
+        remote_env = Envelope.from_bytes(remote_bytes)
+        verify_signatures(remote_env, trust)
+        remote = RemoteIndex.from_dict(remote_env.signed)
+        entry = remote.features["checkout"]
+        assert entry.sha256 == sha256(origin_file(server, "features/checkout/releases.json"))
+        assert entry.sequence == 1
+        # The HTTP origin serves the very same bytes.
+        with urllib.request.urlopen(server.origin_url + "remote-index.json") as reply:
+            assert reply.read() == remote_bytes
+
+    def test_same_manifest_again_is_a_no_op_and_different_one_is_refused(
+        self, server: RunningServer, tmp_path: Path
+    ) -> None:
+        """Republishing identical content changes nothing; changed content under one version is refused."""
+        publish(server, tmp_path, "1.0.0")
+        again = publish(server, tmp_path, "1.0.0")
+        assert again.already_published and again.feature.sequence == 1
+        folder = make_feature(
+            tmp_path / "changed", "checkout", "1.0.0", files={"index.js": b"changed\n"}
+        )
+        with pytest.raises(errors.AlreadyExists, match="bump the version"):
+            server.client().publish(load_feature_folder(folder, feature_id="checkout"))
+        assert releases_on_origin(server).sequence == 1
+
+    def test_get_release_index_returns_the_exact_origin_bytes(
+        self, server: RunningServer, tmp_path: Path
+    ) -> None:
+        """GetReleaseIndex serves the same bytes that sit on the origin."""
+        publish(server, tmp_path, "1.0.0")
+        client = server.client()
+        feature = client.get_release_index("checkout")
+        assert feature.content == origin_file(server, "features/checkout/releases.json")
+        assert feature.path == "features/checkout/releases.json"
+        top = client.get_release_index("")
+        assert top.content == origin_file(server, "remote-index.json")
+        assert top.sha256 == sha256(top.content)
+
+
+class TestTransitions:
+    def test_canary_soak_promote_rollback_fallback(
+        self, server: RunningServer, tmp_path: Path
+    ) -> None:
+        """The whole release path over gRPC, each step reflected in the signed index."""
+        client = server.client()
+        publish(server, tmp_path, "1.0.0")
+        publish(server, tmp_path, "1.1.0", channel="canary", soak_seconds=3600)
+        index = releases_on_origin(server)
+        assert (index.stable, index.canary) == ("1.0.0", "1.1.0")
+        assert index.canary_soak is not None and index.canary_soak.duration_seconds == 3600
+
+        with pytest.raises(errors.FailedPrecondition, match=r"still soaking: (59m|1h)"):
+            client.promote("checkout", "1.1.0")
+        with pytest.raises(errors.InvalidArgument, match="reason"):
+            client.promote("checkout", "1.1.0", skip_soak=True)
+        promoted = client.promote(
+            "checkout", "1.1.0", skip_soak=True, reason="hotfix", ticket="INC-7", actor="alice"
+        )
+        assert promoted.feature.stable_version == "1.1.0"
+        assert promoted.transition.actor == "alice"
+        assert promoted.transition.ticket == "INC-7"
+        assert "soak skipped" in promoted.transition.detail
+
+        rolled = client.rollback("checkout", "1.0.0", reason="bad metrics")
+        assert rolled.feature.stable_version == "1.0.0"
+        with pytest.raises(errors.FailedPrecondition, match="already stable"):
+            client.rollback("checkout", "1.0.0")
+
+        fallback = client.set_channel("checkout", "1.1.0", "canary", reason="retry canary")
+        assert fallback.feature.canary.version == "1.1.0"
+        index = releases_on_origin(server)
+        assert (index.sequence, index.stable, index.canary) == (5, "1.0.0", "1.1.0")
+
+        history = client.list_transitions(feature_id="checkout").transitions
+        assert [t.action for t in history] == [
+            pb.TRANSITION_ACTION_SET_CHANNEL,
+            pb.TRANSITION_ACTION_ROLLBACK,
+            pb.TRANSITION_ACTION_PROMOTE,
+            pb.TRANSITION_ACTION_PUBLISH,
+            pb.TRANSITION_ACTION_PUBLISH,
+        ]
+        assert history[1].reason == "bad metrics"
+
+    def test_promote_after_the_soak_needs_no_skip(
+        self, server: RunningServer, tmp_path: Path
+    ) -> None:
+        """A canary with a zero soak is promotable at once."""
+        publish(server, tmp_path, "1.0.0")
+        publish(server, tmp_path, "1.1.0")  # stable now; make 1.2.0 the canary
+        publish(server, tmp_path, "1.2.0", channel="canary", soak_seconds=0)
+        response = server.client().promote("checkout", "1.2.0")
+        assert response.feature.stable_version == "1.2.0"
+        assert not response.feature.HasField("canary")
+
+    def test_stale_expected_sequence_is_aborted_and_changes_nothing(
+        self, server: RunningServer, tmp_path: Path
+    ) -> None:
+        """A stale expected_sequence fails with ABORTED and leaves state and origin alone."""
+        publish(server, tmp_path, "1.0.0")
+        publish(server, tmp_path, "1.1.0", channel="canary", soak_seconds=0)
+        before = origin_file(server, "features/checkout/releases.json")
+        with pytest.raises(errors.StaleSequence, match="expected 1"):
+            server.client().promote("checkout", "1.1.0", expected_sequence=1)
+        assert origin_file(server, "features/checkout/releases.json") == before
+        ok = server.client().promote("checkout", "1.1.0", expected_sequence=2)
+        assert ok.feature.sequence == 3
+
+    def test_retried_request_id_is_applied_once(
+        self, server: RunningServer, tmp_path: Path
+    ) -> None:
+        """The same request_id twice answers the first response and records one change."""
+        publish(server, tmp_path, "1.0.0")
+        publish(server, tmp_path, "1.1.0")
+        client = server.client()
+        first = client.deploy_canary("checkout", "1.0.0", soak_seconds=60, request_id="req-1")
+        second = client.deploy_canary("checkout", "1.0.0", soak_seconds=60, request_id="req-1")
+        assert second == first
+        history = client.list_transitions(feature_id="checkout").transitions
+        assert len(history) == 3
+        with pytest.raises(errors.InvalidArgument, match="request_id"):
+            client.promote("checkout", "1.0.0", request_id="req-1")
+
+
+BAD_INPUT = [
+    pytest.param("deploy_canary", ("Checkout", "1.0.0"), errors.InvalidArgument, "feature_id",
+                 id="uppercase-feature-id"),
+    pytest.param("deploy_canary", ("../etc", "1.0.0"), errors.InvalidArgument, "feature_id",
+                 id="traversal-feature-id"),
+    pytest.param("deploy_canary", ("checkout", "v1"), errors.InvalidArgument, "SemVer",
+                 id="not-semver"),
+    pytest.param("deploy_canary", ("nosuch", "1.0.0"), errors.NotFound, "publish",
+                 id="unknown-feature"),
+    pytest.param("deploy_canary", ("checkout", "9.9.9"), errors.NotFound, "published: 1.0.0",
+                 id="unknown-version"),
+    pytest.param("rollback", ("checkout", "9.9.9"), errors.NotFound, "9.9.9",
+                 id="rollback-unknown-version"),
+    pytest.param("get_feature", ("nosuch",), errors.NotFound, "nosuch", id="get-unknown"),
+]
+
+
+@pytest.mark.parametrize(("method", "args", "error", "text"), BAD_INPUT)
+def test_bad_input_gets_the_contract_code_and_changes_nothing(
+    server: RunningServer,
+    tmp_path: Path,
+    method: str,
+    args: tuple[str, ...],
+    error: type[errors.ReleaseControlError],
+    text: str,
+) -> None:
+    """Bad input is refused with its status code and a message naming the field; no state moves."""
+    publish(server, tmp_path, "1.0.0")
+    client = server.client()
+    before = client.get_status()
+    with pytest.raises(error, match=text):
+        getattr(client, method)(*args)
+    after = client.get_status()
+    assert after.global_sequence == before.global_sequence
+    assert list(after.features) == list(before.features)
+
+
+@pytest.mark.parametrize(
+    ("manifest", "text"),
+    [
+        pytest.param(b"{not json", "not valid JSON", id="malformed"),
+        pytest.param(b"[]", "JSON object", id="not-an-object"),
+        pytest.param(b" " * (1024 * 1024 + 1), "limit", id="oversized"),
+        pytest.param(
+            json.dumps({"id": "other", "version": "1.0.0"}).encode(), "does not match",
+            id="other-feature",
+        ),
+    ],
+)
+def test_bad_manifest_is_refused_over_the_stream(
+    server: RunningServer, manifest: bytes, text: str
+) -> None:
+    """A malformed or oversized manifest is INVALID_ARGUMENT and nothing is recorded."""
+    stub_channel = server.client()
+    with pytest.raises(errors.InvalidArgument, match=text):
+        stub_channel.publish_raw("checkout", manifest, {})
+    assert stub_channel.get_status().global_sequence == 0
+    assert not (server.origin_dir / "remote-index.json").exists()
+
+
+def test_list_features_and_transitions_paginate(server: RunningServer, tmp_path: Path) -> None:
+    """Pages cover every feature exactly once, in order; history pages are newest first."""
+    client = server.client()
+    ids = [f"feature-{i:02d}" for i in range(5)]
+    for fid in ids:
+        folder = make_feature(tmp_path / fid, fid, "1.0.0")
+        client.publish(load_feature_folder(folder, feature_id=fid))
+    seen, token = [], ""
+    while True:
+        page = client.list_features(page_size=2, page_token=token)
+        assert len(page.features) <= 2
+        seen += [f.feature_id for f in page.features]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == ids
+    first = client.list_transitions(page_size=3)
+    rest = client.list_transitions(page_size=3, page_token=first.next_page_token)
+    ids_in_history = [t.feature_id for t in [*first.transitions, *rest.transitions]]
+    assert ids_in_history == list(reversed(ids))
+    assert rest.next_page_token == ""
+    with pytest.raises(errors.InvalidArgument, match="page_token"):
+        client.list_features(page_token="@@not-a-token@@")
+
+
+def test_watch_sends_snapshot_then_changes_in_order(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """A watcher gets the current state, a SYNCED marker, then each change as it commits."""
+    publish(server, tmp_path, "1.0.0")
+    watcher = server.client().watch()
+    first = next(watcher)
+    assert first.type == pb.WATCH_EVENT_TYPE_SNAPSHOT
+    assert first.feature.stable_version == "1.0.0"
+    assert next(watcher).type == pb.WATCH_EVENT_TYPE_SYNCED
+    publish(server, tmp_path, "1.1.0")
+    publish(server, tmp_path, "1.2.0", channel="canary", soak_seconds=60)
+    changes = [next(watcher), next(watcher)]
+    assert [c.type for c in changes] == [pb.WATCH_EVENT_TYPE_CHANGE] * 2
+    assert [c.global_sequence for c in changes] == [2, 3]
+    assert changes[1].feature.canary.version == "1.2.0"
+    watcher.cancel()  # type: ignore[attr-defined]
+
+
+def test_health_and_reflection_are_served(server: RunningServer) -> None:
+    """The standard health service says SERVING and reflection lists the service."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    client = server.client()
+    health = health_pb2_grpc.HealthStub(client.channel)
+    reply = health.Check(health_pb2.HealthCheckRequest(service="releasecontrol.v1.ReleaseControl"))
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_client_without_a_certificate_is_refused(server: RunningServer) -> None:
+    """mTLS is required: a caller presenting no client certificate cannot make calls."""
+    ca = (server.home / "pki" / "ca.pem").read_bytes()
+    channel = grpc.secure_channel(server.grpc, grpc.ssl_channel_credentials(root_certificates=ca))
+    from releasecontrol.v1 import release_control_pb2_grpc as pb_grpc
+
+    with pytest.raises(grpc.RpcError) as caught:
+        pb_grpc.ReleaseControlStub(channel).GetStatus(pb.GetStatusRequest(), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    channel.close()
+
+
+def test_a_change_killed_after_commit_reaches_the_origin_on_restart(tmp_path: Path) -> None:
+    """Killing the server between commit and origin write loses nothing: restart finishes it."""
+    home = tmp_path / "home"
+    first = start_server(home)
+    try:
+        folder = make_feature(tmp_path / "v1", "checkout", "1.0.0")
+        first.client().publish(load_feature_folder(folder, feature_id="checkout"))
+        folder = make_feature(tmp_path / "v2", "checkout", "1.1.0")
+        first.client().publish(load_feature_folder(folder, feature_id="checkout"))
+    finally:
+        first.stop()
+
+    crashing = start_server(home, RELEASECONTROL_FAILPOINT="after-commit")
+    with pytest.raises(errors.Unavailable):
+        crashing.client(timeout_seconds=10).deploy_canary("checkout", "1.0.0", soak_seconds=60)
+    assert crashing.process.wait(timeout=15) != 0  # killed, not a clean exit
+    crashing.stop()
+    on_origin = Envelope.from_bytes((home / "origin/features/checkout/releases.json").read_bytes())
+    assert on_origin.signed["sequence"] == 2  # the committed change never reached the origin
+
+    restarted = start_server(home)
+    try:
+        trust = TrustStore.from_file(home / "keys" / "trust.json")
+        envelope = Envelope.from_bytes((home / "origin/features/checkout/releases.json").read_bytes())
+        verify_signatures(envelope, trust)
+        index = ReleasesIndex.from_dict(envelope.signed)
+        assert (index.sequence, index.canary) == (3, "1.0.0")
+        remote = RemoteIndex.from_dict(Envelope.from_bytes((home / "origin/remote-index.json").read_bytes()).signed)
+        assert remote.sequence == 3
+        assert restarted.client().get_status().pending_origin_writes == 0
+    finally:
+        restarted.stop()
