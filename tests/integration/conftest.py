@@ -94,9 +94,7 @@ def start_server(home: Path, **extra_env: str) -> RunningServer:
         if endpoints.exists():
             data = json.loads(endpoints.read_text())
             if data.get("pid") == process.pid:
-                return RunningServer(
-                    home, process, data["grpc"], data["origin_url"], env, log_path
-                )
+                return RunningServer(home, process, data["grpc"], data["origin_url"], env, log_path)
         time.sleep(0.05)
     process.kill()
     raise RuntimeError(f"server did not start in {START_TIMEOUT_SECONDS}s:\n{log_path.read_text()}")

@@ -24,7 +24,9 @@ from releasecontrol.v1 import release_control_pb2 as pb
 pytestmark = pytest.mark.integration
 
 
-def publish(server: RunningServer, tmp_path: Path, version: str, **kwargs: object) -> pb.PublishVersionResponse:
+def publish(
+    server: RunningServer, tmp_path: Path, version: str, **kwargs: object
+) -> pb.PublishVersionResponse:
     folder = make_feature(tmp_path / f"src-{version}", "checkout", version)
     return server.client().publish(load_feature_folder(folder, feature_id="checkout"), **kwargs)
 
@@ -182,18 +184,36 @@ class TestTransitions:
 
 
 BAD_INPUT = [
-    pytest.param("deploy_canary", ("Checkout", "1.0.0"), errors.InvalidArgument, "feature_id",
-                 id="uppercase-feature-id"),
-    pytest.param("deploy_canary", ("../etc", "1.0.0"), errors.InvalidArgument, "feature_id",
-                 id="traversal-feature-id"),
-    pytest.param("deploy_canary", ("checkout", "v1"), errors.InvalidArgument, "SemVer",
-                 id="not-semver"),
-    pytest.param("deploy_canary", ("nosuch", "1.0.0"), errors.NotFound, "publish",
-                 id="unknown-feature"),
-    pytest.param("deploy_canary", ("checkout", "9.9.9"), errors.NotFound, "published: 1.0.0",
-                 id="unknown-version"),
-    pytest.param("rollback", ("checkout", "9.9.9"), errors.NotFound, "9.9.9",
-                 id="rollback-unknown-version"),
+    pytest.param(
+        "deploy_canary",
+        ("Checkout", "1.0.0"),
+        errors.InvalidArgument,
+        "feature_id",
+        id="uppercase-feature-id",
+    ),
+    pytest.param(
+        "deploy_canary",
+        ("../etc", "1.0.0"),
+        errors.InvalidArgument,
+        "feature_id",
+        id="traversal-feature-id",
+    ),
+    pytest.param(
+        "deploy_canary", ("checkout", "v1"), errors.InvalidArgument, "SemVer", id="not-semver"
+    ),
+    pytest.param(
+        "deploy_canary", ("nosuch", "1.0.0"), errors.NotFound, "publish", id="unknown-feature"
+    ),
+    pytest.param(
+        "deploy_canary",
+        ("checkout", "9.9.9"),
+        errors.NotFound,
+        "published: 1.0.0",
+        id="unknown-version",
+    ),
+    pytest.param(
+        "rollback", ("checkout", "9.9.9"), errors.NotFound, "9.9.9", id="rollback-unknown-version"
+    ),
     pytest.param("get_feature", ("nosuch",), errors.NotFound, "nosuch", id="get-unknown"),
 ]
 
@@ -225,7 +245,8 @@ def test_bad_input_gets_the_contract_code_and_changes_nothing(
         pytest.param(b"[]", "JSON object", id="not-an-object"),
         pytest.param(b" " * (1024 * 1024 + 1), "limit", id="oversized"),
         pytest.param(
-            json.dumps({"id": "other", "version": "1.0.0"}).encode(), "does not match",
+            json.dumps({"id": "other", "version": "1.0.0"}).encode(),
+            "does not match",
             id="other-feature",
         ),
     ],
@@ -266,9 +287,7 @@ def test_list_features_and_transitions_paginate(server: RunningServer, tmp_path:
         client.list_features(page_token="@@not-a-token@@")
 
 
-def test_watch_sends_snapshot_then_changes_in_order(
-    server: RunningServer, tmp_path: Path
-) -> None:
+def test_watch_sends_snapshot_then_changes_in_order(server: RunningServer, tmp_path: Path) -> None:
     """A watcher gets the current state, a SYNCED marker, then each change as it commits."""
     publish(server, tmp_path, "1.0.0")
     watcher = server.client().watch()
@@ -330,11 +349,15 @@ def test_a_change_killed_after_commit_reaches_the_origin_on_restart(tmp_path: Pa
     restarted = start_server(home)
     try:
         trust = TrustStore.from_file(home / "keys" / "trust.json")
-        envelope = Envelope.from_bytes((home / "origin/features/checkout/releases.json").read_bytes())
+        envelope = Envelope.from_bytes(
+            (home / "origin/features/checkout/releases.json").read_bytes()
+        )
         verify_signatures(envelope, trust)
         index = ReleasesIndex.from_dict(envelope.signed)
         assert (index.sequence, index.canary) == (3, "1.0.0")
-        remote = RemoteIndex.from_dict(Envelope.from_bytes((home / "origin/remote-index.json").read_bytes()).signed)
+        remote = RemoteIndex.from_dict(
+            Envelope.from_bytes((home / "origin/remote-index.json").read_bytes()).signed
+        )
         assert remote.sequence == 3
         assert restarted.client().get_status().pending_origin_writes == 0
     finally:

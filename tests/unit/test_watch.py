@@ -15,15 +15,25 @@ NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 def event(global_sequence: int, feature_id: str = "checkout") -> ChangeEvent:
     record = AuditRecord(
-        feature_id=feature_id, sequence=global_sequence, action=Action.PUBLISH,
-        version="1.0.0", from_stable=None, to_stable="1.0.0", from_canary=None,
-        to_canary=None, actor="test", reason="", ticket="", at=NOW,
+        feature_id=feature_id,
+        sequence=global_sequence,
+        action=Action.PUBLISH,
+        version="1.0.0",
+        from_stable=None,
+        to_stable="1.0.0",
+        from_canary=None,
+        to_canary=None,
+        actor="test",
+        reason="",
+        ticket="",
+        at=NOW,
     )
     return ChangeEvent(
         global_sequence,
         FeatureState(feature_id=feature_id, sequence=global_sequence),
-        StoredTransition(id=global_sequence, record=record, global_sequence=global_sequence,
-                         request_id=""),
+        StoredTransition(
+            id=global_sequence, record=record, global_sequence=global_sequence, request_id=""
+        ),
     )
 
 
