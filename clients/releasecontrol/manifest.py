@@ -32,7 +32,7 @@ MAX_ASSETS = 10_000
 
 def validate_feature_id(value: str, field: str = "feature_id") -> str:
     """Return `value` if it is a lowercase DNS label; raise InvalidArgument naming `field`."""
-    if not _FEATURE_ID.match(value or ""):
+    if not _FEATURE_ID.fullmatch(value or ""):
         raise InvalidArgument(
             f"{field} {value!r} is not a valid feature id: use 1-63 lowercase letters, digits "
             "and '-', starting and ending with a letter or digit (e.g. 'checkout')",

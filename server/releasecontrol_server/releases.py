@@ -209,6 +209,8 @@ def apply(
                 f"publish one first with `releasectl publish --feature {feature_id}`"
             )
         state = FeatureState(feature_id=feature_id)
+    if state.feature_id != feature_id:
+        raise ValueError(f"state of {state.feature_id!r} passed for feature {feature_id!r}")
     if meta.expected_sequence is not None and meta.expected_sequence != state.sequence:
         raise StaleSequence(
             f"feature {feature_id!r} is at sequence {state.sequence}, expected "
@@ -233,7 +235,7 @@ def _check_meta(meta: ChangeMeta) -> None:
         value = getattr(meta, name)
         if len(value) > MAX_TEXT_CHARS:
             raise InvalidArgument(
-                f"{name} is {len(value)} characters long; keep it under {MAX_TEXT_CHARS}",
+                f"{name} is {len(value)} characters long; keep it to at most {MAX_TEXT_CHARS}",
                 field=name,
             )
     if meta.expected_sequence is not None and meta.expected_sequence < 0:

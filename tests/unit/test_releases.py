@@ -1034,18 +1034,7 @@ BAD_FEATURE_IDS = [
     pytest.param("-lead", id="leading-dash"),
     pytest.param("trail-", id="trailing-dash"),
     pytest.param("check_out", id="underscore"),
-    pytest.param(
-        "checkout\n",
-        id="trailing-newline",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason=(
-                "manifest.validate_feature_id uses re.match with '$', which also matches "
-                "before a trailing newline, so 'checkout\\n' is accepted as a feature id "
-                "(it becomes a CDN path segment); needs fullmatch or '\\Z'"
-            ),
-        ),
-    ),
+    pytest.param("checkout\n", id="trailing-newline"),
 ]
 
 BAD_VERSIONS = [
