@@ -1,0 +1,589 @@
+"""The control plane's configuration: one frozen dataclass, loaded once per process.
+
+Layers, lowest first: built-in defaults, a TOML file, the environment (the
+environment wins). The TOML file is the `config_path` argument, else
+`RELEASECONTROL_CONFIG`, else `$RELEASECONTROL_HOME/config.toml` when it exists.
+
+Every setting is a top-level TOML key named like the field (`grpc_listen = ...`)
+and an environment variable `RELEASECONTROL_<FIELD>` (`RELEASECONTROL_GRPC_LISTEN`).
+The contract's names work too: `FEATURE_TRUST_PUBLIC_KEYS_JSON`,
+`FEATURE_TRUST_PUBLIC_KEYS_PATH`, `FEATURE_ALLOW_INSECURE_DEV_KEYS`,
+`ALLOW_UNAUTHENTICATED_ADMIN`, and `NODE_ENV=production` when
+`RELEASECONTROL_ENV` is unset.
+
+Everything is checked at load: a bad value raises `ConfigError` with one sentence
+naming the setting as the user wrote it (the TOML key or the environment
+variable), the value and the fix. An unknown TOML key is an error, so a typo
+never passes silently. A production config that switches off a safety refuses
+to load; `Config.production_problems()` is the list behind that refusal, for
+`releasectl doctor` to extend.
+
+Empty environment variables: for a yes/no setting "" means no; for an optional
+setting (`auth_mode`, the trust keys) "" means unset; anywhere else it is an
+error. Relative paths resolve against the current directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from releasecontrol.errors import ConfigError
+from releasecontrol.manifest import DEFAULT_MAX_MANIFEST_BYTES
+from releasecontrol_server.releases import MAX_SOAK_SECONDS
+
+Environment = Literal["development", "production"]
+AuthMode = Literal["rpc-token", "trusted-cluster", "dfs"]
+
+ENVIRONMENTS: tuple[Environment, ...] = ("development", "production")
+AUTH_MODES: tuple[AuthMode, ...] = ("rpc-token", "trusted-cluster", "dfs")
+
+CONFIG_ENV_VAR = "RELEASECONTROL_CONFIG"
+HOME_ENV_VAR = "RELEASECONTROL_HOME"
+CONFIG_FILE_NAME = "config.toml"
+DEFAULT_HOME_NAME = ".releasecontrol"
+
+_MIB = 1024 * 1024
+_DAY_SECONDS = 24 * 3600
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """The settings of one control plane process; build it with `load_config`."""
+
+    env: Environment = "development"
+    """`production` turns on the production refusals (see `production_problems`)."""
+
+    home: Path
+    """The state directory; every path default below lives under it."""
+
+    grpc_listen: str = "127.0.0.1:50051"
+    """Where the gRPC API listens, `host:port`; port 0 picks a free port."""
+
+    origin_dir: Path
+    """The CDN origin on the filesystem (default `home/origin`)."""
+
+    origin_http_listen: str = "127.0.0.1:4100"
+    """Where the origin is served over HTTP, `host:port`; empty means not served."""
+
+    origin_public_url: str = "http://127.0.0.1:4100/"
+    """The origin's URL as hosts see it; http(s), always ending in `/`."""
+
+    admin_listen: str = "127.0.0.1:8080"
+    """Where the admin UI (`/_admin`) listens, `host:port`."""
+
+    database_path: Path
+    """The SQLite database (default `home/releasecontrol.db`)."""
+
+    tls_cert_path: Path
+    """The server's TLS certificate, PEM (default `home/pki/server.pem`)."""
+
+    tls_key_path: Path
+    """The server's TLS private key, PEM (default `home/pki/server-key.pem`)."""
+
+    tls_client_ca_path: Path
+    """The CA that client certificates must chain to (default `home/pki/ca.pem`)."""
+
+    require_client_cert: bool = True
+    """Refuse RPCs without a client certificate; production refuses to turn it off."""
+
+    signing_key_paths: tuple[Path, ...]
+    """The Ed25519 keys that sign every index (default `home/keys/signing-key.pem`)."""
+
+    trust_public_keys_json: str | None = None
+    """The trust file inline (FEATURE_TRUST_PUBLIC_KEYS_JSON); excludes the path."""
+
+    trust_public_keys_path: Path | None = None
+    """The trust file (FEATURE_TRUST_PUBLIC_KEYS_PATH); `home/keys/trust.json` when
+    neither it nor the inline JSON is set."""
+
+    default_soak_seconds: int = 1800
+    """How long a canary soaks when the request names no soak."""
+
+    index_expiry_seconds: int = 7 * _DAY_SECONDS
+    """How long a signed index stays valid; hosts refuse it after that."""
+
+    max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES
+    """The largest manifest a publish may send."""
+
+    max_publish_bytes: int = 256 * _MIB
+    """The largest publish (manifest and artifacts together)."""
+
+    watch_queue_size: int = 1024
+    """Events buffered per WatchReleases subscriber before it is dropped as too slow."""
+
+    shutdown_grace_seconds: float = 5.0
+    """How long in-flight RPCs may finish after a stop signal."""
+
+    auth_mode: AuthMode | None = None
+    """How callers authenticate: `rpc-token`, `trusted-cluster`, `dfs`, or none set."""
+
+    allow_insecure_dev_keys: bool = False
+    """Lets dev keys sign and verify (FEATURE_ALLOW_INSECURE_DEV_KEYS); refused in production."""
+
+    allow_unauthenticated_admin: bool = False
+    """Admin UI without login (ALLOW_UNAUTHENTICATED_ADMIN); refused in production."""
+
+    # Not settings: where the values came from, for messages and `doctor`.
+    config_file: Path | None = field(default=None, compare=False)
+    """The TOML file that was read, if any."""
+
+    sources: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({}), compare=False, repr=False
+    )
+    """Field name -> the setting as the user wrote it (`RELEASECONTROL_ENV`,
+    `env in /etc/releasecontrol/config.toml`) or `default`."""
+
+    @property
+    def is_production(self) -> bool:
+        """True when env is production."""
+        return self.env == "production"
+
+    @property
+    def endpoints_path(self) -> Path:
+        """Where a running server records the addresses it bound (`home/run/endpoints.json`)."""
+        return self.home / "run" / "endpoints.json"
+
+    def setting_name(self, name: str) -> str:
+        """How the user set field `name` (env var or TOML key), else the field name."""
+        source = self.sources.get(name, "default")
+        return name if source == "default" else source
+
+    def production_problems(self) -> list[str]:
+        """One sentence per setting production refuses; empty when fine or not production."""
+        if not self.is_production:
+            return []
+        problems: list[str] = []
+        if self.allow_insecure_dev_keys:
+            problems.append(
+                f"{self.setting_name('allow_insecure_dev_keys')} is on, but production refuses "
+                "insecure dev keys; unset it and sign with a real key and trust file."
+            )
+        if self.allow_unauthenticated_admin:
+            problems.append(
+                f"{self.setting_name('allow_unauthenticated_admin')} is on, but production "
+                "refuses an admin UI without login; unset it and configure an auth mode."
+            )
+        if not self.require_client_cert:
+            problems.append(
+                f"{self.setting_name('require_client_cert')} is off, but production requires "
+                "a client certificate on every RPC; set it to true."
+            )
+        return problems
+
+
+# --- parsing one value -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Context:
+    cwd: Path
+
+
+_Parser = Callable[[object, str, _Context], object]
+
+
+def _show(raw: object) -> str:
+    text = repr(raw)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _bad(label: str, raw: object, fix: str) -> ConfigError:
+    return ConfigError(f"{label} is {_show(raw)}; {fix}.")
+
+
+def _absolute(text: str, cwd: Path) -> Path:
+    # normpath, not resolve(): keep the user's symlinks, just make the path absolute.
+    return Path(os.path.normpath(cwd / Path(text).expanduser()))
+
+
+def _parse_bool(raw: object, label: str, ctx: _Context) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str):
+        word = raw.strip().lower()
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("0", "false", "no", "off", ""):
+            return False
+    raise _bad(label, raw, "set it to true or false (1/0, yes/no and on/off work too)")
+
+
+def _int_between(minimum: int, maximum: int, unit: str) -> _Parser:
+    def parse(raw: object, label: str, ctx: _Context) -> int:
+        value: int | None = None
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            value = raw
+        elif isinstance(raw, str):
+            try:
+                value = int(raw.strip(), 10)
+            except ValueError:
+                value = None
+        if value is None or not minimum <= value <= maximum:
+            raise _bad(
+                label, raw, f"set it to a whole number of {unit} from {minimum} to {maximum}"
+            )
+        return value
+
+    return parse
+
+
+def _float_between(minimum: float, maximum: float) -> _Parser:
+    def parse(raw: object, label: str, ctx: _Context) -> float:
+        value: float | None = None
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            value = float(raw)
+        elif isinstance(raw, str):
+            try:
+                value = float(raw.strip())
+            except ValueError:
+                value = None
+        if value is None or not math.isfinite(value) or not minimum <= value <= maximum:
+            raise _bad(label, raw, f"set it to a number of seconds from {minimum:g} to {maximum:g}")
+        return value
+
+    return parse
+
+
+def _parse_environment(raw: object, label: str, ctx: _Context) -> Environment:
+    word = raw.strip().lower() if isinstance(raw, str) else None
+    if word not in ENVIRONMENTS:
+        raise _bad(label, raw, "set it to 'development' or 'production'")
+    return word
+
+
+def _parse_auth_mode(raw: object, label: str, ctx: _Context) -> AuthMode | None:
+    word = raw.strip().lower() if isinstance(raw, str) else None
+    if word == "":
+        return None
+    if word not in AUTH_MODES:
+        raise _bad(
+            label, raw, "set it to 'rpc-token', 'trusted-cluster' or 'dfs', or leave it unset"
+        )
+    return word
+
+
+def _parse_path(raw: object, label: str, ctx: _Context) -> Path:
+    if not isinstance(raw, str) or not raw.strip():
+        raise _bad(label, raw, "set it to a file or directory path")
+    return _absolute(raw, ctx.cwd)
+
+
+def _parse_optional_path(raw: object, label: str, ctx: _Context) -> Path | None:
+    if raw == "":
+        return None
+    return _parse_path(raw, label, ctx)
+
+
+def _parse_paths(raw: object, label: str, ctx: _Context) -> tuple[Path, ...]:
+    fix = "set it to one or more file paths (a TOML list, or comma-separated in the environment)"
+    if isinstance(raw, str):
+        items: list[object] = list(raw.split(","))
+    elif isinstance(raw, list):
+        items = list(raw)
+    else:
+        raise _bad(label, raw, fix)
+    if not all(isinstance(item, str) for item in items):
+        raise _bad(label, raw, fix)
+    texts = [str(item).strip() for item in items]
+    paths = tuple(_absolute(text, ctx.cwd) for text in texts if text)
+    if not paths:
+        raise _bad(label, raw, fix)
+    return paths
+
+
+def split_listen_address(address: str) -> tuple[str, int]:
+    """(host, port) of a `host:port` listen address (`[::1]:443` for IPv6).
+
+    Raises ValueError when it is not one: the host must be a name, an IPv4
+    address or a bracketed IPv6 address, and the port 0 to 65535.
+    """
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host or not (port_text.isascii() and port_text.isdigit()):
+        raise ValueError(f"{address!r} is not host:port")
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"port {port} is above 65535")
+    if host.startswith("[") and host.endswith("]") and len(host) > 2:
+        inner = host[1:-1]
+        if not all(c in "0123456789abcdefABCDEF:." for c in inner):
+            raise ValueError(f"{host!r} is not an IPv6 address")
+        return inner, port
+    if not all(c.isascii() and (c.isalnum() or c in ".-_") for c in host):
+        raise ValueError(f"{host!r} is not a host name or IPv4 address (bracket IPv6: [::1])")
+    return host, port
+
+
+def _listen(*, allow_empty: bool, example: str) -> _Parser:
+    def parse(raw: object, label: str, ctx: _Context) -> str:
+        text = raw.strip() if isinstance(raw, str) else None
+        if text == "" and allow_empty:
+            return ""
+        try:
+            if text is None:
+                raise ValueError("not a string")
+            split_listen_address(text)
+        except ValueError:
+            also = ", or empty to turn it off" if allow_empty else ""
+            raise _bad(
+                label,
+                raw,
+                f"set it to host:port with a port from 0 to 65535, e.g. {example!r}{also}",
+            ) from None
+        return text
+
+    return parse
+
+
+def _parse_public_url(raw: object, label: str, ctx: _Context) -> str:
+    fix = "set it to the http(s) URL hosts fetch the origin from, e.g. 'https://cdn.example.com/'"
+    text = raw.strip() if isinstance(raw, str) else ""
+    try:
+        parts = urlsplit(text)
+        _ = parts.port  # raises ValueError on a bad port
+    except ValueError:
+        raise _bad(label, raw, fix) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise _bad(label, raw, fix)
+    return text if text.endswith("/") else text + "/"
+
+
+def _parse_trust_json(raw: object, label: str, ctx: _Context) -> str | None:
+    if raw == "":
+        return None
+    fix = (
+        "set it to the trust file's JSON object, "
+        '{"threshold": 1, "keys": [...]}, or name the file in FEATURE_TRUST_PUBLIC_KEYS_PATH'
+    )
+    if not isinstance(raw, str):
+        raise ConfigError(f"{label} is not a string; {fix}.")
+    try:
+        document = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        # The value itself is not echoed: it is long, and a pasted file may hold anything.
+        raise ConfigError(
+            f"{label} is not valid JSON ({exc.msg} at character {exc.pos}); {fix}."
+        ) from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{label} is JSON but not an object; {fix}.")
+    return raw
+
+
+# --- the settings table ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Setting:
+    name: str
+    parse: _Parser
+    contract_env: tuple[str, ...] = ()
+    # For an optional setting an empty environment variable means "not set here".
+    optional: bool = False
+
+    @property
+    def env_names(self) -> tuple[str, ...]:
+        generic = f"RELEASECONTROL_{self.name.upper()}"
+        return (*self.contract_env, *((generic,) if generic not in self.contract_env else ()))
+
+
+_SETTINGS: tuple[_Setting, ...] = (
+    _Setting("env", _parse_environment),
+    _Setting("home", _parse_path),
+    _Setting("grpc_listen", _listen(allow_empty=False, example="127.0.0.1:50051")),
+    _Setting("origin_dir", _parse_path),
+    _Setting("origin_http_listen", _listen(allow_empty=True, example="127.0.0.1:4100")),
+    _Setting("origin_public_url", _parse_public_url),
+    _Setting("admin_listen", _listen(allow_empty=False, example="127.0.0.1:8080")),
+    _Setting("database_path", _parse_path),
+    _Setting("tls_cert_path", _parse_path),
+    _Setting("tls_key_path", _parse_path),
+    _Setting("tls_client_ca_path", _parse_path),
+    _Setting("require_client_cert", _parse_bool),
+    _Setting("signing_key_paths", _parse_paths),
+    _Setting(
+        "trust_public_keys_json",
+        _parse_trust_json,
+        ("FEATURE_TRUST_PUBLIC_KEYS_JSON",),
+        optional=True,
+    ),
+    _Setting(
+        "trust_public_keys_path",
+        _parse_optional_path,
+        ("FEATURE_TRUST_PUBLIC_KEYS_PATH",),
+        optional=True,
+    ),
+    _Setting("default_soak_seconds", _int_between(0, MAX_SOAK_SECONDS, "seconds")),
+    _Setting("index_expiry_seconds", _int_between(60, 366 * _DAY_SECONDS, "seconds")),
+    _Setting("max_manifest_bytes", _int_between(1, 64 * _MIB, "bytes")),
+    _Setting("max_publish_bytes", _int_between(1, 64 * 1024 * _MIB, "bytes")),
+    _Setting("watch_queue_size", _int_between(1, 1_000_000, "events")),
+    _Setting("shutdown_grace_seconds", _float_between(0, 600)),
+    _Setting("auth_mode", _parse_auth_mode, optional=True),
+    _Setting("allow_insecure_dev_keys", _parse_bool, ("FEATURE_ALLOW_INSECURE_DEV_KEYS",)),
+    _Setting("allow_unauthenticated_admin", _parse_bool, ("ALLOW_UNAUTHENTICATED_ADMIN",)),
+)
+_BY_NAME = {setting.name: setting for setting in _SETTINGS}
+_TRUST_PAIR = ("trust_public_keys_json", "trust_public_keys_path")
+
+SETTING_NAMES: tuple[str, ...] = tuple(_BY_NAME)
+"""Every setting, as a TOML key (and, upper-cased after RELEASECONTROL_, an env var)."""
+
+ENV_VAR_NAMES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {setting.name: setting.env_names for setting in _SETTINGS}
+)
+"""Setting -> the environment variables that set it, contract name first."""
+
+
+def _home_defaults(home: Path) -> dict[str, object]:
+    return {
+        "origin_dir": home / "origin",
+        "database_path": home / "releasecontrol.db",
+        "tls_cert_path": home / "pki" / "server.pem",
+        "tls_key_path": home / "pki" / "server-key.pem",
+        "tls_client_ca_path": home / "pki" / "ca.pem",
+        "signing_key_paths": (home / "keys" / "signing-key.pem",),
+    }
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def load_config(
+    environ: Mapping[str, str] | None = None,
+    config_path: Path | None = None,
+    *,
+    cwd: Path | None = None,
+) -> Config:
+    """Load and check the config: defaults, then the TOML file, then `environ`.
+
+    `environ` defaults to `os.environ`, `cwd` to the current directory (relative
+    paths resolve against it). Raises ConfigError, naming the setting and the
+    fix, for a missing or unreadable file, an unknown key, a bad value, or a
+    production config that switches off a safety.
+    """
+    environ = os.environ if environ is None else environ
+    ctx = _Context(cwd=Path(os.path.abspath(Path.cwd() if cwd is None else cwd)))
+
+    file_path = _config_file(environ, config_path, ctx)
+    table = _read_toml(file_path) if file_path is not None else {}
+
+    # name -> (raw value, the setting as the user wrote it); later layers overwrite.
+    raw: dict[str, tuple[object, str]] = {
+        key: (value, f"{key} in {file_path}") for key, value in table.items()
+    }
+    from_env = {
+        setting.name: found
+        for setting in _SETTINGS
+        if (found := _from_environment(setting, environ)) is not None
+    }
+    if "env" not in from_env and environ.get("NODE_ENV", "").strip().lower() == "production":
+        from_env["env"] = ("production", "NODE_ENV")
+    # The inline trust JSON and the trust path are one choice: an environment that
+    # makes it overrides the file's choice entirely, whichever of the two each used.
+    if any(name in from_env for name in _TRUST_PAIR):
+        for name in _TRUST_PAIR:
+            raw.pop(name, None)
+    raw.update(from_env)
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name, (value, label) in raw.items():
+        values[name] = _BY_NAME[name].parse(value, label, ctx)
+        sources[name] = label
+
+    home = values.setdefault("home", ctx.cwd / DEFAULT_HOME_NAME)
+    for name, default in _home_defaults(home).items():
+        values.setdefault(name, default)
+    _choose_trust_source(values, sources, home)
+    for name in SETTING_NAMES:
+        sources.setdefault(name, "default")
+
+    config = Config(**values, config_file=file_path, sources=MappingProxyType(sources))
+    problems = config.production_problems()
+    if problems:
+        raise ConfigError(" ".join(problems))
+    return config
+
+
+def _from_environment(setting: _Setting, environ: Mapping[str, str]) -> tuple[str, str] | None:
+    present = [
+        (name, environ[name])
+        for name in setting.env_names
+        if name in environ and not (setting.optional and environ[name] == "")
+    ]
+    if not present:
+        return None
+    if len({value for _, value in present}) > 1:
+        names = " and ".join(name for name, _ in present)
+        raise ConfigError(f"{names} are both set, to different values; set only {present[0][0]}.")
+    name, value = present[0]
+    return value, name
+
+
+def _choose_trust_source(values: dict[str, Any], sources: dict[str, str], home: Path) -> None:
+    json_value = values.get("trust_public_keys_json")
+    path_value = values.get("trust_public_keys_path")
+    if json_value is not None and path_value is not None:
+        raise ConfigError(
+            f"{sources['trust_public_keys_json']} and {sources['trust_public_keys_path']} "
+            "are both set; set only one: the trust file inline, or its path."
+        )
+    if json_value is None and path_value is None:
+        values["trust_public_keys_path"] = home / "keys" / "trust.json"
+        sources["trust_public_keys_path"] = "default"
+    values.setdefault("trust_public_keys_json", None)
+    values.setdefault("trust_public_keys_path", None)
+
+
+def _config_file(
+    environ: Mapping[str, str], config_path: Path | None, ctx: _Context
+) -> Path | None:
+    if config_path is not None:
+        path = _absolute(str(config_path), ctx.cwd)
+        if not path.is_file():
+            raise ConfigError(f"the config file {path} does not exist; create it or pass another.")
+        return path
+    if environ.get(CONFIG_ENV_VAR, ""):
+        path = _parse_path(environ[CONFIG_ENV_VAR], CONFIG_ENV_VAR, ctx)
+        if not path.is_file():
+            raise ConfigError(
+                f"{CONFIG_ENV_VAR} is {str(path)!r}, which is not a file; "
+                "point it at a TOML config file or unset it."
+            )
+        return path
+    if environ.get(HOME_ENV_VAR, ""):
+        home = _parse_path(environ[HOME_ENV_VAR], HOME_ENV_VAR, ctx)
+    else:
+        home = ctx.cwd / DEFAULT_HOME_NAME
+    candidate = home / CONFIG_FILE_NAME
+    return candidate if candidate.is_file() else None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            table = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(
+            f"the config file {path} cannot be read ({exc.strerror}); "
+            "fix its permissions or point RELEASECONTROL_CONFIG elsewhere."
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"the config file {path} is not valid TOML ({exc}); fix it.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"the config file {path} is not UTF-8 text; save it as UTF-8.") from None
+    for key in table:
+        if key not in _BY_NAME:
+            close = difflib.get_close_matches(key, SETTING_NAMES, n=1)
+            fix = f"did you mean {close[0]!r}?" if close else "remove it (settings are top-level)."
+            raise ConfigError(f"{key!r} in {path} is not a setting; {fix}")
+    return table
