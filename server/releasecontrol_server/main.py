@@ -28,7 +28,7 @@ from releasecontrol.trust import SigningKey, TrustStore, load_or_create_dev_key
 from releasecontrol.v1 import release_control_pb2 as pb
 from releasecontrol.v1 import release_control_pb2_grpc as pb_grpc
 
-from releasecontrol_server.config import Config, load_config
+from releasecontrol_server.config import Config, load_config, split_listen_address
 from releasecontrol_server.control import ReleaseController
 from releasecontrol_server.origin.filesystem import FilesystemOrigin
 from releasecontrol_server.origin.http import OriginHttpServer
@@ -97,11 +97,6 @@ def _read(path: Path, what: str) -> bytes:
         ) from exc
 
 
-def _split_listen(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def _write_json_atomically(path: Path, value: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".endpoints-")
@@ -156,7 +151,7 @@ async def serve(
             root_certificates=client_ca,
             require_client_auth=config.require_client_cert,
         )
-        host, _ = _split_listen(config.grpc_listen)
+        host, _ = split_listen_address(config.grpc_listen)
         try:
             port = server.add_secure_port(config.grpc_listen, credentials)
         except RuntimeError as exc:
@@ -170,7 +165,7 @@ async def serve(
 
         origin_url = config.origin_public_url
         if config.origin_http_listen:
-            http_host, http_port = _split_listen(config.origin_http_listen)
+            http_host, http_port = split_listen_address(config.origin_http_listen)
             origin_http = OriginHttpServer(config.origin_dir, http_host, http_port)
             try:
                 origin_http.start()
@@ -182,7 +177,8 @@ async def serve(
                 ) from exc
             if http_port == 0:
                 origin_url = origin_http.url
-        endpoints = {"grpc": f"{host}:{port}", "origin_url": origin_url, "pid": os.getpid()}
+        grpc_host = f"[{host}]" if ":" in host else host
+        endpoints = {"grpc": f"{grpc_host}:{port}", "origin_url": origin_url, "pid": os.getpid()}
         _write_json_atomically(config.endpoints_path, endpoints)
         log.info("serving grpc=%s origin_url=%s", endpoints["grpc"], origin_url)
         if on_ready is not None:
@@ -215,8 +211,7 @@ def _banner(config: Config, endpoints: dict[str, Any]) -> str:
             f"  state          {home}",
             f"  client TLS     {home / 'pki' / 'client.pem'} (used by releasectl)",
             f"  trust file     {config.trust_public_keys_path or 'FEATURE_TRUST_PUBLIC_KEYS_JSON'}",
-            "  admin UI       not available yet (planned at http://"
-            f"{config.admin_listen}/_admin)",
+            f"  admin UI       not available yet (planned at http://{config.admin_listen}/_admin)",
             "Try `releasectl release status` in another terminal. Stop with Ctrl-C.",
         ]
     )
