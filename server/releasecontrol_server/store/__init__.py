@@ -1,0 +1,17 @@
+"""Persistence of the control plane: features, audit trail, signed files, outbox.
+
+`SqliteStore` (store.sqlite) is the embedded default; a server database engine
+can come later behind the same methods.
+"""
+
+from __future__ import annotations
+
+from releasecontrol_server.store.sqlite import (
+    SCHEMA_VERSION,
+    Change,
+    SignedFile,
+    SqliteStore,
+    StoredTransition,
+)
+
+__all__ = ["SCHEMA_VERSION", "Change", "SignedFile", "SqliteStore", "StoredTransition"]

@@ -1,0 +1,737 @@
+"""The control plane's state in one SQLite file (WAL), through sqlite-utils.
+
+What is kept, one table each:
+
+    meta          schema_version, global_sequence
+    features      one row per feature: sequence, stable, canary
+    versions      one row per published version (feature_id, version), in publish order
+    manifests     the manifest bytes of each published version
+    transitions   the audit trail; id = the global sequence of the commit
+    files         the last signed bytes of every file published to the origin
+    outbox        paths committed but not yet confirmed on the origin
+    requests      request_id -> (rpc, response) for idempotent retries
+
+`commit` writes one change in ONE transaction, after checking that neither the
+feature nor the global sequence moved since the change was computed, so a
+crash leaves the old state or the new one and the outbox still names every
+file the origin has not confirmed.
+
+One connection, in autocommit mode: every transaction is opened explicitly
+(`BEGIN IMMEDIATE` for writes, so a second process waits for the lock instead
+of failing mid-transaction). Calls are serialised by a lock, so the store may
+be used from worker threads; the caller still serialises whole read-modify-commit
+cycles (the sequence checks turn a lost race into StaleSequence).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from sqlite_utils import Database
+
+from releasecontrol.errors import AlreadyExists, ConfigError, StaleSequence
+from releasecontrol_server.origin import validate_origin_path
+from releasecontrol_server.releases import (
+    Action,
+    AuditRecord,
+    Canary,
+    FeatureState,
+    PublishedVersion,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Change",
+    "SignedFile",
+    "SqliteStore",
+    "StoredTransition",
+]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 10_000
+
+REMOTE_INDEX_NAME = "remote-index.json"
+RELEASES_NAME = "releases.json"
+
+# One tuple of statements per schema version: _MIGRATIONS[n - 1] takes the
+# schema from version n - 1 to n. Append, never edit a released entry.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """
+        CREATE TABLE features (
+            feature_id TEXT PRIMARY KEY,
+            sequence INTEGER NOT NULL CHECK (sequence >= 1),
+            stable TEXT,
+            canary_version TEXT,
+            canary_soak_started_at TEXT,
+            canary_soak_seconds INTEGER,
+            updated_at TEXT,
+            updated_by TEXT NOT NULL,
+            CHECK ((canary_version IS NULL) = (canary_soak_started_at IS NULL))
+        )
+        """,
+        """
+        CREATE TABLE versions (
+            feature_id TEXT NOT NULL REFERENCES features (feature_id),
+            version TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            manifest_sha256 TEXT NOT NULL,
+            published_at TEXT NOT NULL,
+            was_stable INTEGER NOT NULL,
+            PRIMARY KEY (feature_id, version)
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE manifests (
+            feature_id TEXT NOT NULL,
+            version TEXT NOT NULL,
+            content BLOB NOT NULL,
+            PRIMARY KEY (feature_id, version),
+            FOREIGN KEY (feature_id, version) REFERENCES versions (feature_id, version)
+        )
+        """,
+        """
+        CREATE TABLE transitions (
+            id INTEGER PRIMARY KEY,
+            feature_id TEXT NOT NULL REFERENCES features (feature_id),
+            sequence INTEGER NOT NULL,
+            action TEXT NOT NULL,
+            version TEXT NOT NULL,
+            from_stable TEXT,
+            to_stable TEXT,
+            from_canary TEXT,
+            to_canary TEXT,
+            actor TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            ticket TEXT NOT NULL,
+            at TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            UNIQUE (feature_id, sequence)
+        )
+        """,
+        "CREATE INDEX transitions_by_feature ON transitions (feature_id, id)",
+        """
+        CREATE TABLE files (
+            path TEXT PRIMARY KEY,
+            content BLOB NOT NULL,
+            sha256 TEXT NOT NULL,
+            sequence INTEGER NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE outbox (
+            path TEXT PRIMARY KEY REFERENCES files (path),
+            global_sequence INTEGER NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE requests (
+            request_id TEXT PRIMARY KEY,
+            rpc TEXT NOT NULL,
+            response BLOB NOT NULL,
+            global_sequence INTEGER NOT NULL
+        )
+        """,
+    ),
+)
+assert len(_MIGRATIONS) == SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class SignedFile:
+    """A file as published on the origin: its bytes and the sequence it carries."""
+
+    path: str
+    content: bytes
+    sha256: str
+    sequence: int
+
+
+@dataclass(frozen=True)
+class StoredTransition:
+    """A committed audit record; `id` and `global_sequence` are the same number."""
+
+    id: int
+    record: AuditRecord
+    global_sequence: int
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Change:
+    """Everything one commit writes; see `SqliteStore.commit`."""
+
+    state: FeatureState
+    """The new state (state.sequence = previous + 1)."""
+    record: AuditRecord
+    """The audit record of the move; its feature_id and sequence match `state`."""
+    global_sequence: int
+    """The new remote-index sequence (= stored global sequence + 1)."""
+    files: tuple[SignedFile, ...]
+    """New signed bytes to keep and to write to the origin (releases.json, remote-index.json …)."""
+    manifest: tuple[str, bytes] | None = None
+    """(version, manifest bytes) when a version is published."""
+    request_id: str = ""
+    rpc: str = ""
+    response: bytes = b""
+    """The serialized response, returned again for a retried request_id."""
+
+
+class SqliteStore:
+    """Features, audit trail, signed files and outbox in one SQLite database file."""
+
+    def __init__(self, path: Path) -> None:
+        """Open (creating if missing) the database at `path` and bring its schema up to date.
+
+        Raises ConfigError when the file cannot be opened or was written by a
+        newer schema than this code knows.
+        """
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise ConfigError(
+                f"cannot open the database {self.path}: {exc}; "
+                "check that its folder exists and is writable"
+            ) from exc
+        self._db = Database(conn, recursive_triggers=False, execute_plugins=False)
+        try:
+            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._db.enable_wal()
+            # FULL: a commit that returned survives power loss, not only a crash.
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise ConfigError(
+                f"cannot use the database {self.path}: {exc}; "
+                "is it a ReleaseControl database, and writable?"
+            ) from exc
+        except BaseException:
+            conn.close()
+            raise
+
+    def close(self) -> None:
+        """Close the connection; the store cannot be used afterwards."""
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> SqliteStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- transactions -----------------------------------------------------
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[None]:
+        """One write transaction: all of it commits, or none of it."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.rollback()
+                raise
+            try:
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.rollback()
+                raise
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[None]:
+        """A read transaction, so several queries see one snapshot."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                yield
+            finally:
+                self._db.rollback()
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._db.query(sql, list(params)))
+
+    def _value(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        with self._lock:
+            row = self._db.execute(sql, list(params)).fetchone()
+        return None if row is None else row[0]
+
+    def _migrate(self) -> None:
+        with self._write():
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+            )
+            found = self._meta("schema_version")
+            current = int(found) if found is not None else 0
+            if current > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"the database {self.path} has schema version {current}, but this server "
+                    f"knows versions up to {SCHEMA_VERSION}; run a newer releasecontrol-server"
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[version - 1]:
+                    self._db.execute(statement)
+                log.info("store schema migrated path=%s schema_version=%d", self.path, version)
+            if current == 0:
+                self._set_meta("global_sequence", 0)
+            self._set_meta("schema_version", SCHEMA_VERSION)
+
+    def _meta(self, key: str) -> str | None:
+        value = self._value("SELECT value FROM meta WHERE key = ?", [key])
+        return None if value is None else str(value)
+
+    def _set_meta(self, key: str, value: object) -> None:
+        self._db.table("meta").upsert({"key": key, "value": str(value)}, pk="key")
+
+    # -- features ---------------------------------------------------------
+
+    def load_feature(self, feature_id: str) -> FeatureState | None:
+        """The feature's committed state, or None when it was never committed."""
+        found = self.list_features(only=[feature_id], limit=1)
+        return found[0] if found else None
+
+    def list_features(
+        self, *, after: str = "", limit: int = 100, only: Sequence[str] = ()
+    ) -> list[FeatureState]:
+        """Up to `limit` features ordered by feature_id, strictly after `after`.
+
+        With `only`, just those feature ids (unknown ones are skipped). Raises
+        ValueError for a limit below 1.
+        """
+        _check_limit(limit)
+        sql = "SELECT * FROM features WHERE feature_id > ?"
+        params: list[Any] = [after]
+        if only:
+            sql += " AND feature_id IN (SELECT value FROM json_each(?))"
+            params.append(json.dumps(list(only)))
+        sql += " ORDER BY feature_id LIMIT ?"
+        params.append(limit)
+        with self._read():
+            features = self._rows(sql, params)
+            if not features:
+                return []
+            ids = json.dumps([row["feature_id"] for row in features])
+            versions = self._rows(
+                "SELECT * FROM versions WHERE feature_id IN (SELECT value FROM json_each(?)) "
+                "ORDER BY feature_id, position",
+                [ids],
+            )
+        by_feature: dict[str, list[PublishedVersion]] = {}
+        for row in versions:
+            by_feature.setdefault(str(row["feature_id"]), []).append(_version_from_row(row))
+        return [
+            _feature_from_row(row, by_feature.get(str(row["feature_id"]), [])) for row in features
+        ]
+
+    def feature_count(self) -> int:
+        """How many features were ever committed."""
+        return int(self._value("SELECT count(*) FROM features"))
+
+    def global_sequence(self) -> int:
+        """The sequence of the last commit (of the remote index); 0 before the first."""
+        with self._lock:
+            value = self._meta("global_sequence")
+        return int(value) if value is not None else 0
+
+    def get_manifest(self, feature_id: str, version: str) -> bytes | None:
+        """The manifest bytes stored when `version` was published, or None."""
+        value = self._value(
+            "SELECT content FROM manifests WHERE feature_id = ? AND version = ?",
+            [feature_id, version],
+        )
+        return None if value is None else bytes(value)
+
+    # -- signed files and the outbox -------------------------------------
+
+    def signed_file(self, path: str) -> SignedFile | None:
+        """The last committed bytes of `path`, or None."""
+        return self.signed_files([path]).get(path)
+
+    def signed_files(self, paths: Sequence[str]) -> dict[str, SignedFile]:
+        """The last committed bytes of each of `paths` that was ever committed, by path."""
+        if not paths:
+            return {}
+        rows = self._rows(
+            "SELECT * FROM files WHERE path IN (SELECT value FROM json_each(?))",
+            [json.dumps(list(paths))],
+        )
+        return {str(row["path"]): _file_from_row(row) for row in rows}
+
+    def pending_writes(self) -> list[SignedFile]:
+        """Files committed but not yet confirmed on the origin, in the order to write them.
+
+        Everything else first, then every `releases.json`, then `remote-index.json`
+        last: a host that reads the new remote index finds every file it names.
+        Within a group, the oldest queued first.
+        """
+        rows = self._rows(
+            "SELECT files.*, outbox.global_sequence AS queued_at FROM outbox "
+            "JOIN files ON files.path = outbox.path"
+        )
+        rows.sort(key=lambda row: (_write_rank(row["path"]), row["queued_at"], row["path"]))
+        return [_file_from_row(row) for row in rows]
+
+    def mark_written(self, path: str, sha256: str) -> None:
+        """Drop `path` from the outbox, only if the stored file still has `sha256`.
+
+        A file committed again after it was read from the outbox stays queued,
+        so its newer bytes are written too.
+        """
+        with self._write():
+            self._db.execute(
+                "DELETE FROM outbox WHERE path = ? "
+                "AND EXISTS (SELECT 1 FROM files WHERE path = ? AND sha256 = ?)",
+                [path, path, sha256],
+            )
+
+    # -- commit -----------------------------------------------------------
+
+    def commit(self, change: Change) -> StoredTransition:
+        """Write `change` in one transaction and return its stored audit record.
+
+        Raises StaleSequence when the stored feature sequence is not
+        change.state.sequence - 1 (0 for a new feature), when the stored global
+        sequence is not change.global_sequence - 1, or when a file's sequence is
+        lower than the stored one; AlreadyExists when the request_id was already
+        answered or the version's manifest is stored with other bytes; ValueError
+        for an inconsistent change. In every one of these cases nothing is written.
+        """
+        _check_change(change)
+        state, record = change.state, change.record
+        with self._write():
+            self._check_sequences(change)
+            self._put_feature(state)
+            if change.manifest is not None:
+                self._put_manifest(state.feature_id, *change.manifest)
+            self._db.table("transitions").insert(
+                {
+                    "id": change.global_sequence,
+                    **_record_to_row(record),
+                    "request_id": change.request_id,
+                }
+            )
+            if change.files:
+                self._db.table("files").upsert_all(
+                    [_file_to_row(file) for file in change.files], pk="path"
+                )
+                self._db.table("outbox").upsert_all(
+                    [
+                        {"path": file.path, "global_sequence": change.global_sequence}
+                        for file in change.files
+                    ],
+                    pk="path",
+                )
+            if change.request_id:
+                self._db.table("requests").insert(
+                    {
+                        "request_id": change.request_id,
+                        "rpc": change.rpc,
+                        "response": change.response,
+                        "global_sequence": change.global_sequence,
+                    }
+                )
+            self._set_meta("global_sequence", change.global_sequence)
+        return StoredTransition(
+            id=change.global_sequence,
+            record=record,
+            global_sequence=change.global_sequence,
+            request_id=change.request_id,
+        )
+
+    def _check_sequences(self, change: Change) -> None:
+        feature_id = change.state.feature_id
+        stored = self._value("SELECT sequence FROM features WHERE feature_id = ?", [feature_id])
+        stored_sequence = int(stored) if stored is not None else 0
+        if stored_sequence != change.state.sequence - 1:
+            raise StaleSequence(
+                f"feature {feature_id!r} is at sequence {stored_sequence} in the store, but the "
+                f"change was computed from sequence {change.state.sequence - 1}: someone else "
+                "changed it; re-read the state and retry"
+            )
+        stored_global = self.global_sequence()
+        if stored_global != change.global_sequence - 1:
+            raise StaleSequence(
+                f"the global sequence is {stored_global} in the store, but the change was "
+                f"computed from {change.global_sequence - 1}: another change committed first; "
+                "re-read the state and retry"
+            )
+        if change.request_id and self.request_response(change.request_id) is not None:
+            raise AlreadyExists(
+                f"request_id {change.request_id!r} was already answered; "
+                "use a new request_id for a new request"
+            )
+        stored_files = self.signed_files([file.path for file in change.files])
+        for file in change.files:
+            old = stored_files.get(file.path)
+            if old is not None and file.sequence < old.sequence:
+                raise StaleSequence(
+                    f"{file.path} is stored at sequence {old.sequence}, the change would write "
+                    f"sequence {file.sequence}: a published file never goes backwards"
+                )
+
+    def _put_feature(self, state: FeatureState) -> None:
+        canary = state.canary
+        self._db.table("features").upsert(
+            {
+                "feature_id": state.feature_id,
+                "sequence": state.sequence,
+                "stable": state.stable,
+                "canary_version": canary.version if canary else None,
+                "canary_soak_started_at": _text(canary.soak_started_at) if canary else None,
+                "canary_soak_seconds": canary.soak_seconds if canary else None,
+                "updated_at": _text(state.updated_at) if state.updated_at else None,
+                "updated_by": state.updated_by,
+            },
+            pk="feature_id",
+        )
+        # Versions are only ever appended, but the stored list must equal the
+        # state's exactly, so any version the state no longer has goes.
+        names = json.dumps([v.version for v in state.versions])
+        self._db.execute(
+            "DELETE FROM versions WHERE feature_id = ? "
+            "AND version NOT IN (SELECT value FROM json_each(?))",
+            [state.feature_id, names],
+        )
+        if state.versions:
+            self._db.table("versions").upsert_all(
+                [
+                    {
+                        "feature_id": state.feature_id,
+                        "version": v.version,
+                        "position": position,
+                        "manifest_sha256": v.manifest_sha256,
+                        "published_at": _text(v.published_at),
+                        "was_stable": int(v.was_stable),
+                    }
+                    for position, v in enumerate(state.versions)
+                ],
+                pk=("feature_id", "version"),
+            )
+
+    def _put_manifest(self, feature_id: str, version: str, content: bytes) -> None:
+        stored = self.get_manifest(feature_id, version)
+        if stored is None:
+            self._db.table("manifests").insert(
+                {"feature_id": feature_id, "version": version, "content": content}
+            )
+        elif stored != content:
+            raise AlreadyExists(
+                f"version {version} of feature {feature_id!r} already has a different manifest "
+                "stored; a published version never changes"
+            )
+
+    # -- requests -----------------------------------------------------------
+
+    def remember_request(self, request_id: str, rpc: str, response: bytes) -> None:
+        """Keep the answer to a request that changed nothing; the first answer kept wins."""
+        if not request_id:
+            raise ValueError("request_id is empty")
+        with self._write():
+            self._db.execute(
+                "INSERT INTO requests (request_id, rpc, response, global_sequence) "
+                "VALUES (?, ?, ?, (SELECT CAST(value AS INTEGER) FROM meta "
+                "WHERE key = 'global_sequence')) ON CONFLICT (request_id) DO NOTHING",
+                [request_id, rpc, response],
+            )
+
+    def request_response(self, request_id: str) -> tuple[str, bytes] | None:
+        """(rpc, response) stored for `request_id`, or None when it was never answered."""
+        rows = self._rows("SELECT rpc, response FROM requests WHERE request_id = ?", [request_id])
+        if not rows:
+            return None
+        return str(rows[0]["rpc"]), bytes(rows[0]["response"])
+
+    # -- audit trail ----------------------------------------------------------
+
+    def list_transitions(
+        self, *, feature_id: str = "", before_id: int = 0, limit: int = 100
+    ) -> list[StoredTransition]:
+        """Up to `limit` transitions, newest first, with id < `before_id` (0: from the newest).
+
+        With `feature_id`, only that feature's. Raises ValueError for a limit below 1.
+        """
+        _check_limit(limit)
+        clauses: list[str] = []
+        params: list[Any] = []
+        if feature_id:
+            clauses.append("feature_id = ?")
+            params.append(feature_id)
+        if before_id > 0:
+            clauses.append("id < ?")
+            params.append(before_id)
+        where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
+        rows = self._rows(
+            f"SELECT * FROM transitions {where}ORDER BY id DESC LIMIT ?", [*params, limit]
+        )
+        return [_transition_from_row(row) for row in rows]
+
+
+# -- conversions --------------------------------------------------------------
+
+
+def _text(moment: datetime) -> str:
+    """ISO-8601 UTC with microseconds: sorts as text, and reads back equal."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"naive datetime {moment.isoformat()}: the store keeps aware UTC times")
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def _moment(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def _optional_moment(text: str | None) -> datetime | None:
+    return None if text is None else _moment(text)
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _version_from_row(row: dict[str, Any]) -> PublishedVersion:
+    return PublishedVersion(
+        version=str(row["version"]),
+        manifest_sha256=str(row["manifest_sha256"]),
+        published_at=_moment(row["published_at"]),
+        was_stable=bool(row["was_stable"]),
+    )
+
+
+def _feature_from_row(row: dict[str, Any], versions: Sequence[PublishedVersion]) -> FeatureState:
+    canary = None
+    if row["canary_version"] is not None:
+        canary = Canary(
+            version=str(row["canary_version"]),
+            soak_started_at=_moment(row["canary_soak_started_at"]),
+            soak_seconds=int(row["canary_soak_seconds"]),
+        )
+    return FeatureState(
+        feature_id=str(row["feature_id"]),
+        sequence=int(row["sequence"]),
+        stable=_optional_str(row["stable"]),
+        canary=canary,
+        versions=tuple(versions),
+        updated_at=_optional_moment(row["updated_at"]),
+        updated_by=str(row["updated_by"]),
+    )
+
+
+def _record_to_row(record: AuditRecord) -> dict[str, Any]:
+    return {
+        "feature_id": record.feature_id,
+        "sequence": record.sequence,
+        "action": record.action.value,
+        "version": record.version,
+        "from_stable": record.from_stable,
+        "to_stable": record.to_stable,
+        "from_canary": record.from_canary,
+        "to_canary": record.to_canary,
+        "actor": record.actor,
+        "reason": record.reason,
+        "ticket": record.ticket,
+        "at": _text(record.at),
+        "detail": record.detail,
+    }
+
+
+def _transition_from_row(row: dict[str, Any]) -> StoredTransition:
+    record = AuditRecord(
+        feature_id=str(row["feature_id"]),
+        sequence=int(row["sequence"]),
+        action=Action(row["action"]),
+        version=str(row["version"]),
+        from_stable=_optional_str(row["from_stable"]),
+        to_stable=_optional_str(row["to_stable"]),
+        from_canary=_optional_str(row["from_canary"]),
+        to_canary=_optional_str(row["to_canary"]),
+        actor=str(row["actor"]),
+        reason=str(row["reason"]),
+        ticket=str(row["ticket"]),
+        at=_moment(row["at"]),
+        detail=str(row["detail"]),
+    )
+    return StoredTransition(
+        id=int(row["id"]),
+        record=record,
+        global_sequence=int(row["id"]),
+        request_id=str(row["request_id"]),
+    )
+
+
+def _file_to_row(file: SignedFile) -> dict[str, Any]:
+    return {
+        "path": file.path,
+        "content": file.content,
+        "sha256": file.sha256,
+        "sequence": file.sequence,
+    }
+
+
+def _file_from_row(row: dict[str, Any]) -> SignedFile:
+    return SignedFile(
+        path=str(row["path"]),
+        content=bytes(row["content"]),
+        sha256=str(row["sha256"]),
+        sequence=int(row["sequence"]),
+    )
+
+
+def _write_rank(path: str) -> int:
+    """0: manifests and the rest, 1: releases.json, 2: remote-index.json (written last)."""
+    name = PurePosixPath(path).name
+    if name == REMOTE_INDEX_NAME:
+        return 2
+    if name == RELEASES_NAME:
+        return 1
+    return 0
+
+
+def _check_limit(limit: int) -> None:
+    if limit < 1:
+        raise ValueError(f"limit must be 1 or more, got {limit}")
+
+
+def _check_change(change: Change) -> None:
+    """Refuse a change that contradicts itself (a bug in the caller), before any write."""
+    state, record = change.state, change.record
+    if state.sequence < 1:
+        raise ValueError(f"state.sequence must be 1 or more, got {state.sequence}")
+    if change.global_sequence < 1:
+        raise ValueError(f"global_sequence must be 1 or more, got {change.global_sequence}")
+    if (record.feature_id, record.sequence) != (state.feature_id, state.sequence):
+        raise ValueError(
+            f"the audit record is for {record.feature_id!r} sequence {record.sequence}, "
+            f"the state for {state.feature_id!r} sequence {state.sequence}"
+        )
+    if change.manifest is not None and state.find(change.manifest[0]) is None:
+        raise ValueError(f"manifest for version {change.manifest[0]!r}, which the state lacks")
+    paths = [file.path for file in change.files]
+    if len(set(paths)) != len(paths):
+        raise ValueError(f"a path appears twice in the change's files: {sorted(paths)}")
+    for file in change.files:
+        validate_origin_path(file.path)
+        if hashlib.sha256(file.content).hexdigest() != file.sha256:
+            raise ValueError(f"{file.path}: sha256 {file.sha256} does not match its content")

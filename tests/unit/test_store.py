@@ -1,0 +1,656 @@
+"""SqliteStore: commits are atomic, checked, ordered for the origin, and durable."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from releasecontrol.errors import AlreadyExists, ConfigError, StaleSequence
+from releasecontrol_server import releases
+from releasecontrol_server.releases import (
+    Canary,
+    ChangeMeta,
+    Channel,
+    Command,
+    DeployCanary,
+    FeatureState,
+    Publish,
+    PublishedVersion,
+)
+from releasecontrol_server.store import SCHEMA_VERSION, Change, SignedFile, SqliteStore
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+SHA_A = "a" * 64
+SHA_B = "b" * 64
+
+
+def signed(path: str, content: bytes, sequence: int) -> SignedFile:
+    return SignedFile(path, content, hashlib.sha256(content).hexdigest(), sequence)
+
+
+def make_change(
+    store: SqliteStore,
+    feature_id: str,
+    command: Command,
+    *,
+    at: datetime = T0,
+    files: tuple[SignedFile, ...] | None = None,
+    manifest: tuple[str, bytes] | None = None,
+    request_id: str = "",
+    rpc: str = "",
+    response: bytes = b"",
+) -> Change:
+    """The change the control plane would commit for `command` on the stored state."""
+    outcome = releases.apply(
+        store.load_feature(feature_id), feature_id, command, ChangeMeta(actor="alice"), at
+    )
+    assert isinstance(outcome, releases.Transition)
+    global_sequence = store.global_sequence() + 1
+    if files is None:
+        files = (
+            signed(
+                f"features/{feature_id}/releases.json",
+                b"releases %d" % outcome.state.sequence,
+                outcome.state.sequence,
+            ),
+            signed("remote-index.json", b"remote %d" % global_sequence, global_sequence),
+        )
+    return Change(
+        state=outcome.state,
+        record=outcome.record,
+        global_sequence=global_sequence,
+        files=files,
+        manifest=manifest,
+        request_id=request_id,
+        rpc=rpc,
+        response=response,
+    )
+
+
+def publish(
+    store: SqliteStore,
+    feature_id: str,
+    version: str,
+    *,
+    channel: Channel = Channel.STABLE,
+    at: datetime = T0,
+    **kwargs: Any,
+) -> Change:
+    change = make_change(
+        store,
+        feature_id,
+        Publish(version, SHA_A, channel=channel, soak_seconds=600),
+        at=at,
+        **kwargs,
+    )
+    store.commit(change)
+    return change
+
+
+def dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, read through a connection of its own."""
+    conn = sqlite3.connect(path)
+    try:
+        tables = [
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+            )
+        ]
+        return {
+            table: sorted(conn.execute(f'SELECT * FROM "{table}"').fetchall(), key=repr)
+            for table in tables
+        }
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "releasecontrol.db"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[SqliteStore]:
+    opened = SqliteStore(db_path)
+    yield opened
+    opened.close()
+
+
+class TestOpen:
+    def test_new_store_is_empty(self, store: SqliteStore) -> None:
+        """A new database has no features, no transitions, no files and global sequence 0."""
+        assert store.global_sequence() == 0
+        assert store.feature_count() == 0
+        assert store.load_feature("checkout") is None
+        assert store.list_features() == []
+        assert store.list_transitions() == []
+        assert store.pending_writes() == []
+        assert store.signed_file("remote-index.json") is None
+
+    def test_database_uses_wal_and_records_schema_version(
+        self, store: SqliteStore, db_path: Path
+    ) -> None:
+        """The file is in WAL mode and its meta table names the schema version."""
+        conn = sqlite3.connect(db_path)
+        try:
+            assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+            assert conn.execute(
+                "SELECT value FROM meta WHERE key = 'schema_version'"
+            ).fetchone() == (str(SCHEMA_VERSION),)
+        finally:
+            conn.close()
+
+    def test_newer_schema_is_refused(self, store: SqliteStore, db_path: Path) -> None:
+        """A database written by a newer schema is refused with ConfigError naming both versions."""
+        store.close()
+        conn = sqlite3.connect(db_path)
+        with conn:
+            conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+        conn.close()
+        with pytest.raises(ConfigError, match=rf"schema version 99.*up to {SCHEMA_VERSION}"):
+            SqliteStore(db_path)
+
+    def test_missing_folder_is_a_config_error(self, tmp_path: Path) -> None:
+        """A database path in a folder that does not exist raises ConfigError naming the path."""
+        with pytest.raises(ConfigError, match="no-such-folder"):
+            SqliteStore(tmp_path / "no-such-folder" / "db.sqlite")
+
+
+class TestCommit:
+    def test_round_trips_state_with_canary_and_versions(self, store: SqliteStore) -> None:
+        """A committed FeatureState with versions and a canary loads back exactly equal."""
+        publish(store, "checkout", "1.0.0")
+        publish(store, "checkout", "1.1.0", at=T0 + timedelta(minutes=5))
+        last = publish(
+            store, "checkout", "1.2.0", channel=Channel.CANARY, at=T0 + timedelta(minutes=9)
+        )
+        assert last.state.canary is not None
+        assert [v.was_stable for v in last.state.versions] == [True, True, False]
+
+        loaded = store.load_feature("checkout")
+
+        assert loaded == last.state
+        assert loaded == FeatureState(
+            feature_id="checkout",
+            sequence=3,
+            stable="1.1.0",
+            canary=Canary("1.2.0", T0 + timedelta(minutes=9), 600),
+            versions=(
+                PublishedVersion("1.0.0", SHA_A, T0, was_stable=True),
+                PublishedVersion("1.1.0", SHA_A, T0 + timedelta(minutes=5), was_stable=True),
+                PublishedVersion("1.2.0", SHA_A, T0 + timedelta(minutes=9)),
+            ),
+            updated_at=T0 + timedelta(minutes=9),
+            updated_by="alice",
+        )
+
+    def test_datetimes_come_back_as_aware_utc(self, store: SqliteStore) -> None:
+        """A time given in another zone loads back as the same instant, in UTC."""
+        paris = timezone(timedelta(hours=2))
+        publish(store, "checkout", "1.0.0", at=T0.astimezone(paris))
+
+        loaded = store.load_feature("checkout")
+
+        assert loaded is not None and loaded.updated_at is not None
+        assert loaded.updated_at == T0
+        assert loaded.updated_at.tzinfo is UTC
+        assert loaded.versions[0].published_at.tzinfo is UTC
+        assert store.list_transitions()[0].record.at.tzinfo is UTC
+
+    def test_returns_the_stored_transition(self, store: SqliteStore) -> None:
+        """commit returns the audit record with id = global sequence, as listed later."""
+        publish(store, "checkout", "1.0.0")
+        publish(store, "checkout", "1.1.0")
+        change = make_change(store, "checkout", DeployCanary("1.0.0", 60), request_id="r-1")
+
+        stored = store.commit(change)
+
+        assert (stored.id, stored.global_sequence, stored.request_id) == (3, 3, "r-1")
+        assert stored.record == change.record
+        assert store.list_transitions(limit=1) == [stored]
+        assert store.global_sequence() == 3
+
+    def test_keeps_manifest_and_signed_files(self, store: SqliteStore) -> None:
+        """The published manifest and every committed file are kept with their hash and sequence."""
+        manifest_file = signed("features/checkout/1.0.0/manifest.json", b'{"m":1}', 1)
+        change = publish(
+            store,
+            "checkout",
+            "1.0.0",
+            manifest=("1.0.0", b'{"m":1}'),
+            files=(manifest_file, signed("remote-index.json", b"ri", 1)),
+        )
+
+        assert store.get_manifest("checkout", "1.0.0") == b'{"m":1}'
+        assert store.get_manifest("checkout", "9.9.9") is None
+        assert store.signed_file(manifest_file.path) == manifest_file
+        assert store.signed_files([manifest_file.path, "remote-index.json", "nope.json"]) == {
+            file.path: file for file in change.files
+        }
+        assert store.signed_files([]) == {}
+
+    def test_stored_manifest_never_changes(self, store: SqliteStore, db_path: Path) -> None:
+        """Other bytes for a stored manifest raise AlreadyExists and nothing is written."""
+        publish(store, "checkout", "1.0.0", manifest=("1.0.0", b"{}"))
+        publish(store, "checkout", "1.1.0")
+        change = make_change(
+            store, "checkout", DeployCanary("1.0.0", 60), manifest=("1.0.0", b'{"x":1}')
+        )
+        before = dump(db_path)
+
+        with pytest.raises(AlreadyExists, match="different manifest"):
+            store.commit(change)
+
+        assert dump(db_path) == before
+        assert store.get_manifest("checkout", "1.0.0") == b"{}"
+
+    def test_later_commit_replaces_a_signed_file(self, store: SqliteStore) -> None:
+        """Committing a path again keeps only the newest bytes."""
+        publish(store, "checkout", "1.0.0")
+        publish(store, "checkout", "1.1.0")
+
+        current = store.signed_file("remote-index.json")
+
+        assert current == signed("remote-index.json", b"remote 2", 2)
+
+
+def _other_store_commits_first(store: SqliteStore, db_path: Path) -> Change:
+    change = make_change(store, "checkout", Publish("1.1.0", SHA_B))
+    with SqliteStore(db_path) as other:
+        other.commit(make_change(other, "checkout", Publish("1.1.0", SHA_B)))
+    return change
+
+
+def _renumber(change: Change, *, feature: int = 0, global_: int = 0) -> Change:
+    state = dataclasses.replace(change.state, sequence=change.state.sequence + feature)
+    record = dataclasses.replace(change.record, sequence=state.sequence)
+    return dataclasses.replace(
+        change, state=state, record=record, global_sequence=change.global_sequence + global_
+    )
+
+
+# Each builds, on a store holding checkout 1.0.0 (sequence 1, global 1), a change
+# that must be refused.
+STALE_CASES: dict[str, Callable[[SqliteStore, Path], Change]] = {
+    "feature-sequence-behind": lambda store, _: _renumber(
+        make_change(store, "checkout", Publish("1.1.0", SHA_B)), feature=-1
+    ),
+    "feature-sequence-ahead": lambda store, _: _renumber(
+        make_change(store, "checkout", Publish("1.1.0", SHA_B)), feature=+1
+    ),
+    "global-sequence-behind": lambda store, _: _renumber(
+        make_change(store, "checkout", Publish("1.1.0", SHA_B)), global_=-1
+    ),
+    "global-sequence-ahead": lambda store, _: _renumber(
+        make_change(store, "search", Publish("1.0.0", SHA_B)), global_=+1
+    ),
+    "another-store-committed-first": _other_store_commits_first,
+    "signed-file-goes-backwards": lambda store, _: make_change(
+        store,
+        "checkout",
+        Publish("1.1.0", SHA_B),
+        files=(signed("remote-index.json", b"older", 0),),
+    ),
+}
+
+
+class TestStaleChangesWriteNothing:
+    @pytest.mark.parametrize("build", STALE_CASES.values(), ids=STALE_CASES.keys())
+    def test_stale_change_raises_and_writes_nothing(
+        self, store: SqliteStore, db_path: Path, build: Callable[[SqliteStore, Path], Change]
+    ) -> None:
+        """A change built on stale sequences raises StaleSequence and no table changes."""
+        publish(
+            store,
+            "checkout",
+            "1.0.0",
+            manifest=("1.0.0", b"{}"),
+            request_id="r-first",
+            rpc="PublishVersion",
+            response=b"answer",
+        )
+        change = build(store, db_path)
+        change = dataclasses.replace(
+            change,
+            manifest=(change.state.versions[-1].version, b"{}"),
+            request_id="r-stale",
+            rpc="PublishVersion",
+            response=b"never",
+        )
+        before = dump(db_path)
+
+        with pytest.raises(StaleSequence):
+            store.commit(change)
+
+        assert dump(db_path) == before
+        assert store.request_response("r-stale") is None
+
+    def test_reused_request_id_raises_already_exists_and_writes_nothing(
+        self, store: SqliteStore, db_path: Path
+    ) -> None:
+        """Reusing an answered request_id raises AlreadyExists and writes nothing."""
+        publish(store, "checkout", "1.0.0", request_id="r-1", rpc="PublishVersion", response=b"a")
+        change = make_change(store, "checkout", Publish("1.1.0", SHA_B), request_id="r-1")
+        before = dump(db_path)
+
+        with pytest.raises(AlreadyExists, match="r-1"):
+            store.commit(change)
+
+        assert dump(db_path) == before
+
+    def test_every_table_is_covered(self, store: SqliteStore, db_path: Path) -> None:
+        """The nothing-written check compares every table the schema has."""
+        assert set(dump(db_path)) == {
+            "features",
+            "files",
+            "manifests",
+            "meta",
+            "outbox",
+            "requests",
+            "transitions",
+            "versions",
+        }
+
+
+def _first(store: SqliteStore) -> Change:
+    return make_change(store, "checkout", Publish("1.0.0", SHA_A))
+
+
+INCONSISTENT_CASES: dict[str, tuple[Callable[[Change], Change], str]] = {
+    "record-for-another-feature": (
+        lambda c: dataclasses.replace(c, record=dataclasses.replace(c.record, feature_id="x")),
+        "audit record",
+    ),
+    "sha256-does-not-match": (
+        lambda c: dataclasses.replace(
+            c, files=(dataclasses.replace(c.files[0], sha256=SHA_A), *c.files[1:])
+        ),
+        "does not match",
+    ),
+    "path-twice": (lambda c: dataclasses.replace(c, files=c.files * 2), "twice"),
+    "path-escapes-origin": (
+        lambda c: dataclasses.replace(c, files=(signed("../etc/passwd", b"x", 1),)),
+        "outside",
+    ),
+    "manifest-of-unknown-version": (
+        lambda c: dataclasses.replace(c, manifest=("9.9.9", b"{}")),
+        "9.9.9",
+    ),
+}
+
+
+class TestInconsistentChanges:
+    @pytest.mark.parametrize(
+        ("corrupt", "message"), INCONSISTENT_CASES.values(), ids=INCONSISTENT_CASES.keys()
+    )
+    def test_inconsistent_change_is_refused(
+        self,
+        store: SqliteStore,
+        db_path: Path,
+        corrupt: Callable[[Change], Change],
+        message: str,
+    ) -> None:
+        """A change that contradicts itself raises ValueError saying why, before any write."""
+        before = dump(db_path)
+
+        with pytest.raises(ValueError, match=message):
+            store.commit(corrupt(_first(store)))
+
+        assert dump(db_path) == before
+
+    def test_naive_datetime_is_refused(self, store: SqliteStore, db_path: Path) -> None:
+        """A naive datetime raises ValueError and the transaction leaves nothing behind."""
+        before = dump(db_path)
+
+        with pytest.raises(ValueError, match="naive"):
+            publish(store, "checkout", "1.0.0", at=datetime(2026, 3, 1, 12, 0))
+
+        assert dump(db_path) == before
+
+
+class TestOutbox:
+    def test_pending_writes_put_indexes_last(self, store: SqliteStore) -> None:
+        """Pending files come out: other files, every releases.json, remote-index.json last."""
+        publish(
+            store,
+            "checkout",
+            "1.0.0",
+            files=(
+                signed("remote-index.json", b"ri", 1),
+                signed("features/checkout/releases.json", b"r", 1),
+                signed("features/checkout/1.0.0/manifest.json", b"m", 1),
+            ),
+        )
+        publish(
+            store,
+            "search",
+            "1.0.0",
+            files=(
+                signed("remote-index.json", b"ri2", 2),
+                signed("features/search/releases.json", b"r", 1),
+                signed("features/search/1.0.0/manifest.json", b"m", 1),
+            ),
+        )
+
+        order = [file.path for file in store.pending_writes()]
+
+        assert order == [
+            "features/checkout/1.0.0/manifest.json",
+            "features/search/1.0.0/manifest.json",
+            "features/checkout/releases.json",
+            "features/search/releases.json",
+            "remote-index.json",
+        ]
+        assert store.pending_writes()[-1].content == b"ri2"
+
+    def test_mark_written_removes_the_entry(self, store: SqliteStore) -> None:
+        """A file confirmed on the origin with its current sha256 leaves the outbox."""
+        change = publish(store, "checkout", "1.0.0")
+
+        for file in change.files:
+            store.mark_written(file.path, file.sha256)
+
+        assert store.pending_writes() == []
+        assert store.signed_file("remote-index.json") is not None
+
+    def test_mark_written_with_a_stale_sha_keeps_the_entry(self, store: SqliteStore) -> None:
+        """A file committed again after being read from the outbox stays queued, new bytes."""
+        publish(store, "checkout", "1.0.0")
+        read_before = {file.path: file for file in store.pending_writes()}
+        publish(store, "checkout", "1.1.0")
+
+        store.mark_written("remote-index.json", read_before["remote-index.json"].sha256)
+
+        pending = {file.path: file for file in store.pending_writes()}
+        assert pending["remote-index.json"] == signed("remote-index.json", b"remote 2", 2)
+
+    def test_mark_written_for_an_unknown_path_is_harmless(self, store: SqliteStore) -> None:
+        """Confirming a path that is not queued changes nothing."""
+        publish(store, "checkout", "1.0.0")
+
+        store.mark_written("nope.json", SHA_A)
+
+        assert len(store.pending_writes()) == 2
+
+
+class TestRequests:
+    def test_commit_keeps_the_response_for_its_request_id(self, store: SqliteStore) -> None:
+        """The response committed with a request_id is returned for that request_id."""
+        publish(store, "checkout", "1.0.0", request_id="r-1", rpc="PublishVersion", response=b"A")
+
+        assert store.request_response("r-1") == ("PublishVersion", b"A")
+        assert store.request_response("r-2") is None
+
+    def test_remember_request_keeps_the_first_answer(self, store: SqliteStore) -> None:
+        """The first answer remembered for a request_id is kept; a second is ignored."""
+        store.remember_request("r-1", "PublishVersion", b"first")
+        store.remember_request("r-1", "PublishVersion", b"second")
+
+        assert store.request_response("r-1") == ("PublishVersion", b"first")
+        assert store.global_sequence() == 0
+
+    def test_empty_request_id_cannot_be_remembered(self, store: SqliteStore) -> None:
+        """remember_request refuses an empty request_id."""
+        with pytest.raises(ValueError, match="empty"):
+            store.remember_request("", "PublishVersion", b"x")
+
+
+class TestListing:
+    def test_list_features_pages_in_feature_id_order(self, store: SqliteStore) -> None:
+        """Pages of list_features follow feature_id order, each strictly after the last id."""
+        for feature_id in ["delta", "alpha", "echo", "charlie", "bravo"]:
+            publish(store, feature_id, "1.0.0")
+
+        pages: list[list[str]] = []
+        after = ""
+        while page := store.list_features(after=after, limit=2):
+            pages.append([state.feature_id for state in page])
+            after = page[-1].feature_id
+
+        assert pages == [["alpha", "bravo"], ["charlie", "delta"], ["echo"]]
+        assert store.feature_count() == 5
+
+    def test_list_features_only_some(self, store: SqliteStore) -> None:
+        """With only=, list_features returns just those features that exist, in order."""
+        for feature_id in ["alpha", "bravo", "charlie"]:
+            publish(store, feature_id, "1.0.0")
+
+        found = store.list_features(only=["charlie", "alpha", "zulu"])
+
+        assert [state.feature_id for state in found] == ["alpha", "charlie"]
+        assert found[0] == store.load_feature("alpha")
+
+    def test_list_transitions_newest_first_in_pages(self, store: SqliteStore) -> None:
+        """list_transitions pages from the newest, before_id giving the next page."""
+        for index in range(5):
+            publish(store, "checkout", f"1.{index}.0")
+
+        first = store.list_transitions(limit=2)
+        second = store.list_transitions(before_id=first[-1].id, limit=2)
+        third = store.list_transitions(before_id=second[-1].id, limit=2)
+
+        assert [t.id for t in first + second + third] == [5, 4, 3, 2, 1]
+        assert [t.record.version for t in first] == ["1.4.0", "1.3.0"]
+
+    def test_list_transitions_of_one_feature(self, store: SqliteStore) -> None:
+        """With feature_id=, list_transitions returns only that feature's records, newest first."""
+        publish(store, "checkout", "1.0.0")
+        publish(store, "search", "1.0.0")
+        publish(store, "checkout", "1.1.0")
+        publish(store, "search", "1.1.0")
+
+        found = store.list_transitions(feature_id="checkout")
+        older = store.list_transitions(feature_id="search", before_id=4)
+
+        assert [(t.id, t.record.feature_id, t.record.sequence) for t in found] == [
+            (3, "checkout", 2),
+            (1, "checkout", 1),
+        ]
+        assert [t.id for t in older] == [2]
+
+    @pytest.mark.parametrize("limit", [0, -1], ids=["zero", "negative"])
+    def test_limit_below_one_is_refused(self, store: SqliteStore, limit: int) -> None:
+        """A limit below 1 raises ValueError."""
+        with pytest.raises(ValueError, match="limit"):
+            store.list_features(limit=limit)
+        with pytest.raises(ValueError, match="limit"):
+            store.list_transitions(limit=limit)
+
+
+CHILD = textwrap.dedent(
+    """
+    import json, sys
+    from datetime import datetime
+    from pathlib import Path
+    from releasecontrol_server import releases
+    from releasecontrol_server.store import Change, SqliteStore
+
+    with SqliteStore(Path(sys.argv[1])) as store:
+        state = store.load_feature("checkout")
+        print(json.dumps({
+            "sequence": state.sequence,
+            "stable": state.stable,
+            "versions": [v.version for v in state.versions],
+            "global_sequence": store.global_sequence(),
+            "pending": [f.path for f in store.pending_writes()],
+            "manifest": store.get_manifest("checkout", "1.1.0").decode(),
+            "request": store.request_response("r-1")[1].decode(),
+        }))
+        outcome = releases.apply(
+            state, "checkout", releases.DeployCanary("1.1.0", 60),
+            releases.ChangeMeta(actor="child"), datetime.fromisoformat(sys.argv[2]),
+        )
+        store.commit(Change(outcome.state, outcome.record, store.global_sequence() + 1, ()))
+    """
+)
+
+
+class TestDurability:
+    def test_reopened_store_sees_every_commit(self, store: SqliteStore, db_path: Path) -> None:
+        """A new SqliteStore on the same file sees features, files, outbox, requests and audit."""
+        publish(store, "checkout", "1.0.0")
+        change = publish(
+            store, "checkout", "1.1.0", manifest=("1.1.0", b"{}"), request_id="r-1", response=b"A"
+        )
+        store.close()
+
+        with SqliteStore(db_path) as reopened:
+            assert reopened.load_feature("checkout") == change.state
+            assert reopened.global_sequence() == 2
+            assert reopened.get_manifest("checkout", "1.1.0") == b"{}"
+            assert reopened.request_response("r-1") == ("", b"A")
+            assert [t.id for t in reopened.list_transitions()] == [2, 1]
+            assert {f.path for f in reopened.pending_writes()} == {f.path for f in change.files}
+
+    def test_another_process_sees_commits_and_is_seen(
+        self, store: SqliteStore, db_path: Path
+    ) -> None:
+        """A second process reads what this one committed, and this open store reads its commit."""
+        publish(store, "checkout", "1.0.0")
+        publish(
+            store,
+            "checkout",
+            "1.1.0",
+            channel=Channel.CANARY,
+            manifest=("1.1.0", b'{"v":"1.1.0"}'),
+            request_id="r-1",
+            response=b"answer",
+        )
+
+        child = subprocess.run(
+            [sys.executable, "-c", CHILD, str(db_path), T0.isoformat()],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+        assert child.returncode == 0, child.stderr
+        assert json.loads(child.stdout) == {
+            "sequence": 2,
+            "stable": "1.0.0",
+            "versions": ["1.0.0", "1.1.0"],
+            "global_sequence": 2,
+            "pending": [
+                "features/checkout/releases.json",
+                "remote-index.json",
+            ],
+            "manifest": '{"v":"1.1.0"}',
+            "request": "answer",
+        }
+        assert store.global_sequence() == 3
+        after = store.load_feature("checkout")
+        assert after is not None and after.sequence == 3 and after.updated_by == "child"
+        assert store.list_transitions(limit=1)[0].record.actor == "child"
