@@ -25,7 +25,6 @@ from typing import TypeVar
 from releasecontrol.errors import InvalidArgument, NotFound, Unavailable
 from releasecontrol.index import FeatureEntry, releases_path
 from releasecontrol.manifest import artifact_path, manifest_path, sha256_hex
-
 from releasecontrol_server import releases
 from releasecontrol_server.origin import Origin
 from releasecontrol_server.releases import ChangeMeta, Command, FeatureState
@@ -297,9 +296,7 @@ class ReleaseController:
             raise NotFound(f"{path} has not been signed yet: publish a version first")
         return file
 
-    def transitions(
-        self, *, feature_id: str, before_id: int, limit: int
-    ) -> list[StoredTransition]:
+    def transitions(self, *, feature_id: str, before_id: int, limit: int) -> list[StoredTransition]:
         return self._store.list_transitions(feature_id=feature_id, before_id=before_id, limit=limit)
 
     def snapshot(self, feature_ids: Iterable[str]) -> tuple[list[FeatureState], int]:

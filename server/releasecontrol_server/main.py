@@ -27,7 +27,6 @@ from releasecontrol.errors import ConfigError, ReleaseControlError
 from releasecontrol.trust import SigningKey, TrustStore, load_or_create_dev_key
 from releasecontrol.v1 import release_control_pb2 as pb
 from releasecontrol.v1 import release_control_pb2_grpc as pb_grpc
-
 from releasecontrol_server.config import Config, load_config, split_listen_address
 from releasecontrol_server.control import ReleaseController
 from releasecontrol_server.origin.filesystem import FilesystemOrigin

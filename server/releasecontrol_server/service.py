@@ -19,11 +19,10 @@ from releasecontrol.index import REMOTE_INDEX_PATH, releases_path
 from releasecontrol.manifest import canonical_bytes, parse_manifest, sha256_hex, validate_feature_id
 from releasecontrol.v1 import release_control_pb2 as pb
 from releasecontrol.v1 import release_control_pb2_grpc as pb_grpc
-
 from releasecontrol_server import releases
 from releasecontrol_server.auth.identity import principal_of
 from releasecontrol_server.control import Applied, ReleaseController
-from releasecontrol_server.releases import Action, Channel, ChangeMeta, FeatureState
+from releasecontrol_server.releases import Action, ChangeMeta, Channel, FeatureState
 from releasecontrol_server.store import StoredTransition
 from releasecontrol_server.upload import Upload
 from releasecontrol_server.watch import Lagged
@@ -410,8 +409,12 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
         return cast(
             pb.DeployCanaryResponse,
             await self._transition(
-                request.feature_id, command, request.context, context,
-                rpc="DeployCanary", response=pb.DeployCanaryResponse,
+                request.feature_id,
+                command,
+                request.context,
+                context,
+                rpc="DeployCanary",
+                response=pb.DeployCanaryResponse,
             ),
         )
 
@@ -423,8 +426,12 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
         return cast(
             pb.PromoteResponse,
             await self._transition(
-                request.feature_id, command, request.context, context,
-                rpc="Promote", response=pb.PromoteResponse,
+                request.feature_id,
+                command,
+                request.context,
+                context,
+                rpc="Promote",
+                response=pb.PromoteResponse,
             ),
         )
 
@@ -436,8 +443,12 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
         return cast(
             pb.RollbackResponse,
             await self._transition(
-                request.feature_id, command, request.context, context,
-                rpc="Rollback", response=pb.RollbackResponse,
+                request.feature_id,
+                command,
+                request.context,
+                context,
+                rpc="Rollback",
+                response=pb.RollbackResponse,
             ),
         )
 
@@ -460,7 +471,11 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
         return cast(
             pb.SetChannelResponse,
             await self._transition(
-                request.feature_id, command, request.context, context,
-                rpc="SetChannel", response=pb.SetChannelResponse,
+                request.feature_id,
+                command,
+                request.context,
+                context,
+                rpc="SetChannel",
+                response=pb.SetChannelResponse,
             ),
         )

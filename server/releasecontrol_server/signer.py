@@ -21,7 +21,6 @@ from releasecontrol.index import (
 )
 from releasecontrol.manifest import sha256_hex
 from releasecontrol.trust import SigningKey
-
 from releasecontrol_server.releases import FeatureState
 from releasecontrol_server.store import SignedFile
 

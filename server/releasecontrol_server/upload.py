@@ -50,12 +50,13 @@ class Upload:
             self._assets[asset["path"]] = _Incoming(
                 expected_size=int(asset["size"]),
                 expected_sha256=str(asset["sha256"]),
-                file=tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES),
+                # Closed by Upload.close(), which the servicer calls in a finally block.
+                file=tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES),  # noqa: SIM115
                 digest=hashlib.sha256(),
             )
 
     def add(self, path: str, data: bytes) -> None:
-        """Append a chunk to asset `path`; raises InvalidArgument for an unlisted or oversized one."""
+        """Append a chunk to asset `path`; InvalidArgument for an unlisted or oversized one."""
         incoming = self._assets.get(path)
         if incoming is None:
             raise InvalidArgument(

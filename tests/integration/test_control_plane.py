@@ -46,7 +46,7 @@ class TestPublish:
     def test_publish_signs_and_writes_everything_hosts_verify(
         self, server: RunningServer, tmp_path: Path
     ) -> None:
-        """A publish leaves a verifiable releases.json, remote-index.json, manifest and artifacts."""
+        """A publish leaves verifiable releases.json, remote-index.json, manifest and artifacts."""
         response = publish(server, tmp_path, "1.0.0")
         assert response.feature.stable_version == "1.0.0"
         assert response.transition.actor  # defaults to the mTLS principal
@@ -74,7 +74,7 @@ class TestPublish:
     def test_same_manifest_again_is_a_no_op_and_different_one_is_refused(
         self, server: RunningServer, tmp_path: Path
     ) -> None:
-        """Republishing identical content changes nothing; changed content under one version is refused."""
+        """Identical content again changes nothing; other content under one version is refused."""
         publish(server, tmp_path, "1.0.0")
         again = publish(server, tmp_path, "1.0.0")
         assert again.already_published and again.feature.sequence == 1
