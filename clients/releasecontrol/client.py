@@ -1,0 +1,691 @@
+"""ReleaseControlClient: the one place that speaks gRPC to the control plane.
+
+It owns the whole gRPC layer for callers (the CLI, the admin UI, scripts): how
+the server is found, the mTLS channel, credentials, one typed method per RPC,
+and the translation of gRPC status codes back into `releasecontrol.errors`.
+
+    with ReleaseControlClient.from_environment() as client:
+        status = client.get_status()
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from releasecontrol.errors import (
+    ConfigError,
+    InvalidArgument,
+    ReleaseControlError,
+    from_grpc_code,
+)
+from releasecontrol.manifest import SourceFeature
+from releasecontrol.v1 import release_control_pb2 as pb
+from releasecontrol.v1 import release_control_pb2_grpc as pb_grpc
+
+__all__ = [
+    "DEFAULT_TARGET",
+    "ConnectionSettings",
+    "ReleaseControlClient",
+    "WatchStream",
+    "resolve_connection",
+    "state_home",
+]
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_CHUNK_SIZE = 256 * 1024
+# gRPC refuses messages above 4 MiB by default; a chunk plus framing must fit.
+MAX_CHUNK_SIZE = 3 * 1024 * 1024
+
+_START_HINT = "is the server running? start it with `releasectl dev`"
+
+# Retry only UNAVAILABLE (nothing reached the server, or it is going away).
+# Transitions are safe to retry because every request carries a request_id the
+# server uses to apply it once.
+_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "releasecontrol.v1.ReleaseControl"}],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.2s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
+_M = TypeVar("_M", bound=Message)
+
+ChannelName = Literal["stable", "canary"]
+_CHANNELS: dict[str, pb.Channel.ValueType] = {
+    "stable": pb.CHANNEL_STABLE,
+    "canary": pb.CHANNEL_CANARY,
+}
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """Where the control plane is and how to prove who we are to it."""
+
+    target: str
+    """gRPC target, e.g. "127.0.0.1:50051"."""
+    ca_pem: bytes
+    """PEM of the CA that issued the server's certificate."""
+    cert_pem: bytes | None
+    """PEM client certificate chain for mTLS; None to connect without one."""
+    key_pem: bytes | None
+    """PEM private key of `cert_pem`."""
+    server_name: str | None = None
+    """Name to check the server certificate against, when it differs from the target host."""
+    token: str | None = None
+    """Bearer token sent as `authorization` metadata (rpc-token and dfs auth modes)."""
+
+    def __repr__(self) -> str:
+        # Never print key material or the token (tracebacks, logs, debuggers).
+        return (
+            f"ConnectionSettings(target={self.target!r}, server_name={self.server_name!r}, "
+            f"client_cert={self.cert_pem is not None}, token={self.token is not None})"
+        )
+
+
+def state_home(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Path:
+    """The state directory: RELEASECONTROL_HOME, else `.releasecontrol` in `cwd`.
+
+    A relative RELEASECONTROL_HOME is taken relative to `cwd`.
+    """
+    env = os.environ if environ is None else environ
+    base = Path.cwd() if cwd is None else cwd
+    value = env.get("RELEASECONTROL_HOME", "").strip()
+    return base / value if value else base / ".releasecontrol"
+
+
+def _read(path: Path, setting: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read {path} (from {setting}): {exc.strerror or exc}; fix the path in {setting}"
+        ) from exc
+
+
+def _target_from_endpoints(home: Path) -> str | None:
+    endpoints = home / "run" / "endpoints.json"
+    if not endpoints.is_file():
+        return None
+    try:
+        target = json.loads(endpoints.read_bytes()).get("grpc")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ConfigError(
+            f"{endpoints} is unreadable or not a JSON object ({exc}); delete it and restart "
+            "`releasectl dev`, or pass --server"
+        ) from exc
+    if not isinstance(target, str) or not target.strip():
+        raise ConfigError(
+            f'{endpoints} has no "grpc" address; delete it and restart `releasectl dev`, '
+            "or pass --server"
+        )
+    return target.strip()
+
+
+def resolve_connection(
+    *,
+    server: str | None = None,
+    home: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ConnectionSettings:
+    """Find the server and the TLS files and credentials to reach it.
+
+    Target: `server`, else RELEASECONTROL_ADDR, else "grpc" in
+    `<home>/run/endpoints.json` (written by a running server), else 127.0.0.1:50051.
+    TLS: RELEASECONTROL_TLS_CA / _CERT / _KEY, else `<home>/pki/ca.pem`,
+    `client.pem`, `client-key.pem` (the client pair is optional in the home
+    directory; a path set in the environment must exist).
+    RELEASECONTROL_TLS_SERVER_NAME overrides the name checked on the server's
+    certificate. Token: RELEASECONTROL_TOKEN, else the contents of
+    RELEASECONTROL_TOKEN_FILE.
+
+    Raises ConfigError naming the missing or unreadable setting and the fix.
+    """
+    env = os.environ if environ is None else environ
+    home = state_home(env) if home is None else home
+
+    target = (server or "").strip() or env.get("RELEASECONTROL_ADDR", "").strip()
+    if not target:
+        target = _target_from_endpoints(home) or DEFAULT_TARGET
+
+    ca_env = env.get("RELEASECONTROL_TLS_CA", "").strip()
+    ca_path = Path(ca_env) if ca_env else home / "pki" / "ca.pem"
+    if not ca_path.is_file():
+        source = "RELEASECONTROL_TLS_CA" if ca_env else "the state directory"
+        raise ConfigError(
+            f"no CA certificate at {ca_path} (from {source}) to verify the server with: "
+            "start `releasectl dev` first, or set RELEASECONTROL_TLS_CA"
+        )
+    ca_pem = _read(ca_path, "RELEASECONTROL_TLS_CA")
+
+    cert_env = env.get("RELEASECONTROL_TLS_CERT", "").strip()
+    key_env = env.get("RELEASECONTROL_TLS_KEY", "").strip()
+    if bool(cert_env) != bool(key_env):
+        given, missing = (
+            ("RELEASECONTROL_TLS_CERT", "RELEASECONTROL_TLS_KEY")
+            if cert_env
+            else ("RELEASECONTROL_TLS_KEY", "RELEASECONTROL_TLS_CERT")
+        )
+        raise ConfigError(f"{given} is set but {missing} is not: set both, or neither")
+    cert_pem: bytes | None = None
+    key_pem: bytes | None = None
+    if cert_env:
+        cert_pem = _read(Path(cert_env), "RELEASECONTROL_TLS_CERT")
+        key_pem = _read(Path(key_env), "RELEASECONTROL_TLS_KEY")
+    else:
+        cert_path, key_path = home / "pki" / "client.pem", home / "pki" / "client-key.pem"
+        if cert_path.is_file() and key_path.is_file():
+            cert_pem = _read(cert_path, "RELEASECONTROL_TLS_CERT")
+            key_pem = _read(key_path, "RELEASECONTROL_TLS_KEY")
+
+    token = env.get("RELEASECONTROL_TOKEN", "").strip() or None
+    token_file = env.get("RELEASECONTROL_TOKEN_FILE", "").strip()
+    if token is None and token_file:
+        token = _read(Path(token_file), "RELEASECONTROL_TOKEN_FILE").decode().strip() or None
+        if token is None:
+            raise ConfigError(
+                f"{token_file} (from RELEASECONTROL_TOKEN_FILE) is empty; put the token in it"
+            )
+
+    server_name = env.get("RELEASECONTROL_TLS_SERVER_NAME", "").strip() or None
+    return ConnectionSettings(
+        target=target,
+        ca_pem=ca_pem,
+        cert_pem=cert_pem,
+        key_pem=key_pem,
+        server_name=server_name,
+        token=token,
+    )
+
+
+def _context(
+    *,
+    actor: str,
+    reason: str,
+    ticket: str,
+    expected_sequence: int | None,
+    request_id: str,
+) -> pb.ChangeContext:
+    # A fresh id per call when none is given, so gRPC's own retry of this very
+    # request is applied once by the server.
+    return pb.ChangeContext(
+        actor=actor,
+        reason=reason,
+        ticket=ticket,
+        expected_sequence=expected_sequence,
+        request_id=request_id or str(uuid.uuid4()),
+    )
+
+
+def _channel(value: str) -> pb.Channel.ValueType:
+    try:
+        return _CHANNELS[value]
+    except KeyError:
+        raise InvalidArgument(
+            f"channel {value!r} is not known: use 'stable' or 'canary'", field="channel"
+        ) from None
+
+
+class ReleaseControlClient:
+    """A synchronous client of `releasecontrol.v1.ReleaseControl` over (m)TLS.
+
+    Every method returns the proto response and raises a
+    `releasecontrol.errors.ReleaseControlError` subclass on failure, never a
+    `grpc.RpcError`.
+    """
+
+    def __init__(self, settings: ConnectionSettings, *, timeout_seconds: float = 30.0) -> None:
+        self.settings = settings
+        self.timeout_seconds = timeout_seconds
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=settings.ca_pem,
+            private_key=settings.key_pem,
+            certificate_chain=settings.cert_pem,
+        )
+        options: list[tuple[str, Any]] = [("grpc.service_config", _SERVICE_CONFIG)]
+        if settings.server_name:
+            options.append(("grpc.ssl_target_name_override", settings.server_name))
+        self.channel: Any = grpc.secure_channel(settings.target, credentials, options=options)
+        """The underlying `grpc.Channel`, for the standard services (health, reflection)."""
+        self._stub = pb_grpc.ReleaseControlStub(self.channel)
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {settings.token}"),) if settings.token else ()
+        )
+
+    @classmethod
+    def from_environment(
+        cls,
+        *,
+        server: str | None = None,
+        home: Path | None = None,
+        environ: Mapping[str, str] | None = None,
+        timeout_seconds: float = 30.0,
+    ) -> ReleaseControlClient:
+        """A client for the server `resolve_connection` finds; raises ConfigError."""
+        settings = resolve_connection(server=server, home=home, environ=environ)
+        return cls(settings, timeout_seconds=timeout_seconds)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> ReleaseControlClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- the gRPC layer -------------------------------------------------------
+
+    def _translate(self, err: grpc.RpcError) -> ReleaseControlError:
+        """The domain error for a failed call: the only place gRPC errors are mapped."""
+        code = err.code() if callable(getattr(err, "code", None)) else None
+        name = code.name if code is not None else "UNKNOWN"
+        details = (err.details() if callable(getattr(err, "details", None)) else None) or ""
+        target = self.settings.target
+        if name == "UNAVAILABLE":
+            details = (
+                f"cannot reach the ReleaseControl server at {target} ({details}): {_START_HINT}"
+            )
+        elif name == "DEADLINE_EXCEEDED":
+            details = (
+                f"the ReleaseControl server at {target} did not answer in time ({details}): "
+                f"{_START_HINT}"
+            )
+        return from_grpc_code(name, details)
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except grpc.RpcError as err:
+            raise self._translate(err) from None
+
+    def _call(
+        self,
+        rpc: Any,
+        request: Any,
+        response_type: type[_M],
+        *,
+        timeout: float | None,
+    ) -> _M:
+        with self._errors():
+            response = rpc(request, timeout=timeout, metadata=self._metadata)
+        if not isinstance(response, response_type):  # the generated stubs guarantee it
+            raise TypeError(f"expected {response_type.__name__}, got {type(response).__name__}")
+        return response
+
+    def _unary(self, rpc: Any, request: Message, response_type: type[_M]) -> _M:
+        return self._call(rpc, request, response_type, timeout=self.timeout_seconds)
+
+    # -- reads ----------------------------------------------------------------
+
+    def list_features(self, page_size: int = 0, page_token: str = "") -> pb.ListFeaturesResponse:
+        """One page of features, ordered by id; pass `next_page_token` for the next."""
+        request = pb.ListFeaturesRequest(page_size=page_size, page_token=page_token)
+        return self._unary(self._stub.ListFeatures, request, pb.ListFeaturesResponse)
+
+    def get_feature(self, feature_id: str) -> pb.GetFeatureResponse:
+        """One feature with every published version; NotFound when unknown."""
+        request = pb.GetFeatureRequest(feature_id=feature_id)
+        return self._unary(self._stub.GetFeature, request, pb.GetFeatureResponse)
+
+    def get_status(self, feature_ids: Iterable[str] = ()) -> pb.GetStatusResponse:
+        """The state of these features (all when empty) and the server's clock."""
+        request = pb.GetStatusRequest(feature_ids=list(feature_ids))
+        return self._unary(self._stub.GetStatus, request, pb.GetStatusResponse)
+
+    def get_release_index(self, feature_id: str = "") -> pb.GetReleaseIndexResponse:
+        """The signed bytes of a feature's releases.json, or remote-index.json when empty."""
+        request = pb.GetReleaseIndexRequest(feature_id=feature_id)
+        return self._unary(self._stub.GetReleaseIndex, request, pb.GetReleaseIndexResponse)
+
+    def list_transitions(
+        self, feature_id: str = "", page_size: int = 0, page_token: str = ""
+    ) -> pb.ListTransitionsResponse:
+        """One page of the audit history, newest first (one feature's, or all)."""
+        request = pb.ListTransitionsRequest(
+            feature_id=feature_id, page_size=page_size, page_token=page_token
+        )
+        return self._unary(self._stub.ListTransitions, request, pb.ListTransitionsResponse)
+
+    def refresh_manifests(self, feature_ids: Iterable[str] = ()) -> pb.RefreshManifestsResponse:
+        """Make the server re-read and re-verify manifests from the origin."""
+        request = pb.RefreshManifestsRequest(feature_ids=list(feature_ids))
+        return self._unary(self._stub.RefreshManifests, request, pb.RefreshManifestsResponse)
+
+    def watch(self, feature_ids: Iterable[str] = ()) -> WatchStream:
+        """Snapshots, then SYNCED, then every change, as they commit; no deadline.
+
+        The call starts at once. `cancel()` (or leaving a `with` block) ends it
+        and iteration stops quietly; a failure while iterating raises a
+        ReleaseControlError.
+        """
+        request = pb.WatchReleasesRequest(feature_ids=list(feature_ids))
+        with self._errors():
+            call = self._stub.WatchReleases(request, metadata=self._metadata)
+        return WatchStream(call, self._errors)
+
+    # -- changes --------------------------------------------------------------
+
+    def deploy_canary(
+        self,
+        feature_id: str,
+        version: str,
+        *,
+        soak_seconds: int | None = None,
+        actor: str = "",
+        reason: str = "",
+        ticket: str = "",
+        expected_sequence: int | None = None,
+        request_id: str = "",
+    ) -> pb.DeployCanaryResponse:
+        """Deploy a published version as canary; `soak_seconds` None means the server default."""
+        request = pb.DeployCanaryRequest(
+            feature_id=feature_id,
+            version=version,
+            soak_seconds=soak_seconds,
+            context=_context(
+                actor=actor,
+                reason=reason,
+                ticket=ticket,
+                expected_sequence=expected_sequence,
+                request_id=request_id,
+            ),
+        )
+        return self._unary(self._stub.DeployCanary, request, pb.DeployCanaryResponse)
+
+    def promote(
+        self,
+        feature_id: str,
+        version: str,
+        *,
+        skip_soak: bool = False,
+        actor: str = "",
+        reason: str = "",
+        ticket: str = "",
+        expected_sequence: int | None = None,
+        request_id: str = "",
+    ) -> pb.PromoteResponse:
+        """Canary to stable; FailedPrecondition while it soaks unless `skip_soak` with a reason."""
+        request = pb.PromoteRequest(
+            feature_id=feature_id,
+            version=version,
+            skip_soak=skip_soak,
+            context=_context(
+                actor=actor,
+                reason=reason,
+                ticket=ticket,
+                expected_sequence=expected_sequence,
+                request_id=request_id,
+            ),
+        )
+        return self._unary(self._stub.Promote, request, pb.PromoteResponse)
+
+    def rollback(
+        self,
+        feature_id: str,
+        version: str,
+        *,
+        actor: str = "",
+        reason: str = "",
+        ticket: str = "",
+        expected_sequence: int | None = None,
+        request_id: str = "",
+    ) -> pb.RollbackResponse:
+        """Stable back to a version that was stable before; clears the canary."""
+        request = pb.RollbackRequest(
+            feature_id=feature_id,
+            version=version,
+            context=_context(
+                actor=actor,
+                reason=reason,
+                ticket=ticket,
+                expected_sequence=expected_sequence,
+                request_id=request_id,
+            ),
+        )
+        return self._unary(self._stub.Rollback, request, pb.RollbackResponse)
+
+    def set_channel(
+        self,
+        feature_id: str,
+        version: str,
+        channel: ChannelName,
+        *,
+        actor: str = "",
+        reason: str = "",
+        ticket: str = "",
+        expected_sequence: int | None = None,
+        request_id: str = "",
+    ) -> pb.SetChannelResponse:
+        """Operator fallback: point `channel` ("stable" or "canary") at any published version."""
+        request = pb.SetChannelRequest(
+            feature_id=feature_id,
+            version=version,
+            channel=_channel(channel),
+            context=_context(
+                actor=actor,
+                reason=reason,
+                ticket=ticket,
+                expected_sequence=expected_sequence,
+                request_id=request_id,
+            ),
+        )
+        return self._unary(self._stub.SetChannel, request, pb.SetChannelResponse)
+
+    def publish(
+        self,
+        source: SourceFeature,
+        *,
+        channel: ChannelName = "stable",
+        soak_seconds: int | None = None,
+        actor: str = "",
+        reason: str = "",
+        ticket: str = "",
+        expected_sequence: int | None = None,
+        request_id: str = "",
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        on_progress: Callable[[int, int], None] | None = None,
+        timeout_seconds: float | None = None,
+    ) -> pb.PublishVersionResponse:
+        """Stream a loaded feature folder to PublishVersion: the header, then every asset.
+
+        The header carries the JSON of `source.manifest` (sizes and hashes filled
+        in). Assets follow in manifest order, each as consecutive chunks of at
+        most `chunk_size` bytes (an empty file sends none). `on_progress(sent,
+        total)` is called after each chunk, from gRPC's sending thread. No
+        deadline unless `timeout_seconds` is given: an upload may take long, and
+        a lost connection still fails the call. Raises InvalidArgument when a
+        file cannot be read, and a ReleaseControlError for what the server refuses.
+        """
+        _check_chunk_size(chunk_size)
+        failures: list[ReleaseControlError] = []
+
+        def chunks() -> Iterator[pb.ArtifactChunk]:
+            for asset in source.manifest["assets"]:
+                path = str(asset["path"])
+                file = source.files[path]
+                try:
+                    with file.open("rb") as fh:
+                        while data := fh.read(chunk_size):
+                            yield pb.ArtifactChunk(path=path, data=data)
+                except OSError as exc:
+                    # Raising here would make gRPC log a traceback and cancel; end the
+                    # stream short instead (the server refuses it) and report this.
+                    failures.append(
+                        InvalidArgument(
+                            f"cannot read asset {path!r} at {file}: {exc.strerror or exc}",
+                            field="manifest.assets",
+                        )
+                    )
+                    return
+
+        header = pb.PublishHeader(
+            feature_id=source.feature_id,
+            manifest_json=json.dumps(source.manifest).encode(),
+            channel=_channel(channel),
+            soak_seconds=soak_seconds,
+            context=_context(
+                actor=actor,
+                reason=reason,
+                ticket=ticket,
+                expected_sequence=expected_sequence,
+                request_id=request_id,
+            ),
+        )
+        try:
+            response = self._publish(
+                header, chunks(), source.total_bytes, on_progress, timeout_seconds
+            )
+        except ReleaseControlError:
+            if failures:
+                raise failures[0] from None
+            raise
+        if failures:
+            raise failures[0]
+        return response
+
+    def publish_raw(
+        self,
+        feature_id: str,
+        manifest_json: bytes,
+        files: Mapping[str, bytes],
+        *,
+        channel: ChannelName = "stable",
+        soak_seconds: int | None = None,
+        actor: str = "",
+        reason: str = "",
+        ticket: str = "",
+        expected_sequence: int | None = None,
+        request_id: str = "",
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        timeout_seconds: float | None = None,
+    ) -> pb.PublishVersionResponse:
+        """PublishVersion with manifest bytes and file contents (path -> bytes) sent as given.
+
+        Nothing is checked or filled in on this side: for tools that build the
+        manifest themselves, and for testing what the server refuses.
+        """
+        _check_chunk_size(chunk_size)
+
+        def chunks() -> Iterator[pb.ArtifactChunk]:
+            for path, data in files.items():
+                for start in range(0, len(data), chunk_size):
+                    yield pb.ArtifactChunk(path=path, data=data[start : start + chunk_size])
+
+        header = pb.PublishHeader(
+            feature_id=feature_id,
+            manifest_json=manifest_json,
+            channel=_channel(channel),
+            soak_seconds=soak_seconds,
+            context=_context(
+                actor=actor,
+                reason=reason,
+                ticket=ticket,
+                expected_sequence=expected_sequence,
+                request_id=request_id,
+            ),
+        )
+        total = sum(len(data) for data in files.values())
+        return self._publish(header, chunks(), total, None, timeout_seconds)
+
+    def _publish(
+        self,
+        header: pb.PublishHeader,
+        chunks: Iterator[pb.ArtifactChunk],
+        total: int,
+        on_progress: Callable[[int, int], None] | None,
+        timeout_seconds: float | None,
+    ) -> pb.PublishVersionResponse:
+        def requests() -> Iterator[pb.PublishVersionRequest]:
+            yield pb.PublishVersionRequest(header=header)
+            sent = 0
+            for chunk in chunks:
+                yield pb.PublishVersionRequest(chunk=chunk)
+                sent += len(chunk.data)
+                if on_progress is not None:
+                    on_progress(sent, total)
+
+        return self._call(
+            self._stub.PublishVersion,
+            requests(),
+            pb.PublishVersionResponse,
+            timeout=timeout_seconds,
+        )
+
+
+def _check_chunk_size(chunk_size: int) -> None:
+    if not 0 < chunk_size <= MAX_CHUNK_SIZE:
+        raise InvalidArgument(
+            f"chunk_size {chunk_size} is out of range: use 1 to {MAX_CHUNK_SIZE} bytes",
+            field="chunk_size",
+        )
+
+
+class WatchStream(Iterator[pb.WatchReleasesResponse]):
+    """The events of one WatchReleases call; iterate it, and cancel it when done."""
+
+    def __init__(self, call: Any, errors: Callable[[], AbstractContextManager[None]]) -> None:
+        self._call = call
+        self._errors = errors
+        self._cancelled = False
+
+    def __iter__(self) -> WatchStream:
+        return self
+
+    def __next__(self) -> pb.WatchReleasesResponse:
+        if self._cancelled:
+            raise StopIteration
+        try:
+            with self._errors():
+                event = next(self._call)
+        except ReleaseControlError:
+            if self._cancelled:
+                raise StopIteration from None
+            raise
+        if not isinstance(event, pb.WatchReleasesResponse):  # pragma: no cover
+            raise TypeError(f"expected WatchReleasesResponse, got {type(event).__name__}")
+        return event
+
+    def cancel(self) -> None:
+        """End the call; iteration then stops. Safe to call more than once, from any thread."""
+        self._cancelled = True
+        self._call.cancel()
+
+    close = cancel
+
+    def __enter__(self) -> WatchStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cancel()

@@ -1,0 +1,826 @@
+"""releasectl: help, input checked before any network call, one-line errors, and output.
+
+Commands that need the control plane talk to a fake client here (installed in
+place of `ReleaseControlClient.from_environment`); tests/integration drives the
+real server.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import sys
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from releasecontrol import errors
+from releasecontrol.cli import main
+from releasecontrol.client import ReleaseControlClient
+from releasecontrol.manifest import SourceFeature
+from releasecontrol.v1 import release_control_pb2 as pb
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Every test runs in an empty directory with no ReleaseControl variables set."""
+    for name in list(os.environ):
+        if name.startswith("RELEASECONTROL_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), prog_name="releasectl")
+
+
+def assert_one_line_error(result: Result, *fragments: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if a command tries to build a client."""
+
+    def refuse(cls: type, **kwargs: Any) -> ReleaseControlClient:
+        raise AssertionError("the command reached for the network")
+
+    monkeypatch.setattr(ReleaseControlClient, "from_environment", classmethod(refuse))
+
+
+# -- help --------------------------------------------------------------------------
+
+CHANGE = ["--actor", "--reason", "--ticket", "--expected-sequence", "--request-id"]
+
+HELP = [
+    pytest.param(
+        [], ["--server", "--home", "dev", "publish", "release", "channel"], id="releasectl"
+    ),
+    pytest.param(["dev"], [], id="dev"),
+    pytest.param(
+        ["publish"],
+        ["--feature", "--dir", "--channel", "--soak", "--output", *CHANGE],
+        id="publish",
+    ),
+    pytest.param(["release"], ["canary", "promote", "rollback", "status"], id="release"),
+    pytest.param(
+        ["release", "canary"],
+        ["--feature", "--version", "--soak", "--output", *CHANGE],
+        id="release-canary",
+    ),
+    pytest.param(
+        ["release", "promote"],
+        ["--feature", "--version", "--skip-soak", "--output", *CHANGE],
+        id="release-promote",
+    ),
+    pytest.param(
+        ["release", "rollback"],
+        ["--feature", "--version", "--output", *CHANGE],
+        id="release-rollback",
+    ),
+    pytest.param(["release", "status"], ["--feature", "--output"], id="release-status"),
+    pytest.param(["channel"], ["fallback"], id="channel"),
+    pytest.param(
+        ["channel", "fallback"],
+        ["--feature", "--version", "--to", "--output", *CHANGE],
+        id="channel-fallback",
+    ),
+]
+
+
+class TestHelp:
+    @pytest.mark.parametrize(("command", "names"), HELP)
+    def test_help_names_every_option_and_shows_an_example(
+        self, command: list[str], names: list[str], no_network: None
+    ) -> None:
+        """`--help` of every command and group exits 0, names its options and gives an example."""
+        result = run(*command, "--help")
+        assert result.exit_code == 0, result.output
+        assert result.stdout.startswith("Usage: releasectl")
+        for name in names:
+            assert name in result.stdout
+        assert "Example:\n    releasectl " in result.stdout
+
+    def test_version_prints_the_package_version(self) -> None:
+        """`releasectl --version` exits 0 and names the program."""
+        result = run("--version")
+        assert result.exit_code == 0
+        assert result.stdout.startswith("releasectl, version ")
+
+
+# -- bad input stops before the network ----------------------------------------------
+
+
+USAGE_ERRORS = [
+    pytest.param(
+        ["release", "promote", "--feature", "checkout", "--version", "1.3.0", "--skip-soak"],
+        "--skip-soak needs --reason",
+        id="skip-soak-without-reason",
+    ),
+    pytest.param(
+        [
+            "release",
+            "promote",
+            "--feature",
+            "checkout",
+            "--version",
+            "1.3.0",
+            "--skip-soak",
+            "--reason",
+            "  ",
+        ],
+        "--skip-soak needs --reason",
+        id="skip-soak-with-blank-reason",
+    ),
+    pytest.param(
+        ["release", "canary", "--feature", "checkout", "--version", "1.3.0", "--soak", "3x"],
+        "duration '3x' is not understood",
+        id="bad-soak",
+    ),
+    pytest.param(
+        ["publish", "--feature", "checkout", "--channel", "canary", "--soak", "soon"],
+        "duration 'soon' is not understood",
+        id="publish-bad-soak",
+    ),
+    pytest.param(
+        ["publish", "--feature", "checkout", "--soak", "30m"],
+        "--soak applies to --channel canary only",
+        id="soak-on-stable",
+    ),
+    pytest.param(
+        ["release", "canary", "--feature", "Checkout", "--version", "1.3.0"],
+        "not a valid feature id",
+        id="uppercase-feature",
+    ),
+    pytest.param(
+        ["release", "rollback", "--feature", "checkout", "--version", "v1"],
+        "not a SemVer 2.0 version",
+        id="not-semver",
+    ),
+    pytest.param(
+        ["release", "status", "--feature", "ok", "--feature", "../etc"],
+        "not a valid feature id",
+        id="status-bad-feature",
+    ),
+    pytest.param(
+        [
+            "release",
+            "canary",
+            "--feature",
+            "checkout",
+            "--version",
+            "1.0.0",
+            "--expected-sequence",
+            "-1",
+        ],
+        "--expected-sequence",
+        id="negative-expected-sequence",
+    ),
+    pytest.param(
+        ["channel", "fallback", "--feature", "checkout", "--version", "1.0.0", "--to", "beta"],
+        "'beta' is not one of 'stable', 'canary'",
+        id="unknown-channel",
+    ),
+    pytest.param(
+        ["release", "canary", "--version", "1.0.0"],
+        "Missing option '--feature'",
+        id="missing-feature",
+    ),
+]
+
+
+class TestUsageErrors:
+    @pytest.mark.parametrize(("args", "text"), USAGE_ERRORS)
+    def test_bad_input_is_a_usage_error_before_any_network_call(
+        self, args: list[str], text: str, no_network: None
+    ) -> None:
+        """Bad flags fail with click's usage error (exit 2), naming the problem, no traceback."""
+        result = run(*args)
+        assert result.exit_code == 2, result.output
+        error_lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+        assert len(error_lines) == 1 and text in error_lines[0], result.stderr
+        assert "Traceback" not in result.output
+
+
+def write_feature(root: Path, files: dict[str, bytes] | None = None, **overrides: Any) -> Path:
+    folder = root / "features" / "checkout"
+    files = files or {"index.js": b"export default 1;\n", "main.css": b"body{}\n"}
+    for path, data in files.items():
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_bytes(data)
+    manifest = {
+        "id": "checkout",
+        "version": "1.2.0",
+        "entry": next(iter(files)),
+        "routes": ["/checkout"],
+        "compat": {"host": "^2.0.0"},
+        "assets": [{"path": p} for p in files],
+        **overrides,
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+class TestPublishInput:
+    def test_no_manifest_folder_names_the_folder(self, no_network: None) -> None:
+        """Publishing a feature with no folder fails in one line that names the folder."""
+        result = run("publish", "--feature", "checkout")
+        assert_one_line_error(result, "no manifest.json in features/checkout", "--dir")
+
+    def test_dir_is_read_instead_of_the_default_folder(
+        self, isolated: Path, no_network: None
+    ) -> None:
+        """--dir names the folder read, and the error says that folder."""
+        result = run("publish", "--feature", "checkout", "--dir", "build/out")
+        assert_one_line_error(result, "no manifest.json in build/out")
+
+    def test_a_listed_sha256_that_does_not_match_names_the_file(
+        self, isolated: Path, no_network: None
+    ) -> None:
+        """A manifest whose sha256 differs from its file fails in one line naming the file."""
+        write_feature(
+            isolated,
+            assets=[{"path": "index.js", "sha256": "0" * 64}, {"path": "main.css"}],
+        )
+        result = run("publish", "--feature", "checkout")
+        assert_one_line_error(result, "'index.js'", "sha256")
+
+    def test_a_manifest_of_another_feature_is_refused(
+        self, isolated: Path, no_network: None
+    ) -> None:
+        """A manifest whose id is another feature's fails in one line naming both."""
+        write_feature(isolated, id="payments")
+        result = run("publish", "--feature", "checkout")
+        assert_one_line_error(result, "'payments'", "'checkout'")
+
+    def test_missing_ca_is_one_line_with_the_fix(self, isolated: Path) -> None:
+        """With no dev PKI yet, a command says to start `releasectl dev` in one line."""
+        write_feature(isolated)
+        result = run("--home", str(isolated / "state"), "publish", "--feature", "checkout")
+        assert_one_line_error(result, "ca.pem", "start `releasectl dev` first")
+
+
+# -- against a fake client ---------------------------------------------------------
+
+
+def ts(seconds: int) -> Timestamp:
+    return Timestamp(seconds=seconds)
+
+
+NOW = 1_800_000_000  # 2027-01-15T08:00:00Z
+
+
+def feature(**overrides: Any) -> pb.Feature:
+    values: dict[str, Any] = {
+        "feature_id": "checkout",
+        "sequence": 4,
+        "stable_version": "1.2.0",
+        "canary": pb.CanaryState(
+            version="1.3.0",
+            soak_started_at=ts(NOW - 1800),
+            soak_seconds=7200,
+            soak_ends_at=ts(NOW + 5400),
+        ),
+        "versions": [
+            pb.VersionInfo(
+                version="1.2.0",
+                manifest_sha256="a" * 64,
+                published_at=ts(NOW - 86400),
+                was_stable=True,
+            ),
+            pb.VersionInfo(version="1.3.0", manifest_sha256="b" * 64, published_at=ts(NOW - 1800)),
+        ],
+        "updated_at": ts(NOW - 1800),
+        "updated_by": "alice",
+    }
+    values.update(overrides)
+    return pb.Feature(**values)
+
+
+def transition(action: pb.TransitionAction.ValueType, **overrides: Any) -> pb.Transition:
+    values: dict[str, Any] = {
+        "id": 9,
+        "feature_id": "checkout",
+        "sequence": 4,
+        "global_sequence": 11,
+        "action": action,
+        "version": "1.3.0",
+        "from_stable": "1.2.0",
+        "to_stable": "1.2.0",
+        "to_canary": "1.3.0",
+        "actor": "alice",
+        "at": ts(NOW),
+        "request_id": "r-1",
+    }
+    values.update(overrides)
+    return pb.Transition(**values)
+
+
+@dataclass
+class FakeClient:
+    """Records each call; answers with `responses[method]`, or raises it if an exception.
+
+    Every call must bind to the real client method's signature, so the fake
+    cannot drift from ReleaseControlClient.
+    """
+
+    responses: dict[str, Any] = field(default_factory=dict)
+    calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
+    built_with: dict[str, Any] = field(default_factory=dict)
+    closed: bool = False
+
+    def __enter__(self) -> FakeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.closed = True
+
+    def __getattr__(self, name: str) -> Any:
+        signature = inspect.signature(getattr(ReleaseControlClient, name))
+
+        def method(*args: Any, **kwargs: Any) -> Any:
+            signature.bind(self, *args, **kwargs)
+            self.calls.append((name, args, kwargs))
+            answer = self.responses[name]
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+        return method
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClient]:
+    client = FakeClient()
+
+    def build(cls: type, **kwargs: Any) -> FakeClient:
+        client.built_with = kwargs
+        return client
+
+    monkeypatch.setattr(ReleaseControlClient, "from_environment", classmethod(build))
+    yield client
+
+
+class TestGlobalOptions:
+    def test_server_and_home_reach_the_client(self, fake: FakeClient, isolated: Path) -> None:
+        """--server and --home are what the client is built from."""
+        fake.responses["get_status"] = pb.GetStatusResponse()
+        result = run("--server", "rc:443", "--home", "st", "release", "status")
+        assert result.exit_code == 0, result.output
+        assert fake.built_with == {"server": "rc:443", "home": Path("st")}
+        assert fake.closed
+
+    def test_environment_supplies_server_and_home(
+        self, fake: FakeClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """RELEASECONTROL_ADDR and RELEASECONTROL_HOME stand in for the flags."""
+        monkeypatch.setenv("RELEASECONTROL_ADDR", "env:1")
+        monkeypatch.setenv("RELEASECONTROL_HOME", "/tmp/rc-home")
+        fake.responses["get_status"] = pb.GetStatusResponse()
+        assert run("release", "status").exit_code == 0
+        assert fake.built_with == {"server": "env:1", "home": Path("/tmp/rc-home")}
+
+
+SERVER_ERRORS = [
+    pytest.param(errors.NotFound("feature 'x' does not exist"), id="not-found"),
+    pytest.param(errors.SoakNotOver("still soaking:\n29m left", seconds_left=1740), id="multiline"),
+    pytest.param(errors.Unavailable("cannot reach the server at h:1"), id="unavailable"),
+    pytest.param(errors.StaleSequence("expected 3, the feature is at 4"), id="stale"),
+]
+
+
+class TestServerErrors:
+    @pytest.mark.parametrize("error", SERVER_ERRORS)
+    def test_a_refusal_is_one_line_on_stderr_with_exit_1(
+        self, fake: FakeClient, error: errors.ReleaseControlError
+    ) -> None:
+        """Any ReleaseControlError becomes `error: <message>` on one line, exit 1, no traceback."""
+        fake.responses["promote"] = error
+        result = run("release", "promote", "--feature", "checkout", "--version", "1.3.0")
+        assert_one_line_error(result, " ".join(error.message.split()))
+
+
+class TestStatus:
+    def test_table_shows_channels_soak_left_and_who(self, fake: FakeClient) -> None:
+        """The table has one row per feature; soak left counts from the server's clock."""
+        fake.responses["get_status"] = pb.GetStatusResponse(
+            features=[
+                feature(),
+                feature(feature_id="search", canary=None, sequence=1, updated_by=""),
+            ],
+            server_time=ts(NOW),
+        )
+        result = run("release", "status")
+        assert result.exit_code == 0, result.output
+        header, first, second = result.stdout.splitlines()
+        assert header.split() == [
+            "FEATURE",
+            "STABLE",
+            "CANARY",
+            "SOAK",
+            "LEFT",
+            "SEQ",
+            "UPDATED",
+            "BY",
+        ]
+        assert first.split() == [
+            "checkout",
+            "1.2.0",
+            "1.3.0",
+            "1h",
+            "30m",
+            "4",
+            "2027-01-15T07:30:00Z",
+            "alice",
+        ]
+        assert second.split() == ["search", "1.2.0", "-", "-", "1", "2027-01-15T07:30:00Z", "-"]
+        assert fake.calls == [("get_status", ((),), {})]
+
+    def test_feature_filter_is_sent(self, fake: FakeClient) -> None:
+        """Each --feature is passed on to GetStatus."""
+        fake.responses["get_status"] = pb.GetStatusResponse()
+        run("release", "status", "--feature", "checkout", "--feature", "search")
+        assert fake.calls == [("get_status", (("checkout", "search"),), {})]
+
+    def test_no_features_says_how_to_publish(self, fake: FakeClient) -> None:
+        """An empty control plane says how to publish the first feature."""
+        fake.responses["get_status"] = pb.GetStatusResponse()
+        result = run("release", "status")
+        assert "releasectl publish --feature" in result.stdout
+
+    def test_json_is_a_list_with_rfc3339_times(self, fake: FakeClient) -> None:
+        """--output json lists features with channels, soak left, versions and RFC 3339 times."""
+        fake.responses["get_status"] = pb.GetStatusResponse(
+            features=[feature(), feature(feature_id="search", canary=None, stable_version="")],
+            server_time=ts(NOW),
+        )
+        result = run("release", "status", "--output", "json")
+        assert result.exit_code == 0, result.output
+        checkout, search = json.loads(result.stdout)
+        assert checkout == {
+            "feature_id": "checkout",
+            "sequence": 4,
+            "stable": "1.2.0",
+            "canary": {
+                "version": "1.3.0",
+                "soak_started_at": "2027-01-15T07:30:00Z",
+                "soak_ends_at": "2027-01-15T09:30:00Z",
+                "soak_seconds_left": 5400,
+            },
+            "versions": [
+                {
+                    "version": "1.2.0",
+                    "manifest_sha256": "a" * 64,
+                    "published_at": "2027-01-14T08:00:00Z",
+                    "was_stable": True,
+                },
+                {
+                    "version": "1.3.0",
+                    "manifest_sha256": "b" * 64,
+                    "published_at": "2027-01-15T07:30:00Z",
+                    "was_stable": False,
+                },
+            ],
+            "updated_at": "2027-01-15T07:30:00Z",
+            "updated_by": "alice",
+        }
+        assert search["canary"] is None and search["stable"] is None
+
+    def test_a_soak_that_is_over_shows_zero(self, fake: FakeClient) -> None:
+        """Once the server's clock passes soak_ends_at the soak left is 0s."""
+        fake.responses["get_status"] = pb.GetStatusResponse(
+            features=[feature()], server_time=ts(NOW + 10_000)
+        )
+        row = run("release", "status").stdout.splitlines()[1]
+        assert row.split()[3] == "0s"
+
+
+CONTEXT_FLAGS = [
+    "--actor",
+    "bob",
+    "--reason",
+    "why",
+    "--ticket",
+    "CHG-1",
+    "--expected-sequence",
+    "3",
+    "--request-id",
+    "req-9",
+]
+CONTEXT_KWARGS = {
+    "actor": "bob",
+    "reason": "why",
+    "ticket": "CHG-1",
+    "expected_sequence": 3,
+    "request_id": "req-9",
+}
+NO_CONTEXT = {
+    "actor": "",
+    "reason": "",
+    "ticket": "",
+    "expected_sequence": None,
+    "request_id": "",
+}
+
+CHANGES = [
+    pytest.param(
+        ["release", "canary", "--feature", "checkout", "--version", "1.3.0", "--soak", "30m"],
+        "deploy_canary",
+        ("checkout", "1.3.0"),
+        {"soak_seconds": 1800},
+        pb.DeployCanaryResponse(
+            feature=feature(),
+            transition=transition(pb.TRANSITION_ACTION_DEPLOY_CANARY, detail="soak 30m"),
+        ),
+        "checkout: canary 1.3.0 deployed, soak 30m (sequence 4)",
+        id="canary",
+    ),
+    pytest.param(
+        ["release", "promote", "--feature", "checkout", "--version", "1.3.0"],
+        "promote",
+        ("checkout", "1.3.0"),
+        {"skip_soak": False},
+        pb.PromoteResponse(
+            feature=feature(stable_version="1.3.0", canary=None),
+            transition=transition(
+                pb.TRANSITION_ACTION_PROMOTE,
+                sequence=5,
+                to_stable="1.3.0",
+                to_canary="",
+                from_canary="1.3.0",
+                detail="canary 1.3.0 promoted after 30m soak",
+            ),
+        ),
+        "checkout: 1.3.0 promoted to stable (was 1.2.0), canary 1.3.0 promoted after 30m soak "
+        "(sequence 5)",
+        id="promote",
+    ),
+    pytest.param(
+        ["release", "rollback", "--feature", "checkout", "--version", "1.1.0"],
+        "rollback",
+        ("checkout", "1.1.0"),
+        {},
+        pb.RollbackResponse(
+            feature=feature(stable_version="1.1.0", canary=None),
+            transition=transition(
+                pb.TRANSITION_ACTION_ROLLBACK,
+                sequence=6,
+                version="1.1.0",
+                to_stable="1.1.0",
+                to_canary="",
+                from_canary="1.3.0",
+                detail="rolled back from 1.2.0; cleared canary 1.3.0",
+            ),
+        ),
+        "checkout: stable is now 1.1.0, rolled back from 1.2.0; cleared canary 1.3.0 (sequence 6)",
+        id="rollback",
+    ),
+    pytest.param(
+        ["channel", "fallback", "--feature", "checkout", "--version", "1.1.0", "--to", "stable"],
+        "set_channel",
+        ("checkout", "1.1.0", "stable"),
+        {},
+        pb.SetChannelResponse(
+            feature=feature(stable_version="1.1.0"),
+            transition=transition(
+                pb.TRANSITION_ACTION_SET_CHANNEL,
+                sequence=7,
+                version="1.1.0",
+                to_stable="1.1.0",
+                from_canary="1.3.0",
+            ),
+        ),
+        "checkout: stable set to 1.1.0 (was 1.2.0) (sequence 7)",
+        id="fallback-stable",
+    ),
+    pytest.param(
+        ["channel", "fallback", "--feature", "checkout", "--version", "1.1.0", "--to", "canary"],
+        "set_channel",
+        ("checkout", "1.1.0", "canary"),
+        {},
+        pb.SetChannelResponse(
+            feature=feature(),
+            transition=transition(
+                pb.TRANSITION_ACTION_SET_CHANNEL,
+                sequence=8,
+                version="1.1.0",
+                from_canary="1.3.0",
+                to_canary="1.1.0",
+                detail="canary set to 1.1.0 by operator fallback, soak 30m",
+            ),
+        ),
+        "checkout: canary set to 1.1.0 by operator fallback, soak 30m (sequence 8)",
+        id="fallback-canary",
+    ),
+]
+
+
+class TestChanges:
+    @pytest.mark.parametrize(("args", "method", "call_args", "extra", "response", "line"), CHANGES)
+    def test_a_change_prints_one_line_summarising_it(
+        self,
+        fake: FakeClient,
+        args: list[str],
+        method: str,
+        call_args: tuple[Any, ...],
+        extra: dict[str, Any],
+        response: Any,
+        line: str,
+    ) -> None:
+        """Each change command calls its RPC with the flags given and prints one line."""
+        fake.responses[method] = response
+        result = run(*args)
+        assert result.exit_code == 0, result.output
+        assert result.stdout == line + "\n"
+        assert fake.calls == [(method, call_args, {**extra, **NO_CONTEXT})]
+
+    @pytest.mark.parametrize(("args", "method", "call_args", "extra", "response", "line"), CHANGES)
+    def test_context_flags_are_passed_through(
+        self,
+        fake: FakeClient,
+        args: list[str],
+        method: str,
+        call_args: tuple[Any, ...],
+        extra: dict[str, Any],
+        response: Any,
+        line: str,
+    ) -> None:
+        """--actor, --reason, --ticket, --expected-sequence and --request-id reach the client."""
+        fake.responses[method] = response
+        result = run(*args, *CONTEXT_FLAGS)
+        assert result.exit_code == 0, result.output
+        assert fake.calls == [(method, call_args, {**extra, **CONTEXT_KWARGS})]
+
+    def test_skip_soak_with_a_reason_is_sent(self, fake: FakeClient) -> None:
+        """--skip-soak with --reason asks the server to skip the soak."""
+        fake.responses["promote"] = pb.PromoteResponse(
+            feature=feature(), transition=transition(pb.TRANSITION_ACTION_PROMOTE)
+        )
+        result = run(
+            "release",
+            "promote",
+            "--feature",
+            "checkout",
+            "--version",
+            "1.3.0",
+            "--skip-soak",
+            "--reason",
+            "hotfix",
+        )
+        assert result.exit_code == 0, result.output
+        assert fake.calls[0][2]["skip_soak"] is True
+
+    def test_json_output_is_the_transition(self, fake: FakeClient) -> None:
+        """--output json prints the transition with its action, channels and RFC 3339 time."""
+        fake.responses["deploy_canary"] = pb.DeployCanaryResponse(
+            feature=feature(),
+            transition=transition(pb.TRANSITION_ACTION_DEPLOY_CANARY, detail="soak 30m"),
+        )
+        result = run(
+            "release", "canary", "--feature", "checkout", "--version", "1.3.0", "-o", "json"
+        )
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout) == {
+            "id": 9,
+            "feature_id": "checkout",
+            "sequence": 4,
+            "global_sequence": 11,
+            "action": "deploy_canary",
+            "version": "1.3.0",
+            "from_stable": "1.2.0",
+            "to_stable": "1.2.0",
+            "from_canary": None,
+            "to_canary": "1.3.0",
+            "actor": "alice",
+            "reason": "",
+            "ticket": "",
+            "at": "2027-01-15T08:00:00Z",
+            "detail": "soak 30m",
+            "request_id": "r-1",
+        }
+
+
+class TestPublish:
+    def published(self, channel: str = "stable") -> pb.PublishVersionResponse:
+        canary = channel == "canary"
+        return pb.PublishVersionResponse(
+            feature=feature(sequence=3),
+            transition=transition(
+                pb.TRANSITION_ACTION_PUBLISH,
+                sequence=3,
+                version="1.2.0" if not canary else "1.3.0",
+                to_stable="1.2.0",
+                to_canary="1.3.0" if canary else "",
+            ),
+            manifest_sha256="c" * 64,
+        )
+
+    def test_publish_sends_the_filled_in_folder_and_says_what_was_published(
+        self, fake: FakeClient, isolated: Path
+    ) -> None:
+        """publish loads ./features/F with sizes and hashes filled in and prints one line."""
+        write_feature(isolated)
+        fake.responses["publish"] = self.published()
+        result = run("publish", "--feature", "checkout")
+        assert result.exit_code == 0, result.output
+        assert result.stdout == "published checkout 1.2.0 as stable (sequence 3)\n"
+        assert result.stderr == ""  # no progress bar when stderr is not a terminal
+        (name, (source,), kwargs) = fake.calls[0]
+        assert name == "publish" and isinstance(source, SourceFeature)
+        assert source.folder == Path("features/checkout")
+        assert all(len(a["sha256"]) == 64 and a["size"] > 0 for a in source.manifest["assets"])
+        assert kwargs == {"channel": "stable", "soak_seconds": None, **NO_CONTEXT}
+
+    def test_publish_to_canary_with_soak_and_dir(self, fake: FakeClient, isolated: Path) -> None:
+        """--dir, --channel canary and --soak reach the client; the line names the soak."""
+        folder = write_feature(isolated / "elsewhere")
+        fake.responses["publish"] = self.published("canary")
+        result = run(
+            "publish",
+            "--feature",
+            "checkout",
+            "--dir",
+            str(folder),
+            "--channel",
+            "canary",
+            "--soak",
+            "2h",
+            *CONTEXT_FLAGS,
+        )
+        assert result.exit_code == 0, result.output
+        assert result.stdout == "published checkout 1.3.0 as canary, soak 2h (sequence 3)\n"
+        (_, (source,), kwargs) = fake.calls[0]
+        assert source.folder == folder
+        assert kwargs == {"channel": "canary", "soak_seconds": 7200, **CONTEXT_KWARGS}
+
+    def test_already_published_says_nothing_changed(self, fake: FakeClient, isolated: Path) -> None:
+        """Republishing the same manifest says it was already published and nothing changed."""
+        write_feature(isolated)
+        fake.responses["publish"] = pb.PublishVersionResponse(
+            feature=feature(sequence=3), already_published=True, manifest_sha256="c" * 64
+        )
+        result = run("publish", "--feature", "checkout")
+        assert result.exit_code == 0, result.output
+        assert result.stdout.startswith("already published checkout 1.2.0 (manifest sha256 cccc")
+        assert result.stdout.rstrip().endswith("nothing changed (sequence 3)")
+
+    def test_json_output_has_the_outcome_and_the_feature(
+        self, fake: FakeClient, isolated: Path
+    ) -> None:
+        """--output json prints the version, whether it was new, its transition and the feature."""
+        write_feature(isolated)
+        fake.responses["publish"] = self.published()
+        result = run("publish", "--feature", "checkout", "--output", "json")
+        assert result.exit_code == 0, result.output
+        data = json.loads(result.stdout)
+        assert (data["feature_id"], data["version"], data["already_published"]) == (
+            "checkout",
+            "1.2.0",
+            False,
+        )
+        assert data["manifest_sha256"] == "c" * 64
+        assert data["transition"]["action"] == "publish"
+        assert data["feature"]["feature_id"] == "checkout"
+
+
+class TestDev:
+    def test_dev_runs_the_server_in_dev_mode_with_home_and_extra_args(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """`releasectl --home H dev ARGS` runs server main(["--dev", "--home", H, *ARGS])."""
+        seen: list[list[str]] = []
+
+        def server_main(argv: list[str]) -> int:
+            seen.append(argv)
+            return 3
+
+        module = types.ModuleType("releasecontrol_server.main")
+        module.main = server_main  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "releasecontrol_server.main", module)
+        result = run("--home", "state", "dev", "--config", "rc.toml")
+        assert result.exit_code == 3
+        assert seen == [["--dev", "--home", "state", "--config", "rc.toml"]]
+
+    def test_dev_without_home_passes_only_dev(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without --home the server picks its own state directory."""
+        seen: list[list[str]] = []
+        module = types.ModuleType("releasecontrol_server.main")
+        module.main = lambda argv: seen.append(argv) or 0  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "releasecontrol_server.main", module)
+        assert run("dev").exit_code == 0
+        assert seen == [["--dev"]]
