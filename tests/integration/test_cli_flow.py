@@ -1,0 +1,195 @@
+"""The README's flow, typed as a user would: `releasectl` processes against the real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import RunningServer, make_feature
+
+from releasecontrol.index import Envelope, ReleasesIndex, verify_signatures
+from releasecontrol.trust import TrustStore
+
+pytestmark = pytest.mark.integration
+
+RELEASECTL = [sys.executable, "-c", "from releasecontrol.cli import main; main()"]
+
+
+def releasectl(server: RunningServer, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `releasectl ARGS` with only RELEASECONTROL_HOME set, as after `make dev`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELEASECONTROL_")}
+    env["RELEASECONTROL_HOME"] = str(server.home)
+    return subprocess.run(
+        [*RELEASECTL, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_the_readme_flow_works_with_no_flags_beyond_the_contract(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """Publish, canary, refused promote, skip-soak promote, rollback, fallback and status."""
+    make_feature(tmp_path, "checkout", "1.2.0")
+    done = releasectl(server, tmp_path, "publish", "--feature", "checkout")
+    assert done.returncode == 0, done.stderr
+    assert "checkout 1.2.0" in done.stdout and "stable" in done.stdout
+
+    make_feature(tmp_path, "checkout", "1.3.0")
+    done = releasectl(server, tmp_path, "publish", "--feature", "checkout", "--channel", "canary")
+    assert done.returncode == 0, done.stderr
+
+    refused = releasectl(
+        server, tmp_path, "release", "promote", "--feature", "checkout", "--version", "1.3.0"
+    )
+    assert refused.returncode == 1
+    assert refused.stderr.count("\n") == 1 and refused.stderr.startswith("error: ")
+    assert "still soaking" in refused.stderr and "left" in refused.stderr
+
+    promoted = releasectl(
+        server,
+        tmp_path,
+        "release",
+        "promote",
+        "--feature",
+        "checkout",
+        "--version",
+        "1.3.0",
+        "--skip-soak",
+        "--reason",
+        "hotfix",
+        "--ticket",
+        "INC-9",
+        "--actor",
+        "alice",
+    )
+    assert promoted.returncode == 0, promoted.stderr
+
+    rolled = releasectl(
+        server,
+        tmp_path,
+        "release",
+        "rollback",
+        "--feature",
+        "checkout",
+        "--version",
+        "1.2.0",
+        "--reason",
+        "error rate",
+    )
+    assert rolled.returncode == 0, rolled.stderr
+    fallback = releasectl(
+        server,
+        tmp_path,
+        "channel",
+        "fallback",
+        "--feature",
+        "checkout",
+        "--version",
+        "1.3.0",
+        "--to",
+        "canary",
+    )
+    assert fallback.returncode == 0, fallback.stderr
+    canary = releasectl(
+        server,
+        tmp_path,
+        "release",
+        "canary",
+        "--feature",
+        "checkout",
+        "--version",
+        "1.3.0",
+        "--soak",
+        "0s",
+    )
+    assert canary.returncode == 0, canary.stderr
+
+    status = releasectl(server, tmp_path, "release", "status", "--output", "json")
+    assert status.returncode == 0, status.stderr
+    (feature,) = json.loads(status.stdout)
+    assert feature["feature_id"] == "checkout"
+    assert (feature["stable"], feature["canary"]["version"]) == ("1.2.0", "1.3.0")
+    assert feature["sequence"] == 6
+
+    table = releasectl(server, tmp_path, "release", "status")
+    assert table.returncode == 0
+    header, row = table.stdout.splitlines()[:2]
+    assert header.split()[:3] == ["FEATURE", "STABLE", "CANARY"]
+    assert row.split()[:3] == ["checkout", "1.2.0", "1.3.0"]
+
+    # What the CLI did is what hosts will verify on the origin.
+    trust = TrustStore.from_file(server.home / "keys" / "trust.json")
+    envelope = Envelope.from_bytes(
+        (server.origin_dir / "features" / "checkout" / "releases.json").read_bytes()
+    )
+    verify_signatures(envelope, trust)
+    index = ReleasesIndex.from_dict(envelope.signed)
+    assert (index.sequence, index.stable, index.canary) == (6, "1.2.0", "1.3.0")
+
+    history = server.client().list_transitions(feature_id="checkout").transitions
+    promote = next(t for t in history if t.sequence == 3)
+    assert (promote.actor, promote.reason, promote.ticket) == ("alice", "hotfix", "INC-9")
+    # --actor left out: the principal from the client certificate is recorded.
+    assert history[0].actor == "spiffe://releasecontrol.dev/dev-operator"
+
+
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [
+        pytest.param(
+            ["release", "canary", "--feature", "checkout", "--version", "9.9.9"],
+            "not published",
+            id="unknown-version",
+        ),
+        pytest.param(
+            ["release", "rollback", "--feature", "nosuch", "--version", "1.0.0"],
+            "publish one first",
+            id="unknown-feature",
+        ),
+        pytest.param(
+            [
+                "release",
+                "promote",
+                "--feature",
+                "checkout",
+                "--version",
+                "1.2.0",
+                "--expected-sequence",
+                "7",
+            ],
+            "expected 7",
+            id="stale-sequence",
+        ),
+    ],
+)
+def test_refusals_are_one_line_and_change_nothing(
+    server: RunningServer, tmp_path: Path, args: list[str], text: str
+) -> None:
+    """A refused command prints one `error:` line, exits 1, and the sequence stays put."""
+    make_feature(tmp_path, "checkout", "1.2.0")
+    assert releasectl(server, tmp_path, "publish", "--feature", "checkout").returncode == 0
+    done = releasectl(server, tmp_path, *args)
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
+    assert text in done.stderr
+    assert "Traceback" not in done.stderr
+    assert server.client().get_status().global_sequence == 1
+
+
+def test_without_a_server_the_cli_says_how_to_start_one(tmp_path: Path) -> None:
+    """With nothing running, status fails in one line that names `releasectl dev`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELEASECONTROL_")}
+    env["RELEASECONTROL_HOME"] = str(tmp_path / "empty-home")
+    done = subprocess.run(
+        [*RELEASECTL, "release", "status"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "releasectl dev" in done.stderr and done.stderr.count("\n") == 1
