@@ -29,7 +29,7 @@ from releasecontrol.v1 import release_control_pb2 as pb
 from releasecontrol.v1 import release_control_pb2_grpc as pb_grpc
 from releasecontrol_server.config import Config, load_config, split_listen_address
 from releasecontrol_server.control import ReleaseController
-from releasecontrol_server.origin.filesystem import FilesystemOrigin
+from releasecontrol_server.origin import open_origin
 from releasecontrol_server.origin.http import OriginHttpServer
 from releasecontrol_server.pki import ensure_dev_pki
 from releasecontrol_server.service import ReleaseControlServicer
@@ -119,7 +119,7 @@ async def serve(
     client_ca = _read(config.tls_client_ca_path, "client CA certificate")
 
     store = SqliteStore(config.database_path)
-    origin = FilesystemOrigin(config.origin_dir)
+    origin = open_origin(config)
     controller = ReleaseController(
         store=store,
         origin=origin,
@@ -132,11 +132,26 @@ async def serve(
     server = aio.server()
     try:
         await controller.start()
+        origin_url = config.origin_public_url
+        if config.origin_http_listen:
+            http_host, http_port = split_listen_address(config.origin_http_listen)
+            origin_http = OriginHttpServer(config.origin_dir, http_host, http_port)
+            try:
+                origin_http.start()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot serve the CDN origin on {config.origin_http_listen} "
+                    f"(origin_http_listen): {exc.strerror}; free the port or set "
+                    "RELEASECONTROL_ORIGIN_HTTP_LISTEN"
+                ) from exc
+            if http_port == 0:
+                origin_url = origin_http.url
         pb_grpc.add_ReleaseControlServicer_to_server(
             ReleaseControlServicer(
                 controller,
                 max_manifest_bytes=config.max_manifest_bytes,
                 max_publish_bytes=config.max_publish_bytes,
+                origin_public_url=origin_url,
             ),
             server,
         )
@@ -162,20 +177,6 @@ async def serve(
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
-        origin_url = config.origin_public_url
-        if config.origin_http_listen:
-            http_host, http_port = split_listen_address(config.origin_http_listen)
-            origin_http = OriginHttpServer(config.origin_dir, http_host, http_port)
-            try:
-                origin_http.start()
-            except OSError as exc:
-                raise ConfigError(
-                    f"cannot serve the CDN origin on {config.origin_http_listen} "
-                    f"(origin_http_listen): {exc.strerror}; free the port or set "
-                    "RELEASECONTROL_ORIGIN_HTTP_LISTEN"
-                ) from exc
-            if http_port == 0:
-                origin_url = origin_http.url
         grpc_host = f"[{host}]" if ":" in host else host
         endpoints = {"grpc": f"{grpc_host}:{port}", "origin_url": origin_url, "pid": os.getpid()}
         _write_json_atomically(config.endpoints_path, endpoints)

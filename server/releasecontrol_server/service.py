@@ -150,9 +150,15 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
     """releasecontrol.v1.ReleaseControl over the ReleaseController."""
 
     def __init__(
-        self, controller: ReleaseController, *, max_manifest_bytes: int, max_publish_bytes: int
+        self,
+        controller: ReleaseController,
+        *,
+        max_manifest_bytes: int,
+        max_publish_bytes: int,
+        origin_public_url: str,
     ) -> None:
         self._controller = controller
+        self._origin_public_url = origin_public_url
         self._max_manifest_bytes = max_manifest_bytes
         self._max_publish_bytes = max_publish_bytes
 
@@ -208,6 +214,7 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
             features=[feature_to_proto(s) for s in status.features],
             global_sequence=status.global_sequence,
             pending_origin_writes=status.pending_origin_writes,
+            origin_public_url=self._origin_public_url,
         )
         out.server_time.FromDatetime(status.server_time)
         return out
@@ -346,6 +353,7 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
                     feature=feature_to_proto(applied.state),
                     already_published=applied.transition is None,
                     manifest_sha256=digest,
+                    origin_public_url=self._origin_public_url,
                 )
                 if applied.transition is not None:
                     out.transition.CopyFrom(transition_to_proto(applied.transition))

@@ -500,9 +500,14 @@ class PublishVersionResponse(_message.Message):
     TRANSITION_FIELD_NUMBER: _builtins.int
     ALREADY_PUBLISHED_FIELD_NUMBER: _builtins.int
     MANIFEST_SHA256_FIELD_NUMBER: _builtins.int
+    ORIGIN_PUBLIC_URL_FIELD_NUMBER: _builtins.int
     already_published: _builtins.bool
     """The same version with the same manifest was published before."""
     manifest_sha256: _builtins.str
+    origin_public_url: _builtins.str
+    """Where hosts read the files (ends with "/"): the CLI reads them back from
+    here and verifies them.
+    """
     @_builtins.property
     def feature(self) -> Global___Feature: ...
     @_builtins.property
@@ -516,10 +521,11 @@ class PublishVersionResponse(_message.Message):
         transition: Global___Transition | None = ...,
         already_published: _builtins.bool = ...,
         manifest_sha256: _builtins.str = ...,
+        origin_public_url: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["feature", b"feature", "transition", b"transition"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_published", b"already_published", "feature", b"feature", "manifest_sha256", b"manifest_sha256", "transition", b"transition"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_published", b"already_published", "feature", b"feature", "manifest_sha256", b"manifest_sha256", "origin_public_url", b"origin_public_url", "transition", b"transition"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -818,10 +824,13 @@ class GetStatusResponse(_message.Message):
     GLOBAL_SEQUENCE_FIELD_NUMBER: _builtins.int
     SERVER_TIME_FIELD_NUMBER: _builtins.int
     PENDING_ORIGIN_WRITES_FIELD_NUMBER: _builtins.int
+    ORIGIN_PUBLIC_URL_FIELD_NUMBER: _builtins.int
     global_sequence: _builtins.int
     """The sequence of remote-index.json."""
     pending_origin_writes: _builtins.int
     """Committed changes not yet written to the origin."""
+    origin_public_url: _builtins.str
+    """Where hosts read the files (ends with "/")."""
     @_builtins.property
     def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___Feature]: ...
     @_builtins.property
@@ -833,10 +842,11 @@ class GetStatusResponse(_message.Message):
         global_sequence: _builtins.int = ...,
         server_time: _timestamp_pb2.Timestamp | None = ...,
         pending_origin_writes: _builtins.int = ...,
+        origin_public_url: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["server_time", b"server_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["features", b"features", "global_sequence", b"global_sequence", "pending_origin_writes", b"pending_origin_writes", "server_time", b"server_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["features", b"features", "global_sequence", b"global_sequence", "origin_public_url", b"origin_public_url", "pending_origin_writes", b"pending_origin_writes", "server_time", b"server_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -14,9 +14,12 @@ nothing a request carries can name a file outside the origin.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-__all__ = ["Origin", "validate_origin_path"]
+if TYPE_CHECKING:
+    from releasecontrol_server.config import Config
+
+__all__ = ["Origin", "open_origin", "validate_origin_path"]
 
 
 @runtime_checkable
@@ -59,3 +62,10 @@ def validate_origin_path(path: str) -> str:
                 "paths may not step outside the origin"
             )
     return path
+
+
+def open_origin(config: Config) -> Origin:
+    """The origin the config names (today: the filesystem folder `origin_dir`)."""
+    from releasecontrol_server.origin.filesystem import FilesystemOrigin
+
+    return FilesystemOrigin(config.origin_dir)
