@@ -22,8 +22,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from releasecontrol.errors import InvalidArgument, NotFound, Unavailable
-from releasecontrol.index import FeatureEntry, releases_path
+from releasecontrol.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    VerificationError,
+)
+from releasecontrol.index import REMOTE_INDEX_PATH, Envelope, FeatureEntry, releases_path
 from releasecontrol.manifest import artifact_path, manifest_path, sha256_hex
 from releasecontrol_server import releases
 from releasecontrol_server.origin import Origin
@@ -164,6 +170,7 @@ class ReleaseController:
                     self._store.remember_request(request_id, rpc, answer)
                 return decode(answer)
 
+            self._refuse_if_origin_ahead(outcome.state.feature_id)
             self._write_artifacts(artifacts or {})
             global_sequence = self._store.global_sequence() + 1
             files: list[SignedFile] = []
@@ -223,6 +230,37 @@ class ReleaseController:
                     "`releasectl release status` shows the pending writes"
                 )
             return decode(answer)
+
+    def _refuse_if_origin_ahead(self, feature_id: str) -> None:
+        """Refuse to publish when the origin holds newer or different index files than the store.
+
+        Another writer, or a database restored from an old backup, would
+        otherwise make this server publish a lower sequence than hosts have seen.
+        """
+        pending = {f.path for f in self._store.pending_writes()}
+        for path in (releases_path(feature_id), REMOTE_INDEX_PATH):
+            remote = self._origin.read(path)
+            if remote is None:
+                continue
+            ours = self._store.signed_file(path)
+            try:
+                remote_sequence = int(Envelope.from_bytes(remote).signed["sequence"])
+            except (VerificationError, KeyError, TypeError, ValueError):
+                # Unreadable bytes cannot be ahead of anything; ours replace them.
+                log.warning("origin file %s is not a signed index; it will be replaced", path)
+                continue
+            our_sequence = ours.sequence if ours else 0
+            same = ours is not None and ours.content == remote
+            if remote_sequence > our_sequence or (
+                remote_sequence == our_sequence and not same and path not in pending
+            ):
+                what = "is ahead of" if remote_sequence > our_sequence else "differs from"
+                raise FailedPrecondition(
+                    f"the origin's {path} (sequence {remote_sequence}) {what} this control "
+                    f"plane's store (sequence {our_sequence}): another writer, or a database "
+                    "restored from an older backup; nothing was changed. Stop the other writer "
+                    "or restore the newest database, then retry"
+                )
 
     def _write_artifacts(self, artifacts: Mapping[str, ReceivedAsset]) -> None:
         # Content-addressed: an artifact already on the origin is the same bytes.

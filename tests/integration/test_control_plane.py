@@ -362,3 +362,32 @@ def test_a_change_killed_after_commit_reaches_the_origin_on_restart(tmp_path: Pa
         assert restarted.client().get_status().pending_origin_writes == 0
     finally:
         restarted.stop()
+
+
+@pytest.mark.parametrize(
+    ("path", "ahead_by", "text"),
+    [
+        pytest.param("features/checkout/releases.json", 7, "is ahead of", id="releases-ahead"),
+        pytest.param("remote-index.json", 7, "is ahead of", id="remote-index-ahead"),
+        pytest.param("features/checkout/releases.json", 0, "differs from", id="same-seq-other"),
+    ],
+)
+def test_an_origin_ahead_of_the_store_is_never_overwritten(
+    server: RunningServer, tmp_path: Path, path: str, ahead_by: int, text: str
+) -> None:
+    """If another writer put newer index files on the origin, changes are refused, not published."""
+    publish(server, tmp_path, "1.0.0")
+    publish(server, tmp_path, "1.1.0", channel="canary", soak_seconds=0)
+    target = server.origin_dir / path
+    other = json.loads(target.read_bytes())
+    other["signed"]["sequence"] += ahead_by
+    other["signed"]["issued_at"] = "2030-01-01T00:00:00Z"  # other bytes, as another writer's
+    target.write_text(json.dumps(other))
+    tampered = target.read_bytes()
+    before = server.client().get_status()
+    with pytest.raises(errors.FailedPrecondition, match=text):
+        server.client().promote("checkout", "1.1.0")
+    assert target.read_bytes() == tampered
+    after = server.client().get_status()
+    assert after.global_sequence == before.global_sequence
+    assert after.features[0].canary.version == "1.1.0"
