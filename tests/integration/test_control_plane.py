@@ -391,3 +391,44 @@ def test_an_origin_ahead_of_the_store_is_never_overwritten(
     after = server.client().get_status()
     assert after.global_sequence == before.global_sequence
     assert after.features[0].canary.version == "1.1.0"
+
+
+def test_a_dropped_publish_stream_leaves_nothing_and_can_be_retried(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """A stream cut mid-upload publishes nothing; the retry with the same request_id succeeds."""
+    import threading
+
+    from releasecontrol.v1 import release_control_pb2_grpc as pb_grpc
+
+    source = load_feature_folder(make_feature(tmp_path, "checkout", "1.0.0"), feature_id="checkout")
+    client = server.client()
+    stub = pb_grpc.ReleaseControlStub(client.channel)
+    header = pb.PublishVersionRequest(
+        header=pb.PublishHeader(
+            feature_id="checkout",
+            manifest_json=json.dumps(source.manifest).encode(),
+            context=pb.ChangeContext(request_id="publish-once"),
+        )
+    )
+    first_path = source.manifest["assets"][0]["path"]
+    sent = threading.Event()
+    hold = threading.Event()
+
+    def cut_short():  # type: ignore[no-untyped-def]
+        yield header
+        yield pb.PublishVersionRequest(chunk=pb.ArtifactChunk(path=first_path, data=b"exp"))
+        sent.set()
+        hold.wait(10)
+
+    call = stub.PublishVersion.future(cut_short())
+    assert sent.wait(10)
+    call.cancel()
+    hold.set()
+    assert client.get_status().global_sequence == 0
+    assert not (server.origin_dir / "artifacts").exists()
+    assert not (server.origin_dir / "features").exists()
+
+    retried = client.publish(source, request_id="publish-once")
+    assert retried.feature.stable_version == "1.0.0"
+    assert retried.transition.request_id == "publish-once"
