@@ -313,6 +313,14 @@ def test_health_and_reflection_are_served(server: RunningServer) -> None:
     reply = health.Check(health_pb2.HealthCheckRequest(service="releasecontrol.v1.ReleaseControl"))
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    services = ProtoReflectionDescriptorDatabase(client.channel).get_services()
+    assert "releasecontrol.v1.ReleaseControl" in services
+    assert "grpc.health.v1.Health" in services
+
 
 def test_a_client_without_a_certificate_is_refused(server: RunningServer) -> None:
     """mTLS is required: a caller presenting no client certificate cannot make calls."""
