@@ -9,6 +9,8 @@ import click
 from releasecontrol.cli._common import CliState, ReleaseCtlGroup
 from releasecontrol.cli.channel import channel
 from releasecontrol.cli.dev import dev
+from releasecontrol.cli.interactive import interactive
+from releasecontrol.cli.mock_cdn import mock_cdn
 from releasecontrol.cli.publish import publish
 from releasecontrol.cli.release import release
 
@@ -48,3 +50,5 @@ main.add_command(dev)
 main.add_command(publish)
 main.add_command(release)
 main.add_command(channel)
+main.add_command(mock_cdn)
+main.add_command(interactive)
