@@ -19,8 +19,25 @@ to load; `Config.production_problems()` is the list behind that refusal, for
 `releasectl doctor` to extend.
 
 Empty environment variables: for a yes/no setting "" means no; for an optional
-setting (`auth_mode`, the trust keys) "" means unset; anywhere else it is an
-error. Relative paths resolve against the current directory.
+setting (`auth_mode`, the trust keys, the `s3_*` settings) "" means unset;
+anywhere else it is an error. Relative paths resolve against the current directory.
+
+The origin: `origin_type = "filesystem"` (the default) writes to `origin_dir`
+and serves it on `origin_http_listen`. `origin_type = "s3"` writes to the bucket
+`s3_bucket` (required) instead, and then:
+
+- nothing is served over HTTP: the files live in the bucket, not in a folder
+  this process could serve, so `origin_http_listen` defaults to off and a
+  non-empty one is refused rather than serving an empty folder;
+- `origin_public_url`, unless set, is the bucket's own URL (path-style under
+  `s3_endpoint_url`, else AWS's virtual-hosted URL); set it to the CDN in
+  front of the bucket in production;
+- credentials come from boto3's standard chain (AWS_ACCESS_KEY_ID and
+  AWS_SECRET_ACCESS_KEY, AWS_PROFILE, an instance or pod role); the config
+  holds none, and an endpoint URL carrying a user or password is refused.
+
+An `s3_*` setting with `origin_type = "filesystem"` is refused: it would be
+ignored, and the files would go to the local folder instead of the bucket.
 """
 
 from __future__ import annotations
@@ -29,6 +46,7 @@ import difflib
 import json
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -43,9 +61,11 @@ from releasecontrol_server.releases import MAX_SOAK_SECONDS
 
 Environment = Literal["development", "production"]
 AuthMode = Literal["rpc-token", "trusted-cluster", "dfs"]
+OriginType = Literal["filesystem", "s3"]
 
 ENVIRONMENTS: tuple[Environment, ...] = ("development", "production")
 AUTH_MODES: tuple[AuthMode, ...] = ("rpc-token", "trusted-cluster", "dfs")
+ORIGIN_TYPES: tuple[OriginType, ...] = ("filesystem", "s3")
 
 CONFIG_ENV_VAR = "RELEASECONTROL_CONFIG"
 HOME_ENV_VAR = "RELEASECONTROL_HOME"
@@ -69,14 +89,31 @@ class Config:
     grpc_listen: str = "127.0.0.1:50051"
     """Where the gRPC API listens, `host:port`; port 0 picks a free port."""
 
+    origin_type: OriginType = "filesystem"
+    """Where published files go: `filesystem` (`origin_dir`) or `s3` (`s3_bucket`)."""
+
     origin_dir: Path
-    """The CDN origin on the filesystem (default `home/origin`)."""
+    """The CDN origin on the filesystem (default `home/origin`); unused with `s3`."""
 
     origin_http_listen: str = "127.0.0.1:4100"
-    """Where the origin is served over HTTP, `host:port`; empty means not served."""
+    """Where the origin is served over HTTP, `host:port`; empty means not served
+    (always empty with origin_type `s3`)."""
 
     origin_public_url: str = "http://127.0.0.1:4100/"
-    """The origin's URL as hosts see it; http(s), always ending in `/`."""
+    """The origin's URL as hosts see it; http(s), always ending in `/` (with `s3`
+    the bucket's URL unless set)."""
+
+    s3_bucket: str | None = None
+    """The bucket the `s3` origin writes to; required with origin_type `s3`."""
+
+    s3_prefix: str = ""
+    """A key prefix inside the bucket (`releases/`): empty, or always ending in `/`."""
+
+    s3_endpoint_url: str | None = None
+    """An S3-compatible service's http(s) URL (MinIO, Ceph, R2); unset means AWS S3."""
+
+    s3_region: str | None = None
+    """The bucket's region (`eu-west-1`); unset means boto3's own (AWS_REGION, the profile)."""
 
     admin_listen: str = "127.0.0.1:8080"
     """Where the admin UI (`/_admin`) listens, `host:port`."""
@@ -272,6 +309,85 @@ def _parse_auth_mode(raw: object, label: str, ctx: _Context) -> AuthMode | None:
     return word
 
 
+def _parse_origin_type(raw: object, label: str, ctx: _Context) -> OriginType:
+    word = raw.strip().lower() if isinstance(raw, str) else None
+    if word not in ORIGIN_TYPES:
+        raise _bad(label, raw, "set it to 'filesystem' or 's3'")
+    return word
+
+
+# AWS's rules: 3 to 63 lowercase letters, digits, dots and hyphens, letter or digit at each end.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_REGION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def _parse_s3_bucket(raw: object, label: str, ctx: _Context) -> str | None:
+    if raw == "":
+        return None
+    text = raw.strip() if isinstance(raw, str) else ""
+    if not _BUCKET.fullmatch(text) or ".." in text:
+        raise _bad(
+            label,
+            raw,
+            "set it to a bucket name: 3 to 63 lowercase letters, digits, '.' and '-', "
+            "starting and ending with a letter or digit",
+        )
+    return text
+
+
+def _parse_s3_prefix(raw: object, label: str, ctx: _Context) -> str:
+    # origin.s3 loads boto3, so it is imported only when a prefix is given.
+    from releasecontrol_server.origin.s3 import normalize_prefix
+
+    fix = "set it to a key prefix such as 'releases/' (letters, digits, '.', '_', '-' and '/')"
+    if not isinstance(raw, str):
+        raise _bad(label, raw, fix)
+    try:
+        return normalize_prefix(raw)
+    except ValueError:
+        raise _bad(label, raw, fix) from None
+
+
+def _parse_s3_endpoint_url(raw: object, label: str, ctx: _Context) -> str | None:
+    if raw == "":
+        return None
+    fix = (
+        "set it to the http(s) URL of the S3-compatible service, e.g. "
+        "'https://minio.internal:9000', or leave it unset for AWS S3"
+    )
+    text = raw.strip() if isinstance(raw, str) else ""
+    try:
+        parts = urlsplit(text)
+        _ = parts.port  # raises ValueError on a bad port
+    except ValueError:
+        raise _bad(label, raw, fix) from None
+    if parts.username is not None or parts.password is not None:
+        # Not echoed: the value holds what looks like a credential.
+        raise ConfigError(
+            f"{label} carries a user name or password; credentials come from the AWS "
+            "credential chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or a "
+            "role), never from the config: remove them from the URL."
+        )
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        raise _bad(label, raw, fix)
+    return text.rstrip("/")
+
+
+def _parse_s3_region(raw: object, label: str, ctx: _Context) -> str | None:
+    if raw == "":
+        return None
+    text = raw.strip() if isinstance(raw, str) else ""
+    if not _REGION.fullmatch(text):
+        raise _bad(label, raw, "set it to a region name such as 'eu-west-1', or leave it unset")
+    return text
+
+
 def _parse_path(raw: object, label: str, ctx: _Context) -> Path:
     if not isinstance(raw, str) or not raw.strip():
         raise _bad(label, raw, "set it to a file or directory path")
@@ -399,9 +515,14 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("env", _parse_environment),
     _Setting("home", _parse_path),
     _Setting("grpc_listen", _listen(allow_empty=False, example="127.0.0.1:50051")),
+    _Setting("origin_type", _parse_origin_type),
     _Setting("origin_dir", _parse_path),
     _Setting("origin_http_listen", _listen(allow_empty=True, example="127.0.0.1:4100")),
     _Setting("origin_public_url", _parse_public_url),
+    _Setting("s3_bucket", _parse_s3_bucket, optional=True),
+    _Setting("s3_prefix", _parse_s3_prefix, optional=True),
+    _Setting("s3_endpoint_url", _parse_s3_endpoint_url, optional=True),
+    _Setting("s3_region", _parse_s3_region, optional=True),
     _Setting("admin_listen", _listen(allow_empty=False, example="127.0.0.1:8080")),
     _Setting("database_path", _parse_path),
     _Setting("tls_cert_path", _parse_path),
@@ -433,6 +554,7 @@ _SETTINGS: tuple[_Setting, ...] = (
 )
 _BY_NAME = {setting.name: setting for setting in _SETTINGS}
 _TRUST_PAIR = ("trust_public_keys_json", "trust_public_keys_path")
+_S3_SETTINGS = ("s3_bucket", "s3_prefix", "s3_endpoint_url", "s3_region")
 
 SETTING_NAMES: tuple[str, ...] = tuple(_BY_NAME)
 """Every setting, as a TOML key (and, upper-cased after RELEASECONTROL_, an env var)."""
@@ -504,6 +626,7 @@ def load_config(
     for name, default in _home_defaults(home).items():
         values.setdefault(name, default)
     _choose_trust_source(values, sources, home)
+    _check_origin(values, sources)
     for name in SETTING_NAMES:
         sources.setdefault(name, "default")
 
@@ -542,6 +665,51 @@ def _choose_trust_source(values: dict[str, Any], sources: dict[str, str], home: 
         sources["trust_public_keys_path"] = "default"
     values.setdefault("trust_public_keys_json", None)
     values.setdefault("trust_public_keys_path", None)
+
+
+def _check_origin(values: dict[str, Any], sources: dict[str, str]) -> None:
+    """Apply the origin rules of the module docstring: what `s3` needs, changes and refuses."""
+    origin_type = values.get("origin_type", "filesystem")
+    type_label = sources.get("origin_type", "origin_type")
+    if origin_type != "s3":
+        for name in _S3_SETTINGS:
+            if values.get(name):
+                raise ConfigError(
+                    f"{sources[name]} is set, but origin_type is {origin_type!r} "
+                    f"({type_label}), so it would be ignored; set origin_type to 's3' "
+                    f"(RELEASECONTROL_ORIGIN_TYPE=s3) or remove {sources[name]}."
+                )
+        return
+    bucket = values.get("s3_bucket")
+    if bucket is None:
+        raise ConfigError(
+            f"origin_type is 's3' ({type_label}) but s3_bucket is not set; set s3_bucket "
+            "(RELEASECONTROL_S3_BUCKET) to the bucket to publish to."
+        )
+    listen = values.get("origin_http_listen", "")
+    if listen:
+        raise ConfigError(
+            f"{sources['origin_http_listen']} is {listen!r}, but with origin_type 's3' the "
+            "files are in the bucket, not in a folder this process could serve; leave "
+            "origin_http_listen empty and point origin_public_url at the bucket or its CDN."
+        )
+    values["origin_http_listen"] = ""
+    prefix = values.get("s3_prefix", "")
+    if "origin_public_url" not in values:
+        values["origin_public_url"] = _s3_bucket_url(
+            bucket, prefix, values.get("s3_endpoint_url"), values.get("s3_region")
+        )
+
+
+def _s3_bucket_url(bucket: str, prefix: str, endpoint_url: str | None, region: str | None) -> str:
+    """The bucket's own URL ending in `/`: path-style on an endpoint, else AWS's."""
+    if endpoint_url is not None:
+        return f"{endpoint_url}/{bucket}/{prefix}"
+    host = f"s3.{region}.amazonaws.com" if region else "s3.amazonaws.com"
+    if "." in bucket:
+        # A dotted bucket name breaks the TLS wildcard of a virtual-hosted name.
+        return f"https://{host}/{bucket}/{prefix}"
+    return f"https://{bucket}.{host}/{prefix}"
 
 
 def _config_file(

@@ -32,6 +32,9 @@ class TestDefaults:
         assert config.origin_dir == home / "origin"
         assert config.origin_http_listen == "127.0.0.1:4100"
         assert config.origin_public_url == "http://127.0.0.1:4100/"
+        assert config.origin_type == "filesystem"
+        assert (config.s3_bucket, config.s3_prefix) == (None, "")
+        assert (config.s3_endpoint_url, config.s3_region) == (None, None)
         assert config.admin_listen == "127.0.0.1:8080"
         assert config.database_path == home / "releasecontrol.db"
         assert config.tls_cert_path == home / "pki" / "server.pem"
@@ -457,3 +460,219 @@ class TestProduction:
         )
         assert "FEATURE_ALLOW_INSECURE_DEV_KEYS" in message
         assert "ALLOW_UNAUTHENTICATED_ADMIN is on" in message
+
+
+S3 = {"RELEASECONTROL_ORIGIN_TYPE": "s3", "RELEASECONTROL_S3_BUCKET": "rc-releases"}
+
+
+class TestOriginSettings:
+    @pytest.mark.parametrize(
+        ("environ", "expected"),
+        [
+            pytest.param(
+                {},
+                {"origin_type": "filesystem", "origin_http_listen": "127.0.0.1:4100"},
+                id="filesystem-by-default",
+            ),
+            pytest.param(
+                {"RELEASECONTROL_ORIGIN_TYPE": "filesystem", "RELEASECONTROL_S3_BUCKET": ""},
+                {"origin_type": "filesystem", "s3_bucket": None},
+                id="empty-s3-setting-is-unset",
+            ),
+            pytest.param(
+                S3,
+                {
+                    "origin_type": "s3",
+                    "s3_bucket": "rc-releases",
+                    "s3_prefix": "",
+                    "s3_endpoint_url": None,
+                    "s3_region": None,
+                    "origin_http_listen": "",
+                    "origin_public_url": "https://rc-releases.s3.amazonaws.com/",
+                },
+                id="s3-bucket-only",
+            ),
+            pytest.param(
+                {**S3, "RELEASECONTROL_ORIGIN_TYPE": " S3 "},
+                {"origin_type": "s3"},
+                id="type-any-case",
+            ),
+            pytest.param(
+                {**S3, "RELEASECONTROL_S3_REGION": "eu-west-1", "RELEASECONTROL_S3_PREFIX": "/cdn"},
+                {
+                    "s3_region": "eu-west-1",
+                    "s3_prefix": "cdn/",
+                    "origin_public_url": "https://rc-releases.s3.eu-west-1.amazonaws.com/cdn/",
+                },
+                id="region-and-prefix",
+            ),
+            pytest.param(
+                {**S3, "RELEASECONTROL_S3_BUCKET": "rc.releases.example"},
+                {"origin_public_url": "https://s3.amazonaws.com/rc.releases.example/"},
+                id="dotted-bucket-path-style-url",
+            ),
+            pytest.param(
+                {**S3, "RELEASECONTROL_S3_ENDPOINT_URL": "http://127.0.0.1:9000/"},
+                {
+                    "s3_endpoint_url": "http://127.0.0.1:9000",
+                    "origin_public_url": "http://127.0.0.1:9000/rc-releases/",
+                },
+                id="endpoint-path-style-url",
+            ),
+            pytest.param(
+                {**S3, "RELEASECONTROL_ORIGIN_PUBLIC_URL": "https://cdn.example.com/rc"},
+                {"origin_public_url": "https://cdn.example.com/rc/"},
+                id="public-url-set-is-kept",
+            ),
+            pytest.param(
+                {**S3, "RELEASECONTROL_ORIGIN_HTTP_LISTEN": ""},
+                {"origin_http_listen": ""},
+                id="http-listen-explicitly-off",
+            ),
+        ],
+    )
+    def test_valid_origin_settings(
+        self, tmp_path: Path, environ: dict[str, str], expected: dict[str, object]
+    ) -> None:
+        """Each valid origin setting loads, normalised, with the s3 defaults that follow from it."""
+        config = load_config(environ, cwd=tmp_path)
+        assert {name: getattr(config, name) for name in expected} == expected
+
+    def test_s3_from_toml(self, tmp_path: Path) -> None:
+        """The s3 settings work as TOML keys too."""
+        path = write_toml(
+            tmp_path,
+            'origin_type = "s3"\ns3_bucket = "rc-releases"\ns3_prefix = "prod"\n'
+            's3_endpoint_url = "https://minio.internal:9000"\ns3_region = "garage"\n',
+        )
+        config = load_config({}, path, cwd=tmp_path)
+        assert (config.origin_type, config.s3_bucket, config.s3_prefix) == (
+            "s3",
+            "rc-releases",
+            "prod/",
+        )
+        assert (config.s3_endpoint_url, config.s3_region) == (
+            "https://minio.internal:9000",
+            "garage",
+        )
+        assert config.sources["s3_bucket"] == f"s3_bucket in {path}"
+
+    @pytest.mark.parametrize(
+        ("environ", "named", "said"),
+        [
+            pytest.param(
+                {"RELEASECONTROL_ORIGIN_TYPE": "s3"},
+                "s3_bucket",
+                "RELEASECONTROL_ORIGIN_TYPE",
+                id="missing-bucket",
+            ),
+            pytest.param(
+                {"RELEASECONTROL_ORIGIN_TYPE": "gcs"},
+                "RELEASECONTROL_ORIGIN_TYPE",
+                "'gcs'",
+                id="unknown-origin-type",
+            ),
+            pytest.param(
+                {**S3, "RELEASECONTROL_S3_ENDPOINT_URL": "ftp://minio:9000"},
+                "RELEASECONTROL_S3_ENDPOINT_URL",
+                "'ftp://minio:9000'",
+                id="endpoint-not-http",
+            ),
+            pytest.param(
+                {**S3, "RELEASECONTROL_S3_ENDPOINT_URL": "minio:9000"},
+                "RELEASECONTROL_S3_ENDPOINT_URL",
+                "'minio:9000'",
+                id="endpoint-no-scheme",
+            ),
+            pytest.param(
+                {**S3, "RELEASECONTROL_S3_ENDPOINT_URL": "http://minio:99999"},
+                "RELEASECONTROL_S3_ENDPOINT_URL",
+                "99999",
+                id="endpoint-bad-port",
+            ),
+            pytest.param(
+                {**S3, "RELEASECONTROL_S3_ENDPOINT_URL": "http://minio:9000/rc-releases"},
+                "RELEASECONTROL_S3_ENDPOINT_URL",
+                "/rc-releases",
+                id="endpoint-with-path",
+            ),
+            pytest.param(
+                {**S3, "RELEASECONTROL_S3_ENDPOINT_URL": "http://minio:9000/?x=1"},
+                "RELEASECONTROL_S3_ENDPOINT_URL",
+                "?x=1",
+                id="endpoint-with-query",
+            ),
+            pytest.param(
+                {**S3, "RELEASECONTROL_S3_BUCKET": "RC_Releases"},
+                "RELEASECONTROL_S3_BUCKET",
+                "'RC_Releases'",
+                id="bucket-not-lowercase",
+            ),
+            pytest.param(
+                {**S3, "RELEASECONTROL_S3_BUCKET": "rc"},
+                "RELEASECONTROL_S3_BUCKET",
+                "3 to 63",
+                id="bucket-too-short",
+            ),
+            pytest.param(
+                {**S3, "RELEASECONTROL_S3_BUCKET": "rc..releases"},
+                "RELEASECONTROL_S3_BUCKET",
+                "'rc..releases'",
+                id="bucket-double-dot",
+            ),
+            pytest.param(
+                {**S3, "RELEASECONTROL_S3_PREFIX": "cdn/../other"},
+                "RELEASECONTROL_S3_PREFIX",
+                "'cdn/../other'",
+                id="prefix-dot-dot",
+            ),
+            pytest.param(
+                {**S3, "RELEASECONTROL_S3_PREFIX": "my prefix"},
+                "RELEASECONTROL_S3_PREFIX",
+                "'my prefix'",
+                id="prefix-space",
+            ),
+            pytest.param(
+                {**S3, "RELEASECONTROL_S3_REGION": "eu west 1"},
+                "RELEASECONTROL_S3_REGION",
+                "'eu west 1'",
+                id="region-bad",
+            ),
+            pytest.param(
+                {**S3, "RELEASECONTROL_ORIGIN_HTTP_LISTEN": "127.0.0.1:4100"},
+                "RELEASECONTROL_ORIGIN_HTTP_LISTEN",
+                "bucket",
+                id="http-listen-with-s3",
+            ),
+            pytest.param(
+                {"RELEASECONTROL_S3_BUCKET": "rc-releases"},
+                "RELEASECONTROL_S3_BUCKET",
+                "'filesystem'",
+                id="s3-setting-without-s3-type",
+            ),
+        ],
+    )
+    def test_bad_origin_settings_are_refused(
+        self, tmp_path: Path, environ: dict[str, str], named: str, said: str
+    ) -> None:
+        """A bad or missing origin setting raises ConfigError naming it, what is wrong, the fix."""
+        message = _message(environ, tmp_path)
+        assert named in message
+        assert said in message
+        assert "; " in message
+
+    def test_missing_bucket_in_toml_names_the_file(self, tmp_path: Path) -> None:
+        """origin_type s3 in a file without a bucket names the file's origin_type and s3_bucket."""
+        path = write_toml(tmp_path, 'origin_type = "s3"\n')
+        message = _message({}, tmp_path, path)
+        assert f"origin_type in {path}" in message
+        assert "s3_bucket" in message
+
+    def test_credentials_in_endpoint_url_are_refused_and_not_echoed(self, tmp_path: Path) -> None:
+        """An endpoint URL carrying a user or password is refused without repeating them."""
+        environ = {**S3, "RELEASECONTROL_S3_ENDPOINT_URL": "https://AKIDEXAMPLE:s3cr3t@minio:9000"}
+        message = _message(environ, tmp_path)
+        assert "RELEASECONTROL_S3_ENDPOINT_URL" in message
+        assert "AWS_ACCESS_KEY_ID" in message
+        assert "s3cr3t" not in message
+        assert "AKIDEXAMPLE" not in message

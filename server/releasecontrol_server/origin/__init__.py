@@ -6,7 +6,7 @@ file or the new ones, never a mix.
 
     Origin                    the protocol the control plane writes through
     ├── FilesystemOrigin      a folder (origin.filesystem), served by OriginHttpServer
-    └── (S3-compatible)       later
+    └── S3Origin              a bucket of an S3-compatible service (origin.s3), via boto3
 
 Paths are relative, `/`-separated and checked by `validate_origin_path`, so
 nothing a request carries can name a file outside the origin.
@@ -15,6 +15,8 @@ nothing a request carries can name a file outside the origin.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from releasecontrol.errors import ConfigError
 
 if TYPE_CHECKING:
     from releasecontrol_server.config import Config
@@ -65,7 +67,29 @@ def validate_origin_path(path: str) -> str:
 
 
 def open_origin(config: Config) -> Origin:
-    """The origin the config names (today: the filesystem folder `origin_dir`)."""
+    """The origin the config's `origin_type` names; nothing is contacted yet.
+
+    `filesystem`: the folder `origin_dir`. `s3`: the bucket `s3_bucket` under
+    `s3_prefix`, at `s3_endpoint_url` in `s3_region` when set, with boto3's
+    standard credentials. Raises ConfigError when `s3` has no bucket (only a
+    Config built by hand can lack one; `load_config` refuses that already).
+    """
+    if config.origin_type == "s3":
+        # Imported here: origin.s3 loads boto3, which a filesystem origin never needs.
+        from releasecontrol_server.origin.s3 import S3Origin
+
+        if not config.s3_bucket:
+            raise ConfigError(
+                "origin_type is 's3' but s3_bucket is not set; set s3_bucket "
+                "(RELEASECONTROL_S3_BUCKET) to the bucket to publish to."
+            )
+        return S3Origin(
+            config.s3_bucket,
+            prefix=config.s3_prefix,
+            endpoint_url=config.s3_endpoint_url,
+            region=config.s3_region,
+        )
+
     from releasecontrol_server.origin.filesystem import FilesystemOrigin
 
     return FilesystemOrigin(config.origin_dir)
