@@ -10,6 +10,11 @@ lists the trusted keys and how many distinct ones must sign:
 Hosts and tools read it from `FEATURE_TRUST_PUBLIC_KEYS_JSON` (inline) or the
 file named by `FEATURE_TRUST_PUBLIC_KEYS_PATH`. A malformed trust file raises
 ConfigError with one sentence naming the source, the field and the fix.
+
+A key entry may also carry `"dev": true`: an insecure development key (its
+private half sits unprotected in a state directory, see `load_or_create_dev_key`).
+Verifiers count a dev key's signature only while `FEATURE_ALLOW_INSECURE_DEV_KEYS`
+is on, and production refuses to trust one at all.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ ALG_ED25519 = "ed25519"
 PUBLIC_KEY_BYTES = 32
 ENV_TRUST_JSON = "FEATURE_TRUST_PUBLIC_KEYS_JSON"
 ENV_TRUST_PATH = "FEATURE_TRUST_PUBLIC_KEYS_PATH"
+ENV_ALLOW_DEV_KEYS = "FEATURE_ALLOW_INSECURE_DEV_KEYS"
 DEV_SIGNING_KEY_FILE = "signing-key.pem"
 DEV_TRUST_FILE = "trust.json"
 
@@ -66,8 +72,12 @@ class TrustedKey:
     keyid: str
     public_key_raw: bytes
     alg: str = ALG_ED25519
+    dev: bool = False
+    """An insecure development key: counted only where dev keys are allowed."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.dev, bool):
+            raise ValueError(f"dev must be True or False, not {self.dev!r}")
         if self.alg != ALG_ED25519:
             raise ValueError(f"unsupported key algorithm {self.alg!r}; only 'ed25519' is")
         if len(self.public_key_raw) != PUBLIC_KEY_BYTES:
@@ -121,6 +131,27 @@ class TrustStore:
         # A read-only copy: a trust store must not change under a verifier's feet.
         object.__setattr__(self, "keys", MappingProxyType(dict(self.keys)))
 
+    @property
+    def dev_keyids(self) -> frozenset[str]:
+        """The keyids of the trusted keys marked as insecure development keys."""
+        return frozenset(keyid for keyid, key in self.keys.items() if key.dev)
+
+    def without_dev_keys(self) -> TrustStore:
+        """This store with its dev keys removed: what a verifier refusing dev keys trusts.
+
+        Raises ValueError when the keys left cannot meet the threshold, so a
+        caller never ends up with a store that silently verifies nothing.
+        """
+        if not self.dev_keyids:
+            return self
+        kept = {keyid: key for keyid, key in self.keys.items() if not key.dev}
+        if len(kept) < self.threshold:
+            raise ValueError(
+                f"without its {len(self.dev_keyids)} dev key(s) the trust store has "
+                f"{len(kept)} key(s), fewer than its threshold {self.threshold}"
+            )
+        return TrustStore(threshold=self.threshold, keys=kept)
+
     @classmethod
     def for_keys(cls, keys: Sequence[TrustedKey], threshold: int = 1) -> TrustStore:
         """A trust store of `keys` (duplicates collapse) needing `threshold` of them.
@@ -133,7 +164,8 @@ class TrustStore:
     def from_json(cls, text: str | bytes, *, source: str = "trust file") -> TrustStore:
         """Parse a trust file in the contract's format; `source` names it in errors.
 
-        A missing threshold means 1. Unknown fields in a key entry are ignored.
+        A missing threshold means 1; a key entry's optional `"dev": true` marks
+        an insecure development key. Unknown fields in a key entry are ignored.
         Raises ConfigError naming the source, the bad field and the fix.
         """
         try:
@@ -216,14 +248,22 @@ class TrustStore:
         return None
 
     def to_json(self) -> str:
-        """The trust file in the contract's format: indent 2, keys in order, trailing newline."""
-        document = {
-            "threshold": self.threshold,
-            "keys": [
-                {"keyid": key.keyid, "alg": key.alg, "public_key": key.public_key_b64}
-                for key in self.keys.values()
-            ],
-        }
+        """The trust file in the contract's format: indent 2, keys in order, trailing newline.
+
+        `"dev": true` is written only for a dev key, so other entries stay exactly
+        the contract's three fields.
+        """
+        entries: list[dict[str, Any]] = []
+        for key in self.keys.values():
+            entry: dict[str, Any] = {
+                "keyid": key.keyid,
+                "alg": key.alg,
+                "public_key": key.public_key_b64,
+            }
+            if key.dev:
+                entry["dev"] = True
+            entries.append(entry)
+        document = {"threshold": self.threshold, "keys": entries}
         return json.dumps(document, indent=2) + "\n"
 
 
@@ -265,7 +305,13 @@ def _parse_key_entry(entry: Any, where: str) -> TrustedKey:
         raise ConfigError(
             f"{where}.keyid {short_keyid(keyid)} does not match its public key; expected {expected}"
         )
-    return TrustedKey(keyid=keyid, public_key_raw=raw, alg=alg)
+    dev = entry.get("dev", False)
+    if not isinstance(dev, bool):
+        raise ConfigError(
+            f"{where}.dev must be true or false, not {json.dumps(dev)}; "
+            "set it to true only for an insecure development key"
+        )
+    return TrustedKey(keyid=keyid, public_key_raw=raw, alg=alg, dev=dev)
 
 
 def _json_type(value: Any) -> str:
@@ -342,9 +388,9 @@ class SigningKey:
         """The 64-byte Ed25519 signature of `data`."""
         return self._private_key.sign(data)
 
-    def trusted_key(self) -> TrustedKey:
-        """The public half, as a verifier trusts it."""
-        return TrustedKey(keyid=self._keyid, public_key_raw=self._public_key_raw)
+    def trusted_key(self, *, dev: bool = False) -> TrustedKey:
+        """The public half, as a verifier trusts it; `dev` marks it an insecure dev key."""
+        return TrustedKey(keyid=self._keyid, public_key_raw=self._public_key_raw, dev=dev)
 
     def __repr__(self) -> str:
         return f"SigningKey(keyid={self._keyid!r})"
@@ -353,11 +399,13 @@ class SigningKey:
 def load_or_create_dev_key(keys_dir: Path) -> SigningKey:
     """The development signing key in `keys_dir`, created with its trust file on first use.
 
-    Keeps `signing-key.pem` (mode 0600) and `trust.json` (threshold 1, that key)
-    in `keys_dir`. An existing key is reused; `trust.json` is rewritten only when
-    it does not name that key. Every write is atomic, and two processes starting
-    at once end up with the same key. Raises ConfigError when an existing key
-    file cannot be read.
+    Keeps `signing-key.pem` (mode 0600) and `trust.json` (threshold 1, that key
+    marked `"dev": true`) in `keys_dir`. An existing key is reused; `trust.json`
+    is rewritten only when it does not name that key as a dev key: one naming it
+    without the flag (written before dev keys were marked) keeps its threshold
+    and other keys and gains the flag; a missing, malformed or foreign one is
+    replaced. Every write is atomic, and two processes starting at once end up
+    with the same key. Raises ConfigError when an existing key file cannot be read.
     """
     keys_dir = Path(keys_dir)
     keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -373,18 +421,25 @@ def load_or_create_dev_key(keys_dir: Path) -> SigningKey:
         else:
             # Another process created it between our check and our write: use theirs.
             key = SigningKey.load(pem_path)
-    if not _trust_file_names(trust_path, key.keyid):
-        store = TrustStore.for_keys([key.trusted_key()])
-        _atomic_write(trust_path, store.to_json().encode("utf-8"), mode=0o644)
-        logger.info("wrote dev trust file keyid=%s path=%s", key.keyid, trust_path)
+    existing = _read_trust_file(trust_path)
+    if existing is None or key.keyid not in existing.keys:
+        store = TrustStore.for_keys([key.trusted_key(dev=True)])
+    elif not existing.keys[key.keyid].dev:
+        keys = dict(existing.keys)
+        keys[key.keyid] = key.trusted_key(dev=True)
+        store = TrustStore(threshold=existing.threshold, keys=keys)
+    else:
+        return key
+    _atomic_write(trust_path, store.to_json().encode("utf-8"), mode=0o644)
+    logger.info("wrote dev trust file keyid=%s path=%s", key.keyid, trust_path)
     return key
 
 
-def _trust_file_names(path: Path, keyid: str) -> bool:
+def _read_trust_file(path: Path) -> TrustStore | None:
     try:
-        return keyid in TrustStore.from_file(path).keys
+        return TrustStore.from_file(path)
     except ConfigError:
-        return False
+        return None
 
 
 def _atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:

@@ -271,6 +271,50 @@ def test_well_formed_plus_slash_key_is_accepted() -> None:
     assert store.keys[_PLUS_SLASH["keyid"]].public_key_raw == _PLUS_SLASH_RAW
 
 
+class TestDevKeys:
+    def test_a_dev_entry_is_read_and_written_back(self) -> None:
+        """`"dev": true` marks a dev key; to_json writes it back, and from_json reads it again."""
+        store = TrustStore.from_json(trust_json(1, [{**entry(KEY_A), "dev": True}, entry(KEY_B)]))
+        assert store.keys[KEY_A.keyid].dev is True
+        assert store.keys[KEY_B.keyid].dev is False
+        assert store.dev_keyids == {KEY_A.keyid}
+        assert TrustStore.from_json(store.to_json()) == store
+
+    def test_to_json_writes_the_flag_only_for_dev_keys(self) -> None:
+        """A key that is not a dev key keeps exactly the contract's three fields."""
+        store = TrustStore.for_keys([KEY_A.trusted_key(dev=True), KEY_B.trusted_key()])
+        entries = json.loads(store.to_json())["keys"]
+        assert entries == [{**entry(KEY_A), "dev": True}, entry(KEY_B)]
+
+    def test_an_explicit_false_is_not_a_dev_key(self) -> None:
+        """`"dev": false` means the same as leaving the flag out."""
+        store = TrustStore.from_json(trust_json(1, [{**entry(KEY_A), "dev": False}]))
+        assert store.dev_keyids == frozenset()
+
+    @pytest.mark.parametrize(
+        "value",
+        [pytest.param("true", id="string"), pytest.param(1, id="number")],
+    )
+    def test_a_dev_flag_that_is_not_a_boolean_is_refused(self, value: Any) -> None:
+        """A dev flag of another type is a ConfigError naming the field, never a guess."""
+        with pytest.raises(ConfigError, match=r"keys\[0\]\.dev must be true or false"):
+            TrustStore.from_json(trust_json(1, [{**entry(KEY_A), "dev": value}]), source="t")
+
+    def test_without_dev_keys_drops_them(self) -> None:
+        """without_dev_keys keeps the threshold and every key that is not a dev key."""
+        store = TrustStore.for_keys([KEY_A.trusted_key(), KEY_B.trusted_key(dev=True)])
+        assert list(store.without_dev_keys().keys) == [KEY_A.keyid]
+        assert store.without_dev_keys().threshold == 1
+        plain = TrustStore.for_keys([KEY_A.trusted_key()])
+        assert plain.without_dev_keys() is plain
+
+    def test_without_dev_keys_refuses_an_unreachable_threshold(self) -> None:
+        """A store that would verify nothing without its dev keys is a ValueError, not empty."""
+        store = TrustStore.for_keys([KEY_A.trusted_key(dev=True)])
+        with pytest.raises(ValueError, match="fewer than its threshold 1"):
+            store.without_dev_keys()
+
+
 class TestTrustStoreFromFile:
     def test_reads_the_file(self, tmp_path: Path) -> None:
         """from_file parses the trust file at a path."""
@@ -434,6 +478,7 @@ class TestLoadOrCreateDevKey:
         store = TrustStore.from_file(keys_dir / "trust.json")
         assert store.threshold == 1
         assert list(store.keys) == [key.keyid]
+        assert store.dev_keyids == {key.keyid}
         assert store.keys[key.keyid].verify(key.sign(b"release"), b"release")
         assert sorted(os.listdir(keys_dir)) == ["signing-key.pem", "trust.json"]
 
@@ -465,7 +510,21 @@ class TestLoadOrCreateDevKey:
             (tmp_path / "trust.json").write_text(trust_text)
         key = load_or_create_dev_key(tmp_path)
         assert key.keyid == KEY_A.keyid
-        assert list(TrustStore.from_file(tmp_path / "trust.json").keys) == [KEY_A.keyid]
+        store = TrustStore.from_file(tmp_path / "trust.json")
+        assert list(store.keys) == [KEY_A.keyid]
+        assert store.dev_keyids == {KEY_A.keyid}
+
+    def test_marks_the_key_dev_in_a_trust_file_written_before_the_flag(
+        self, tmp_path: Path
+    ) -> None:
+        """A trust.json naming the key without the dev flag gains it; its other keys stay."""
+        KEY_A.save(tmp_path / "signing-key.pem")
+        (tmp_path / "trust.json").write_text(trust_json(2, [entry(KEY_B), entry(KEY_A)]))
+        load_or_create_dev_key(tmp_path)
+        store = TrustStore.from_file(tmp_path / "trust.json")
+        assert store.threshold == 2
+        assert list(store.keys) == [KEY_B.keyid, KEY_A.keyid]
+        assert store.dev_keyids == {KEY_A.keyid}
 
     def test_a_broken_key_file_is_an_error_not_replaced(self, tmp_path: Path) -> None:
         """A corrupt signing-key.pem is reported, never silently replaced by a new key."""
