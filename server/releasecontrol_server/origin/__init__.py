@@ -14,6 +14,7 @@ nothing a request carries can name a file outside the origin.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from releasecontrol.errors import ConfigError
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from releasecontrol_server.config import Config
 
 __all__ = ["Origin", "open_origin", "validate_origin_path"]
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -83,13 +86,22 @@ def open_origin(config: Config) -> Origin:
                 "origin_type is 's3' but s3_bucket is not set; set s3_bucket "
                 "(RELEASECONTROL_S3_BUCKET) to the bucket to publish to."
             )
-        return S3Origin(
+        origin = S3Origin(
             config.s3_bucket,
             prefix=config.s3_prefix,
             endpoint_url=config.s3_endpoint_url,
             region=config.s3_region,
         )
+        log.info(
+            "origin type=s3 bucket=%s prefix=%s endpoint=%s region=%s",
+            config.s3_bucket,
+            config.s3_prefix,
+            config.s3_endpoint_url or "aws",
+            config.s3_region or "default",
+        )
+        return origin
 
     from releasecontrol_server.origin.filesystem import FilesystemOrigin
 
+    log.info("origin type=filesystem root=%s", config.origin_dir)
     return FilesystemOrigin(config.origin_dir)
