@@ -1,29 +1,59 @@
-"""`releasectl publish`: stream a built feature folder to the control plane."""
+"""`releasectl publish`: stream a built feature folder to the control plane, then check the CDN.
+
+After the server answers, the files hosts will read are fetched back from the
+origin's public URL (the one the server reports) and verified as a host would:
+`remote-index.json` and the feature's `releases.json` signed by trusted keys and
+unexpired, the index pinning that exact `releases.json`, a sequence no lower
+than the one the server just committed, and the manifest with the SHA-256 the
+index names. `verify_on_cdn` is that check, shared with `releasectl verify`.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin
 
 import click
 
 from releasecontrol.cli._common import (
     Change,
+    CliState,
     OneLineError,
     change_options,
     describe_transition,
     echo_json,
     feature_json,
     feature_option,
+    one_line,
     open_client,
     output_option,
     soak_option,
     transition_json,
 )
-from releasecontrol.client import ChannelName, ReleaseControlClient
-from releasecontrol.manifest import SourceFeature, load_feature_folder
+from releasecontrol.client import ChannelName, ReleaseControlClient, state_home
+from releasecontrol.errors import ConfigError, ReleaseControlError, VerificationError
+from releasecontrol.fetch import Fetcher
+from releasecontrol.index import (
+    REMOTE_INDEX_PATH,
+    Envelope,
+    ReleasesIndex,
+    RemoteIndex,
+    check_signatures,
+)
+from releasecontrol.manifest import SourceFeature, load_feature_folder, sha256_hex
+from releasecontrol.trust import DEV_TRUST_FILE, ENV_ALLOW_DEV_KEYS, TrustStore
 from releasecontrol.v1 import release_control_pb2 as pb
+
+# What the read-back accepts per file: index files and manifests are small.
+MAX_INDEX_BYTES = 16 * 1024 * 1024
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+_TRUE = ("1", "true", "yes", "on")
 
 
 @click.command()
@@ -43,6 +73,12 @@ from releasecontrol.v1 import release_control_pb2 as pb
     help="Where the new version goes.",
 )
 @soak_option
+@click.option(
+    "--no-verify",
+    is_flag=True,
+    help="Skip reading remote-index.json, releases.json and the manifest back from the "
+    "CDN and verifying their signatures and hashes.",
+)
 @change_options
 @output_option
 @click.pass_context
@@ -52,16 +88,23 @@ def publish(
     folder: Path | None,
     channel: str,
     soak: int | None,
+    no_verify: bool,
     output: str,
     change: Change,
 ) -> None:
-    """Publish the version in a feature's manifest.json.
+    """Publish the version in a feature's manifest.json, then verify it on the CDN.
 
     Streams the manifest and the built files to the control plane, which signs
     and publishes them to the CDN origin.
 
     Sizes and SHA-256 hashes missing from the manifest are filled in from the
     files; one that is listed but does not match its file is refused.
+
+    Then reads remote-index.json, the feature's releases.json and the manifest
+    back from the origin's public URL and verifies them as a host would, with
+    the trust file (FEATURE_TRUST_PUBLIC_KEYS_PATH or _JSON, else the dev
+    trust.json in the state directory); any mismatch fails the command
+    (--no-verify skips this).
 
     \b
     Example:
@@ -78,6 +121,36 @@ def publish(
     with open_client(ctx) as client:
         response = _send(client, source, channel, soak, change)
 
+    published = (
+        _already_line(source, response)
+        if response.already_published
+        else describe_transition(response.transition, response.feature)
+    )
+    check: CdnCheck | None = None
+    # A server that does not say where its origin is (an older one) cannot be read back.
+    if not no_verify and response.origin_public_url:
+        state = ctx.find_object(CliState) or CliState()
+        try:
+            trust = trust_for_checks(state.home)
+            check = verify_on_cdn(
+                response.origin_public_url,
+                source.feature_id,
+                source.version,
+                sequence=response.feature.sequence,
+                manifest_sha256=response.manifest_sha256,
+                trust=trust[0],
+                allow_dev_keys=trust[1],
+                expected_channels=_channels(response.feature),
+            )
+        except ReleaseControlError as exc:
+            if output != "json":
+                click.echo(published)
+            raise OneLineError(
+                f"{source.feature_id} {source.version} is committed (sequence "
+                f"{response.feature.sequence}) but not verified on the CDN at "
+                f"{response.origin_public_url}: {one_line(exc.message)}"
+            ) from None
+
     if output == "json":
         echo_json(
             {
@@ -91,16 +164,26 @@ def publish(
                     else None
                 ),
                 "feature": feature_json(response.feature, datetime.now(UTC)),
+                "cdn": check.to_json() if check is not None else None,
             }
         )
-    elif response.already_published:
-        click.echo(
-            f"already published {source.feature_id} {source.version} "
-            f"(manifest sha256 {response.manifest_sha256[:12]}…): nothing changed "
-            f"(sequence {response.feature.sequence})"
-        )
     else:
-        click.echo(describe_transition(response.transition, response.feature))
+        click.echo(published)
+        if check is not None:
+            click.echo(check.line())
+
+
+def _already_line(source: SourceFeature, response: pb.PublishVersionResponse) -> str:
+    return (
+        f"already published {source.feature_id} {source.version} "
+        f"(manifest sha256 {response.manifest_sha256[:12]}…): nothing changed "
+        f"(sequence {response.feature.sequence})"
+    )
+
+
+def _channels(feature: pb.Feature) -> tuple[str | None, str | None]:
+    canary = feature.canary.version if feature.HasField("canary") else ""
+    return (feature.stable_version or None, canary or None)
 
 
 def _send(
@@ -125,3 +208,194 @@ def _send(
         return client.publish(
             source, channel=target, soak_seconds=soak, on_progress=progress, **change.kwargs()
         )
+
+
+# -- reading the result back from the CDN ----------------------------------------------
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in _TRUE
+
+
+def trust_for_checks(
+    home: Path | None, environ: Mapping[str, str] | None = None
+) -> tuple[TrustStore, bool]:
+    """The trust store a CLI check verifies with, and whether it may count dev keys.
+
+    FEATURE_TRUST_PUBLIC_KEYS_JSON / _PATH when set (dev keys only with
+    FEATURE_ALLOW_INSECURE_DEV_KEYS); else the dev trust file the local server
+    made, `<home>/keys/trust.json`, whose dev key is this machine's own and so
+    is accepted. Raises ConfigError when there is neither.
+    """
+    env = os.environ if environ is None else environ
+    configured = TrustStore.from_environment(env)
+    if configured is not None:
+        return configured, _flag(env.get(ENV_ALLOW_DEV_KEYS))
+    local = (home or state_home(env)) / "keys" / DEV_TRUST_FILE
+    if local.is_file():
+        return TrustStore.from_file(local), True
+    raise ConfigError(
+        f"no trust file to verify the CDN with: set FEATURE_TRUST_PUBLIC_KEYS_PATH "
+        f"(or _JSON), or run `releasectl dev` to make {local}"
+    )
+
+
+@dataclass(frozen=True)
+class CdnCheck:
+    """What the read-back found on the CDN, all of it verified."""
+
+    url: str
+    """The origin's public URL (ends in `/`)."""
+    feature_id: str
+    version: str
+    remote_index_sequence: int
+    releases_sequence: int
+    manifest_sha256: str
+    signed_by: tuple[str, ...]
+    """The keyids whose signatures counted on releases.json."""
+
+    def line(self) -> str:
+        return (
+            f"verified on the CDN: {self.feature_id} {self.version} at {self.url} "
+            f"(remote-index.json sequence {self.remote_index_sequence}, releases.json "
+            f"sequence {self.releases_sequence}, manifest sha256 {self.manifest_sha256[:12]}…)"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "verified": True,
+            "url": self.url,
+            "remote_index_sequence": self.remote_index_sequence,
+            "releases_sequence": self.releases_sequence,
+            "manifest_sha256": self.manifest_sha256,
+            "signed_by": list(self.signed_by),
+        }
+
+
+def _verified(what: str, data: bytes, trust: TrustStore) -> Envelope:
+    try:
+        envelope = Envelope.from_bytes(data)
+    except VerificationError as exc:
+        raise VerificationError(f"{what}: {exc.message}") from None
+    result = check_signatures(envelope, trust)
+    if not result.verified:
+        raise VerificationError(f"{what} is not trusted: {result.message}")
+    return envelope
+
+
+def _trust_for(trust: TrustStore, allow_dev_keys: bool) -> TrustStore:
+    if allow_dev_keys:
+        return trust
+    try:
+        return trust.without_dev_keys()
+    except ValueError as exc:
+        raise ConfigError(
+            f"the trust file's keys are dev keys, refused here ({exc}); set "
+            f"{ENV_ALLOW_DEV_KEYS}=1 for a development CDN, or trust production keys"
+        ) from None
+
+
+def verify_on_cdn(
+    base_url: str,
+    feature_id: str,
+    version: str,
+    *,
+    sequence: int,
+    manifest_sha256: str,
+    trust: TrustStore,
+    allow_dev_keys: bool = False,
+    expected_channels: tuple[str | None, str | None] | None = None,
+    fetcher: Fetcher | None = None,
+    now: datetime | None = None,
+) -> CdnCheck:
+    """Fetch what hosts will read for `feature_id` under `base_url` and verify it.
+
+    Checks, in order: remote-index.json is signed by `trust` (dev keys only with
+    `allow_dev_keys`), unexpired and lists the feature; the feature's
+    releases.json has the SHA-256 and sequence the index pins, is signed,
+    unexpired, names the feature, has a sequence of at least `sequence`, and
+    lists `version` with `manifest_sha256`; at exactly `sequence`, its stable
+    and canary are `expected_channels`; the manifest's bytes hash to
+    `manifest_sha256`. Raises VerificationError (a FetchError for HTTP
+    failures) with one sentence naming the file and both values, or ConfigError
+    when the trust store holds nothing allowed.
+    """
+    fetch = fetcher or Fetcher(timeout_seconds=10.0)
+    moment = now or datetime.now(UTC)
+    trusted = _trust_for(trust, allow_dev_keys)
+    base = base_url if base_url.endswith("/") else base_url + "/"
+
+    index_url = urljoin(base, REMOTE_INDEX_PATH)
+    remote_envelope = _verified(
+        REMOTE_INDEX_PATH,
+        fetch.get(index_url, max_bytes=MAX_INDEX_BYTES).body,
+        trusted,
+    )
+    remote = RemoteIndex.from_dict(remote_envelope.signed)
+    if remote.is_expired(moment):
+        raise VerificationError(f"{REMOTE_INDEX_PATH} expired at {remote.expires_at.isoformat()}")
+    entry = remote.features.get(feature_id)
+    if entry is None:
+        raise VerificationError(
+            f"{REMOTE_INDEX_PATH} (sequence {remote.sequence}) does not list feature {feature_id!r}"
+        )
+
+    releases_url = urljoin(index_url, entry.url)
+    what = f"features/{feature_id}/releases.json"
+    data = fetch.get(releases_url, max_bytes=MAX_INDEX_BYTES).body
+    if sha256_hex(data) != entry.sha256:
+        raise VerificationError(
+            f"{what} has sha256 {sha256_hex(data)[:12]}…, but {REMOTE_INDEX_PATH} pins "
+            f"{entry.sha256[:12]}…"
+        )
+    envelope = _verified(what, data, trusted)
+    releases = ReleasesIndex.from_dict(envelope.signed)
+    if releases.feature_id != feature_id:
+        raise VerificationError(f"{what} is the index of feature {releases.feature_id!r}")
+    if releases.sequence != entry.sequence:
+        raise VerificationError(
+            f"{what} has sequence {releases.sequence}, but {REMOTE_INDEX_PATH} says "
+            f"{entry.sequence}"
+        )
+    if releases.is_expired(moment):
+        raise VerificationError(f"{what} expired at {releases.expires_at.isoformat()}")
+    if releases.sequence < sequence:
+        raise VerificationError(
+            f"{what} is at sequence {releases.sequence}, behind the {sequence} just "
+            "committed: the CDN serves a stale copy"
+        )
+    listed = {v.version: v.manifest_sha256 for v in releases.versions}
+    if version not in listed:
+        raise VerificationError(
+            f"{what} (sequence {releases.sequence}) does not list version {version}"
+        )
+    if listed[version] != manifest_sha256:
+        raise VerificationError(
+            f"{what} lists {version} with manifest sha256 {listed[version][:12]}…, but the "
+            f"server published {manifest_sha256[:12]}…"
+        )
+    if expected_channels is not None and releases.sequence == sequence:
+        found = (releases.stable, releases.canary)
+        if found != expected_channels:
+            raise VerificationError(
+                f"{what} (sequence {sequence}) has stable {found[0]} and canary {found[1]}, "
+                f"but the server committed stable {expected_channels[0]} and canary "
+                f"{expected_channels[1]}"
+            )
+
+    manifest_url = urljoin(base, f"features/{feature_id}/{version}/manifest.json")
+    manifest = fetch.get(manifest_url, max_bytes=MAX_MANIFEST_BYTES).body
+    if sha256_hex(manifest) != manifest_sha256:
+        raise VerificationError(
+            f"the manifest of {feature_id} {version} has sha256 {sha256_hex(manifest)[:12]}…, "
+            f"but {what} names {manifest_sha256[:12]}…"
+        )
+    return CdnCheck(
+        url=base,
+        feature_id=feature_id,
+        version=version,
+        remote_index_sequence=remote.sequence,
+        releases_sequence=releases.sequence,
+        manifest_sha256=manifest_sha256,
+        signed_by=tuple(sorted(check_signatures(envelope, trusted).valid)),
+    )
