@@ -171,7 +171,13 @@ class ReleaseController:
                 return decode(answer)
 
             self._refuse_if_origin_ahead(outcome.state.feature_id)
-            self._write_artifacts(artifacts or {})
+            try:
+                self._write_artifacts(artifacts or {})
+            except OSError as exc:
+                raise Unavailable(
+                    f"writing the artifacts of {feature_id!r} to the CDN origin failed ({exc}); "
+                    "nothing was committed: retry when the origin is reachable"
+                ) from exc
             global_sequence = self._store.global_sequence() + 1
             files: list[SignedFile] = []
             stored_manifest: tuple[str, bytes] | None = None

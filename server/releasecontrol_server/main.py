@@ -199,6 +199,12 @@ async def serve(
         config.endpoints_path.unlink(missing_ok=True)
 
 
+def _origin_description(config: Config) -> str:
+    if config.origin_type == "s3":
+        return f"bucket s3://{config.s3_bucket}/{config.s3_prefix}"
+    return f"files in {config.origin_dir}"
+
+
 def _banner(config: Config, endpoints: dict[str, Any]) -> str:
     home = config.home
     origin_url = endpoints["origin_url"]
@@ -206,7 +212,7 @@ def _banner(config: Config, endpoints: dict[str, Any]) -> str:
         [
             f"ReleaseControl is running ({config.env})",
             f"  gRPC (mTLS)    {endpoints['grpc']}",
-            f"  CDN origin     {origin_url}   files in {config.origin_dir}",
+            f"  CDN origin     {origin_url}   {_origin_description(config)}",
             f"  remote index   {origin_url}remote-index.json",
             f"  state          {home}",
             f"  client TLS     {home / 'pki' / 'client.pem'} (used by releasectl)",
