@@ -192,10 +192,29 @@ class HostRepository:
     def publish(self) -> None:
         """Sign every changed feature's releases.json (sequence + 1), then remote-index.json."""
         for feature_id in sorted(self._dirty):
-            self.features[feature_id].sequence += 1
-            self.put_releases(feature_id, self.releases_bytes(feature_id))
-        self._dirty.clear()
+            self.publish_releases(feature_id)
         self.publish_remote()
+
+    def publish_releases(
+        self,
+        feature_id: str,
+        /,
+        *,
+        pin: bool = True,
+        pinned_sequence: int | None = None,
+        **hooks: Any,
+    ) -> bytes:
+        """Sign and write the feature's next releases.json (sequence + 1).
+
+        `hooks` go to `releases_bytes` (keys, tamper, field changes); the file is
+        pinned in the next remote index unless `pin` is False, under
+        `pinned_sequence` when given. Returns the file bytes.
+        """
+        self.features[feature_id].sequence += 1
+        data = self.releases_bytes(feature_id, **hooks)
+        self.put_releases(feature_id, data, pin=pin, sequence=pinned_sequence)
+        self._dirty.discard(feature_id)
+        return data
 
     # -- signing, with hooks for attacks ---------------------------------------------------------
 
@@ -244,6 +263,7 @@ class HostRepository:
     def releases_bytes(
         self,
         feature_id: str,
+        /,
         *,
         keys: Sequence[SigningKey] | None = None,
         tamper: Callable[[dict[str, Any]], None] | None = None,
