@@ -111,22 +111,31 @@ def decide(principal: Principal, action: Action, feature_id: str | None = None) 
     Allowed when one of its roles grants the action and, for a feature, one of
     its scopes matches the feature id. Never raises.
     """
-    needed = " or ".join(role.value for role in roles_granting(action))
+    needed = _needed(action)
     target = f"feature {feature_id!r}" if feature_id is not None else "features"
     if not any(action in ROLE_ACTIONS[role] for role in principal.roles):
         return Decision(
             False,
-            f"{principal.describe()} may not {action.value} {target}: that needs the "
-            f"{needed} role; ask an operator to grant it",
+            f"{principal.describe()} may not {action.value} {target}: that needs {needed}; "
+            "ask an operator to grant it",
         )
     if feature_id is not None and not principal.covers(feature_id):
         return Decision(
             False,
             f"{principal.describe()} may not {action.value} feature {feature_id!r}: its roles "
-            f"apply only to features matching {', '.join(principal.scopes)}; the {needed} role "
-            f"for {feature_id!r} is needed; ask an operator to widen its scopes",
+            f"apply only to features matching {', '.join(principal.scopes)}, and "
+            f"{action.value} needs {needed} for {feature_id!r}; ask an operator to widen "
+            "its scopes",
         )
     return Decision(True, f"{principal.name} may {action.value} {target}")
+
+
+def _needed(action: Action) -> str:
+    """`the releaser or admin role`, or `a role (viewer is enough)` when every role grants it."""
+    roles = roles_granting(action)
+    if len(roles) == len(Role):
+        return f"a role ({roles[0].value} is enough)"
+    return f"the {' or '.join(role.value for role in roles)} role"
 
 
 def permits(principal: Principal, action: Action, feature_id: str | None = None) -> bool:
