@@ -115,10 +115,8 @@ class TestRefusals:
     ) -> None:
         """A stream without a length that never ends is refused once it passes the limit."""
         front.faults["file.json"] = ENDLESS
-        started = time.monotonic()
         with pytest.raises(FetchError, match=r"is larger than the 100000-byte limit$"):
             fetcher.get(front.url + "file.json", max_bytes=100_000)
-        assert time.monotonic() - started < TIMEOUT
 
     def test_a_declared_length_over_the_limit_is_refused_unread(
         self, front: OriginFront, fetcher: Fetcher
