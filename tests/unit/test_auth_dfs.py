@@ -161,6 +161,8 @@ REFUSALS: list[tuple[str, Callable[[], str], str]] = [
     ("missing-exp", lambda: signed(exp=None), "no 'exp' claim"),
     ("missing-sub", lambda: signed(sub=None), "no 'sub' claim"),
     ("missing-aud", lambda: signed(aud=None), "no 'aud' claim"),
+    ("sub-not-a-string", lambda: signed(sub=5), "'sub' claim must be a string"),
+    ("sub-with-spaces", lambda: signed(sub="two words"), "spaces or control characters"),
     (
         "too-long-lived",
         lambda: signed(exp=int(now().timestamp()) + 7200),

@@ -60,6 +60,8 @@ DEFAULT_LEEWAY_SECONDS = 30
 DEFAULT_MAX_TTL_SECONDS = 3600
 DEFAULT_TTL_SECONDS = 300
 _REQUIRED_CLAIMS = ["iss", "aud", "sub", "exp"]
+# PyJWT checks `sub` (and names the error) only from 2.10 on; () matches nothing before that.
+_INVALID_SUBJECT: Any = getattr(jwt.exceptions, "InvalidSubjectError", ())
 _PEM_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.DOTALL)
 
 
@@ -265,9 +267,9 @@ class DfsAuthenticator:
             )
         if isinstance(exc, jwt.MissingRequiredClaimError):
             return f"the token has no {exc.claim!r} claim; tokens need iss, aud, sub, exp and roles"
-        if isinstance(exc, jwt.exceptions.InvalidSubjectError):
+        if isinstance(exc, _INVALID_SUBJECT):
             return "the token's 'sub' claim must be a string naming the caller"
-        if isinstance(exc, jwt.exceptions.InvalidIssuedAtError):
+        if isinstance(exc, jwt.InvalidIssuedAtError):
             return "the token's 'iat' claim must be a number (seconds since the epoch)"
         if isinstance(exc, jwt.InvalidAlgorithmError):
             return f"the token must be signed with alg {ALGORITHM} (Ed25519)"
