@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import click
 
 from releasecontrol.cli._common import (
     STATUS_HEADERS,
     Change,
+    CliState,
+    OneLineError,
     change_options,
     echo_json,
     feature_json,
@@ -21,6 +29,15 @@ from releasecontrol.cli._common import (
     validate_feature_option,
     version_option,
 )
+from releasecontrol.client import state_home
+from releasecontrol.errors import ConfigError
+from releasecontrol.index import REMOTE_INDEX_PATH
+from releasecontrol.trust import DEV_TRUST_FILE, ENV_TRUST_JSON, ENV_TRUST_PATH
+
+if TYPE_CHECKING:
+    from releasecontrol.host import LoadedFeature
+
+ENV_REMOTE_INDEX_URL = "FEATURE_REMOTE_INDEX_URL"
 
 
 @click.group()
@@ -129,15 +146,45 @@ def rollback(
     callback=validate_feature_option,
     help="Only this feature (repeatable); default: every feature.",
 )
+@click.option(
+    "--index-url",
+    metavar="URL",
+    default=None,
+    help="Instead of asking the control plane, show what hosts reading this "
+    "remote-index.json would load, after verifying every signature and hash.",
+)
+@click.option(
+    "--allow-dev-keys",
+    is_flag=True,
+    help="With --index-url: count signatures by dev keys (local development only).",
+)
 @output_option
 @click.pass_context
-def status(ctx: click.Context, features: tuple[str, ...], output: str) -> None:
-    """Show the stable and canary version of every feature, from the control plane.
+def status(
+    ctx: click.Context,
+    features: tuple[str, ...],
+    index_url: str | None,
+    allow_dev_keys: bool,
+    output: str,
+) -> None:
+    """Show the stable and canary version of every feature, from the control plane or a CDN.
+
+    With --index-url, nothing is asked of the control plane: a stable and a
+    canary host (with a throwaway state directory) read that remote-index.json,
+    verify it with the trust file (FEATURE_TRUST_PUBLIC_KEYS_PATH or _JSON,
+    else the state directory's keys/trust.json) and load every feature. Exits 1
+    with the reasons if they refused anything.
 
     \b
     Example:
       releasectl release status --feature checkout --output json
+      releasectl release status --index-url https://cdn.example.com/features/remote-index.json
     """
+    if allow_dev_keys and index_url is None:
+        raise click.UsageError("--allow-dev-keys applies to --index-url only", ctx)
+    if index_url is not None:
+        _remote_status(ctx, index_url, features, allow_dev_keys, output)
+        return
     with open_client(ctx) as client:
         response = client.get_status(features)
     now = server_now(response)
@@ -147,3 +194,127 @@ def status(ctx: click.Context, features: tuple[str, ...], output: str) -> None:
         click.echo("no features yet: publish one with `releasectl publish --feature F`")
     else:
         click.echo(render_table(STATUS_HEADERS, [status_row(f, now) for f in response.features]))
+
+
+# -- what hosts at a remote index would load --------------------------------------------------
+
+REMOTE_HEADERS = ("FEATURE", "STABLE", "CANARY", "SEQ", "ARTIFACTS", "VERIFIED")
+
+
+def _host_environment(ctx: click.Context, index_url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env[ENV_REMOTE_INDEX_URL] = index_url
+    if not (env.get(ENV_TRUST_JSON, "").strip() or env.get(ENV_TRUST_PATH, "").strip()):
+        state = ctx.find_object(CliState) or CliState()
+        local = (state.home or state_home()) / "keys" / DEV_TRUST_FILE
+        if not local.is_file():
+            raise ConfigError(
+                f"no trust file to verify {index_url} with: set {ENV_TRUST_PATH} (or "
+                f"{ENV_TRUST_JSON}), or run `releasectl dev` to make {local}"
+            )
+        env[ENV_TRUST_PATH] = str(local)
+    return env
+
+
+def _loaded_json(loaded: LoadedFeature | None) -> dict[str, Any] | None:
+    if loaded is None:
+        return None
+    return {
+        "version": loaded.version,
+        "channel": loaded.channel,
+        "manifest_sha256": loaded.manifest_sha256,
+        "artifacts": {str(a["path"]): str(a["sha256"]) for a in loaded.manifest["assets"]},
+    }
+
+
+def _remote_status(
+    ctx: click.Context,
+    index_url: str,
+    only: tuple[str, ...],
+    allow_dev_keys: bool,
+    output: str,
+) -> None:
+    from releasecontrol.host import FeatureHost
+
+    env = _host_environment(ctx, index_url)
+    extra: dict[str, Any] = {"allow_insecure_dev_keys": True} if allow_dev_keys else {}
+    # Refusals are reported below, once; keep the host library's warnings off the terminal.
+    logging.getLogger("releasecontrol").addHandler(logging.NullHandler())
+    with tempfile.TemporaryDirectory(prefix="releasectl-status-") as tmp:
+        hosts = {
+            channel: FeatureHost.from_environment(
+                env, state_dir=Path(tmp) / channel, channel=channel, **extra
+            )
+            for channel in ("stable", "canary")
+        }
+        reports = {channel: host.refresh() for channel, host in hosts.items()}
+        stable, canary = hosts["stable"].features, hosts["canary"].features
+
+    # name -> channel -> reason; one sentence when both hosts refused it for the same reason.
+    by_name: dict[str, dict[str, str]] = {}
+    for channel, report in reports.items():
+        for name, reason in report.refused.items():
+            if not only or name in only or name == REMOTE_INDEX_PATH:
+                by_name.setdefault(name, {})[channel] = reason
+    refused: dict[str, str] = {}
+    for name, reasons in sorted(by_name.items()):
+        if len(set(reasons.values())) == 1:
+            refused[name] = next(iter(reasons.values()))
+        else:
+            refused.update({f"{name} ({ch} host)": why for ch, why in reasons.items()})
+    ids = sorted(set(stable) | set(canary) | (set(by_name) - {REMOTE_INDEX_PATH}))
+    if only:
+        ids = [fid for fid in ids if fid in only]
+
+    def running_canary(fid: str) -> LoadedFeature | None:
+        loaded = canary.get(fid)
+        return loaded if loaded is not None and loaded.channel == "canary" else None
+
+    def sequence(fid: str) -> int | None:
+        seen = stable.get(fid) or canary.get(fid)
+        return seen.releases_sequence if seen is not None else None
+
+    if output == "json":
+        echo_json(
+            {
+                "index_url": index_url,
+                "remote_sequence": reports["stable"].remote_sequence,
+                "features": [
+                    {
+                        "feature_id": fid,
+                        "sequence": sequence(fid),
+                        "stable": _loaded_json(stable.get(fid)),
+                        "canary": _loaded_json(running_canary(fid)),
+                        "refused": fid in by_name,
+                    }
+                    for fid in ids
+                ],
+                "refused": refused,
+            }
+        )
+    elif ids:
+        rows = []
+        for fid in ids:
+            s, c, seq = stable.get(fid), running_canary(fid), sequence(fid)
+            rows.append(
+                [
+                    fid,
+                    s.version if s else "-",
+                    c.version if c else "-",
+                    str(seq) if seq is not None else "-",
+                    str(len(s.artifacts)) if s else "-",
+                    "refused" if fid in by_name else "yes",
+                ]
+            )
+        click.echo(render_table(REMOTE_HEADERS, rows))
+    elif not refused:
+        click.echo(f"no features at {index_url}")
+    if refused:
+        text = "; ".join(
+            reason if reason.startswith(name) else f"{name}: {reason}"
+            for name, reason in refused.items()
+        )
+        hint = ""
+        if not allow_dev_keys and "dev key" in text:
+            hint = " (pass --allow-dev-keys for a local dev CDN)"
+        raise OneLineError(f"hosts at {index_url} would refuse {text}{hint}")
