@@ -6,17 +6,23 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import make_feature
 
+from releasecontrol.devhost import render_page
 from releasecontrol_server.launcher import LocalServer, LocalServerError
 
 pytestmark = pytest.mark.integration
@@ -209,3 +215,293 @@ class TestPublishReadBack:
         )
         assert allowed.returncode == 0, allowed.stderr
         assert "verified on the CDN" in allowed.stdout
+
+    def test_a_tampered_releases_json_on_the_cdn_fails_the_read_back(self, tmp_path: Path) -> None:
+        """A CDN serving a releases.json whose bytes differ from the signed pin fails publish."""
+        origin = tmp_path / "home" / "origin"
+        origin.mkdir(parents=True)
+        with (
+            SwitchableCdn(origin) as cdn,
+            LocalServer(
+                tmp_path / "home",
+                env={
+                    "RELEASECONTROL_ORIGIN_HTTP_LISTEN": "",
+                    "RELEASECONTROL_ORIGIN_PUBLIC_URL": cdn.url,
+                },
+            ) as local,
+        ):
+            make_feature(tmp_path, "checkout", "1.0.0")
+            assert releasectl(local.home, tmp_path, "publish", "-f", "checkout").returncode == 0
+
+            cdn.root = tmp_path / "tampered"
+            shutil.copytree(origin, cdn.root)
+            releases = cdn.root / "features" / "checkout" / "releases.json"
+            releases.write_bytes(releases.read_bytes().replace(b'"1.0.0"', b'"1.0.1"'))
+            # The same version again: nothing changes on the server, the read-back still runs.
+            done = releasectl(local.home, tmp_path, "publish", "-f", "checkout")
+            assert_one_line_error(done, "not verified on the CDN", "releases.json has sha256")
+            assert done.stdout.startswith("already published checkout 1.0.0")
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+class TestVerifyRemoteCdn:
+    def test_it_passes_end_to_end_and_prints_the_checklist(self, tmp_path: Path) -> None:
+        """`releasectl verify remote-cdn` exits 0 with a ✓ line per step, as a user runs it."""
+        done = releasectl(tmp_path / "unused-home", tmp_path, "verify", "remote-cdn", timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        lines = done.stdout.splitlines()
+        assert lines[-1] == "all checks passed"
+        assert all(line.startswith("✓ ") for line in lines[:-1]), lines
+        for expected in [
+            "✓ published checkout 1.0.0 as stable and verified it on the CDN (sequence 1)",
+            "✓ host loaded checkout 1.0.0, 2 artifacts verified",
+            "✓ deployed checkout 1.1.0 as canary, soak 0s (sequence 2)",
+            "✓ canary host follows: checkout 1.1.0, 2 artifacts verified",
+            "✓ stable host stays on checkout 1.0.0",
+            "✓ both hosts follow: checkout 1.1.0",
+            "✓ both hosts follow the rollback: checkout 1.0.0, 2 artifacts verified",
+        ]:
+            assert expected in lines
+        assert any(
+            line.startswith("✓ a new host refuses a tampered releases.json") for line in lines
+        )
+        assert done.stderr == ""
+        # Nothing of the user's own state is touched.
+        assert not (tmp_path / "unused-home").exists()
+
+    def test_keep_leaves_the_state_and_json_lists_every_step(self, tmp_path: Path) -> None:
+        """--keep --output json reports ok, every step, and a state directory that still exists."""
+        done = releasectl(
+            tmp_path, tmp_path, "verify", "remote-cdn", "--keep", "-o", "json", timeout=120
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        report = json.loads(done.stdout)
+        kept = Path(report["kept"])
+        try:
+            assert report["ok"] is True
+            assert all(step["ok"] for step in report["steps"]) and len(report["steps"]) >= 10
+            assert (kept / "home" / "origin" / "remote-index.json").is_file()
+            assert list((kept / "home" / "logs").iterdir())
+        finally:
+            shutil.rmtree(kept, ignore_errors=True)
+
+    def test_a_failing_step_is_named_in_one_line_and_exits_1(self, tmp_path: Path) -> None:
+        """When the control plane cannot start (production refuses --dev), exit 1 naming it."""
+        done = releasectl(tmp_path, tmp_path, "verify", "remote-cdn", NODE_ENV="production")
+        assert_one_line_error(done, "start the control plane failed", "--dev")
+        assert done.stdout == "✗ start the control plane\n"
+
+
+@pytest.fixture
+def published(local: LocalServer, tmp_path: Path) -> LocalServer:
+    """A server with checkout 1.0.0 published as stable from tmp_path/features."""
+    make_feature(tmp_path, "checkout", "1.0.0")
+    done = releasectl(local.home, tmp_path, "publish", "-f", "checkout")
+    assert done.returncode == 0, done.stderr
+    return local
+
+
+class TestDevHost:
+    def start(self, home: Path, cwd: Path, *args: str, **env: str) -> tuple[Any, str, list[str]]:
+        process = subprocess.Popen(
+            [*RELEASECTL, "dev-host", "--listen", "127.0.0.1:0", *args],
+            cwd=cwd,
+            env=cli_env(home, **env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        lines: list[str] = []
+        assert process.stdout is not None
+        while True:
+            line = process.stdout.readline()
+            if not line:
+                process.wait(timeout=10)
+                pytest.fail(f"dev-host exited: {lines} {process.stderr and process.stderr.read()}")
+            lines.append(line.rstrip("\n"))
+            if line.startswith("Stop with Ctrl-C."):
+                (url,) = [x.split()[3] for x in lines if x.startswith("dev host at ")]
+                return process, url, lines
+
+    def stop(self, process: Any) -> None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            _, stderr = process.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            pytest.fail("dev-host did not stop on SIGTERM")
+        assert process.returncode == 0, stderr
+
+    def test_it_loads_and_serves_only_verified_bytes(
+        self, published: LocalServer, tmp_path: Path
+    ) -> None:
+        """With only RELEASECONTROL_HOME set it reads the dev origin; status and assets verified."""
+        process, url, lines = self.start(published.home, tmp_path, "--interval", "1s")
+        try:
+            assert any("allowing its insecure dev key" in line for line in lines)
+            assert any(published.origin_url in line for line in lines)
+            status, body = http_get(url + "status.json")
+            assert status == 200
+            snapshot = json.loads(body)
+            assert snapshot["loaded"]["checkout"]["version"] == "1.0.0"
+            assert snapshot["refused"] == {}
+            built = (tmp_path / "features" / "checkout" / "index.js").read_bytes()
+            assert http_get(url + "features/checkout/index.js") == (200, built)
+            assert http_get(url + "features/checkout/missing.js")[0] == 404
+            assert http_get(url + "features/other/index.js")[0] == 404
+            status, page = http_get(url)
+            assert status == 200 and b"checkout" in page and b"1.0.0" in page
+
+            # A canary does not move a stable host; a promotion does, on the next refresh.
+            make_feature(tmp_path, "checkout", "1.1.0")
+            done = releasectl(
+                published.home,
+                tmp_path,
+                "publish",
+                "-f",
+                "checkout",
+                "--channel",
+                "canary",
+                "--soak",
+                "0s",
+            )
+            assert done.returncode == 0, done.stderr
+            time.sleep(2.5)
+            version = json.loads(http_get(url + "status.json")[1])["loaded"]["checkout"]["version"]
+            assert version == "1.0.0"
+            published.client().promote("checkout", "1.1.0")
+
+            def promoted() -> bool:
+                loaded = json.loads(http_get(url + "status.json")[1])["loaded"]["checkout"]
+                return bool(loaded["version"] == "1.1.0")
+
+            assert wait_for(promoted)
+            new_built = (tmp_path / "features" / "checkout" / "index.js").read_bytes()
+            assert http_get(url + "features/checkout/index.js") == (200, new_built)
+        finally:
+            self.stop(process)
+
+    def test_a_canary_host_follows_the_canary(self, published: LocalServer, tmp_path: Path) -> None:
+        """--channel canary loads the running canary version."""
+        make_feature(tmp_path, "checkout", "1.1.0")
+        done = releasectl(
+            published.home, tmp_path, "publish", "-f", "checkout", "--channel", "canary"
+        )
+        assert done.returncode == 0, done.stderr
+        process, url, lines = self.start(published.home, tmp_path, "--channel", "canary")
+        try:
+            assert "  loaded   checkout 1.1.0 (canary, sequence 2)" in lines
+            loaded = json.loads(http_get(url + "status.json")[1])["loaded"]["checkout"]
+            assert (loaded["version"], loaded["channel"]) == ("1.1.0", "canary")
+        finally:
+            self.stop(process)
+
+    def test_without_an_index_url_or_a_dev_server_it_says_what_to_set(self, tmp_path: Path) -> None:
+        """No FEATURE_REMOTE_INDEX_URL and no running dev server: one line naming the variable."""
+        done = releasectl(tmp_path / "home", tmp_path, "dev-host", "--listen", "127.0.0.1:0")
+        assert_one_line_error(done, "FEATURE_REMOTE_INDEX_URL is not set", "releasectl dev")
+
+    def test_the_page_escapes_what_the_cdn_said(self) -> None:
+        """Text from the CDN (reasons, ids) is HTML-escaped on the page."""
+
+        class Stand:
+            def __init__(self) -> None:
+                self.features: dict[str, Any] = {}
+                self.refused = {"<b>x</b>": "bad <script>alert(1)</script> & more"}
+
+            def snapshot(self) -> dict[str, Any]:
+                return {}
+
+            def refresh(self) -> None:
+                return None
+
+        page = render_page(
+            Stand(),
+            index_url="http://x/<i>",
+            channel="stable",
+            interval_seconds=5,
+            last_refresh="-",
+        )
+        assert "<script>" not in page and "<b>x</b>" not in page and "<i>" not in page
+        assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page
+
+
+class TestReleaseStatusAtAnIndex:
+    def test_it_shows_what_stable_and_canary_hosts_would_load(
+        self, published: LocalServer, tmp_path: Path
+    ) -> None:
+        """The table has the stable and the running canary version, verified."""
+        make_feature(tmp_path, "checkout", "1.1.0")
+        assert (
+            releasectl(
+                published.home, tmp_path, "publish", "-f", "checkout", "--channel", "canary"
+            ).returncode
+            == 0
+        )
+        url = published.origin_url + "remote-index.json"
+        done = releasectl(
+            published.home, tmp_path, "release", "status", "--index-url", url, "--allow-dev-keys"
+        )
+        assert done.returncode == 0, done.stderr
+        header, row = done.stdout.splitlines()
+        assert header.split() == ["FEATURE", "STABLE", "CANARY", "SEQ", "ARTIFACTS", "VERIFIED"]
+        assert row.split() == ["checkout", "1.0.0", "1.1.0", "2", "2", "yes"]
+
+        as_json = releasectl(
+            published.home,
+            tmp_path,
+            "release",
+            "status",
+            "--index-url",
+            url,
+            "--allow-dev-keys",
+            "-o",
+            "json",
+        )
+        report = json.loads(as_json.stdout)
+        (feature,) = report["features"]
+        assert (feature["stable"]["version"], feature["canary"]["version"]) == ("1.0.0", "1.1.0")
+        assert report["refused"] == {} and report["remote_sequence"] == 2
+
+    def test_a_dev_key_is_refused_without_the_flag(
+        self, published: LocalServer, tmp_path: Path
+    ) -> None:
+        """Without --allow-dev-keys the dev-signed index is refused, exit 1, with the fix."""
+        url = published.origin_url + "remote-index.json"
+        done = releasectl(published.home, tmp_path, "release", "status", "--index-url", url)
+        assert_one_line_error(done, "would refuse remote-index.json", "dev key", "--allow-dev-keys")
+
+    def test_a_tampered_releases_json_is_refused_with_the_reason(
+        self, local: LocalServer, tmp_path: Path
+    ) -> None:
+        """Published with --no-verify, then tampered on the origin: status refuses it, exit 1."""
+        make_feature(tmp_path, "checkout", "1.0.0")
+        done = releasectl(local.home, tmp_path, "publish", "-f", "checkout", "--no-verify")
+        assert done.returncode == 0, done.stderr
+        assert "verified on the CDN" not in done.stdout
+        releases = local.origin_dir / "features" / "checkout" / "releases.json"
+        releases.write_bytes(releases.read_bytes().replace(b'"1.0.0"', b'"1.0.1"'))
+
+        url = local.origin_url + "remote-index.json"
+        done = releasectl(
+            local.home, tmp_path, "release", "status", "--index-url", url, "--allow-dev-keys"
+        )
+        assert_one_line_error(done, "would refuse checkout", "releases.json")
+        assert done.stdout.splitlines()[1].split() == ["checkout", "-", "-", "-", "-", "refused"]

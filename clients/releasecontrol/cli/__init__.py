@@ -9,10 +9,12 @@ import click
 from releasecontrol.cli._common import CliState, ReleaseCtlGroup
 from releasecontrol.cli.channel import channel
 from releasecontrol.cli.dev import dev
+from releasecontrol.cli.dev_host import dev_host
 from releasecontrol.cli.interactive import interactive
 from releasecontrol.cli.mock_cdn import mock_cdn
 from releasecontrol.cli.publish import publish
 from releasecontrol.cli.release import release
+from releasecontrol.cli.verify import verify
 
 __all__ = ["main"]
 
@@ -51,4 +53,6 @@ main.add_command(publish)
 main.add_command(release)
 main.add_command(channel)
 main.add_command(mock_cdn)
+main.add_command(dev_host)
 main.add_command(interactive)
+main.add_command(verify)
