@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from conftest import make_feature
 
+from releasecontrol.cli import main
 from releasecontrol.devhost import render_page
 from releasecontrol_server.launcher import LocalServer, LocalServerError
 
@@ -122,11 +124,11 @@ class TestLocalServer:
 
     def test_a_server_that_cannot_start_fails_with_its_log(self, tmp_path: Path) -> None:
         """A server refusing to start raises LocalServerError carrying its one-line reason."""
-        server = LocalServer(tmp_path / "home", env={"RELEASECONTROL_ENV": "production"})
+        server = LocalServer(tmp_path / "home", env={"RELEASECONTROL_GRPC_LISTEN": "nonsense"})
         with pytest.raises(LocalServerError) as caught:
             server.start()
         assert "exited with code 1" in caught.value.reason
-        assert "refused with RELEASECONTROL_ENV=production" in caught.value.last_error
+        assert caught.value.last_error.startswith("RELEASECONTROL_GRPC_LISTEN is 'nonsense'")
         assert "--- server log" in str(caught.value)
 
 
@@ -302,9 +304,9 @@ class TestVerifyRemoteCdn:
             shutil.rmtree(kept, ignore_errors=True)
 
     def test_a_failing_step_is_named_in_one_line_and_exits_1(self, tmp_path: Path) -> None:
-        """When the control plane cannot start (production refuses --dev), exit 1 naming it."""
+        """When the control plane cannot start (production refuses dev mode), exit 1 naming it."""
         done = releasectl(tmp_path, tmp_path, "verify", "remote-cdn", NODE_ENV="production")
-        assert_one_line_error(done, "start the control plane failed", "--dev")
+        assert_one_line_error(done, "start the control plane failed: the server exited with code 1")
         assert done.stdout == "✗ start the control plane\n"
 
 
@@ -505,3 +507,81 @@ class TestReleaseStatusAtAnIndex:
         )
         assert_one_line_error(done, "would refuse checkout", "releases.json")
         assert done.stdout.splitlines()[1].split() == ["checkout", "-", "-", "-", "-", "refused"]
+
+
+class TestMockCdn:
+    def test_it_serves_the_origin_with_cdn_headers(self, tmp_path: Path) -> None:
+        """Index files revalidate (no-cache, ETag, 304); artifacts are immutable."""
+        origin = tmp_path / "home" / "origin"
+        (origin / "artifacts").mkdir(parents=True)
+        (origin / "remote-index.json").write_bytes(b'{"signed": {}}')
+        (origin / "artifacts" / ("a" * 64)).write_bytes(b"console.log(1)")
+        process = subprocess.Popen(
+            [*RELEASECTL, "mock-cdn", "--listen", "127.0.0.1:0", "--output", "json"],
+            cwd=tmp_path,
+            env=cli_env(tmp_path / "home"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert process.stdout is not None
+            text = ""
+            while not text.endswith("}\n"):
+                line = process.stdout.readline()
+                assert line, "mock-cdn exited before printing its URL"
+                text += line
+            started = json.loads(text)
+            assert Path(started["dir"]) == origin.resolve()
+            url = started["url"]
+
+            with urllib.request.urlopen(url + "remote-index.json", timeout=10) as answer:
+                assert answer.read() == b'{"signed": {}}'
+                assert answer.headers["Cache-Control"] == "no-cache"
+                etag = answer.headers["ETag"]
+            request = urllib.request.Request(
+                url + "remote-index.json", headers={"If-None-Match": etag}
+            )
+            with pytest.raises(urllib.error.HTTPError) as not_modified:
+                urllib.request.urlopen(request, timeout=10)
+            assert not_modified.value.code == 304
+            not_modified.value.close()
+            with urllib.request.urlopen(url + "artifacts/" + "a" * 64, timeout=10) as answer:
+                assert "immutable" in answer.headers["Cache-Control"]
+            assert http_get(url + "nothing-here.json")[0] == 404
+        finally:
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=15)
+        assert process.returncode == 0, stderr
+
+    def test_a_missing_folder_is_one_line(self, tmp_path: Path) -> None:
+        """Serving a folder that does not exist fails in one line naming it and --dir."""
+        done = releasectl(tmp_path / "home", tmp_path, "mock-cdn", "--dir", "nowhere")
+        assert_one_line_error(done, "no origin folder at nowhere", "--dir")
+
+
+@pytest.mark.parametrize(
+    ("command", "names"),
+    [
+        pytest.param(["mock-cdn"], ["--dir", "--listen", "--output"], id="mock-cdn"),
+        pytest.param(
+            ["dev-host"],
+            ["--listen", "--interval", "--channel", "--state-dir", "--output"],
+            id="dev-host",
+        ),
+        pytest.param(["verify"], ["remote-cdn"], id="verify"),
+        pytest.param(["verify", "remote-cdn"], ["--keep", "--output"], id="verify-remote-cdn"),
+        pytest.param(["interactive"], [], id="interactive"),
+        pytest.param(
+            ["release", "status"], ["--index-url", "--allow-dev-keys", "--output"], id="status"
+        ),
+        pytest.param(["publish"], ["--no-verify"], id="publish"),
+    ],
+)
+def test_help_names_the_options_and_gives_an_example(command: list[str], names: list[str]) -> None:
+    """`--help` of each new command exits 0, names its options and shows an example."""
+    result = CliRunner().invoke(main, [*command, "--help"], prog_name="releasectl")
+    assert result.exit_code == 0, result.output
+    for name in names:
+        assert name in result.stdout
+    assert "Example:\n    releasectl " in result.stdout

@@ -122,6 +122,7 @@ def dev_host(
 
     \b
     Example:
+      releasectl dev-host --channel canary --interval 2s
       FEATURE_REMOTE_INDEX_URL=http://127.0.0.1:4100/remote-index.json releasectl dev-host
     """
     from releasecontrol.devhost import DevHostServer
