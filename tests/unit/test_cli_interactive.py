@@ -113,6 +113,30 @@ class TestOnATerminal:
         assert child.exitstatus == 0
         assert list(server.client().get_status().features) == []
 
+    def test_starting_the_local_system_runs_dev_until_ctrl_c(self, tmp_path: Path) -> None:
+        """ "Start the local system" runs `releasectl dev` in the foreground; Ctrl-C stops it."""
+        env = env_for(tmp_path / "home")
+        env["RELEASECONTROL_GRPC_LISTEN"] = "127.0.0.1:0"
+        env["RELEASECONTROL_ORIGIN_HTTP_LISTEN"] = "127.0.0.1:0"
+        child = pexpect.spawn(
+            RELEASECTL[0],
+            [*RELEASECTL[1:], "interactive"],
+            cwd=str(tmp_path),
+            env=env,
+            encoding="utf-8",
+            timeout=30,
+            dimensions=(40, 120),
+        )
+        child.expect("What do you want to do")
+        child.send(ENTER)  # the first entry
+        child.expect("ReleaseControl is running")
+        assert (tmp_path / "home" / "run" / "endpoints.json").is_file()
+        child.sendintr()
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0
+        assert not (tmp_path / "home" / "run" / "endpoints.json").exists()
+
 
 class TestWithoutATerminal:
     def test_with_no_terminal_at_all_it_names_the_commands_and_exits_2(
