@@ -114,7 +114,7 @@ class TestOnATerminal:
         assert list(server.client().get_status().features) == []
 
     def test_starting_the_local_system_runs_dev_until_ctrl_c(self, tmp_path: Path) -> None:
-        """ "Start the local system" runs `releasectl dev` in the foreground; Ctrl-C stops it."""
+        """The first entry runs `releasectl dev` in the foreground until Ctrl-C stops it."""
         env = env_for(tmp_path / "home")
         env["RELEASECONTROL_GRPC_LISTEN"] = "127.0.0.1:0"
         env["RELEASECONTROL_ORIGIN_HTTP_LISTEN"] = "127.0.0.1:0"
