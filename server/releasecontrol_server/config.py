@@ -164,6 +164,33 @@ class Config:
     auth_mode: AuthMode | None = None
     """How callers authenticate: `rpc-token`, `trusted-cluster`, `dfs`, or none set."""
 
+    token_store_path: Path
+    """`rpc-token`: the hashed token store (default `home/auth/tokens.json`)."""
+
+    cluster_ca_path: Path | None = None
+    """`trusted-cluster`: the CA workload certificates chain to; unset: tls_client_ca_path."""
+
+    cluster_allowlist_path: Path
+    """`trusted-cluster`: SPIFFE IDs and roles (default `home/auth/cluster-allowlist.toml`)."""
+
+    dfs_issuer: str = ""
+    """`dfs`: the `iss` delegated tokens must carry."""
+
+    dfs_audience: str = "releasecontrol"
+    """`dfs`: the `aud` delegated tokens must carry."""
+
+    dfs_public_key: str | None = None
+    """`dfs`: the issuer's Ed25519 public key inline (PEM or base64 of the raw key)."""
+
+    dfs_public_key_path: Path | None = None
+    """`dfs`: a file holding the issuer's public key(s)."""
+
+    dfs_leeway_seconds: int = 30
+    """`dfs`: clock skew allowed on exp/nbf."""
+
+    dfs_max_token_ttl_seconds: int = 3600
+    """`dfs`: the longest lifetime a delegated token may claim."""
+
     allow_insecure_dev_keys: bool = False
     """Lets dev keys sign and verify (FEATURE_ALLOW_INSECURE_DEV_KEYS); refused in production."""
 
@@ -209,6 +236,18 @@ class Config:
             problems.append(
                 f"{self.setting_name('allow_unauthenticated_admin')} is on, but production "
                 "refuses an admin UI without login; unset it and configure an auth mode."
+            )
+        if self.auth_mode is None:
+            problems.append(
+                "no auth mode is set, so every caller with a client certificate could do "
+                "everything; set RELEASECONTROL_AUTH_MODE to rpc-token, trusted-cluster or dfs."
+            )
+        if self.sources.get("trust_public_keys_path", "default") == "default" and (
+            self.trust_public_keys_json is None
+        ):
+            problems.append(
+                "no trusted public keys are configured; set FEATURE_TRUST_PUBLIC_KEYS_PATH "
+                "or FEATURE_TRUST_PUBLIC_KEYS_JSON to the keys hosts trust."
             )
         if not self.require_client_cert:
             problems.append(
@@ -394,6 +433,17 @@ def _parse_path(raw: object, label: str, ctx: _Context) -> Path:
     return _absolute(raw, ctx.cwd)
 
 
+def _parse_text(raw: object, label: str, ctx: _Context) -> str:
+    if not isinstance(raw, str):
+        raise _bad(label, raw, "set it to a string")
+    return raw.strip()
+
+
+def _parse_optional_text(raw: object, label: str, ctx: _Context) -> str | None:
+    text = _parse_text(raw, label, ctx)
+    return text or None
+
+
 def _parse_optional_path(raw: object, label: str, ctx: _Context) -> Path | None:
     if raw == "":
         return None
@@ -549,6 +599,15 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("watch_queue_size", _int_between(1, 1_000_000, "events")),
     _Setting("shutdown_grace_seconds", _float_between(0, 600)),
     _Setting("auth_mode", _parse_auth_mode, optional=True),
+    _Setting("token_store_path", _parse_path),
+    _Setting("cluster_ca_path", _parse_optional_path, optional=True),
+    _Setting("cluster_allowlist_path", _parse_path),
+    _Setting("dfs_issuer", _parse_text),
+    _Setting("dfs_audience", _parse_text),
+    _Setting("dfs_public_key", _parse_optional_text, optional=True),
+    _Setting("dfs_public_key_path", _parse_optional_path, optional=True),
+    _Setting("dfs_leeway_seconds", _int_between(0, 600, "seconds")),
+    _Setting("dfs_max_token_ttl_seconds", _int_between(60, 7 * _DAY_SECONDS, "seconds")),
     _Setting("allow_insecure_dev_keys", _parse_bool, ("FEATURE_ALLOW_INSECURE_DEV_KEYS",)),
     _Setting("allow_unauthenticated_admin", _parse_bool, ("ALLOW_UNAUTHENTICATED_ADMIN",)),
 )
@@ -573,6 +632,8 @@ def _home_defaults(home: Path) -> dict[str, object]:
         "tls_key_path": home / "pki" / "server-key.pem",
         "tls_client_ca_path": home / "pki" / "ca.pem",
         "signing_key_paths": (home / "keys" / "signing-key.pem",),
+        "token_store_path": home / "auth" / "tokens.json",
+        "cluster_allowlist_path": home / "auth" / "cluster-allowlist.toml",
     }
 
 

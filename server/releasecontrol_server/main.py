@@ -27,6 +27,7 @@ from releasecontrol.errors import ConfigError, ReleaseControlError
 from releasecontrol.trust import SigningKey, TrustStore, load_or_create_dev_key
 from releasecontrol.v1 import release_control_pb2 as pb
 from releasecontrol.v1 import release_control_pb2_grpc as pb_grpc
+from releasecontrol_server.auth.interceptor import AuthInterceptor, make_authenticator
 from releasecontrol_server.config import Config, load_config, split_listen_address
 from releasecontrol_server.control import ReleaseController
 from releasecontrol_server.origin import open_origin
@@ -70,6 +71,11 @@ def load_signing_keys(config: Config) -> list[SigningKey]:
                 f"signing key {key.keyid[:12]}… is not in the trusted keys, so hosts would "
                 "refuse every index it signs; add it to the trust file"
             )
+    if config.is_production and trust.dev_keyids:
+        raise ConfigError(
+            f"the trusted keys include dev key {sorted(trust.dev_keyids)[0][:12]}…, which "
+            "production refuses; sign with a real key and trust only real keys"
+        )
     return keys
 
 
@@ -114,6 +120,19 @@ async def serve(
 ) -> None:
     """Run the control plane until `stop` is set (or SIGINT/SIGTERM)."""
     keys = load_signing_keys(config)
+    authenticator = make_authenticator(
+        config.auth_mode,
+        token_store_path=config.token_store_path,
+        cluster_ca_path=config.cluster_ca_path or config.tls_client_ca_path,
+        cluster_allowlist_path=config.cluster_allowlist_path,
+        dfs_issuer=config.dfs_issuer,
+        dfs_audience=config.dfs_audience,
+        dfs_public_key=config.dfs_public_key,
+        dfs_public_key_path=config.dfs_public_key_path,
+        dfs_leeway_seconds=config.dfs_leeway_seconds,
+        dfs_max_token_ttl_seconds=config.dfs_max_token_ttl_seconds,
+        allow_anonymous=not config.require_client_cert,
+    )
     cert = _read(config.tls_cert_path, "server certificate")
     key = _read(config.tls_key_path, "server key")
     client_ca = _read(config.tls_client_ca_path, "client CA certificate")
@@ -129,7 +148,7 @@ async def serve(
         failpoint=failpoint,
     )
     origin_http: OriginHttpServer | None = None
-    server = aio.server()
+    server = aio.server(interceptors=[AuthInterceptor(authenticator)])
     try:
         await controller.start()
         origin_url = config.origin_public_url

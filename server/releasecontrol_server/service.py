@@ -20,7 +20,8 @@ from releasecontrol.manifest import canonical_bytes, parse_manifest, sha256_hex,
 from releasecontrol.v1 import release_control_pb2 as pb
 from releasecontrol.v1 import release_control_pb2_grpc as pb_grpc
 from releasecontrol_server import releases
-from releasecontrol_server.auth.identity import principal_of
+from releasecontrol_server.auth.authorize import Action as AuthAction
+from releasecontrol_server.auth.authorize import permits, require, require_each
 from releasecontrol_server.control import Applied, ReleaseController
 from releasecontrol_server.releases import Action, ChangeMeta, Channel, FeatureState
 from releasecontrol_server.store import StoredTransition
@@ -114,9 +115,9 @@ def transition_to_proto(stored: StoredTransition) -> pb.Transition:
     return out
 
 
-def _meta(ctx: pb.ChangeContext, context: aio.ServicerContext[Any, Any]) -> ChangeMeta:
+def _meta(ctx: pb.ChangeContext, principal_name: str) -> ChangeMeta:
     return ChangeMeta(
-        actor=ctx.actor or principal_of(context),
+        actor=ctx.actor or principal_name,
         reason=ctx.reason,
         ticket=ctx.ticket,
         expected_sequence=ctx.expected_sequence if ctx.HasField("expected_sequence") else None,
@@ -168,13 +169,17 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
     async def ListFeatures(
         self, request: pb.ListFeaturesRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.ListFeaturesResponse:
+        caller = require(AuthAction.READ)
         size = _page_size(request.page_size)
         page = self._controller.features(after=_decode_token(request.page_token), limit=size + 1)
         more = len(page) > size
         page = page[:size]
+        # The page token follows the unfiltered order, so paging stays stable.
+        token = _encode_token(page[-1].feature_id) if more else ""
+        page = [s for s in page if permits(caller, AuthAction.READ, s.feature_id)]
         return pb.ListFeaturesResponse(
             features=[feature_to_proto(s) for s in page],
-            next_page_token=_encode_token(page[-1].feature_id) if more else "",
+            next_page_token=token,
         )
 
     @maps_errors
@@ -182,6 +187,7 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
         self, request: pb.GetFeatureRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.GetFeatureResponse:
         validate_feature_id(request.feature_id)
+        require(AuthAction.READ, request.feature_id)
         return pb.GetFeatureResponse(
             feature=feature_to_proto(self._controller.feature(request.feature_id))
         )
@@ -192,9 +198,11 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
     ) -> pb.GetReleaseIndexResponse:
         if request.feature_id:
             validate_feature_id(request.feature_id)
+            require(AuthAction.READ, request.feature_id)
             self._controller.feature(request.feature_id)  # NotFound names the feature
             path = releases_path(request.feature_id)
         else:
+            require(AuthAction.READ)
             path = REMOTE_INDEX_PATH
         file = self._controller.signed_file(path)
         return pb.GetReleaseIndexResponse(
@@ -206,12 +214,17 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
         self, request: pb.GetStatusRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.GetStatusResponse:
         only = _feature_ids(request.feature_ids)
+        caller = require_each(AuthAction.READ, only)
         status = self._controller.status(only)
         missing = sorted(set(only) - {s.feature_id for s in status.features})
         if missing:
             self._controller.feature(missing[0])  # raises NotFound naming it
         out = pb.GetStatusResponse(
-            features=[feature_to_proto(s) for s in status.features],
+            features=[
+                feature_to_proto(s)
+                for s in status.features
+                if permits(caller, AuthAction.READ, s.feature_id)
+            ],
             global_sequence=status.global_sequence,
             pending_origin_writes=status.pending_origin_writes,
             origin_public_url=self._origin_public_url,
@@ -225,6 +238,9 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
     ) -> pb.ListTransitionsResponse:
         if request.feature_id:
             validate_feature_id(request.feature_id)
+            caller = require(AuthAction.READ, request.feature_id)
+        else:
+            caller = require(AuthAction.READ)
         size = _page_size(request.page_size)
         token = _decode_token(request.page_token)
         if token and not token.isdigit():
@@ -235,7 +251,11 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
         more = len(page) > size
         page = page[:size]
         return pb.ListTransitionsResponse(
-            transitions=[transition_to_proto(t) for t in page],
+            transitions=[
+                transition_to_proto(t)
+                for t in page
+                if permits(caller, AuthAction.READ, t.record.feature_id)
+            ],
             next_page_token=_encode_token(str(page[-1].id)) if more else "",
         )
 
@@ -244,6 +264,7 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
     ) -> AsyncIterator[pb.WatchReleasesResponse]:
         try:
             only = _feature_ids(request.feature_ids)
+            caller = require_each(AuthAction.WATCH, only)
         except ReleaseControlError as error:
             await abort_with(error, context)
             return
@@ -253,6 +274,8 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
         async with hub.subscribe(only) as sub:
             states, seen = self._controller.snapshot(only)
             for state in states:
+                if not permits(caller, AuthAction.WATCH, state.feature_id):
+                    continue
                 yield pb.WatchReleasesResponse(
                     type=pb.WATCH_EVENT_TYPE_SNAPSHOT,
                     feature=feature_to_proto(state),
@@ -275,6 +298,8 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
                 if event.global_sequence <= seen:
                     continue
                 seen = event.global_sequence
+                if not permits(caller, AuthAction.WATCH, event.state.feature_id):
+                    continue
                 yield pb.WatchReleasesResponse(
                     type=pb.WATCH_EVENT_TYPE_CHANGE,
                     feature=feature_to_proto(event.state),
@@ -286,6 +311,7 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
     async def RefreshManifests(
         self, request: pb.RefreshManifestsRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.RefreshManifestsResponse:
+        require_each(AuthAction.REFRESH_MANIFESTS, _feature_ids(request.feature_ids))
         await context.abort(
             grpc.StatusCode.UNIMPLEMENTED,
             "RefreshManifests is not implemented yet (planned with the admin UI's hot refresh)",
@@ -315,6 +341,7 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
                         )
                     header = message.header
                     validate_feature_id(header.feature_id)
+                    caller = require(AuthAction.PUBLISH, header.feature_id)
                     manifest = parse_manifest(
                         header.manifest_json,
                         feature_id=header.feature_id,
@@ -362,7 +389,7 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
             return await self._controller.change(
                 header.feature_id,
                 command,
-                _meta(header.context, context),
+                _meta(header.context, caller.name),
                 rpc="PublishVersion",
                 request_id=header.context.request_id,
                 encode=encode,
@@ -382,10 +409,12 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
         context: aio.ServicerContext[Any, Any],
         *,
         rpc: str,
+        action: AuthAction,
         response: Callable[[], Any],
     ) -> Any:
         """Run a channel change; `response` makes the RPC's empty response message."""
         validate_feature_id(feature_id)
+        caller = require(action, feature_id)
 
         def encode(applied: Applied) -> bytes:
             out = response()
@@ -397,7 +426,7 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
         return await self._controller.change(
             feature_id,
             command,
-            _meta(ctx, context),
+            _meta(ctx, caller.name),
             rpc=rpc,
             request_id=ctx.request_id,
             encode=encode,
@@ -422,6 +451,7 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
                 request.context,
                 context,
                 rpc="DeployCanary",
+                action=AuthAction.DEPLOY_CANARY,
                 response=pb.DeployCanaryResponse,
             ),
         )
@@ -439,6 +469,7 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
                 request.context,
                 context,
                 rpc="Promote",
+                action=AuthAction.PROMOTE,
                 response=pb.PromoteResponse,
             ),
         )
@@ -456,6 +487,7 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
                 request.context,
                 context,
                 rpc="Rollback",
+                action=AuthAction.ROLLBACK,
                 response=pb.RollbackResponse,
             ),
         )
@@ -484,6 +516,7 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
                 request.context,
                 context,
                 rpc="SetChannel",
+                action=AuthAction.SET_CHANNEL,
                 response=pb.SetChannelResponse,
             ),
         )

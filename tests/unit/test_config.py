@@ -11,6 +11,11 @@ from releasecontrol.errors import ConfigError
 from releasecontrol_server.config import ENV_VAR_NAMES, SETTING_NAMES, Config, load_config
 
 TRUST_JSON = json.dumps({"threshold": 1, "keys": []})
+# What production needs besides the defaults: an auth mode and explicitly trusted keys.
+PRODUCTION_READY = {
+    "RELEASECONTROL_AUTH_MODE": "rpc-token",
+    "FEATURE_TRUST_PUBLIC_KEYS_PATH": "/etc/releasecontrol/trust.json",
+}
 
 
 def write_toml(directory: Path, text: str, name: str = "config.toml") -> Path:
@@ -129,7 +134,12 @@ class TestLayers:
     @pytest.mark.parametrize(
         ("environ", "field", "expected"),
         [
-            pytest.param({"RELEASECONTROL_ENV": "production"}, "env", "production", id="env"),
+            pytest.param(
+                {"RELEASECONTROL_ENV": "production", **PRODUCTION_READY},
+                "env",
+                "production",
+                id="env",
+            ),
             pytest.param({"RELEASECONTROL_HOME": "/h"}, "home", Path("/h"), id="home"),
             pytest.param(
                 {"RELEASECONTROL_AUTH_MODE": "trusted-cluster"},
@@ -234,7 +244,11 @@ class TestLayers:
     @pytest.mark.parametrize(
         ("environ", "expected"),
         [
-            pytest.param({"NODE_ENV": "production"}, "production", id="node-env-production"),
+            pytest.param(
+                {"NODE_ENV": "production", **PRODUCTION_READY},
+                "production",
+                id="node-env-production",
+            ),
             pytest.param({"NODE_ENV": "test"}, "development", id="node-env-other-ignored"),
             pytest.param(
                 {"NODE_ENV": "production", "RELEASECONTROL_ENV": "development"},
@@ -250,7 +264,7 @@ class TestLayers:
     def test_node_env_overrides_toml_development(self, tmp_path: Path) -> None:
         """NODE_ENV=production is part of the environment layer, so it beats the file."""
         path = write_toml(tmp_path, 'env = "development"\n')
-        config = load_config({"NODE_ENV": "production"}, path, cwd=tmp_path)
+        config = load_config({"NODE_ENV": "production", **PRODUCTION_READY}, path, cwd=tmp_path)
         assert config.is_production
         assert config.sources["env"] == "NODE_ENV"
 
@@ -419,10 +433,29 @@ class TestBadValues:
 
 class TestProduction:
     def test_production_with_defaults_loads(self, tmp_path: Path) -> None:
-        """The defaults are production-safe: nothing to refuse."""
-        config = load_config({"RELEASECONTROL_ENV": "production"}, cwd=tmp_path)
+        """The defaults are production-safe once an auth mode and trusted keys are named."""
+        config = load_config({"RELEASECONTROL_ENV": "production", **PRODUCTION_READY}, cwd=tmp_path)
         assert config.is_production
         assert config.production_problems() == []
+
+    @pytest.mark.parametrize(
+        ("missing", "named"),
+        [
+            pytest.param("RELEASECONTROL_AUTH_MODE", "RELEASECONTROL_AUTH_MODE", id="no-auth-mode"),
+            pytest.param(
+                "FEATURE_TRUST_PUBLIC_KEYS_PATH",
+                "FEATURE_TRUST_PUBLIC_KEYS_PATH",
+                id="no-trust-keys",
+            ),
+        ],
+    )
+    def test_production_needs_auth_and_trusted_keys(
+        self, tmp_path: Path, missing: str, named: str
+    ) -> None:
+        """Production refuses to start without an auth mode or explicitly trusted keys."""
+        environ = {"RELEASECONTROL_ENV": "production", **PRODUCTION_READY}
+        del environ[missing]
+        assert named in _message(environ, tmp_path)
 
     @pytest.mark.parametrize(
         ("variable", "value"),
@@ -437,7 +470,9 @@ class TestProduction:
         self, tmp_path: Path, variable: str, value: str, production: str
     ) -> None:
         """Production refuses to load with a safety switched off, naming the variable."""
-        message = _message({production: "production", variable: value}, tmp_path)
+        message = _message(
+            {production: "production", variable: value, **PRODUCTION_READY}, tmp_path
+        )
         assert variable in message
         assert "production" in message
         development = load_config({variable: value}, cwd=tmp_path)
