@@ -55,6 +55,8 @@ from types import MappingProxyType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import semver
+
 from releasecontrol.errors import ConfigError
 from releasecontrol.manifest import DEFAULT_MAX_MANIFEST_BYTES
 from releasecontrol_server.releases import MAX_SOAK_SECONDS
@@ -163,6 +165,13 @@ class Config:
 
     auth_mode: AuthMode | None = None
     """How callers authenticate: `rpc-token`, `trusted-cluster`, `dfs`, or none set."""
+
+    host_version: str | None = None
+    """The version of the host application features run in; `validate compat` and
+    `doctor` check every manifest's `compat.host` range against it."""
+
+    reserved_routes: tuple[str, ...] = ("/_admin",)
+    """Route prefixes no feature may claim (`lint routes`); `/_admin` is always one."""
 
     token_store_path: Path
     """`rpc-token`: the hashed token store (default `home/auth/tokens.json`)."""
@@ -433,6 +442,27 @@ def _parse_path(raw: object, label: str, ctx: _Context) -> Path:
     return _absolute(raw, ctx.cwd)
 
 
+def _parse_host_version(raw: object, label: str, ctx: _Context) -> str | None:
+    text = raw.strip() if isinstance(raw, str) else None
+    if text == "":
+        return None
+    if text is None or not semver.Version.is_valid(text):
+        raise _bad(label, raw, "set it to the host application's SemVer version, e.g. '2.4.0'")
+    return text
+
+
+def _parse_reserved_routes(raw: object, label: str, ctx: _Context) -> tuple[str, ...]:
+    fix = "set it to route prefixes starting with '/' (a TOML list, or comma-separated)"
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise _bad(label, raw, fix)
+    routes = [str(i).strip() for i in items if str(i).strip()]
+    if not all(r.startswith("/") for r in routes):
+        raise _bad(label, raw, fix)
+    # /_admin is where the admin UI lives: it stays reserved whatever is configured.
+    return tuple(dict.fromkeys(["/_admin", *routes]))
+
+
 def _parse_text(raw: object, label: str, ctx: _Context) -> str:
     if not isinstance(raw, str):
         raise _bad(label, raw, "set it to a string")
@@ -599,6 +629,8 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("watch_queue_size", _int_between(1, 1_000_000, "events")),
     _Setting("shutdown_grace_seconds", _float_between(0, 600)),
     _Setting("auth_mode", _parse_auth_mode, optional=True),
+    _Setting("host_version", _parse_host_version, optional=True),
+    _Setting("reserved_routes", _parse_reserved_routes),
     _Setting("token_store_path", _parse_path),
     _Setting("cluster_ca_path", _parse_optional_path, optional=True),
     _Setting("cluster_allowlist_path", _parse_path),

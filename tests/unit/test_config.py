@@ -711,3 +711,39 @@ class TestOriginSettings:
         assert "AWS_ACCESS_KEY_ID" in message
         assert "s3cr3t" not in message
         assert "AKIDEXAMPLE" not in message
+
+
+class TestChecksSettings:
+    def test_host_version_and_reserved_routes(self, tmp_path: Path) -> None:
+        """host_version is SemVer; reserved_routes always keeps /_admin and drops duplicates."""
+        config = load_config(
+            {
+                "RELEASECONTROL_HOST_VERSION": "2.4.0",
+                "RELEASECONTROL_RESERVED_ROUTES": "/internal, /_admin",
+            },
+            cwd=tmp_path,
+        )
+        assert config.host_version == "2.4.0"
+        assert config.reserved_routes == ("/_admin", "/internal")
+        assert load_config({}, cwd=tmp_path).reserved_routes == ("/_admin",)
+
+    @pytest.mark.parametrize(
+        ("environ", "named"),
+        [
+            pytest.param(
+                {"RELEASECONTROL_HOST_VERSION": "v2"},
+                "RELEASECONTROL_HOST_VERSION",
+                id="host-version-not-semver",
+            ),
+            pytest.param(
+                {"RELEASECONTROL_RESERVED_ROUTES": "internal"},
+                "RELEASECONTROL_RESERVED_ROUTES",
+                id="route-without-slash",
+            ),
+        ],
+    )
+    def test_bad_values_are_named(
+        self, tmp_path: Path, environ: dict[str, str], named: str
+    ) -> None:
+        """A bad host version or reserved route is refused, naming the variable."""
+        assert named in _message(environ, tmp_path)
