@@ -23,9 +23,7 @@ pytestmark = pytest.mark.integration
 
 def client_with(server: RunningServer, **changes: object) -> ReleaseControlClient:
     settings = resolve_connection(server=server.grpc, home=server.home, environ={})
-    client = ReleaseControlClient(dataclasses.replace(settings, **changes))  # type: ignore[arg-type]
-    server.clients.append(client)
-    return client
+    return ReleaseControlClient(dataclasses.replace(settings, **changes))  # type: ignore[arg-type]
 
 
 def publish(client: ReleaseControlClient, tmp_path: Path, feature_id: str, version: str) -> None:
