@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: dev test proto lint typecheck buf-lint clean
+.PHONY: dev test proto lint typecheck buf-lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ dev: $(STAMP)
 ## test: create the virtual environment, install, and run lint, types and every test
 test: $(STAMP) node_modules/.bin/buf lint typecheck buf-lint
 	$(PY) -m pytest
+
+## bench: run every benchmark at full size and record the results in docs/benchmarks.md
+bench: $(STAMP)
+	$(PY) -m bench --record docs/benchmarks.md
 
 ## proto: regenerate the Python code and type stubs under clients/releasecontrol/v1
 proto: $(STAMP)
