@@ -37,7 +37,7 @@ from releasecontrol_server.releases import ChangeMeta, Command, FeatureState
 from releasecontrol_server.signer import Signer, feature_entry
 from releasecontrol_server.store import Change, SignedFile, SqliteStore, StoredTransition
 from releasecontrol_server.upload import ReceivedAsset
-from releasecontrol_server.watch import ChangeEvent, WatchHub
+from releasecontrol_server.watch import ChangeEvent, RefreshEvent, WatchHub
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,16 @@ class Applied:
     state: FeatureState
     transition: StoredTransition | None
     why_unchanged: str = ""
+
+
+@dataclass(frozen=True)
+class ManifestCheck:
+    """One published version's manifest as found on the origin."""
+
+    feature_id: str
+    version: str
+    restored: bool
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -301,6 +311,64 @@ class ReleaseController:
                 if self._flush():
                     log.info("pending origin writes finished")
                     return
+
+    async def refresh_manifests(
+        self, feature_ids: Sequence[str] = ()
+    ) -> tuple[list[ManifestCheck], int]:
+        """Re-read every published manifest on the origin, restore any that is missing or
+        differs from the recorded one, then tell watchers (hosts) to refresh now.
+
+        Returns the checks and how many watchers were told. Raises NotFound for an
+        unknown feature, Unavailable when the origin cannot be read or written.
+        """
+        async with self._lock:
+            states = self._all_features(feature_ids)
+            missing = sorted(set(feature_ids) - {s.feature_id for s in states})
+            if missing:
+                self.feature(missing[0])  # raises NotFound naming it
+            checks: list[ManifestCheck] = []
+            try:
+                for state in states:
+                    for version in state.versions:
+                        checks.append(self._check_manifest(state.feature_id, version))
+            except OSError as exc:
+                raise Unavailable(
+                    f"the CDN origin could not be read or written while checking manifests "
+                    f"({exc}); retry when it is reachable"
+                ) from exc
+            ids = tuple(s.feature_id for s in states)
+            notified = self._hub.subscriber_count
+            self._hub.publish(RefreshEvent(ids, self._store.global_sequence()))
+            restored = sum(c.restored for c in checks)
+            log.info(
+                "manifests refreshed features=%d checked=%d restored=%d watchers=%d",
+                len(ids),
+                len(checks),
+                restored,
+                notified,
+            )
+            return checks, notified
+
+    def _check_manifest(self, feature_id: str, version: releases.PublishedVersion) -> ManifestCheck:
+        path = manifest_path(feature_id, version.version)
+        recorded = self._store.get_manifest(feature_id, version.version)
+        on_origin = self._origin.read(path)
+        if on_origin is not None and sha256_hex(on_origin) == version.manifest_sha256:
+            return ManifestCheck(feature_id, version.version, False, "matches the recorded hash")
+        found = "missing" if on_origin is None else f"sha256 {sha256_hex(on_origin)[:12]}…"
+        if recorded is None or sha256_hex(recorded) != version.manifest_sha256:
+            raise Unavailable(
+                f"the recorded manifest of {feature_id} {version.version} is missing from the "
+                "store; restore the database from a backup"
+            )
+        self._origin.write(path, recorded)
+        log.warning("restored manifest path=%s found=%s", path, found)
+        return ManifestCheck(
+            feature_id,
+            version.version,
+            True,
+            f"origin copy was {found}; restored the recorded manifest",
+        )
 
     # -- reads -------------------------------------------------------------
 

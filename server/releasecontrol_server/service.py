@@ -26,7 +26,7 @@ from releasecontrol_server.control import Applied, ReleaseController
 from releasecontrol_server.releases import Action, ChangeMeta, Channel, FeatureState
 from releasecontrol_server.store import StoredTransition
 from releasecontrol_server.upload import Upload
-from releasecontrol_server.watch import Lagged
+from releasecontrol_server.watch import Lagged, RefreshEvent
 
 log = logging.getLogger(__name__)
 
@@ -295,6 +295,15 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
                         ),
                     )
                     return
+                if isinstance(event, RefreshEvent):
+                    wanted = [f for f in event.feature_ids if permits(caller, AuthAction.WATCH, f)]
+                    if wanted:
+                        yield pb.WatchReleasesResponse(
+                            type=pb.WATCH_EVENT_TYPE_REFRESH,
+                            global_sequence=event.global_sequence,
+                            feature_ids=wanted,
+                        )
+                    continue
                 if event.global_sequence <= seen:
                     continue
                 seen = event.global_sequence
@@ -311,12 +320,22 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
     async def RefreshManifests(
         self, request: pb.RefreshManifestsRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.RefreshManifestsResponse:
-        require_each(AuthAction.REFRESH_MANIFESTS, _feature_ids(request.feature_ids))
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "RefreshManifests is not implemented yet (planned with the admin UI's hot refresh)",
+        only = _feature_ids(request.feature_ids)
+        require_each(AuthAction.REFRESH_MANIFESTS, only)
+        checks, notified = await self._controller.refresh_manifests(only)
+        return pb.RefreshManifestsResponse(
+            feature_ids=sorted({c.feature_id for c in checks}),
+            checks=[
+                pb.ManifestCheck(
+                    feature_id=c.feature_id,
+                    version=c.version,
+                    status=pb.MANIFEST_STATUS_RESTORED if c.restored else pb.MANIFEST_STATUS_OK,
+                    detail=c.detail,
+                )
+                for c in checks
+            ],
+            watchers_notified=notified,
         )
-        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- writes --------------------------------------------------------------
 

@@ -28,6 +28,17 @@ class ChangeEvent:
     transition: StoredTransition
 
 
+@dataclass(frozen=True)
+class RefreshEvent:
+    """An operator asked hosts to re-read the CDN now; nothing changed in the store."""
+
+    feature_ids: tuple[str, ...]
+    global_sequence: int
+
+
+Event = ChangeEvent | RefreshEvent
+
+
 class Lagged(Exception):
     """The subscriber fell too far behind and missed events."""
 
@@ -39,13 +50,17 @@ class Subscription:
         self._hub = hub
         self._only = frozenset(feature_ids)
         # None in the queue means "you lagged": it wakes a reader waiting on get().
-        self._queue: asyncio.Queue[ChangeEvent | None] = asyncio.Queue(maxsize=queue_size)
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=queue_size)
         self.lagged = False
 
-    def wants(self, event: ChangeEvent) -> bool:
-        return not self._only or event.state.feature_id in self._only
+    def wants(self, event: Event) -> bool:
+        if not self._only:
+            return True
+        if isinstance(event, RefreshEvent):
+            return not self._only.isdisjoint(event.feature_ids)
+        return event.state.feature_id in self._only
 
-    def offer(self, event: ChangeEvent) -> None:
+    def offer(self, event: Event) -> None:
         if self.lagged or not self.wants(event):
             return
         try:
@@ -61,7 +76,7 @@ class Subscription:
             self._queue.get_nowait()
         self._queue.put_nowait(None)
 
-    async def next(self) -> ChangeEvent:
+    async def next(self) -> Event:
         """The next change; raises Lagged once events were dropped for this subscriber."""
         event = await self._queue.get()
         if event is None or self.lagged:
@@ -94,7 +109,7 @@ class WatchHub:
     def subscriber_count(self) -> int:
         return len(self._subscribers)
 
-    def publish(self, event: ChangeEvent) -> None:
+    def publish(self, event: Event) -> None:
         """Offer `event` to every subscriber without waiting on any of them."""
         for sub in tuple(self._subscribers):
             sub.offer(event)

@@ -440,3 +440,39 @@ def test_a_dropped_publish_stream_leaves_nothing_and_can_be_retried(
     retried = client.publish(source, request_id="publish-once")
     assert retried.feature.stable_version == "1.0.0"
     assert retried.transition.request_id == "publish-once"
+
+
+def test_refresh_manifests_restores_the_origin_and_tells_hosts(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """A missing or altered manifest on the origin is restored, and watchers are told to refresh."""
+    publish(server, tmp_path, "1.0.0")
+    publish(server, tmp_path, "1.1.0")
+    first = server.origin_dir / "features/checkout/1.0.0/manifest.json"
+    second = server.origin_dir / "features/checkout/1.1.0/manifest.json"
+    recorded_first, recorded_second = first.read_bytes(), second.read_bytes()
+    first.unlink()
+    second.write_bytes(b'{"tampered": true}')
+
+    client = server.client()
+    watcher = client.watch()
+    assert next(watcher).type == pb.WATCH_EVENT_TYPE_SNAPSHOT
+    assert next(watcher).type == pb.WATCH_EVENT_TYPE_SYNCED
+    response = client.refresh_manifests()
+    assert [(c.version, c.status) for c in response.checks] == [
+        ("1.0.0", pb.MANIFEST_STATUS_RESTORED),
+        ("1.1.0", pb.MANIFEST_STATUS_RESTORED),
+    ]
+    assert "missing" in response.checks[0].detail
+    assert (first.read_bytes(), second.read_bytes()) == (recorded_first, recorded_second)
+    assert response.watchers_notified == 1
+    event = next(watcher)
+    assert event.type == pb.WATCH_EVENT_TYPE_REFRESH
+    assert list(event.feature_ids) == ["checkout"]
+    watcher.cancel()
+
+    again = client.refresh_manifests(["checkout"])
+    assert {c.status for c in again.checks} == {pb.MANIFEST_STATUS_OK}
+    with pytest.raises(errors.NotFound):
+        client.refresh_manifests(["nosuch"])
+    assert client.get_status().global_sequence == 2  # nothing changed in the store

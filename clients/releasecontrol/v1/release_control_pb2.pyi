@@ -81,6 +81,10 @@ class _WatchEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WatchE
     """The watcher fell too far behind and missed events: read the state
     again and watch anew. The stream ends after this event.
     """
+    WATCH_EVENT_TYPE_REFRESH: _WatchEventType.ValueType  # 5
+    """An operator asked hosts to re-read the CDN now (RefreshManifests);
+    nothing changed in the control plane. `feature_ids` names the features.
+    """
 
 class WatchEventType(_WatchEventType, metaclass=_WatchEventTypeEnumTypeWrapper): ...
 
@@ -95,7 +99,32 @@ WATCH_EVENT_TYPE_RESYNC_REQUIRED: WatchEventType.ValueType  # 4
 """The watcher fell too far behind and missed events: read the state
 again and watch anew. The stream ends after this event.
 """
+WATCH_EVENT_TYPE_REFRESH: WatchEventType.ValueType  # 5
+"""An operator asked hosts to re-read the CDN now (RefreshManifests);
+nothing changed in the control plane. `feature_ids` names the features.
+"""
 Global___WatchEventType: _TypeAlias = WatchEventType  # noqa: Y015
+
+class _ManifestStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ManifestStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ManifestStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MANIFEST_STATUS_UNSPECIFIED: _ManifestStatus.ValueType  # 0
+    MANIFEST_STATUS_OK: _ManifestStatus.ValueType  # 1
+    """The origin holds exactly the recorded manifest."""
+    MANIFEST_STATUS_RESTORED: _ManifestStatus.ValueType  # 2
+    """The origin's copy was missing or differed; the recorded one was written back."""
+
+class ManifestStatus(_ManifestStatus, metaclass=_ManifestStatusEnumTypeWrapper): ...
+
+MANIFEST_STATUS_UNSPECIFIED: ManifestStatus.ValueType  # 0
+MANIFEST_STATUS_OK: ManifestStatus.ValueType  # 1
+"""The origin holds exactly the recorded manifest."""
+MANIFEST_STATUS_RESTORED: ManifestStatus.ValueType  # 2
+"""The origin's copy was missing or differed; the recorded one was written back."""
+Global___ManifestStatus: _TypeAlias = ManifestStatus  # noqa: Y015
 
 @_typing.final
 class ChangeContext(_message.Message):
@@ -934,6 +963,7 @@ class WatchReleasesResponse(_message.Message):
     TRANSITION_FIELD_NUMBER: _builtins.int
     GLOBAL_SEQUENCE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    FEATURE_IDS_FIELD_NUMBER: _builtins.int
     type: Global___WatchEventType.ValueType
     global_sequence: _builtins.int
     message: _builtins.str
@@ -946,6 +976,10 @@ class WatchReleasesResponse(_message.Message):
     def transition(self) -> Global___Transition:
         """The committed change (CHANGE)."""
 
+    @_builtins.property
+    def feature_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The features a REFRESH is about."""
+
     def __init__(
         self,
         *,
@@ -954,10 +988,11 @@ class WatchReleasesResponse(_message.Message):
         transition: Global___Transition | None = ...,
         global_sequence: _builtins.int = ...,
         message: _builtins.str = ...,
+        feature_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["feature", b"feature", "transition", b"transition"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature", b"feature", "global_sequence", b"global_sequence", "message", b"message", "transition", b"transition", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature", b"feature", "feature_ids", b"feature_ids", "global_sequence", b"global_sequence", "message", b"message", "transition", b"transition", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -990,19 +1025,58 @@ class RefreshManifestsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     FEATURE_IDS_FIELD_NUMBER: _builtins.int
+    CHECKS_FIELD_NUMBER: _builtins.int
+    WATCHERS_NOTIFIED_FIELD_NUMBER: _builtins.int
+    watchers_notified: _builtins.int
+    """WatchReleases subscribers told to refresh."""
     @_builtins.property
     def feature_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Features whose manifests were re-read and verified."""
+
+    @_builtins.property
+    def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___ManifestCheck]:
+        """One entry per published version that was checked."""
 
     def __init__(
         self,
         *,
         feature_ids: _abc.Iterable[_builtins.str] | None = ...,
+        checks: _abc.Iterable[Global___ManifestCheck] | None = ...,
+        watchers_notified: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_ids", b"feature_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks", b"checks", "feature_ids", b"feature_ids", "watchers_notified", b"watchers_notified"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RefreshManifestsResponse: _TypeAlias = RefreshManifestsResponse  # noqa: Y015
+
+@_typing.final
+class ManifestCheck(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURE_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    feature_id: _builtins.str
+    version: _builtins.str
+    status: Global___ManifestStatus.ValueType
+    detail: _builtins.str
+    """What was found, in a sentence."""
+    def __init__(
+        self,
+        *,
+        feature_id: _builtins.str = ...,
+        version: _builtins.str = ...,
+        status: Global___ManifestStatus.ValueType = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "feature_id", b"feature_id", "status", b"status", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ManifestCheck: _TypeAlias = ManifestCheck  # noqa: Y015
