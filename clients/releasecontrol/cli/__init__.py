@@ -10,10 +10,13 @@ from releasecontrol.cli._common import CliState, ReleaseCtlGroup
 from releasecontrol.cli.channel import channel
 from releasecontrol.cli.dev import dev
 from releasecontrol.cli.dev_host import dev_host
+from releasecontrol.cli.doctor import doctor
 from releasecontrol.cli.interactive import interactive
+from releasecontrol.cli.lint import lint, validate
 from releasecontrol.cli.mock_cdn import mock_cdn
 from releasecontrol.cli.publish import publish
 from releasecontrol.cli.release import release
+from releasecontrol.cli.token import token
 from releasecontrol.cli.verify import verify
 
 __all__ = ["main"]
@@ -56,3 +59,7 @@ main.add_command(mock_cdn)
 main.add_command(dev_host)
 main.add_command(interactive)
 main.add_command(verify)
+main.add_command(token)
+main.add_command(doctor)
+main.add_command(lint)
+main.add_command(validate)
