@@ -120,6 +120,13 @@ class Config:
     admin_listen: str = "127.0.0.1:8080"
     """Where the admin UI (`/_admin`) listens, `host:port`."""
 
+    admin_session_secret_path: Path
+    """The key that signs admin UI session cookies (default `home/admin/session.key`);
+    made with mode 0600 on first start. Replacing it signs everyone out."""
+
+    admin_session_seconds: int = 3600
+    """How long an admin UI sign-in lasts (a `dfs` sign-in ends with its token)."""
+
     database_path: Path
     """The SQLite database (default `home/releasecontrol.db`)."""
 
@@ -604,6 +611,8 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("s3_endpoint_url", _parse_s3_endpoint_url, optional=True),
     _Setting("s3_region", _parse_s3_region, optional=True),
     _Setting("admin_listen", _listen(allow_empty=False, example="127.0.0.1:8080")),
+    _Setting("admin_session_secret_path", _parse_path),
+    _Setting("admin_session_seconds", _int_between(60, _DAY_SECONDS, "seconds")),
     _Setting("database_path", _parse_path),
     _Setting("tls_cert_path", _parse_path),
     _Setting("tls_key_path", _parse_path),
@@ -666,6 +675,7 @@ def _home_defaults(home: Path) -> dict[str, object]:
         "signing_key_paths": (home / "keys" / "signing-key.pem",),
         "token_store_path": home / "auth" / "tokens.json",
         "cluster_allowlist_path": home / "auth" / "cluster-allowlist.toml",
+        "admin_session_secret_path": home / "admin" / "session.key",
     }
 
 

@@ -747,3 +747,27 @@ class TestChecksSettings:
     ) -> None:
         """A bad host version or reserved route is refused, naming the variable."""
         assert named in _message(environ, tmp_path)
+
+
+class TestAdminSettings:
+    def test_session_defaults_live_under_home(self, tmp_path: Path) -> None:
+        """The admin session key defaults to home/admin/session.key and a sign-in to one hour."""
+        config = load_config({"RELEASECONTROL_HOME": str(tmp_path / "h")}, cwd=tmp_path)
+        assert config.admin_session_secret_path == tmp_path / "h" / "admin" / "session.key"
+        assert config.admin_session_seconds == 3600
+
+    def test_session_settings_from_toml_and_environment(self, tmp_path: Path) -> None:
+        """The session key path comes from TOML, the lifetime from the environment, which wins."""
+        path = write_toml(
+            tmp_path,
+            'admin_session_secret_path = "keys/admin.key"\nadmin_session_seconds = 600\n',
+        )
+        config = load_config({"RELEASECONTROL_ADMIN_SESSION_SECONDS": "900"}, path, cwd=tmp_path)
+        assert config.admin_session_secret_path == tmp_path / "keys" / "admin.key"
+        assert config.admin_session_seconds == 900
+
+    @pytest.mark.parametrize("value", ["59", "86401", "1h", ""], ids=str)
+    def test_session_lifetime_out_of_range_is_refused(self, tmp_path: Path, value: str) -> None:
+        """A sign-in shorter than a minute or longer than a day is refused, naming the variable."""
+        message = _message({"RELEASECONTROL_ADMIN_SESSION_SECONDS": value}, tmp_path)
+        assert "RELEASECONTROL_ADMIN_SESSION_SECONDS" in message
