@@ -416,8 +416,9 @@ def _validity_problem(
     if left <= timedelta(0):
         return (f"{label} expired on {certificate.not_valid_after_utc:%Y-%m-%d}", renew)
     if left < EXPIRY_MARGIN:
+        days_left = -(-left // timedelta(days=1))  # rounded up: 9.99 days left is "10"
         return (
-            f"{label} expires on {certificate.not_valid_after_utc:%Y-%m-%d}, in {left.days} "
+            f"{label} expires on {certificate.not_valid_after_utc:%Y-%m-%d}, in {days_left} "
             f"day(s), within {EXPIRY_MARGIN.days} days",
             renew,
         )
