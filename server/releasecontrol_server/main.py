@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -27,6 +26,12 @@ from releasecontrol.errors import ConfigError, ReleaseControlError
 from releasecontrol.trust import SigningKey, TrustStore, load_or_create_dev_key
 from releasecontrol.v1 import release_control_pb2 as pb
 from releasecontrol.v1 import release_control_pb2_grpc as pb_grpc
+from releasecontrol_server.admin import (
+    AdminServer,
+    AdminSettings,
+    create_app,
+    load_or_create_secret,
+)
 from releasecontrol_server.auth.interceptor import AuthInterceptor, make_authenticator
 from releasecontrol_server.config import Config, load_config, split_listen_address
 from releasecontrol_server.control import ReleaseController
@@ -36,6 +41,7 @@ from releasecontrol_server.pki import ensure_dev_pki
 from releasecontrol_server.service import ReleaseControlServicer
 from releasecontrol_server.signer import Signer
 from releasecontrol_server.store import SqliteStore
+from releasecontrol_server.tls import ReloadingServerCredentials
 from releasecontrol_server.watch import WatchHub
 
 log = logging.getLogger("releasecontrol_server")
@@ -92,16 +98,6 @@ def trusted_keys(config: Config) -> TrustStore:
     return TrustStore.from_file(config.trust_public_keys_path)
 
 
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read the {what} {path}: {exc.strerror}; run `releasectl dev` to make dev "
-            "certificates, or point the config at yours"
-        ) from exc
-
-
 def _write_json_atomically(path: Path, value: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".endpoints-")
@@ -133,9 +129,12 @@ async def serve(
         dfs_max_token_ttl_seconds=config.dfs_max_token_ttl_seconds,
         allow_anonymous=not config.require_client_cert,
     )
-    cert = _read(config.tls_cert_path, "server certificate")
-    key = _read(config.tls_key_path, "server key")
-    client_ca = _read(config.tls_client_ca_path, "client CA certificate")
+    tls = ReloadingServerCredentials(
+        config.tls_cert_path,
+        config.tls_key_path,
+        config.tls_client_ca_path,
+        require_client_auth=config.require_client_cert,
+    )
 
     store = SqliteStore(config.database_path)
     origin = open_origin(config)
@@ -149,6 +148,19 @@ async def serve(
     )
     origin_http: OriginHttpServer | None = None
     server = aio.server(interceptors=[AuthInterceptor(authenticator)])
+    admin_app = create_app(
+        controller,
+        authenticator,
+        AdminSettings(
+            auth_mode=config.auth_mode,
+            allow_unauthenticated=config.allow_unauthenticated_admin,
+            session_secret=load_or_create_secret(config.admin_session_secret_path),
+            session_seconds=config.admin_session_seconds,
+            token_store_path=config.token_store_path,
+            listen_host=split_listen_address(config.admin_listen)[0],
+        ),
+    )
+    admin = AdminServer(admin_app.app, config.admin_listen, on_stop=admin_app.close)
     try:
         await controller.start()
         origin_url = config.origin_public_url
@@ -179,11 +191,7 @@ async def serve(
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        credentials = grpc.ssl_server_credentials(
-            [(key, cert)],
-            root_certificates=client_ca,
-            require_client_auth=config.require_client_cert,
-        )
+        credentials = tls.credentials()
         host, _ = split_listen_address(config.grpc_listen)
         try:
             port = server.add_secure_port(config.grpc_listen, credentials)
@@ -195,11 +203,19 @@ async def serve(
         await server.start()
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        admin_url = await admin.start()
 
         grpc_host = f"[{host}]" if ":" in host else host
-        endpoints = {"grpc": f"{grpc_host}:{port}", "origin_url": origin_url, "pid": os.getpid()}
+        endpoints = {
+            "grpc": f"{grpc_host}:{port}",
+            "origin_url": origin_url,
+            "admin_url": admin_url,
+            "pid": os.getpid(),
+        }
         _write_json_atomically(config.endpoints_path, endpoints)
-        log.info("serving grpc=%s origin_url=%s", endpoints["grpc"], origin_url)
+        log.info(
+            "serving grpc=%s origin_url=%s admin_url=%s", endpoints["grpc"], origin_url, admin_url
+        )
         if on_ready is not None:
             on_ready(endpoints)
 
@@ -210,6 +226,7 @@ async def serve(
         await stop.wait()
         log.info("shutting down")
     finally:
+        await admin.stop()
         await server.stop(config.shutdown_grace_seconds)
         if origin_http is not None:
             origin_http.stop()
@@ -236,10 +253,18 @@ def _banner(config: Config, endpoints: dict[str, Any]) -> str:
             f"  state          {home}",
             f"  client TLS     {home / 'pki' / 'client.pem'} (used by releasectl)",
             f"  trust file     {config.trust_public_keys_path or 'FEATURE_TRUST_PUBLIC_KEYS_JSON'}",
-            f"  admin UI       not available yet (planned at http://{config.admin_listen}/_admin)",
+            f"  admin UI       {endpoints['admin_url']}   {_admin_sign_in(config)}",
             "Try `releasectl release status` in another terminal. Stop with Ctrl-C.",
         ]
     )
+
+
+def _admin_sign_in(config: Config) -> str:
+    if config.allow_unauthenticated_admin:
+        return "no sign-in (ALLOW_UNAUTHENTICATED_ADMIN)"
+    if config.auth_mode in ("rpc-token", "dfs"):
+        return f"sign in with a {config.auth_mode} token"
+    return "sign-in needs auth mode rpc-token or dfs, or ALLOW_UNAUTHENTICATED_ADMIN=1 in dev"
 
 
 def main(argv: list[str] | None = None) -> int:
