@@ -65,13 +65,15 @@ def server_environment(
     base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The child's environment: `base` (default os.environ) without ReleaseControl variables,
-    then the state directory and ephemeral loopback listen addresses, then `overrides`."""
+    then the state directory and ephemeral loopback listen addresses (gRPC, origin, admin UI),
+    then `overrides`."""
     source = os.environ if base is None else base
     env = {k: v for k, v in source.items() if not k.startswith(_ISOLATED_PREFIXES)}
     env.update(
         RELEASECONTROL_HOME=str(home),
         RELEASECONTROL_GRPC_LISTEN="127.0.0.1:0",
         RELEASECONTROL_ORIGIN_HTTP_LISTEN="127.0.0.1:0",
+        RELEASECONTROL_ADMIN_LISTEN="127.0.0.1:0",
     )
     env.update(overrides or {})
     return env
@@ -108,7 +110,7 @@ class LocalServer:
         """Where the child's stdout and stderr go (a new file per start under `home/logs`)."""
         self.process: subprocess.Popen[bytes] | None = None
         self.endpoints: dict[str, Any] = {}
-        """What the server wrote to endpoints.json: "grpc", "origin_url", "pid"."""
+        """What the server wrote to endpoints.json: "grpc", "origin_url", "admin_url", "pid"."""
         self._clients: list[ReleaseControlClient] = []
 
     # -- where it listens ---------------------------------------------------

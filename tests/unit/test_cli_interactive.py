@@ -118,6 +118,7 @@ class TestOnATerminal:
         env = env_for(tmp_path / "home")
         env["RELEASECONTROL_GRPC_LISTEN"] = "127.0.0.1:0"
         env["RELEASECONTROL_ORIGIN_HTTP_LISTEN"] = "127.0.0.1:0"
+        env["RELEASECONTROL_ADMIN_LISTEN"] = "127.0.0.1:0"
         child = pexpect.spawn(
             RELEASECTL[0],
             [*RELEASECTL[1:], "interactive"],

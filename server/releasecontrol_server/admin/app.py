@@ -1,0 +1,739 @@
+"""The admin UI (`/_admin`): server-rendered pages over the ReleaseController.
+
+    GET  /_admin                          every feature (filter by name, 100 a page)
+    GET  /_admin/features/<id>            versions, history, and the change forms
+    POST /_admin/features/<id>/review     the confirmation page: exactly what would change
+    POST /_admin/features/<id>/apply      the change, as the matching RPC would make it
+    POST /_admin/refresh                  hot refresh: re-verify manifests, tell hosts
+    GET  /_admin/events                   server-sent events: someone changed a release
+    GET  /_admin/signin, POST /_admin/signin, POST /_admin/signout
+    GET  /_admin/static/...               admin.css, admin.js
+
+Every request goes through `AdminApp._run`: the Host check (when no sign-in is
+needed), the signed session cookie, for a POST the Origin/Referer and CSRF
+checks, then who the principal is (or the sign-in page). Each page and change
+asks the one `authorize()` the RPCs use; refusals are shown with the domain
+error's message, never a stack trace. Every admin action is logged as one line:
+`admin action=... principal=... feature=... result=...`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote, urlsplit
+
+import jinja2
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import (
+    HTMLResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from releasecontrol.errors import ReleaseControlError, status_code_name
+from releasecontrol.manifest import format_duration, validate_feature_id
+from releasecontrol_server.admin.actions import (
+    ChangeRequest,
+    Kind,
+    auth_action,
+    http_status,
+    preview,
+)
+from releasecontrol_server.admin.actions import apply as apply_change
+from releasecontrol_server.admin.events import event_stream
+from releasecontrol_server.admin.session import CSRF_FIELD, Session, SessionCodec
+from releasecontrol_server.admin.signin import SignIn
+from releasecontrol_server.auth.authorize import Action, authorize, decide, permits
+from releasecontrol_server.auth.interceptor import Authenticator
+from releasecontrol_server.auth.principal import Principal
+from releasecontrol_server.control import ReleaseController, utc_now
+from releasecontrol_server.releases import FeatureState
+from releasecontrol_server.store import StoredTransition
+
+log = logging.getLogger(__name__)
+
+_HERE = Path(__file__).parent
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+_MAX_QUERY_CHARS = 100
+_SECURITY_HEADERS = {
+    "content-security-policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; "
+        "object-src 'none'"
+    ),
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "same-origin",
+    "cache-control": "no-store",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdminSettings:
+    """What the admin app needs from the configuration."""
+
+    auth_mode: str | None
+    """The server's auth mode; decides how people sign in (see signin.py)."""
+    allow_unauthenticated: bool
+    """ALLOW_UNAUTHENTICATED_ADMIN: no sign-in needed (config refuses it in production)."""
+    session_secret: bytes
+    """The key that signs session cookies."""
+    session_seconds: int = 3600
+    """How long a sign-in lasts."""
+    token_store_path: Path | None = None
+    """`rpc-token`: the store a signed-in token is re-checked against."""
+    listen_host: str = "127.0.0.1"
+    """The host the UI listens on; without sign-in, the only Host (besides loopback) served."""
+    page_size: int = 100
+    """Features per page of the list."""
+    history_page_size: int = 50
+    """Changes per page of a feature's history."""
+
+
+class _Refused(Exception):
+    """A request refused before any handler ran (cross-site POST, bad form)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _Ctx:
+    """One request as the handlers see it."""
+
+    def __init__(self, request: Request, session: Session, principal: Principal | None) -> None:
+        self.request = request
+        self.session = session
+        self.principal = principal
+        self.form: dict[str, str] = {}
+
+    @property
+    def who(self) -> Principal:
+        assert self.principal is not None  # _run sends the anonymous to the sign-in page
+        return self.principal
+
+    @property
+    def signed_in(self) -> bool:
+        return self.session.principal is not None and self.principal is not None
+
+
+Handler = Callable[[_Ctx], Awaitable[Response]]
+Auth = Literal["none", "redirect", "401"]
+
+
+class AdminApp:
+    """The admin UI over one ReleaseController; `app` is the ASGI application."""
+
+    def __init__(
+        self,
+        controller: ReleaseController,
+        authenticator: Authenticator,
+        settings: AdminSettings,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._controller = controller
+        self._settings = settings
+        self._clock = clock
+        self._signin = SignIn(
+            auth_mode=settings.auth_mode,
+            authenticator=authenticator,
+            allow_unauthenticated=settings.allow_unauthenticated,
+            session_seconds=settings.session_seconds,
+            token_store_path=settings.token_store_path,
+        )
+        self._codec = SessionCodec(settings.session_secret, settings.session_seconds)
+        self._allowed_hosts = _LOOPBACK_HOSTS | {settings.listen_host.lower()}
+        self._closing: asyncio.Event | None = None  # made on the serving loop
+        self._templates = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(_HERE / "templates"),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
+        self._templates.filters.update(
+            when=_when, iso=_iso, duration=format_duration, short=lambda s: s[:12]
+        )
+        self.app = Starlette(
+            routes=[
+                Route("/", _to_admin),
+                Route("/_admin/", _to_admin),
+                Route("/_admin", self._endpoint(self._features)),
+                Route("/_admin/signin", self._endpoint(self._signin_page, auth="none")),
+                Route(
+                    "/_admin/signin",
+                    self._endpoint(self._signin_submit, post=True, auth="none"),
+                    methods=["POST"],
+                ),
+                Route(
+                    "/_admin/signout",
+                    self._endpoint(self._signout, post=True, auth="none"),
+                    methods=["POST"],
+                ),
+                Route("/_admin/events", self._endpoint(self._events, auth="401")),
+                Route(
+                    "/_admin/refresh",
+                    self._endpoint(self._refresh, post=True),
+                    methods=["POST"],
+                ),
+                Route("/_admin/features/{feature_id}", self._endpoint(self._feature)),
+                Route(
+                    "/_admin/features/{feature_id}/review",
+                    self._endpoint(self._review, post=True),
+                    methods=["POST"],
+                ),
+                Route(
+                    "/_admin/features/{feature_id}/apply",
+                    self._endpoint(self._apply, post=True),
+                    methods=["POST"],
+                ),
+                Mount("/_admin/static", StaticFiles(directory=_HERE / "static"), name="static"),
+            ]
+        )
+
+    def close(self) -> None:
+        """End every live-update stream (the server is stopping)."""
+        if self._closing is not None:
+            self._closing.set()
+
+    def _closing_event(self) -> asyncio.Event:
+        if self._closing is None:
+            self._closing = asyncio.Event()
+        return self._closing
+
+    # -- the request pipeline ---------------------------------------------------------
+
+    def _endpoint(
+        self, handler: Handler, *, post: bool = False, auth: Auth = "redirect"
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            return await self._run(request, handler, post=post, auth=auth)
+
+        return endpoint
+
+    async def _run(self, request: Request, handler: Handler, *, post: bool, auth: Auth) -> Response:
+        if not self._host_allowed(request):
+            return PlainTextResponse(
+                "this admin UI answers only to its own address (the Host header names another)",
+                status_code=421,
+            )
+        session = self._codec.load(request)
+        principal = self._signed_in_principal(session)
+        if principal is None:
+            if session.principal is not None:  # revoked, or signed in under another auth mode
+                session = session.without_principal()
+            principal = self._signin.anonymous()
+        ctx = _Ctx(request, session, principal)
+        try:
+            if post:
+                ctx.form = await self._checked_form(ctx)
+            if auth != "none" and ctx.principal is None:
+                response = self._unauthenticated(request, auth)
+            else:
+                response = await handler(ctx)
+        except _Refused as refused:
+            log.warning(
+                "admin action=%s principal=%s result=refused status=%d reason=%r",
+                request.url.path,
+                ctx.principal.name if ctx.principal else "-",
+                refused.status,
+                refused.message,
+            )
+            response = self._render(
+                ctx, "error.html", {"title": "Refused", "message": refused.message}, refused.status
+            )
+        except ReleaseControlError as error:
+            response = self._render(
+                ctx,
+                "error.html",
+                {"title": "Refused", "message": error.message, "code": status_code_name(error)},
+                http_status(error),
+            )
+        except Exception:
+            log.exception("admin UI request failed path=%s", request.url.path)
+            response = self._render(
+                ctx,
+                "error.html",
+                {
+                    "title": "Server error",
+                    "message": "The server failed to answer this page; the details are in the "
+                    "server log. Nothing was changed unless the history says so.",
+                },
+                500,
+            )
+        self._codec.save(response, ctx.session, secure=request.url.scheme == "https")
+        for name, value in _SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    def _host_allowed(self, request: Request) -> bool:
+        """Without sign-in, answer only to our own names: a page on another site whose name
+        resolves to 127.0.0.1 (DNS rebinding) must not drive the unauthenticated UI."""
+        if not self._signin.allow_unauthenticated:
+            return True
+        host = request.headers.get("host", "")
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        return name.strip("[]").lower() in self._allowed_hosts
+
+    def _signed_in_principal(self, session: Session) -> Principal | None:
+        """The session's principal as it stands now; None when its sign-in no longer counts."""
+        if session.principal is None or session.auth_mode != (self._signin.auth_mode or ""):
+            return None
+        return self._signin.current(session.principal, session.token_sha256)
+
+    async def _checked_form(self, ctx: _Ctx) -> dict[str, str]:
+        """The POSTed form, once it is shown to come from these pages (Origin and CSRF)."""
+        request = ctx.request
+        if not _same_origin(request):
+            raise _Refused(
+                403,
+                "this form was not sent from the admin UI's own pages (Origin/Referer check); "
+                "open the admin UI and submit it from there",
+            )
+        async with request.form(max_files=0, max_fields=32) as form:
+            fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        if not ctx.session.csrf_ok(fields.get(CSRF_FIELD, "")):
+            raise _Refused(
+                403,
+                "the form's security token is missing or out of date (the session may have "
+                "expired or you signed in again); reload the page and submit it again",
+            )
+        return fields
+
+    def _unauthenticated(self, request: Request, auth: Auth) -> Response:
+        if auth == "401":
+            return PlainTextResponse("sign in first", status_code=401)
+        target = request.url.path
+        if request.url.query:
+            target += "?" + request.url.query
+        if request.method != "GET":
+            target = "/_admin"
+        return RedirectResponse(f"/_admin/signin?next={quote(target, safe='')}", status_code=303)
+
+    def _render(
+        self, ctx: _Ctx, name: str, context: Mapping[str, Any], status: int = 200
+    ) -> HTMLResponse:
+        principal = ctx.principal
+        base = {
+            "principal": principal,
+            "roles": ", ".join(sorted(principal.roles)) if principal else "",
+            "signed_in": ctx.signed_in,
+            "csrf": ctx.session.csrf,
+            "csrf_field": CSRF_FIELD,
+            "unauthenticated_mode": self._signin.allow_unauthenticated,
+            "events_url": "",
+            "error": None,
+            "error_code": "",
+        }
+        html = self._templates.get_template(name).render({**base, **context})
+        return HTMLResponse(html, status_code=status)
+
+    def _log(
+        self,
+        ctx: _Ctx,
+        action: str,
+        feature: str,
+        result: str,
+        *,
+        error: ReleaseControlError | None = None,
+        **fields: object,
+    ) -> None:
+        """One structured line per admin action: who, what, on which feature, and how it went."""
+        extra = "".join(f" {k}={v}" for k, v in fields.items())
+        if error is not None:
+            extra += f" code={status_code_name(error)} message={error.message!r}"
+        log.info(
+            "admin action=%s principal=%s feature=%s result=%s%s",
+            action,
+            ctx.principal.name if ctx.principal else "-",
+            feature or "-",
+            result,
+            extra,
+        )
+
+    # -- sign-in ------------------------------------------------------------------------
+
+    async def _signin_page(
+        self, ctx: _Ctx, *, error: ReleaseControlError | None = None, status: int = 200
+    ) -> Response:
+        nxt = _safe_next(ctx.request.query_params.get("next", "") or ctx.form.get("next", ""))
+        return self._render(
+            ctx,
+            "signin.html",
+            {
+                "title": "Sign in",
+                "explain": self._signin.explain(),
+                "accepts_tokens": self._signin.accepts_tokens,
+                "auth_mode": self._signin.auth_mode or "none",
+                "next": nxt,
+                "error": error.message if error else None,
+            },
+            status,
+        )
+
+    async def _signin_submit(self, ctx: _Ctx) -> Response:
+        try:
+            signed = self._signin.verify(ctx.form.get("token", ""))
+        except ReleaseControlError as error:
+            self._log(ctx, "signin", "", "refused", error=error)
+            return await self._signin_page(ctx, error=error, status=http_status(error))
+        ctx.session = ctx.session.signed_in(
+            signed.principal,
+            signed.expires_at,
+            auth_mode=self._signin.auth_mode or "",
+            token_sha256=signed.token_sha256,
+        )
+        ctx.principal = signed.principal
+        self._log(ctx, "signin", "", "ok", roles=",".join(sorted(signed.principal.roles)))
+        return RedirectResponse(_safe_next(ctx.form.get("next", "")), status_code=303)
+
+    async def _signout(self, ctx: _Ctx) -> Response:
+        self._log(ctx, "signout", "", "ok")
+        ctx.session = Session.new(self._settings.session_seconds)
+        ctx.principal = self._signin.anonymous()
+        target = "/_admin" if self._signin.allow_unauthenticated else "/_admin/signin"
+        return RedirectResponse(target, status_code=303)
+
+    # -- pages --------------------------------------------------------------------------
+
+    async def _features(self, ctx: _Ctx) -> Response:
+        authorize(ctx.who, Action.READ)
+        params = ctx.request.query_params
+        query = params.get("q", "").strip().lower()[:_MAX_QUERY_CHARS]
+        status = self._controller.status()
+        visible = [s for s in status.features if permits(ctx.who, Action.READ, s.feature_id)]
+        matching = [s for s in visible if query in s.feature_id] if query else visible
+        size = self._settings.page_size
+        pages = max(1, math.ceil(len(matching) / size))
+        page = min(max(1, _int(params.get("page", ""), 1)), pages)
+        now = status.server_time
+        rows = [_row(s, now) for s in matching[(page - 1) * size : page * size]]
+        return self._render(
+            ctx,
+            "features.html",
+            {
+                "title": "Features",
+                "rows": rows,
+                "query": query,
+                "page": page,
+                "pages": pages,
+                "shown": len(rows),
+                "matching": len(matching),
+                "total": len(visible),
+                "global_sequence": status.global_sequence,
+                "pending_writes": status.pending_origin_writes,
+                "now": now,
+                "events_url": "/_admin/events",
+                "may_refresh": permits(ctx.who, Action.REFRESH_MANIFESTS),
+            },
+        )
+
+    async def _feature(self, ctx: _Ctx) -> Response:
+        feature_id = validate_feature_id(ctx.request.path_params["feature_id"])
+        return await self._feature_page(ctx, feature_id)
+
+    async def _feature_page(
+        self,
+        ctx: _Ctx,
+        feature_id: str,
+        *,
+        error: ReleaseControlError | None = None,
+        status: int = 200,
+        prefill: Mapping[str, str] | None = None,
+    ) -> Response:
+        authorize(ctx.who, Action.READ, feature_id)
+        state = self._controller.feature(feature_id)
+        now = self._clock()
+        params = ctx.request.query_params
+        size = self._settings.history_page_size
+        before = _int(params.get("before", ""), 0)
+        history = self._controller.transitions(
+            feature_id=feature_id, before_id=before, limit=size + 1
+        )
+        older = history[size - 1].id if len(history) > size else None
+        history = history[:size]
+        done = self._done(feature_id, _int(params.get("done", ""), 0), history)
+        versions = list(reversed(state.versions))
+        may = {kind.value: decide(ctx.who, auth_action(kind), feature_id) for kind in Kind}
+        refresh = decide(ctx.who, Action.REFRESH_MANIFESTS, feature_id)
+        fill = dict(prefill or {})
+        return self._render(
+            ctx,
+            "feature.html",
+            {
+                "title": feature_id,
+                "feature": state,
+                "row": _row(state, now),
+                "versions": [
+                    {
+                        "version": v.version,
+                        "channel": _channel(state, v.version, v.was_stable),
+                        "published_at": v.published_at,
+                        "manifest_sha256": v.manifest_sha256,
+                    }
+                    for v in versions
+                ],
+                "canary_options": [v.version for v in versions if v.version != state.stable],
+                "promote_options": [state.canary.version] if state.canary else [],
+                "rollback_options": [
+                    v.version for v in versions if v.was_stable and v.version != state.stable
+                ],
+                "fallback_options": [v.version for v in versions],
+                "default_soak": format_duration(self._controller.default_soak_seconds),
+                "history": [_history_row(t) for t in history],
+                "older": older,
+                "newest": before > 0,
+                "done": done,
+                "may": {k: {"allowed": d.allowed, "reason": d.reason} for k, d in may.items()},
+                "may_refresh": refresh.allowed,
+                "prefill": fill,
+                "prefill_kind": fill.get("action", ""),
+                "error": error.message if error else None,
+                "error_code": status_code_name(error) if error else "",
+                "events_url": f"/_admin/events?feature={quote(feature_id)}",
+            },
+            status,
+        )
+
+    def _done(self, feature_id: str, done_id: int, shown: list[StoredTransition]) -> str | None:
+        """The sentence for a change just applied (`?done=<id>`), if it is this feature's."""
+        if done_id <= 0:
+            return None
+        found = [t for t in shown if t.id == done_id] or self._controller.transitions(
+            feature_id=feature_id, before_id=done_id + 1, limit=1
+        )
+        if not found or found[0].id != done_id:
+            return None
+        r = found[0].record
+        words = r.action.value.replace("_", " ")
+        return f"{words} {r.version} applied as sequence {r.sequence}: {r.detail}".capitalize()
+
+    # -- changes ------------------------------------------------------------------------
+
+    def _change_request(self, ctx: _Ctx, feature_id: str) -> ChangeRequest:
+        request = ChangeRequest.from_form(
+            feature_id,
+            ctx.form,
+            principal_name=ctx.who.name,
+            default_soak_seconds=self._controller.default_soak_seconds,
+        )
+        authorize(ctx.who, request.action, feature_id)
+        return request
+
+    async def _review(self, ctx: _Ctx) -> Response:
+        feature_id = validate_feature_id(ctx.request.path_params["feature_id"])
+        action = ctx.form.get("action", "change")
+        try:
+            request = self._change_request(ctx, feature_id)
+            state = self._controller.feature(feature_id)
+            shown = preview(state, request, self._clock())
+        except ReleaseControlError as error:
+            self._log(ctx, action, feature_id, "refused", error=error, step="review")
+            return await self._feature_page(
+                ctx, feature_id, error=error, status=http_status(error), prefill=ctx.form
+            )
+        confirmed = request.confirmed(state.sequence)
+        return self._render(
+            ctx,
+            "confirm.html",
+            {
+                "title": f"Confirm: {shown.headline}",
+                "feature_id": feature_id,
+                "preview": shown,
+                "request": confirmed,
+                "hidden": confirmed.hidden_fields(),
+                "events_url": f"/_admin/events?feature={quote(feature_id)}",
+            },
+        )
+
+    async def _apply(self, ctx: _Ctx) -> Response:
+        feature_id = validate_feature_id(ctx.request.path_params["feature_id"])
+        action = ctx.form.get("action", "change")
+        try:
+            request = self._change_request(ctx, feature_id)
+            response = await apply_change(self._controller, request)
+        except ReleaseControlError as error:
+            self._log(ctx, action, feature_id, "refused", error=error, step="apply")
+            return await self._feature_page(
+                ctx, feature_id, error=error, status=http_status(error), prefill=ctx.form
+            )
+        has_transition = response.HasField("transition")
+        self._log(
+            ctx,
+            action,
+            feature_id,
+            "ok" if has_transition else "unchanged",
+            step="apply",
+            version=request.version,
+            sequence=response.feature.sequence,
+            actor=request.actor,
+        )
+        target = f"/_admin/features/{quote(feature_id)}"
+        if has_transition:
+            target += f"?done={response.transition.id}"
+        return RedirectResponse(target, status_code=303)
+
+    async def _refresh(self, ctx: _Ctx) -> Response:
+        feature_id = ctx.form.get("feature", "").strip()
+        if feature_id:
+            validate_feature_id(feature_id)
+        try:
+            authorize(ctx.who, Action.REFRESH_MANIFESTS, feature_id or None)
+            checks, notified = await self._controller.refresh_manifests(
+                [feature_id] if feature_id else []
+            )
+        except ReleaseControlError as error:
+            self._log(ctx, "refresh_manifests", feature_id, "refused", error=error)
+            raise
+        restored = [c for c in checks if c.restored]
+        self._log(
+            ctx,
+            "refresh_manifests",
+            feature_id,
+            "ok",
+            checked=len(checks),
+            restored=len(restored),
+            watchers=notified,
+        )
+        return self._render(
+            ctx,
+            "refresh.html",
+            {
+                "title": "Hot refresh",
+                "feature_id": feature_id,
+                "checks": sorted(checks, key=lambda c: (not c.restored, c.feature_id, c.version)),
+                "restored": len(restored),
+                "checked": len(checks),
+                "features": len({c.feature_id for c in checks}),
+                "notified": notified,
+            },
+        )
+
+    async def _events(self, ctx: _Ctx) -> Response:
+        feature_id = ctx.request.query_params.get("feature", "")
+        if feature_id:
+            validate_feature_id(feature_id)
+        authorize(ctx.who, Action.WATCH, feature_id or None)
+        stream = event_stream(
+            self._controller.hub,
+            ctx.who,
+            [feature_id] if feature_id else [],
+            self._closing_event(),
+        )
+        return StreamingResponse(
+            stream,
+            media_type="text/event-stream",
+            headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+        )
+
+
+def create_app(
+    controller: ReleaseController,
+    authenticator: Authenticator,
+    settings: AdminSettings,
+) -> AdminApp:
+    """The admin UI over `controller`; serve `.app`, and call `.close()` when stopping."""
+    return AdminApp(controller, authenticator, settings)
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+async def _to_admin(request: Request) -> Response:
+    return RedirectResponse("/_admin", status_code=307)
+
+
+def _same_origin(request: Request) -> bool:
+    """True when the Origin (else the Referer) header names this very site."""
+    own = f"{request.url.scheme}://{request.headers.get('host', '')}".lower()
+    origin = request.headers.get("origin")
+    if origin is not None:
+        return origin.lower() == own
+    referer = request.headers.get("referer")
+    if referer:
+        parts = urlsplit(referer)
+        return f"{parts.scheme}://{parts.netloc}".lower() == own
+    return False
+
+
+def _safe_next(target: str) -> str:
+    """A local admin page to go to after signing in; anything else becomes /_admin."""
+    if (
+        target.startswith("/_admin")
+        and not target.startswith("/_admin/signin")
+        and "\\" not in target
+        and all(c.isprintable() and not c.isspace() for c in target)
+    ):
+        return target
+    return "/_admin"
+
+
+def _int(text: str, default: int) -> int:
+    return int(text) if text.isdigit() and len(text) < 12 else default
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%SZ") if moment is not None else "—"
+
+
+def _iso(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment is not None else ""
+
+
+def _row(state: FeatureState, now: datetime) -> dict[str, Any]:
+    canary = state.canary
+    left = canary.seconds_left(now) if canary else 0
+    return {
+        "id": state.feature_id,
+        "stable": state.stable,
+        "canary": canary.version if canary else None,
+        "soak_seconds": canary.soak_seconds if canary else 0,
+        "soak_left": (format_duration(left) if left else "over") if canary else None,
+        "soak_ends": canary.soak_ends_at if canary else None,
+        "sequence": state.sequence,
+        "updated_at": state.updated_at,
+        "updated_by": state.updated_by,
+    }
+
+
+def _channel(state: FeatureState, version: str, was_stable: bool) -> str:
+    if state.stable == version:
+        return "stable"
+    if state.canary is not None and state.canary.version == version:
+        return "canary"
+    return "earlier stable" if was_stable else "—"
+
+
+def _history_row(stored: StoredTransition) -> dict[str, Any]:
+    r = stored.record
+    return {
+        "id": stored.id,
+        "at": r.at,
+        "action": r.action.value.replace("_", " "),
+        "version": r.version,
+        "stable": _move(r.from_stable, r.to_stable),
+        "canary": _move(r.from_canary, r.to_canary),
+        "actor": r.actor,
+        "reason": r.reason,
+        "ticket": r.ticket,
+        "detail": r.detail,
+        "sequence": r.sequence,
+    }
+
+
+def _move(before: str | None, after: str | None) -> str:
+    if before == after:
+        return after or "—"
+    return f"{before or 'none'} → {after or 'none'}"

@@ -1,0 +1,122 @@
+"""Serve the admin app over HTTP with uvicorn, on the event loop the gRPC server runs on.
+
+The socket is bound here, before uvicorn starts, so a busy port stops the
+server with a ConfigError naming `admin_listen` (as a busy gRPC port does), and
+port 0 yields the port actually bound. uvicorn's own signal handling is turned
+off: `main.serve` owns SIGINT/SIGTERM and stops this server with the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any
+
+import uvicorn
+
+from releasecontrol.errors import ConfigError
+from releasecontrol_server.config import split_listen_address
+
+log = logging.getLogger(__name__)
+
+ASGIApp = Callable[[Any, Any, Any], Coroutine[Any, Any, None]]
+
+_START_TIMEOUT_SECONDS = 10.0
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        # The control plane's loop handles the signals and calls AdminServer.stop().
+        yield
+
+
+class AdminServer:
+    """The admin UI's HTTP listener; `start()` then `stop()`, both on the running loop."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        listen: str,
+        *,
+        on_stop: Callable[[], None] | None = None,
+        graceful_seconds: int = 2,
+    ) -> None:
+        self._app = app
+        self._listen = listen
+        self._on_stop = on_stop
+        self._graceful_seconds = graceful_seconds
+        self._server: _Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.url = ""
+        """`http://host:port/_admin` once started."""
+
+    async def start(self) -> str:
+        """Bind `listen`, start serving, and return the admin UI's URL.
+
+        Raises ConfigError when the address cannot be bound.
+        """
+        host, port = split_listen_address(self._listen)
+        try:
+            sock = _bind(host, port)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve the admin UI on {self._listen} (admin_listen): {exc.strerror}; "
+                "free the port or set RELEASECONTROL_ADMIN_LISTEN"
+            ) from exc
+        bound_port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self._app,
+            lifespan="off",
+            ws="none",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=self._graceful_seconds,
+        )
+        self._server = _Server(config)
+        self._task = asyncio.get_running_loop().create_task(
+            self._server.serve(sockets=[sock]), name="admin-ui"
+        )
+        async with asyncio.timeout(_START_TIMEOUT_SECONDS):
+            while not self._server.started:
+                if self._task.done():
+                    self._task.result()  # raises what stopped it
+                    raise ConfigError(f"the admin UI on {self._listen} stopped while starting")
+                await asyncio.sleep(0.01)
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{bound_port}/_admin"
+        log.info("admin UI serving url=%s", self.url)
+        return self.url
+
+    async def stop(self) -> None:
+        """Stop accepting, end live-update streams, let requests finish, then return."""
+        if self._on_stop is not None:
+            self._on_stop()
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), self._graceful_seconds + 3)
+        except TimeoutError:
+            log.warning("admin UI did not stop in time; cancelling it")
+            self._task.cancel()
+        except Exception:  # pragma: no cover - logged, shutdown goes on
+            log.exception("admin UI stopped with an error")
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
