@@ -68,7 +68,7 @@ def _truthy(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
-def _index_url(ctx: click.Context, home: Path) -> str:
+def _index_url(home: Path) -> str:
     from_env = os.environ.get(ENV_REMOTE_INDEX_URL, "").strip()
     if from_env:
         return from_env
@@ -113,7 +113,7 @@ def load_checked_manifests(
         return Manifests(str(folder), list(compat.load_manifests(folder)))
     state = ctx.find_object(CliState) or CliState()
     home = state.home or state_home()
-    url = index_url or _index_url(ctx, home)
+    url = index_url or _index_url(home)
     trust, allow_dev = _trust(home)
     published = read_published_at(url, trust=trust, allow_dev_keys=allow_dev)
     for note in published.notes:
