@@ -1,0 +1,161 @@
+"""The admin UI's parts on their own: the session key file, live events, the HTTP listener."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import stat
+from collections.abc import AsyncIterator
+from contextlib import closing
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from test_admin import Clock, make_controller, publish
+
+from releasecontrol.errors import ConfigError
+from releasecontrol_server.admin import AdminServer, load_or_create_secret
+from releasecontrol_server.admin.events import event_stream
+from releasecontrol_server.auth.principal import Principal, Role
+from releasecontrol_server.control import ReleaseController
+from releasecontrol_server.watch import WatchHub
+
+VIEWER = Principal("watcher", frozenset({Role.VIEWER}))
+
+
+class TestSessionKey:
+    def test_made_once_with_mode_0600_and_reused(self, tmp_path: Path) -> None:
+        """The first start makes a 32-byte hex key only its owner may read; later ones reuse it."""
+        path = tmp_path / "admin" / "session.key"
+        first = load_or_create_secret(path)
+        assert len(first) == 64 and int(first, 16) >= 0
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert load_or_create_secret(path) == first
+
+    def test_a_key_others_can_read_is_refused(self, tmp_path: Path) -> None:
+        """A key file group or others could read would let them forge sign-ins: refused."""
+        path = tmp_path / "session.key"
+        load_or_create_secret(path)
+        os.chmod(path, 0o640)
+        with pytest.raises(ConfigError, match="chmod 600"):
+            load_or_create_secret(path)
+
+    def test_a_short_key_is_refused(self, tmp_path: Path) -> None:
+        """A key file holding too little is refused, saying how to make a new one."""
+        path = tmp_path / "session.key"
+        path.write_text("abcd")
+        os.chmod(path, 0o600)
+        with pytest.raises(ConfigError, match="delete it and restart"):
+            load_or_create_secret(path)
+
+
+def _data(chunk: str) -> dict[str, object]:
+    line = next(li for li in chunk.splitlines() if li.startswith("data: "))
+    return dict(json.loads(line.removeprefix("data: ")))
+
+
+class TestEvents:
+    @pytest.fixture
+    async def controller(self, tmp_path: Path) -> AsyncIterator[ReleaseController]:
+        controller, store = make_controller(tmp_path, Clock())
+        await controller.start()
+        await publish(controller, "checkout", "1.0.0")
+        await publish(controller, "feature-pay", "1.0.0")
+        yield controller
+        store.close()
+
+    async def test_a_committed_change_becomes_one_change_event(
+        self, controller: ReleaseController
+    ) -> None:
+        """After the hello, a change anyone commits arrives as `event: change` naming it."""
+        closing = asyncio.Event()
+        stream = event_stream(controller.hub, VIEWER, [], closing, heartbeat_seconds=5)
+        assert (await anext(stream)).startswith("retry: ")
+        await publish(controller, "checkout", "1.1.0", canary=True, soak_seconds=60)
+        chunk = await asyncio.wait_for(anext(stream), 2)
+        assert chunk.startswith("event: change\n")
+        assert _data(chunk) == {
+            "feature_id": "checkout",
+            "sequence": 2,
+            "global_sequence": 3,
+            "action": "publish",
+            "version": "1.1.0",
+            "actor": "ci-bot",
+        }
+        closing.set()
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(anext(stream), 2)
+
+    async def test_changes_outside_the_principals_scope_are_not_sent(
+        self, controller: ReleaseController
+    ) -> None:
+        """A principal scoped to feature-pay* hears nothing about checkout."""
+        scoped = Principal("pay", frozenset({Role.VIEWER}), ("feature-pay*",))
+        stream = event_stream(controller.hub, scoped, [], asyncio.Event(), heartbeat_seconds=5)
+        await anext(stream)
+        await publish(controller, "checkout", "1.1.0")
+        await publish(controller, "feature-pay", "1.1.0")
+        chunk = await asyncio.wait_for(anext(stream), 2)
+        assert _data(chunk)["feature_id"] == "feature-pay"
+        await stream.aclose()
+
+    async def test_an_idle_stream_sends_heartbeats(self, controller: ReleaseController) -> None:
+        """With nothing to say, a comment line keeps the connection alive."""
+        stream = event_stream(controller.hub, VIEWER, [], asyncio.Event(), heartbeat_seconds=0.05)
+        await anext(stream)
+        assert await asyncio.wait_for(anext(stream), 2) == ": heartbeat\n\n"
+        await stream.aclose()
+        assert controller.hub.subscriber_count == 0
+
+    async def test_a_page_that_falls_behind_is_told_to_reload(self, tmp_path: Path) -> None:
+        """When the subscriber's queue overflows, the page gets `resync` and the stream ends."""
+        controller, store = make_controller(tmp_path, Clock(), hub=WatchHub(1))
+        with closing(store):
+            await controller.start()
+            stream = event_stream(controller.hub, VIEWER, [], asyncio.Event(), heartbeat_seconds=5)
+            await anext(stream)
+            for version in ("1.0.0", "1.1.0", "1.2.0"):  # a queue of 1 overflows
+                await publish(controller, "checkout", version)
+            assert (await asyncio.wait_for(anext(stream), 2)).startswith("event: resync\n")
+            with pytest.raises(StopAsyncIteration):
+                await anext(stream)
+
+
+class TestAdminServer:
+    @staticmethod
+    def app() -> Starlette:
+        async def hello(request: Request) -> PlainTextResponse:
+            return PlainTextResponse("hello")
+
+        return Starlette(routes=[Route("/_admin", hello)])
+
+    async def test_serves_on_the_running_loop_and_stops(self) -> None:
+        """Port 0 binds a free port, the URL names it, requests are answered, stop() returns."""
+        stopped: list[bool] = []
+        server = AdminServer(self.app(), "127.0.0.1:0", on_stop=lambda: stopped.append(True))
+        url = await server.start()
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/_admin")
+        async with httpx.AsyncClient() as client:
+            response = await client.get(url)
+        assert response.text == "hello"
+        await asyncio.wait_for(server.stop(), 10)
+        assert stopped == [True]
+        async with httpx.AsyncClient() as client:
+            with pytest.raises(httpx.ConnectError):
+                await client.get(url)
+
+    async def test_a_busy_port_names_the_setting(self) -> None:
+        """A port already taken stops the start with a ConfigError naming admin_listen."""
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            port = taken.getsockname()[1]
+            server = AdminServer(self.app(), f"127.0.0.1:{port}")
+            with pytest.raises(ConfigError, match="admin_listen"):
+                await server.start()
