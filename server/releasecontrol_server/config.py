@@ -687,6 +687,7 @@ def load_config(
     config_path: Path | None = None,
     *,
     cwd: Path | None = None,
+    refuse_production_problems: bool = True,
 ) -> Config:
     """Load and check the config: defaults, then the TOML file, then `environ`.
 
@@ -734,8 +735,9 @@ def load_config(
         sources.setdefault(name, "default")
 
     config = Config(**values, config_file=file_path, sources=MappingProxyType(sources))
+    # `doctor` loads with refuse_production_problems=False to report each problem.
     problems = config.production_problems()
-    if problems:
+    if problems and refuse_production_problems:
         raise ConfigError(" ".join(problems))
     return config
 

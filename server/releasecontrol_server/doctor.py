@@ -17,17 +17,14 @@ typo'd key, a bad value) is a single FAIL item.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
-import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, Literal
 
 from cryptography import x509
@@ -150,42 +147,11 @@ def load_config_for_doctor(
 ) -> Config:
     """The config as `load_config` reads it, but without refusing a production config.
 
-    A production config with problems loads as what it is (env production,
-    the unsafe settings kept) so each problem becomes a FAIL item. Raises
-    ConfigError when the config does not load for any other reason.
+    A production config with problems loads as what it is, so each problem
+    becomes a FAIL item. Raises ConfigError when the config does not load for
+    any other reason.
     """
-    try:
-        return load_config(environ, config_path, cwd=cwd)
-    except ConfigError as refused:
-        first = refused
-    # load_config parses every value before it refuses a production config, so a
-    # development load that succeeds proves the refusal was the only problem.
-    lenient = {k: v for k, v in environ.items() if k not in ("RELEASECONTROL_ENV", "NODE_ENV")}
-    lenient["RELEASECONTROL_ENV"] = "development"
-    try:
-        loaded = load_config(lenient, config_path, cwd=cwd)
-    except ConfigError:
-        raise first from None
-    sources = dict(loaded.sources)
-    sources["env"] = _env_source(environ, loaded.config_file)
-    production = dataclasses.replace(loaded, env="production", sources=MappingProxyType(sources))
-    if not production.production_problems():
-        raise first
-    return production
-
-
-def _env_source(environ: Mapping[str, str], config_file: Path | None) -> str:
-    """Where `env = production` came from, as the operator wrote it."""
-    if environ.get("RELEASECONTROL_ENV", "").strip():
-        return "RELEASECONTROL_ENV"
-    if config_file is not None:
-        try:
-            with config_file.open("rb") as handle:
-                if "env" in tomllib.load(handle):
-                    return f"env in {config_file}"
-        except (OSError, tomllib.TOMLDecodeError):
-            pass
-    return "NODE_ENV"
+    return load_config(environ, config_path, cwd=cwd, refuse_production_problems=False)
 
 
 # -- the settings ---------------------------------------------------------------------------------
@@ -318,7 +284,7 @@ _AUTH_FIXES = {
 
 def check_auth_mode(config: Config) -> CheckResult:
     """PASS when an auth mode is set and its material loads as the server would load it."""
-    from releasecontrol_server.auth.interceptor import make_authenticator
+    from releasecontrol_server.auth.interceptor import authenticator_for
 
     name = "auth-mode"
     if config.auth_mode is None:
@@ -337,19 +303,7 @@ def check_auth_mode(config: Config) -> CheckResult:
     fix = _AUTH_FIXES[config.auth_mode].format(token_store_path=config.token_store_path)
     try:
         # The same call main.serve makes: what loads here loads at start.
-        authenticator = make_authenticator(
-            config.auth_mode,
-            token_store_path=config.token_store_path,
-            cluster_ca_path=config.cluster_ca_path or config.tls_client_ca_path,
-            cluster_allowlist_path=config.cluster_allowlist_path,
-            dfs_issuer=config.dfs_issuer,
-            dfs_audience=config.dfs_audience,
-            dfs_public_key=config.dfs_public_key,
-            dfs_public_key_path=config.dfs_public_key_path,
-            dfs_leeway_seconds=config.dfs_leeway_seconds,
-            dfs_max_token_ttl_seconds=config.dfs_max_token_ttl_seconds,
-            allow_anonymous=not config.require_client_cert,
-        )
+        authenticator = authenticator_for(config)
     except ConfigError as exc:
         return _fail(name, [(f"auth mode {config.auth_mode} ({where}): {exc.message}", fix)])
     if config.auth_mode == "rpc-token" and not _token_count(config.token_store_path):

@@ -32,7 +32,7 @@ from releasecontrol_server.admin import (
     create_app,
     load_or_create_secret,
 )
-from releasecontrol_server.auth.interceptor import AuthInterceptor, make_authenticator
+from releasecontrol_server.auth.interceptor import AuthInterceptor, authenticator_for
 from releasecontrol_server.config import Config, load_config, split_listen_address
 from releasecontrol_server.control import ReleaseController
 from releasecontrol_server.origin import open_origin
@@ -116,19 +116,7 @@ async def serve(
 ) -> None:
     """Run the control plane until `stop` is set (or SIGINT/SIGTERM)."""
     keys = load_signing_keys(config)
-    authenticator = make_authenticator(
-        config.auth_mode,
-        token_store_path=config.token_store_path,
-        cluster_ca_path=config.cluster_ca_path or config.tls_client_ca_path,
-        cluster_allowlist_path=config.cluster_allowlist_path,
-        dfs_issuer=config.dfs_issuer,
-        dfs_audience=config.dfs_audience,
-        dfs_public_key=config.dfs_public_key,
-        dfs_public_key_path=config.dfs_public_key_path,
-        dfs_leeway_seconds=config.dfs_leeway_seconds,
-        dfs_max_token_ttl_seconds=config.dfs_max_token_ttl_seconds,
-        allow_anonymous=not config.require_client_cert,
-    )
+    authenticator = authenticator_for(config)
     tls = ReloadingServerCredentials(
         config.tls_cert_path,
         config.tls_key_path,

@@ -27,6 +27,11 @@ CA is `admin` under its certificate identity. A warning at start says so.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from releasecontrol_server.config import Config
+
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
@@ -120,6 +125,23 @@ class MtlsOnlyAuthenticator:
             raise Unauthenticated(
                 f"the client certificate names no usable identity: {exc}"
             ) from None
+
+
+def authenticator_for(config: Config) -> Authenticator:
+    """The Authenticator the config's auth_mode names, with that mode's settings."""
+    return make_authenticator(
+        config.auth_mode,
+        token_store_path=config.token_store_path,
+        cluster_ca_path=config.cluster_ca_path or config.tls_client_ca_path,
+        cluster_allowlist_path=config.cluster_allowlist_path,
+        dfs_issuer=config.dfs_issuer,
+        dfs_audience=config.dfs_audience,
+        dfs_public_key=config.dfs_public_key,
+        dfs_public_key_path=config.dfs_public_key_path,
+        dfs_leeway_seconds=config.dfs_leeway_seconds,
+        dfs_max_token_ttl_seconds=config.dfs_max_token_ttl_seconds,
+        allow_anonymous=not config.require_client_cert,
+    )
 
 
 def make_authenticator(
