@@ -2,11 +2,23 @@
 
 Every signed index is a pure function of the committed state, the keys and the
 time, so it can always be rebuilt.
+
+The bytes are exactly those of `releasecontrol.index.sign(...).to_bytes()`
+(RFC 8785, JCS), but built without re-encoding what did not change.
+Canonical JSON of an object is "{", its members sorted by the UTF-16 code
+units of their names, each encoded as JCS(name) ":" JCS(value) and joined by
+",", then "}"; a member's encoding does not depend on its neighbours. So
+`FeatureEntries` keeps every feature's member of remote-index.json's
+`features` object already encoded, and a change re-encodes one entry and joins
+the rest. The envelope `{"signatures": [...], "signed": {...}}` is assembled
+the same way around the signed bytes, instead of encoding the body again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import base64
+import bisect
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 
 from releasecontrol.index import (
@@ -16,13 +28,17 @@ from releasecontrol.index import (
     ReleasesIndex,
     RemoteIndex,
     VersionEntry,
+    canonical_json,
     releases_path,
-    sign,
 )
 from releasecontrol.manifest import sha256_hex
 from releasecontrol.trust import SigningKey
 from releasecontrol_server.releases import FeatureState
 from releasecontrol_server.store import SignedFile
+
+# Members per block of the encoded `features` object: a change re-joins one
+# block, and the file is the join of the blocks.
+_BLOCK_SIZE = 128
 
 
 class Signer:
@@ -32,6 +48,8 @@ class Signer:
         if not keys:
             raise ValueError("at least one signing key is needed")
         self._keys = tuple(keys)
+        # sign() signs once per distinct key, in the order given.
+        self._distinct = tuple({k.keyid: k for k in self._keys}.values())
         self._expiry = timedelta(seconds=expiry_seconds)
 
     @property
@@ -60,7 +78,7 @@ class Signer:
 
     def releases_file(self, state: FeatureState, now: datetime) -> SignedFile:
         """The signed bytes of the feature's releases.json."""
-        content = sign(self.releases_index(state, now).to_dict(), self._keys).to_bytes()
+        content = self._envelope(canonical_json(self.releases_index(state, now).to_dict()))
         return SignedFile(
             path=releases_path(state.feature_id),
             content=content,
@@ -71,19 +89,205 @@ class Signer:
     def remote_index_file(
         self, sequence: int, features: Mapping[str, FeatureEntry], now: datetime
     ) -> SignedFile:
-        """The signed bytes of remote-index.json naming every feature's releases.json."""
-        index = RemoteIndex(
+        """The signed bytes of remote-index.json naming every feature's releases.json.
+
+        With `FeatureEntries` (or a `FeatureEntries.replacing` view), only the
+        entries not encoded before are encoded.
+        """
+        if not isinstance(features, FeatureEntries | _Replacing):
+            features = FeatureEntries(features)
+        # The model checks the top-level fields; `features` is spliced in encoded.
+        body = RemoteIndex(
             sequence=sequence,
-            features=dict(features),
+            features={},
             issued_at=now,
             expires_at=now + self._expiry,
-        )
-        content = sign(index.to_dict(), self._keys).to_bytes()
+        ).to_dict()
+        members = []
+        for name in sorted(body, key=jcs_sort_key):
+            value = features.encoded() if name == "features" else canonical_json(body[name])
+            members.append(canonical_json(name) + b":" + value)
+        content = self._envelope(b"{" + b",".join(members) + b"}")
         return SignedFile(
             path=REMOTE_INDEX_PATH, content=content, sha256=sha256_hex(content), sequence=sequence
         )
+
+    def _envelope(self, signed: bytes) -> bytes:
+        """The JCS bytes of {"signatures": [...], "signed": <signed>}; "signatures" sorts first."""
+        signatures = [
+            {"keyid": key.keyid, "sig": base64.b64encode(key.sign(signed)).decode("ascii")}
+            for key in self._distinct
+        ]
+        return b'{"signatures":' + canonical_json(signatures) + b',"signed":' + signed + b"}"
 
 
 def feature_entry(file: SignedFile) -> FeatureEntry:
     """How remote-index.json names one feature's releases.json (relative to the index)."""
     return FeatureEntry(url=file.path, sha256=file.sha256, sequence=file.sequence)
+
+
+def jcs_sort_key(name: str) -> bytes:
+    """The order RFC 8785 sorts object members in: by the UTF-16 code units of the name.
+
+    Big-endian UTF-16 bytes compare as the code units do. Raises
+    UnicodeEncodeError for a lone surrogate, which has no JCS form either.
+    """
+    return name.encode("utf-16-be")
+
+
+def _member(feature_id: str, entry: FeatureEntry) -> bytes:
+    return canonical_json(feature_id) + b":" + canonical_json(entry.to_dict())
+
+
+class _Block:
+    """A run of consecutive members (in JCS order) and their joined encoding."""
+
+    __slots__ = ("_joined", "ids", "keys")
+
+    def __init__(self, ids: list[str], keys: list[bytes]) -> None:
+        self.ids = ids
+        self.keys = keys
+        self._joined: bytes | None = None
+
+    def joined(self, members: Mapping[str, bytes]) -> bytes:
+        if self._joined is None:
+            self._joined = b",".join([members[i] for i in self.ids])
+        return self._joined
+
+    def invalidate(self) -> None:
+        self._joined = None
+
+
+class FeatureEntries(Mapping[str, FeatureEntry]):
+    """Every feature's remote-index.json entry, each kept with its JCS encoding.
+
+    `encoded()` is the JCS bytes of the `features` object, rebuilt from the
+    kept encodings: only entries set since the last call are encoded, and only
+    their block of members is joined again. `replacing(id, entry)` is a view
+    with one entry changed or added, for signing a change before it commits.
+    """
+
+    def __init__(self, entries: Mapping[str, FeatureEntry] | None = None) -> None:
+        self._entries: dict[str, FeatureEntry] = {}
+        self._members: dict[str, bytes] = {}
+        self._blocks: list[_Block] = []
+        items = sorted((entries or {}).items(), key=lambda item: jcs_sort_key(item[0]))
+        for feature_id, _ in items:
+            self._check(feature_id)
+        for start in range(0, len(items), _BLOCK_SIZE):
+            chunk = items[start : start + _BLOCK_SIZE]
+            self._blocks.append(
+                _Block([fid for fid, _ in chunk], [jcs_sort_key(fid) for fid, _ in chunk])
+            )
+        for feature_id, entry in items:
+            self._entries[feature_id] = entry
+            self._members[feature_id] = _member(feature_id, entry)
+
+    @staticmethod
+    def _check(feature_id: str) -> None:
+        if not feature_id:
+            raise ValueError("a feature id must not be empty")
+
+    # -- Mapping --------------------------------------------------------------
+
+    def __getitem__(self, feature_id: str) -> FeatureEntry:
+        return self._entries[feature_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # -- changes --------------------------------------------------------------
+
+    def set(self, feature_id: str, entry: FeatureEntry) -> None:
+        """Add or replace the entry of `feature_id`."""
+        self._check(feature_id)
+        member = _member(feature_id, entry)
+        if feature_id not in self._entries:
+            key = jcs_sort_key(feature_id)
+            block = self._block_for(key)
+            at = bisect.bisect_left(block.keys, key)
+            block.keys.insert(at, key)
+            block.ids.insert(at, feature_id)
+            if len(block.ids) > 2 * _BLOCK_SIZE:
+                self._split(block)
+        self._entries[feature_id] = entry
+        self._members[feature_id] = member
+        self._block_for(jcs_sort_key(feature_id)).invalidate()
+
+    def replacing(self, feature_id: str, entry: FeatureEntry) -> _Replacing:
+        """A read-only view of these entries with `feature_id`'s set to `entry`."""
+        self._check(feature_id)
+        return _Replacing(self, feature_id, entry)
+
+    def _block_for(self, key: bytes) -> _Block:
+        if not self._blocks:
+            self._blocks.append(_Block([], []))
+        # The last block whose first key is <= key, else the first block.
+        firsts = [b.keys[0] if b.keys else b"" for b in self._blocks]
+        at = max(bisect.bisect_right(firsts, key) - 1, 0)
+        return self._blocks[at]
+
+    def _split(self, block: _Block) -> None:
+        at = self._blocks.index(block)
+        half = len(block.ids) // 2
+        self._blocks[at : at + 1] = [
+            _Block(block.ids[:half], block.keys[:half]),
+            _Block(block.ids[half:], block.keys[half:]),
+        ]
+
+    # -- encoding ---------------------------------------------------------------
+
+    def encoded(self) -> bytes:
+        """The JCS bytes of the `features` object: {"<id>": {...}, ...}."""
+        return self._encoded(None)
+
+    def _encoded(self, override: tuple[str, FeatureEntry] | None) -> bytes:
+        members = self._members
+        changed: _Block | None = None
+        if override is not None:
+            changed = self._block_for(jcs_sort_key(override[0]))
+        parts: list[bytes] = []
+        for block in self._blocks:
+            if block is changed and override is not None:
+                parts.append(self._joined_with(block, *override))
+            elif block.ids:
+                parts.append(block.joined(members))
+        return b"{" + b",".join(parts) + b"}"
+
+    def _joined_with(self, block: _Block, feature_id: str, entry: FeatureEntry) -> bytes:
+        ids, key = list(block.ids), jcs_sort_key(feature_id)
+        if feature_id not in self._entries:
+            ids.insert(bisect.bisect_left(block.keys, key), feature_id)
+        members = [
+            _member(feature_id, entry) if fid == feature_id else self._members[fid] for fid in ids
+        ]
+        return b",".join(members)
+
+
+class _Replacing(Mapping[str, FeatureEntry]):
+    """FeatureEntries with one entry replaced (or added); see FeatureEntries.replacing."""
+
+    def __init__(self, base: FeatureEntries, feature_id: str, entry: FeatureEntry) -> None:
+        self._base = base
+        self._id = feature_id
+        self._entry = entry
+
+    def __getitem__(self, feature_id: str) -> FeatureEntry:
+        return self._entry if feature_id == self._id else self._base[feature_id]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._base
+        if self._id not in self._base:
+            yield self._id
+
+    def __len__(self) -> int:
+        return len(self._base) + (self._id not in self._base)
+
+    def encoded(self) -> bytes:
+        return self._base._encoded((self._id, self._entry))
+
+    def __repr__(self) -> str:
+        return f"<FeatureEntries replacing {self._id!r}>"
