@@ -9,9 +9,17 @@ from __future__ import annotations
 from releasecontrol_server.store.sqlite import (
     SCHEMA_VERSION,
     Change,
+    FileDigest,
     SignedFile,
     SqliteStore,
     StoredTransition,
 )
 
-__all__ = ["SCHEMA_VERSION", "Change", "SignedFile", "SqliteStore", "StoredTransition"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Change",
+    "FileDigest",
+    "SignedFile",
+    "SqliteStore",
+    "StoredTransition",
+]

@@ -52,6 +52,7 @@ from releasecontrol_server.releases import (
 __all__ = [
     "SCHEMA_VERSION",
     "Change",
+    "FileDigest",
     "SignedFile",
     "SqliteStore",
     "StoredTransition",
@@ -149,6 +150,28 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
+_TRANSITION_COLUMNS = (
+    "id",
+    "feature_id",
+    "sequence",
+    "action",
+    "version",
+    "from_stable",
+    "to_stable",
+    "from_canary",
+    "to_canary",
+    "actor",
+    "reason",
+    "ticket",
+    "at",
+    "detail",
+    "request_id",
+)
+_INSERT_TRANSITION = (
+    f"INSERT INTO transitions ({', '.join(_TRANSITION_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _TRANSITION_COLUMNS)})"
+)
+
 
 @dataclass(frozen=True)
 class SignedFile:
@@ -156,6 +179,15 @@ class SignedFile:
 
     path: str
     content: bytes
+    sha256: str
+    sequence: int
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    """Which bytes a stored file holds, without the bytes: its path, SHA-256 and sequence."""
+
+    path: str
     sha256: str
     sequence: int
 
@@ -304,7 +336,11 @@ class SqliteStore:
         return None if value is None else str(value)
 
     def _set_meta(self, key: str, value: object) -> None:
-        self._db.table("meta").upsert({"key": key, "value": str(value)}, pk="key")
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [key, str(value)],
+        )
 
     # -- features ---------------------------------------------------------
 
@@ -380,6 +416,32 @@ class SqliteStore:
         )
         return {str(row["path"]): _file_from_row(row) for row in rows}
 
+    def _file_sequences(self, paths: Sequence[str]) -> dict[str, int]:
+        if not paths:
+            return {}
+        rows = self._rows(
+            "SELECT path, sequence FROM files WHERE path IN (SELECT value FROM json_each(?))",
+            [json.dumps(list(paths))],
+        )
+        return {str(row["path"]): int(row["sequence"]) for row in rows}
+
+    def releases_digests(self) -> dict[str, FileDigest]:
+        """Every feature's releases.json, without its bytes: feature_id -> path, sha256, sequence.
+
+        Features that have no releases.json stored are left out.
+        """
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT features.feature_id, files.path, files.sha256, files.sequence "
+                "FROM features JOIN files "
+                "ON files.path = 'features/' || features.feature_id || '/releases.json'"
+            ).fetchall()
+        return {str(r[0]): FileDigest(str(r[1]), str(r[2]), int(r[3])) for r in rows}
+
+    def pending_count(self) -> int:
+        """How many files are committed but not yet confirmed on the origin."""
+        return int(self._value("SELECT count(*) FROM outbox"))
+
     def pending_writes(self) -> list[SignedFile]:
         """Files committed but not yet confirmed on the origin, in the order to write them.
 
@@ -407,6 +469,26 @@ class SqliteStore:
                 [path, path, sha256],
             )
 
+    def mark_all_written(self, files: Sequence[tuple[str, str]]) -> None:
+        """`mark_written` for each (path, sha256), in one transaction that is not synced.
+
+        Losing the marks to a power cut only makes the next start write the
+        same bytes to the origin again, so they skip the fsync a commit pays.
+        """
+        if not files:
+            return
+        with self._lock:
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            try:
+                with self._write():
+                    self._db.conn.executemany(
+                        "DELETE FROM outbox WHERE path = ? "
+                        "AND EXISTS (SELECT 1 FROM files WHERE path = ? AND sha256 = ?)",
+                        [(path, path, sha256) for path, sha256 in files],
+                    )
+            finally:
+                self._db.execute("PRAGMA synchronous = FULL")
+
     # -- commit -----------------------------------------------------------
 
     def commit(self, change: Change) -> StoredTransition:
@@ -419,41 +501,49 @@ class SqliteStore:
         answered or the version's manifest is stored with other bytes; ValueError
         for an inconsistent change. In every one of these cases nothing is written.
         """
-        _check_change(change)
-        state, record = change.state, change.record
+        return self.commit_many([change])[0]
+
+    def commit_many(self, changes: Sequence[Change]) -> list[StoredTransition]:
+        """Write `changes` in order in ONE transaction; their stored audit records, in order.
+
+        Each change is checked as `commit` checks it, against the store as the
+        changes before it left it, so their sequences must follow each other.
+        Raises what `commit` raises, and then none of them is written.
+        """
+        for change in changes:
+            _check_change(change)
         with self._write():
-            self._check_sequences(change)
-            self._put_feature(state)
-            if change.manifest is not None:
-                self._put_manifest(state.feature_id, *change.manifest)
-            self._db.table("transitions").insert(
-                {
-                    "id": change.global_sequence,
-                    **_record_to_row(record),
-                    "request_id": change.request_id,
-                }
+            return [self._put_change(change) for change in changes]
+
+    def _put_change(self, change: Change) -> StoredTransition:
+        """One change inside the open write transaction; see `commit`."""
+        state, record = change.state, change.record
+        self._check_sequences(change)
+        self._put_feature(state)
+        if change.manifest is not None:
+            self._put_manifest(state.feature_id, *change.manifest)
+        row = {"id": change.global_sequence, **_record_to_row(record)}
+        row["request_id"] = change.request_id
+        self._db.execute(_INSERT_TRANSITION, [row[name] for name in _TRANSITION_COLUMNS])
+        if change.files:
+            self._db.conn.executemany(
+                "INSERT INTO files (path, content, sha256, sequence) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (path) DO UPDATE SET content = excluded.content, "
+                "sha256 = excluded.sha256, sequence = excluded.sequence",
+                [(f.path, f.content, f.sha256, f.sequence) for f in change.files],
             )
-            if change.files:
-                self._db.table("files").upsert_all(
-                    [_file_to_row(file) for file in change.files], pk="path"
-                )
-                self._db.table("outbox").upsert_all(
-                    [
-                        {"path": file.path, "global_sequence": change.global_sequence}
-                        for file in change.files
-                    ],
-                    pk="path",
-                )
-            if change.request_id:
-                self._db.table("requests").insert(
-                    {
-                        "request_id": change.request_id,
-                        "rpc": change.rpc,
-                        "response": change.response,
-                        "global_sequence": change.global_sequence,
-                    }
-                )
-            self._set_meta("global_sequence", change.global_sequence)
+            self._db.conn.executemany(
+                "INSERT INTO outbox (path, global_sequence) VALUES (?, ?) "
+                "ON CONFLICT (path) DO UPDATE SET global_sequence = excluded.global_sequence",
+                [(f.path, change.global_sequence) for f in change.files],
+            )
+        if change.request_id:
+            self._db.execute(
+                "INSERT INTO requests (request_id, rpc, response, global_sequence) "
+                "VALUES (?, ?, ?, ?)",
+                [change.request_id, change.rpc, change.response, change.global_sequence],
+            )
+        self._set_meta("global_sequence", change.global_sequence)
         return StoredTransition(
             id=change.global_sequence,
             record=record,
@@ -483,59 +573,78 @@ class SqliteStore:
                 f"request_id {change.request_id!r} was already answered; "
                 "use a new request_id for a new request"
             )
-        stored_files = self.signed_files([file.path for file in change.files])
+        stored_sequences = self._file_sequences([file.path for file in change.files])
         for file in change.files:
-            old = stored_files.get(file.path)
-            if old is not None and file.sequence < old.sequence:
+            old_sequence = stored_sequences.get(file.path)
+            if old_sequence is not None and file.sequence < old_sequence:
                 raise StaleSequence(
-                    f"{file.path} is stored at sequence {old.sequence}, the change would write "
+                    f"{file.path} is stored at sequence {old_sequence}, the change would write "
                     f"sequence {file.sequence}: a published file never goes backwards"
                 )
 
     def _put_feature(self, state: FeatureState) -> None:
         canary = state.canary
-        self._db.table("features").upsert(
-            {
-                "feature_id": state.feature_id,
-                "sequence": state.sequence,
-                "stable": state.stable,
-                "canary_version": canary.version if canary else None,
-                "canary_soak_started_at": _text(canary.soak_started_at) if canary else None,
-                "canary_soak_seconds": canary.soak_seconds if canary else None,
-                "updated_at": _text(state.updated_at) if state.updated_at else None,
-                "updated_by": state.updated_by,
-            },
-            pk="feature_id",
-        )
-        # Versions are only ever appended, but the stored list must equal the
-        # state's exactly, so any version the state no longer has goes.
-        names = json.dumps([v.version for v in state.versions])
         self._db.execute(
-            "DELETE FROM versions WHERE feature_id = ? "
-            "AND version NOT IN (SELECT value FROM json_each(?))",
-            [state.feature_id, names],
+            "INSERT INTO features (feature_id, sequence, stable, canary_version, "
+            "canary_soak_started_at, canary_soak_seconds, updated_at, updated_by) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (feature_id) DO UPDATE SET "
+            "sequence = excluded.sequence, stable = excluded.stable, "
+            "canary_version = excluded.canary_version, "
+            "canary_soak_started_at = excluded.canary_soak_started_at, "
+            "canary_soak_seconds = excluded.canary_soak_seconds, "
+            "updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+            [
+                state.feature_id,
+                state.sequence,
+                state.stable,
+                canary.version if canary else None,
+                _text(canary.soak_started_at) if canary else None,
+                canary.soak_seconds if canary else None,
+                _text(state.updated_at) if state.updated_at else None,
+                state.updated_by,
+            ],
         )
-        if state.versions:
-            self._db.table("versions").upsert_all(
-                [
-                    {
-                        "feature_id": state.feature_id,
-                        "version": v.version,
-                        "position": position,
-                        "manifest_sha256": v.manifest_sha256,
-                        "published_at": _text(v.published_at),
-                        "was_stable": int(v.was_stable),
-                    }
-                    for position, v in enumerate(state.versions)
-                ],
-                pk=("feature_id", "version"),
+        # The stored list must equal the state's exactly. Versions are only
+        # ever appended and a change flips at most a was_stable flag, so only
+        # the rows that differ are written (a feature keeps every version).
+        wanted = {
+            v.version: (position, v.manifest_sha256, _text(v.published_at), int(v.was_stable))
+            for position, v in enumerate(state.versions)
+        }
+        stored = {
+            str(row[0]): (int(row[1]), str(row[2]), str(row[3]), int(row[4]))
+            for row in self._db.execute(
+                "SELECT version, position, manifest_sha256, published_at, was_stable "
+                "FROM versions WHERE feature_id = ?",
+                [state.feature_id],
+            ).fetchall()
+        }
+        gone = [(state.feature_id, version) for version in stored if version not in wanted]
+        if gone:
+            self._db.conn.executemany(
+                "DELETE FROM versions WHERE feature_id = ? AND version = ?", gone
+            )
+        changed = [
+            (state.feature_id, version, *values)
+            for version, values in wanted.items()
+            if stored.get(version) != values
+        ]
+        if changed:
+            self._db.conn.executemany(
+                "INSERT INTO versions (feature_id, version, position, manifest_sha256, "
+                "published_at, was_stable) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (feature_id, version) DO UPDATE SET position = excluded.position, "
+                "manifest_sha256 = excluded.manifest_sha256, "
+                "published_at = excluded.published_at, was_stable = excluded.was_stable",
+                changed,
             )
 
     def _put_manifest(self, feature_id: str, version: str, content: bytes) -> None:
         stored = self.get_manifest(feature_id, version)
         if stored is None:
-            self._db.table("manifests").insert(
-                {"feature_id": feature_id, "version": version, "content": content}
+            self._db.execute(
+                "INSERT INTO manifests (feature_id, version, content) VALUES (?, ?, ?)",
+                [feature_id, version, content],
             )
         elif stored != content:
             raise AlreadyExists(
