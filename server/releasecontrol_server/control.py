@@ -34,7 +34,7 @@ from releasecontrol.manifest import artifact_path, manifest_path, sha256_hex
 from releasecontrol_server import releases
 from releasecontrol_server.origin import Origin
 from releasecontrol_server.releases import ChangeMeta, Command, FeatureState
-from releasecontrol_server.signer import Signer, feature_entry
+from releasecontrol_server.signer import FeatureEntries, Signer, feature_entry
 from releasecontrol_server.store import Change, SignedFile, SqliteStore, StoredTransition
 from releasecontrol_server.upload import ReceivedAsset
 from releasecontrol_server.watch import ChangeEvent, RefreshEvent, WatchHub
@@ -105,7 +105,10 @@ class ReleaseController:
         self._clock = clock
         self._failpoint = failpoint
         self._lock = asyncio.Lock()
-        self._entries: dict[str, FeatureEntry] = {}
+        self._entries = FeatureEntries()
+        # The last committed remote-index.json: its bytes grow with the number
+        # of features, so they are kept here rather than read back per change.
+        self._remote_index: SignedFile | None = None
         self._retry_task: asyncio.Task[None] | None = None
 
     @property
@@ -115,7 +118,8 @@ class ReleaseController:
     async def start(self) -> None:
         """Load the remote-index entries and finish origin writes a crash left pending."""
         self._entries = self._load_entries()
-        pending = len(self._store.pending_writes())
+        self._remote_index = self._store.signed_file(REMOTE_INDEX_PATH)
+        pending = self._store.pending_count()
         if pending:
             log.info("finishing %d origin writes left by the previous run", pending)
         async with self._lock:
@@ -125,17 +129,13 @@ class ReleaseController:
         if self._retry_task is not None:
             self._retry_task.cancel()
 
-    def _load_entries(self) -> dict[str, FeatureEntry]:
-        entries: dict[str, FeatureEntry] = {}
-        after = ""
-        while True:
-            page = self._store.list_features(after=after, limit=1000)
-            if not page:
-                return entries
-            paths = [releases_path(s.feature_id) for s in page]
-            for path, file in self._store.signed_files(paths).items():
-                entries[path.split("/")[1]] = feature_entry(file)
-            after = page[-1].feature_id
+    def _load_entries(self) -> FeatureEntries:
+        return FeatureEntries(
+            {
+                feature_id: FeatureEntry(url=d.path, sha256=d.sha256, sequence=d.sequence)
+                for feature_id, d in self._store.releases_digests().items()
+            }
+        )
 
     # -- writes ------------------------------------------------------------
 
@@ -203,7 +203,8 @@ class ReleaseController:
                     )
                 )
             releases_file = self._signer.releases_file(outcome.state, now)
-            entries = {**self._entries, feature_id: feature_entry(releases_file)}
+            entry = feature_entry(releases_file)
+            entries = self._entries.replacing(feature_id, entry)
             remote = self._signer.remote_index_file(global_sequence, entries, now)
             files += [releases_file, remote]
             transition = StoredTransition(
@@ -225,7 +226,8 @@ class ReleaseController:
                     response=answer,
                 )
             )
-            self._entries = entries
+            self._entries.set(feature_id, entry)
+            self._remote_index = remote
             log.info(
                 "committed feature=%s action=%s version=%s sequence=%d global_sequence=%d actor=%s",
                 feature_id,
@@ -253,12 +255,17 @@ class ReleaseController:
         Another writer, or a database restored from an old backup, would
         otherwise make this server publish a lower sequence than hosts have seen.
         """
-        pending = {f.path for f in self._store.pending_writes()}
+        pending: set[str] | None = None
         for path in (releases_path(feature_id), REMOTE_INDEX_PATH):
             remote = self._origin.read(path)
             if remote is None:
                 continue
-            ours = self._store.signed_file(path)
+            if path == REMOTE_INDEX_PATH:
+                ours = self._remote_index
+            else:
+                ours = self._store.signed_file(path)
+            if ours is not None and ours.content == remote:
+                continue  # the origin holds what this store committed last
             try:
                 remote_sequence = int(Envelope.from_bytes(remote).signed["sequence"])
             except (VerificationError, KeyError, TypeError, ValueError):
@@ -266,9 +273,10 @@ class ReleaseController:
                 log.warning("origin file %s is not a signed index; it will be replaced", path)
                 continue
             our_sequence = ours.sequence if ours else 0
-            same = ours is not None and ours.content == remote
+            if remote_sequence == our_sequence and pending is None:
+                pending = {f.path for f in self._store.pending_writes()}
             if remote_sequence > our_sequence or (
-                remote_sequence == our_sequence and not same and path not in pending
+                remote_sequence == our_sequence and path not in (pending or ())
             ):
                 what = "is ahead of" if remote_sequence > our_sequence else "differs from"
                 raise FailedPrecondition(
@@ -287,13 +295,16 @@ class ReleaseController:
 
     def _flush(self) -> bool:
         """Write the outbox to the origin in order; True when nothing is left pending."""
+        written: list[tuple[str, str]] = []
         try:
             for file in self._store.pending_writes():
                 self._origin.write(file.path, file.content)
-                self._store.mark_written(file.path, file.sha256)
+                written.append((file.path, file.sha256))
         except OSError as exc:
             log.warning("origin write failed, retrying every %.0fs: %s", _RETRY_SECONDS, exc)
             return False
+        finally:
+            self._store.mark_all_written(written)
         return True
 
     def _flush_or_schedule(self) -> bool:
@@ -388,7 +399,7 @@ class ReleaseController:
         return Status(
             features=self._all_features(only),
             global_sequence=self._store.global_sequence(),
-            pending_origin_writes=len(self._store.pending_writes()),
+            pending_origin_writes=self._store.pending_count(),
             server_time=self._clock(),
         )
 
