@@ -1,0 +1,307 @@
+"""The admin UI end to end: the real server process, `releasectl` processes, and Debian's
+Chromium driven by Playwright.
+
+One server (rpc-token auth) serves the whole module; each test uses its own
+feature and its own browser context (cookies), so the tests do not depend on
+each other's order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+from releasecontrol.manifest import manifest_path
+from releasecontrol_server.auth.tokens import create_token
+from releasecontrol_server.launcher import LocalServer
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+RELEASECTL = [sys.executable, "-c", "from releasecontrol.cli import main; main()"]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+TIMEOUT_MS = 15_000
+
+
+class Site:
+    """The running server, its tokens, and `releasectl` against it."""
+
+    def __init__(self, server: LocalServer, tokens: dict[str, str], work: Path) -> None:
+        self.server = server
+        self.tokens = tokens
+        self.work = work
+        self.url: str = server.endpoints["admin_url"]
+        self.origin = self.url.removesuffix("/_admin")
+
+    def releasectl(self, *args: str, token: str = "ci-bot") -> subprocess.CompletedProcess[str]:
+        """Run `releasectl ARGS` as a user would, with a token from the store; must succeed."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RELEASECONTROL_")}
+        env["RELEASECONTROL_HOME"] = str(self.server.home)
+        env["RELEASECONTROL_TOKEN"] = self.tokens[token]
+        done = subprocess.run(
+            [*RELEASECTL, *args], cwd=self.work, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, f"releasectl {' '.join(args)}: {done.stderr}"
+        return done
+
+    def publish(self, feature_id: str, version: str, *extra: str) -> None:
+        """Write features/<id>/manifest.json and its files, then `releasectl publish` it."""
+        folder = self.work / "features" / feature_id
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "index.js").write_text(f"export const version = '{version}';\n")
+        manifest = {
+            "id": feature_id,
+            "version": version,
+            "entry": "index.js",
+            "routes": [f"/{feature_id}"],
+            "compat": {"host": "^2.0.0"},
+            "assets": [{"path": "index.js"}],
+        }
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        self.releasectl("publish", "--feature", feature_id, *extra)
+
+    def status(self, feature_id: str) -> dict[str, Any]:
+        """What `releasectl release status --output json` says about one feature."""
+        out = json.loads(self.releasectl("release", "status", "--output", "json").stdout)
+        features = out["features"] if isinstance(out, dict) else out
+        return next(f for f in features if f["feature_id"] == feature_id)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    home = tmp_path_factory.mktemp("e2e") / "home"
+    store = home / "auth" / "tokens.json"
+    # The token store must exist before an rpc-token server starts.
+    tokens = {
+        "alice": create_token(store, "alice", ["admin"]),
+        "victor": create_token(store, "victor", ["viewer"]),
+        "ci-bot": create_token(store, "ci-bot", ["releaser", "approver"]),
+    }
+    server = LocalServer(
+        home, env={"RELEASECONTROL_AUTH_MODE": "rpc-token", "RELEASECONTROL_LOG_LEVEL": "INFO"}
+    ).start()
+    try:
+        yield Site(server, tokens, home.parent)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    ctx.set_default_timeout(TIMEOUT_MS)
+    yield ctx
+    ctx.close()
+
+
+def sign_in(page: Page, site: Site, who: str) -> None:
+    page.goto(f"{site.url}/signin")
+    page.get_by_label("Token").fill(site.tokens[who])
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator(".who strong")).to_have_text(who)
+
+
+def state(page: Page) -> dict[str, str]:
+    """The feature page's state panel: stable, canary, sequence."""
+    return {
+        "stable": page.locator("#state-stable").inner_text(),
+        "canary": page.locator("#state-canary").inner_text(),
+        "sequence": page.locator("#state-sequence").inner_text(),
+    }
+
+
+def test_sign_in_session_cookie_and_sign_out(site: Site, context: BrowserContext) -> None:
+    """Signed out, pages lead to sign-in; a token signs in with a strict HttpOnly cookie."""
+    page = context.new_page()
+    page.goto(f"{site.url}/features/checkout")
+    expect(page).to_have_url(f"{site.url}/signin?next=%2F_admin%2Ffeatures%2Fcheckout")
+    page.get_by_label("Token").fill("rc_wrong")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_contain_text("not known to this server")
+
+    sign_in(page, site, "alice")
+    cookie = next(c for c in context.cookies() if c["name"] == "rc_admin_session")
+    assert cookie["httpOnly"] is True
+    assert cookie["sameSite"] == "Strict"
+    assert cookie["path"] == "/_admin"
+    assert page.evaluate("document.cookie") == ""  # not readable from script
+
+    page.get_by_role("button", name="Sign out").click()
+    expect(page).to_have_url(f"{site.url}/signin")
+    page.goto(site.url)
+    expect(page).to_have_url(f"{site.url}/signin?next=%2F_admin")
+
+
+def test_canary_refused_promote_skip_soak_rollback_and_hot_refresh(
+    site: Site, context: BrowserContext
+) -> None:
+    """The operator's round trip: everything the issue lists, through forms and confirm pages."""
+    site.publish("checkout", "1.0.0")
+    site.publish("checkout", "1.1.0", "--channel", "canary")
+    page = context.new_page()
+    sign_in(page, site, "alice")
+
+    # The list shows what the CLI published.
+    row = page.locator('tr[data-feature="checkout"]')
+    expect(row.locator("td.stable")).to_have_text("1.0.0")
+    expect(row.locator("td.canary")).to_have_text("1.1.0")
+    row.get_by_role("link", name="checkout").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("checkout")
+
+    # Deploy the canary again with a one-hour soak, confirming what will change.
+    form = page.locator("form", has=page.get_by_role("heading", name="Deploy canary"))
+    form.get_by_label("Version").select_option("1.1.0")
+    form.get_by_label("Soak").fill("1h")
+    form.get_by_label("Reason", exact=True).fill("redeploy <b>with</b> a longer soak")
+    form.get_by_role("button", name="Review canary…").click()
+    expect(page.locator("#headline")).to_have_text(
+        "Deploy checkout 1.1.0 as canary with a 1h soak (canary now 1.1.0, stable stays 1.0.0)"
+    )
+    page.get_by_role("button", name="Confirm").click()
+    expect(page.locator("#done")).to_contain_text("Deploy canary 1.1.0 applied as sequence 3")
+    expect(page.locator("#history-table")).to_contain_text("redeploy <b>with</b> a longer soak")
+
+    # Promote before the soak is over: the state machine's refusal, nothing changed.
+    promote = page.locator("form", has=page.get_by_role("heading", name="Promote canary"))
+    promote.get_by_role("button", name="Review promote…").click()
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text("FAILED_PRECONDITION")
+    expect(alert).to_contain_text("canary 1.1.0 of feature 'checkout' is still soaking")
+    expect(alert).to_contain_text("pass --skip-soak with a --reason")
+    assert state(page) == {"stable": "1.0.0", "canary": "1.1.0", "sequence": "3"}
+
+    # Promote skipping the soak, with a reason and a ticket.
+    promote = page.locator("form", has=page.get_by_role("heading", name="Promote canary"))
+    promote.get_by_label("Skip the rest of the soak").check()
+    promote.get_by_label("Reason", exact=True).fill("hotfix for INC-42")
+    promote.get_by_label("Ticket").fill("INC-42")
+    promote.get_by_role("button", name="Review promote…").click()
+    expect(page.locator("#headline")).to_contain_text(
+        "Promote checkout 1.1.0 to stable (stable now 1.0.0), skipping the soak with"
+    )
+    page.get_by_role("button", name="Confirm").click()
+    expect(page.locator("#done")).to_contain_text("Promote 1.1.0 applied as sequence 4")
+    assert state(page) == {"stable": "1.1.0", "canary": "none", "sequence": "4"}
+
+    # Roll back to the earlier stable version.
+    rollback = page.locator("form", has=page.get_by_role("heading", name="Roll back stable"))
+    rollback.get_by_label("Version").select_option("1.0.0")
+    rollback.get_by_label("Reason", exact=True).fill("error rate up")
+    rollback.get_by_role("button", name="Review rollback…").click()
+    expect(page.locator("#headline")).to_have_text("Roll back checkout to 1.0.0 (stable now 1.1.0)")
+    page.get_by_role("button", name="Confirm").click()
+    expect(page.locator("#done")).to_contain_text("Rollback 1.0.0 applied as sequence 5")
+    cli = site.status("checkout")
+    assert (cli["stable"], cli["sequence"]) == ("1.0.0", 5)
+
+    history = page.locator("#history-table tbody tr")
+    expect(history).to_have_count(5)
+    expect(history.nth(0)).to_contain_text("rollback 1.0.0")
+    expect(history.nth(0)).to_contain_text("alice")
+    expect(history.nth(1)).to_contain_text("hotfix for INC-42")
+    expect(history.nth(1)).to_contain_text("INC-42")
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "admin-feature.png"), full_page=True)
+
+    # Hot refresh: a manifest lost on the origin is restored, and the page says so.
+    lost = site.server.origin_dir / manifest_path("checkout", "1.1.0")
+    recorded = lost.read_bytes()
+    lost.unlink()
+    page.get_by_role("button", name="Hot refresh checkout's manifests").click()
+    summary = page.locator("#refresh-summary")
+    expect(summary).to_contain_text("Checked 2 manifests of 1 feature")
+    expect(summary).to_contain_text("1 restored")
+    expect(page.locator("#checks-table tr.changed")).to_contain_text("1.1.0")
+    assert lost.read_bytes() == recorded
+
+
+def test_pages_update_when_the_cli_changes_a_release(site: Site, context: BrowserContext) -> None:
+    """With the list and a feature page open, a CLI change shows up in both without a reload."""
+    site.publish("search", "2.0.0")
+    site.publish("search", "2.1.0", "--channel", "canary")
+    listing = context.new_page()
+    sign_in(listing, site, "alice")
+    feature = context.new_page()
+    feature.goto(f"{site.url}/features/search")
+    for page in (listing, feature):
+        page.evaluate("window.__notReloaded = true")
+    # The live stream is open once the server has sent its hello; give it a moment.
+    feature.wait_for_function("document.body.dataset.events !== undefined")
+    feature.wait_for_timeout(500)
+
+    site.releasectl(
+        "release", "promote", "--feature", "search", "--version", "2.1.0",
+        "--skip-soak", "--reason", "from the CLI",
+    )  # fmt: skip
+
+    expect(feature.locator("#state-stable")).to_have_text("2.1.0")
+    expect(feature.locator("#state-canary")).to_have_text("none")
+    expect(feature.locator("#live-status")).to_contain_text("search: promote 2.1.0 by ci-bot")
+    expect(feature.locator("#history-table")).to_contain_text("from the CLI")
+    expect(listing.locator('tr[data-feature="search"] td.stable')).to_have_text("2.1.0")
+    for page in (listing, feature):
+        assert page.evaluate("window.__notReloaded") is True
+
+
+def test_a_viewer_sees_the_refusal_and_nothing_changes(site: Site, context: BrowserContext) -> None:
+    """A viewer may look, but a promote is refused with authorize()'s message."""
+    site.publish("profile", "1.0.0")
+    site.publish("profile", "1.1.0", "--channel", "canary", "--soak", "0s")
+    page = context.new_page()
+    sign_in(page, site, "victor")
+    page.goto(f"{site.url}/features/profile")
+    promote = page.locator("form", has=page.get_by_role("heading", name="Promote canary"))
+    expect(promote.locator(".note")).to_contain_text("victor (roles: viewer")
+    promote.get_by_role("button", name="Review promote…").click()
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text("PERMISSION_DENIED")
+    expect(alert).to_contain_text(
+        "victor (roles: viewer; features: *) may not promote feature 'profile': "
+        "that needs the approver or admin role"
+    )
+    assert site.status("profile")["stable"] == "1.0.0"
+
+
+def test_a_post_without_the_csrf_token_is_refused(site: Site, context: BrowserContext) -> None:
+    """A signed-in browser's POST lacking the form's CSRF token gets 403 and changes nothing."""
+    site.publish("cart", "1.0.0")
+    site.publish("cart", "1.1.0", "--channel", "canary", "--soak", "0s")
+    page = context.new_page()
+    sign_in(page, site, "alice")
+    response = context.request.post(
+        f"{site.url}/features/cart/apply",
+        form={"action": "promote", "version": "1.1.0"},
+        headers={"Origin": site.origin},
+    )
+    assert response.status == 403
+    assert "security token" in response.text()
+    assert site.status("cart")["stable"] == "1.0.0"
