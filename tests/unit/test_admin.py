@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -685,6 +686,20 @@ class TestChanges:
         first, second = await releaser.confirm(review), await releaser.confirm(review)
         assert first.headers["location"] == second.headers["location"]
         assert releaser.state("checkout").sequence == 3
+
+    async def test_each_action_is_one_log_line_with_form_text_quoted(
+        self, releaser: Admin, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A change logs one line: action, principal, feature, result; typed text is quoted."""
+        caplog.set_level(logging.INFO, logger="releasecontrol_server.admin.app")
+        actor = "x\nadmin action=forged"
+        review = await releaser.review("checkout", action="promote", version="1.1.0", actor=actor)
+        await releaser.confirm(review)
+        lines = [r.getMessage() for r in caplog.records if "step=apply" in r.getMessage()]
+        assert lines == [
+            "admin action=promote principal=alice feature=checkout result=ok step=apply "
+            "version=1.1.0 sequence=3 actor='x\\nadmin action=forged'"
+        ]
 
     async def test_a_bad_form_value_names_the_field(self, releaser: Admin) -> None:
         """A soak that is not a duration is refused with the CLI's sentence, keeping the input."""

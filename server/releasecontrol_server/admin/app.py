@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -246,7 +247,7 @@ class AdminApp:
         except _Refused as refused:
             log.warning(
                 "admin action=%s principal=%s result=refused status=%d reason=%r",
-                request.url.path,
+                _log_value(request.url.path),
                 ctx.principal.name if ctx.principal else "-",
                 refused.status,
                 refused.message,
@@ -350,15 +351,19 @@ class AdminApp:
         error: ReleaseControlError | None = None,
         **fields: object,
     ) -> None:
-        """One structured line per admin action: who, what, on which feature, and how it went."""
-        extra = "".join(f" {k}={v}" for k, v in fields.items())
+        """One structured line per admin action: who, what, on which feature, and how it went.
+
+        Values typed into forms (action, actor) are quoted when they hold anything
+        but plain characters, so they cannot forge or break log lines.
+        """
+        extra = "".join(f" {k}={_log_value(v)}" for k, v in fields.items())
         if error is not None:
             extra += f" code={status_code_name(error)} message={error.message!r}"
         log.info(
             "admin action=%s principal=%s feature=%s result=%s%s",
-            action,
+            _log_value(action),
             ctx.principal.name if ctx.principal else "-",
-            feature or "-",
+            _log_value(feature or "-"),
             result,
             extra,
         )
@@ -678,6 +683,14 @@ def _safe_next(target: str) -> str:
     ):
         return target
     return "/_admin"
+
+
+_PLAIN = re.compile(r"[\w.:@/+,-]{1,200}")
+
+
+def _log_value(value: object) -> str:
+    text = str(value)
+    return text if _PLAIN.fullmatch(text) else repr(text[:200])
 
 
 def _int(text: str, default: int) -> int:
