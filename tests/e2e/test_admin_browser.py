@@ -254,9 +254,8 @@ def test_pages_update_when_the_cli_changes_a_release(site: Site, context: Browse
     feature.goto(f"{site.url}/features/search")
     for page in (listing, feature):
         page.evaluate("window.__notReloaded = true")
-    # The live stream is open once the server has sent its hello; give it a moment.
-    feature.wait_for_function("document.body.dataset.events !== undefined")
-    feature.wait_for_timeout(500)
+        # The server says hello once it has subscribed the page to changes.
+        page.wait_for_selector('body[data-live="connected"]', state="attached")
 
     site.releasectl(
         "release", "promote", "--feature", "search", "--version", "2.1.0",

@@ -76,7 +76,7 @@ class TestEvents:
         """After the hello, a change anyone commits arrives as `event: change` naming it."""
         closing = asyncio.Event()
         stream = event_stream(controller.hub, VIEWER, [], closing, heartbeat_seconds=5)
-        assert (await anext(stream)).startswith("retry: ")
+        assert await anext(stream) == "retry: 2000\nevent: hello\ndata: {}\n\n"
         await publish(controller, "checkout", "1.1.0", canary=True, soak_seconds=60)
         chunk = await asyncio.wait_for(anext(stream), 2)
         assert chunk.startswith("event: change\n")

@@ -3,6 +3,7 @@
 `/_admin/events` subscribes to the controller's WatchHub (the feed behind
 WatchReleases) and sends one event per change the principal may watch:
 
+    event: hello     data: {}     subscribed: no change is missed from here on
     event: change    data: {"feature_id", "sequence", "global_sequence", "action",
                             "version", "actor"}
     event: refresh   data: {"feature_ids": [...]}   someone hot-refreshed manifests
@@ -45,7 +46,8 @@ async def event_stream(
     upcoming: asyncio.Future[Any] | None = None
     try:
         async with hub.subscribe(feature_ids) as sub:
-            yield "retry: 2000\n: connected\n\n"
+            # Sent once subscribed: from here on the page misses no change.
+            yield "retry: 2000\n" + _event("hello", {})
             while not closing.is_set():
                 upcoming = asyncio.ensure_future(sub.next())
                 done, _ = await asyncio.wait(

@@ -30,6 +30,14 @@
   const events = document.body.dataset.events;
   if (events && window.EventSource) {
     const source = new EventSource(events);
+    let connected = false;
+    source.addEventListener("hello", function () {
+      // After a reconnect (server restart), changes may have been missed: re-read.
+      if (connected) refreshLive();
+      connected = true;
+      document.body.dataset.live = "connected";
+    });
+    source.addEventListener("error", function () { document.body.dataset.live = "reconnecting"; });
     source.addEventListener("change", function (e) {
       const c = JSON.parse(e.data);
       status.textContent = c.feature_id + ": " + c.action.replace("_", " ") + " " + c.version +
