@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -58,6 +59,15 @@ def prepare_dev(config: Config) -> None:
         )
     ensure_dev_pki(config.home / "pki")
     load_or_create_dev_key(config.home / "keys")
+
+
+def open_dev_admin(config: Config) -> Config:
+    """With no auth mode there is no way to sign in to the admin UI: in development, unless
+    ALLOW_UNAUTHENTICATED_ADMIN was set either way, open it to this machine."""
+    chosen = config.sources.get("allow_unauthenticated_admin", "default") != "default"
+    if config.is_production or config.auth_mode is not None or chosen:
+        return config
+    return dataclasses.replace(config, allow_unauthenticated_admin=True)
 
 
 def load_signing_keys(config: Config) -> list[SigningKey]:
@@ -281,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(environ, args.config)
         if args.dev:
             prepare_dev(config)
+            config = open_dev_admin(config)
         asyncio.run(
             serve(
                 config,

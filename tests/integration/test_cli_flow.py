@@ -193,3 +193,14 @@ def test_without_a_server_the_cli_says_how_to_start_one(tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert "releasectl dev" in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_the_dev_system_opens_the_admin_ui_to_this_machine(server: RunningServer) -> None:
+    """After `releasectl dev` (no auth mode) the admin UI answers without a sign-in."""
+    import urllib.request
+
+    admin_url = server.endpoints["admin_url"]
+    assert admin_url.startswith("http://127.0.0.1:")
+    with urllib.request.urlopen(admin_url) as reply:
+        assert reply.status == 200
+        assert "/signin" not in reply.url  # not redirected to the sign-in page
