@@ -21,8 +21,8 @@ import semver
 from releasecontrol.errors import InvalidArgument
 
 # A lowercase DNS label: it becomes a path segment on the CDN, so nothing else.
-_FEATURE_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_FEATURE_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 _DURATION_PART = re.compile(r"(\d+)([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -214,7 +214,18 @@ def parse_manifest(
         value = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidArgument(f"manifest.json is not valid JSON: {exc}", field="manifest") from exc
-    return validate_manifest(value, feature_id=feature_id)
+    manifest = validate_manifest(value, feature_id=feature_id)
+    try:
+        # The stored and signed form is RFC 8785: refuse what it cannot encode now,
+        # not after the upload (NaN, Infinity, integers beyond 2^53).
+        canonical_bytes(manifest)
+    except rfc8785.CanonicalizationError as exc:
+        raise InvalidArgument(
+            f"manifest.json holds a number JSON canonicalization cannot encode ({exc}); "
+            "use integers up to 2^53 and no NaN or Infinity",
+            field="manifest",
+        ) from exc
+    return manifest
 
 
 @dataclass(frozen=True)

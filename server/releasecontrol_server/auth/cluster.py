@@ -67,8 +67,8 @@ T = TypeVar("T")
 
 _TRUST_DOMAIN = r"[a-z0-9._-]+"
 _SEGMENT = r"[A-Za-z0-9._-]+"
-_SPIFFE_ID = re.compile(rf"^spiffe://({_TRUST_DOMAIN})((?:/{_SEGMENT})+)$")
-_SPIFFE_PATTERN = re.compile(rf"^spiffe://({_TRUST_DOMAIN})(/[A-Za-z0-9._\-/*?]+)$")
+_SPIFFE_ID = re.compile(rf"^spiffe://({_TRUST_DOMAIN})((?:/{_SEGMENT})+)\Z")
+_SPIFFE_PATTERN = re.compile(rf"^spiffe://({_TRUST_DOMAIN})(/[A-Za-z0-9._\-/*?]+)\Z")
 _MAX_SPIFFE_ID_LENGTH = 2048
 
 

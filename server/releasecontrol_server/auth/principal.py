@@ -30,9 +30,9 @@ MAX_PRINCIPAL_NAME_LENGTH = 256
 
 # Feature ids are lowercase DNS labels; a scope is one with `*` / `?` wildcards.
 # Brackets are left out on purpose: `[!...]` classes surprise more than they help.
-_SCOPE = re.compile(r"^[a-z0-9*?-]{1,63}$")
+_SCOPE = re.compile(r"^[a-z0-9*?-]{1,63}\Z")
 # A principal name lands in audit records and log lines: printable, no spaces.
-_NAME = re.compile(r"^[\x21-\x7e]+$")
+_NAME = re.compile(r"^[\x21-\x7e]+\Z")
 
 
 class Role(StrEnum):

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 TOKEN_PREFIX = "rc_"
 STORE_VERSION = 1
 _ENTRY_KEYS = frozenset({"principal", "roles", "scopes", "token_sha256", "created_at"})
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 @dataclass(frozen=True)
