@@ -180,6 +180,10 @@ class Config:
     reserved_routes: tuple[str, ...] = ("/_admin",)
     """Route prefixes no feature may claim (`lint routes`); `/_admin` is always one."""
 
+    admin_trusted_proxies: str = ""
+    """Addresses (comma-separated IPs or CIDRs) of proxies in front of the admin UI whose
+    X-Forwarded-Proto/For headers are believed; empty: none (direct connections)."""
+
     token_store_path: Path
     """`rpc-token`: the hashed token store (default `home/auth/tokens.json`)."""
 
@@ -640,6 +644,7 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("auth_mode", _parse_auth_mode, optional=True),
     _Setting("host_version", _parse_host_version, optional=True),
     _Setting("reserved_routes", _parse_reserved_routes),
+    _Setting("admin_trusted_proxies", _parse_text),
     _Setting("token_store_path", _parse_path),
     _Setting("cluster_ca_path", _parse_optional_path, optional=True),
     _Setting("cluster_allowlist_path", _parse_path),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import ipaddress
 import json
 import logging
 import os
@@ -61,11 +62,20 @@ def prepare_dev(config: Config) -> None:
     load_or_create_dev_key(config.home / "keys")
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def open_dev_admin(config: Config) -> Config:
     """With no auth mode there is no way to sign in to the admin UI: in development, unless
-    ALLOW_UNAUTHENTICATED_ADMIN was set either way, open it to this machine."""
+    ALLOW_UNAUTHENTICATED_ADMIN was set either way, open it to this machine (only when it
+    listens on loopback)."""
     chosen = config.sources.get("allow_unauthenticated_admin", "default") != "default"
-    if config.is_production or config.auth_mode is not None or chosen:
+    host, _ = split_listen_address(config.admin_listen)
+    if config.is_production or config.auth_mode is not None or chosen or not _loopback(host):
         return config
     return dataclasses.replace(config, allow_unauthenticated_admin=True)
 
@@ -158,7 +168,12 @@ async def serve(
             listen_host=split_listen_address(config.admin_listen)[0],
         ),
     )
-    admin = AdminServer(admin_app.app, config.admin_listen, on_stop=admin_app.close)
+    admin = AdminServer(
+        admin_app.app,
+        config.admin_listen,
+        on_stop=admin_app.close,
+        trusted_proxies=config.admin_trusted_proxies,
+    )
     try:
         await controller.start()
         origin_url = config.origin_public_url

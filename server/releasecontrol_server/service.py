@@ -321,7 +321,16 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
         self, request: pb.RefreshManifestsRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.RefreshManifestsResponse:
         only = _feature_ids(request.feature_ids)
-        require_each(AuthAction.REFRESH_MANIFESTS, only)
+        caller = require_each(AuthAction.REFRESH_MANIFESTS, only)
+        if not only:
+            # "Every feature" means every feature the caller's scopes cover.
+            only = [
+                s.feature_id
+                for s in self._controller.status().features
+                if permits(caller, AuthAction.REFRESH_MANIFESTS, s.feature_id)
+            ]
+            if not only:
+                return pb.RefreshManifestsResponse()
         checks, notified = await self._controller.refresh_manifests(only)
         return pb.RefreshManifestsResponse(
             feature_ids=sorted({c.feature_id for c in checks}),

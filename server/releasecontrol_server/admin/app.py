@@ -596,9 +596,17 @@ class AdminApp:
             validate_feature_id(feature_id)
         try:
             authorize(ctx.who, Action.REFRESH_MANIFESTS, feature_id or None)
-            checks, notified = await self._controller.refresh_manifests(
-                [feature_id] if feature_id else []
+            # "Every feature" means every feature the principal's scopes cover.
+            ids = (
+                [feature_id]
+                if feature_id
+                else [
+                    s.feature_id
+                    for s in self._controller.status().features
+                    if permits(ctx.who, Action.REFRESH_MANIFESTS, s.feature_id)
+                ]
             )
+            checks, notified = await self._controller.refresh_manifests(ids) if ids else ([], 0)
         except ReleaseControlError as error:
             self._log(ctx, "refresh_manifests", feature_id, "refused", error=error)
             raise

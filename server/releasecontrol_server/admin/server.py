@@ -44,8 +44,12 @@ class AdminServer:
         *,
         on_stop: Callable[[], None] | None = None,
         graceful_seconds: int = 2,
+        trusted_proxies: str = "",
     ) -> None:
         self._app = app
+        # Behind a TLS-terminating proxy the browser's origin is https://…; trusting the
+        # proxy's X-Forwarded-Proto/For makes the same-origin check and Secure cookies right.
+        self._trusted_proxies = trusted_proxies
         self._listen = listen
         self._on_stop = on_stop
         self._graceful_seconds = graceful_seconds
@@ -75,6 +79,8 @@ class AdminServer:
             log_config=None,
             access_log=False,
             server_header=False,
+            proxy_headers=bool(self._trusted_proxies),
+            forwarded_allow_ips=self._trusted_proxies or None,
             timeout_graceful_shutdown=self._graceful_seconds,
         )
         self._server = _Server(config)
