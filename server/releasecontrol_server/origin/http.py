@@ -84,6 +84,11 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "ReleaseControlOrigin"
     sys_version = ""
     timeout = _IDLE_TIMEOUT_SECONDS
+    # TCP_NODELAY: the headers and the body go out in separate writes, and on a
+    # keep-alive connection Nagle's algorithm holds the body back until the
+    # client's delayed ACK (~40 ms per request for a CDN or python-tuf pulling
+    # over one connection; benchmarks/hosts measured 45 ms -> 2 ms).
+    disable_nagle_algorithm = True
     root: Path  # set on the subclass made per server
 
     def do_GET(self) -> None:
