@@ -48,6 +48,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -98,6 +99,8 @@ ENV_REMOTE_INDEX_URL = "FEATURE_REMOTE_INDEX_URL"
 STATE_FILE = "state.json"
 ARTIFACTS_DIR = "artifacts"
 _STATE_FORMAT = 1
+# Fetching is mostly waiting on the origin; a few features at once hide that.
+DEFAULT_PARALLEL_FETCHES = 8
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 _FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
 
@@ -217,6 +220,19 @@ class _Source:
     releases: ReleasesIndex
 
 
+@dataclass
+class _FeatureOutcome:
+    """What refreshing one feature found; the refreshing thread applies it, in id order."""
+
+    fetched: bool = False
+    """Its releases.json was fetched."""
+    seen: _Seen | None = None
+    """Its releases.json verified: the sequence and file hash to remember."""
+    source: _Source | None = None
+    loaded: LoadedFeature | None = None
+    refused: str | None = None
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -239,12 +255,24 @@ class FeatureHost:
         limits: Limits = DEFAULT_LIMITS,
         clock: Callable[[], datetime] = _utc_now,
         fetcher: Fetcher | None = None,
+        parallel_fetches: int = DEFAULT_PARALLEL_FETCHES,
     ) -> None:
         """Raises ConfigError for an index URL that is not http(s), an unknown channel,
-        or a state directory that cannot be used (naming it and the fix)."""
+        a `parallel_fetches` below 1, or a state directory that cannot be used (naming it
+        and the fix).
+
+        `parallel_fetches`: how many changed features are fetched and verified at
+        once (each feature's own files in order); what is served is decided as if
+        one at a time, in feature id order.
+        """
         self._index_url = _normalize_index_url(index_url)
         if channel not in CHANNELS:
             raise ConfigError(f"channel {channel!r} is not one of {', '.join(CHANNELS)}")
+        if isinstance(parallel_fetches, bool) or not (
+            isinstance(parallel_fetches, int) and parallel_fetches >= 1
+        ):
+            raise ConfigError(f"parallel_fetches must be 1 or more, not {parallel_fetches!r}")
+        self._parallel_fetches = parallel_fetches
         self._trust = trust
         self._allow_dev_keys = allow_insecure_dev_keys
         self._channel = channel
@@ -454,28 +482,63 @@ class FeatureHost:
         for gone in set(self._sources) - set(remote.features):
             del self._sources[gone]
         seen_before = dict(self._seen.features)
+        outcomes: dict[str, _FeatureOutcome] = {}
+        changed: list[tuple[str, FeatureEntry]] = []
         for feature_id, entry in sorted(remote.features.items()):
-            try:
-                loaded = self._refresh_feature(feature_id, entry, now, fetched)
-            except _Refused as exc:
-                refused[feature_id] = exc.reason
-                continue
-            if loaded is not None:
-                features[feature_id] = loaded
+            source = self._sources.get(feature_id)
+            if source is not None and source.entry == entry:
+                # Nothing new to fetch; an index verified earlier can still expire meanwhile.
+                outcome = outcomes[feature_id] = _FeatureOutcome()
+                try:
+                    _check_expiry(entry.url, source.releases.expires_at, now)
+                except _Refused as exc:
+                    outcome.refused = exc.reason
+            else:
+                changed.append((feature_id, entry))
+        outcomes.update(
+            zip((fid for fid, _ in changed), self._refresh_changed(changed, now), strict=True)
+        )
+        for feature_id, outcome in sorted(outcomes.items()):
+            if outcome.fetched:
+                fetched.append(feature_id)
+            if outcome.seen is not None:
+                self._seen.features[feature_id] = outcome.seen
+            if outcome.source is not None:
+                self._sources[feature_id] = outcome.source
+            if outcome.refused is not None:
+                refused[feature_id] = outcome.refused
+            elif outcome.loaded is not None:
+                features[feature_id] = outcome.loaded
         self._features = MappingProxyType(features)
         if self._seen.features != seen_before:
             self._save_seen()
 
+    def _refresh_changed(
+        self, changed: list[tuple[str, FeatureEntry]], now: datetime
+    ) -> list[_FeatureOutcome]:
+        """`_refresh_feature` of each, `parallel_fetches` at a time; outcomes in the same order."""
+        workers = min(self._parallel_fetches, len(changed))
+        if workers <= 1:
+            return [self._refresh_feature(fid, entry, now) for fid, entry in changed]
+        with ThreadPoolExecutor(workers, thread_name_prefix="feature-host") as pool:
+            return list(pool.map(lambda item: self._refresh_feature(*item, now), changed))
+
     def _refresh_feature(
-        self, feature_id: str, entry: FeatureEntry, now: datetime, fetched: list[str]
-    ) -> LoadedFeature | None:
-        """The feature's new LoadedFeature, or None when its entry did not change."""
+        self, feature_id: str, entry: FeatureEntry, now: datetime
+    ) -> _FeatureOutcome:
+        """Fetch and verify a feature whose entry changed. Changes nothing on the host:
+        safe to run for several features at once."""
+        outcome = _FeatureOutcome()
+        try:
+            outcome.loaded = self._fetch_feature(feature_id, entry, now, outcome)
+        except _Refused as exc:
+            outcome.refused = exc.reason
+        return outcome
+
+    def _fetch_feature(
+        self, feature_id: str, entry: FeatureEntry, now: datetime, outcome: _FeatureOutcome
+    ) -> LoadedFeature:
         label = entry.url
-        source = self._sources.get(feature_id)
-        if source is not None and source.entry == entry:
-            # Nothing new to fetch; an index verified earlier can still expire meanwhile.
-            _check_expiry(label, source.releases.expires_at, now)
-            return None
         try:
             validate_feature_id(feature_id)
         except InvalidArgument:
@@ -483,7 +546,7 @@ class FeatureHost:
                 f"{REMOTE_INDEX_PATH} lists {feature_id!r}, which is not a valid feature id"
             ) from None
         file = self._get(self._resolve(entry.url), self._limits.max_index_bytes)
-        fetched.append(feature_id)
+        outcome.fetched = True
         digest = _sha256(file.body)
         if digest != entry.sha256:
             raise _Refused(
@@ -504,7 +567,7 @@ class FeatureHost:
             )
         _check_expiry(label, releases.expires_at, now)
         self._check_sequence(label, self._seen.features.get(feature_id), releases.sequence, digest)
-        self._seen.features[feature_id] = _Seen(releases.sequence, digest)
+        outcome.seen = _Seen(releases.sequence, digest)
 
         version, channel = self._select(label, releases)
         manifest_sha256 = next(v.manifest_sha256 for v in releases.versions if v.version == version)
@@ -519,7 +582,7 @@ class FeatureHost:
             loaded = self._load_version(
                 feature_id, version, channel, manifest_sha256, releases.sequence, label
             )
-        self._sources[feature_id] = _Source(entry, releases)
+        outcome.source = _Source(entry, releases)
         return loaded
 
     def _select(self, label: str, releases: ReleasesIndex) -> tuple[str, str]:
@@ -602,7 +665,9 @@ class FeatureHost:
                 f"{what} has SHA-256 {short_keyid(digest)}, not the one its manifest lists"
             )
         try:
-            _atomic_write(cached, file.body)
+            # Not synced: a cached asset is hashed again before every use, so one
+            # a power cut lost or truncated is fetched again, never served.
+            _atomic_write(cached, file.body, durable=False)
         except OSError as exc:
             raise _Refused(
                 f"{what} verified but cannot be stored in {self._cache_dir} ({exc.strerror or exc})"
@@ -829,11 +894,12 @@ def _production_setting(env: Mapping[str, str]) -> str | None:
     return None
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Replace `path` with `data` so a reader (or a restart) sees the old file or the new one.
 
-    Nothing here is secret: the file is world-readable (0644), so a web server
-    running as another user can serve cached assets.
+    With `durable`, also so that a power cut after the return keeps the new
+    file. Nothing here is secret: the file is world-readable (0644), so a web
+    server running as another user can serve cached assets.
     """
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -841,13 +907,15 @@ def _atomic_write(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fchmod(handle.fileno(), 0o644)
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
 
 
 def _fsync_dir(directory: Path) -> None:
