@@ -39,13 +39,11 @@ refuses dev keys in production.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +56,7 @@ from urllib.parse import quote, urljoin, urlsplit
 
 from releasecontrol.errors import ConfigError, InvalidArgument, VerificationError
 from releasecontrol.fetch import Fetched, Fetcher, FetchError
+from releasecontrol.files import atomic_write
 from releasecontrol.index import (
     REMOTE_INDEX_PATH,
     Envelope,
@@ -521,7 +520,9 @@ class FeatureHost:
         if workers <= 1:
             return [self._refresh_feature(fid, entry, now) for fid, entry in changed]
         with ThreadPoolExecutor(workers, thread_name_prefix="feature-host") as pool:
-            return list(pool.map(lambda item: self._refresh_feature(*item, now), changed))
+            return list(
+                pool.map(lambda item: self._refresh_feature(item[0], item[1], now), changed)
+            )
 
     def _refresh_feature(
         self, feature_id: str, entry: FeatureEntry, now: datetime
@@ -667,7 +668,7 @@ class FeatureHost:
         try:
             # Not synced: a cached asset is hashed again before every use, so one
             # a power cut lost or truncated is fetched again, never served.
-            _atomic_write(cached, file.body, durable=False)
+            atomic_write(cached, file.body, durable=False)
         except OSError as exc:
             raise _Refused(
                 f"{what} verified but cannot be stored in {self._cache_dir} ({exc.strerror or exc})"
@@ -769,7 +770,7 @@ class FeatureHost:
         }
         data = (json.dumps(document, indent=2) + "\n").encode("utf-8")
         try:
-            _atomic_write(self._state_file, data)
+            atomic_write(self._state_file, data)
         except OSError as exc:
             # The check itself passed; failing to record it only narrows what a restart knows.
             logger.error(
@@ -892,42 +893,3 @@ def _production_setting(env: Mapping[str, str]) -> str | None:
     if env.get("NODE_ENV", "").strip().lower() == "production":
         return "NODE_ENV"
     return None
-
-
-def _atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Replace `path` with `data` so a reader (or a restart) sees the old file or the new one.
-
-    With `durable`, also so that a power cut after the return keeps the new
-    file. Nothing here is secret: the file is world-readable (0644), so a web
-    server running as another user can serve cached assets.
-    """
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fchmod(handle.fileno(), 0o644)
-            if durable:
-                os.fsync(handle.fileno())
-        os.replace(name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
-        raise
-    if durable:
-        _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # The rename is durable only once the directory entry is on disk; where a
-    # directory cannot be opened there is nothing more to do.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from releasecontrol.errors import ConfigError
+from releasecontrol.files import atomic_create, atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -374,7 +372,7 @@ class SigningKey:
 
     def save(self, path: Path) -> None:
         """Write the key to `path` atomically, readable by the owner only (mode 0600)."""
-        _atomic_write(Path(path), self.to_pem(), mode=0o600)
+        atomic_write(Path(path), self.to_pem(), mode=0o600)
 
     @property
     def keyid(self) -> str:
@@ -415,7 +413,7 @@ def load_or_create_dev_key(keys_dir: Path) -> SigningKey:
         key = SigningKey.load(pem_path)
     else:
         candidate = SigningKey.generate()
-        if _atomic_create(pem_path, candidate.to_pem(), mode=0o600):
+        if atomic_create(pem_path, candidate.to_pem(), mode=0o600):
             key = candidate
             logger.info("created dev signing key keyid=%s path=%s", key.keyid, pem_path)
         else:
@@ -430,7 +428,7 @@ def load_or_create_dev_key(keys_dir: Path) -> SigningKey:
         store = TrustStore(threshold=existing.threshold, keys=keys)
     else:
         return key
-    _atomic_write(trust_path, store.to_json().encode("utf-8"), mode=0o644)
+    atomic_write(trust_path, store.to_json().encode("utf-8"), mode=0o644)
     logger.info("wrote dev trust file keyid=%s path=%s", key.keyid, trust_path)
     return key
 
@@ -440,70 +438,3 @@ def _read_trust_file(path: Path) -> TrustStore | None:
         return TrustStore.from_file(path)
     except ConfigError:
         return None
-
-
-def _atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Replace `path` with `data` so a reader sees the old file or the new one, never a part.
-
-    Writes a temporary file in the same directory, fsyncs it, renames it over
-    `path` and fsyncs the directory. Raises OSError when the write fails.
-    """
-    tmp = _write_temp(path, data, mode)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _atomic_create(path: Path, data: bytes, *, mode: int = 0o644) -> bool:
-    """Create `path` with `data` atomically unless it exists; False when it already did.
-
-    Like _atomic_write, but a hard link instead of a rename, so a file another
-    process created first is never overwritten.
-    """
-    tmp = _write_temp(path, data, mode)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        return False
-    finally:
-        _unlink_quietly(tmp)
-    _fsync_dir(path.parent)
-    return True
-
-
-def _write_temp(path: Path, data: bytes, mode: int) -> Path:
-    # mkstemp creates the file 0600, so a secret is never readable by others, even briefly.
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
-    except BaseException:
-        _unlink_quietly(Path(name))
-        raise
-    return Path(name)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # The rename is durable only once the directory entry is on disk; some
-    # platforms cannot open a directory, and then there is nothing more to do.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)

@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from releasecontrol.errors import ConfigError, ReleaseControlError
+from releasecontrol.files import atomic_write
 from releasecontrol.trust import SigningKey, TrustStore, load_or_create_dev_key
 from releasecontrol.v1 import release_control_pb2 as pb
 from releasecontrol.v1 import release_control_pb2_grpc as pb_grpc
@@ -116,15 +116,6 @@ def trusted_keys(config: Config) -> TrustStore:
             "FEATURE_TRUST_PUBLIC_KEYS_PATH or FEATURE_TRUST_PUBLIC_KEYS_JSON"
         )
     return TrustStore.from_file(config.trust_public_keys_path)
-
-
-def _write_json_atomically(path: Path, value: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".endpoints-")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(value, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
 
 
 async def serve(
@@ -225,7 +216,8 @@ async def serve(
             "admin_url": admin_url,
             "pid": os.getpid(),
         }
-        _write_json_atomically(config.endpoints_path, endpoints)
+        config.endpoints_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(config.endpoints_path, (json.dumps(endpoints, indent=2) + "\n").encode())
         log.info(
             "serving grpc=%s origin_url=%s admin_url=%s", endpoints["grpc"], origin_url, admin_url
         )

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +30,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from releasecontrol.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -149,8 +149,8 @@ def issue_client_certificate(
     slug = principal.replace("/", "_")
     out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     cert_path, key_path = out_dir / f"client-{slug}.pem", out_dir / f"client-{slug}-key.pem"
-    _write_atomic(key_path, _key_pem(key), private=True)
-    _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), private=False)
+    atomic_write(key_path, _key_pem(key), mode=0o600)
+    atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
 
 
@@ -249,14 +249,14 @@ def _generate(paths: PkiPaths, principal: str, client_uri: str, now: datetime) -
 
     paths.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     pem = serialization.Encoding.PEM
-    _write_atomic(paths.ca_key, _key_pem(ca_key), private=True)
-    _write_atomic(paths.server_key, _key_pem(server_key), private=True)
-    _write_atomic(paths.client_key, _key_pem(client_key), private=True)
-    _write_atomic(paths.server_cert, server.public_bytes(pem), private=False)
-    _write_atomic(paths.client_cert, client.public_bytes(pem), private=False)
+    atomic_write(paths.ca_key, _key_pem(ca_key), mode=0o600)
+    atomic_write(paths.server_key, _key_pem(server_key), mode=0o600)
+    atomic_write(paths.client_key, _key_pem(client_key), mode=0o600)
+    atomic_write(paths.server_cert, server.public_bytes(pem))
+    atomic_write(paths.client_cert, client.public_bytes(pem))
     # Each file is atomic but the set is not: a run interrupted between files leaves
     # keys that do not match their certificates, which the next run regenerates.
-    _write_atomic(paths.ca_cert, ca.public_bytes(pem), private=False)
+    atomic_write(paths.ca_cert, ca.public_bytes(pem))
 
 
 def _ca_certificate(key: ec.EllipticCurvePrivateKey, now: datetime) -> x509.Certificate:
@@ -406,27 +406,3 @@ def _utc(now: datetime | None) -> datetime:
     if now is None:
         return datetime.now(UTC)
     return now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
-
-
-def _write_atomic(path: Path, data: bytes, *, private: bool) -> None:
-    """Replace `path` with `data` so that a reader sees the old bytes or the new, never a mix."""
-    # mkstemp creates the file 0600, so a private key is never readable by others, even briefly.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if not private:
-            os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if os.name == "posix":
-        # Make the rename itself durable.
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)

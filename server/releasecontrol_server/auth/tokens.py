@@ -27,7 +27,6 @@ import logging
 import os
 import re
 import secrets
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from releasecontrol.errors import ConfigError, Unauthenticated, Unavailable
+from releasecontrol.files import atomic_write
 from releasecontrol_server.auth.principal import (
     AuthContext,
     Metadata,
@@ -291,26 +291,11 @@ def _parse(data: object) -> tuple[TokenEntry, ...]:
 
 
 def _write_store(store: TokenStore) -> None:
-    """Replace the store file atomically (temporary file, fsync, rename), mode 0600."""
+    """Replace the store file atomically, mode 0600."""
     path = store.path
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     data = (json.dumps(store.to_json(), indent=2, sort_keys=True) + "\n").encode()
-    # mkstemp creates the file 0600: never readable by others, not even briefly.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write(path, data, mode=0o600)
 
 
 @contextlib.contextmanager

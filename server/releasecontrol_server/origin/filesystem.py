@@ -10,10 +10,9 @@ crash the file is the old one or the new one. Temporary files are hidden
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 from pathlib import Path
 
+from releasecontrol.files import atomic_write, fsync_dir
 from releasecontrol_server.origin import validate_origin_path
 
 __all__ = ["FilesystemOrigin"]
@@ -39,21 +38,7 @@ class FilesystemOrigin:
         """
         target = self._file(path)
         _make_dirs(target.parent)
-        fd, temp_name = tempfile.mkstemp(
-            prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
-        )
-        try:
-            with os.fdopen(fd, "wb") as temp:
-                os.fchmod(temp.fileno(), FILE_MODE)
-                temp.write(data)
-                temp.flush()
-                os.fsync(temp.fileno())
-            os.replace(temp_name, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp_name)
-            raise
-        _fsync_dir(target.parent)
+        atomic_write(target, data, mode=FILE_MODE)
 
     def read(self, path: str) -> bytes | None:
         """The bytes at `path`, or None when no file is there. Raises ValueError for a bad path."""
@@ -82,12 +67,4 @@ def _make_dirs(folder: Path) -> None:
     for new in reversed(missing):
         with contextlib.suppress(FileExistsError):
             new.mkdir(mode=0o755)
-        _fsync_dir(new.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(new.parent)
