@@ -26,6 +26,7 @@ cycles (the sequence checks turn a lost race into StaleSequence).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -358,29 +359,45 @@ class SqliteStore:
         ValueError for a limit below 1.
         """
         _check_limit(limit)
-        sql = "SELECT * FROM features WHERE feature_id > ?"
+        where = "feature_id > ?"
         params: list[Any] = [after]
-        if only:
-            sql += " AND feature_id IN (SELECT value FROM json_each(?))"
+        if len(only) == 1:
+            where += " AND feature_id = ?"
+            params.append(only[0])
+        elif only:
+            where += " AND feature_id IN (SELECT value FROM json_each(?))"
             params.append(json.dumps(list(only)))
-        sql += " ORDER BY feature_id LIMIT ?"
         params.append(limit)
-        with self._read():
-            features = self._rows(sql, params)
-            if not features:
-                return []
-            ids = json.dumps([row["feature_id"] for row in features])
-            versions = self._rows(
-                "SELECT * FROM versions WHERE feature_id IN (SELECT value FROM json_each(?)) "
-                "ORDER BY feature_id, position",
-                [ids],
-            )
-        by_feature: dict[str, list[PublishedVersion]] = {}
-        for row in versions:
-            by_feature.setdefault(str(row["feature_id"]), []).append(_version_from_row(row))
-        return [
-            _feature_from_row(row, by_feature.get(str(row["feature_id"]), [])) for row in features
-        ]
+        # One statement, so the features and their versions are one snapshot.
+        with self._lock:
+            rows = self._db.conn.execute(
+                f"WITH chosen AS (SELECT {_FEATURE_COLUMNS} FROM features WHERE {where} "
+                "ORDER BY feature_id LIMIT ?) "
+                "SELECT chosen.*, v.version, v.manifest_sha256, v.published_at, v.was_stable "
+                "FROM chosen LEFT JOIN versions AS v ON v.feature_id = chosen.feature_id "
+                "ORDER BY chosen.feature_id, v.position",
+                params,
+            ).fetchall()
+        out: list[FeatureState] = []
+        current: tuple[Any, ...] | None = None
+        versions: list[PublishedVersion] = []
+        for row in rows:
+            if current is None or row[0] != current[0]:
+                if current is not None:
+                    out.append(_feature_from_tuple(current, versions))
+                current, versions = row, []
+            if row[8] is not None:
+                versions.append(
+                    PublishedVersion(
+                        version=str(row[8]),
+                        manifest_sha256=str(row[9]),
+                        published_at=_moment(row[10]),
+                        was_stable=bool(row[11]),
+                    )
+                )
+        if current is not None:
+            out.append(_feature_from_tuple(current, versions))
+        return out
 
     def feature_count(self) -> int:
         """How many features were ever committed."""
@@ -701,6 +718,10 @@ class SqliteStore:
 # -- conversions --------------------------------------------------------------
 
 
+# Every write re-encodes each version's published_at and every read decodes
+# them: the same few thousand values, so both conversions are memoised.
+# Aware datetimes that are equal are the same instant, so they share a text.
+@functools.lru_cache(maxsize=1 << 16)
 def _text(moment: datetime) -> str:
     """ISO-8601 UTC with microseconds: sorts as text, and reads back equal."""
     if moment.tzinfo is None or moment.utcoffset() is None:
@@ -708,6 +729,7 @@ def _text(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _moment(text: str) -> datetime:
     return datetime.fromisoformat(text).astimezone(UTC)
 
@@ -720,13 +742,25 @@ def _optional_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _version_from_row(row: dict[str, Any]) -> PublishedVersion:
-    return PublishedVersion(
-        version=str(row["version"]),
-        manifest_sha256=str(row["manifest_sha256"]),
-        published_at=_moment(row["published_at"]),
-        was_stable=bool(row["was_stable"]),
+_FEATURE_COLUMNS = (
+    "feature_id, sequence, stable, canary_version, canary_soak_started_at, "
+    "canary_soak_seconds, updated_at, updated_by"
+)
+
+
+def _feature_from_tuple(row: Sequence[Any], versions: Sequence[PublishedVersion]) -> FeatureState:
+    """A feature from a row whose first columns are `_FEATURE_COLUMNS`, in that order."""
+    names = (
+        "feature_id",
+        "sequence",
+        "stable",
+        "canary_version",
+        "canary_soak_started_at",
+        "canary_soak_seconds",
+        "updated_at",
+        "updated_by",
     )
+    return _feature_from_row(dict(zip(names, row, strict=False)), versions)
 
 
 def _feature_from_row(row: dict[str, Any], versions: Sequence[PublishedVersion]) -> FeatureState:
