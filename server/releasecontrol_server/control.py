@@ -17,10 +17,11 @@ import asyncio
 import logging
 import os
 import signal
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from releasecontrol.errors import (
     FailedPrecondition,
@@ -49,6 +50,8 @@ R = TypeVar("R")
 FAILPOINT_AFTER_COMMIT = "after-commit"
 
 _RETRY_SECONDS = 5.0
+# Features whose state and releases.json are kept in memory for reads.
+_CACHED_FEATURES = 4096
 
 
 def utc_now() -> datetime:
@@ -110,6 +113,10 @@ class ReleaseController:
         # of features, so they are kept here rather than read back per change.
         self._remote_index: SignedFile | None = None
         self._retry_task: asyncio.Task[None] | None = None
+        # Reads (status, one feature, its releases.json) of recently used
+        # features come from memory; a commit puts the new values here first.
+        self._states: _Recent[str, FeatureState] = _Recent(_CACHED_FEATURES)
+        self._files: _Recent[str, SignedFile] = _Recent(_CACHED_FEATURES)
 
     @property
     def default_soak_seconds(self) -> int:
@@ -172,7 +179,7 @@ class ReleaseController:
                         )
                     return decode(prior_bytes)
             now = self._clock()
-            state = self._store.load_feature(feature_id)
+            state = self._load(feature_id)
             outcome = releases.apply(state, feature_id, command, meta, now)
             if isinstance(outcome, releases.Unchanged):
                 answer = encode(Applied(outcome.state, None, outcome.why))
@@ -228,6 +235,10 @@ class ReleaseController:
             )
             self._entries.set(feature_id, entry)
             self._remote_index = remote
+            self._states.put(feature_id, outcome.state)
+            for file in files:
+                if file is not remote:
+                    self._files.put(file.path, file)
             log.info(
                 "committed feature=%s action=%s version=%s sequence=%d global_sequence=%d actor=%s",
                 feature_id,
@@ -260,10 +271,7 @@ class ReleaseController:
             remote = self._origin.read(path)
             if remote is None:
                 continue
-            if path == REMOTE_INDEX_PATH:
-                ours = self._remote_index
-            else:
-                ours = self._store.signed_file(path)
+            ours = self._remote_index if path == REMOTE_INDEX_PATH else self._stored_file(path)
             if ours is not None and ours.content == remote:
                 continue  # the origin holds what this store committed last
             try:
@@ -384,7 +392,7 @@ class ReleaseController:
     # -- reads -------------------------------------------------------------
 
     def feature(self, feature_id: str) -> FeatureState:
-        state = self._store.load_feature(feature_id)
+        state = self._load(feature_id)
         if state is None:
             raise NotFound(
                 f"feature {feature_id!r} does not exist; `releasectl release status` lists "
@@ -405,7 +413,9 @@ class ReleaseController:
 
     def _all_features(self, only: Sequence[str] = ()) -> list[FeatureState]:
         if only:
-            return self._store.list_features(only=only, limit=len(only))
+            # As the store lists them: by id, once each, unknown ids skipped.
+            found = (self._load(feature_id) for feature_id in sorted(set(only)))
+            return [state for state in found if state is not None]
         out: list[FeatureState] = []
         after = ""
         while page := self._store.list_features(after=after, limit=1000):
@@ -414,7 +424,9 @@ class ReleaseController:
         return out
 
     def signed_file(self, path: str) -> SignedFile:
-        file = self._store.signed_file(path)
+        if path == REMOTE_INDEX_PATH and self._remote_index is not None:
+            return self._remote_index  # the last committed bytes, kept since start
+        file = self._stored_file(path)
         if file is None:
             raise NotFound(f"{path} has not been signed yet: publish a version first")
         return file
@@ -431,6 +443,52 @@ class ReleaseController:
         only = list(feature_ids)
         return self._all_features(only), self._store.global_sequence()
 
+    def _stored_file(self, path: str) -> SignedFile | None:
+        """The last committed bytes of `path` (None if never), from the cache or the store."""
+        file = self._files.get(path)
+        if file is None:
+            file = self._store.signed_file(path)
+            if file is not None:
+                self._files.put(path, file)
+        return file
+
+    def _load(self, feature_id: str) -> FeatureState | None:
+        """The committed state of `feature_id` (None if unknown), from the cache or the store."""
+        state = self._states.get(feature_id)
+        if state is None:
+            state = self._store.load_feature(feature_id)
+            if state is not None:
+                self._states.put(feature_id, state)
+        return state
+
     @property
     def hub(self) -> WatchHub:
         return self._hub
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Recent(Generic[K, V]):
+    """The `size` most recently used values, by key: the read cache of committed state.
+
+    Only the controller writes the store, and it puts every committed value
+    here as it commits, so a cached value is always the committed one.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
