@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
 import secrets
 import time
 from dataclasses import dataclass, field, replace
@@ -30,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from releasecontrol.errors import ConfigError
+from releasecontrol.files import atomic_create
 from releasecontrol_server.auth.principal import Principal, parse_roles, parse_scopes
 
 log = logging.getLogger(__name__)
@@ -147,14 +147,12 @@ def load_or_create_secret(path: Path) -> bytes:
     try:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_hex(_SECRET_BYTES) + "\n")
-            log.info("admin session key created path=%s", path)
+            key = (secrets.token_hex(_SECRET_BYTES) + "\n").encode("ascii")
+            # Whole or not at all, and never over a key another process made first.
+            if atomic_create(path, key, mode=0o600):
+                log.info("admin session key created path=%s", path)
         mode = path.stat().st_mode & 0o777
         text = path.read_text(encoding="ascii").strip()
-    except FileExistsError:  # another process made it between exists() and open()
-        return load_or_create_secret(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(
             f"the admin session key {path} cannot be read or created "
