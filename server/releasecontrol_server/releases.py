@@ -16,7 +16,8 @@ Rules:
   one) and clears the canary.
 - SetChannel (the operator fallback) sets one channel to any published version.
 - expected_sequence, when given, must equal the current sequence (StaleSequence).
-- Every change advances the feature's sequence by exactly one.
+- Every change advances the feature's sequence by exactly one, including a
+  re-sign (same channels, new expiry): hosts refuse new bytes under an old sequence.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Action(enum.StrEnum):
     PROMOTE = "promote"
     ROLLBACK = "rollback"
     SET_CHANNEL = "set_channel"
+    RESIGN = "resign"
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,16 @@ class SetChannel:
     soak_seconds: int = 0
 
 
-Command = Publish | DeployCanary | Promote | Rollback | SetChannel
+@dataclass(frozen=True)
+class Resign:
+    """Sign the unchanged state again (sequence + 1) before its index expires."""
+
+    @property
+    def version(self) -> str:
+        return ""
+
+
+Command = Publish | DeployCanary | Promote | Rollback | SetChannel | Resign
 
 
 @dataclass(frozen=True)
@@ -200,7 +211,8 @@ def apply(
     FailedPrecondition (SoakNotOver) or StaleSequence, and then nothing changed.
     """
     validate_feature_id(feature_id)
-    validate_version(command.version)
+    if not isinstance(command, Resign):
+        validate_version(command.version)
     _check_meta(meta)
     if state is None:
         if not isinstance(command, Publish):
@@ -227,6 +239,17 @@ def apply(
             return _rollback(state, command, meta, now)
         case SetChannel():
             return _set_channel(state, command, meta, now)
+        case Resign():
+            return _commit(
+                state,
+                meta,
+                now,
+                Action.RESIGN,
+                state.stable or "",
+                "re-signed before the index expires; nothing else changed",
+                stable=state.stable,
+                canary=state.canary,
+            )
     raise AssertionError(f"unknown command {command!r}")  # pragma: no cover
 
 

@@ -39,6 +39,7 @@ _ACTIONS = {
     Action.PROMOTE: pb.TRANSITION_ACTION_PROMOTE,
     Action.ROLLBACK: pb.TRANSITION_ACTION_ROLLBACK,
     Action.SET_CHANNEL: pb.TRANSITION_ACTION_SET_CHANNEL,
+    Action.RESIGN: pb.TRANSITION_ACTION_RESIGN,
 }
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])

@@ -38,6 +38,7 @@ from releasecontrol_server.releases import (
     Promote,
     Publish,
     PublishedVersion,
+    Resign,
     Rollback,
     SetChannel,
     Transition,
@@ -1201,3 +1202,32 @@ class TestCanarySecondsLeft:
     def test_zero_soak_is_over_at_once(self) -> None:
         """A canary with a 0s soak has no time left at its start."""
         assert canary(started=NOW, soak=0).seconds_left(NOW) == 0
+
+
+class TestResign:
+    def test_resign_keeps_channels_and_advances_the_sequence(self) -> None:
+        """A re-sign changes nothing but the sequence, and says so in the audit record."""
+        state = FeatureState(
+            feature_id="checkout",
+            sequence=4,
+            stable="1.0.0",
+            canary=Canary("1.1.0", NOW, 60),
+            versions=(
+                PublishedVersion("1.0.0", sha("1.0.0"), NOW, was_stable=True),
+                PublishedVersion("1.1.0", sha("1.1.0"), NOW),
+            ),
+        )
+        later = NOW + timedelta(days=4)
+        outcome = apply(state, "checkout", Resign(), ChangeMeta(actor="releasecontrol"), later)
+        assert isinstance(outcome, Transition)
+        assert (outcome.state.sequence, outcome.state.stable) == (5, "1.0.0")
+        assert outcome.state.canary == state.canary  # the soak is not restarted
+        assert outcome.state.versions == state.versions
+        assert outcome.record.action is Action.RESIGN
+        assert outcome.record.from_stable == outcome.record.to_stable == "1.0.0"
+        assert "re-signed" in outcome.record.detail
+
+    def test_resign_of_an_unknown_feature_is_not_found(self) -> None:
+        """Only existing features are re-signed."""
+        with pytest.raises(NotFound):
+            apply(None, "checkout", Resign(), ChangeMeta(actor="releasecontrol"), NOW)

@@ -53,6 +53,8 @@ class _TransitionActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Tran
     TRANSITION_ACTION_PROMOTE: _TransitionAction.ValueType  # 3
     TRANSITION_ACTION_ROLLBACK: _TransitionAction.ValueType  # 4
     TRANSITION_ACTION_SET_CHANNEL: _TransitionAction.ValueType  # 5
+    TRANSITION_ACTION_RESIGN: _TransitionAction.ValueType  # 6
+    """The index was signed again before it expired; nothing else changed."""
 
 class TransitionAction(_TransitionAction, metaclass=_TransitionActionEnumTypeWrapper): ...
 
@@ -62,6 +64,8 @@ TRANSITION_ACTION_DEPLOY_CANARY: TransitionAction.ValueType  # 2
 TRANSITION_ACTION_PROMOTE: TransitionAction.ValueType  # 3
 TRANSITION_ACTION_ROLLBACK: TransitionAction.ValueType  # 4
 TRANSITION_ACTION_SET_CHANNEL: TransitionAction.ValueType  # 5
+TRANSITION_ACTION_RESIGN: TransitionAction.ValueType  # 6
+"""The index was signed again before it expired; nothing else changed."""
 Global___TransitionAction: _TypeAlias = TransitionAction  # noqa: Y015
 
 class _WatchEventType:
