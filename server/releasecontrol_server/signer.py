@@ -163,8 +163,9 @@ class FeatureEntries(Mapping[str, FeatureEntry]):
 
     `encoded()` is the JCS bytes of the `features` object, rebuilt from the
     kept encodings: only entries set since the last call are encoded, and only
-    their block of members is joined again. `replacing(id, entry)` is a view
-    with one entry changed or added, for signing a change before it commits.
+    their block of members is joined again. `with_entries({id: entry, ...})`
+    (or `replacing(id, entry)`) is a view with entries changed or added, for
+    signing changes before they commit.
     """
 
     def __init__(self, entries: Mapping[str, FeatureEntry] | None = None) -> None:
@@ -219,8 +220,13 @@ class FeatureEntries(Mapping[str, FeatureEntry]):
 
     def replacing(self, feature_id: str, entry: FeatureEntry) -> _Replacing:
         """A read-only view of these entries with `feature_id`'s set to `entry`."""
-        self._check(feature_id)
-        return _Replacing(self, feature_id, entry)
+        return self.with_entries({feature_id: entry})
+
+    def with_entries(self, changed: Mapping[str, FeatureEntry]) -> _Replacing:
+        """A read-only view of these entries with each of `changed` set (added or replaced)."""
+        for feature_id in changed:
+            self._check(feature_id)
+        return _Replacing(self, dict(changed))
 
     def _block_for(self, key: bytes) -> _Block:
         if not self._blocks:
@@ -242,52 +248,58 @@ class FeatureEntries(Mapping[str, FeatureEntry]):
 
     def encoded(self) -> bytes:
         """The JCS bytes of the `features` object: {"<id>": {...}, ...}."""
-        return self._encoded(None)
+        return self._encoded({})
 
-    def _encoded(self, override: tuple[str, FeatureEntry] | None) -> bytes:
+    def _encoded(self, changed: Mapping[str, FeatureEntry]) -> bytes:
         members = self._members
-        changed: _Block | None = None
-        if override is not None:
-            changed = self._block_for(jcs_sort_key(override[0]))
+        by_block: dict[int, dict[str, FeatureEntry]] = {}
+        for feature_id, entry in changed.items():
+            block = self._block_for(jcs_sort_key(feature_id))
+            by_block.setdefault(id(block), {})[feature_id] = entry
         parts: list[bytes] = []
         for block in self._blocks:
-            if block is changed and override is not None:
-                parts.append(self._joined_with(block, *override))
+            overrides = by_block.get(id(block))
+            if overrides:
+                parts.append(self._joined_with(block, overrides))
             elif block.ids:
                 parts.append(block.joined(members))
         return b"{" + b",".join(parts) + b"}"
 
-    def _joined_with(self, block: _Block, feature_id: str, entry: FeatureEntry) -> bytes:
-        ids, key = list(block.ids), jcs_sort_key(feature_id)
-        if feature_id not in self._entries:
-            ids.insert(bisect.bisect_left(block.keys, key), feature_id)
+    def _joined_with(self, block: _Block, changed: Mapping[str, FeatureEntry]) -> bytes:
+        ids, keys = list(block.ids), list(block.keys)
+        for feature_id in changed:
+            if feature_id not in self._entries:
+                key = jcs_sort_key(feature_id)
+                at = bisect.bisect_left(keys, key)
+                keys.insert(at, key)
+                ids.insert(at, feature_id)
         members = [
-            _member(feature_id, entry) if fid == feature_id else self._members[fid] for fid in ids
+            _member(fid, changed[fid]) if fid in changed else self._members[fid] for fid in ids
         ]
         return b",".join(members)
 
 
 class _Replacing(Mapping[str, FeatureEntry]):
-    """FeatureEntries with one entry replaced (or added); see FeatureEntries.replacing."""
+    """FeatureEntries with some entries replaced or added; see FeatureEntries.with_entries."""
 
-    def __init__(self, base: FeatureEntries, feature_id: str, entry: FeatureEntry) -> None:
+    def __init__(self, base: FeatureEntries, changed: dict[str, FeatureEntry]) -> None:
         self._base = base
-        self._id = feature_id
-        self._entry = entry
+        self._changed = changed
 
     def __getitem__(self, feature_id: str) -> FeatureEntry:
-        return self._entry if feature_id == self._id else self._base[feature_id]
+        if feature_id in self._changed:
+            return self._changed[feature_id]
+        return self._base[feature_id]
 
     def __iter__(self) -> Iterator[str]:
         yield from self._base
-        if self._id not in self._base:
-            yield self._id
+        yield from (fid for fid in self._changed if fid not in self._base)
 
     def __len__(self) -> int:
-        return len(self._base) + (self._id not in self._base)
+        return len(self._base) + sum(fid not in self._base for fid in self._changed)
 
     def encoded(self) -> bytes:
-        return self._base._encoded((self._id, self._entry))
+        return self._base._encoded(self._changed)
 
     def __repr__(self) -> str:
-        return f"<FeatureEntries replacing {self._id!r}>"
+        return f"<FeatureEntries with {sorted(self._changed)!r} changed>"

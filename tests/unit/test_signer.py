@@ -117,6 +117,24 @@ class TestFeatureEntries:
                 cached.set(name, entry)
                 entries = with_change
 
+    @pytest.mark.parametrize("seed", range(20))
+    def test_a_view_of_several_changes_equals_rfc8785(self, seed: int) -> None:
+        """Several entries changed and added at once (one signed batch) encode as rfc8785 does."""
+        rng = random.Random(5000 + seed)
+        entries = {}
+        for _ in range(rng.choice([0, 3, 300, 900])):
+            name = random_name(rng)
+            entries[name] = random_entry(rng, name)
+        cached = FeatureEntries(entries)
+        for _ in range(10):
+            names = [rng.choice([*entries, random_name(rng)]) for _ in range(rng.randrange(1, 9))]
+            changed = {name: random_entry(rng, name) for name in names}
+            expected = {**entries, **changed}
+            view = cached.with_entries(changed)
+            assert view.encoded() == rfc8785.dumps({f: e.to_dict() for f, e in expected.items()})
+            assert dict(view) == expected
+            assert len(view) == len(expected)
+
     def test_refuses_an_empty_feature_id(self) -> None:
         """An empty id is refused, as RemoteIndex refuses it."""
         entry = FeatureEntry(url="features/x/releases.json", sha256="a" * 64, sequence=1)
