@@ -14,6 +14,7 @@ and, since the outbox holds only the newest bytes of each file, never goes back.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -86,6 +87,60 @@ class Status:
     server_time: datetime
 
 
+@dataclass
+class _Request:
+    """A change waiting for the writer; `answer` gets the encoded response or the error."""
+
+    feature_id: str
+    command: Command
+    meta: ChangeMeta
+    rpc: str
+    request_id: str
+    encode: Callable[[Applied], bytes]
+    manifest: bytes | None
+    artifacts: Mapping[str, ReceivedAsset]
+    answer: asyncio.Future[bytes]
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A request's change, signed and ready to commit with the rest of its batch."""
+
+    request: _Request
+    change: Change
+    transition: StoredTransition
+    entry: FeatureEntry
+    answer: bytes
+
+
+def _fail(answer: asyncio.Future[bytes], error: BaseException) -> None:
+    """Answer with `error`, unless the caller is gone (then nobody will read it)."""
+    if not answer.done():
+        answer.set_exception(error)
+
+
+def _settle_like(answer: asyncio.Future[bytes], first: asyncio.Future[bytes]) -> None:
+    """Answer a repeated request_id as its first request in the same batch was answered."""
+    if answer.done():
+        return
+    if first.cancelled():
+        answer.set_exception(
+            Unavailable("the first request with this request_id was cancelled; retry it")
+        )
+    elif (error := first.exception()) is not None:
+        answer.set_exception(error)
+    else:
+        answer.set_result(first.result())
+
+
+def _request_id_reused(request_id: str, first_rpc: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"request_id {request_id!r} was already used for {first_rpc}; "
+        "use a new request_id for a different request",
+        field="request_id",
+    )
+
+
 class ReleaseController:
     """Applies release changes durably and serves the committed state."""
 
@@ -113,6 +168,8 @@ class ReleaseController:
         # of features, so they are kept here rather than read back per change.
         self._remote_index: SignedFile | None = None
         self._retry_task: asyncio.Task[None] | None = None
+        self._queue: list[_Request] = []
+        self._writer: asyncio.Task[None] | None = None
         # Reads (status, one feature, its releases.json) of recently used
         # features come from memory; a commit puts the new values here first.
         self._states: _Recent[str, FeatureState] = _Recent(_CACHED_FEATURES)
@@ -165,109 +222,232 @@ class ReleaseController:
         without applying anything. Raises the state machine's errors (nothing
         changed), or Unavailable when the change committed but the origin write
         failed (it is retried in the background).
-        """
-        async with self._lock:
-            if request_id:
-                prior = self._store.request_response(request_id)
-                if prior is not None:
-                    prior_rpc, prior_bytes = prior
-                    if prior_rpc != rpc:
-                        raise InvalidArgument(
-                            f"request_id {request_id!r} was already used for {prior_rpc}; "
-                            "use a new request_id for a different request",
-                            field="request_id",
-                        )
-                    return decode(prior_bytes)
-            now = self._clock()
-            state = self._load(feature_id)
-            outcome = releases.apply(state, feature_id, command, meta, now)
-            if isinstance(outcome, releases.Unchanged):
-                answer = encode(Applied(outcome.state, None, outcome.why))
-                if request_id:
-                    self._store.remember_request(request_id, rpc, answer)
-                return decode(answer)
 
-            self._refuse_if_origin_ahead(outcome.state.feature_id)
+        Changes that arrive while the writer is busy are applied together, in
+        arrival order, as one store transaction and one origin write of
+        remote-index.json (group commit); each is still its own audit record
+        and global sequence, and each caller gets its own answer or error.
+        """
+        loop = asyncio.get_running_loop()
+        request = _Request(
+            feature_id=feature_id,
+            command=command,
+            meta=meta,
+            rpc=rpc,
+            request_id=request_id,
+            encode=encode,
+            manifest=manifest,
+            artifacts=artifacts or {},
+            answer=loop.create_future(),
+        )
+        self._queue.append(request)
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._write_queued())
+        # Cancelling the caller cancels only this wait: a change still queued is
+        # then dropped, one already being written completes.
+        return decode(await request.answer)
+
+    async def _write_queued(self) -> None:
+        """The one writer: apply what is queued, a batch at a time, until nothing is left."""
+        while self._queue:
+            async with self._lock:
+                # Taken under the lock: whatever queued while it was held joins this batch.
+                batch = [r for r in self._queue if not r.answer.done()]
+                self._queue = []
+                try:
+                    await self._apply_batch(batch)
+                except Exception as exc:  # a bug: answer with it rather than hang
+                    log.exception("applying a batch of %d changes failed", len(batch))
+                    for request in batch:
+                        _fail(request.answer, exc)
+                except BaseException:  # shutting down
+                    for request in batch:
+                        _fail(request.answer, Unavailable("the server is shutting down; retry"))
+                    raise
+
+    async def _apply_batch(self, batch: list[_Request]) -> None:
+        now = self._clock()
+        global_sequence = self._store.global_sequence()
+        prepared: list[_Prepared] = []
+        states: dict[str, FeatureState] = {}
+        entries: dict[str, FeatureEntry] = {}
+        first_by_id: dict[str, _Request] = {}
+        repeats: list[tuple[_Request, _Request]] = []
+        remote_checked = False
+        for request in batch:
+            first = first_by_id.get(request.request_id) if request.request_id else None
+            if first is not None:
+                if first.rpc != request.rpc:
+                    _fail(request.answer, _request_id_reused(request.request_id, first.rpc))
+                else:
+                    repeats.append((request, first))  # answered as the first one is
+                continue
+            if request.request_id:
+                first_by_id[request.request_id] = request
             try:
-                self._write_artifacts(artifacts or {})
-            except OSError as exc:
-                raise Unavailable(
-                    f"writing the artifacts of {feature_id!r} to the CDN origin failed ({exc}); "
-                    "nothing was committed: retry when the origin is reachable"
-                ) from exc
-            global_sequence = self._store.global_sequence() + 1
-            files: list[SignedFile] = []
-            stored_manifest: tuple[str, bytes] | None = None
-            if manifest is not None:
-                version = command.version
-                stored_manifest = (version, manifest)
-                files.append(
-                    SignedFile(
-                        path=manifest_path(feature_id, version),
-                        content=manifest,
-                        sha256=sha256_hex(manifest),
-                        sequence=outcome.state.sequence,
-                    )
+                item = self._prepare(
+                    request, now, global_sequence + 1, states, check_remote=not remote_checked
                 )
-            releases_file = self._signer.releases_file(outcome.state, now)
-            entry = feature_entry(releases_file)
-            entries = self._entries.replacing(feature_id, entry)
-            remote = self._signer.remote_index_file(global_sequence, entries, now)
-            files += [releases_file, remote]
-            transition = StoredTransition(
-                id=global_sequence,
-                record=outcome.record,
-                global_sequence=global_sequence,
-                request_id=request_id,
-            )
-            answer = encode(Applied(outcome.state, transition))
-            self._store.commit(
-                Change(
-                    state=outcome.state,
-                    record=outcome.record,
-                    global_sequence=global_sequence,
-                    files=tuple(files),
-                    manifest=stored_manifest,
-                    request_id=request_id,
-                    rpc=rpc,
-                    response=answer,
+            except Exception as exc:
+                _fail(request.answer, exc)
+                continue
+            remote_checked = remote_checked or item is not None
+            if item is None:
+                continue  # answered: a repeat of an earlier request, or nothing to change
+            prepared.append(item)
+            global_sequence += 1
+            states[request.feature_id] = item.change.state
+            entries[request.feature_id] = item.entry
+        if prepared:
+            await self._commit(prepared, entries, now)
+        for request, first in repeats:
+            _settle_like(request.answer, first.answer)
+
+    def _prepare(
+        self,
+        request: _Request,
+        now: datetime,
+        global_sequence: int,
+        states: Mapping[str, FeatureState],
+        *,
+        check_remote: bool,
+    ) -> _Prepared | None:
+        """The change `request` makes on top of `states` (the batch so far), signed; or None
+        when it was answered already (a request_id seen before, or nothing changes)."""
+        feature_id, rpc, request_id = request.feature_id, request.rpc, request.request_id
+        if request_id:
+            prior = self._store.request_response(request_id)
+            if prior is not None:
+                prior_rpc, prior_bytes = prior
+                if prior_rpc != rpc:
+                    raise _request_id_reused(request_id, prior_rpc)
+                request.answer.set_result(prior_bytes)
+                return None
+        state = states.get(feature_id) or self._load(feature_id)
+        outcome = releases.apply(state, feature_id, request.command, request.meta, now)
+        if isinstance(outcome, releases.Unchanged):
+            answer = request.encode(Applied(outcome.state, None, outcome.why))
+            if request_id:
+                self._store.remember_request(request_id, rpc, answer)
+            request.answer.set_result(answer)
+            return None
+
+        if feature_id not in states:  # an earlier change in the batch checked it already
+            self._refuse_if_origin_ahead(outcome.state.feature_id, remote_index=check_remote)
+        try:
+            self._write_artifacts(request.artifacts)
+        except OSError as exc:
+            raise Unavailable(
+                f"writing the artifacts of {feature_id!r} to the CDN origin failed ({exc}); "
+                "nothing was committed: retry when the origin is reachable"
+            ) from exc
+        files: list[SignedFile] = []
+        stored_manifest: tuple[str, bytes] | None = None
+        if request.manifest is not None:
+            version = request.command.version
+            stored_manifest = (version, request.manifest)
+            files.append(
+                SignedFile(
+                    path=manifest_path(feature_id, version),
+                    content=request.manifest,
+                    sha256=sha256_hex(request.manifest),
+                    sequence=outcome.state.sequence,
                 )
             )
+        releases_file = self._signer.releases_file(outcome.state, now)
+        files.append(releases_file)
+        transition = StoredTransition(
+            id=global_sequence,
+            record=outcome.record,
+            global_sequence=global_sequence,
+            request_id=request_id,
+        )
+        answer = request.encode(Applied(outcome.state, transition))
+        change = Change(
+            state=outcome.state,
+            record=outcome.record,
+            global_sequence=global_sequence,
+            files=tuple(files),
+            manifest=stored_manifest,
+            request_id=request_id,
+            rpc=rpc,
+            response=answer,
+        )
+        return _Prepared(request, change, transition, feature_entry(releases_file), answer)
+
+    async def _commit(
+        self, prepared: list[_Prepared], entries: Mapping[str, FeatureEntry], now: datetime
+    ) -> None:
+        """Sign the remote index once for the batch, commit it, write the origin, answer."""
+        last = prepared[-1].change
+        try:
+            remote = self._signer.remote_index_file(
+                last.global_sequence, self._entries.with_entries(entries), now
+            )
+            # The batch's one remote-index.json rides with its last change.
+            changes = [p.change for p in prepared[:-1]]
+            changes.append(dataclasses.replace(last, files=(*last.files, remote)))
+            # The disk work runs off the event loop, so reads (and the next
+            # batch's requests) are served meanwhile.
+            flushed = await asyncio.to_thread(self._commit_and_flush, changes)
+        except Exception as exc:
+            for item in prepared:
+                _fail(item.request.answer, exc)
+            return
+        for feature_id, entry in entries.items():
             self._entries.set(feature_id, entry)
-            self._remote_index = remote
-            self._states.put(feature_id, outcome.state)
-            for file in files:
+        self._remote_index = remote
+        for change in changes:
+            self._states.put(change.state.feature_id, change.state)
+            for file in change.files:
                 if file is not remote:
                     self._files.put(file.path, file)
+        if not flushed:
+            self._schedule_retry()
+        for item in prepared:
+            state, record = item.change.state, item.change.record
             log.info(
                 "committed feature=%s action=%s version=%s sequence=%d global_sequence=%d actor=%s",
-                feature_id,
-                outcome.record.action,
-                outcome.record.version,
-                outcome.state.sequence,
-                global_sequence,
-                meta.actor,
+                state.feature_id,
+                record.action,
+                record.version,
+                state.sequence,
+                item.change.global_sequence,
+                item.request.meta.actor,
             )
-            if self._failpoint == FAILPOINT_AFTER_COMMIT:
-                os.kill(os.getpid(), signal.SIGKILL)
-            flushed = self._flush_or_schedule()
-            self._hub.publish(ChangeEvent(global_sequence, outcome.state, transition))
-            if not flushed:
-                raise Unavailable(
-                    f"the change to {feature_id!r} committed as sequence {outcome.state.sequence}, "
-                    "but writing it to the CDN origin failed; the server keeps retrying, and "
-                    "`releasectl release status` shows the pending writes"
+            self._hub.publish(ChangeEvent(item.change.global_sequence, state, item.transition))
+            if item.request.answer.done():
+                continue  # its caller went away; the change stands
+            if flushed:
+                item.request.answer.set_result(item.answer)
+            else:
+                _fail(
+                    item.request.answer,
+                    Unavailable(
+                        f"the change to {state.feature_id!r} committed as sequence "
+                        f"{state.sequence}, but writing it to the CDN origin failed; the server "
+                        "keeps retrying, and `releasectl release status` shows the pending writes"
+                    ),
                 )
-            return decode(answer)
 
-    def _refuse_if_origin_ahead(self, feature_id: str) -> None:
+    def _commit_and_flush(self, changes: list[Change]) -> bool:
+        """In a worker thread: commit `changes` in one transaction, then write the outbox."""
+        self._store.commit_many(changes)
+        if self._failpoint == FAILPOINT_AFTER_COMMIT:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self._flush()
+
+    def _refuse_if_origin_ahead(self, feature_id: str, *, remote_index: bool = True) -> None:
         """Refuse to publish when the origin holds newer or different index files than the store.
 
         Another writer, or a database restored from an old backup, would
         otherwise make this server publish a lower sequence than hosts have seen.
+        `remote_index=False` checks only the feature's releases.json (a batch
+        checks remote-index.json once).
         """
         pending: set[str] | None = None
-        for path in (releases_path(feature_id), REMOTE_INDEX_PATH):
+        paths = [releases_path(feature_id)] + ([REMOTE_INDEX_PATH] if remote_index else [])
+        for path in paths:
             remote = self._origin.read(path)
             if remote is None:
                 continue
@@ -319,9 +499,12 @@ class ReleaseController:
         """Flush the outbox; if that fails, keep retrying in the background."""
         if self._flush():
             return True
+        self._schedule_retry()
+        return False
+
+    def _schedule_retry(self) -> None:
         if self._retry_task is None or self._retry_task.done():
             self._retry_task = asyncio.get_running_loop().create_task(self._retry())
-        return False
 
     async def _retry(self) -> None:
         while True:
