@@ -172,7 +172,14 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("origin http %s " + format, self.address_string(), *args)
 
 
-class _IPv6Server(ThreadingHTTPServer):
+class _Server(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: a CDN or a host opening a few
+    # connections at once overflows it, and each dropped SYN costs the client a
+    # 1 s retransmission (found by benchmarks/hosts).
+    request_queue_size = 128
+
+
+class _IPv6Server(_Server):
     address_family = socket.AF_INET6
 
 
@@ -192,7 +199,7 @@ class OriginHttpServer:
             raise RuntimeError("the origin HTTP server is already running")
         root = self.root.resolve()
         handler = type("OriginHandler", (_Handler,), {"root": root})
-        server_class = _IPv6Server if ":" in self.host else ThreadingHTTPServer
+        server_class = _IPv6Server if ":" in self.host else _Server
         server = server_class((self.host, self._requested_port), handler)
         server.daemon_threads = True
         self._server = server
