@@ -37,6 +37,7 @@ from releasecontrol_server.admin import (
 from releasecontrol_server.auth.interceptor import AuthInterceptor, authenticator_for
 from releasecontrol_server.config import Config, load_config, split_listen_address
 from releasecontrol_server.control import ReleaseController
+from releasecontrol_server.expiry import Resigner
 from releasecontrol_server.origin import open_origin
 from releasecontrol_server.origin.http import OriginHttpServer
 from releasecontrol_server.pki import ensure_dev_pki
@@ -228,8 +229,11 @@ async def serve(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        resigner = Resigner(controller, expiry_seconds=config.index_expiry_seconds)
+        resigning = loop.create_task(resigner.run(stop), name="resign-before-expiry")
         await stop.wait()
         log.info("shutting down")
+        await resigning
     finally:
         await admin.stop()
         await server.stop(config.shutdown_grace_seconds)
