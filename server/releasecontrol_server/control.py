@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import os
 import signal
@@ -31,7 +32,13 @@ from releasecontrol.errors import (
     Unavailable,
     VerificationError,
 )
-from releasecontrol.index import REMOTE_INDEX_PATH, Envelope, FeatureEntry, releases_path
+from releasecontrol.index import (
+    REMOTE_INDEX_PATH,
+    Envelope,
+    FeatureEntry,
+    check_signatures,
+    releases_path,
+)
 from releasecontrol.manifest import artifact_path, manifest_path, sha256_hex
 from releasecontrol_server import releases
 from releasecontrol_server.origin import Origin
@@ -133,10 +140,30 @@ def _settle_like(answer: asyncio.Future[bytes], first: asyncio.Future[bytes]) ->
         answer.set_result(first.result())
 
 
-def _request_id_reused(request_id: str, first_rpc: str) -> InvalidArgument:
+def _request_key(request: _Request) -> str:
+    """What a request_id is bound to: the RPC and a digest of everything the request asks.
+
+    A retry carries the same key; the same id on another request (another feature,
+    version, reason…) is refused instead of being answered with the first one's result.
+    """
+    asked = repr(
+        (
+            request.feature_id,
+            request.command,
+            request.meta.actor,
+            request.meta.reason,
+            request.meta.ticket,
+            request.meta.expected_sequence,
+        )
+    )
+    return f"{request.rpc} {hashlib.sha256(asked.encode()).hexdigest()[:32]}"
+
+
+def _request_id_reused(request_id: str, first_key: str) -> InvalidArgument:
+    first_rpc = first_key.split(" ", 1)[0]
     return InvalidArgument(
-        f"request_id {request_id!r} was already used for {first_rpc}; "
-        "use a new request_id for a different request",
+        f"request_id {request_id!r} was already used for a different {first_rpc} request; "
+        "use a new request_id for a different request (a retry must repeat the request exactly)",
         field="request_id",
     )
 
@@ -277,8 +304,10 @@ class ReleaseController:
         for request in batch:
             first = first_by_id.get(request.request_id) if request.request_id else None
             if first is not None:
-                if first.rpc != request.rpc:
-                    _fail(request.answer, _request_id_reused(request.request_id, first.rpc))
+                if _request_key(first) != _request_key(request):
+                    _fail(
+                        request.answer, _request_id_reused(request.request_id, _request_key(first))
+                    )
                 else:
                     repeats.append((request, first))  # answered as the first one is
                 continue
@@ -314,13 +343,22 @@ class ReleaseController:
     ) -> _Prepared | None:
         """The change `request` makes on top of `states` (the batch so far), signed; or None
         when it was answered already (a request_id seen before, or nothing changes)."""
-        feature_id, rpc, request_id = request.feature_id, request.rpc, request.request_id
+        feature_id, request_id = request.feature_id, request.request_id
+        rpc = _request_key(request)  # stored with the answer, checked on a retry
         if request_id:
             prior = self._store.request_response(request_id)
             if prior is not None:
-                prior_rpc, prior_bytes = prior
-                if prior_rpc != rpc:
-                    raise _request_id_reused(request_id, prior_rpc)
+                prior_key, prior_bytes = prior
+                if prior_key != rpc:
+                    raise _request_id_reused(request_id, prior_key)
+                if self._store.pending_count() and not self._flush():
+                    # The first answer said "committed but not on the CDN": a retry must not
+                    # turn that into success while hosts still cannot see the change.
+                    raise Unavailable(
+                        f"request {request_id!r} committed earlier, but the CDN origin still "
+                        "lacks it; the server keeps retrying, and `releasectl release status` "
+                        "shows the pending writes"
+                    )
                 request.answer.set_result(prior_bytes)
                 return None
         state = states.get(feature_id) or self._load(feature_id)
@@ -333,7 +371,13 @@ class ReleaseController:
             return None
 
         if feature_id not in states:  # an earlier change in the batch checked it already
-            self._refuse_if_origin_ahead(outcome.state.feature_id, remote_index=check_remote)
+            try:
+                self._refuse_if_origin_ahead(outcome.state.feature_id, remote_index=check_remote)
+            except OSError as exc:
+                raise Unavailable(
+                    f"reading {feature_id!r}'s index files on the CDN origin failed ({exc}); "
+                    "nothing was committed: retry when the origin is reachable"
+                ) from exc
         try:
             self._write_artifacts(request.artifacts)
         except OSError as exc:
@@ -407,7 +451,7 @@ class ReleaseController:
         for item in prepared:
             state, record = item.change.state, item.change.record
             log.info(
-                "committed feature=%s action=%s version=%s sequence=%d global_sequence=%d actor=%s",
+                "committed feature=%s action=%s version=%s sequence=%d global_sequence=%d actor=%r",
                 state.feature_id,
                 record.action,
                 record.version,
@@ -455,10 +499,16 @@ class ReleaseController:
             if ours is not None and ours.content == remote:
                 continue  # the origin holds what this store committed last
             try:
-                remote_sequence = int(Envelope.from_bytes(remote).signed["sequence"])
+                envelope = Envelope.from_bytes(remote)
+                remote_sequence = int(envelope.signed["sequence"])
             except (VerificationError, KeyError, TypeError, ValueError):
                 # Unreadable bytes cannot be ahead of anything; ours replace them.
                 log.warning("origin file %s is not a signed index; it will be replaced", path)
+                continue
+            if not check_signatures(envelope, self._signer.own_trust()).verified:
+                # Only this control plane's keys can make a file hosts accept; anything else
+                # (a forged sequence, say) must not block changes, rollbacks included.
+                log.warning("origin file %s is not signed by our keys; it will be replaced", path)
                 continue
             our_sequence = ours.sequence if ours else 0
             if remote_sequence == our_sequence and pending is None:

@@ -32,7 +32,7 @@ from releasecontrol.index import (
     releases_path,
 )
 from releasecontrol.manifest import sha256_hex
-from releasecontrol.trust import SigningKey
+from releasecontrol.trust import SigningKey, TrustStore
 from releasecontrol_server.releases import FeatureState
 from releasecontrol_server.store import SignedFile
 
@@ -55,6 +55,10 @@ class Signer:
     @property
     def keyids(self) -> tuple[str, ...]:
         return tuple(k.keyid for k in self._keys)
+
+    def own_trust(self) -> TrustStore:
+        """The signing keys as a trust store: what "signed by this control plane" means."""
+        return TrustStore.for_keys([k.trusted_key() for k in self._keys], threshold=1)
 
     def releases_index(self, state: FeatureState, now: datetime) -> ReleasesIndex:
         """The releases.json model of `state`, issued at `now`."""

@@ -15,10 +15,11 @@ from releasecontrol.index import (
     Envelope,
     ReleasesIndex,
     RemoteIndex,
+    sign,
     verify_signatures,
 )
 from releasecontrol.manifest import load_feature_folder
-from releasecontrol.trust import TrustStore
+from releasecontrol.trust import SigningKey, TrustStore
 from releasecontrol.v1 import release_control_pb2 as pb
 
 pytestmark = pytest.mark.integration
@@ -181,6 +182,9 @@ class TestTransitions:
         assert len(history) == 3
         with pytest.raises(errors.InvalidArgument, match="request_id"):
             client.promote("checkout", "1.0.0", request_id="req-1")
+        # The same id on the same RPC but another request is refused, not answered as the first.
+        with pytest.raises(errors.InvalidArgument, match="different DeployCanary request"):
+            client.deploy_canary("checkout", "1.1.0", soak_seconds=60, request_id="req-1")
 
 
 BAD_INPUT = [
@@ -387,10 +391,12 @@ def test_an_origin_ahead_of_the_store_is_never_overwritten(
     publish(server, tmp_path, "1.0.0")
     publish(server, tmp_path, "1.1.0", channel="canary", soak_seconds=0)
     target = server.origin_dir / path
-    other = json.loads(target.read_bytes())
-    other["signed"]["sequence"] += ahead_by
-    other["signed"]["issued_at"] = "2030-01-01T00:00:00Z"  # other bytes, as another writer's
-    target.write_text(json.dumps(other))
+    body = dict(Envelope.from_bytes(target.read_bytes()).signed)
+    body["sequence"] += ahead_by
+    body["issued_at"] = "2030-01-01T00:00:00Z"  # other bytes, as another writer's
+    # Signed with this control plane's own key: a second server, or a restored backup.
+    key = SigningKey.load(server.home / "keys" / "signing-key.pem")
+    target.write_bytes(sign(body, [key]).to_bytes())
     tampered = target.read_bytes()
     before = server.client().get_status()
     with pytest.raises(errors.FailedPrecondition, match=text):
@@ -399,6 +405,39 @@ def test_an_origin_ahead_of_the_store_is_never_overwritten(
     after = server.client().get_status()
     assert after.global_sequence == before.global_sequence
     assert after.features[0].canary.version == "1.1.0"
+
+
+def test_a_forged_index_on_the_origin_does_not_block_changes(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """An unsigned file claiming a huge sequence is replaced, not obeyed: rollback still works."""
+    publish(server, tmp_path, "1.0.0")
+    publish(server, tmp_path, "1.1.0")
+    target = server.origin_dir / "remote-index.json"
+    target.write_text(json.dumps({"signed": {"sequence": 10**9}, "signatures": []}))
+    rolled = server.client().rollback("checkout", "1.0.0", reason="bad release")
+    assert rolled.feature.stable_version == "1.0.0"
+    assert Envelope.from_bytes(target.read_bytes()).signed["sequence"] == 3
+
+
+def test_a_retry_is_not_told_success_while_the_origin_lacks_the_change(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """A change committed but not yet on the CDN stays UNAVAILABLE on retry until it is there."""
+    publish(server, tmp_path, "1.0.0")
+    publish(server, tmp_path, "1.1.0")
+    releases_file = server.origin_dir / "features/checkout/releases.json"
+    releases_file.unlink()
+    releases_file.mkdir()  # the origin write now fails (cannot replace a directory)
+    client = server.client(timeout_seconds=20)
+    with pytest.raises(errors.Unavailable, match="committed"):
+        client.rollback("checkout", "1.0.0", request_id="rollback-1")
+    with pytest.raises(errors.Unavailable, match="still lacks it"):
+        client.rollback("checkout", "1.0.0", request_id="rollback-1")
+    releases_file.rmdir()  # the origin recovers
+    done = client.rollback("checkout", "1.0.0", request_id="rollback-1")
+    assert done.feature.stable_version == "1.0.0"
+    assert Envelope.from_bytes(releases_file.read_bytes()).signed["sequence"] == 3
 
 
 def test_a_dropped_publish_stream_leaves_nothing_and_can_be_retried(
