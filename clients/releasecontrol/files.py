@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_create", "atomic_write", "fsync_dir"]
+__all__ = ["atomic_create", "atomic_write", "file_stamp", "fsync_dir"]
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
@@ -81,3 +81,15 @@ def _write_temp(path: Path, data: bytes, mode: int, durable: bool) -> Path:
 def _unlink_quietly(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+def file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """What changes when the file is edited or replaced (inode, mtime, size); None when absent.
+
+    Files that are reloaded on change (token stores, allow-lists, keys) compare stamps.
+    """
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)

@@ -24,6 +24,7 @@ from pathlib import Path
 import jwt
 
 from releasecontrol.errors import ConfigError, Unauthenticated
+from releasecontrol.files import file_stamp
 from releasecontrol_server.auth.interceptor import Authenticator
 from releasecontrol_server.auth.principal import Principal, Role
 from releasecontrol_server.auth.tokens import TokenStore, token_sha256
@@ -144,7 +145,7 @@ class SignIn:
     def _token_store(self) -> TokenStore | None:
         if self._store_path is None:
             return None
-        stamp = _stamp(self._store_path)
+        stamp = file_stamp(self._store_path)
         if self._store is None or stamp != self._store_stamp:
             try:
                 self._store = TokenStore.load(self._store_path)
@@ -160,11 +161,3 @@ def _token_expiry(token: str) -> float:
     """The `exp` of a token whose signature and claims the authenticator already verified."""
     claims = jwt.decode(token, options={"verify_signature": False})
     return float(claims["exp"])
-
-
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)

@@ -52,6 +52,7 @@ from releasecontrol.errors import (
     Unauthenticated,
     Unavailable,
 )
+from releasecontrol.files import file_stamp
 from releasecontrol_server.auth.principal import (
     AuthContext,
     Metadata,
@@ -259,11 +260,11 @@ class _Watched(Generic[T]):
         self.path = path
         self._parse = parse
         # The stamp is taken before the parse, so a change in between is seen next time.
-        self._stamp = _stamp(path)
+        self._stamp = file_stamp(path)
         self._value = parse(path)
 
     def current(self) -> T:
-        stamp = _stamp(self.path)
+        stamp = file_stamp(self.path)
         if stamp != self._stamp:
             try:
                 value = self._parse(self.path)
@@ -313,12 +314,3 @@ def _check_pattern(pattern: object, where: str) -> None:
             )
     else:
         parse_spiffe_id(pattern)
-
-
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    """What changes when the file is edited or replaced (inode, mtime, size); None when absent."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)

@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from releasecontrol.errors import ConfigError, Unauthenticated, Unavailable
+from releasecontrol.files import file_stamp
 from releasecontrol_server.auth.principal import (
     AuthContext,
     Metadata,
@@ -175,7 +176,7 @@ class DfsAuthenticator:
         self._path = public_key_path
         self._stamp: tuple[int, int, int] | None = None
         if public_key_path is not None:
-            self._stamp = _stamp(public_key_path)
+            self._stamp = file_stamp(public_key_path)
             self._keys = _load_key_file(public_key_path)
         else:
             self._keys = load_issuer_keys(public_key or "", source="dfs_public_key")
@@ -284,7 +285,7 @@ class DfsAuthenticator:
         """The issuer's keys, re-read when the key file changed; fails closed while it is broken."""
         if self._path is None:
             return self._keys
-        stamp = _stamp(self._path)
+        stamp = file_stamp(self._path)
         if stamp != self._stamp:
             try:
                 keys = _load_key_file(self._path)
@@ -326,12 +327,3 @@ def _b64decode(text: str) -> bytes:
         return base64.b64decode(padded, validate=True)
     except binascii.Error as exc:
         raise ValueError(f"not base64 ({exc})") from None
-
-
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    """What changes when the file is edited or replaced (inode, mtime, size); None when absent."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from releasecontrol.errors import ConfigError, Unauthenticated, Unavailable
-from releasecontrol.files import atomic_write
+from releasecontrol.files import atomic_write, file_stamp
 from releasecontrol_server.auth.principal import (
     AuthContext,
     Metadata,
@@ -219,7 +219,7 @@ class TokenAuthenticator:
         """Load the store once; raises ConfigError when it is missing or invalid."""
         self._path = store_path
         # The stamp is taken before the load, so a change in between is seen next time.
-        self._stamp = _stamp(store_path)
+        self._stamp = file_stamp(store_path)
         self._store = TokenStore.load(store_path)
 
     def describe(self) -> str:
@@ -236,7 +236,7 @@ class TokenAuthenticator:
 
     def _current(self) -> TokenStore:
         """The store, re-read when its file changed since the last call."""
-        stamp = _stamp(self._path)
+        stamp = file_stamp(self._path)
         if stamp != self._stamp:
             try:
                 store = TokenStore.load(self._path)
@@ -308,12 +308,3 @@ def _locked(store_path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    """What changes when the file is edited or replaced (inode, mtime, size); None when absent."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
