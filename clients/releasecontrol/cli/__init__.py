@@ -2,27 +2,49 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import click
 
 from releasecontrol.cli._common import CliState, ReleaseCtlGroup
-from releasecontrol.cli.channel import channel
-from releasecontrol.cli.dev import dev
-from releasecontrol.cli.dev_host import dev_host
-from releasecontrol.cli.doctor import doctor
-from releasecontrol.cli.interactive import interactive
-from releasecontrol.cli.lint import lint, validate
-from releasecontrol.cli.mock_cdn import mock_cdn
-from releasecontrol.cli.publish import publish
-from releasecontrol.cli.release import release
-from releasecontrol.cli.token import token
-from releasecontrol.cli.verify import verify
 
 __all__ = ["main"]
 
+# Each command's module is imported only when that command runs (or help lists
+# it), so `releasectl release status` does not pay for the host library, the
+# dev server or the linters: startup time is most of a quick command's time.
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "channel": ("releasecontrol.cli.channel", "channel"),
+    "dev": ("releasecontrol.cli.dev", "dev"),
+    "dev-host": ("releasecontrol.cli.dev_host", "dev_host"),
+    "doctor": ("releasecontrol.cli.doctor", "doctor"),
+    "interactive": ("releasecontrol.cli.interactive", "interactive"),
+    "lint": ("releasecontrol.cli.lint", "lint"),
+    "mock-cdn": ("releasecontrol.cli.mock_cdn", "mock_cdn"),
+    "publish": ("releasecontrol.cli.publish", "publish"),
+    "release": ("releasecontrol.cli.release", "release"),
+    "token": ("releasecontrol.cli.token", "token"),
+    "validate": ("releasecontrol.cli.lint", "validate"),
+    "verify": ("releasecontrol.cli.verify", "verify"),
+}
 
-@click.group(cls=ReleaseCtlGroup, context_settings={"help_option_names": ["-h", "--help"]})
+
+class _LazyGroup(ReleaseCtlGroup):
+    """The top-level group, importing a command's module on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in _COMMANDS:
+            module, attr = _COMMANDS[cmd_name]
+            command = getattr(importlib.import_module(module), attr)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--server",
     envvar="RELEASECONTROL_ADDR",
@@ -49,17 +71,3 @@ def main(ctx: click.Context, server: str | None, home: Path | None) -> None:
       releasectl release status
     """
     ctx.obj = CliState(server=server, home=home)
-
-
-main.add_command(dev)
-main.add_command(publish)
-main.add_command(release)
-main.add_command(channel)
-main.add_command(mock_cdn)
-main.add_command(dev_host)
-main.add_command(interactive)
-main.add_command(verify)
-main.add_command(token)
-main.add_command(doctor)
-main.add_command(lint)
-main.add_command(validate)

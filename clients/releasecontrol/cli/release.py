@@ -31,8 +31,6 @@ from releasecontrol.cli._common import (
 )
 from releasecontrol.client import state_home
 from releasecontrol.errors import ConfigError
-from releasecontrol.index import REMOTE_INDEX_PATH
-from releasecontrol.trust import DEV_TRUST_FILE, ENV_TRUST_JSON, ENV_TRUST_PATH
 
 if TYPE_CHECKING:
     from releasecontrol.host import LoadedFeature
@@ -202,6 +200,9 @@ REMOTE_HEADERS = ("FEATURE", "STABLE", "CANARY", "SEQ", "ARTIFACTS", "VERIFIED")
 
 
 def _host_environment(ctx: click.Context, index_url: str) -> dict[str, str]:
+    # Imported here, like the host library: plain `release status` does not need them.
+    from releasecontrol.trust import DEV_TRUST_FILE, ENV_TRUST_JSON, ENV_TRUST_PATH
+
     env = dict(os.environ)
     env[ENV_REMOTE_INDEX_URL] = index_url
     if not (env.get(ENV_TRUST_JSON, "").strip() or env.get(ENV_TRUST_PATH, "").strip()):
@@ -235,6 +236,7 @@ def _remote_status(
     output: str,
 ) -> None:
     from releasecontrol.host import FeatureHost
+    from releasecontrol.index import REMOTE_INDEX_PATH
 
     env = _host_environment(ctx, index_url)
     extra: dict[str, Any] = {"allow_insecure_dev_keys": True} if allow_dev_keys else {}
