@@ -137,7 +137,9 @@ class TestGroupCommit:
         )
         assert first == retry
         assert controller.feature("feature-4").sequence == 3
-        with pytest.raises(InvalidArgument, match="already used for a different DeployCanary request"):
+        with pytest.raises(
+            InvalidArgument, match="already used for a different DeployCanary request"
+        ):
             await change(controller, "feature-4", Promote("1.0.0"), request_id="r-1")
 
     async def test_a_caller_cancelled_while_queued_changes_nothing(
