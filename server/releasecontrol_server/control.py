@@ -459,7 +459,6 @@ class ReleaseController:
                 item.change.global_sequence,
                 item.request.meta.actor,
             )
-            self._hub.publish(ChangeEvent(item.change.global_sequence, state, item.transition))
             if item.request.answer.done():
                 continue  # its caller went away; the change stands
             if flushed:
@@ -473,6 +472,11 @@ class ReleaseController:
                         "keeps retrying, and `releasectl release status` shows the pending writes"
                     ),
                 )
+        # Watchers after the callers: with many of them, the fan-out would otherwise
+        # hold every caller's acknowledgement back until each watcher was served.
+        for item in prepared:
+            change = item.change
+            self._hub.publish(ChangeEvent(change.global_sequence, change.state, item.transition))
 
     def _commit_and_flush(self, changes: list[Change]) -> bool:
         """In a worker thread: commit `changes` in one transaction, then write the outbox."""
