@@ -195,6 +195,9 @@ class ReleaseController:
         # of features, so they are kept here rather than read back per change.
         self._remote_index: SignedFile | None = None
         self._retry_task: asyncio.Task[None] | None = None
+        # The global sequence of the last commit whose states the caches hold:
+        # reads pair them, so a snapshot never claims a change it does not show.
+        self._global_sequence = 0
         self._queue: list[_Request] = []
         self._writer: asyncio.Task[None] | None = None
         # Reads (status, one feature, its releases.json) of recently used
@@ -210,6 +213,7 @@ class ReleaseController:
         """Load the remote-index entries and finish origin writes a crash left pending."""
         self._entries = self._load_entries()
         self._remote_index = self._store.signed_file(REMOTE_INDEX_PATH)
+        self._global_sequence = self._store.global_sequence()
         pending = self._store.pending_count()
         if pending:
             log.info("finishing %d origin writes left by the previous run", pending)
@@ -441,6 +445,7 @@ class ReleaseController:
         for feature_id, entry in entries.items():
             self._entries.set(feature_id, entry)
         self._remote_index = remote
+        self._global_sequence = last.global_sequence
         for change in changes:
             self._states.put(change.state.feature_id, change.state)
             for file in change.files:
@@ -643,7 +648,7 @@ class ReleaseController:
     def status(self, only: Sequence[str] = ()) -> Status:
         return Status(
             features=self._all_features(only),
-            global_sequence=self._store.global_sequence(),
+            global_sequence=self._global_sequence,
             pending_origin_writes=self._store.pending_count(),
             server_time=self._clock(),
         )
@@ -678,7 +683,7 @@ class ReleaseController:
         the states and the sequence match.
         """
         only = list(feature_ids)
-        return self._all_features(only), self._store.global_sequence()
+        return self._all_features(only), self._global_sequence
 
     def _stored_file(self, path: str) -> SignedFile | None:
         """The last committed bytes of `path` (None if never), from the cache or the store."""
