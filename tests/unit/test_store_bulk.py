@@ -100,3 +100,18 @@ class TestSummaries:
         assert store.pending_count() == 0
         # The store is back to synchronous=FULL for the next commit.
         assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+    def test_pending_digests_list_pending_writes_without_their_bytes(
+        self, store: SqliteStore
+    ) -> None:
+        """Same files, same order as pending_writes: indexes last."""
+        first = change(None, "cart", Publish("1.0.0", "a" * 64), 1)
+        store.commit_many([first, change(None, "search", Publish("2.0.0", "c" * 64), 2)])
+        assert store.pending_digests() == [
+            FileDigest(f.path, f.sha256, f.sequence) for f in store.pending_writes()
+        ]
+        assert store.pending_digests()[-1].path == "remote-index.json"
+
+    def test_the_wal_is_checkpointed_every_64_mb(self, store: SqliteStore) -> None:
+        """Large WAL between checkpoints, so a rewritten big file's old pages are rarely copied."""
+        assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 16_384

@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000
+WAL_CHECKPOINT_PAGES = 16_384
 
 REMOTE_INDEX_NAME = "remote-index.json"
 RELEASES_NAME = "releases.json"
@@ -252,6 +253,10 @@ class SqliteStore:
             self._db.enable_wal()
             # FULL: a commit that returned survives power loss, not only a crash.
             self._db.execute("PRAGMA synchronous = FULL")
+            # Checkpoint every 64 MB of WAL rather than SQLite's 4 MB: remote-index.json is
+            # rewritten on every commit (1.5 MB at 10,000 features), and a checkpoint copies
+            # only the newest version of each page, so most versions are never copied.
+            self._db.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
             self._db.execute("PRAGMA foreign_keys = ON")
             self._migrate()
         except sqlite3.DatabaseError as exc:
@@ -472,6 +477,19 @@ class SqliteStore:
         )
         rows.sort(key=lambda row: (_write_rank(row["path"]), row["queued_at"], row["path"]))
         return [_file_from_row(row) for row in rows]
+
+    def pending_digests(self) -> list[FileDigest]:
+        """`pending_writes` without the bytes: path, sha256 and sequence, in the same order.
+
+        For a writer that still holds the bytes it just committed (remote-index.json
+        grows with every feature), so they are not read back.
+        """
+        rows = self._rows(
+            "SELECT files.path, files.sha256, files.sequence, outbox.global_sequence AS queued_at "
+            "FROM outbox JOIN files ON files.path = outbox.path"
+        )
+        rows.sort(key=lambda row: (_write_rank(row["path"]), row["queued_at"], row["path"]))
+        return [FileDigest(str(r["path"]), str(r["sha256"]), int(r["sequence"])) for r in rows]
 
     def mark_written(self, path: str, sha256: str) -> None:
         """Drop `path` from the outbox, only if the stored file still has `sha256`.
