@@ -488,7 +488,7 @@ class ReleaseController:
         self._store.commit_many(changes)
         if self._failpoint == FAILPOINT_AFTER_COMMIT:
             os.kill(os.getpid(), signal.SIGKILL)
-        return self._flush()
+        return self._flush([file for change in changes for file in change.files])
 
     def _refuse_if_origin_ahead(self, feature_id: str, *, remote_index: bool = True) -> None:
         """Refuse to publish when the origin holds newer or different index files than the store.
@@ -540,11 +540,20 @@ class ReleaseController:
             if not self._origin.exists(path):
                 self._origin.write(path, asset.read())
 
-    def _flush(self) -> bool:
-        """Write the outbox to the origin in order; True when nothing is left pending."""
+    def _flush(self, held: Sequence[SignedFile] = ()) -> bool:
+        """Write the outbox to the origin in order; True when nothing is left pending.
+
+        `held`: files just committed, whose bytes need not be read back from the store.
+        """
+        known = {(f.path, f.sha256): f for f in held}
         written: list[tuple[str, str]] = []
         try:
-            for file in self._store.pending_writes():
+            for digest in self._store.pending_digests():
+                file = known.get((digest.path, digest.sha256)) or self._store.signed_file(
+                    digest.path
+                )
+                if file is None:  # the outbox only names stored files
+                    continue
                 self._origin.write(file.path, file.content)
                 written.append((file.path, file.sha256))
         except OSError as exc:
