@@ -1,10 +1,16 @@
 """The control plane's use cases: apply a change, sign, commit, publish to the origin.
 
-One writer at a time (an asyncio lock) runs each change through the same steps:
+One writer (a task, under an asyncio lock) runs changes through the same steps:
 
     state machine  ->  sign releases.json + remote-index.json  ->  ONE store
     transaction (state, audit record, signed files, outbox, request id)  ->
-    write the outbox to the origin  ->  tell watchers
+    write the outbox to the origin  ->  answer  ->  tell watchers
+
+Changes that arrive while the writer is busy are taken together (group
+commit): each is applied in arrival order with its own sequence, audit record
+and answer, but the batch shares the transaction and one remote-index.json.
+The disk work runs in a worker thread, so reads are served meanwhile; reads of
+recent state come from memory, written through on every commit.
 
 A process killed after the commit finishes the origin write on restart
 (`start()` drains the outbox), so the origin never misses a committed change
@@ -221,8 +227,12 @@ class ReleaseController:
             self._flush_or_schedule()
 
     async def stop(self) -> None:
+        """Stop retrying origin writes; wait for changes already taken by the writer."""
         if self._retry_task is not None:
             self._retry_task.cancel()
+        if self._writer is not None and not self._writer.done():
+            # Its disk work runs in a thread: let it finish before the store closes.
+            await asyncio.wait([self._writer])
 
     def _load_entries(self) -> FeatureEntries:
         return FeatureEntries(
