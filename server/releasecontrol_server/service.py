@@ -20,8 +20,8 @@ from releasecontrol.manifest import canonical_bytes, parse_manifest, sha256_hex,
 from releasecontrol.v1 import release_control_pb2 as pb
 from releasecontrol.v1 import release_control_pb2_grpc as pb_grpc
 from releasecontrol_server import releases
+from releasecontrol_server.auth.authorize import RPC_ACTIONS, permits, require, require_each
 from releasecontrol_server.auth.authorize import Action as AuthAction
-from releasecontrol_server.auth.authorize import permits, require, require_each
 from releasecontrol_server.control import Applied, ReleaseController
 from releasecontrol_server.releases import Action, ChangeMeta, Channel, FeatureState
 from releasecontrol_server.store import StoredTransition
@@ -438,12 +438,11 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
         context: aio.ServicerContext[Any, Any],
         *,
         rpc: str,
-        action: AuthAction,
         response: Callable[[], Any],
     ) -> Any:
         """Run a channel change; `response` makes the RPC's empty response message."""
         validate_feature_id(feature_id)
-        caller = require(action, feature_id)
+        caller = require(RPC_ACTIONS[rpc], feature_id)
 
         def encode(applied: Applied) -> bytes:
             out = response()
@@ -480,7 +479,6 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
                 request.context,
                 context,
                 rpc="DeployCanary",
-                action=AuthAction.DEPLOY_CANARY,
                 response=pb.DeployCanaryResponse,
             ),
         )
@@ -498,7 +496,6 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
                 request.context,
                 context,
                 rpc="Promote",
-                action=AuthAction.PROMOTE,
                 response=pb.PromoteResponse,
             ),
         )
@@ -516,7 +513,6 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
                 request.context,
                 context,
                 rpc="Rollback",
-                action=AuthAction.ROLLBACK,
                 response=pb.RollbackResponse,
             ),
         )
@@ -545,7 +541,6 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
                 request.context,
                 context,
                 rpc="SetChannel",
-                action=AuthAction.SET_CHANNEL,
                 response=pb.SetChannelResponse,
             ),
         )

@@ -26,6 +26,7 @@ from releasecontrol.errors import InvalidArgument, ReleaseControlError, status_c
 from releasecontrol.manifest import format_duration, parse_duration, validate_version
 from releasecontrol.v1 import release_control_pb2 as pb
 from releasecontrol_server import releases
+from releasecontrol_server.auth.authorize import RPC_ACTIONS
 from releasecontrol_server.auth.authorize import Action as AuthAction
 from releasecontrol_server.control import Applied, ReleaseController
 from releasecontrol_server.releases import ChangeMeta, Channel, FeatureState
@@ -44,17 +45,20 @@ class Kind(enum.StrEnum):
 @dataclass(frozen=True)
 class _Rpc:
     name: str
-    action: AuthAction
     response: Any
 
+    @property
+    def action(self) -> AuthAction:
+        """What the RPC needs, from the one RPC-to-action table the API uses."""
+        return RPC_ACTIONS[self.name]
 
-# The RPC each change is recorded as (request ids are shared with the API), and
-# the authorization action it needs: the same pairs as service.py.
+
+# The RPC each change is recorded as (request ids are shared with the API).
 _RPCS: Mapping[Kind, _Rpc] = {
-    Kind.CANARY: _Rpc("DeployCanary", AuthAction.DEPLOY_CANARY, pb.DeployCanaryResponse),
-    Kind.PROMOTE: _Rpc("Promote", AuthAction.PROMOTE, pb.PromoteResponse),
-    Kind.ROLLBACK: _Rpc("Rollback", AuthAction.ROLLBACK, pb.RollbackResponse),
-    Kind.FALLBACK: _Rpc("SetChannel", AuthAction.SET_CHANNEL, pb.SetChannelResponse),
+    Kind.CANARY: _Rpc("DeployCanary", pb.DeployCanaryResponse),
+    Kind.PROMOTE: _Rpc("Promote", pb.PromoteResponse),
+    Kind.ROLLBACK: _Rpc("Rollback", pb.RollbackResponse),
+    Kind.FALLBACK: _Rpc("SetChannel", pb.SetChannelResponse),
 }
 
 HTTP_STATUS: Mapping[str, int] = {
