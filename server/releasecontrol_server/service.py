@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import functools
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
@@ -26,7 +27,7 @@ from releasecontrol_server.control import Applied, ReleaseController
 from releasecontrol_server.releases import Action, ChangeMeta, Channel, FeatureState
 from releasecontrol_server.store import StoredTransition
 from releasecontrol_server.upload import Upload
-from releasecontrol_server.watch import Lagged, RefreshEvent
+from releasecontrol_server.watch import ChangeEvent, Lagged, RefreshEvent
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,31 @@ def _meta(ctx: pb.ChangeContext, principal_name: str) -> ChangeMeta:
         ticket=ctx.ticket,
         expected_sequence=ctx.expected_sequence if ctx.HasField("expected_sequence") else None,
     )
+
+
+# One WatchReleases message per committed change, shared by every watcher it
+# is sent to: with 1,000 watchers, converting the change once rather than 1,000
+# times is a large part of the fan-out (propagation benchmark). Keyed by the
+# event object, which the entry keeps alive so its id is not reused.
+_CHANGE_MESSAGES: OrderedDict[int, tuple[ChangeEvent, pb.WatchReleasesResponse]] = OrderedDict()
+_CHANGE_MESSAGES_KEPT = 256
+
+
+def _change_message(event: ChangeEvent) -> pb.WatchReleasesResponse:
+    """The CHANGE message of `event`; the same object for every watcher (never mutated)."""
+    cached = _CHANGE_MESSAGES.get(id(event))
+    if cached is not None and cached[0] is event:
+        return cached[1]
+    message = pb.WatchReleasesResponse(
+        type=pb.WATCH_EVENT_TYPE_CHANGE,
+        feature=feature_to_proto(event.state),
+        transition=transition_to_proto(event.transition),
+        global_sequence=event.global_sequence,
+    )
+    _CHANGE_MESSAGES[id(event)] = (event, message)
+    if len(_CHANGE_MESSAGES) > _CHANGE_MESSAGES_KEPT:
+        _CHANGE_MESSAGES.popitem(last=False)
+    return message
 
 
 def _page_size(requested: int) -> int:
@@ -310,12 +336,7 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
                 seen = event.global_sequence
                 if not permits(caller, AuthAction.WATCH, event.state.feature_id):
                     continue
-                yield pb.WatchReleasesResponse(
-                    type=pb.WATCH_EVENT_TYPE_CHANGE,
-                    feature=feature_to_proto(event.state),
-                    transition=transition_to_proto(event.transition),
-                    global_sequence=event.global_sequence,
-                )
+                yield _change_message(event)
 
     @maps_errors
     async def RefreshManifests(
