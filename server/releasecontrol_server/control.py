@@ -20,6 +20,7 @@ and, since the outbox holds only the newest bytes of each file, never goes back.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import dataclasses
 import hashlib
 import logging
@@ -204,6 +205,7 @@ class ReleaseController:
         # The global sequence of the last commit whose states the caches hold:
         # reads pair them, so a snapshot never claims a change it does not show.
         self._global_sequence = 0
+        self._feature_ids: list[str] = []  # every committed feature, in id order
         self._queue: list[_Request] = []
         self._writer: asyncio.Task[None] | None = None
         # Reads (status, one feature, its releases.json) of recently used
@@ -220,6 +222,7 @@ class ReleaseController:
         self._entries = self._load_entries()
         self._remote_index = self._store.signed_file(REMOTE_INDEX_PATH)
         self._global_sequence = self._store.global_sequence()
+        self._feature_ids = self._store.feature_ids()
         pending = self._store.pending_count()
         if pending:
             log.info("finishing %d origin writes left by the previous run", pending)
@@ -457,7 +460,11 @@ class ReleaseController:
         self._remote_index = remote
         self._global_sequence = last.global_sequence
         for change in changes:
-            self._states.put(change.state.feature_id, change.state)
+            feature_id = change.state.feature_id
+            at = bisect.bisect_left(self._feature_ids, feature_id)
+            if at == len(self._feature_ids) or self._feature_ids[at] != feature_id:
+                self._feature_ids.insert(at, feature_id)  # a new feature
+            self._states.put(feature_id, change.state)
             for file in change.files:
                 if file is not remote:
                     self._files.put(file.path, file)
@@ -676,6 +683,10 @@ class ReleaseController:
         if only:
             # As the store lists them: by id, once each, unknown ids skipped.
             found = (self._load(feature_id) for feature_id in sorted(set(only)))
+            return [state for state in found if state is not None]
+        if len(self._feature_ids) <= _CACHED_FEATURES:
+            # Few enough to be kept: every one from memory, in id order as the store lists them.
+            found = (self._load(feature_id) for feature_id in self._feature_ids)
             return [state for state in found if state is not None]
         out: list[FeatureState] = []
         after = ""

@@ -404,6 +404,12 @@ class SqliteStore:
             out.append(_feature_from_tuple(current, versions))
         return out
 
+    def feature_ids(self) -> list[str]:
+        """Every committed feature's id, in feature_id order."""
+        with self._lock:
+            rows = self._db.execute("SELECT feature_id FROM features ORDER BY feature_id")
+            return [str(row[0]) for row in rows.fetchall()]
+
     def feature_count(self) -> int:
         """How many features were ever committed."""
         return int(self._value("SELECT count(*) FROM features"))
