@@ -155,3 +155,22 @@ class TestGroupCommit:
             await asyncio.sleep(0)
         await change(controller, "feature-0", DeployCanary("1.0.0", 0))
         assert controller.feature("feature-5").sequence == 2
+
+
+class TestReadsFromMemory:
+    async def test_status_of_every_feature_is_the_stores_listing(
+        self, controller: ReleaseController, tmp_path: Path
+    ) -> None:
+        """Served from memory, the status lists what the store lists, new features included."""
+        await asyncio.gather(
+            change(controller, "feature-2", DeployCanary("1.0.0", 0)),
+            change(controller, "a-new-one", Publish("0.1.0", digest("new"))),
+        )
+        status = controller.status()
+        store = SqliteStore(tmp_path / "db.sqlite")
+        try:
+            assert status.features == store.list_features(limit=1000)
+            assert status.global_sequence == store.global_sequence()
+        finally:
+            store.close()
+        assert status.features[0].feature_id == "a-new-one"

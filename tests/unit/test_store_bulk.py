@@ -115,3 +115,14 @@ class TestSummaries:
     def test_the_wal_is_checkpointed_every_64_mb(self, store: SqliteStore) -> None:
         """Large WAL between checkpoints, so a rewritten big file's old pages are rarely copied."""
         assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 16_384
+
+    def test_feature_ids_in_id_order(self, store: SqliteStore) -> None:
+        """Every committed feature's id, sorted as list_features sorts them."""
+        store.commit_many(
+            [
+                change(None, "search", Publish("2.0.0", "c" * 64), 1),
+                change(None, "cart", Publish("1.0.0", "a" * 64), 2),
+            ]
+        )
+        assert store.feature_ids() == ["cart", "search"]
+        assert store.feature_ids() == [s.feature_id for s in store.list_features()]
