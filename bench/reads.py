@@ -41,7 +41,7 @@ class Sizes:
     concurrency: tuple[int, ...] = (1, 16)
 
 
-FULL = Sizes(features=10, versions=5, rounds=3, seconds_per_round=1.0)
+FULL = Sizes(features=10, versions=5, rounds=5, seconds_per_round=0.8)
 QUICK = Sizes(features=3, versions=2, rounds=1, seconds_per_round=0.15)
 
 
