@@ -47,6 +47,11 @@ DEFAULT_CHUNK_SIZE = 256 * 1024
 # gRPC refuses messages above 4 MiB by default; a chunk plus framing must fit.
 MAX_CHUNK_SIZE = 3 * 1024 * 1024
 
+# The largest answer the client accepts (see the channel options).
+MAX_RECEIVE_BYTES = 64 * 1024 * 1024
+
+# A change between two pages of get_status: read them all again, this many times at most.
+_STATUS_TRIES = 3
 _START_HINT = "is the server running? start it with `releasectl dev`"
 
 # Retry only UNAVAILABLE (nothing reached the server, or it is going away).
@@ -262,7 +267,12 @@ class ReleaseControlClient:
             private_key=settings.key_pem,
             certificate_chain=settings.cert_pem,
         )
-        options: list[tuple[str, Any]] = [("grpc.service_config", _SERVICE_CONFIG)]
+        options: list[tuple[str, Any]] = [
+            ("grpc.service_config", _SERVICE_CONFIG),
+            # GetReleaseIndex of remote-index.json names every feature: ~150 bytes
+            # each, 15 MB at 100,000 features, over gRPC's 4 MiB default.
+            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+        ]
         if settings.server_name:
             options.append(("grpc.ssl_target_name_override", settings.server_name))
         self.channel: Any = grpc.secure_channel(settings.target, credentials, options=options)
@@ -354,9 +364,43 @@ class ReleaseControlClient:
         request = pb.GetFeatureRequest(feature_id=feature_id)
         return self._unary(self._stub.GetFeature, request, pb.GetFeatureResponse)
 
-    def get_status(self, feature_ids: Iterable[str] = ()) -> pb.GetStatusResponse:
-        """The state of these features (all when empty) and the server's clock."""
-        request = pb.GetStatusRequest(feature_ids=list(feature_ids))
+    def get_status(
+        self, feature_ids: Iterable[str] = (), *, page_size: int = 0
+    ) -> pb.GetStatusResponse:
+        """The state of these features (all when empty) and the server's clock.
+
+        Reads every page (`page_size` features each; 0: the server's default)
+        into one response. When a change commits between two pages it reads
+        them again from the first, so the features reflect one global_sequence;
+        after three such tries it returns the last, whose features may span
+        changes (global_sequence is then the last page's).
+        """
+        ids = list(feature_ids)
+        pages: list[pb.GetStatusResponse] = []
+        for _ in range(_STATUS_TRIES):
+            pages = [self.get_status_page(ids, page_size=page_size)]
+            while pages[-1].next_page_token:
+                pages.append(
+                    self.get_status_page(
+                        ids, page_size=page_size, page_token=pages[-1].next_page_token
+                    )
+                )
+            if all(p.global_sequence == pages[0].global_sequence for p in pages):
+                break
+        out = pb.GetStatusResponse()
+        out.CopyFrom(pages[-1])
+        del out.features[:]
+        for page in pages:
+            out.features.extend(page.features)
+        return out
+
+    def get_status_page(
+        self, feature_ids: Iterable[str] = (), *, page_size: int = 0, page_token: str = ""
+    ) -> pb.GetStatusResponse:
+        """One page of `get_status`, in feature id order; pass `next_page_token` for the next."""
+        request = pb.GetStatusRequest(
+            feature_ids=list(feature_ids), page_size=page_size, page_token=page_token
+        )
         return self._unary(self._stub.GetStatus, request, pb.GetStatusResponse)
 
     def get_release_index(self, feature_id: str = "") -> pb.GetReleaseIndexResponse:

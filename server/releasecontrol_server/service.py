@@ -6,13 +6,15 @@ Nothing here decides a release rule: `releases.py` does, `control.py` runs it.
 from __future__ import annotations
 
 import base64
+import bisect
 import functools
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 import grpc
+from google.protobuf.message import Message
 from grpc import aio
 
 from releasecontrol.errors import InvalidArgument, ReleaseControlError, status_code_name
@@ -25,7 +27,7 @@ from releasecontrol_server.auth.authorize import RPC_ACTIONS, permits, require, 
 from releasecontrol_server.auth.authorize import Action as AuthAction
 from releasecontrol_server.control import Applied, ReleaseController
 from releasecontrol_server.releases import Action, ChangeMeta, Channel, FeatureState
-from releasecontrol_server.store import StoredTransition
+from releasecontrol_server.store import SignedFile, StoredTransition
 from releasecontrol_server.upload import Upload
 from releasecontrol_server.watch import ChangeEvent, Lagged, RefreshEvent
 
@@ -44,6 +46,9 @@ _ACTIONS = {
 }
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+K = TypeVar("K")
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["ReleaseControl"].full_name
 
 
 # -- the one place where domain errors become gRPC statuses --------------------
@@ -126,49 +131,117 @@ def _meta(ctx: pb.ChangeContext, principal_name: str) -> ChangeMeta:
     )
 
 
-# One WatchReleases message per committed change, shared by every watcher it
-# is sent to: with 1,000 watchers, converting the change once rather than 1,000
-# times is a large part of the fan-out (propagation benchmark). Keyed by the
-# event object, which the entry keeps alive so its id is not reused.
-_CHANGE_MESSAGES: OrderedDict[int, tuple[ChangeEvent, pb.WatchReleasesResponse]] = OrderedDict()
-_CHANGE_MESSAGES_KEPT = 256
+class _Encoded(Generic[K]):
+    """Bytes encoded once per object, for the last `kept` objects.
+
+    The objects are never mutated after they are handed out (the controller
+    hands out the same FeatureState, SignedFile or ChangeEvent until it
+    changes), so what is encoded from one stays right. Keyed by id(); each
+    entry holds its object, so the id is not reused while it is kept.
+    """
+
+    def __init__(self, kept: int, encode: Callable[[K], bytes]) -> None:
+        self._kept = kept
+        self._encode = encode
+        self._entries: OrderedDict[int, tuple[K, bytes]] = OrderedDict()
+
+    def __call__(self, obj: K) -> bytes:
+        entry = self._entries.get(id(obj))
+        if entry is not None and entry[0] is obj:
+            self._entries.move_to_end(id(obj))
+            return entry[1]
+        data = self._encode(obj)
+        self._entries[id(obj)] = (obj, data)
+        if len(self._entries) > self._kept:
+            self._entries.popitem(last=False)
+        return data
 
 
-def _change_message(event: ChangeEvent) -> pb.WatchReleasesResponse:
-    """The CHANGE message of `event`; the same object for every watcher (never mutated)."""
-    cached = _CHANGE_MESSAGES.get(id(event))
-    if cached is not None and cached[0] is event:
-        return cached[1]
-    message = pb.WatchReleasesResponse(
+def serialize(response: Message | bytes) -> bytes:
+    """The response serializer of every ReleaseControl method: encoded bytes pass through."""
+    return response if isinstance(response, bytes) else response.SerializeToString()
+
+
+def add_to_server(servicer: ReleaseControlServicer, server: aio.Server) -> None:
+    """Register `servicer` as the generated add_ReleaseControlServicer_to_server
+    does, with `serialize` as every method's response serializer, so reads can
+    answer with bytes encoded once per change (reads and propagation benchmarks).
+    """
+    service = pb.DESCRIPTOR.services_by_name["ReleaseControl"]
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in service.methods:
+        make = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=getattr(pb, method.input_type.name).FromString,
+            response_serializer=serialize,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+# One WatchReleases CHANGE message per committed change, encoded once and sent
+# as the same bytes to every watcher: with 1,000 watchers, converting and
+# encoding the change once rather than 1,000 times is a large part of the
+# fan-out (propagation benchmark).
+_change_bytes = _Encoded[ChangeEvent](
+    256,
+    lambda event: pb.WatchReleasesResponse(
         type=pb.WATCH_EVENT_TYPE_CHANGE,
         feature=feature_to_proto(event.state),
         transition=transition_to_proto(event.transition),
         global_sequence=event.global_sequence,
-    )
-    _CHANGE_MESSAGES[id(event)] = (event, message)
-    if len(_CHANGE_MESSAGES) > _CHANGE_MESSAGES_KEPT:
-        _CHANGE_MESSAGES.popitem(last=False)
-    return message
+    ).SerializeToString(),
+)
+
+# A feature's state as a Feature message, encoded once per change: a GetStatus
+# answer is these joined (each as an entry of `features`), then the fields that
+# change on every call (reads benchmark); a watcher's SNAPSHOT embeds them too.
+_feature_bytes = _Encoded[FeatureState](
+    4096, lambda state: feature_to_proto(state).SerializeToString()
+)
 
 
-# The controller hands out the same state object until the feature changes, so
-# its message is converted once per change, not once per GetStatus (reads
-# benchmark). Keyed like _CHANGE_MESSAGES; the messages are copied into responses.
-_FEATURE_MESSAGES: OrderedDict[int, tuple[FeatureState, pb.Feature]] = OrderedDict()
-_FEATURE_MESSAGES_KEPT = 4096
+def _embedded(field_number: int, data: bytes) -> bytes:
+    """`data` encoded as a length-delimited field (a message field or one entry of a
+    repeated one): joined with a message's other encoded fields, it parses as that field.
+    """
+    out = bytearray()
+    for value in ((field_number << 3) | 2, len(data)):  # wire type 2: length-delimited
+        while value > 0x7F:
+            out.append((value & 0x7F) | 0x80)
+            value >>= 7
+        out.append(value)
+    return bytes(out) + data
 
 
-def _feature_message(state: FeatureState) -> pb.Feature:
-    """feature_to_proto(state), kept for the state object; never mutate the result."""
-    cached = _FEATURE_MESSAGES.get(id(state))
-    if cached is not None and cached[0] is state:
-        _FEATURE_MESSAGES.move_to_end(id(state))
-        return cached[1]
-    message = feature_to_proto(state)
-    _FEATURE_MESSAGES[id(state)] = (state, message)
-    if len(_FEATURE_MESSAGES) > _FEATURE_MESSAGES_KEPT:
-        _FEATURE_MESSAGES.popitem(last=False)
-    return message
+_WATCH_FEATURE_FIELD = pb.WatchReleasesResponse.FEATURE_FIELD_NUMBER
+_status_entry = _Encoded[FeatureState](
+    4096,
+    lambda state: _embedded(pb.GetStatusResponse.FEATURES_FIELD_NUMBER, _feature_bytes(state)),
+)
+
+# The answer of GetReleaseIndex, encoded once per signed file.
+_release_index_bytes = _Encoded[SignedFile](
+    4096,
+    lambda file: pb.GetReleaseIndexResponse(
+        content=file.content, path=file.path, sequence=file.sequence, sha256=file.sha256
+    ).SerializeToString(),
+)
+
+# A page of GetStatus holds at most this many features, and stops before this
+# many bytes of them, so that it fits gRPC's default 4 MB receive limit.
+STATUS_PAGE_SIZE = 1000
+STATUS_PAGE_BYTES = 2 << 20
+
+
+def _feature_id(state: FeatureState) -> str:
+    return state.feature_id
 
 
 def _page_size(requested: int) -> int:
@@ -240,9 +313,9 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
         )
 
     @maps_errors
-    async def GetReleaseIndex(
+    async def GetReleaseIndex(  # type: ignore[override]  # answers with encoded bytes
         self, request: pb.GetReleaseIndexRequest, context: aio.ServicerContext[Any, Any]
-    ) -> pb.GetReleaseIndexResponse:
+    ) -> bytes:
         if request.feature_id:
             validate_feature_id(request.feature_id)
             require(AuthAction.READ, request.feature_id)
@@ -251,33 +324,48 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
         else:
             require(AuthAction.READ)
             path = REMOTE_INDEX_PATH
-        file = self._controller.signed_file(path)
-        return pb.GetReleaseIndexResponse(
-            content=file.content, path=file.path, sequence=file.sequence, sha256=file.sha256
-        )
+        return _release_index_bytes(self._controller.signed_file(path))
 
     @maps_errors
-    async def GetStatus(
+    async def GetStatus(  # type: ignore[override]  # answers with encoded bytes
         self, request: pb.GetStatusRequest, context: aio.ServicerContext[Any, Any]
-    ) -> pb.GetStatusResponse:
+    ) -> bytes:
         only = _feature_ids(request.feature_ids)
         caller = require_each(AuthAction.READ, only)
+        size = (
+            STATUS_PAGE_SIZE if request.page_size == 0 else min(request.page_size, STATUS_PAGE_SIZE)
+        )
+        after = _decode_token(request.page_token)
         status = self._controller.status(only)
         missing = sorted(set(only) - {s.feature_id for s in status.features})
         if missing:
             self._controller.feature(missing[0])  # raises NotFound naming it
-        out = pb.GetStatusResponse(
-            features=[
-                _feature_message(s)
-                for s in status.features
-                if permits(caller, AuthAction.READ, s.feature_id)
-            ],
+        # Features come in id order; a page follows that order whatever the
+        # caller may read, so the page token stays valid between calls.
+        states = status.features
+        start = bisect.bisect_right(states, after, key=_feature_id) if after else 0
+        entries: list[bytes] = []
+        taken = 0
+        next_token = ""
+        for index in range(start, len(states)):
+            state = states[index]
+            entry = (
+                _status_entry(state) if permits(caller, AuthAction.READ, state.feature_id) else b""
+            )
+            if index > start and (index - start == size or taken + len(entry) > STATUS_PAGE_BYTES):
+                next_token = _encode_token(states[index - 1].feature_id)
+                break
+            entries.append(entry)
+            taken += len(entry)
+        rest = pb.GetStatusResponse(
             global_sequence=status.global_sequence,
             pending_origin_writes=status.pending_origin_writes,
             origin_public_url=self._origin_public_url,
+            next_page_token=next_token,
         )
-        out.server_time.FromDatetime(status.server_time)
-        return out
+        rest.server_time.FromDatetime(status.server_time)
+        # Encoded fields joined parse as one message: the features, then the rest.
+        return b"".join(entries) + rest.SerializeToString()
 
     @maps_errors
     async def ListTransitions(
@@ -306,9 +394,9 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
             next_page_token=_encode_token(str(page[-1].id)) if more else "",
         )
 
-    async def WatchReleases(
+    async def WatchReleases(  # type: ignore[override]  # some messages go as encoded bytes
         self, request: pb.WatchReleasesRequest, context: aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[pb.WatchReleasesResponse]:
+    ) -> AsyncIterator[pb.WatchReleasesResponse | bytes]:
         try:
             only = _feature_ids(request.feature_ids)
             caller = require_each(AuthAction.WATCH, only)
@@ -320,14 +408,13 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
         # falls between the two; changes the snapshot already holds are skipped.
         async with hub.subscribe(only) as sub:
             states, seen = self._controller.snapshot(only)
+            snapshot = pb.WatchReleasesResponse(
+                type=pb.WATCH_EVENT_TYPE_SNAPSHOT, global_sequence=seen
+            ).SerializeToString()
             for state in states:
                 if not permits(caller, AuthAction.WATCH, state.feature_id):
                     continue
-                yield pb.WatchReleasesResponse(
-                    type=pb.WATCH_EVENT_TYPE_SNAPSHOT,
-                    feature=feature_to_proto(state),
-                    global_sequence=seen,
-                )
+                yield _embedded(_WATCH_FEATURE_FIELD, _feature_bytes(state)) + snapshot
             yield pb.WatchReleasesResponse(type=pb.WATCH_EVENT_TYPE_SYNCED, global_sequence=seen)
             while True:
                 try:
@@ -356,7 +443,7 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
                 seen = event.global_sequence
                 if not permits(caller, AuthAction.WATCH, event.state.feature_id):
                     continue
-                yield _change_message(event)
+                yield _change_bytes(event)
 
     @maps_errors
     async def RefreshManifests(

@@ -266,7 +266,7 @@ def test_bad_manifest_is_refused_over_the_stream(
     assert not (server.origin_dir / "remote-index.json").exists()
 
 
-def test_list_features_and_transitions_paginate(server: RunningServer, tmp_path: Path) -> None:
+def test_features_status_and_transitions_paginate(server: RunningServer, tmp_path: Path) -> None:
     """Pages cover every feature exactly once, in order; history pages are newest first."""
     client = server.client()
     ids = [f"feature-{i:02d}" for i in range(5)]
@@ -282,6 +282,13 @@ def test_list_features_and_transitions_paginate(server: RunningServer, tmp_path:
         if not token:
             break
     assert seen == ids
+    first_status = client.get_status_page(page_size=2)
+    assert [f.feature_id for f in first_status.features] == ids[:2]
+    assert first_status.next_page_token
+    paged = client.get_status(page_size=2)  # three pages, read as one answer
+    assert [f.feature_id for f in paged.features] == ids
+    assert paged.next_page_token == ""
+    assert list(paged.features) == list(client.get_status().features)
     first = client.list_transitions(page_size=3)
     rest = client.list_transitions(page_size=3, page_token=first.next_page_token)
     ids_in_history = [t.feature_id for t in [*first.transitions, *rest.transitions]]
@@ -289,6 +296,8 @@ def test_list_features_and_transitions_paginate(server: RunningServer, tmp_path:
     assert rest.next_page_token == ""
     with pytest.raises(errors.InvalidArgument, match="page_token"):
         client.list_features(page_token="@@not-a-token@@")
+    with pytest.raises(errors.InvalidArgument, match="page_token"):
+        client.get_status_page(page_token="@@not-a-token@@")
 
 
 def test_watch_sends_snapshot_then_changes_in_order(server: RunningServer, tmp_path: Path) -> None:

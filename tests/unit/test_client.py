@@ -121,6 +121,21 @@ class Recorder(pb_grpc.ReleaseControlServicer):
     canary_requests: list[pb.DeployCanaryRequest] = field(default_factory=list)
     metadata: list[dict[str, str]] = field(default_factory=list)
     get_feature_calls: int = 0
+    status_requests: list[pb.GetStatusRequest] = field(default_factory=list)
+
+    def GetStatus(self, request: pb.GetStatusRequest, context: Any) -> pb.GetStatusResponse:
+        """Three features a page at a time; a change lands after the first read's first page."""
+        self.status_requests.append(request)
+        sequence = 1 if len(self.status_requests) == 1 else 2
+        ids = ["a", "b", "c"]
+        start = ids.index(request.page_token) + 1 if request.page_token else 0
+        page = ids[start : start + (request.page_size or 3)]
+        more = start + len(page) < len(ids)
+        return pb.GetStatusResponse(
+            features=[pb.Feature(feature_id=i, sequence=sequence) for i in page],
+            global_sequence=sequence,
+            next_page_token=page[-1] if more else "",
+        )
 
     def GetFeature(self, request: pb.GetFeatureRequest, context: Any) -> pb.GetFeatureResponse:
         self.get_feature_calls += 1
@@ -475,7 +490,7 @@ class TestErrorMapping:
     ) -> None:
         """An RPC the server does not implement is Internal, naming UNIMPLEMENTED."""
         with pytest.raises(errors.Internal, match="UNIMPLEMENTED"):
-            client.get_status()
+            client.list_transitions()
 
     def test_no_server_listening_is_unavailable(self, pki: Pki) -> None:
         """A connection refused is Unavailable naming the target and `releasectl dev`."""
@@ -737,3 +752,14 @@ class TestWatch:
         assert next(stream).type == pb.WATCH_EVENT_TYPE_SNAPSHOT
         with pytest.raises(errors.NotFound, match="'broken' does not exist"):
             next(stream)
+
+
+def test_get_status_reads_every_page_again_when_a_change_lands_between_them(
+    client: ReleaseControlClient, fake_server: FakeServer
+) -> None:
+    status = client.get_status(page_size=2)
+    assert [(f.feature_id, f.sequence) for f in status.features] == [("a", 2), ("b", 2), ("c", 2)]
+    assert status.global_sequence == 2
+    assert status.next_page_token == ""
+    tokens = [r.page_token for r in fake_server.recorder.status_requests]
+    assert tokens == ["", "b", "", "b"]  # the first read saw two sequences: read again

@@ -832,6 +832,15 @@ class GetStatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     FEATURE_IDS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many features; 0 means the server default (1000), the
+    maximum is 1000. A page also stops before 2 MiB of features (it always
+    holds at least one), so it fits gRPC's default 4 MB message limit.
+    """
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
     @_builtins.property
     def feature_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only these features; empty: all of them."""
@@ -840,10 +849,12 @@ class GetStatusRequest(_message.Message):
         self,
         *,
         feature_ids: _abc.Iterable[_builtins.str] | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_ids", b"feature_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_ids", b"feature_ids", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -858,12 +869,15 @@ class GetStatusResponse(_message.Message):
     SERVER_TIME_FIELD_NUMBER: _builtins.int
     PENDING_ORIGIN_WRITES_FIELD_NUMBER: _builtins.int
     ORIGIN_PUBLIC_URL_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     global_sequence: _builtins.int
     """The sequence of remote-index.json."""
     pending_origin_writes: _builtins.int
     """Committed changes not yet written to the origin."""
     origin_public_url: _builtins.str
     """Where hosts read the files (ends with "/")."""
+    next_page_token: _builtins.str
+    """Empty on the last page. Each page reflects its own global_sequence."""
     @_builtins.property
     def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___Feature]: ...
     @_builtins.property
@@ -876,10 +890,11 @@ class GetStatusResponse(_message.Message):
         server_time: _timestamp_pb2.Timestamp | None = ...,
         pending_origin_writes: _builtins.int = ...,
         origin_public_url: _builtins.str = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["server_time", b"server_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["features", b"features", "global_sequence", b"global_sequence", "origin_public_url", b"origin_public_url", "pending_origin_writes", b"pending_origin_writes", "server_time", b"server_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["features", b"features", "global_sequence", b"global_sequence", "next_page_token", b"next_page_token", "origin_public_url", b"origin_public_url", "pending_origin_writes", b"pending_origin_writes", "server_time", b"server_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -156,7 +156,8 @@ class ReleaseControlServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetStatus(self, request, context):
-        """The state of every feature, served from the last committed state.
+        """The state of every feature, served from the last committed state, a page
+        at a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

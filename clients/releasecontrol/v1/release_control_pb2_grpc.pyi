@@ -52,7 +52,9 @@ class ReleaseControlStub:
     GetReleaseIndex: _grpc.UnaryUnaryMultiCallable[_release_control_pb2.GetReleaseIndexRequest, _release_control_pb2.GetReleaseIndexResponse]
     """The exact signed bytes of releases.json (or remote-index.json)."""
     GetStatus: _grpc.UnaryUnaryMultiCallable[_release_control_pb2.GetStatusRequest, _release_control_pb2.GetStatusResponse]
-    """The state of every feature, served from the last committed state."""
+    """The state of every feature, served from the last committed state, a page
+    at a time.
+    """
     ListTransitions: _grpc.UnaryUnaryMultiCallable[_release_control_pb2.ListTransitionsRequest, _release_control_pb2.ListTransitionsResponse]
     """The audit history, newest first, a page at a time."""
     WatchReleases: _grpc.UnaryStreamMultiCallable[_release_control_pb2.WatchReleasesRequest, _release_control_pb2.WatchReleasesResponse]
@@ -80,7 +82,9 @@ class ReleaseControlAsyncStub(ReleaseControlStub):
     GetReleaseIndex: _aio.UnaryUnaryMultiCallable[_release_control_pb2.GetReleaseIndexRequest, _release_control_pb2.GetReleaseIndexResponse]  # type: ignore[assignment]
     """The exact signed bytes of releases.json (or remote-index.json)."""
     GetStatus: _aio.UnaryUnaryMultiCallable[_release_control_pb2.GetStatusRequest, _release_control_pb2.GetStatusResponse]  # type: ignore[assignment]
-    """The state of every feature, served from the last committed state."""
+    """The state of every feature, served from the last committed state, a page
+    at a time.
+    """
     ListTransitions: _aio.UnaryUnaryMultiCallable[_release_control_pb2.ListTransitionsRequest, _release_control_pb2.ListTransitionsResponse]  # type: ignore[assignment]
     """The audit history, newest first, a page at a time."""
     WatchReleases: _aio.UnaryStreamMultiCallable[_release_control_pb2.WatchReleasesRequest, _release_control_pb2.WatchReleasesResponse]  # type: ignore[assignment]
@@ -159,7 +163,9 @@ class ReleaseControlServicer(metaclass=_abc_1.ABCMeta):
         request: _release_control_pb2.GetStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_release_control_pb2.GetStatusResponse, _abc.Awaitable[_release_control_pb2.GetStatusResponse]]:
-        """The state of every feature, served from the last committed state."""
+        """The state of every feature, served from the last committed state, a page
+        at a time.
+        """
 
     @_abc_1.abstractmethod
     def ListTransitions(

@@ -111,23 +111,26 @@ def decide(principal: Principal, action: Action, feature_id: str | None = None) 
     Allowed when one of its roles grants the action and, for a feature, one of
     its scopes matches the feature id. Never raises.
     """
-    needed = _needed(action)
     target = f"feature {feature_id!r}" if feature_id is not None else "features"
-    if not any(action in ROLE_ACTIONS[role] for role in principal.roles):
+    if not _role_grants(principal, action):
         return Decision(
             False,
-            f"{principal.describe()} may not {action.value} {target}: that needs {needed}; "
-            "ask an operator to grant it",
+            f"{principal.describe()} may not {action.value} {target}: that needs "
+            f"{_needed(action)}; ask an operator to grant it",
         )
     if feature_id is not None and not principal.covers(feature_id):
         return Decision(
             False,
             f"{principal.describe()} may not {action.value} feature {feature_id!r}: its roles "
             f"apply only to features matching {', '.join(principal.scopes)}, and "
-            f"{action.value} needs {needed} for {feature_id!r}; ask an operator to widen "
-            "its scopes",
+            f"{action.value} needs {_needed(action)} for {feature_id!r}; ask an operator to "
+            "widen its scopes",
         )
     return Decision(True, f"{principal.name} may {action.value} {target}")
+
+
+def _role_grants(principal: Principal, action: Action) -> bool:
+    return any(action in ROLE_ACTIONS[role] for role in principal.roles)
 
 
 def _needed(action: Action) -> str:
@@ -139,8 +142,12 @@ def _needed(action: Action) -> str:
 
 
 def permits(principal: Principal, action: Action, feature_id: str | None = None) -> bool:
-    """True when `decide` allows it; for filtering what a list or a watch returns."""
-    return decide(principal, action, feature_id).allowed
+    """True when `decide` allows it; for filtering what a list or a watch returns.
+
+    The same rule as `decide` without building its sentence: a status or a
+    watch asks once per feature (reads benchmark).
+    """
+    return _role_grants(principal, action) and (feature_id is None or principal.covers(feature_id))
 
 
 def authorize(principal: Principal, action: Action, feature_id: str | None = None) -> None:

@@ -65,6 +65,8 @@ class Principal:
 
     def covers(self, feature_id: str) -> bool:
         """True when `feature_id` matches one of the principal's scopes."""
+        if self.scopes == ALL_FEATURES:
+            return True  # the common case, without a pattern match per feature
         return any(fnmatchcase(feature_id, scope) for scope in self.scopes)
 
     def describe(self) -> str:
