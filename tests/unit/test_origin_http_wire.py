@@ -1,0 +1,259 @@
+"""The origin HTTP server on the wire: keep-alive, pipelining, limits, and its file cache.
+
+Raw sockets, so each test controls exactly what is sent and sees exactly what
+comes back (http.client would hide connection reuse and refuse malformed input).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from releasecontrol_server.origin import http as origin_http
+from releasecontrol_server.origin.http import MAX_HEAD_BYTES, OriginHttpServer
+
+INDEX = b'{"sequence": 7}'
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = tmp_path / "origin"
+    (root / "features").mkdir(parents=True)
+    (root / "remote-index.json").write_bytes(INDEX)
+    return root
+
+
+@pytest.fixture
+def server(root: Path) -> Iterator[OriginHttpServer]:
+    with OriginHttpServer(root, port=0) as server:
+        yield server
+
+
+def connect(server: OriginHttpServer) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    return sock
+
+
+def get(path: str, *extra: str) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", "Host: origin", *extra, "", ""]
+    return "\r\n".join(lines).encode()
+
+
+def read_response(sock: socket.socket, pending: bytearray) -> tuple[int, dict[str, str], bytes]:
+    """One response from `sock` (bytes already received in `pending`, which keeps the rest)."""
+    while b"\r\n\r\n" not in pending:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before a full response head: {bytes(pending)!r}"
+        pending += chunk
+    end = pending.index(b"\r\n\r\n")
+    lines = bytes(pending[:end]).decode("latin-1").split("\r\n")
+    del pending[: end + 4]
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    while len(pending) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed inside a body"
+        pending += chunk
+    body = bytes(pending[:length])
+    del pending[:length]
+    return status, headers, body
+
+
+def closed_by_server(sock: socket.socket, pending: bytearray) -> bool:
+    """True when the server closed the connection with nothing more to read."""
+    sock.settimeout(5)
+    try:
+        chunk = sock.recv(1)
+    except ConnectionResetError:
+        return True
+    return chunk == b"" and not pending
+
+
+class TestKeepAlive:
+    def test_one_connection_serves_many_requests(self, server: OriginHttpServer) -> None:
+        """HTTP/1.1 keeps the connection open: three GETs, three answers, no Connection: close."""
+        with connect(server) as sock:
+            pending = bytearray()
+            for _ in range(3):
+                sock.sendall(get("/remote-index.json"))
+                status, headers, body = read_response(sock, pending)
+                assert (status, body) == (200, INDEX)
+                assert "connection" not in headers
+
+    def test_pipelined_requests_are_answered_in_order(self, server: OriginHttpServer) -> None:
+        """Requests sent together are answered one after another, in the order sent."""
+        with connect(server) as sock:
+            sock.sendall(
+                get("/remote-index.json") + get("/missing.json") + get("/remote-index.json")
+            )
+            pending = bytearray()
+            statuses = [read_response(sock, pending)[0] for _ in range(3)]
+        assert statuses == [200, 404, 200]
+
+    @pytest.mark.parametrize(
+        "request_bytes",
+        [
+            pytest.param(get("/remote-index.json", "Connection: close"), id="connection-close"),
+            pytest.param(b"GET /remote-index.json HTTP/1.0\r\n\r\n", id="http-1.0"),
+        ],
+    )
+    def test_close_is_honoured(self, server: OriginHttpServer, request_bytes: bytes) -> None:
+        """Connection: close, or HTTP/1.0, gets its answer with Connection: close, then EOF."""
+        with connect(server) as sock:
+            sock.sendall(request_bytes)
+            pending = bytearray()
+            status, headers, body = read_response(sock, pending)
+            assert (status, body) == (200, INDEX)
+            assert headers["connection"] == "close"
+            assert closed_by_server(sock, pending)
+
+    def test_an_idle_connection_is_closed(
+        self, root: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A kept-alive connection with no request for the idle timeout is closed."""
+        monkeypatch.setattr(origin_http, "_IDLE_TIMEOUT_SECONDS", 0.2)
+        with OriginHttpServer(root, port=0) as server, connect(server) as sock:
+            sock.sendall(get("/remote-index.json"))
+            pending = bytearray()
+            assert read_response(sock, pending)[0] == 200
+            started = time.monotonic()
+            assert closed_by_server(sock, pending)
+            assert time.monotonic() - started < 2
+
+    def test_nagle_is_off(self, server: OriginHttpServer) -> None:
+        """Ten kept-alive GETs take well under the 40 ms one delayed-ACK stall would cost each."""
+        with connect(server) as sock:
+            pending = bytearray()
+            started = time.monotonic()
+            for _ in range(10):
+                sock.sendall(get("/remote-index.json"))
+                read_response(sock, pending)
+            assert time.monotonic() - started < 0.3
+
+
+class TestMalformedRequests:
+    @pytest.mark.parametrize(
+        ("request_bytes", "status"),
+        [
+            pytest.param(b"GET /remote-index.json\r\n\r\n", 400, id="no-version"),
+            pytest.param(b"GET  /remote-index.json HTTP/1.1\r\n\r\n", 400, id="double-space"),
+            pytest.param(b"GET / HTTP/2.0\r\n\r\n", 505, id="http-2"),
+            pytest.param(b"GET / SPDY/3\r\n\r\n", 400, id="not-http"),
+            pytest.param(get("/remote-index.json", " folded: value"), 400, id="obs-fold"),
+            pytest.param(get("/remote-index.json", "Bad Name: x"), 400, id="space-in-name"),
+            pytest.param(get("/remote-index.json", "no-colon"), 400, id="no-colon"),
+            pytest.param(get("/remote-index.json", "Content-Length: 5"), 400, id="body"),
+            pytest.param(
+                get("/remote-index.json", "Transfer-Encoding: chunked"), 400, id="chunked"
+            ),
+        ],
+    )
+    def test_is_refused_and_the_connection_closed(
+        self, server: OriginHttpServer, request_bytes: bytes, status: int
+    ) -> None:
+        """A malformed request, or one with a body, is answered with an error and a close:
+        bytes after it are never taken for another request."""
+        with connect(server) as sock:
+            sock.sendall(request_bytes + get("/remote-index.json"))
+            pending = bytearray()
+            got, headers, _ = read_response(sock, pending)
+            assert got == status
+            assert headers["connection"] == "close"
+            assert closed_by_server(sock, pending)
+
+    def test_a_head_over_the_limit_is_refused(self, server: OriginHttpServer) -> None:
+        """A request head that never ends is cut off at the limit with 431, not buffered."""
+        with connect(server) as sock:
+            sock.sendall(b"GET /remote-index.json HTTP/1.1\r\nX-Filler: ")
+            try:
+                for _ in range(MAX_HEAD_BYTES // 1024 + 2):
+                    sock.sendall(b"a" * 1024)
+            except OSError:
+                pass  # the server may already have answered and closed
+            pending = bytearray()
+            status, headers, _ = read_response(sock, pending)
+            assert status == 431
+            assert headers["connection"] == "close"
+
+    def test_too_many_header_fields_are_refused(self, server: OriginHttpServer) -> None:
+        """More than the allowed number of header fields answers 431."""
+        fields = [f"X-{i}: 1" for i in range(origin_http.MAX_HEADER_FIELDS + 1)]
+        with connect(server) as sock:
+            sock.sendall(get("/remote-index.json", *fields))
+            assert read_response(sock, bytearray())[0] == 431
+
+    def test_other_methods_keep_the_connection(self, server: OriginHttpServer) -> None:
+        """A POST without a body answers 405 and the connection goes on serving."""
+        with connect(server) as sock:
+            sock.sendall(b"POST /remote-index.json HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+            pending = bytearray()
+            status, headers, _ = read_response(sock, pending)
+            assert status == 405 and headers["allow"] == "GET, HEAD"
+            sock.sendall(get("/remote-index.json"))
+            assert read_response(sock, pending)[0] == 200
+
+
+class TestFileCache:
+    def test_a_file_rewritten_in_place_is_served_anew(
+        self, server: OriginHttpServer, root: Path
+    ) -> None:
+        """Same inode, same size, rewritten at once: the new bytes and ETag are served
+        (a file whose ctime is that recent is never answered from memory)."""
+        file = root / "remote-index.json"
+        with connect(server) as sock:
+            pending = bytearray()
+            sock.sendall(get("/remote-index.json"))
+            assert read_response(sock, pending)[2] == INDEX
+            with file.open("r+b") as handle:
+                handle.write(b'{"sequence": 8}')
+            sock.sendall(get("/remote-index.json"))
+            _, headers, body = read_response(sock, pending)
+        assert body == b'{"sequence": 8}'
+        assert headers["etag"] == f'"{hashlib.sha256(body).hexdigest()}"'
+
+    def test_a_settled_file_is_served_from_memory_until_it_changes(
+        self, server: OriginHttpServer, root: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Once cached, a file replaced (new inode) or deleted is noticed at the next request."""
+        monkeypatch.setattr(origin_http, "_SETTLED_SECONDS", 0.0)
+        file = root / "features" / "a.json"
+        file.write_bytes(b"first")
+        with connect(server) as sock:
+            pending = bytearray()
+            sock.sendall(get("/features/a.json"))
+            assert read_response(sock, pending)[2] == b"first"
+            replacement = root / "features" / ".a.json.tmp"
+            replacement.write_bytes(b"other")
+            os.replace(replacement, file)
+            sock.sendall(get("/features/a.json"))
+            assert read_response(sock, pending)[2] == b"other"
+            file.unlink()
+            sock.sendall(get("/features/a.json"))
+            assert read_response(sock, pending)[0] == 404
+
+    def test_the_cache_is_bounded(
+        self, server: OriginHttpServer, root: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Files beyond the total are evicted (oldest first), and still served from disk."""
+        monkeypatch.setattr(origin_http, "_SETTLED_SECONDS", 0.0)
+        monkeypatch.setattr(origin_http, "CACHE_TOTAL_BYTES", 250)
+        for i in range(5):
+            (root / "features" / f"{i}.json").write_bytes(bytes([48 + i]) * 100)
+        with connect(server) as sock:
+            pending = bytearray()
+            for i in (*range(5), *range(5)):
+                sock.sendall(get(f"/features/{i}.json"))
+                assert read_response(sock, pending)[2] == bytes([48 + i]) * 100
+        files = server._site.files  # the test looks inside: the bound is the point
+        assert files._cached_bytes <= 250
+        assert len(files._cache) == 2
