@@ -66,8 +66,13 @@ def run(work_dir: Path, *, quick: bool = False) -> Outcome:
     started = time.perf_counter()
     baseline = [sys.executable, "-c", "import grpc"]
     with BenchServer(work_dir / "server", features=sizes.features, versions=sizes.versions) as srv:
+        # PYTHONDONTWRITEBYTECODE (set in some CI shells) would make releasectl compile
+        # its own modules on every run, while grpc's come precompiled from the wheel:
+        # without it the warm-up run below writes them, as a user's first run does.
         env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("RELEASECONTROL_", "FEATURE_"))
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("RELEASECONTROL_", "FEATURE_")) and k != "PYTHONDONTWRITEBYTECODE"
         }
         env.update(srv.client_env())
         command = [*_releasectl(), "release", "status"]

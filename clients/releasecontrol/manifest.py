@@ -16,7 +16,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import rfc8785
-import semver
 
 from releasecontrol.errors import InvalidArgument
 
@@ -43,6 +42,8 @@ def validate_feature_id(value: str, field: str = "feature_id") -> str:
 
 def validate_version(value: str, field: str = "version") -> str:
     """Return `value` if it is a SemVer 2.0 version; raise InvalidArgument naming `field`."""
+    import semver  # here, not at the top: most CLI commands never need it (start time)
+
     if not value or not semver.Version.is_valid(value):
         raise InvalidArgument(
             f"{field} {value!r} is not a SemVer 2.0 version: use MAJOR.MINOR.PATCH "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -235,6 +234,8 @@ def _remote_status(
     allow_dev_keys: bool,
     output: str,
 ) -> None:
+    import tempfile  # here, like the host library: `release status` alone starts quicker
+
     from releasecontrol.host import FeatureHost
     from releasecontrol.index import REMOTE_INDEX_PATH
 
