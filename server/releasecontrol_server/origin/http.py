@@ -557,6 +557,9 @@ class OriginHttpServer:
                 server.close()
             for connection in list(self._site.connections):
                 connection.close()
+            # Let the aborted transports run their connection_lost and close their sockets.
+            for _ in range(3):
+                await asyncio.sleep(0)
             for server in self._servers:
                 await server.wait_closed()
             loop.stop()
