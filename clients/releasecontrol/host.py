@@ -39,7 +39,8 @@ refuses dev keys in production.
 
 from __future__ import annotations
 
-import copy
+import base64
+import binascii
 import hashlib
 import json
 import logging
@@ -52,7 +53,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 from releasecontrol.errors import ConfigError, InvalidArgument, VerificationError
 from releasecontrol.fetch import Fetched, Fetcher, FetchError
@@ -108,8 +109,10 @@ _FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
 class Limits:
     """The most a host downloads per file: what an endless-data attack can cost it."""
 
-    max_index_bytes: int = 1 << 20
-    """Largest `remote-index.json` or `releases.json` accepted."""
+    max_index_bytes: int = 32 << 20
+    """Largest `remote-index.json` or `releases.json` accepted. 32 MiB: the remote index
+    names every feature (~150 bytes each), so this fits about 200,000 features; it
+    bounds what an endless or padded index costs, not how many features there are."""
 
     max_manifest_bytes: int = 1 << 20
     """Largest `manifest.json` accepted."""
@@ -289,12 +292,14 @@ class FeatureHost:
                 f"({exc.strerror or exc}); point state_dir at a writable directory"
             ) from None
         self._seen = self._load_seen()
+        self._saved_state = self._state_bytes() if self._state_file.exists() else None
         self._lock = threading.Lock()
         self._features: Mapping[str, LoadedFeature] = MappingProxyType({})
         self._sources: dict[str, _Source] = {}
         self._remote: _TrustedRemote | None = None
         self._refused: Mapping[str, str] = MappingProxyType({})
         self._last_refresh_at: datetime | None = None
+        self._base = _Base(self._index_url)
 
     @classmethod
     def from_environment(
@@ -463,24 +468,24 @@ class FeatureHost:
             _check_expiry(label, cached.index.expires_at, now)
             return cached.index
         digest = _sha256(fetched.body)
-        envelope = self._parse_envelope(label, fetched.body)
-        self._check_signatures(label, envelope)
-        index = _parse(label, RemoteIndex.from_dict, envelope)
+        signed = self._verified_body(label, fetched.body)
+        index = _parse(label, RemoteIndex.from_dict, signed)
         _check_expiry(label, index.expires_at, now)
         self._check_sequence(label, self._seen.remote, index.sequence, digest)
-        if self._seen.remote != _Seen(index.sequence, digest):
-            self._seen.remote = _Seen(index.sequence, digest)
-            self._save_seen()
+        # Remembered on disk (once per refresh, in _refresh_features) before anything it
+        # lists is served.
+        self._seen.remote = _Seen(index.sequence, digest)
         self._remote = _TrustedRemote(index, fetched.etag)
         return index
 
     def _refresh_features(
         self, remote: RemoteIndex, now: datetime, refused: dict[str, str], fetched: list[str]
     ) -> None:
+        # The base every relative path of this index resolves against, checked once.
+        self._base = _Base(self._index_url)
         features = {fid: f for fid, f in self._features.items() if fid in remote.features}
         for gone in set(self._sources) - set(remote.features):
             del self._sources[gone]
-        seen_before = dict(self._seen.features)
         outcomes: dict[str, _FeatureOutcome] = {}
         changed: list[tuple[str, FeatureEntry]] = []
         for feature_id, entry in sorted(remote.features.items()):
@@ -508,9 +513,10 @@ class FeatureHost:
                 refused[feature_id] = outcome.refused
             elif outcome.loaded is not None:
                 features[feature_id] = outcome.loaded
+        # One write of the state file per refresh, and before the new state is served:
+        # a restart never forgets a sequence this host acted on.
+        self._save_seen()
         self._features = MappingProxyType(features)
-        if self._seen.features != seen_before:
-            self._save_seen()
 
     def _refresh_changed(
         self, changed: list[tuple[str, FeatureEntry]], now: datetime
@@ -554,9 +560,8 @@ class FeatureHost:
                 f"{label} has SHA-256 {short_keyid(digest)}, not the {short_keyid(entry.sha256)} "
                 f"{REMOTE_INDEX_PATH} pins: refusing to mix files of different moments"
             )
-        envelope = self._parse_envelope(label, file.body)
-        self._check_signatures(label, envelope)
-        releases = _parse(label, ReleasesIndex.from_dict, envelope)
+        signed = self._verified_body(label, file.body)
+        releases = _parse(label, ReleasesIndex.from_dict, signed)
         if releases.sequence != entry.sequence:
             raise _Refused(
                 f"{label} has sequence {releases.sequence}, not the {entry.sequence} "
@@ -636,7 +641,7 @@ class FeatureHost:
             version=version,
             channel=channel,
             releases_sequence=sequence,
-            manifest=MappingProxyType(copy.deepcopy(manifest)),
+            manifest=MappingProxyType(manifest),
             manifest_sha256=manifest_sha256,
             artifacts=MappingProxyType(artifacts),
         )
@@ -666,9 +671,7 @@ class FeatureHost:
                 f"{what} has SHA-256 {short_keyid(digest)}, not the one its manifest lists"
             )
         try:
-            # Not synced: a cached asset is hashed again before every use, so one
-            # a power cut lost or truncated is fetched again, never served.
-            atomic_write(cached, file.body, durable=False)
+            _store_artifact(cached, file.body)
         except OSError as exc:
             raise _Refused(
                 f"{what} verified but cannot be stored in {self._cache_dir} ({exc.strerror or exc})"
@@ -685,6 +688,9 @@ class FeatureHost:
 
     def _resolve(self, relative: str) -> str:
         """`relative` against the index URL; refused when it leaves the index's origin."""
+        plain = self._base.plain(relative)
+        if plain is not None:
+            return plain
         url = urljoin(self._index_url, relative)
         if _origin(url) != _origin(self._index_url):
             scheme, host, port = _origin(self._index_url)
@@ -692,6 +698,70 @@ class FeatureHost:
                 f"{REMOTE_INDEX_PATH} points to {url}, outside its origin {scheme}://{host}:{port}"
             )
         return url
+
+    def _verified_body(self, label: str, body: bytes) -> Mapping[str, Any]:
+        """The `signed` object of a signed file once enough trusted keys signed it; else _Refused.
+
+        Parsed once and verified once where the file is what the signer writes, JCS
+        `{"signatures":[...],"signed":{...}}` (see `_signed_as_written`); any other
+        file goes the general way, which also says exactly what is wrong.
+        """
+        signed = self._signed_as_written(body)
+        if signed is not None:
+            return signed
+        envelope = self._parse_envelope(label, body)
+        self._check_signatures(label, envelope)
+        return envelope.signed
+
+    def _signed_as_written(self, body: bytes) -> dict[str, Any] | None:
+        """The signed object when the bytes after `"signed":` carry enough trusted signatures.
+
+        The signatures cover the JCS bytes of `signed`; in a file the signer wrote
+        those are the bytes between `,"signed":` and the final `}`. Checking the
+        signatures over those bytes and parsing the object from exactly those bytes
+        accepts only what the trusted keys signed, without re-encoding it (RFC 8785
+        in Python cost more than the rest of the verification). None when the file
+        is not in that form or the check does not pass: the caller then takes the
+        general way, which refuses with the reason, or accepts a file signed over
+        the JCS of a differently written body.
+        """
+        if len(body) > self._limits.max_index_bytes or not (
+            body.startswith(_SIGNATURES_OPEN) and body.endswith(b"}")
+        ):
+            return None
+        split = body.find(_SIGNED_KEY)
+        if split < 0:
+            return None
+        data = body[split + len(_SIGNED_KEY) : -1]
+        try:
+            signatures = json.loads(body[len(_SIGNATURES_OPEN) : split])
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(signatures, list):
+            return None
+        valid: set[str] = set()
+        for entry in signatures:
+            if not isinstance(entry, dict):
+                return None
+            keyid, sig = entry.get("keyid"), entry.get("sig")
+            if not isinstance(keyid, str) or not isinstance(sig, str) or keyid in valid:
+                continue
+            key = self._trust.keys.get(keyid)
+            if key is None or (key.dev and not self._allow_dev_keys):
+                continue
+            try:
+                raw = base64.b64decode(sig, validate=True)
+            except (binascii.Error, ValueError):
+                continue
+            if key.verify(raw, data):
+                valid.add(keyid)
+        if len(valid) < self._trust.threshold:
+            return None
+        try:
+            signed = _strict_json(data)
+        except ValueError:
+            return None
+        return signed if isinstance(signed, dict) else None
 
     def _parse_envelope(self, label: str, body: bytes) -> Envelope:
         try:
@@ -761,16 +831,23 @@ class FeatureHost:
             "delete it to start over (the host then accepts any sequence once)"
         )
 
-    def _save_seen(self) -> None:
+    def _state_bytes(self) -> bytes:
         seen = self._seen
         document = {
             "format": _STATE_FORMAT,
             "remote_index": None if seen.remote is None else _write_seen(seen.remote),
             "features": {fid: _write_seen(s) for fid, s in sorted(seen.features.items())},
         }
-        data = (json.dumps(document, indent=2) + "\n").encode("utf-8")
+        return (json.dumps(document, indent=2) + "\n").encode("utf-8")
+
+    def _save_seen(self) -> None:
+        """Write the state file (atomically, durably) when it changed since the last write."""
+        data = self._state_bytes()
+        if data == self._saved_state:
+            return
         try:
             atomic_write(self._state_file, data)
+            self._saved_state = data
         except OSError as exc:
             # The check itself passed; failing to record it only narrows what a restart knows.
             logger.error(
@@ -802,11 +879,44 @@ def _origin(url: str) -> tuple[str, str, int]:
     return parts.scheme, (parts.hostname or "").lower(), port
 
 
-def _parse(label: str, parse: Callable[[Mapping[str, Any]], _T], envelope: Envelope) -> _T:
+def _parse(label: str, parse: Callable[[Mapping[str, Any]], _T], signed: Mapping[str, Any]) -> _T:
     try:
-        return parse(envelope.signed)
+        return parse(signed)
     except VerificationError as exc:
         raise _Refused(f"{label}: {exc.message}") from None
+
+
+_SIGNATURES_OPEN = b'{"signatures":'
+_SIGNED_KEY = b',"signed":'
+
+
+class _Base:
+    """Resolves the relative paths an index names against the index URL, like urljoin.
+
+    A plain relative path (letters, digits, `-._~%+@`, `/`-separated, no `.` or `..`
+    segment) is appended to the index URL's folder, which is what urljoin gives it;
+    anything else goes through urljoin and the same-origin check.
+    """
+
+    def __init__(self, index_url: str) -> None:
+        parts = urlsplit(index_url)
+        folder = parts.path[: parts.path.rfind("/") + 1] or "/"
+        self.folder = urlunsplit((parts.scheme, parts.netloc, folder, "", ""))
+
+    def plain(self, relative: str) -> str | None:
+        if (
+            not relative
+            or relative[0] == "/"
+            or not _PLAIN_PATH_CHARS.issuperset(relative)
+            or any(segment in ("", ".", "..") for segment in relative.split("/"))
+        ):
+            return None
+        return self.folder + relative
+
+
+_PLAIN_PATH_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%+@/"
+)
 
 
 def _check_expiry(label: str, expires_at: datetime, now: datetime) -> None:
@@ -820,6 +930,25 @@ def _check_expiry(label: str, expires_at: datetime, now: datetime) -> None:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _store_artifact(path: Path, data: bytes) -> None:
+    """Write a verified asset into the content-addressed cache: in place, without sync.
+
+    Neither a temporary file and a rename nor an fsync: a cached asset is hashed
+    again before every use (here and in `LoadedFeature.artifact_bytes`), so one a
+    crash or power cut left short or empty is fetched again, never served, and the
+    file is only ever rewritten when it does not hold the bytes of its name. One
+    file creation instead of a temporary file and a rename halves the metadata
+    work per asset, most of a cold load's disk time.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 def _file_sha256(path: Path) -> str | None:

@@ -420,13 +420,13 @@ ATTACKS = [
     pytest.param(
         fault(REMOTE_INDEX_PATH, ENDLESS, publish=False),
         REMOTE_INDEX_PATH,
-        "remote-index.json is larger than the 1048576-byte limit",
+        "remote-index.json is larger than the 33554432-byte limit",
         id="remote-endless-data",
     ),
     pytest.param(
         fault(RELEASES, ENDLESS),
         "checkout",
-        "releases.json is larger than the 1048576-byte limit",
+        "releases.json is larger than the 33554432-byte limit",
         id="releases-endless-data",
     ),
     pytest.param(

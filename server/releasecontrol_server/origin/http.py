@@ -15,7 +15,7 @@ hosts benchmark found the standard library's `ThreadingHTTPServer` spending
 ~0.3 ms of CPU per request on a kept-alive connection and ~0.65 ms on a new one
 (a thread per connection, `email`-based header parsing, `realpath` on every
 request), more than the client's verification of the file. Here a request costs
-one `stat` when the file is in memory: small files (up to 1 MiB, 64 MiB in all)
+one `stat` when the file is in memory: files (up to 4 MiB each, 64 MiB in all)
 are kept with their ETag and response headers, keyed by the file's inode,
 size, mtime and ctime, and only once their ctime is 2 s old, so a file changed
 within the clock's granularity is never mistaken for the one cached (a change
@@ -90,7 +90,7 @@ _BACKLOG = 128
 MAX_HEAD_BYTES = 16 * 1024
 MAX_HEADER_FIELDS = 100
 # Files kept in memory: each at most this large, all together at most this much.
-CACHE_FILE_BYTES = 1 << 20
+CACHE_FILE_BYTES = 4 << 20
 CACHE_TOTAL_BYTES = 64 << 20
 # A file is kept only once its ctime is this old: a change within the file
 # system clock's granularity could otherwise leave every stamp field equal.
