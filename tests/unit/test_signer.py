@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from releasecontrol.index import Envelope, FeatureEntry, RemoteIndex, sign, verify_signatures
 from releasecontrol.trust import SigningKey, TrustStore
 from releasecontrol_server.releases import Canary, FeatureState, PublishedVersion
-from releasecontrol_server.signer import FeatureEntries, Signer, jcs_sort_key
+from releasecontrol_server.signer import FeatureEntries, Signer, jcs, jcs_sort_key
 
 NOW = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
 EXPIRY_SECONDS = 7 * 24 * 3600
@@ -199,3 +199,59 @@ class TestSignerBytes:
         assert file.content == expected
         assert file.path == "features/checkout/releases.json"
         assert file.sequence == 21
+
+
+def random_json(rng: random.Random, depth: int = 0) -> object:
+    """JSON values of every kind jcs() handles, fast path or not."""
+    kind = rng.randrange(9 if depth < 3 else 6)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return rng.choice([True, False])
+    if kind == 2:
+        return rng.choice([0, -1, 7, 2**53 - 1, -(2**53) + 1, rng.randrange(-(10**12), 10**12)])
+    if kind == 3:
+        return rng.choice([0.5, 1.0, -2.25, 1e21, 3.0e-7])
+    if kind in (4, 5):
+        alphabet = string.printable + '\x00\x01\x1f\x7f\u00e9\u2028\ufb01\U0001f600"\\'
+        return "".join(rng.choice(alphabet) for _ in range(rng.randrange(12)))
+    if kind == 6:
+        return [random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
+    if kind == 7:
+        return tuple(random_json(rng, depth + 1) for _ in range(rng.randrange(3)))
+    keys = ["a", "B", "sequence", "\u00e9t\u00e9", "\ufb01", "\U0001f600", "z_1", ""]
+    return {rng.choice(keys): random_json(rng, depth + 1) for _ in range(rng.randrange(5))}
+
+
+class TestJcs:
+    def test_equals_rfc8785_on_random_values(self) -> None:
+        """Fast path or not, jcs() gives rfc8785's bytes: escapes, key order, numbers."""
+        rng = random.Random(8785)
+        for _ in range(3000):
+            value = random_json(rng)
+            plain = value if not isinstance(value, tuple) else list(value)
+            try:
+                expected = rfc8785.dumps(_lists(plain))
+            except rfc8785.CanonicalizationError:
+                with pytest.raises(ValueError):
+                    jcs(value)
+                continue
+            assert jcs(value) == expected, value
+
+    def test_refuses_what_has_no_jcs_form(self) -> None:
+        for bad in ({"k": 2**53}, ["\ud800"], {"k": float("nan")}, {1: "x"}):
+            with pytest.raises(ValueError):
+                jcs(bad)
+
+    def test_non_ascii_keys_sort_by_utf16(self) -> None:
+        """U+FB01 sorts after U+1F600 by code point, before it by UTF-16 code units."""
+        assert jcs({"\ufb01": 1, "\U0001f600": 2}) == rfc8785.dumps({"\ufb01": 1, "\U0001f600": 2})
+        assert jcs({"\ufb01": 1, "\U0001f600": 2}).startswith('{"\U0001f600"'.encode())
+
+
+def _lists(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_lists(v) for v in value]
+    return value
