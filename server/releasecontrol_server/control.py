@@ -15,22 +15,32 @@ recent state come from memory, written through on every commit.
 A process killed after the commit finishes the origin write on restart
 (`start()` drains the outbox), so the origin never misses a committed change
 and, since the outbox holds only the newest bytes of each file, never goes back.
+
+A commit's disk work overlaps where order allows: while the store commits
+(its fsync releases the GIL), other worker threads sign remote-index.json and
+write each new file, fsynced, to a hidden temporary file beside its place on the
+origin (`FilesystemOrigin.stage`). Only once the commit returned are they
+renamed into place, each releases.json before the remote-index.json naming it.
+remote-index.json is not stored as bytes: the store records the moment it was
+signed at, and a restart signs it again from the committed releases.json
+digests: the same bytes, since Ed25519 is deterministic.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
-import dataclasses
+import contextlib
 import hashlib
 import logging
 import os
 import signal
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from releasecontrol.errors import (
     FailedPrecondition,
@@ -49,8 +59,9 @@ from releasecontrol.index import (
 from releasecontrol.manifest import artifact_path, manifest_path, sha256_hex
 from releasecontrol_server import releases
 from releasecontrol_server.origin import Origin
+from releasecontrol_server.origin.filesystem import Staged
 from releasecontrol_server.releases import ChangeMeta, Command, FeatureState
-from releasecontrol_server.signer import FeatureEntries, Signer, feature_entry
+from releasecontrol_server.signer import FeatureEntries, Signer, _Replacing, feature_entry
 from releasecontrol_server.store import Change, SignedFile, SqliteStore, StoredTransition
 from releasecontrol_server.upload import ReceivedAsset
 from releasecontrol_server.watch import ChangeEvent, RefreshEvent, WatchHub
@@ -67,6 +78,22 @@ FAILPOINT_AFTER_COMMIT = "after-commit"
 _RETRY_SECONDS = 5.0
 # Features whose state and releases.json are kept in memory for reads.
 _CACHED_FEATURES = 4096
+# Threads writing new files beside their place on the origin while the store
+# commits (two more: the commit, and the remote index's signature).
+_STAGE_THREADS = 3
+
+
+@runtime_checkable
+class _Staging(Protocol):
+    """An origin that can write a file's bytes first and put it in place later."""
+
+    def stage(self, path: str, data: bytes) -> Staged: ...
+
+    def publish(self, staged: Staged) -> None: ...
+
+    def discard(self, staged: Staged) -> None: ...
+
+    def unchanged_since_written(self, path: str) -> bool: ...
 
 
 def utc_now() -> datetime:
@@ -212,6 +239,13 @@ class ReleaseController:
         # features come from memory; a commit puts the new values here first.
         self._states: _Recent[str, FeatureState] = _Recent(_CACHED_FEATURES)
         self._files: _Recent[str, SignedFile] = _Recent(_CACHED_FEATURES)
+        # The sequence of a committed remote-index.json the origin may lack (0: none).
+        self._remote_pending = 0
+        self._staging = origin if isinstance(origin, _Staging) else None
+        self._pool = ThreadPoolExecutor(2, thread_name_prefix="releasecontrol-write")
+        self._stage_pool = ThreadPoolExecutor(
+            _STAGE_THREADS, thread_name_prefix="releasecontrol-stage"
+        )
 
     @property
     def default_soak_seconds(self) -> int:
@@ -220,8 +254,8 @@ class ReleaseController:
     async def start(self) -> None:
         """Load the remote-index entries and finish origin writes a crash left pending."""
         self._entries = self._load_entries()
-        self._remote_index = self._store.signed_file(REMOTE_INDEX_PATH)
         self._global_sequence = self._store.global_sequence()
+        self._remote_index, self._remote_pending = self._load_remote_index()
         self._feature_ids = self._store.feature_ids()
         pending = self._store.pending_count()
         if pending:
@@ -236,6 +270,40 @@ class ReleaseController:
         if self._writer is not None and not self._writer.done():
             # Its disk work runs in a thread: let it finish before the store closes.
             await asyncio.wait([self._writer])
+        self._pool.shutdown(wait=True)
+        self._stage_pool.shutdown(wait=True)
+
+    def _load_remote_index(self) -> tuple[SignedFile | None, int]:
+        """The last committed remote-index.json and, if the origin may lack it, its sequence.
+
+        Signed again from the store's record when the store keeps no bytes. If
+        the origin has it already but its bytes differ (the keys changed since),
+        the origin's are kept: they are what hosts hold, with the same sequence.
+        """
+        record = self._store.remote_index_record()
+        if record is None:  # nothing committed yet, or a store that kept the bytes
+            return self._store.signed_file(REMOTE_INDEX_PATH), 0
+        rebuilt = self._signer.remote_index_file(
+            record.sequence, self._entries, record.issued_at, record.expires_at
+        )
+        if not record.written:
+            return rebuilt, record.sequence
+        try:
+            on_origin = self._origin.read(REMOTE_INDEX_PATH)
+        except OSError:
+            return rebuilt, 0
+        if on_origin is None or on_origin == rebuilt.content:
+            return rebuilt, 0
+        try:
+            envelope = Envelope.from_bytes(on_origin)
+            same = int(envelope.signed["sequence"]) == record.sequence
+        except (VerificationError, KeyError, TypeError, ValueError):
+            same = False
+        if same and check_signatures(envelope, self._signer.own_trust()).verified:
+            return SignedFile(
+                REMOTE_INDEX_PATH, on_origin, sha256_hex(on_origin), record.sequence
+            ), 0
+        return rebuilt, 0
 
     def _load_entries(self) -> FeatureEntries:
         return FeatureEntries(
@@ -311,7 +379,7 @@ class ReleaseController:
 
     async def _apply_batch(self, batch: list[_Request]) -> None:
         now = self._clock()
-        global_sequence = self._store.global_sequence()
+        global_sequence = self._global_sequence
         prepared: list[_Prepared] = []
         states: dict[str, FeatureState] = {}
         entries: dict[str, FeatureEntry] = {}
@@ -439,25 +507,36 @@ class ReleaseController:
     async def _commit(
         self, prepared: list[_Prepared], entries: Mapping[str, FeatureEntry], now: datetime
     ) -> None:
-        """Sign the remote index once for the batch, commit it, write the origin, answer."""
+        """Commit the batch, sign its one remote index, write the origin, answer.
+
+        The disk work runs off the event loop, so reads (and the next batch's
+        requests) are served meanwhile; see the module docstring for what overlaps.
+        """
         last = prepared[-1].change
+        changes = [p.change for p in prepared]
+        view = self._entries.with_entries(entries)
+        expires_at = self._signer.expires_at(now)
+        held = [file for change in changes for file in change.files]
+        # Started now, waited for by the commit's thread: one hand-off from the loop.
+        staging = [self._stage_pool.submit(self._stage, file) for file in held]
+        signing = self._pool.submit(
+            self._sign_remote_index, last.global_sequence, view, now, expires_at
+        )
         try:
-            remote = self._signer.remote_index_file(
-                last.global_sequence, self._entries.with_entries(entries), now
+            flushed = await asyncio.get_running_loop().run_in_executor(
+                self._pool,
+                self._commit_and_flush,
+                changes,
+                view,
+                (now, expires_at),
+                staging,
+                signing,
             )
-            # The batch's one remote-index.json rides with its last change.
-            changes = [p.change for p in prepared[:-1]]
-            changes.append(dataclasses.replace(last, files=(*last.files, remote)))
-            # The disk work runs off the event loop, so reads (and the next
-            # batch's requests) are served meanwhile.
-            flushed = await asyncio.to_thread(self._commit_and_flush, changes)
         except Exception as exc:
             for item in prepared:
                 _fail(item.request.answer, exc)
             return
-        for feature_id, entry in entries.items():
-            self._entries.set(feature_id, entry)
-        self._remote_index = remote
+        self._entries.apply(view)
         self._global_sequence = last.global_sequence
         for change in changes:
             feature_id = change.state.feature_id
@@ -466,8 +545,7 @@ class ReleaseController:
                 self._feature_ids.insert(at, feature_id)  # a new feature
             self._states.put(feature_id, change.state)
             for file in change.files:
-                if file is not remote:
-                    self._files.put(file.path, file)
+                self._files.put(file.path, file)
         if not flushed:
             self._schedule_retry()
         for item in prepared:
@@ -500,12 +578,75 @@ class ReleaseController:
             change = item.change
             self._hub.publish(ChangeEvent(change.global_sequence, change.state, item.transition))
 
-    def _commit_and_flush(self, changes: list[Change]) -> bool:
-        """In a worker thread: commit `changes` in one transaction, then write the outbox."""
-        self._store.commit_many(changes)
+    def _commit_and_flush(
+        self,
+        changes: list[Change],
+        view: _Replacing,
+        signed_at: tuple[datetime, datetime],
+        staging: list[Future[Staged | None]],
+        signing: Future[tuple[SignedFile, Staged | None]],
+    ) -> bool:
+        """In a worker thread: commit `changes` with the record of their remote index (signed
+        at `signed_at`: issued, expires), then put what `staging` and `signing` wrote beside
+        the origin in place, in order.
+
+        Raises what the commit raises (after discarding what was staged).
+        """
+        last = changes[-1]
+        try:
+            self._store.commit_many(changes, remote_index=signed_at)
+        except BaseException:
+            leftovers: list[Staged | None] = []
+            for future in staging:
+                leftovers.append(future.result())  # _stage does not raise for a failed write
+            with contextlib.suppress(Exception):
+                leftovers.append(signing.result()[1])
+            for staged in leftovers:
+                if staged is not None:
+                    self._discard(staged)
+            raise
         if self._failpoint == FAILPOINT_AFTER_COMMIT:
             os.kill(os.getpid(), signal.SIGKILL)
-        return self._flush([file for change in changes for file in change.files])
+        self._remote_pending = last.global_sequence
+        staged_files: dict[tuple[str, str], Staged] = {}
+        for file, future in zip([f for c in changes for f in c.files], staging, strict=True):
+            staged = future.result()  # _stage does not raise for a failed write
+            if staged is not None:
+                staged_files[(file.path, file.sha256)] = staged
+        remote_staged: Staged | None = None
+        try:
+            self._remote_index, remote_staged = signing.result()
+        except Exception:  # a bug: the flush signs it again from the committed state
+            log.exception("signing remote-index.json failed")
+            self._remote_index = None
+        return self._flush(
+            [f for c in changes for f in c.files], staged_files, remote_staged, entries=view
+        )
+
+    def _stage(self, file: SignedFile) -> Staged | None:
+        """In a worker thread: `file`'s bytes durable beside its place on the origin, if the
+        origin can do that (else, or when it fails, the flush writes it whole)."""
+        if self._staging is None:
+            return None
+        try:
+            return self._staging.stage(file.path, file.content)
+        except OSError as exc:
+            log.warning("origin write of %s failed: %s", file.path, exc)
+            return None
+
+    def _discard(self, staged: Staged) -> None:
+        if self._staging is not None:
+            try:
+                self._staging.discard(staged)
+            except OSError as exc:
+                log.warning("removing the temporary file %s failed: %s", staged.temp, exc)
+
+    def _sign_remote_index(
+        self, sequence: int, view: _Replacing, now: datetime, expires_at: datetime
+    ) -> tuple[SignedFile, Staged | None]:
+        """In a worker thread: the batch's remote-index.json, signed and staged on the origin."""
+        remote = self._signer.remote_index_file(sequence, view, now, expires_at)
+        return remote, self._stage(remote)
 
     def _refuse_if_origin_ahead(self, feature_id: str, *, remote_index: bool = True) -> None:
         """Refuse to publish when the origin holds newer or different index files than the store.
@@ -518,6 +659,8 @@ class ReleaseController:
         pending: set[str] | None = None
         paths = [releases_path(feature_id)] + ([REMOTE_INDEX_PATH] if remote_index else [])
         for path in paths:
+            if self._staging is not None and self._staging.unchanged_since_written(path):
+                continue  # it holds bytes this process wrote, all committed: never ahead
             remote = self._origin.read(path)
             if remote is None:
                 continue
@@ -538,7 +681,9 @@ class ReleaseController:
                 continue
             our_sequence = ours.sequence if ours else 0
             if remote_sequence == our_sequence and pending is None:
-                pending = {f.path for f in self._store.pending_writes()}
+                pending = {f.path for f in self._store.pending_digests()}
+                if self._remote_pending:
+                    pending.add(REMOTE_INDEX_PATH)
             if remote_sequence > our_sequence or (
                 remote_sequence == our_sequence and path not in (pending or ())
             ):
@@ -557,28 +702,75 @@ class ReleaseController:
             if not self._origin.exists(path):
                 self._origin.write(path, asset.read())
 
-    def _flush(self, held: Sequence[SignedFile] = ()) -> bool:
-        """Write the outbox to the origin in order; True when nothing is left pending.
+    def _flush(
+        self,
+        held: Sequence[SignedFile] = (),
+        staged: Mapping[tuple[str, str], Staged] | None = None,
+        remote_staged: Staged | None = None,
+        *,
+        entries: Mapping[str, FeatureEntry] | None = None,
+    ) -> bool:
+        """Write the outbox to the origin in order, then the remote index; True when nothing
+        is left pending.
 
-        `held`: files just committed, whose bytes need not be read back from the store.
+        `held`: files just committed, whose bytes need not be read back from the
+        store; `staged` (by path and sha256) and `remote_staged`: those already
+        written beside their place, to be renamed into it. What is staged but not
+        published is removed. `entries`: the committed remote-index entries, when
+        the controller's own are not updated yet.
         """
         known = {(f.path, f.sha256): f for f in held}
+        unpublished = dict(staged or {})
         written: list[tuple[str, str]] = []
+        remote_written = 0
         try:
             for digest in self._store.pending_digests():
-                file = known.get((digest.path, digest.sha256)) or self._store.signed_file(
-                    digest.path
-                )
-                if file is None:  # the outbox only names stored files
-                    continue
-                self._origin.write(file.path, file.content)
-                written.append((file.path, file.sha256))
+                key = (digest.path, digest.sha256)
+                ready = unpublished.pop(key, None)
+                if ready is not None and self._staging is not None:
+                    self._staging.publish(ready)
+                else:
+                    file = known.get(key) or self._store.signed_file(digest.path)
+                    if file is None:  # the outbox only names stored files
+                        continue
+                    self._origin.write(file.path, file.content)
+                written.append(key)
+            pending = self._remote_pending
+            if pending:
+                remote = self._remote_index
+                if remote is None or remote.sequence != pending:
+                    remote = self._remote_index = self._rebuild_remote_index(entries)
+                if remote_staged is not None and self._staging is not None:
+                    ready, remote_staged = remote_staged, None
+                    self._staging.publish(ready)
+                else:
+                    self._origin.write(REMOTE_INDEX_PATH, remote.content)
+                remote_written = pending
         except OSError as exc:
             log.warning("origin write failed, retrying every %.0fs: %s", _RETRY_SECONDS, exc)
             return False
         finally:
-            self._store.mark_all_written(written)
+            for ready in [*unpublished.values(), *([remote_staged] if remote_staged else [])]:
+                self._discard(ready)
+            self._store.mark_all_written(written, remote_index=remote_written)
+            if remote_written and self._remote_pending == remote_written:
+                self._remote_pending = 0
         return True
+
+    def _rebuild_remote_index(
+        self, entries: Mapping[str, FeatureEntry] | None = None
+    ) -> SignedFile:
+        """The remote-index.json the store recorded last, signed again from the committed state
+        (`entries`, default the controller's)."""
+        record = self._store.remote_index_record()
+        if record is None:
+            raise RuntimeError("no remote index is recorded, yet one is pending")
+        return self._signer.remote_index_file(
+            record.sequence,
+            self._entries if entries is None else entries,
+            record.issued_at,
+            record.expires_at,
+        )
 
     def _flush_or_schedule(self) -> bool:
         """Flush the outbox; if that fails, keep retrying in the background."""

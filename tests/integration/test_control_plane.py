@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import urllib.request
 from pathlib import Path
@@ -376,10 +377,14 @@ def test_a_change_killed_after_commit_reaches_the_origin_on_restart(tmp_path: Pa
         verify_signatures(envelope, trust)
         index = ReleasesIndex.from_dict(envelope.signed)
         assert (index.sequence, index.canary) == (3, "1.0.0")
-        remote = RemoteIndex.from_dict(
-            Envelope.from_bytes((home / "origin/remote-index.json").read_bytes()).signed
-        )
+        remote_envelope = Envelope.from_bytes((home / "origin/remote-index.json").read_bytes())
+        verify_signatures(remote_envelope, trust)
+        remote = RemoteIndex.from_dict(remote_envelope.signed)
         assert remote.sequence == 3
+        # Signed again at the restart from the committed state: it names the new releases.json.
+        releases_bytes = (home / "origin/features/checkout/releases.json").read_bytes()
+        assert remote.features["checkout"].sha256 == hashlib.sha256(releases_bytes).hexdigest()
+        assert remote.features["checkout"].sequence == 3
         assert restarted.client().get_status().pending_origin_writes == 0
     finally:
         restarted.stop()

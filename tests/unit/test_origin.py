@@ -158,6 +158,44 @@ INDEX = b'{"sequence": 7}'
 ARTIFACT = b"console.log(1)"
 
 
+class TestStaging:
+    def test_stage_changes_nothing_until_publish(self, tmp_path: Path) -> None:
+        origin = FilesystemOrigin(tmp_path)
+        origin.write("features/a/releases.json", b"old")
+        staged = origin.stage("features/a/releases.json", b"new")
+        assert origin.read("features/a/releases.json") == b"old"
+        assert staged.temp.parent == tmp_path / "features" / "a"
+        assert staged.temp.name.startswith(".")  # hidden: never served
+        origin.publish(staged)
+        assert origin.read("features/a/releases.json") == b"new"
+        assert all_files(tmp_path) == {"features/a/releases.json"}
+        assert os.stat(tmp_path / "features/a/releases.json").st_mode & 0o777 == 0o644
+
+    def test_discard_leaves_the_old_file(self, tmp_path: Path) -> None:
+        origin = FilesystemOrigin(tmp_path)
+        origin.write("remote-index.json", b"old")
+        origin.discard(origin.stage("remote-index.json", b"new"))
+        assert origin.read("remote-index.json") == b"old"
+        assert all_files(tmp_path) == {"remote-index.json"}
+
+    def test_unchanged_since_written_notices_any_other_writer(self, tmp_path: Path) -> None:
+        origin = FilesystemOrigin(tmp_path)
+        assert not origin.unchanged_since_written("remote-index.json")  # never written
+        origin.write("remote-index.json", b"ours")
+        assert origin.unchanged_since_written("remote-index.json")
+        # Another writer replaces it (a new inode), even with bytes of the same size.
+        other = FilesystemOrigin(tmp_path)
+        other.write("remote-index.json", b"them")
+        assert not origin.unchanged_since_written("remote-index.json")
+        origin.publish(origin.stage("remote-index.json", b"ours again"))
+        assert origin.unchanged_since_written("remote-index.json")
+        # An edit in place that changes the size.
+        (tmp_path / "remote-index.json").write_bytes(b"edited in place")
+        assert not origin.unchanged_since_written("remote-index.json")
+        (tmp_path / "remote-index.json").unlink()
+        assert not origin.unchanged_since_written("remote-index.json")
+
+
 def etag(data: bytes) -> str:
     return f'"{hashlib.sha256(data).hexdigest()}"'
 

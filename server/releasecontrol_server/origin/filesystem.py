@@ -5,20 +5,45 @@ it over the target and fsyncs the directory: a reader (or the HTTP server in
 `origin.http`) sees the old file or the new one, never half of one, and after a
 crash the file is the old one or the new one. Temporary files are hidden
 (`.name.*.tmp`); the HTTP server never serves hidden files.
+
+`stage` and `publish` split `write` in two, so a writer can get the slow part
+(the bytes and their fsync, in a hidden temporary file) done while it does
+something else, and several at once; `publish` is the rename and the folder's
+fsync, done in the order the files must appear.
+
+The origin remembers the stamp (inode, mtime, size) of each file it wrote,
+so `unchanged_since_written` tells without reading a file back that it still
+holds the bytes this process wrote last.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
-from releasecontrol.files import atomic_write, fsync_dir
+from releasecontrol.files import file_stamp, fsync_dir
 from releasecontrol_server.origin import validate_origin_path
 
-__all__ = ["FilesystemOrigin"]
+__all__ = ["FilesystemOrigin", "Staged"]
 
 # World-readable: a web server running as another user must be able to serve them.
 FILE_MODE = 0o644
+# Paths whose checked form is remembered (index files are read and written on every change).
+_KNOWN_PATHS = 65_536
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A file's new bytes, durable in a hidden temporary file beside it, not yet in place."""
+
+    path: str
+    target: Path
+    temp: Path
+    stamp: tuple[int, int, int]
 
 
 class FilesystemOrigin:
@@ -26,9 +51,18 @@ class FilesystemOrigin:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._stamps: dict[str, tuple[int, int, int]] = {}
+        self._files: dict[str, Path] = {}  # checked paths, as files under root
+        self._stamps_lock = threading.Lock()
 
     def _file(self, path: str) -> Path:
-        return self.root.joinpath(*validate_origin_path(path).split("/"))
+        found = self._files.get(path)
+        if found is None:
+            found = self.root.joinpath(*validate_origin_path(path).split("/"))
+            if len(self._files) >= _KNOWN_PATHS:
+                self._files.clear()
+            self._files[path] = found
+        return found
 
     def write(self, path: str, data: bytes) -> None:
         """Replace `path` with `data` atomically, creating parent folders.
@@ -36,9 +70,68 @@ class FilesystemOrigin:
         Returns once the new bytes and the rename are on disk. Raises ValueError
         for an invalid path and OSError when the disk refuses.
         """
+        self.publish(self.stage(path, data))
+
+    def stage(self, path: str, data: bytes) -> Staged:
+        """The first half of `write`: `data` durable in a hidden file beside `path`.
+
+        Nothing changes at `path` until `publish`; `discard` removes the
+        temporary file instead. Raises ValueError for an invalid path and
+        OSError when the disk refuses (nothing is left behind then).
+        """
         target = self._file(path)
         _make_dirs(target.parent)
-        atomic_write(target, data, mode=FILE_MODE)
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        temp = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fchmod(handle.fileno(), FILE_MODE)
+                os.fsync(handle.fileno())
+                st = os.fstat(handle.fileno())
+        except BaseException:
+            _unlink_quietly(temp)
+            raise
+        # A rename keeps the inode, the modification time and the size.
+        return Staged(path, target, temp, (st.st_ino, st.st_mtime_ns, st.st_size))
+
+    def publish(self, staged: Staged) -> None:
+        """The second half of `write`: put `staged` in place and make the rename durable.
+
+        Raises OSError when the rename fails (the temporary file is removed then).
+        """
+        self._forget(staged.path)
+        try:
+            os.replace(staged.temp, staged.target)
+        except BaseException:
+            _unlink_quietly(staged.temp)
+            raise
+        fsync_dir(staged.target.parent)
+        self._remember(staged.path, staged.stamp)
+
+    def discard(self, staged: Staged) -> None:
+        """Drop a staged file that will not be published."""
+        _unlink_quietly(staged.temp)
+
+    def unchanged_since_written(self, path: str) -> bool:
+        """Whether `path` still holds the bytes this origin object last wrote there.
+
+        True only when this process wrote the file and its inode, modification
+        time and size are still those of that write (a replacement is a new
+        inode; an edit in place moves the modification time).
+        """
+        with self._stamps_lock:
+            ours = self._stamps.get(path)
+        return ours is not None and file_stamp(self._file(path)) == ours
+
+    def _remember(self, path: str, stamp: tuple[int, int, int]) -> None:
+        with self._stamps_lock:
+            self._stamps[path] = stamp
+
+    def _forget(self, path: str) -> None:
+        with self._stamps_lock:
+            self._stamps.pop(path, None)
 
     def read(self, path: str) -> bytes | None:
         """The bytes at `path`, or None when no file is there. Raises ValueError for a bad path."""
@@ -53,6 +146,11 @@ class FilesystemOrigin:
 
     def __repr__(self) -> str:
         return f"FilesystemOrigin({str(self.root)!r})"
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _make_dirs(folder: Path) -> None:

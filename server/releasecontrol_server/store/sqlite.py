@@ -2,7 +2,8 @@
 
 What is kept, one table each:
 
-    meta          schema_version, global_sequence
+    meta          schema_version, global_sequence, and the remote index of the last
+                  commit (sequence, issued_at, expires_at, the sequence last written)
     features      one row per feature: sequence, stable, canary
     versions      one row per published version (feature_id, version), in publish order
     manifests     the manifest bytes of each published version
@@ -15,6 +16,14 @@ What is kept, one table each:
 feature nor the global sequence moved since the change was computed, so a
 crash leaves the old state or the new one and the outbox still names every
 file the origin has not confirmed.
+
+remote-index.json (which names every feature: 1.5 MB at 10,000) is not kept as
+bytes: a commit records the moment it was signed at (`RemoteIndexRecord`), and
+the file is rebuilt from the committed releases.json digests, that moment and
+the keys (Ed25519 is deterministic, so the bytes are the same). It is pending
+until `mark_all_written(..., remote_index=sequence)` says the origin has it.
+Stores written before kept its bytes in `files` (and the outbox); those still
+count until the next commit replaces them.
 
 One connection, in autocommit mode: every transaction is opened explicitly
 (`BEGIN IMMEDIATE` for writes, so a second process waits for the lock instead
@@ -54,6 +63,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Change",
     "FileDigest",
+    "RemoteIndexRecord",
     "SignedFile",
     "SqliteStore",
     "StoredTransition",
@@ -61,7 +71,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 10_000
 WAL_CHECKPOINT_PAGES = 16_384
 
@@ -149,6 +159,10 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    # 2: remote-index.json may be recorded in meta (RemoteIndexRecord) instead of kept
+    # in files; no table changes, but a server of version 1 would take the missing bytes
+    # for an origin ahead of its store, so it must refuse this database.
+    ("SELECT 1",),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -192,6 +206,17 @@ class FileDigest:
     path: str
     sha256: str
     sequence: int
+
+
+@dataclass(frozen=True)
+class RemoteIndexRecord:
+    """The remote-index.json of the last commit, without its bytes: enough to rebuild them."""
+
+    sequence: int
+    issued_at: datetime
+    expires_at: datetime
+    written: bool
+    """Whether the origin confirmed it (else it is pending)."""
 
 
 @dataclass(frozen=True)
@@ -468,7 +493,32 @@ class SqliteStore:
 
     def pending_count(self) -> int:
         """How many files are committed but not yet confirmed on the origin."""
-        return int(self._value("SELECT count(*) FROM outbox"))
+        with self._read():
+            count = int(self._value("SELECT count(*) FROM outbox"))
+            record = self.remote_index_record()
+        return count + (record is not None and not record.written)
+
+    def remote_index_record(self) -> RemoteIndexRecord | None:
+        """The remote index the last commit made (see the module docstring), or None when the
+        last commit stored its bytes in `files` instead (or nothing was committed)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, value FROM meta WHERE key IN ('global_sequence', "
+                "'remote_index_sequence', 'remote_index_issued_at', 'remote_index_expires_at', "
+                "'remote_index_written')"
+            ).fetchall()
+        meta = {str(key): str(value) for key, value in rows}
+        if "remote_index_sequence" not in meta:
+            return None
+        sequence = int(meta["remote_index_sequence"])
+        if sequence != int(meta.get("global_sequence", "0")):
+            return None  # a later commit carried its own remote-index.json bytes
+        return RemoteIndexRecord(
+            sequence=sequence,
+            issued_at=_moment(meta["remote_index_issued_at"]),
+            expires_at=_moment(meta["remote_index_expires_at"]),
+            written=int(meta.get("remote_index_written", "0")) >= sequence,
+        )
 
     def pending_writes(self) -> list[SignedFile]:
         """Files committed but not yet confirmed on the origin, in the order to write them.
@@ -510,13 +560,15 @@ class SqliteStore:
                 [path, path, sha256],
             )
 
-    def mark_all_written(self, files: Sequence[tuple[str, str]]) -> None:
+    def mark_all_written(self, files: Sequence[tuple[str, str]], *, remote_index: int = 0) -> None:
         """`mark_written` for each (path, sha256), in one transaction that is not synced.
 
-        Losing the marks to a power cut only makes the next start write the
-        same bytes to the origin again, so they skip the fsync a commit pays.
+        `remote_index`: the sequence of a remote-index.json (see `RemoteIndexRecord`)
+        now on the origin. Losing the marks to a power cut only makes the next
+        start write the same bytes to the origin again, so they skip the fsync a
+        commit pays.
         """
-        if not files:
+        if not files and not remote_index:
             return
         with self._lock:
             self._db.execute("PRAGMA synchronous = NORMAL")
@@ -527,6 +579,13 @@ class SqliteStore:
                         "AND EXISTS (SELECT 1 FROM files WHERE path = ? AND sha256 = ?)",
                         [(path, path, sha256) for path, sha256 in files],
                     )
+                    if remote_index:
+                        self._db.execute(
+                            "INSERT INTO meta (key, value) VALUES ('remote_index_written', ?) "
+                            "ON CONFLICT (key) DO UPDATE SET value = "
+                            "max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+                            [str(remote_index)],
+                        )
             finally:
                 self._db.execute("PRAGMA synchronous = FULL")
 
@@ -544,17 +603,41 @@ class SqliteStore:
         """
         return self.commit_many([change])[0]
 
-    def commit_many(self, changes: Sequence[Change]) -> list[StoredTransition]:
+    def commit_many(
+        self,
+        changes: Sequence[Change],
+        *,
+        remote_index: tuple[datetime, datetime] | None = None,
+    ) -> list[StoredTransition]:
         """Write `changes` in order in ONE transaction; their stored audit records, in order.
 
         Each change is checked as `commit` checks it, against the store as the
         changes before it left it, so their sequences must follow each other.
         Raises what `commit` raises, and then none of them is written.
+
+        `remote_index=(issued_at, expires_at)`: the remote-index.json of the last
+        change is signed with these times and is not among its files; it is
+        recorded as pending (`remote_index_record`) and any stored bytes of an
+        older one are dropped.
         """
         for change in changes:
             _check_change(change)
+        if remote_index is not None and changes:
+            paths = {file.path for file in changes[-1].files}
+            if REMOTE_INDEX_NAME in paths:
+                raise ValueError("remote_index is given and remote-index.json is among the files")
         with self._write():
-            return [self._put_change(change) for change in changes]
+            stored = [self._put_change(change) for change in changes]
+            if remote_index is not None and changes:
+                issued_at, expires_at = remote_index
+                self._db.execute(
+                    "DELETE FROM outbox WHERE path = ?", [REMOTE_INDEX_NAME]
+                )  # older bytes, replaced by the record
+                self._db.execute("DELETE FROM files WHERE path = ?", [REMOTE_INDEX_NAME])
+                self._set_meta("remote_index_sequence", changes[-1].global_sequence)
+                self._set_meta("remote_index_issued_at", _text(issued_at))
+                self._set_meta("remote_index_expires_at", _text(expires_at))
+            return stored
 
     def _put_change(self, change: Change) -> StoredTransition:
         """One change inside the open write transaction; see `commit`."""
@@ -709,10 +792,13 @@ class SqliteStore:
 
     def request_response(self, request_id: str) -> tuple[str, bytes] | None:
         """(rpc, response) stored for `request_id`, or None when it was never answered."""
-        rows = self._rows("SELECT rpc, response FROM requests WHERE request_id = ?", [request_id])
-        if not rows:
+        with self._lock:
+            row = self._db.conn.execute(
+                "SELECT rpc, response FROM requests WHERE request_id = ?", [request_id]
+            ).fetchone()
+        if row is None:
             return None
-        return str(rows[0]["rpc"]), bytes(rows[0]["response"])
+        return str(row[0]), bytes(row[1])
 
     # -- audit trail ----------------------------------------------------------
 
