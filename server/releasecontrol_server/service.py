@@ -11,10 +11,12 @@ import functools
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Any, Generic, TypeVar, cast
 
 import grpc
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 
 from releasecontrol.errors import InvalidArgument, ReleaseControlError, status_code_name
@@ -77,6 +79,21 @@ def maps_errors(method: F) -> F:
 # -- proto <-> domain ----------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _timestamp(moment: datetime) -> tuple[int, int]:
+    """(seconds, nanos) of `moment` as Timestamp.FromDatetime sets them (and refuses).
+
+    The same instants (every version's publish time) are converted on every change.
+    """
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp.seconds, stamp.nanos
+
+
+def _set_time(field: Timestamp, moment: datetime) -> None:
+    field.seconds, field.nanos = _timestamp(moment)
+
+
 def feature_to_proto(state: FeatureState) -> pb.Feature:
     out = pb.Feature(
         feature_id=state.feature_id,
@@ -85,17 +102,17 @@ def feature_to_proto(state: FeatureState) -> pb.Feature:
         updated_by=state.updated_by,
     )
     if state.updated_at is not None:
-        out.updated_at.FromDatetime(state.updated_at)
+        _set_time(out.updated_at, state.updated_at)
     if state.canary is not None:
         out.canary.version = state.canary.version
         out.canary.soak_seconds = state.canary.soak_seconds
-        out.canary.soak_started_at.FromDatetime(state.canary.soak_started_at)
-        out.canary.soak_ends_at.FromDatetime(state.canary.soak_ends_at)
+        _set_time(out.canary.soak_started_at, state.canary.soak_started_at)
+        _set_time(out.canary.soak_ends_at, state.canary.soak_ends_at)
     for v in state.versions:
         info = out.versions.add(
             version=v.version, manifest_sha256=v.manifest_sha256, was_stable=v.was_stable
         )
-        info.published_at.FromDatetime(v.published_at)
+        _set_time(info.published_at, v.published_at)
     return out
 
 
@@ -118,7 +135,7 @@ def transition_to_proto(stored: StoredTransition) -> pb.Transition:
         request_id=stored.request_id,
         global_sequence=stored.global_sequence,
     )
-    out.at.FromDatetime(r.at)
+    _set_time(out.at, r.at)
     return out
 
 
@@ -233,6 +250,22 @@ _release_index_bytes = _Encoded[SignedFile](
         content=file.content, path=file.path, sequence=file.sequence, sha256=file.sha256
     ).SerializeToString(),
 )
+
+
+def change_answer(response: Callable[[], Any], applied: Applied) -> bytes:
+    """A channel change's answer (`response` with its feature and transition), encoded.
+
+    The bytes of `response(feature=..., transition=...).SerializeToString()`,
+    with the feature's encoding the one GetStatus and watchers reuse
+    (`_feature_bytes`) rather than a second conversion of the same state.
+    """
+    message = response()
+    data = _embedded(message.FEATURE_FIELD_NUMBER, _feature_bytes(applied.state))
+    if applied.transition is not None:
+        encoded = transition_to_proto(applied.transition).SerializeToString()
+        data += _embedded(message.TRANSITION_FIELD_NUMBER, encoded)
+    return data
+
 
 # A page of GetStatus holds at most this many features, and stops before this
 # many bytes of them, so that it fits gRPC's default 4 MB receive limit.
@@ -572,21 +605,14 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
         validate_feature_id(feature_id)
         caller = require(RPC_ACTIONS[rpc], feature_id)
 
-        def encode(applied: Applied) -> bytes:
-            out = response()
-            out.feature.CopyFrom(feature_to_proto(applied.state))
-            if applied.transition is not None:
-                out.transition.CopyFrom(transition_to_proto(applied.transition))
-            return cast(bytes, out.SerializeToString())
-
         return await self._controller.change(
             feature_id,
             command,
             _meta(ctx, caller.name),
             rpc=rpc,
             request_id=ctx.request_id,
-            encode=encode,
-            decode=lambda data: response().FromString(data),
+            encode=functools.partial(change_answer, response),
+            decode=response().FromString,
         )
 
     def _soak(self, request: Any) -> int:

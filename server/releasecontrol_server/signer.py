@@ -18,19 +18,23 @@ from __future__ import annotations
 
 import base64
 import bisect
+import functools
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from releasecontrol.index import (
     REMOTE_INDEX_PATH,
+    SCHEMA_VERSION,
+    TYPE_RELEASES,
     CanarySoak,
     FeatureEntry,
     ReleasesIndex,
     RemoteIndex,
     VersionEntry,
     canonical_json,
+    format_time,
     releases_path,
 )
 from releasecontrol.manifest import sha256_hex
@@ -121,9 +125,56 @@ class Signer:
             expires_at=self.expires_at(now),
         )
 
+    def releases_body(self, state: FeatureState, now: datetime) -> bytes:
+        """The JCS bytes of releases.json's signed body: `jcs(releases_index(state, now)
+        .to_dict())`, built without the model on every change.
+
+        Each `versions` entry is encoded through its model once and kept (a
+        feature's versions rarely change); the other members are a small dict.
+        "versions" sorts after every other member, so it is spliced in last.
+        A state the model would refuse goes through the model, which raises.
+        """
+        canary = state.canary
+        versions = state.versions
+        names = {v.version for v in versions}
+        expires_at = self.expires_at(now)
+        if (
+            not state.feature_id
+            or state.sequence < 0
+            or len(names) != len(versions)
+            or (state.stable is not None and state.stable not in names)
+            or (canary is not None and canary.version not in names)
+            or now.utcoffset() is None
+            or _whole_utc(expires_at) <= _whole_utc(now)
+        ):
+            return jcs(self.releases_index(state, now).to_dict())  # raises what it refuses
+        soak: dict[str, Any] | None = None
+        if canary is not None:
+            try:
+                soak = _soak_dict(canary.soak_started_at, canary.soak_seconds)
+            except (ValueError, OverflowError):
+                return jcs(self.releases_index(state, now).to_dict())
+        head = jcs(
+            {
+                "active_version": state.stable,
+                "canary_soak": soak,
+                "channels": {"canary": canary.version if canary else None, "stable": state.stable},
+                "expires_at": _time_text(expires_at),
+                "feature_id": state.feature_id,
+                "issued_at": _time_text(now),
+                "schema_version": SCHEMA_VERSION,
+                "sequence": state.sequence,
+                "type": TYPE_RELEASES,
+            }
+        )
+        entries = b",".join(
+            _version_json(v.version, v.manifest_sha256, v.published_at) for v in versions
+        )
+        return head[:-1] + b',"versions":[' + entries + b"]}"
+
     def releases_file(self, state: FeatureState, now: datetime) -> SignedFile:
         """The signed bytes of the feature's releases.json."""
-        content = self._envelope(jcs(self.releases_index(state, now).to_dict()))
+        content = self._envelope(self.releases_body(state, now))
         return SignedFile(
             path=releases_path(state.feature_id),
             content=content,
@@ -175,6 +226,27 @@ class Signer:
             for key in self._distinct
         ]
         return b'{"signatures":' + jcs(signatures) + b',"signed":' + signed + b"}"
+
+
+def _whole_utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(microsecond=0)
+
+
+# The same few instants (issue times within a second, every version's publish
+# time) are formatted on every change.
+_time_text = functools.lru_cache(maxsize=4096)(format_time)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _version_json(version: str, manifest_sha256: str, published_at: datetime) -> bytes:
+    """One `versions` entry of releases.json, JCS, through the model (so its checks apply)."""
+    return jcs(VersionEntry(version, manifest_sha256, published_at).to_dict())
+
+
+@functools.lru_cache(maxsize=4096)
+def _soak_dict(started_at: datetime, duration_seconds: int) -> dict[str, Any]:
+    """releases.json's `canary_soak`, through the model; callers only read it."""
+    return CanarySoak(started_at=started_at, duration_seconds=duration_seconds).to_dict()
 
 
 def feature_entry(file: SignedFile) -> FeatureEntry:

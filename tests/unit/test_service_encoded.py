@@ -219,3 +219,86 @@ def test_embedded_fields_parse_whatever_their_length() -> None:
         )
         assert list(parsed.features) == [feature, feature]
         assert parsed.global_sequence == 7
+
+
+def _plain_feature(state: Any) -> pb.Feature:
+    """feature_to_proto as it was: every time through Timestamp.FromDatetime."""
+    out = pb.Feature(
+        feature_id=state.feature_id,
+        sequence=state.sequence,
+        stable_version=state.stable or "",
+        updated_by=state.updated_by,
+    )
+    if state.updated_at is not None:
+        out.updated_at.FromDatetime(state.updated_at)
+    if state.canary is not None:
+        out.canary.version = state.canary.version
+        out.canary.soak_seconds = state.canary.soak_seconds
+        out.canary.soak_started_at.FromDatetime(state.canary.soak_started_at)
+        out.canary.soak_ends_at.FromDatetime(state.canary.soak_ends_at)
+    for v in state.versions:
+        info = out.versions.add(
+            version=v.version, manifest_sha256=v.manifest_sha256, was_stable=v.was_stable
+        )
+        info.published_at.FromDatetime(v.published_at)
+    return out
+
+
+def test_change_answers_are_the_plain_encoding() -> None:
+    """A channel change's answer is response(feature, transition) serialized, for each RPC,
+    with times in other zones, naive and with microseconds converted as FromDatetime does."""
+    from datetime import timedelta, timezone
+
+    from releasecontrol_server.releases import (
+        Action,
+        AuditRecord,
+        Canary,
+        FeatureState,
+        PublishedVersion,
+    )
+    from releasecontrol_server.store import StoredTransition
+
+    east = timezone(timedelta(hours=5, minutes=30))
+    versions = (
+        PublishedVersion("1.0.0", "a" * 64, NOW.astimezone(east), was_stable=True),
+        PublishedVersion("1.1.0", "b" * 64, NOW.replace(microsecond=123456)),
+        PublishedVersion("1.2.0", "c" * 64, datetime(2026, 1, 2, 3, 4, 5, 999999)),
+    )
+    states = [
+        FeatureState("f", 0),
+        FeatureState("f", 3, "1.0.0", None, versions, NOW, "ops"),
+        FeatureState("f", 4, "1.0.0", Canary("1.1.0", NOW.astimezone(east), 60), versions, NOW),
+    ]
+    record = AuditRecord(
+        feature_id="f",
+        sequence=4,
+        action=Action.DEPLOY_CANARY,
+        version="1.1.0",
+        from_stable="1.0.0",
+        to_stable="1.0.0",
+        from_canary=None,
+        to_canary="1.1.0",
+        actor="ops",
+        reason="why",
+        ticket="T-1",
+        detail="",
+        at=NOW.replace(microsecond=5).astimezone(east),
+    )
+    transition = StoredTransition(id=7, record=record, global_sequence=7, request_id="r")
+    for response in (
+        pb.DeployCanaryResponse,
+        pb.PromoteResponse,
+        pb.RollbackResponse,
+        pb.SetChannelResponse,
+    ):
+        for state in states:
+            for stored in (None, transition):
+                expected = response()
+                expected.feature.CopyFrom(_plain_feature(state))
+                if stored is not None:
+                    plain = service.transition_to_proto(stored)
+                    plain.at.FromDatetime(record.at)
+                    expected.transition.CopyFrom(plain)
+                answer = service.change_answer(response, Applied(state, stored))
+                assert answer == expected.SerializeToString()
+                assert feature_to_proto(state) == _plain_feature(state)

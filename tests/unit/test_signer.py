@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 import string
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import rfc8785
@@ -255,3 +255,93 @@ def _lists(value: object) -> object:
     if isinstance(value, list | tuple):
         return [_lists(v) for v in value]
     return value
+
+
+def random_state(rng: random.Random) -> FeatureState:
+    names = [f"{rng.randrange(5)}.{rng.randrange(20)}.{n}" for n in range(rng.randrange(0, 8))]
+    if rng.random() < 0.2:
+        names = [n + rng.choice(["-ü", '-"q"', "-\\", "-\U0001f600", "-rc.1"]) for n in names]
+    zones = [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]
+    versions = tuple(
+        PublishedVersion(
+            name,
+            hashlib.sha256(name.encode()).hexdigest(),
+            (
+                NOW - timedelta(seconds=rng.randrange(10**7), microseconds=rng.randrange(10**6))
+            ).astimezone(rng.choice(zones)),
+            was_stable=rng.random() < 0.5,
+        )
+        for name in names
+    )
+    stable = rng.choice([None, *names])
+    canary = None
+    if names and rng.random() < 0.5:
+        canary = Canary(
+            rng.choice(names),
+            (NOW - timedelta(seconds=rng.randrange(10**5))).astimezone(rng.choice(zones)),
+            rng.randrange(0, 10**6),
+        )
+    return FeatureState(
+        feature_id=rng.choice(["checkout", "pay-ü", 'q"uote', "a"]) + str(rng.randrange(99)),
+        sequence=rng.randrange(0, 2**40),
+        stable=stable,
+        canary=canary,
+        versions=versions,
+        updated_at=NOW,
+        updated_by="x",
+    )
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_releases_body_is_the_models_encoding(seed: int) -> None:
+    """The body built without the model equals jcs(ReleasesIndex.to_dict()) and rfc8785."""
+    rng = random.Random(seed)
+    signer = Signer([KEY_A], EXPIRY_SECONDS)
+    for _ in range(400):
+        state = random_state(rng)
+        now = (NOW + timedelta(microseconds=rng.randrange(10**6))).astimezone(
+            rng.choice([UTC, timezone(timedelta(hours=3))])
+        )
+        body = signer.releases_body(state, now)
+        model = signer.releases_index(state, now).to_dict()
+        assert body == jcs(model) == rfc8785.dumps(model)
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        FeatureState("", 1),
+        FeatureState("x", -1),
+        FeatureState("x", 1, stable="9.9.9"),
+        FeatureState("x", 1, canary=Canary("9.9.9", NOW, 0)),
+        FeatureState("x", 1, versions=(PublishedVersion("1.0.0", "a" * 64, NOW),) * 2),
+        FeatureState("x", 1, versions=(PublishedVersion("1.0.0", "not hex", NOW),)),
+        FeatureState(
+            "x", 1, versions=(PublishedVersion("1.0.0", "a" * 64, NOW.replace(tzinfo=None)),)
+        ),
+        FeatureState(
+            "x",
+            1,
+            stable="1.0.0",
+            canary=Canary("1.0.0", NOW, -5),
+            versions=(PublishedVersion("1.0.0", "a" * 64, NOW),),
+        ),
+        FeatureState(
+            "x",
+            1,
+            canary=Canary("1.0.0", NOW, 10**15),
+            versions=(PublishedVersion("1.0.0", "a" * 64, NOW),),
+        ),
+    ],
+)
+def test_releases_body_refuses_what_the_model_refuses(state: FeatureState) -> None:
+    signer = Signer([KEY_A], EXPIRY_SECONDS)
+    with pytest.raises(ValueError) as model:
+        signer.releases_index(state, NOW)
+    with pytest.raises(ValueError) as fast:
+        signer.releases_body(state, NOW)
+    assert str(fast.value) == str(model.value)
+    with pytest.raises(ValueError):
+        signer.releases_body(FeatureState("x", 1), NOW.replace(tzinfo=None))
+    with pytest.raises(ValueError):
+        Signer([KEY_A], 0).releases_body(FeatureState("x", 1), NOW)
