@@ -702,3 +702,35 @@ class TestFailures:
             == "dfs"
         )
         assert make_authenticator(None).mode == "mtls-only"
+
+
+async def test_each_method_is_guarded_once_and_rebuilt_when_its_handler_changes() -> None:
+    """The guarded handler is built on a method's first call and reused; a new servicer
+    handler for the method gets a new guard; public services pass through unguarded."""
+    from releasecontrol_server.auth.interceptor import AuthInterceptor, MtlsOnlyAuthenticator
+
+    async def behaviour(request: Any, context: Any) -> Any:
+        return request
+
+    first = grpc.unary_unary_rpc_method_handler(behaviour)
+    second = grpc.unary_unary_rpc_method_handler(behaviour)
+    current = first
+
+    class Details:
+        def __init__(self, method: str) -> None:
+            self.method = method
+
+    async def continuation(details: Any) -> Any:
+        return current
+
+    interceptor = AuthInterceptor(MtlsOnlyAuthenticator())
+    promote = Details("/releasecontrol.v1.ReleaseControl/Promote")
+    guarded = await interceptor.intercept_service(continuation, promote)
+    assert guarded is not first and guarded.unary_unary is not behaviour
+    assert await interceptor.intercept_service(continuation, promote) is guarded
+    current = second
+    rebuilt = await interceptor.intercept_service(continuation, promote)
+    assert rebuilt is not guarded and rebuilt is not second
+    health = Details("/grpc.health.v1.Health/Check")
+    assert await interceptor.intercept_service(continuation, health) is second
+    assert await interceptor.intercept_service(continuation, health) is second

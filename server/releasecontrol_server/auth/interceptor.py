@@ -72,6 +72,9 @@ UNAUTHENTICATED_SERVICES: frozenset[str] = frozenset(
 
 ANONYMOUS = "anonymous"
 
+# Guarded handlers kept (one per method; unknown method names are bounded too).
+_GUARDED_METHODS = 1024
+
 
 class Authenticator(Protocol):
     """Turns a call's metadata and TLS auth context into the caller's Principal."""
@@ -203,6 +206,8 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc ship
     ) -> None:
         self._authenticator = authenticator
         self._public = frozenset(public_services)
+        # method -> (the servicer's handler, that handler guarded)
+        self._guarded: dict[str, tuple[Any, Any]] = {}
         if isinstance(authenticator, MtlsOnlyAuthenticator):
             log.warning("auth mode=%s: %s", authenticator.mode, authenticator.describe())
         else:
@@ -215,9 +220,20 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc ship
     ) -> Any:
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
-        if handler is None or _service_of(method) in self._public:
+        if handler is None:
             return handler
-        return self._guard(handler, method, action_for_method(method))
+        # The servicer's handler is the same object on every call of a method, and
+        # so is what guards it: built once per method rather than once per call.
+        known = self._guarded.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        guarded = handler if _service_of(method) in self._public else None
+        if guarded is None:
+            guarded = self._guard(handler, method, action_for_method(method))
+        if len(self._guarded) >= _GUARDED_METHODS:
+            self._guarded.clear()
+        self._guarded[method] = (handler, guarded)
+        return guarded
 
     def _guard(self, handler: Any, method: str, action: Action) -> Any:
         """`handler` with its behaviour run only for an admitted caller, as that caller."""
