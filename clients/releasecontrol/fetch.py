@@ -3,9 +3,10 @@
 A host fetches everything from a CDN it does not trust, so the transport must
 bound what an attacker (or a broken origin) can make it do:
 
-- endless data: at most `max_bytes` of body are read; a larger declared length
-  (or chunk) is refused before it is read, a stream without one is cut off
-  after `max_bytes + 1` bytes, and a response head is at most 64 KiB;
+- endless data: at most `max_bytes` of body are kept; a larger declared length
+  is refused before any of the body is read, a chunked body or one without a
+  length is cut off as soon as its bytes pass the limit, and a response head
+  is at most 64 KiB (h11 is never handed more of an incomplete one);
 - slow retrieval: every socket operation is bounded by what is left of one
   deadline of `timeout_seconds` for the whole request (connect, TLS, send,
   every receive), so an origin that dribbles a byte at a time fails as surely
@@ -16,18 +17,19 @@ bound what an attacker (or a broken origin) can make it do:
 
 Connections are kept alive and reused (HTTP/1.1), one request at a time each,
 from a small pool per origin that every thread shares. A connection goes back
-to the pool only after a response that ended exactly where its framing said
-(`Content-Length` or chunked), with no byte after it, a 2xx or 304 status and
-no `Connection: close`; anything else (an error, a body over the limit, a
-timeout, extra bytes) closes it, so no request ever reads what was left of
-another. Before reuse, a connection the origin has closed (or sent anything
-unasked on) is dropped; a reused connection that fails before any byte of the
-answer arrived is retried once on a new one (a GET can be repeated).
+to the pool only when h11 says the request and its answer ended cleanly (both
+sides DONE: the framing of `Content-Length` or chunked was exact, HTTP/1.1, no
+`Connection: close`), with no byte after the answer and a 2xx or 304 status;
+anything else (an error, a body over the limit, a timeout, extra bytes) closes
+it, so no request ever reads what was left of another. Before reuse, a
+connection the origin has closed (or sent anything unasked on) is dropped; a
+reused connection that fails before any byte of the answer arrived is retried
+once on a new one (a GET can be repeated).
 
-The HTTP/1.1 response parser is our own, small and bounded: the hosts
-benchmark measured `http.client` at ~190 us of CPU per kept-alive request
-against ~35 us for reading the same answer directly. Redirects are not
-followed: a CDN serving signed index files answers them directly. Every
+HTTP/1.1 is parsed by h11 (a sans-IO library: this module does the socket
+work, the deadline and the bounds, h11 the framing); `http.client` cost
+~190 us of CPU per kept-alive request, most of it its `email`-based header
+parsing. Redirects are not followed: a CDN serving signed index files answers them directly. Every
 failure is a `FetchError` (a `VerificationError`: what the host could not
 fetch, it did not verify) with one sentence naming the URL; errors from the
 layers below are translated in exactly one place, `_translate`.
@@ -42,8 +44,11 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+import h11
 
 from releasecontrol.errors import VerificationError
 
@@ -54,7 +59,6 @@ logger = logging.getLogger(__name__)
 _RECV_BYTES = 256 * 1024
 MAX_HEAD_BYTES = 64 * 1024
 """Largest response head (status line and header fields) accepted."""
-_MAX_LINE_BYTES = 4096  # a chunk-size line
 _MAX_INTERIM_RESPONSES = 8  # 1xx answers skipped before the real one
 _MAX_IDLE_CONNECTIONS = 16  # per origin
 _MAX_IDLE_SECONDS = 15.0  # older idle connections are closed, not reused
@@ -87,7 +91,7 @@ class _Malformed(Exception):
 
 
 class _ClosedEarly(Exception):
-    """The origin closed the connection before the answer was complete."""
+    """The origin closed the connection before the answer's head was complete."""
 
     def __init__(self, received_nothing: bool) -> None:
         super().__init__("closed")
@@ -98,22 +102,21 @@ _Origin = tuple[str, str, int]
 
 
 class _Connection:
-    """One socket, the bytes received past the last answer, and when it was last used."""
+    """One socket, its h11 state machine, and when it was last used."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.buffer = bytearray()
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
         self.received_any = False
         self.idle_since = 0.0
 
-    def fill(self, deadline: float) -> None:
-        """Receive more bytes into the buffer by `deadline`; _ClosedEarly at end of stream."""
+    def recv(self, size: int, deadline: float) -> bytes:
+        """At most `size` bytes by `deadline`; b"" at end of stream."""
         self.sock.settimeout(_remaining(deadline))
-        data = self.sock.recv(_RECV_BYTES)
-        if not data:
-            raise _ClosedEarly(received_nothing=not self.received_any)
-        self.received_any = True
-        self.buffer += data
+        data = self.sock.recv(size)
+        if data:
+            self.received_any = True
+        return data
 
     def send(self, data: bytes, deadline: float) -> None:
         self.sock.settimeout(_remaining(deadline))
@@ -121,7 +124,9 @@ class _Connection:
 
     def usable(self) -> bool:
         """Idle, recent and still open: nothing to read (an EOF or unasked bytes would be)."""
-        if self.buffer or time.monotonic() - self.idle_since > _MAX_IDLE_SECONDS:
+        if self.h11.our_state is not h11.IDLE or self.h11.their_state is not h11.IDLE:
+            return False
+        if time.monotonic() - self.idle_since > _MAX_IDLE_SECONDS:
             return False
         try:
             readable, _, _ = select.select([self.sock], [], [], 0)
@@ -152,6 +157,7 @@ class Fetcher:
             raise ValueError(f"timeout_seconds must be positive, not {timeout_seconds!r}")
         self._timeout_seconds = float(timeout_seconds)
         self._user_agent = user_agent
+        self._user_agent_bytes = user_agent.encode("latin-1")
         self._keep_alive = keep_alive
         self._idle: dict[_Origin, list[_Connection]] = {}
         self._lock = threading.Lock()
@@ -208,19 +214,21 @@ class Fetcher:
         host_header = f"[{host}]" if ":" in host else host
         if explicit_port is not None:
             host_header += f":{explicit_port}"
-        lines = [
-            f"GET {target} HTTP/1.1",
-            f"Host: {host_header}",
-            f"User-Agent: {self._user_agent}",
-            "Accept-Encoding: identity",
+        headers = [
+            (b"Host", host_header.encode("ascii", "replace")),
+            (b"User-Agent", self._user_agent_bytes),
+            (b"Accept-Encoding", b"identity"),
         ]
         if not self._keep_alive:
-            lines.append("Connection: close")
+            headers.append((b"Connection", b"close"))
         if etag is not None:
             if any(c in etag for c in "\r\n\0"):
                 raise FetchError(f"{url}: the ETag {etag!r} cannot be sent in a header", url=url)
-            lines.append(f"If-None-Match: {etag}")
-        request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+            headers.append((b"If-None-Match", etag.encode("latin-1", "replace")))
+        try:
+            request = h11.Request(method=b"GET", target=target.encode("ascii"), headers=headers)
+        except h11.LocalProtocolError as exc:
+            raise FetchError(f"{url}: no HTTP request can carry it ({exc})", url=url) from None
         origin = (parts.scheme, host, port)
         deadline = time.monotonic() + self._timeout_seconds
         while True:
@@ -293,42 +301,33 @@ class Fetcher:
         self,
         url: str,
         connection: _Connection,
-        request: bytes,
+        request: h11.Request,
         *,
         max_bytes: int,
         etag: str | None,
         deadline: float,
     ) -> tuple[Fetched, bool]:
         """Send `request` and read its answer; returns it and whether the connection is reusable."""
-        connection.send(request, deadline)
-        for _ in range(_MAX_INTERIM_RESPONSES + 1):
-            version, status, reason, headers = _read_head(connection, deadline)
-            if not 100 <= status < 200:
-                break
-            if status == 101:
-                raise _Malformed("101 Switching Protocols was not asked for")
-        else:
-            raise _Malformed(f"more than {_MAX_INTERIM_RESPONSES} interim 1xx responses")
-        reusable = version == "HTTP/1.1" and "close" not in _tokens(headers.get("connection"))
-        new_etag = headers.get("etag")
+        machine = connection.h11
+        connection.send(machine.send(request) + machine.send(h11.EndOfMessage()), deadline)
+        response = _read_head(connection, deadline)
+        status = response.status_code
+        fields = _fields(response.headers)
+        transfer_encoding = fields.get(b"transfer-encoding")
+        content_length = fields.get(b"content-length")
+        new_etag = fields.get(b"etag")
         if status == 304:
             logger.debug("fetch not modified url=%s", url)
+            _read_body(url, connection, 0, deadline, status, 0, False)
             fetched = Fetched(url=url, body=b"", etag=new_etag or etag, not_modified=True)
-            return fetched, reusable and not connection.buffer
+            return fetched, _cycle_completed(machine)
         if not 200 <= status < 300:
+            reason = response.reason.decode("latin-1")
             raise FetchError(
                 f"{url} answered HTTP {status} {reason}".rstrip(), url=url, status=status
             )
-        if status == 204:
-            body = b""
-        elif "transfer-encoding" in headers:
-            if _tokens(headers["transfer-encoding"]) != ["chunked"]:
-                raise _Malformed(f"Transfer-Encoding {headers['transfer-encoding']!r}")
-            if "content-length" in headers:
-                reusable = False  # RFC 9112 6.3: both sent, so the connection is suspect
-            body = _read_chunked(url, connection, max_bytes, deadline, status)
-        elif "content-length" in headers:
-            declared = _content_length(headers["content-length"])
+        if content_length is not None and transfer_encoding is None and status != 204:
+            declared = int(content_length)  # h11 checked it is digits, and one value
             if declared > max_bytes:
                 raise FetchError(
                     f"{url} is larger than the {max_bytes}-byte limit "
@@ -336,14 +335,16 @@ class Fetcher:
                     url=url,
                     status=status,
                 )
-            body = _read_exact(url, connection, declared, deadline, status)
         else:
-            body = _read_to_end(url, connection, max_bytes, deadline, status)
-            reusable = False
+            declared = None
+        chunked = transfer_encoding is not None and status != 204
+        body = _read_body(url, connection, max_bytes, deadline, status, declared, chunked)
         logger.debug("fetched url=%s bytes=%d", url, len(body))
         fetched = Fetched(url=url, body=body, etag=new_etag, not_modified=False)
-        # Bytes past the answer were never asked for: the connection is not trusted again.
-        return fetched, reusable and not connection.buffer
+        # RFC 9112 6.3: an answer with both Transfer-Encoding and Content-Length
+        # makes the connection suspect; bytes past the answer were never asked for.
+        suspect = transfer_encoding is not None and content_length is not None
+        return fetched, not suspect and _cycle_completed(machine)
 
     def _translate(self, url: str, exc: BaseException) -> FetchError:
         """The one place errors of the socket, TLS and HTTP layers become FetchErrors."""
@@ -352,6 +353,8 @@ class Fetcher:
         if isinstance(exc, _ClosedEarly):
             return FetchError(f"{url}: the origin closed the connection without answering", url=url)
         if isinstance(exc, _Malformed):
+            return FetchError(f"{url} sent a malformed HTTP response ({exc})", url=url)
+        if isinstance(exc, h11.ProtocolError):
             return FetchError(f"{url} sent a malformed HTTP response ({exc})", url=url)
         if isinstance(exc, ssl.SSLError):
             return FetchError(f"{url}: TLS failed ({exc.reason or exc})", url=url)
@@ -374,143 +377,114 @@ def _remaining(deadline: float) -> float:
     return left
 
 
-def _tokens(value: str | None) -> list[str]:
-    if value is None:
-        return []
-    return [token.strip().lower() for token in value.split(",") if token.strip()]
+def _fields(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, str]:
+    """Header fields by lower-case name, repeated ones joined with ", " (one pass)."""
+    fields: dict[bytes, str] = {}
+    for name, value in headers:
+        text = value.decode("latin-1")
+        fields[name] = f"{fields[name]}, {text}" if name in fields else text
+    return fields
 
 
-def _read_head(connection: _Connection, deadline: float) -> tuple[str, int, str, dict[str, str]]:
-    """The status line and header fields of the next answer, removed from the buffer."""
-    buffer = connection.buffer
-    searched = 0
+def _cycle_completed(machine: h11.Connection) -> bool:
+    """Whether h11 saw this request and its answer end cleanly, with nothing after them.
+
+    Then the connection is ready for the next request (start_next_cycle); any
+    other state (Connection: close, HTTP/1.0, a body ended by closing, unasked
+    bytes after the answer) leaves it to be closed.
+    """
+    if machine.our_state is not h11.DONE or machine.their_state is not h11.DONE:
+        return False
+    unread, closed = machine.trailing_data
+    if unread or closed:
+        return False
+    machine.start_next_cycle()
+    return True
+
+
+def _read_head(connection: _Connection, deadline: float) -> h11.Response:
+    """The next final answer's status line and header fields, 1xx answers skipped.
+
+    h11 parses; this bounds what it is given. While a head is incomplete, no
+    more than MAX_HEAD_BYTES in all are handed to h11, so no head over that
+    size is ever accepted, whatever the packets.
+    """
+    machine = connection.h11
+    buffered = 0  # bytes handed to h11 and not yet parsed into an event
+    interim = 0
     while True:
-        end = buffer.find(b"\n\r\n", searched)
-        short_end = buffer.find(b"\n\n", searched)
-        if end >= 0 or short_end >= 0:
-            if end < 0 or 0 <= short_end < end:
-                head_end, skip = short_end, 2
-            else:
-                head_end, skip = end, 3
-            break
-        if len(buffer) > MAX_HEAD_BYTES:
-            raise _Malformed(f"a response head over {MAX_HEAD_BYTES} bytes")
-        searched = max(0, len(buffer) - 2)
-        connection.fill(deadline)
-    if head_end > MAX_HEAD_BYTES:
-        raise _Malformed(f"a response head over {MAX_HEAD_BYTES} bytes")
-    head = bytes(buffer[:head_end]).decode("latin-1")
-    del buffer[: head_end + skip]
-    lines = head.split("\n")
-    status_line = lines[0].rstrip("\r")
-    parts = status_line.split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or len(parts[0]) != 8:
-        raise _Malformed(f"status line {status_line[:80]!r}")
-    code = parts[1]
-    if len(code) != 3 or not code.isdigit():
-        raise _Malformed(f"status line {status_line[:80]!r}")
-    headers: dict[str, str] = {}
-    for raw in lines[1:]:
-        line = raw.rstrip("\r")
-        name, colon, value = line.partition(":")
-        if not colon or not name or name != name.strip() or name[0] in " \t":
-            raise _Malformed(f"header field {line[:80]!r}")
-        name = name.lower()
-        value = value.strip(" \t")
-        if name in headers:
-            if name == "content-length" and headers[name] != value:
-                raise _Malformed("two different Content-Length values")
-            if name in ("transfer-encoding", "connection"):
-                headers[name] += ", " + value
+        event = machine.next_event()
+        if event is h11.NEED_DATA:
+            room = MAX_HEAD_BYTES - buffered
+            if room <= 0:
+                raise _Malformed(f"a response head over {MAX_HEAD_BYTES} bytes")
+            data = connection.recv(min(room, _RECV_BYTES), deadline)
+            if not data:
+                raise _ClosedEarly(received_nothing=not connection.received_any)
+            machine.receive_data(data)
+            buffered += len(data)
             continue
-        headers[name] = value
-    return parts[0], int(code), parts[2] if len(parts) > 2 else "", headers
+        if isinstance(event, h11.InformationalResponse):
+            # h11 refuses a 101 that was not asked for.
+            interim += 1
+            if interim > _MAX_INTERIM_RESPONSES:
+                raise _Malformed(f"more than {_MAX_INTERIM_RESPONSES} interim 1xx responses")
+            buffered = len(machine.trailing_data[0])
+            continue
+        if isinstance(event, h11.Response):
+            if event.http_version not in (b"1.0", b"1.1"):
+                raise _Malformed(f"HTTP version {event.http_version.decode('latin-1')!r}")
+            return event
+        raise _Malformed(f"unexpected {type(event).__name__}")
 
 
-def _content_length(value: str) -> int:
-    if not value.isascii() or not value.isdigit():
-        raise _Malformed(f"Content-Length {value!r} is not a number")
-    return int(value)
-
-
-def _read_exact(
-    url: str, connection: _Connection, size: int, deadline: float, status: int
+def _read_body(
+    url: str,
+    connection: _Connection,
+    max_bytes: int,
+    deadline: float,
+    status: int,
+    declared: int | None,
+    chunked: bool,
 ) -> bytes:
-    buffer = connection.buffer
-    try:
-        while len(buffer) < size:
-            connection.fill(deadline)
-    except _ClosedEarly:
-        raise FetchError(
-            f"{url} ended after {len(buffer)} of the {size} bytes it declared",
-            url=url,
-            status=status,
-        ) from None
-    body = bytes(buffer[:size])
-    del buffer[:size]
-    return body
+    """The answer's body as h11 frames it, counted against `max_bytes` as it arrives.
 
-
-def _read_to_end(
-    url: str, connection: _Connection, max_bytes: int, deadline: float, status: int
-) -> bytes:
-    """A body without a length: everything until the origin closes, cut off past the limit."""
-    buffer = connection.buffer
-    # One byte past the limit is enough to know the limit is broken.
-    while len(buffer) <= max_bytes:
-        try:
-            connection.fill(deadline)
-        except _ClosedEarly:
-            break
-    if len(buffer) > max_bytes:
-        raise FetchError(f"{url} is larger than the {max_bytes}-byte limit", url=url, status=status)
-    body = bytes(buffer)
-    buffer.clear()
-    return body
-
-
-def _read_line(connection: _Connection, deadline: float) -> str:
-    buffer = connection.buffer
-    while (end := buffer.find(b"\n")) < 0:
-        if len(buffer) > _MAX_LINE_BYTES:
-            raise _Malformed(f"a chunk line over {_MAX_LINE_BYTES} bytes")
-        connection.fill(deadline)
-    if end > _MAX_LINE_BYTES:
-        raise _Malformed(f"a chunk line over {_MAX_LINE_BYTES} bytes")
-    line = bytes(buffer[:end]).decode("latin-1").rstrip("\r")
-    del buffer[: end + 1]
-    return line
-
-
-def _read_chunked(
-    url: str, connection: _Connection, max_bytes: int, deadline: float, status: int
-) -> bytes:
+    `declared` is the Content-Length (already checked against the limit), None
+    for a `chunked` body or one that ends when the origin closes.
+    """
+    machine = connection.h11
     chunks: list[bytes] = []
     received = 0
-    try:
-        while True:
-            line = _read_line(connection, deadline)
-            size_text = line.partition(";")[0].strip()
-            if not size_text or not all(c in "0123456789abcdefABCDEF" for c in size_text):
-                raise _Malformed(f"chunk size {line[:40]!r}")
-            size = int(size_text, 16)
-            if size == 0:
-                break
-            if received + size > max_bytes:
+    while True:
+        event = machine.next_event()
+        if event is h11.NEED_DATA:
+            # One byte past the limit is enough to know the limit is broken.
+            data = connection.recv(_RECV_BYTES, deadline)
+            if not data and machine.their_state is h11.SEND_BODY:
+                # Only a body without framing may end at the end of the stream;
+                # h11 says how for the others, this says it as before.
+                if declared is not None:
+                    raise FetchError(
+                        f"{url} ended after {received} of the {declared} bytes it declared",
+                        url=url,
+                        status=status,
+                    )
+                if chunked:
+                    raise FetchError(
+                        f"{url} ended after {received} bytes, inside its chunked body",
+                        url=url,
+                        status=status,
+                    )
+            machine.receive_data(data)
+            continue
+        if isinstance(event, h11.Data):
+            received += len(event.data)
+            if received > max_bytes:
                 raise FetchError(
                     f"{url} is larger than the {max_bytes}-byte limit", url=url, status=status
                 )
-            chunks.append(_read_exact(url, connection, size, deadline, status))
-            received += size
-            if _read_line(connection, deadline) != "":
-                raise _Malformed("a chunk longer than its size")
-        trailer_bytes = 0
-        while (trailer := _read_line(connection, deadline)) != "":
-            trailer_bytes += len(trailer)
-            if trailer_bytes > MAX_HEAD_BYTES:
-                raise _Malformed(f"trailer fields over {MAX_HEAD_BYTES} bytes")
-    except _ClosedEarly:
-        raise FetchError(
-            f"{url} ended after {received} bytes, inside its chunked body", url=url, status=status
-        ) from None
-    return b"".join(chunks)
+            chunks.append(event.data)
+            continue
+        if isinstance(event, h11.EndOfMessage):
+            return b"".join(chunks)
+        raise _Malformed(f"unexpected {type(event).__name__}")

@@ -226,13 +226,60 @@ class TestFraming:
             assert fetcher.get(origin.url + "a", max_bytes=100).body == b"hello world"
             assert origin.connections == 1
 
-    def test_chunks_over_the_limit_are_refused_before_reading(self, fetcher: Fetcher) -> None:
-        """A chunk that would pass max_bytes is refused from its size line."""
-        chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10000000\r\n"
+    def test_a_chunked_body_over_the_limit_is_cut_off_as_it_arrives(self, fetcher: Fetcher) -> None:
+        """A chunk announcing 256 MiB is refused once its bytes pass max_bytes: the
+        fetch fails at once (the origin then goes silent), not at the deadline, and
+        the rest of the chunk is never waited for."""
+        chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10000000\r\n" + (
+            b"x" * 200
+        )
         with ScriptedOrigin([]) as origin:
             origin.script.append(origin.serve_each(lambda n: chunked))
+            started = time.monotonic()
             with pytest.raises(FetchError, match="larger than the 100-byte limit"):
                 fetcher.get(origin.url + "a", max_bytes=100)
+            assert time.monotonic() - started < 0.4
+
+    def test_a_chunked_body_at_the_limit_is_accepted(self, fetcher: Fetcher) -> None:
+        """Chunks adding up to exactly max_bytes are accepted."""
+        chunked = (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"32\r\n" + b"a" * 50 + b"\r\n32\r\n" + b"b" * 50 + b"\r\n0\r\n\r\n"
+        )
+        with ScriptedOrigin([]) as origin:
+            origin.script.append(origin.serve_each(lambda n: chunked))
+            assert fetcher.get(origin.url + "a", max_bytes=100).body == b"a" * 50 + b"b" * 50
+            with pytest.raises(FetchError, match="larger than the 99-byte limit"):
+                fetcher.get(origin.url + "a", max_bytes=99)
+
+    def test_both_framings_are_decoded_chunked_and_the_connection_dropped(
+        self, fetcher: Fetcher
+    ) -> None:
+        """Transfer-Encoding and Content-Length together (RFC 9112 6.3): chunked wins,
+        and the connection is not trusted again."""
+        both = (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+            b"5\r\nhello\r\n0\r\n\r\n"
+        )
+        with ScriptedOrigin([]) as origin:
+            origin.script.append(origin.serve_each(lambda n: both))
+            assert fetcher.get(origin.url + "a", max_bytes=100).body == b"hello"
+            assert fetcher.get(origin.url + "a", max_bytes=100).body == b"hello"
+            assert origin.connections == 2
+
+    def test_a_head_of_exactly_the_limit_is_accepted(self, fetcher: Fetcher) -> None:
+        """The head bound is exact: 64 KiB passes, one byte more does not."""
+        filler = 65536 - len(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX: \r\n\r\n")
+        for extra, accepted in ((0, True), (1, False)):
+            answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX: " + b"a" * (filler + extra)
+            answer += b"\r\n\r\nok"
+            with ScriptedOrigin([]) as origin:
+                origin.script.append(origin.serve_each(lambda n, answer=answer: answer))
+                if accepted:
+                    assert fetcher.get(origin.url + "a", max_bytes=100).body == b"ok"
+                else:
+                    with pytest.raises(FetchError, match="head over 65536 bytes"):
+                        fetcher.get(origin.url + "a", max_bytes=100)
 
     def test_an_interim_answer_is_skipped(self, fetcher: Fetcher) -> None:
         """A 100 Continue before the answer is skipped."""
@@ -247,14 +294,17 @@ class TestFraming:
         [
             pytest.param(b"HTTP/1.1 2000 OK\r\n\r\n", "status line", id="status"),
             pytest.param(b"ICY 200 OK\r\n\r\n", "status line", id="not-http"),
-            pytest.param(b"HTTP/1.1 200 OK\r\n folded\r\n\r\n", "header field", id="obs-fold"),
+            pytest.param(b"HTTP/2.0 200 OK\r\n\r\n", "HTTP version", id="http-2"),
+            pytest.param(b"HTTP/1.1 200 OK\r\n folded\r\n\r\n", "continuation line", id="obs-fold"),
             pytest.param(
                 b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
-                "two different Content-Length",
+                "conflicting Content-Length",
                 id="two-lengths",
             ),
             pytest.param(
-                b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "not a number", id="neg-length"
+                b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+                "bad Content-Length",
+                id="neg-length",
             ),
             pytest.param(
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
@@ -263,7 +313,7 @@ class TestFraming:
             ),
             pytest.param(
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-                "chunk size",
+                "illegal chunk header",
                 id="bad-chunk",
             ),
             pytest.param(

@@ -149,7 +149,12 @@ class TestMalformedRequests:
             pytest.param(b"GET  /remote-index.json HTTP/1.1\r\n\r\n", 400, id="double-space"),
             pytest.param(b"GET / HTTP/2.0\r\n\r\n", 505, id="http-2"),
             pytest.param(b"GET / SPDY/3\r\n\r\n", 400, id="not-http"),
-            pytest.param(get("/remote-index.json", " folded: value"), 400, id="obs-fold"),
+            pytest.param(
+                b"GET /remote-index.json HTTP/1.1\r\n folded: value\r\nHost: origin\r\n\r\n",
+                400,
+                id="obs-fold-first",
+            ),
+            pytest.param(b"GET /remote-index.json HTTP/1.1\r\n\r\n", 400, id="no-host"),
             pytest.param(get("/remote-index.json", "Bad Name: x"), 400, id="space-in-name"),
             pytest.param(get("/remote-index.json", "no-colon"), 400, id="no-colon"),
             pytest.param(get("/remote-index.json", "Content-Length: 5"), 400, id="body"),
@@ -170,6 +175,35 @@ class TestMalformedRequests:
             assert got == status
             assert headers["connection"] == "close"
             assert closed_by_server(sock, pending)
+
+    def test_a_folded_line_is_part_of_the_field_before_it(self, server: OriginHttpServer) -> None:
+        """An obs-fold inside the head is joined to the field before it (RFC 9112 5.2):
+        a folded "Transfer-Encoding: chunked" is a value, never a field, so no body is
+        expected and the connection goes on serving."""
+        with connect(server) as sock:
+            sock.sendall(get("/remote-index.json", "X-A: 1", " Transfer-Encoding: chunked"))
+            pending = bytearray()
+            status, headers, body = read_response(sock, pending)
+            assert (status, body) == (200, INDEX) and "connection" not in headers
+            sock.sendall(get("/remote-index.json"))
+            assert read_response(sock, pending)[0] == 200
+
+    def test_a_head_over_the_limit_in_one_packet_is_refused(self, server: OriginHttpServer) -> None:
+        """A complete head over the limit, arriving at once, is refused all the same."""
+        with connect(server) as sock:
+            sock.sendall(get("/remote-index.json", "X-Filler: " + "a" * MAX_HEAD_BYTES))
+            status, headers, _ = read_response(sock, bytearray())
+            assert status == 431
+            assert headers["connection"] == "close"
+
+    def test_a_head_just_under_the_limit_is_served(self, server: OriginHttpServer) -> None:
+        """A head of exactly the limit is served."""
+        request = get("/remote-index.json", "X-Filler: ")
+        request = get("/remote-index.json", "X-Filler: " + "a" * (MAX_HEAD_BYTES - len(request)))
+        assert len(request) == MAX_HEAD_BYTES
+        with connect(server) as sock:
+            sock.sendall(request)
+            assert read_response(sock, bytearray())[0] == 200
 
     def test_a_head_over_the_limit_is_refused(self, server: OriginHttpServer) -> None:
         """A request head that never ends is cut off at the limit with 431, not buffered."""
@@ -195,7 +229,9 @@ class TestMalformedRequests:
     def test_other_methods_keep_the_connection(self, server: OriginHttpServer) -> None:
         """A POST without a body answers 405 and the connection goes on serving."""
         with connect(server) as sock:
-            sock.sendall(b"POST /remote-index.json HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+            sock.sendall(
+                b"POST /remote-index.json HTTP/1.1\r\nHost: origin\r\nContent-Length: 0\r\n\r\n"
+            )
             pending = bytearray()
             status, headers, _ = read_response(sock, pending)
             assert status == 405 and headers["allow"] == "GET, HEAD"
