@@ -43,7 +43,7 @@ REMOTE_INDEX_PATH = "remote-index.json"
 MAX_ENVELOPE_BYTES = 16 * 1024 * 1024
 
 _TIME_FORMAT_EXAMPLE = "2026-11-26T10:00:00Z"
-_TIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+_TIME_RE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z")
 _HEX64_RE = re.compile(r"[0-9a-f]{64}")
 _MESSAGE_KEYIDS = 5  # keyids listed by name in a message; the rest are counted
 
@@ -81,12 +81,17 @@ def parse_time(text: str) -> datetime:
 
     Only that exact form is accepted. Raises VerificationError naming the text.
     """
-    if not isinstance(text, str) or not _TIME_RE.fullmatch(text):
+    match = _TIME_RE.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
         raise VerificationError(
             f"time {text!r} is not an RFC 3339 UTC time like {_TIME_FORMAT_EXAMPLE}"
         )
+    # Built from the fields directly: strptime cost ~30 us a call (more under threads,
+    # behind its lock), and refused no more than datetime's own range checks do here
+    # (month 1-12, the month's days, hour 0-23, minute and second 0-59, year 1-9999).
+    year, month, day, hour, minute, second = map(int, match.groups())
     try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
     except ValueError:
         raise VerificationError(f"time {text!r} is not a valid date and time") from None
 

@@ -220,6 +220,65 @@ class TestTime:
         assert repr(text) in caught.value.message
 
 
+class TestParseTimeMatchesStrptime:
+    """parse_time accepts and refuses exactly what strptime("%Y-%m-%dT%H:%M:%SZ") did
+    for the wire form, giving the same moment."""
+
+    @staticmethod
+    def reference(text: str) -> datetime | None:
+        try:
+            return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        except ValueError:
+            return None
+
+    def check(self, text: str) -> None:
+        expected = self.reference(text)
+        if expected is None:
+            with pytest.raises(VerificationError, match="is not a valid date and time"):
+                parse_time(text)
+        else:
+            got = parse_time(text)
+            assert got == expected and got.tzinfo is UTC, text
+
+    @pytest.mark.parametrize("year", ["0000", "0001", "1900", "2000", "2023", "2024", "9999"])
+    def test_every_month_and_day(self, year: str) -> None:
+        """Days 00-32 of months 00-13, in leap and common years (29 February included)."""
+        for month in range(14):
+            for day in range(33):
+                self.check(f"{year}-{month:02d}-{day:02d}T10:00:00Z")
+
+    def test_every_hour_minute_and_second(self) -> None:
+        """Hours 00-99, minutes and seconds 00-99 (strptime's 60 and 61 included)."""
+        for value in range(100):
+            self.check(f"2026-11-26T{value:02d}:00:00Z")
+            self.check(f"2026-11-26T00:{value:02d}:00Z")
+            self.check(f"2026-11-26T00:00:{value:02d}Z")
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            pytest.param("2026-11-26T10:00:00Z\n", id="trailing-newline"),
+            pytest.param(" 2026-11-26T10:00:00Z", id="leading-space"),
+            pytest.param("2026-1-26T10:00:00Z", id="one-digit-month"),
+            pytest.param("20261-11-26T10:00:00Z", id="five-digit-year"),
+            pytest.param("２０２６-11-26T10:00:00Z", id="non-ascii-digits"),
+            pytest.param("2026-11-26T10:00:60Z", id="leap-second"),
+            pytest.param("2026-02-29T10:00:00Z", id="29-february-common-year"),
+        ],
+    )
+    def test_near_misses_are_refused(self, text: str) -> None:
+        """Forms strptime's own format might let through are refused, naming the text."""
+        with pytest.raises(VerificationError) as caught:
+            parse_time(text)
+        assert repr(text) in caught.value.message
+
+    def test_not_a_string_is_refused(self) -> None:
+        """A JSON number or null where a time belongs is a VerificationError."""
+        for value in (20261126, None):
+            with pytest.raises(VerificationError):
+                parse_time(value)  # type: ignore[arg-type]
+
+
 class TestSignAndVerify:
     def test_round_trip_verifies(self) -> None:
         """What sign produces with a trusted key verifies, through the file bytes and back."""
