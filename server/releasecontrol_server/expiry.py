@@ -57,7 +57,7 @@ class Resigner:
                 await self._controller.change(
                     feature_id,
                     Resign(),
-                    ChangeMeta(actor=ACTOR, reason=REASON),
+                    ChangeMeta(actor=ACTOR, reason=REASON, principal=ACTOR),
                     rpc="Resign",
                     request_id="",
                     encode=lambda applied: b"",

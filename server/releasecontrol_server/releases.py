@@ -118,6 +118,8 @@ class ChangeMeta:
     reason: str = ""
     ticket: str = ""
     expected_sequence: int | None = None
+    principal: str = ""
+    """The authenticated caller; `actor` is who it says the change is for."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,8 @@ class AuditRecord:
     ticket: str
     at: datetime
     detail: str = ""
+    principal: str = ""
+    """The authenticated caller that made the change ("" in records older than the field)."""
 
 
 @dataclass(frozen=True)
@@ -315,6 +319,7 @@ def _commit(
         ticket=meta.ticket,
         at=now,
         detail=detail,
+        principal=meta.principal,
     )
     return Transition(new_state, record)
 

@@ -134,6 +134,7 @@ def transition_to_proto(stored: StoredTransition) -> pb.Transition:
         detail=r.detail,
         request_id=stored.request_id,
         global_sequence=stored.global_sequence,
+        principal=r.principal,
     )
     _set_time(out.at, r.at)
     return out
@@ -145,6 +146,7 @@ def _meta(ctx: pb.ChangeContext, principal_name: str) -> ChangeMeta:
         reason=ctx.reason,
         ticket=ctx.ticket,
         expected_sequence=ctx.expected_sequence if ctx.HasField("expected_sequence") else None,
+        principal=principal_name,
     )
 
 

@@ -707,6 +707,7 @@ class TestChanges:
             "from_canary": None,
             "to_canary": "1.3.0",
             "actor": "alice",
+            "principal": None,
             "reason": "",
             "ticket": "",
             "at": "2027-01-15T08:00:00Z",

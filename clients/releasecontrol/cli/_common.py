@@ -76,6 +76,8 @@ class ReleaseCtlGroup(click.Group):
 
 
 def validate_feature_option(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if value is None:  # an optional --feature left out
+        return None
     try:
         if isinstance(value, tuple):
             return tuple(validate_feature_id(v, field="--feature") for v in value)
@@ -312,6 +314,33 @@ _ACTIONS = {
 }
 
 
+HISTORY_HEADERS = ("WHEN", "FEATURE", "SEQ", "CHANGE", "STABLE", "CANARY", "ACTOR", "REASON")
+
+
+def history_row(t: pb.Transition) -> list[str]:
+    """One audit record as a row of `releasectl release history`."""
+    actor = t.actor
+    if t.principal and t.principal != t.actor:
+        actor += f" (by {t.principal})"
+    reason = t.reason + (f" [{t.ticket}]" if t.ticket else "")
+    return [
+        short_time(t.at, present=t.HasField("at")),
+        t.feature_id,
+        str(t.sequence),
+        f"{_ACTIONS.get(t.action, 'change')} {t.version}",
+        _move(t.from_stable, t.to_stable),
+        _move(t.from_canary, t.to_canary),
+        actor,
+        reason or "-",
+    ]
+
+
+def _move(before: str, after: str) -> str:
+    if before == after:
+        return after or "-"
+    return f"{before or 'none'} -> {after or 'none'}"
+
+
 def transition_json(t: pb.Transition) -> dict[str, Any]:
     """An audit record for `--output json`; a channel that held nothing is null."""
     return {
@@ -326,6 +355,7 @@ def transition_json(t: pb.Transition) -> dict[str, Any]:
         "from_canary": t.from_canary or None,
         "to_canary": t.to_canary or None,
         "actor": t.actor,
+        "principal": t.principal or None,
         "reason": t.reason,
         "ticket": t.ticket,
         "at": rfc3339(t.at, present=t.HasField("at")),

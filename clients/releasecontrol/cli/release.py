@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from releasecontrol.cli._common import (
+    HISTORY_HEADERS,
     STATUS_HEADERS,
     Change,
     CliState,
@@ -18,6 +19,7 @@ from releasecontrol.cli._common import (
     echo_json,
     feature_json,
     feature_option,
+    history_row,
     open_client,
     output_option,
     print_transition,
@@ -25,11 +27,13 @@ from releasecontrol.cli._common import (
     server_now,
     soak_option,
     status_row,
+    transition_json,
     validate_feature_option,
     version_option,
 )
 from releasecontrol.client import state_home
 from releasecontrol.errors import ConfigError
+from releasecontrol.v1 import release_control_pb2 as pb
 
 if TYPE_CHECKING:
     from releasecontrol.host import LoadedFeature
@@ -39,11 +43,12 @@ ENV_REMOTE_INDEX_URL = "FEATURE_REMOTE_INDEX_URL"
 
 @click.group()
 def release() -> None:
-    """Canary, promote, rollback, and the status of every feature.
+    """Canary, promote, rollback, the status of every feature and its history.
 
     \b
     Example:
       releasectl release status
+      releasectl release history --feature checkout
     """
 
 
@@ -191,6 +196,57 @@ def status(
         click.echo("no features yet: publish one with `releasectl publish --feature F`")
     else:
         click.echo(render_table(STATUS_HEADERS, [status_row(f, now) for f in response.features]))
+
+
+@release.command("history")
+@click.option(
+    "--feature",
+    "-f",
+    metavar="FEATURE",
+    default=None,
+    callback=validate_feature_option,
+    help="Only this feature's changes; default: every feature's.",
+)
+@click.option(
+    "--limit",
+    "-n",
+    type=click.IntRange(1, 100_000),
+    default=20,
+    show_default=True,
+    help="At most this many changes, newest first.",
+)
+@output_option
+@click.pass_context
+def history(ctx: click.Context, feature: str | None, limit: int, output: str) -> None:
+    """Show the audit history, newest first: what changed, when, by whom and why.
+
+    ACTOR is who the change was recorded for (--actor, or else the caller).
+    When the authenticated caller was someone else, it follows in brackets:
+    "alice (by ci-bot)".
+
+    \b
+    Example:
+      releasectl release history --feature checkout --limit 5
+      releasectl release history --output json
+    """
+    transitions: list[pb.Transition] = []
+    with open_client(ctx) as client:
+        token = ""
+        while len(transitions) < limit:
+            page = client.list_transitions(
+                feature or "", page_size=min(limit - len(transitions), 1000), page_token=token
+            )
+            transitions += page.transitions
+            token = page.next_page_token
+            if not token:
+                break
+    transitions = transitions[:limit]
+    if output == "json":
+        echo_json([transition_json(t) for t in transitions])
+    elif not transitions:
+        click.echo("no changes yet: publish a version with `releasectl publish --feature F`")
+    else:
+        click.echo(render_table(HISTORY_HEADERS, [history_row(t) for t in transitions]))
 
 
 # -- what hosts at a remote index would load --------------------------------------------------

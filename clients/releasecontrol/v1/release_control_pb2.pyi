@@ -299,6 +299,7 @@ class Transition(_message.Message):
     DETAIL_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     GLOBAL_SEQUENCE_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     feature_id: _builtins.str
     sequence: _builtins.int
@@ -310,6 +311,7 @@ class Transition(_message.Message):
     from_canary: _builtins.str
     to_canary: _builtins.str
     actor: _builtins.str
+    """Who the change is recorded as: --actor, or the caller when none is given."""
     reason: _builtins.str
     ticket: _builtins.str
     detail: _builtins.str
@@ -317,6 +319,11 @@ class Transition(_message.Message):
     request_id: _builtins.str
     global_sequence: _builtins.int
     """The remote-index sequence this change produced."""
+    principal: _builtins.str
+    """The authenticated caller that made the change (token principal, SPIFFE
+    ID, signed token subject), whatever actor it gave. Empty for changes
+    recorded before it was kept.
+    """
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -338,10 +345,11 @@ class Transition(_message.Message):
         detail: _builtins.str = ...,
         request_id: _builtins.str = ...,
         global_sequence: _builtins.int = ...,
+        principal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "at", b"at", "detail", b"detail", "feature_id", b"feature_id", "from_canary", b"from_canary", "from_stable", b"from_stable", "global_sequence", b"global_sequence", "id", b"id", "reason", b"reason", "request_id", b"request_id", "sequence", b"sequence", "ticket", b"ticket", "to_canary", b"to_canary", "to_stable", b"to_stable", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "at", b"at", "detail", b"detail", "feature_id", b"feature_id", "from_canary", b"from_canary", "from_stable", b"from_stable", "global_sequence", b"global_sequence", "id", b"id", "principal", b"principal", "reason", b"reason", "request_id", b"request_id", "sequence", b"sequence", "ticket", b"ticket", "to_canary", b"to_canary", "to_stable", b"to_stable", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

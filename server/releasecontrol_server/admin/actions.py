@@ -99,6 +99,8 @@ class ChangeRequest:
     channel: Channel = Channel.STABLE
     expected_sequence: int | None = None
     request_id: str = ""
+    principal: str = ""
+    """Who is signed in: recorded beside `actor`, which the form may set to anyone."""
 
     @classmethod
     def from_form(
@@ -147,6 +149,7 @@ class ChangeRequest:
             channel=Channel(channel_text),
             expected_sequence=int(expected_text) if expected_text else None,
             request_id=form.get("request_id", "").strip(),
+            principal=principal_name,
         )
 
     @property
@@ -173,6 +176,7 @@ class ChangeRequest:
             reason=self.reason,
             ticket=self.ticket,
             expected_sequence=self.expected_sequence,
+            principal=self.principal,
         )
 
     def confirmed(self, sequence: int) -> ChangeRequest:

@@ -747,6 +747,7 @@ def _history_row(stored: StoredTransition) -> dict[str, Any]:
         "stable": _move(r.from_stable, r.to_stable),
         "canary": _move(r.from_canary, r.to_canary),
         "actor": r.actor,
+        "principal": r.principal,
         "reason": r.reason,
         "ticket": r.ticket,
         "detail": r.detail,
