@@ -35,6 +35,7 @@ import hashlib
 import logging
 import os
 import signal
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -239,7 +240,12 @@ class ReleaseController:
         # features come from memory; a commit puts the new values here first.
         self._states: _Recent[str, FeatureState] = _Recent(_CACHED_FEATURES)
         self._files: _Recent[str, SignedFile] = _Recent(_CACHED_FEATURES)
-        # The sequence of a committed remote-index.json the origin may lack (0: none).
+        # What the origin may lack, as the store's outbox says it (the controller is its
+        # only writer, so memory follows it): each committed file not yet marked written,
+        # path -> sha256, and the sequence of a remote-index.json not yet marked (0: none).
+        # Commits and marks run in worker threads, reads on the event loop: under the lock.
+        self._pending_lock = threading.Lock()
+        self._unmarked: dict[str, str] = {}
         self._remote_pending = 0
         self._staging = origin if isinstance(origin, _Staging) else None
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="releasecontrol-write")
@@ -255,9 +261,12 @@ class ReleaseController:
         """Load the remote-index entries and finish origin writes a crash left pending."""
         self._entries = self._load_entries()
         self._global_sequence = self._store.global_sequence()
-        self._remote_index, self._remote_pending = self._load_remote_index()
+        self._remote_index, remote_pending = self._load_remote_index()
+        with self._pending_lock:
+            self._remote_pending = remote_pending
+            self._unmarked = {d.path: d.sha256 for d in self._store.pending_digests()}
         self._feature_ids = self._store.feature_ids()
-        pending = self._store.pending_count()
+        pending = self.pending_count()
         if pending:
             log.info("finishing %d origin writes left by the previous run", pending)
         async with self._lock:
@@ -436,7 +445,7 @@ class ReleaseController:
                 prior_key, prior_bytes = prior
                 if prior_key != rpc:
                     raise _request_id_reused(request_id, prior_key)
-                if self._store.pending_count() and not self._flush():
+                if self.pending_count() and not self._flush():
                     # The first answer said "committed but not on the CDN": a retry must not
                     # turn that into success while hosts still cannot see the change.
                     raise Unavailable(
@@ -607,7 +616,14 @@ class ReleaseController:
             raise
         if self._failpoint == FAILPOINT_AFTER_COMMIT:
             os.kill(os.getpid(), signal.SIGKILL)
-        self._remote_pending = last.global_sequence
+        with self._pending_lock:
+            # As the commit changed the outbox: its files queued (a path once, with its
+            # newest bytes), remote-index.json recorded instead of queued.
+            self._unmarked.pop(REMOTE_INDEX_PATH, None)
+            for change in changes:
+                for file in change.files:
+                    self._unmarked[file.path] = file.sha256
+            self._remote_pending = last.global_sequence
         staged_files: dict[tuple[str, str], Staged] = {}
         for file, future in zip([f for c in changes for f in c.files], staging, strict=True):
             staged = future.result()  # _stage does not raise for a failed write
@@ -752,10 +768,26 @@ class ReleaseController:
         finally:
             for ready in [*unpublished.values(), *([remote_staged] if remote_staged else [])]:
                 self._discard(ready)
-            self._store.mark_all_written(written, remote_index=remote_written)
-            if remote_written and self._remote_pending == remote_written:
-                self._remote_pending = 0
+            self._mark_written(written, remote_written)
         return True
+
+    def _mark_written(self, written: Sequence[tuple[str, str]], remote_index: int) -> None:
+        """Drop `written` (path, sha256) and the remote index of sequence `remote_index` (0:
+        none) from the outbox, in the store and then in memory, as the store does: a file or
+        remote index committed again since stays pending."""
+        self._store.mark_all_written(written, remote_index=remote_index)
+        with self._pending_lock:
+            for path, sha256 in written:
+                if self._unmarked.get(path) == sha256:
+                    del self._unmarked[path]
+            if remote_index and self._remote_pending == remote_index:
+                self._remote_pending = 0
+
+    def pending_count(self) -> int:
+        """How many committed files the origin may lack: `SqliteStore.pending_count`, from
+        memory."""
+        with self._pending_lock:
+            return len(self._unmarked) + (1 if self._remote_pending else 0)
 
     def _rebuild_remote_index(
         self, entries: Mapping[str, FeatureEntry] | None = None
@@ -867,7 +899,7 @@ class ReleaseController:
         return Status(
             features=self._all_features(only),
             global_sequence=self._global_sequence,
-            pending_origin_writes=self._store.pending_count(),
+            pending_origin_writes=self.pending_count(),
             server_time=self._clock(),
         )
 

@@ -1,0 +1,150 @@
+"""ReleaseController: the number of pending origin writes is kept in memory.
+
+The controller is the store's only writer, so `status().pending_origin_writes`
+follows the outbox without asking the store; these tests hold it to
+`SqliteStore.pending_count()` through commits, a failed origin write, its retry
+and restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from releasecontrol.errors import Unavailable
+from releasecontrol.trust import SigningKey
+from releasecontrol_server import control as control_module
+from releasecontrol_server.control import Applied, ReleaseController
+from releasecontrol_server.origin.filesystem import FilesystemOrigin, Staged
+from releasecontrol_server.releases import ChangeMeta, Command, DeployCanary, Promote, Publish
+from releasecontrol_server.signer import Signer
+from releasecontrol_server.store import SqliteStore
+from releasecontrol_server.watch import WatchHub
+
+NOW = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
+KEY = SigningKey(Ed25519PrivateKey.from_private_bytes(bytes([5]) * 32))
+
+
+class SwitchableOrigin(FilesystemOrigin):
+    """A folder origin that refuses every write while `down` (the CDN is unreachable)."""
+
+    down = False
+
+    def write(self, path: str, data: bytes) -> None:
+        if self.down:
+            raise OSError("origin down")
+        super().write(path, data)
+
+    def stage(self, path: str, data: bytes) -> Staged:
+        if self.down:
+            raise OSError("origin down")
+        return super().stage(path, data)
+
+
+def controller(tmp_path: Path, origin: FilesystemOrigin) -> ReleaseController:
+    return ReleaseController(
+        store=SqliteStore(tmp_path / "db.sqlite"),
+        origin=origin,
+        signer=Signer([KEY], 3600),
+        hub=WatchHub(10),
+        default_soak_seconds=0,
+        clock=lambda: NOW,
+    )
+
+
+async def change(control: ReleaseController, feature_id: str, command: Command) -> None:
+    def encode(applied: Applied) -> bytes:
+        return b"ok"
+
+    await control.change(
+        feature_id,
+        command,
+        ChangeMeta(actor="test"),
+        rpc=type(command).__name__,
+        request_id="",
+        encode=encode,
+        decode=bytes,
+    )
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def pending(control: ReleaseController) -> int:
+    """The controller's count, after checking it against the store's."""
+    counted = control.status().pending_origin_writes
+    assert counted == control._store.pending_count()
+    return counted
+
+
+async def stop(control: ReleaseController) -> None:
+    await control.stop()
+    control._store.close()
+
+
+async def test_pending_writes_follow_the_store_through_failure_retry_and_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(control_module, "_RETRY_SECONDS", 0.05)
+    origin = SwitchableOrigin(tmp_path / "origin")
+    first = controller(tmp_path, origin)
+    await first.start()
+    assert pending(first) == 0
+    for version in ("1.0.0", "1.1.0"):
+        await change(first, "checkout", Publish(version, digest(version)))
+        assert pending(first) == 0
+    await change(first, "search", Publish("1.0.0", digest("s1.0.0")))
+    assert pending(first) == 0
+
+    # The origin goes down: the change commits, its files stay pending.
+    origin.down = True
+    with pytest.raises(Unavailable, match="committed"):
+        await change(first, "checkout", DeployCanary("1.0.0", 0))
+    assert pending(first) == 2  # releases.json and remote-index.json
+    # The same file committed again is still one pending write; another feature's adds
+    # one; the remote index stays one.
+    with pytest.raises(Unavailable, match="committed"):
+        await change(first, "checkout", Promote("1.0.0", skip_soak=True))
+    assert pending(first) == 2
+    with pytest.raises(Unavailable, match="committed"):
+        await change(first, "search", Publish("1.1.0", digest("s1.1.0")))
+    assert pending(first) == 3
+
+    # The origin is back: the background retry writes everything.
+    origin.down = False
+    for _ in range(200):
+        if first.status().pending_origin_writes == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert pending(first) == 0
+
+    # Down again, then a stop: a restart counts what the store says is pending...
+    origin.down = True
+    with pytest.raises(Unavailable, match="committed"):
+        await change(first, "search", DeployCanary("1.0.0", 0))
+    assert pending(first) == 2
+    await stop(first)
+    still_down = SwitchableOrigin(tmp_path / "origin")
+    still_down.down = True
+    second = controller(tmp_path, still_down)
+    await second.start()
+    try:
+        assert pending(second) == 2
+    finally:
+        await stop(second)
+
+    # ...and one whose origin is reachable writes it at start.
+    third = controller(tmp_path, SwitchableOrigin(tmp_path / "origin"))
+    await third.start()
+    try:
+        assert pending(third) == 0
+        await change(third, "search", Promote("1.0.0", skip_soak=True))
+        assert pending(third) == 0
+    finally:
+        await stop(third)
