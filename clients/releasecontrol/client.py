@@ -23,6 +23,7 @@ import grpc
 from google.protobuf.message import Message
 
 from releasecontrol.errors import (
+    ERROR_DOMAIN,
     ConfigError,
     InvalidArgument,
     ReleaseControlError,
@@ -241,6 +242,24 @@ def _context(
     )
 
 
+def _error_info(err: grpc.RpcError) -> tuple[str, dict[str, str]]:
+    """The reason and metadata of the ErrorInfo in a failed call's status details, if any."""
+    # Imported here, not at the top: only a failed call needs them (CLI start time).
+    # googleapis-common-protos and grpcio-status ship no type information.
+    from google.rpc import error_details_pb2  # type: ignore[import-untyped]
+    from grpc_status import rpc_status  # type: ignore[import-untyped]
+
+    try:
+        status = rpc_status.from_call(err)
+    except (ValueError, AttributeError):  # details that do not match the call's status
+        return "", {}
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
+            return info.reason, dict(info.metadata)
+    return "", {}
+
+
 def _new_request_id() -> str:
     import uuid  # here, not at the top: it costs reads a few ms of start (CLI benchmark)
 
@@ -331,7 +350,8 @@ class ReleaseControlClient:
                 f"the ReleaseControl server at {target} did not answer in time ({details}): "
                 f"{_START_HINT}"
             )
-        return from_grpc_code(name, details)
+        reason, metadata = _error_info(err)
+        return from_grpc_code(name, details, reason, metadata)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:

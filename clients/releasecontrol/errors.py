@@ -17,6 +17,10 @@
 The server maps each class to a gRPC status code in one table
 (`releasecontrol_server.service`); the client maps codes back in one function
 (`from_grpc_code`). The message always says what was wrong and how to fix it.
+What a program needs beyond the message (`InvalidArgument.field`,
+`SoakNotOver.seconds_left`) travels as a `google.rpc.ErrorInfo` in the
+status details (`error_details`), so the client raises the same class with
+the same attributes.
 """
 
 from __future__ import annotations
@@ -110,8 +114,36 @@ def status_code_name(error: ReleaseControlError) -> str:
     return "INTERNAL"
 
 
-def from_grpc_code(code_name: str, message: str) -> ReleaseControlError:
-    """The error class for a gRPC status code name, carrying the server's message."""
+ERROR_DOMAIN = "releasecontrol.v1"
+"""`google.rpc.ErrorInfo.domain` of the errors this service sends."""
+
+SOAK_NOT_OVER = "SOAK_NOT_OVER"
+"""`ErrorInfo.reason` of SoakNotOver; its metadata holds `seconds_left`."""
+
+
+def error_details(error: ReleaseControlError) -> tuple[str, dict[str, str]]:
+    """The `ErrorInfo` reason and metadata that let a client raise `error` again as it was.
+
+    The reason is the gRPC code's name except for SoakNotOver; metadata holds
+    `field` (InvalidArgument) or `seconds_left` (SoakNotOver) when set.
+    """
+    if isinstance(error, SoakNotOver):
+        return SOAK_NOT_OVER, {"seconds_left": str(error.seconds_left)}
+    metadata = {"field": error.field} if isinstance(error, InvalidArgument) and error.field else {}
+    return status_code_name(error), metadata
+
+
+def from_grpc_code(
+    code_name: str, message: str, reason: str = "", metadata: dict[str, str] | None = None
+) -> ReleaseControlError:
+    """The error class for a gRPC status code name, carrying the server's message and,
+    from the status details' ErrorInfo (`reason`, `metadata`), its attributes."""
+    metadata = metadata or {}
+    if code_name == "FAILED_PRECONDITION" and reason == SOAK_NOT_OVER:
+        seconds = metadata.get("seconds_left", "")
+        return SoakNotOver(message, int(seconds) if seconds.isdigit() else 0)
+    if code_name == "INVALID_ARGUMENT":
+        return InvalidArgument(message, field=metadata.get("field", ""))
     for cls, name in STATUS_CODE_NAMES.items():
         if name == code_name and cls is not VerificationError:
             return cls(message)

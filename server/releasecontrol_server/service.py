@@ -17,9 +17,16 @@ from typing import Any, Generic, TypeVar, cast
 import grpc
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]  # no stubs
 from grpc import aio
 
-from releasecontrol.errors import InvalidArgument, ReleaseControlError, status_code_name
+from releasecontrol.errors import (
+    ERROR_DOMAIN,
+    InvalidArgument,
+    ReleaseControlError,
+    error_details,
+    status_code_name,
+)
 from releasecontrol.index import REMOTE_INDEX_PATH, releases_path
 from releasecontrol.manifest import canonical_bytes, parse_manifest, sha256_hex, validate_feature_id
 from releasecontrol.v1 import release_control_pb2 as pb
@@ -60,7 +67,17 @@ async def abort_with(error: ReleaseControlError, context: aio.ServicerContext[An
     """End the call with the status code of `error` and its message."""
     code = getattr(grpc.StatusCode, status_code_name(error))
     log.info("refused code=%s error=%s message=%r", code.name, type(error).__name__, error.message)
-    await context.abort(code, error.message)
+    await context.abort(code, error.message, trailing_metadata=_status_details(code, error))
+
+
+def _status_details(code: grpc.StatusCode, error: ReleaseControlError) -> tuple[tuple[str, bytes]]:
+    """`grpc-status-details-bin`: a google.rpc.Status holding the error's ErrorInfo."""
+    reason, metadata = error_details(error)
+    status = status_pb2.Status(code=code.value[0], message=error.message)
+    status.details.add().Pack(
+        error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
+    )
+    return (("grpc-status-details-bin", status.SerializeToString()),)
 
 
 def maps_errors(method: F) -> F:

@@ -113,10 +113,13 @@ class TestTransitions:
         assert (index.stable, index.canary) == ("1.0.0", "1.1.0")
         assert index.canary_soak is not None and index.canary_soak.duration_seconds == 3600
 
-        with pytest.raises(errors.FailedPrecondition, match=r"still soaking: (59m|1h)"):
+        with pytest.raises(errors.SoakNotOver, match=r"still soaking: (59m|1h)") as soaking:
             client.promote("checkout", "1.1.0")
-        with pytest.raises(errors.InvalidArgument, match="reason"):
+        # The time left reaches programs too, not only the message (status details).
+        assert 3500 < soaking.value.seconds_left <= 3600
+        with pytest.raises(errors.InvalidArgument, match="reason") as no_reason:
             client.promote("checkout", "1.1.0", skip_soak=True)
+        assert no_reason.value.field == "reason"
         promoted = client.promote(
             "checkout", "1.1.0", skip_soak=True, reason="hotfix", ticket="INC-7", actor="alice"
         )

@@ -763,3 +763,38 @@ def test_get_status_reads_every_page_again_when_a_change_lands_between_them(
     assert status.next_page_token == ""
     tokens = [r.page_token for r in fake_server.recorder.status_requests]
     assert tokens == ["", "b", "", "b"]  # the first read saw two sequences: read again
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        errors.SoakNotOver("canary 1.1.0 is still soaking: 59m left", seconds_left=3540),
+        errors.InvalidArgument("soak must be 0s to 30d", field="soak_seconds"),
+        errors.InvalidArgument("no field named"),
+        errors.FailedPrecondition("already stable"),
+        errors.StaleSequence("expected 3, is 4"),
+        errors.NotFound("no feature 'x'"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_an_error_crosses_the_wire_as_the_same_class_with_its_attributes(
+    error: errors.ReleaseControlError,
+) -> None:
+    """What the server puts in the status details is enough to raise the same error again."""
+    reason, metadata = errors.error_details(error)
+    again = errors.from_grpc_code(errors.status_code_name(error), error.message, reason, metadata)
+    assert type(again) is type(error)
+    assert again.message == error.message
+    assert vars(again) == vars(error)
+    # A server that sends no details still gets the class of the code.
+    plain = errors.from_grpc_code(errors.status_code_name(error), error.message)
+    assert isinstance(plain, STATUS_BASES[type(error)])
+
+
+STATUS_BASES: dict[type[errors.ReleaseControlError], type[errors.ReleaseControlError]] = {
+    errors.SoakNotOver: errors.FailedPrecondition,
+    errors.InvalidArgument: errors.InvalidArgument,
+    errors.FailedPrecondition: errors.FailedPrecondition,
+    errors.StaleSequence: errors.StaleSequence,
+    errors.NotFound: errors.NotFound,
+}
