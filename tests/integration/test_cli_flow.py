@@ -133,7 +133,25 @@ def test_the_readme_flow_works_with_no_flags_beyond_the_contract(
     promote = next(t for t in history if t.sequence == 3)
     assert (promote.actor, promote.reason, promote.ticket) == ("alice", "hotfix", "INC-9")
     # --actor left out: the principal from the client certificate is recorded.
-    assert history[0].actor == "spiffe://releasecontrol.dev/dev-operator"
+    dev_operator = "spiffe://releasecontrol.dev/dev-operator"
+    assert history[0].actor == dev_operator
+    assert promote.principal == dev_operator  # who really did it, beside --actor alice
+
+    # The same history from the command line, newest first.
+    shown = releasectl(server, tmp_path, "release", "history", "--feature", "checkout")
+    assert shown.returncode == 0, shown.stderr
+    header, *rows = shown.stdout.splitlines()
+    assert header.split()[:4] == ["WHEN", "FEATURE", "SEQ", "CHANGE"]
+    assert [row.split()[2] for row in rows] == ["6", "5", "4", "3", "2", "1"]
+    promote_row = rows[3]
+    assert f"alice (by {dev_operator})" in promote_row and "hotfix [INC-9]" in promote_row
+    last_two = releasectl(server, tmp_path, "release", "history", "-n", "2", "--output", "json")
+    assert last_two.returncode == 0, last_two.stderr
+    records = json.loads(last_two.stdout)
+    assert [r["sequence"] for r in records] == [6, 5]
+    assert records[0]["principal"] == dev_operator
+    refused = releasectl(server, tmp_path, "release", "history", "--feature", "Bad Id")
+    assert refused.returncode != 0 and "--feature" in refused.stderr
 
 
 @pytest.mark.parametrize(

@@ -532,3 +532,27 @@ def test_refresh_manifests_restores_the_origin_and_tells_hosts(
     with pytest.raises(errors.NotFound):
         client.refresh_manifests(["nosuch"])
     assert client.get_status().global_sequence == 2  # nothing changed in the store
+
+
+def test_the_audit_record_keeps_the_caller_beside_the_actor_it_gave(tmp_path: Path) -> None:
+    """--actor names who a change is for; the authenticated caller is recorded beside it,
+    and both survive a restart."""
+    home = tmp_path / "home"
+    first = start_server(home)
+    try:
+        folder = make_feature(tmp_path / "v1", "checkout", "1.0.0")
+        first.client().publish(load_feature_folder(folder, feature_id="checkout"))
+        folder = make_feature(tmp_path / "v2", "checkout", "1.1.0")
+        first.client().publish(load_feature_folder(folder, feature_id="checkout"))
+        first.client().rollback("checkout", "1.0.0", actor="alice", reason="bad deploy")
+    finally:
+        first.stop()
+    restarted = start_server(home)
+    try:
+        history = restarted.client().list_transitions("checkout").transitions
+    finally:
+        restarted.stop()
+    rollback, *published = history
+    caller = published[0].actor  # no --actor given: the actor is the caller
+    assert caller and all(t.principal == caller for t in history)
+    assert (rollback.actor, rollback.principal) == ("alice", caller)

@@ -650,6 +650,11 @@ class TestChanges:
         ]
         assert history[1].record.detail.startswith("soak 45m")
         assert (history[2].record.reason, history[2].record.ticket) == ("errors", "INC-7")
+        # Whoever the form names, the signed-in user is recorded beside it and shown.
+        assert {t.record.principal for t in history} == {"alice"}
+        page = (await releaser.client.get("/_admin/features/checkout")).text
+        assert "ops-bot" in page and "signed in as alice" in page
+        assert page.count("signed in as") == 1  # not where the actor is the user
 
     async def test_a_role_without_the_action_is_refused_with_authorizes_message(
         self, admin: Admin

@@ -40,7 +40,7 @@ class Aborted(Exception):
 class Context:
     """The part of a grpc.aio ServicerContext the servicer uses for a unary call."""
 
-    async def abort(self, code: Any, details: str) -> None:
+    async def abort(self, code: Any, details: str, trailing_metadata: Any = ()) -> None:
         raise Aborted(code, details)
 
 

@@ -162,6 +162,32 @@ class TestOpen:
         with pytest.raises(ConfigError, match=rf"schema version 99.*up to {SCHEMA_VERSION}"):
             SqliteStore(db_path)
 
+    def test_a_version_2_database_gains_the_principal_column(
+        self, store: SqliteStore, db_path: Path
+    ) -> None:
+        """Opening a schema-2 database adds transitions.principal: old records read '',
+        new ones keep the caller."""
+        publish(store, "checkout", "1.0.0")
+        store.close()
+        conn = sqlite3.connect(db_path)
+        with conn:  # as version 2 left it
+            conn.execute("ALTER TABLE transitions DROP COLUMN principal")
+            conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        conn.close()
+        reopened = SqliteStore(db_path)
+        try:
+            (old,) = reopened.list_transitions(limit=10)
+            assert (old.record.actor, old.record.principal) == ("alice", "")
+            change = make_change(reopened, "checkout", Publish("1.1.0", SHA_A))
+            change = dataclasses.replace(
+                change, record=dataclasses.replace(change.record, principal="ci-bot")
+            )
+            reopened.commit(change)
+            newest = reopened.list_transitions(limit=1)[0]
+            assert (newest.record.actor, newest.record.principal) == ("alice", "ci-bot")
+        finally:
+            reopened.close()
+
     def test_missing_folder_is_a_config_error(self, tmp_path: Path) -> None:
         """A database path in a folder that does not exist raises ConfigError naming the path."""
         with pytest.raises(ConfigError, match="no-such-folder"):

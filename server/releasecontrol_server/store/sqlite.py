@@ -71,7 +71,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 10_000
 WAL_CHECKPOINT_PAGES = 16_384
 
@@ -163,6 +163,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # in files; no table changes, but a server of version 1 would take the missing bytes
     # for an origin ahead of its store, so it must refuse this database.
     ("SELECT 1",),
+    # 3: the authenticated caller beside the actor it gave ("" for older records).
+    ("ALTER TABLE transitions ADD COLUMN principal TEXT NOT NULL DEFAULT ''",),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -182,6 +184,7 @@ _TRANSITION_COLUMNS = (
     "at",
     "detail",
     "request_id",
+    "principal",
 )
 _INSERT_TRANSITION = (
     f"INSERT INTO transitions ({', '.join(_TRANSITION_COLUMNS)}) "
@@ -907,6 +910,7 @@ def _record_to_row(record: AuditRecord) -> dict[str, Any]:
         "ticket": record.ticket,
         "at": _text(record.at),
         "detail": record.detail,
+        "principal": record.principal,
     }
 
 
@@ -925,6 +929,7 @@ def _transition_from_row(row: dict[str, Any]) -> StoredTransition:
         ticket=str(row["ticket"]),
         at=_moment(row["at"]),
         detail=str(row["detail"]),
+        principal=str(row["principal"]),
     )
     return StoredTransition(
         id=int(row["id"]),
