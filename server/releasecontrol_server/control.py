@@ -62,7 +62,7 @@ from releasecontrol_server import releases
 from releasecontrol_server.origin import Origin
 from releasecontrol_server.origin.filesystem import Staged
 from releasecontrol_server.releases import ChangeMeta, Command, FeatureState
-from releasecontrol_server.signer import FeatureEntries, Signer, _Replacing, feature_entry
+from releasecontrol_server.signer import EntriesView, FeatureEntries, Signer, feature_entry
 from releasecontrol_server.store import Change, SignedFile, SqliteStore, StoredTransition
 from releasecontrol_server.upload import ReceivedAsset
 from releasecontrol_server.watch import ChangeEvent, RefreshEvent, WatchHub
@@ -590,7 +590,7 @@ class ReleaseController:
     def _commit_and_flush(
         self,
         changes: list[Change],
-        view: _Replacing,
+        view: EntriesView,
         signed_at: tuple[datetime, datetime],
         staging: list[Future[Staged | None]],
         signing: Future[tuple[SignedFile, Staged | None]],
@@ -658,7 +658,7 @@ class ReleaseController:
                 log.warning("removing the temporary file %s failed: %s", staged.temp, exc)
 
     def _sign_remote_index(
-        self, sequence: int, view: _Replacing, now: datetime, expires_at: datetime
+        self, sequence: int, view: EntriesView, now: datetime, expires_at: datetime
     ) -> tuple[SignedFile, Staged | None]:
         """In a worker thread: the batch's remote-index.json, signed and staged on the origin."""
         remote = self._signer.remote_index_file(sequence, view, now, expires_at)

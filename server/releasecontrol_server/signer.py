@@ -201,7 +201,7 @@ class Signer:
         (Ed25519 signatures are deterministic), which is how a remote index
         the store recorded but the origin never got is rebuilt.
         """
-        if not isinstance(features, FeatureEntries | _Replacing):
+        if not isinstance(features, FeatureEntries | EntriesView):
             features = FeatureEntries(features)
         # The model checks the top-level fields; `features` is spliced in encoded.
         body = RemoteIndex(
@@ -347,7 +347,7 @@ class FeatureEntries(Mapping[str, FeatureEntry]):
         self._members[feature_id] = member
         self._block_for(jcs_sort_key(feature_id)).invalidate()
 
-    def apply(self, view: _Replacing) -> None:
+    def apply(self, view: EntriesView) -> None:
         """Set every entry `view` (from `with_entries`) changes, reusing its encodings."""
         if view._base is not self:
             raise ValueError("the view was made from other entries")
@@ -355,15 +355,15 @@ class FeatureEntries(Mapping[str, FeatureEntry]):
         for feature_id, entry in view._changed.items():
             self.set(feature_id, entry, members[feature_id])
 
-    def replacing(self, feature_id: str, entry: FeatureEntry) -> _Replacing:
+    def replacing(self, feature_id: str, entry: FeatureEntry) -> EntriesView:
         """A read-only view of these entries with `feature_id`'s set to `entry`."""
         return self.with_entries({feature_id: entry})
 
-    def with_entries(self, changed: Mapping[str, FeatureEntry]) -> _Replacing:
+    def with_entries(self, changed: Mapping[str, FeatureEntry]) -> EntriesView:
         """A read-only view of these entries with each of `changed` set (added or replaced)."""
         for feature_id in changed:
             self._check(feature_id)
-        return _Replacing(self, dict(changed))
+        return EntriesView(self, dict(changed))
 
     def _block_for(self, key: bytes) -> _Block:
         if not self._blocks:
@@ -414,7 +414,7 @@ class FeatureEntries(Mapping[str, FeatureEntry]):
         return b",".join([changed[fid] if fid in changed else self._members[fid] for fid in ids])
 
 
-class _Replacing(Mapping[str, FeatureEntry]):
+class EntriesView(Mapping[str, FeatureEntry]):
     """FeatureEntries with some entries replaced or added; see FeatureEntries.with_entries."""
 
     def __init__(self, base: FeatureEntries, changed: dict[str, FeatureEntry]) -> None:
