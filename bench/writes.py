@@ -130,8 +130,8 @@ def run(work_dir: Path, *, quick: bool = False) -> Outcome:
         f"the server spends {ms(single_cpu / len(single)):.1f} ms of CPU on a change "
         f"({ms(many_cpu / len(many)):.1f} ms in batches) against the baseline's "
         f"{ms(median(rounds)):.1f} ms round: gRPC, TLS and auth, the state machine, JCS and "
-        "Ed25519 for two files, a 10-statement transaction, and 5 fsyncs (store commit, "
-        "releases.json and remote-index.json each as file and folder) against the baseline's 3"
+        "Ed25519 for two files, the transaction, and 5 fsyncs (the store commit beside both "
+        "files', then each folder in turn: 3 one after another) against the baseline's 3"
     )
     outcome.at_least(
         "1 feature: changes/s ÷ baseline rounds/s",
