@@ -6,7 +6,7 @@ bound what an attacker (or a broken origin) can make it do:
 - endless data: at most `max_bytes` of body are kept; a larger declared length
   is refused before any of the body is read, a chunked body or one without a
   length is cut off as soon as its bytes pass the limit, and a response head
-  is at most 64 KiB (h11 is never handed more of an incomplete one);
+  is at most 64 KiB (the parser is never handed more of an incomplete one);
 - slow retrieval: every socket operation is bounded by what is left of one
   deadline of `timeout_seconds` for the whole request (connect, TLS, send,
   every receive), so an origin that dribbles a byte at a time fails as surely
@@ -17,19 +17,24 @@ bound what an attacker (or a broken origin) can make it do:
 
 Connections are kept alive and reused (HTTP/1.1), one request at a time each,
 from a small pool per origin that every thread shares. A connection goes back
-to the pool only when h11 says the request and its answer ended cleanly (both
-sides DONE: the framing of `Content-Length` or chunked was exact, HTTP/1.1, no
-`Connection: close`), with no byte after the answer and a 2xx or 304 status;
+to the pool only after an answer that ended exactly where its framing
+(`Content-Length` or chunked) said (llhttp's `on_message_complete`), with no
+byte of another message after it, a 2xx or 304 status, HTTP/1.1 kept alive
+(`should_keep_alive()`: no `Connection: close`), and not both
+`Transfer-Encoding` and `Content-Length` (which llhttp refuses anyway);
 anything else (an error, a body over the limit, a timeout, extra bytes) closes
 it, so no request ever reads what was left of another. Before reuse, a
 connection the origin has closed (or sent anything unasked on) is dropped; a
 reused connection that fails before any byte of the answer arrived is retried
 once on a new one (a GET can be repeated).
 
-HTTP/1.1 is parsed by h11 (a sans-IO library: this module does the socket
-work, the deadline and the bounds, h11 the framing); `http.client` cost
-~190 us of CPU per kept-alive request, most of it its `email`-based header
-parsing. Redirects are not followed: a CDN serving signed index files answers them directly. Every
+HTTP/1.1 answers are parsed by llhttp (Node's C parser, through MagicStack's
+`httptools`), a new parser per answer; this module does the socket work, the
+deadline and the bounds, and refuses what llhttp would frame but a host must
+not use (a version other than 1.0/1.1, a Transfer-Encoding other than
+chunked, an unasked 101). `http.client` cost ~190 us of CPU per kept-alive
+request (its `email`-based header parsing), h11 (pure Python) 230-340 us.
+Redirects are not followed: a CDN serving signed index files answers them directly. Every
 failure is a `FetchError` (a `VerificationError`: what the host could not
 fetch, it did not verify) with one sentence naming the URL; errors from the
 layers below are translated in exactly one place, `_translate`.
@@ -39,16 +44,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import select
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import h11
+import httptools
 
 from releasecontrol.errors import VerificationError
 
@@ -62,6 +67,8 @@ MAX_HEAD_BYTES = 64 * 1024
 _MAX_INTERIM_RESPONSES = 8  # 1xx answers skipped before the real one
 _MAX_IDLE_CONNECTIONS = 16  # per origin
 _MAX_IDLE_SECONDS = 15.0  # older idle connections are closed, not reused
+# A header line ends at CR or LF; NUL and other controls (but HTAB) are not field content.
+_FIELD_BREAKER = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -98,15 +105,18 @@ class _ClosedEarly(Exception):
         self.received_nothing = received_nothing
 
 
+class _After(Exception):
+    """Stops the parser at the first byte of a message after the answer."""
+
+
 _Origin = tuple[str, str, int]
 
 
 class _Connection:
-    """One socket, its h11 state machine, and when it was last used."""
+    """One socket and when it was last used."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
         self.received_any = False
         self.idle_since = 0.0
 
@@ -124,8 +134,6 @@ class _Connection:
 
     def usable(self) -> bool:
         """Idle, recent and still open: nothing to read (an EOF or unasked bytes would be)."""
-        if self.h11.our_state is not h11.IDLE or self.h11.their_state is not h11.IDLE:
-            return False
         if time.monotonic() - self.idle_since > _MAX_IDLE_SECONDS:
             return False
         try:
@@ -137,6 +145,131 @@ class _Connection:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
+
+
+class _Answer:
+    """llhttp's callbacks for one answer: its final head, and its body counted as it arrives.
+
+    A new parser per request, so nothing of one answer's state reaches the next.
+    The head is checked in `on_headers_complete`, before any byte of the body is
+    taken: an error status, a Content-Length over the limit, a version other than
+    1.0/1.1 or a Transfer-Encoding other than chunked stop the parser there.
+    """
+
+    def __init__(self, url: str, max_bytes: int) -> None:
+        self.url = url
+        self.max_bytes = max_bytes
+        self.parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.reason = b""
+        self.fields: dict[bytes, str] = {}
+        self.interim = 0
+        self.declared: int | None = None
+        self.chunked = False
+        self.head_complete = False
+        self.complete = False  # on_message_complete of the final answer
+        self.after = False  # bytes of another message followed it
+        self.keep_alive = False  # HTTP/1.1 without Connection: close, when complete
+        self.chunks: list[bytes] = []
+        self.received = 0
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            if self.complete:  # what broke came after the answer, which stands
+                self.after = True
+                return
+            cause = exc.__context__
+            if isinstance(cause, FetchError | _Malformed):
+                raise cause from None
+            raise _Malformed(str(exc) or type(exc).__name__) from None
+
+    # -- llhttp callbacks ----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            raise _After
+        self.reason = b""
+        self.fields = {}
+
+    def on_status(self, data: bytes) -> None:
+        self.reason += data
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head_complete:
+            return  # a trailer field of a chunked body: not used
+        key = name.lower()
+        text = value.decode("latin-1")
+        fields = self.fields
+        fields[key] = f"{fields[key]}, {text}" if key in fields else text
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        status = parser.get_status_code()
+        if status < 200:
+            if status == 101:
+                raise _Malformed("a 101 Switching Protocols that was not asked for")
+            self.interim += 1
+            if self.interim > _MAX_INTERIM_RESPONSES:
+                raise _Malformed(f"more than {_MAX_INTERIM_RESPONSES} interim 1xx responses")
+            return
+        version = parser.get_http_version()
+        if version not in ("1.0", "1.1"):
+            raise _Malformed(f"HTTP version {version!r}")
+        self.status = status
+        self.head_complete = True
+        url = self.url
+        if status != 304 and not 200 <= status < 300:
+            reason = self.reason.decode("latin-1")
+            raise FetchError(
+                f"{url} answered HTTP {status} {reason}".rstrip(), url=url, status=status
+            )
+        fields = self.fields
+        transfer_encoding = fields.get(b"transfer-encoding")
+        if transfer_encoding is not None:
+            # llhttp frames "gzip, chunked" as chunked and "gzip" as ended by the close;
+            # neither is a body this module can use.
+            if transfer_encoding.strip().lower() != "chunked":
+                raise _Malformed(f"unsupported Transfer-Encoding {transfer_encoding!r}")
+            self.chunked = status not in (204, 304)
+            return
+        content_length = fields.get(b"content-length")
+        if content_length is not None and status not in (204, 304):
+            declared = int(content_length)  # llhttp checked it is digits, and one value
+            if declared > self.max_bytes:
+                raise FetchError(
+                    f"{url} is larger than the {self.max_bytes}-byte limit "
+                    f"(it declares {declared} bytes)",
+                    url=url,
+                    status=status,
+                )
+            self.declared = declared
+
+    def on_body(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.received > self.max_bytes:
+            url = self.url
+            raise FetchError(
+                f"{url} is larger than the {self.max_bytes}-byte limit", url=url, status=self.status
+            )
+        self.chunks.append(data)
+
+    def on_message_complete(self) -> None:
+        if self.head_complete:
+            self.complete = True
+            # Asked here: once the callback returns, llhttp resets for the next message.
+            parser = self.parser
+            self.keep_alive = parser.should_keep_alive() and parser.get_http_version() == "1.1"
+
+    def reusable(self) -> bool:
+        """Ended exactly at its framing with nothing after it, kept alive, HTTP/1.1, one framing."""
+        return (
+            self.complete
+            and not self.after
+            and self.keep_alive
+            and not (b"transfer-encoding" in self.fields and b"content-length" in self.fields)
+        )
 
 
 class Fetcher:
@@ -214,21 +347,21 @@ class Fetcher:
         host_header = f"[{host}]" if ":" in host else host
         if explicit_port is not None:
             host_header += f":{explicit_port}"
-        headers = [
-            (b"Host", host_header.encode("ascii", "replace")),
-            (b"User-Agent", self._user_agent_bytes),
-            (b"Accept-Encoding", b"identity"),
+        host_bytes = host_header.encode("latin-1", "replace")
+        if _FIELD_BREAKER.search(host_bytes + self._user_agent_bytes) is not None:
+            raise FetchError(f"{url}: no HTTP request can carry it", url=url)
+        lines = [
+            b"GET " + target.encode("ascii") + b" HTTP/1.1",
+            b"Host: " + host_bytes,
+            b"User-Agent: " + self._user_agent_bytes,
+            b"Accept-Encoding: identity",
         ]
         if not self._keep_alive:
-            headers.append((b"Connection", b"close"))
+            lines.append(b"Connection: close")
         if etag is not None:
-            if any(c in etag for c in "\r\n\0"):
-                raise FetchError(f"{url}: the ETag {etag!r} cannot be sent in a header", url=url)
-            headers.append((b"If-None-Match", etag.encode("latin-1", "replace")))
-        try:
-            request = h11.Request(method=b"GET", target=target.encode("ascii"), headers=headers)
-        except h11.LocalProtocolError as exc:
-            raise FetchError(f"{url}: no HTTP request can carry it ({exc})", url=url) from None
+            lines.append(b"If-None-Match: " + etag.encode("latin-1", "replace"))
+        lines += (b"", b"")
+        request = b"\r\n".join(lines)
         origin = (parts.scheme, host, port)
         deadline = time.monotonic() + self._timeout_seconds
         while True:
@@ -301,50 +434,64 @@ class Fetcher:
         self,
         url: str,
         connection: _Connection,
-        request: h11.Request,
+        request: bytes,
         *,
         max_bytes: int,
         etag: str | None,
         deadline: float,
     ) -> tuple[Fetched, bool]:
-        """Send `request` and read its answer; returns it and whether the connection is reusable."""
-        machine = connection.h11
-        connection.send(machine.send(request) + machine.send(h11.EndOfMessage()), deadline)
-        response = _read_head(connection, deadline)
-        status = response.status_code
-        fields = _fields(response.headers)
-        transfer_encoding = fields.get(b"transfer-encoding")
-        content_length = fields.get(b"content-length")
-        new_etag = fields.get(b"etag")
-        if status == 304:
+        """Send `request` and read its answer; returns it and whether the connection is reusable.
+
+        While the answer's head is incomplete, llhttp is never handed more than
+        MAX_HEAD_BYTES in all (interim 1xx heads included), so no head over that
+        size is ever accepted, whatever the packets.
+        """
+        connection.send(request, deadline)
+        answer = _Answer(url, max_bytes)
+        fed = 0  # bytes handed to the parser before the final head was complete
+        while not answer.complete:
+            data = connection.recv(_RECV_BYTES, deadline)
+            if not data:
+                if not answer.head_complete:
+                    raise _ClosedEarly(received_nothing=not connection.received_any)
+                # Only a body without framing may end at the end of the stream.
+                if answer.declared is not None:
+                    raise FetchError(
+                        f"{url} ended after {answer.received} of the {answer.declared} "
+                        "bytes it declared",
+                        url=url,
+                        status=answer.status,
+                    )
+                if answer.chunked:
+                    raise FetchError(
+                        f"{url} ended after {answer.received} bytes, inside its chunked body",
+                        url=url,
+                        status=answer.status,
+                    )
+                break
+            if answer.head_complete:
+                answer.feed(data)
+                continue
+            room = MAX_HEAD_BYTES - fed
+            if len(data) > room:
+                answer.feed(data[:room])
+                fed += room
+                if answer.head_complete:
+                    answer.feed(data[room:])
+            else:
+                answer.feed(data)
+                fed += len(data)
+            if not answer.head_complete and fed >= MAX_HEAD_BYTES:
+                raise _Malformed(f"a response head over {MAX_HEAD_BYTES} bytes")
+        new_etag = answer.fields.get(b"etag")
+        if answer.status == 304:
             logger.debug("fetch not modified url=%s", url)
-            _read_body(url, connection, 0, deadline, status, 0, False)
             fetched = Fetched(url=url, body=b"", etag=new_etag or etag, not_modified=True)
-            return fetched, _cycle_completed(machine)
-        if not 200 <= status < 300:
-            reason = response.reason.decode("latin-1")
-            raise FetchError(
-                f"{url} answered HTTP {status} {reason}".rstrip(), url=url, status=status
-            )
-        if content_length is not None and transfer_encoding is None and status != 204:
-            declared = int(content_length)  # h11 checked it is digits, and one value
-            if declared > max_bytes:
-                raise FetchError(
-                    f"{url} is larger than the {max_bytes}-byte limit "
-                    f"(it declares {declared} bytes)",
-                    url=url,
-                    status=status,
-                )
         else:
-            declared = None
-        chunked = transfer_encoding is not None and status != 204
-        body = _read_body(url, connection, max_bytes, deadline, status, declared, chunked)
-        logger.debug("fetched url=%s bytes=%d", url, len(body))
-        fetched = Fetched(url=url, body=body, etag=new_etag, not_modified=False)
-        # RFC 9112 6.3: an answer with both Transfer-Encoding and Content-Length
-        # makes the connection suspect; bytes past the answer were never asked for.
-        suspect = transfer_encoding is not None and content_length is not None
-        return fetched, not suspect and _cycle_completed(machine)
+            body = b"".join(answer.chunks)
+            logger.debug("fetched url=%s bytes=%d", url, len(body))
+            fetched = Fetched(url=url, body=body, etag=new_etag, not_modified=False)
+        return fetched, answer.reusable()
 
     def _translate(self, url: str, exc: BaseException) -> FetchError:
         """The one place errors of the socket, TLS and HTTP layers become FetchErrors."""
@@ -353,8 +500,6 @@ class Fetcher:
         if isinstance(exc, _ClosedEarly):
             return FetchError(f"{url}: the origin closed the connection without answering", url=url)
         if isinstance(exc, _Malformed):
-            return FetchError(f"{url} sent a malformed HTTP response ({exc})", url=url)
-        if isinstance(exc, h11.ProtocolError):
             return FetchError(f"{url} sent a malformed HTTP response ({exc})", url=url)
         if isinstance(exc, ssl.SSLError):
             return FetchError(f"{url}: TLS failed ({exc.reason or exc})", url=url)
@@ -375,116 +520,3 @@ def _remaining(deadline: float) -> float:
     if left <= 0:
         raise TimeoutError("deadline passed")
     return left
-
-
-def _fields(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, str]:
-    """Header fields by lower-case name, repeated ones joined with ", " (one pass)."""
-    fields: dict[bytes, str] = {}
-    for name, value in headers:
-        text = value.decode("latin-1")
-        fields[name] = f"{fields[name]}, {text}" if name in fields else text
-    return fields
-
-
-def _cycle_completed(machine: h11.Connection) -> bool:
-    """Whether h11 saw this request and its answer end cleanly, with nothing after them.
-
-    Then the connection is ready for the next request (start_next_cycle); any
-    other state (Connection: close, HTTP/1.0, a body ended by closing, unasked
-    bytes after the answer) leaves it to be closed.
-    """
-    if machine.our_state is not h11.DONE or machine.their_state is not h11.DONE:
-        return False
-    unread, closed = machine.trailing_data
-    if unread or closed:
-        return False
-    machine.start_next_cycle()
-    return True
-
-
-def _read_head(connection: _Connection, deadline: float) -> h11.Response:
-    """The next final answer's status line and header fields, 1xx answers skipped.
-
-    h11 parses; this bounds what it is given. While a head is incomplete, no
-    more than MAX_HEAD_BYTES in all are handed to h11, so no head over that
-    size is ever accepted, whatever the packets.
-    """
-    machine = connection.h11
-    buffered = 0  # bytes handed to h11 and not yet parsed into an event
-    interim = 0
-    while True:
-        event = machine.next_event()
-        if event is h11.NEED_DATA:
-            room = MAX_HEAD_BYTES - buffered
-            if room <= 0:
-                raise _Malformed(f"a response head over {MAX_HEAD_BYTES} bytes")
-            data = connection.recv(min(room, _RECV_BYTES), deadline)
-            if not data:
-                raise _ClosedEarly(received_nothing=not connection.received_any)
-            machine.receive_data(data)
-            buffered += len(data)
-            continue
-        if isinstance(event, h11.InformationalResponse):
-            # h11 refuses a 101 that was not asked for.
-            interim += 1
-            if interim > _MAX_INTERIM_RESPONSES:
-                raise _Malformed(f"more than {_MAX_INTERIM_RESPONSES} interim 1xx responses")
-            buffered = len(machine.trailing_data[0])
-            continue
-        if isinstance(event, h11.Response):
-            if event.http_version not in (b"1.0", b"1.1"):
-                raise _Malformed(f"HTTP version {event.http_version.decode('latin-1')!r}")
-            return event
-        raise _Malformed(f"unexpected {type(event).__name__}")
-
-
-def _read_body(
-    url: str,
-    connection: _Connection,
-    max_bytes: int,
-    deadline: float,
-    status: int,
-    declared: int | None,
-    chunked: bool,
-) -> bytes:
-    """The answer's body as h11 frames it, counted against `max_bytes` as it arrives.
-
-    `declared` is the Content-Length (already checked against the limit), None
-    for a `chunked` body or one that ends when the origin closes.
-    """
-    machine = connection.h11
-    chunks: list[bytes] = []
-    received = 0
-    while True:
-        event = machine.next_event()
-        if event is h11.NEED_DATA:
-            # One byte past the limit is enough to know the limit is broken.
-            data = connection.recv(_RECV_BYTES, deadline)
-            if not data and machine.their_state is h11.SEND_BODY:
-                # Only a body without framing may end at the end of the stream;
-                # h11 says how for the others, this says it as before.
-                if declared is not None:
-                    raise FetchError(
-                        f"{url} ended after {received} of the {declared} bytes it declared",
-                        url=url,
-                        status=status,
-                    )
-                if chunked:
-                    raise FetchError(
-                        f"{url} ended after {received} bytes, inside its chunked body",
-                        url=url,
-                        status=status,
-                    )
-            machine.receive_data(data)
-            continue
-        if isinstance(event, h11.Data):
-            received += len(event.data)
-            if received > max_bytes:
-                raise FetchError(
-                    f"{url} is larger than the {max_bytes}-byte limit", url=url, status=status
-                )
-            chunks.append(event.data)
-            continue
-        if isinstance(event, h11.EndOfMessage):
-            return b"".join(chunks)
-        raise _Malformed(f"unexpected {type(event).__name__}")

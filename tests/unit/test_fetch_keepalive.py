@@ -252,19 +252,51 @@ class TestFraming:
             with pytest.raises(FetchError, match="larger than the 99-byte limit"):
                 fetcher.get(origin.url + "a", max_bytes=99)
 
-    def test_both_framings_are_decoded_chunked_and_the_connection_dropped(
-        self, fetcher: Fetcher
-    ) -> None:
-        """Transfer-Encoding and Content-Length together (RFC 9112 6.3): chunked wins,
-        and the connection is not trusted again."""
+    def test_both_framings_are_refused(self, fetcher: Fetcher) -> None:
+        """Transfer-Encoding and Content-Length together (RFC 9112 6.3: "ought to be
+        handled as an error") are refused, and the connection is not used again."""
         both = (
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
             b"5\r\nhello\r\n0\r\n\r\n"
         )
         with ScriptedOrigin([]) as origin:
             origin.script.append(origin.serve_each(lambda n: both))
-            assert fetcher.get(origin.url + "a", max_bytes=100).body == b"hello"
-            assert fetcher.get(origin.url + "a", max_bytes=100).body == b"hello"
+            for _ in range(2):
+                with pytest.raises(FetchError, match="Content-Length can't be present"):
+                    fetcher.get(origin.url + "a", max_bytes=100)
+            assert origin.connections == 2
+
+    def test_trailer_fields_are_not_taken_for_the_head(self, fetcher: Fetcher) -> None:
+        """A trailer after a chunked body is read past: it never sets the ETag."""
+        answer = (
+            b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nETag: "a"\r\n\r\n'
+            b'2\r\nok\r\n0\r\nETag: "forged"\r\n\r\n'
+        )
+        with ScriptedOrigin([]) as origin:
+            origin.script.append(origin.serve_each(lambda n: answer))
+            fetched = fetcher.get(origin.url + "a", max_bytes=100)
+            assert (fetched.body, fetched.etag) == (b"ok", '"a"')
+            fetcher.get(origin.url + "a", max_bytes=100)
+            assert origin.connections == 1
+
+    @pytest.mark.parametrize(
+        "answer",
+        [
+            pytest.param(b"HTTP/1.0 200 OK\r\nContent-Length: 19\r\n\r\n" + BODY, id="http-1.0"),
+            pytest.param(
+                b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 19\r\n\r\n" + BODY,
+                id="http-1.0-keep-alive",
+            ),
+            pytest.param(b"HTTP/1.1 200 OK\r\n\r\n" + BODY, id="ended-by-close"),
+        ],
+    )
+    def test_only_http_1_1_with_framing_is_reused(self, fetcher: Fetcher, answer: bytes) -> None:
+        """An HTTP/1.0 answer, or one whose body ends with the connection, is used once."""
+        with ScriptedOrigin([]) as origin:
+            close = b"Content-Length" not in answer
+            origin.script.append(origin.serve_each(lambda n: answer, close=close))
+            for _ in range(2):
+                assert fetcher.get(origin.url + "a", max_bytes=100).body == BODY
             assert origin.connections == 2
 
     def test_a_head_of_exactly_the_limit_is_accepted(self, fetcher: Fetcher) -> None:
@@ -292,19 +324,38 @@ class TestFraming:
     @pytest.mark.parametrize(
         ("answer", "fragment"),
         [
-            pytest.param(b"HTTP/1.1 2000 OK\r\n\r\n", "status line", id="status"),
-            pytest.param(b"ICY 200 OK\r\n\r\n", "status line", id="not-http"),
+            pytest.param(b"HTTP/1.1 2000 OK\r\n\r\n", "Invalid response status", id="status"),
+            pytest.param(b"ICY 200 OK\r\n\r\n", "Expected HTTP/", id="not-http"),
             pytest.param(b"HTTP/2.0 200 OK\r\n\r\n", "HTTP version", id="http-2"),
-            pytest.param(b"HTTP/1.1 200 OK\r\n folded\r\n\r\n", "continuation line", id="obs-fold"),
+            pytest.param(b"HTTP/1.1 200 OK\r\n folded\r\n\r\n", "Unexpected space", id="obs-fold"),
+            pytest.param(
+                b"HTTP/1.1 200 OK\r\nX: a\r\n folded\r\nContent-Length: 2\r\n\r\nok",
+                "Unexpected whitespace",
+                id="obs-fold-inside",
+            ),
             pytest.param(
                 b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
-                "conflicting Content-Length",
+                "Duplicate Content-Length",
                 id="two-lengths",
             ),
             pytest.param(
                 b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
-                "bad Content-Length",
+                "Invalid character in Content-Length",
                 id="neg-length",
+            ),
+            pytest.param(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+                "Transfer-Encoding",
+                id="gzip-chunked",
+            ),
+            pytest.param(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n", "101", id="upgrade"
+            ),
+            pytest.param(b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok", "CR", id="bare-lf"),
+            pytest.param(
+                b"HTTP/1.1 200 OK\r\nX: a\x00b\r\nContent-Length: 2\r\n\r\nok",
+                "header value char",
+                id="nul",
             ),
             pytest.param(
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
@@ -313,7 +364,7 @@ class TestFraming:
             ),
             pytest.param(
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-                "illegal chunk header",
+                "Invalid character in chunk size",
                 id="bad-chunk",
             ),
             pytest.param(

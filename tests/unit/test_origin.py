@@ -241,7 +241,6 @@ NOT_SERVED = {
     "backslash": "/features\\..\\..\\secret.txt",
     "temp-file": "/features/checkout/.releases.json.x1y2.tmp",
     "symlink-outside": "/features/link.json",
-    "no-leading-slash": "remote-index.json",
 }
 
 
@@ -314,6 +313,13 @@ class TestOriginHttpServer:
 
         assert response.status == 404
         assert b"secret" not in body
+
+    def test_a_target_without_leading_slash_is_refused(self, served: OriginHttpServer) -> None:
+        """A request target that is not an absolute path is no file: llhttp refuses it (400)."""
+        response, body = request(served, "remote-index.json")
+
+        assert response.status == 400
+        assert b"sequence" not in body
 
     @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
     def test_only_get_and_head(self, served: OriginHttpServer, method: str) -> None:

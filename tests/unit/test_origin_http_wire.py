@@ -176,17 +176,66 @@ class TestMalformedRequests:
             assert headers["connection"] == "close"
             assert closed_by_server(sock, pending)
 
-    def test_a_folded_line_is_part_of_the_field_before_it(self, server: OriginHttpServer) -> None:
-        """An obs-fold inside the head is joined to the field before it (RFC 9112 5.2):
-        a folded "Transfer-Encoding: chunked" is a value, never a field, so no body is
-        expected and the connection goes on serving."""
+    def test_a_folded_line_is_refused(self, server: OriginHttpServer) -> None:
+        """An obs-fold inside the head is refused with 400 and a close (RFC 9112 5.2 allows
+        that or joining): a folded "Transfer-Encoding: chunked" is never taken for a field,
+        and nothing after it is read as a request."""
         with connect(server) as sock:
-            sock.sendall(get("/remote-index.json", "X-A: 1", " Transfer-Encoding: chunked"))
+            sock.sendall(
+                get("/remote-index.json", "X-A: 1", " Transfer-Encoding: chunked")
+                + get("/remote-index.json")
+            )
             pending = bytearray()
-            status, headers, body = read_response(sock, pending)
-            assert (status, body) == (200, INDEX) and "connection" not in headers
-            sock.sendall(get("/remote-index.json"))
+            status, headers, _ = read_response(sock, pending)
+            assert status == 400 and headers["connection"] == "close"
+            assert closed_by_server(sock, pending)
+
+    @pytest.mark.parametrize(
+        "extra",
+        [
+            pytest.param(("Host: other",), id="two-hosts"),
+            pytest.param(("Content-Length: 0", "Content-Length: 0"), id="two-lengths"),
+            pytest.param(("X: a\x00b",), id="nul-in-value"),
+        ],
+    )
+    def test_ambiguous_heads_are_refused(self, server: OriginHttpServer, extra: tuple[str]) -> None:
+        """Two Host fields, two Content-Lengths or a NUL in a value: 400 and a close."""
+        with connect(server) as sock:
+            sock.sendall(get("/remote-index.json", *extra) + get("/remote-index.json"))
+            pending = bytearray()
+            status, headers, _ = read_response(sock, pending)
+            assert status == 400 and headers["connection"] == "close"
+            assert closed_by_server(sock, pending)
+
+    def test_a_head_arriving_a_byte_at_a_time_is_served(self, server: OriginHttpServer) -> None:
+        """Parsed as it arrives: a head split anywhere, even inside its empty line, is one
+        request, and the connection serves the next."""
+        with connect(server) as sock:
+            for byte in get("/remote-index.json"):
+                sock.sendall(bytes([byte]))
+                time.sleep(0.001)
+            pending = bytearray()
+            assert read_response(sock, pending)[:3:2] == (200, INDEX)
+            sock.sendall(b"\r\n" + get("/remote-index.json"))  # an empty line is skipped
             assert read_response(sock, pending)[0] == 200
+
+    def test_empty_lines_between_requests_are_no_request(self, server: OriginHttpServer) -> None:
+        """Empty lines after a request are skipped (RFC 9112 2.2), never answered as a
+        repeat of the request before them."""
+        with connect(server) as sock:
+            sock.sendall(get("/remote-index.json") + b"\r\n\r\n" + get("/missing.json"))
+            pending = bytearray()
+            assert read_response(sock, pending)[0] == 200
+            assert read_response(sock, pending)[0] == 404
+
+    def test_pipelined_heads_at_the_limit_each_are_served(self, server: OriginHttpServer) -> None:
+        """The head bound is per request: requests sent together may exceed it in all."""
+        request = get("/remote-index.json", "X-Filler: ")
+        request = get("/remote-index.json", "X-Filler: " + "a" * (MAX_HEAD_BYTES - len(request)))
+        with connect(server) as sock:
+            sock.sendall(request * 3)
+            pending = bytearray()
+            assert [read_response(sock, pending)[0] for _ in range(3)] == [200, 200, 200]
 
     def test_a_head_over_the_limit_in_one_packet_is_refused(self, server: OriginHttpServer) -> None:
         """A complete head over the limit, arriving at once, is refused all the same."""
@@ -293,3 +342,24 @@ class TestFileCache:
         files = server._site.files  # the test looks inside: the bound is the point
         assert files._cached_bytes <= 250
         assert len(files._cache) == 2
+
+
+class TestFlowControl:
+    def test_requests_are_not_parsed_while_the_client_does_not_read(
+        self, server: OriginHttpServer, root: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """50 pipelined GETs of a 1 MiB file, unread: the server buffers about one answer,
+        not 50 MiB; once the client reads, every answer comes, in order."""
+        monkeypatch.setattr(origin_http, "_SETTLED_SECONDS", 0.0)
+        big = os.urandom(1 << 20)
+        (root / "features" / "big.bin").write_bytes(big)
+        with connect(server) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            sock.sendall(get("/features/big.bin") * 50)
+            time.sleep(0.5)
+            connections = list(server._site.connections)  # the bound is the point
+            buffered = [c._transport.get_write_buffer_size() for c in connections if c._transport]
+            assert buffered and max(buffered) < 3 << 20
+            pending = bytearray()
+            for _ in range(50):
+                assert read_response(sock, pending)[:3:2] == (200, big)
