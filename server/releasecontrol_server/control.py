@@ -895,26 +895,40 @@ class ReleaseController:
     def features(self, *, after: str, limit: int) -> list[FeatureState]:
         return self._store.list_features(after=after, limit=limit)
 
-    def status(self, only: Sequence[str] = ()) -> Status:
+    def status(
+        self, only: Sequence[str] = (), *, after: str = "", limit: int | None = None
+    ) -> Status:
+        """The named features' state (every feature's when none are named) in id order, with
+        the global sequence it reflects; with `after`/`limit`, only every feature's page
+        after that id (a page of 10,000 is not read whole to answer 1,000 of them)."""
+        if only and (after or limit is not None):
+            raise ValueError("a status of named features is not paged here")
         return Status(
-            features=self._all_features(only),
+            features=self._all_features(only, after=after, limit=limit),
             global_sequence=self._global_sequence,
             pending_origin_writes=self.pending_count(),
             server_time=self._clock(),
         )
 
-    def _all_features(self, only: Sequence[str] = ()) -> list[FeatureState]:
+    def _all_features(
+        self, only: Sequence[str] = (), *, after: str = "", limit: int | None = None
+    ) -> list[FeatureState]:
         if only:
             # As the store lists them: by id, once each, unknown ids skipped.
             found = (self._load(feature_id) for feature_id in sorted(set(only)))
             return [state for state in found if state is not None]
         if len(self._feature_ids) <= _CACHED_FEATURES:
             # Few enough to be kept: every one from memory, in id order as the store lists them.
-            found = (self._load(feature_id) for feature_id in self._feature_ids)
+            start = bisect.bisect_right(self._feature_ids, after) if after else 0
+            end = None if limit is None else start + limit
+            found = (self._load(feature_id) for feature_id in self._feature_ids[start:end])
             return [state for state in found if state is not None]
         out: list[FeatureState] = []
-        after = ""
-        while page := self._store.list_features(after=after, limit=1000):
+        while limit is None or len(out) < limit:
+            size = 1000 if limit is None else min(1000, limit - len(out))
+            page = self._store.list_features(after=after, limit=size)
+            if not page:
+                break
             out += page
             after = page[-1].feature_id
         return out

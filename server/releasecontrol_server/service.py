@@ -388,14 +388,18 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
             STATUS_PAGE_SIZE if request.page_size == 0 else min(request.page_size, STATUS_PAGE_SIZE)
         )
         after = _decode_token(request.page_token)
-        status = self._controller.status(only)
-        missing = sorted(set(only) - {s.feature_id for s in status.features})
-        if missing:
-            self._controller.feature(missing[0])  # raises NotFound naming it
+        if only:  # named ones: all read (each must exist), then the page picked out
+            status = self._controller.status(only)
+            missing = sorted(set(only) - {s.feature_id for s in status.features})
+            if missing:
+                self._controller.feature(missing[0])  # raises NotFound naming it
+            states = status.features
+            start = bisect.bisect_right(states, after, key=_feature_id) if after else 0
+        else:  # every feature: only this page (and one more, to know if another follows)
+            status = self._controller.status(after=after, limit=size + 1)
+            states, start = status.features, 0
         # Features come in id order; a page follows that order whatever the
         # caller may read, so the page token stays valid between calls.
-        states = status.features
-        start = bisect.bisect_right(states, after, key=_feature_id) if after else 0
         entries: list[bytes] = []
         taken = 0
         next_token = ""
