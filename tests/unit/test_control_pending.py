@@ -9,25 +9,16 @@ and restarts.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from controller_kit import change, digest, new_controller, stop
 
 from releasecontrol.errors import Unavailable
-from releasecontrol.trust import SigningKey
 from releasecontrol_server import control as control_module
-from releasecontrol_server.control import Applied, ReleaseController
+from releasecontrol_server.control import ReleaseController
 from releasecontrol_server.origin.filesystem import FilesystemOrigin, Staged
-from releasecontrol_server.releases import ChangeMeta, Command, DeployCanary, Promote, Publish
-from releasecontrol_server.signer import Signer
-from releasecontrol_server.store import SqliteStore
-from releasecontrol_server.watch import WatchHub
-
-NOW = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
-KEY = SigningKey(Ed25519PrivateKey.from_private_bytes(bytes([5]) * 32))
+from releasecontrol_server.releases import DeployCanary, Promote, Publish
 
 
 class SwitchableOrigin(FilesystemOrigin):
@@ -46,36 +37,6 @@ class SwitchableOrigin(FilesystemOrigin):
         return super().stage(path, data)
 
 
-def controller(tmp_path: Path, origin: FilesystemOrigin) -> ReleaseController:
-    return ReleaseController(
-        store=SqliteStore(tmp_path / "db.sqlite"),
-        origin=origin,
-        signer=Signer([KEY], 3600),
-        hub=WatchHub(10),
-        default_soak_seconds=0,
-        clock=lambda: NOW,
-    )
-
-
-async def change(control: ReleaseController, feature_id: str, command: Command) -> None:
-    def encode(applied: Applied) -> bytes:
-        return b"ok"
-
-    await control.change(
-        feature_id,
-        command,
-        ChangeMeta(actor="test"),
-        rpc=type(command).__name__,
-        request_id="",
-        encode=encode,
-        decode=bytes,
-    )
-
-
-def digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def pending(control: ReleaseController) -> int:
     """The controller's count, after checking it against the store's."""
     counted = control.status().pending_origin_writes
@@ -83,17 +44,12 @@ def pending(control: ReleaseController) -> int:
     return counted
 
 
-async def stop(control: ReleaseController) -> None:
-    await control.stop()
-    control._store.close()
-
-
 async def test_pending_writes_follow_the_store_through_failure_retry_and_restart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(control_module, "_RETRY_SECONDS", 0.05)
     origin = SwitchableOrigin(tmp_path / "origin")
-    first = controller(tmp_path, origin)
+    first = new_controller(tmp_path, origin)
     await first.start()
     assert pending(first) == 0
     for version in ("1.0.0", "1.1.0"):
@@ -132,7 +88,7 @@ async def test_pending_writes_follow_the_store_through_failure_retry_and_restart
     await stop(first)
     still_down = SwitchableOrigin(tmp_path / "origin")
     still_down.down = True
-    second = controller(tmp_path, still_down)
+    second = new_controller(tmp_path, still_down)
     await second.start()
     try:
         assert pending(second) == 2
@@ -140,7 +96,7 @@ async def test_pending_writes_follow_the_store_through_failure_retry_and_restart
         await stop(second)
 
     # ...and one whose origin is reachable writes it at start.
-    third = controller(tmp_path, SwitchableOrigin(tmp_path / "origin"))
+    third = new_controller(tmp_path, SwitchableOrigin(tmp_path / "origin"))
     await third.start()
     try:
         assert pending(third) == 0

@@ -8,25 +8,22 @@ at the next start, after the releases.json it names.
 
 from __future__ import annotations
 
-import hashlib
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from controller_kit import KEY, NOW, change, digest, new_controller, stop
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from releasecontrol.errors import Unavailable
 from releasecontrol.index import REMOTE_INDEX_PATH, Envelope, RemoteIndex, verify_signatures
 from releasecontrol.trust import SigningKey
-from releasecontrol_server.control import Applied, ReleaseController
+from releasecontrol_server.control import ReleaseController
 from releasecontrol_server.origin.filesystem import FilesystemOrigin
-from releasecontrol_server.releases import ChangeMeta, Command, DeployCanary, Publish
+from releasecontrol_server.releases import DeployCanary, Publish
 from releasecontrol_server.signer import Signer
 from releasecontrol_server.store import SqliteStore
 from releasecontrol_server.watch import WatchHub
-
-NOW = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
-KEY = SigningKey(Ed25519PrivateKey.from_private_bytes(bytes([9]) * 32))
 
 
 class BrokenOrigin(FilesystemOrigin):
@@ -39,53 +36,18 @@ class BrokenOrigin(FilesystemOrigin):
         raise OSError("origin down")
 
 
-def controller(tmp_path: Path, origin: FilesystemOrigin, now: datetime) -> ReleaseController:
-    return ReleaseController(
-        store=SqliteStore(tmp_path / "db.sqlite"),
-        origin=origin,
-        signer=Signer([KEY], 3600),
-        hub=WatchHub(10),
-        default_soak_seconds=0,
-        clock=lambda: now,
-    )
-
-
-async def change(control: ReleaseController, feature_id: str, command: Command) -> None:
-    def encode(applied: Applied) -> bytes:
-        return b"ok"
-
-    await control.change(
-        feature_id,
-        command,
-        ChangeMeta(actor="test"),
-        rpc=type(command).__name__,
-        request_id="",
-        encode=encode,
-        decode=bytes,
-    )
-
-
-def digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-async def stop(control: ReleaseController) -> None:
-    await control.stop()
-    control._store.close()
-
-
 async def test_a_commit_whose_origin_write_failed_is_rebuilt_byte_for_byte(
     tmp_path: Path,
 ) -> None:
     origin_dir = tmp_path / "origin"
-    first = controller(tmp_path, FilesystemOrigin(origin_dir), NOW)
+    first = new_controller(tmp_path, FilesystemOrigin(origin_dir), now=NOW)
     await first.start()
     for version in ("1.0.0", "1.1.0"):
         await change(first, "checkout", Publish(version, digest(version)))
     await stop(first)
 
     # The commit goes through, the origin write does not (as if killed right after it).
-    down = controller(tmp_path, BrokenOrigin(origin_dir), NOW + timedelta(minutes=1))
+    down = new_controller(tmp_path, BrokenOrigin(origin_dir), now=NOW + timedelta(minutes=1))
     await down.start()
     with pytest.raises(Unavailable, match="committed as sequence 3"):
         await change(down, "checkout", DeployCanary("1.0.0", 0))
@@ -102,7 +64,7 @@ async def test_a_commit_whose_origin_write_failed_is_rebuilt_byte_for_byte(
     store.close()
 
     # A later start (at another time) writes what was committed, not a new signature.
-    restarted = controller(tmp_path, FilesystemOrigin(origin_dir), NOW + timedelta(hours=5))
+    restarted = new_controller(tmp_path, FilesystemOrigin(origin_dir), now=NOW + timedelta(hours=5))
     await restarted.start()
     try:
         assert (origin_dir / REMOTE_INDEX_PATH).read_bytes() == committed
@@ -128,14 +90,14 @@ async def test_a_commit_whose_origin_write_failed_is_rebuilt_byte_for_byte(
 async def test_a_start_after_a_clean_stop_serves_the_origin_bytes(tmp_path: Path) -> None:
     """Nothing pending: the remote index is signed again in memory, equal to the origin's."""
     origin_dir = tmp_path / "origin"
-    first = controller(tmp_path, FilesystemOrigin(origin_dir), NOW)
+    first = new_controller(tmp_path, FilesystemOrigin(origin_dir), now=NOW)
     await first.start()
     await change(first, "checkout", Publish("1.0.0", digest("1.0.0")))
     await change(first, "search", Publish("2.0.0", digest("2.0.0")))
     written = (origin_dir / REMOTE_INDEX_PATH).read_bytes()
     await stop(first)
 
-    again = controller(tmp_path, FilesystemOrigin(origin_dir), NOW + timedelta(days=1))
+    again = new_controller(tmp_path, FilesystemOrigin(origin_dir), now=NOW + timedelta(days=1))
     await again.start()
     try:
         assert again.signed_file(REMOTE_INDEX_PATH).content == written
@@ -148,7 +110,7 @@ async def test_the_origin_copy_wins_when_the_keys_changed(tmp_path: Path) -> Non
     """Written already, but signed with other keys since: the origin's bytes (what hosts hold)
     are kept, and the next change is not refused as "differs from"."""
     origin_dir = tmp_path / "origin"
-    first = controller(tmp_path, FilesystemOrigin(origin_dir), NOW)
+    first = new_controller(tmp_path, FilesystemOrigin(origin_dir), now=NOW)
     await first.start()
     await change(first, "checkout", Publish("1.0.0", digest("1.0.0")))
     written = (origin_dir / REMOTE_INDEX_PATH).read_bytes()

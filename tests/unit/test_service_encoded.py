@@ -7,28 +7,21 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from controller_kit import NOW, change, digest, new_controller, stop
 
-from releasecontrol.trust import SigningKey
 from releasecontrol.v1 import release_control_pb2 as pb
 from releasecontrol_server import control, service
 from releasecontrol_server.auth.authorize import acting_as
 from releasecontrol_server.auth.principal import Principal, Role
 from releasecontrol_server.control import Applied, ReleaseController
-from releasecontrol_server.origin.filesystem import FilesystemOrigin
-from releasecontrol_server.releases import ChangeMeta, Command, Publish, Rollback
+from releasecontrol_server.releases import Publish, Rollback
 from releasecontrol_server.service import ReleaseControlServicer, feature_to_proto
-from releasecontrol_server.signer import Signer
-from releasecontrol_server.store import SqliteStore
-from releasecontrol_server.watch import WatchHub
 
-NOW = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
-KEY = SigningKey(Ed25519PrivateKey.from_private_bytes(bytes([9]) * 32))
 FEATURES = [f"feature-{i}" for i in range(6)]
 EVERYONE = Principal("ops", frozenset({Role.VIEWER}))
 
@@ -44,40 +37,15 @@ class Context:
         raise Aborted(code, details)
 
 
-async def change(control: ReleaseController, feature_id: str, command: Command) -> None:
-    def encode(applied: Applied) -> bytes:
-        return b""
-
-    await control.change(
-        feature_id,
-        command,
-        ChangeMeta(actor="test"),
-        rpc=type(command).__name__,
-        request_id="",
-        encode=encode,
-        decode=bytes.decode,
-    )
-
-
 @pytest.fixture
 async def controller(tmp_path: Path) -> AsyncIterator[ReleaseController]:
-    store = SqliteStore(tmp_path / "db.sqlite")
-    control = ReleaseController(
-        store=store,
-        origin=FilesystemOrigin(tmp_path / "origin"),
-        signer=Signer([KEY], 3600),
-        hub=WatchHub(100),
-        default_soak_seconds=0,
-        clock=lambda: NOW,
-    )
+    control = new_controller(tmp_path)
     await control.start()
     for feature_id in FEATURES:
         for version in ("1.0.0", "1.1.0"):
-            digest = hashlib.sha256((feature_id + version).encode()).hexdigest()
-            await change(control, feature_id, Publish(version, digest))
+            await change(control, feature_id, Publish(version, digest(feature_id + version)))
     yield control
-    await control.stop()
-    store.close()
+    await stop(control)
 
 
 def servicer(controller: ReleaseController) -> ReleaseControlServicer:

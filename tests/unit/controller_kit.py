@@ -1,0 +1,69 @@
+"""A ReleaseController over a real SQLite store and filesystem origin, for unit tests.
+
+Shared by the tests that drive the controller directly (pending writes, the
+recorded remote index, the servicer's encoded reads).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from releasecontrol.trust import SigningKey
+from releasecontrol_server.control import Applied, ReleaseController
+from releasecontrol_server.origin.filesystem import FilesystemOrigin
+from releasecontrol_server.releases import ChangeMeta, Command
+from releasecontrol_server.signer import Signer
+from releasecontrol_server.store import SqliteStore
+from releasecontrol_server.watch import WatchHub
+
+NOW = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
+KEY = SigningKey(Ed25519PrivateKey.from_private_bytes(bytes([9]) * 32))
+
+
+def new_controller(
+    tmp_path: Path,
+    origin: FilesystemOrigin | None = None,
+    *,
+    now: datetime = NOW,
+    key: SigningKey = KEY,
+) -> ReleaseController:
+    """A controller on `tmp_path/db.sqlite` and `origin` (else `tmp_path/origin`), not started."""
+    return ReleaseController(
+        store=SqliteStore(tmp_path / "db.sqlite"),
+        origin=origin if origin is not None else FilesystemOrigin(tmp_path / "origin"),
+        signer=Signer([key], 3600),
+        hub=WatchHub(100),
+        default_soak_seconds=0,
+        clock=lambda: now,
+    )
+
+
+async def change(control: ReleaseController, feature_id: str, command: Command) -> None:
+    """Apply `command` as an RPC would, by actor `test`, with no request id."""
+
+    def encode(applied: Applied) -> bytes:
+        return b"ok"
+
+    await control.change(
+        feature_id,
+        command,
+        ChangeMeta(actor="test"),
+        rpc=type(command).__name__,
+        request_id="",
+        encode=encode,
+        decode=bytes,
+    )
+
+
+async def stop(control: ReleaseController) -> None:
+    """Stop the controller, then close the store `new_controller` opened for it."""
+    await control.stop()
+    control._store.close()
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
