@@ -886,11 +886,16 @@ class ReleaseController:
     def feature(self, feature_id: str) -> FeatureState:
         state = self._load(feature_id)
         if state is None:
-            raise NotFound(
-                f"feature {feature_id!r} does not exist; `releasectl release status` lists "
-                "the features, and `releasectl publish` creates one"
-            )
+            raise _no_such_feature(feature_id)
         return state
+
+    def require_feature(self, feature_id: str) -> None:
+        """Raise NotFound unless `feature_id` was ever committed, without loading its state
+        (every feature's id is kept in memory: a read of another file need not load it)."""
+        ids = self._feature_ids
+        at = bisect.bisect_left(ids, feature_id)
+        if at == len(ids) or ids[at] != feature_id:
+            raise _no_such_feature(feature_id)
 
     def features(self, *, after: str, limit: int) -> list[FeatureState]:
         return self._store.list_features(after=after, limit=limit)
@@ -978,6 +983,13 @@ class ReleaseController:
 
 K = TypeVar("K")
 V = TypeVar("V")
+
+
+def _no_such_feature(feature_id: str) -> NotFound:
+    return NotFound(
+        f"feature {feature_id!r} does not exist; `releasectl release status` lists "
+        "the features, and `releasectl publish` creates one"
+    )
 
 
 class _Recent(Generic[K, V]):

@@ -371,7 +371,7 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
         if request.feature_id:
             validate_feature_id(request.feature_id)
             require(AuthAction.READ, request.feature_id)
-            self._controller.feature(request.feature_id)  # NotFound names the feature
+            self._controller.require_feature(request.feature_id)  # NotFound names it
             path = releases_path(request.feature_id)
         else:
             require(AuthAction.READ)

@@ -174,6 +174,8 @@ async def test_release_index_bytes_are_the_signed_file_and_follow_changes(
     second = await index("feature-4")
     assert second.sequence == first.sequence + 1
     assert second.content == (origin / second.path).read_bytes() != first.content
+    with pytest.raises(Aborted, match="feature 'feature-9' does not exist"):
+        await index("feature-9")
     remote = await index("")
     assert remote.path == "remote-index.json"
     assert remote.content == (origin / "remote-index.json").read_bytes()
