@@ -148,8 +148,9 @@ def seed_home(
                     signed = (releases_file,)
                     to_write.append(releases_file)
                 if with_assets:
-                    for data in files.values():
-                        write_plain(origin, artifact_path(hashlib.sha256(data).hexdigest()), data)
+                    for name, data in files.items():
+                        digest = hashlib.sha256(data).hexdigest()
+                        write_plain(origin, artifact_path(digest, name), data)
                     write_plain(origin, manifest_path(feature_id, version), manifest)
                 batch.append(
                     Change(

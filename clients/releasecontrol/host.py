@@ -18,7 +18,7 @@ reads the clock once and then, in this order:
    `canary`: the canary while one runs): its `manifest.json`, whose SHA-256
    must be the one `releases.json` lists, whose id and version must be this
    feature's and version, and which must be a valid manifest; then every asset
-   from `artifacts/<sha256>` (unless already in the content-addressed cache),
+   from `artifacts/<sha256><ext>` (unless already in the content-addressed cache),
    checked for size and SHA-256.
 4. Only then is that feature's `LoadedFeature` replaced. A failure refuses that
    feature alone; the others still load. A feature gone from the remote index
@@ -650,7 +650,7 @@ class FeatureHost:
         path: str = asset["path"]
         size: int = asset["size"]
         expected: str = asset["sha256"]
-        what = f"asset {path!r} ({artifact_path(short_keyid(expected))})"
+        what = f"asset {path!r} ({artifact_path(short_keyid(expected), path)})"
         if size > self._limits.max_artifact_bytes:
             raise _Refused(
                 f"{what} is {size} bytes, over the {self._limits.max_artifact_bytes}-byte limit"
@@ -660,7 +660,7 @@ class FeatureHost:
             return cached
         # Cut off one byte past the size the manifest lists: endless data stops there.
         try:
-            file = self._fetcher.get(self._resolve(artifact_path(expected)), max_bytes=size)
+            file = self._fetcher.get(self._resolve(artifact_path(expected, path)), max_bytes=size)
         except FetchError as exc:
             raise _Refused(f"{what}: {exc.message}") from None
         if len(file.body) != size:

@@ -79,9 +79,20 @@ def format_duration(seconds: int) -> str:
     return " ".join(out[:2])
 
 
-def artifact_path(sha256: str) -> str:
-    """Where an artifact lives on the origin: content-addressed, shared by every feature."""
-    return f"artifacts/{sha256}"
+# An asset path's extension kept on its artifact: what CDNs and browsers take its type from.
+_EXTENSION = re.compile(r"\.[a-z0-9]{1,10}\Z")
+
+
+def artifact_path(sha256: str, asset_path: str) -> str:
+    """Where an asset's bytes live on the origin: `artifacts/<sha256><ext>`.
+
+    Content-addressed and shared by every feature; `<ext>` is the extension of
+    the asset's path in its manifest (`.js` for `index.js`, none for `LICENSE`),
+    so a CDN serves it with its content type: a browser refuses a module
+    script served as application/octet-stream.
+    """
+    suffix = PurePosixPath(asset_path).suffix.lower()
+    return f"artifacts/{sha256}{suffix if _EXTENSION.match(suffix) else ''}"
 
 
 def manifest_path(feature_id: str, version: str) -> str:

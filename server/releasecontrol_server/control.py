@@ -714,7 +714,7 @@ class ReleaseController:
     def _write_artifacts(self, artifacts: Mapping[str, ReceivedAsset]) -> None:
         # Content-addressed: an artifact already on the origin is the same bytes.
         for asset in artifacts.values():
-            path = artifact_path(asset.sha256)
+            path = artifact_path(asset.sha256, asset.path)
             if not self._origin.exists(path):
                 self._origin.write(path, asset.read())
 

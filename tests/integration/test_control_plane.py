@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import urllib.request
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import grpc
 import pytest
@@ -19,7 +19,7 @@ from releasecontrol.index import (
     sign,
     verify_signatures,
 )
-from releasecontrol.manifest import load_feature_folder
+from releasecontrol.manifest import artifact_path, load_feature_folder
 from releasecontrol.trust import SigningKey, TrustStore
 from releasecontrol.v1 import release_control_pb2 as pb
 
@@ -60,7 +60,9 @@ class TestPublish:
         manifest_bytes = origin_file(server, "features/checkout/1.0.0/manifest.json")
         assert index.versions[0].manifest_sha256 == sha256(manifest_bytes)
         for asset in json.loads(manifest_bytes)["assets"]:
-            assert sha256(origin_file(server, f"artifacts/{asset['sha256']}")) == asset["sha256"]
+            path = artifact_path(asset["sha256"], asset["path"])  # artifacts/<sha256>.js, .css
+            assert path.endswith(PurePosixPath(asset["path"]).suffix)
+            assert sha256(origin_file(server, path)) == asset["sha256"]
 
         remote_bytes = origin_file(server, "remote-index.json")
         remote_env = Envelope.from_bytes(remote_bytes)

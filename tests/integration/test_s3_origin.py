@@ -17,7 +17,7 @@ from conftest import RunningServer, make_feature, sha256, start_server
 from moto.server import ThreadedMotoServer
 
 from releasecontrol.index import Envelope, ReleasesIndex, RemoteIndex, verify_signatures
-from releasecontrol.manifest import load_feature_folder
+from releasecontrol.manifest import artifact_path, load_feature_folder
 from releasecontrol.trust import TrustStore
 
 pytestmark = pytest.mark.integration
@@ -130,15 +130,22 @@ class TestS3Origin:
         assets = json.loads(manifest_bytes)["assets"]
         assert assets
         for asset in assets:
-            assert sha256(get(s3, bucket, f"artifacts/{asset['sha256']}")) == asset["sha256"]
+            artifact = artifact_path(asset["sha256"], asset["path"])
+            assert sha256(get(s3, bucket, artifact)) == asset["sha256"]
 
         expected_headers = {
             "remote-index.json": ("application/json", REVALIDATE),
             "features/checkout/releases.json": ("application/json", REVALIDATE),
             "features/checkout/1.0.0/manifest.json": ("application/json", REVALIDATE),
+            # Typed by the asset's extension, so browsers accept the scripts and styles.
             **{
-                f"artifacts/{asset['sha256']}": ("application/octet-stream", IMMUTABLE)
-                for asset in assets
+                artifact_path(a["sha256"], a["path"]): (
+                    "text/css; charset=utf-8"
+                    if a["path"].endswith(".css")
+                    else "text/javascript; charset=utf-8",
+                    IMMUTABLE,
+                )
+                for a in assets
             },
         }
         for path, (content_type, cache_control) in expected_headers.items():

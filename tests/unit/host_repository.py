@@ -152,8 +152,8 @@ class HostRepository:
         Returns the manifest.
         """
         files = dict(files if files is not None else default_files(feature_id, version))
-        for data in files.values():
-            self.write(artifact_path(sha256(data)), data)
+        for name, data in files.items():
+            self.write(artifact_path(sha256(data), name), data)
         manifest: dict[str, Any] = {
             "id": feature_id,
             "version": version,

@@ -121,7 +121,8 @@ def loaded_host(make_host: MakeHost, origin: Origin, **kwargs: Any) -> FeatureHo
 
 
 def asset_paths(repo: HostRepository, feature_id: str, version: str) -> list[str]:
-    return [artifact_path(sha256(data)) for data in default_files(feature_id, version).values()]
+    files = default_files(feature_id, version)
+    return [artifact_path(sha256(data), name) for name, data in files.items()]
 
 
 # --- the attack table ---------------------------------------------------------------------------
@@ -802,8 +803,9 @@ class TestGoodPaths:
         origin.repo.add_version("checkout", "1.1.0", files)
         origin.repo.publish()
         assert host.refresh().loaded == {"checkout": "1.1.0"}
-        assert origin.front.paths()[-1] == artifact_path(sha256(b"export default 2;\n"))
-        assert artifact_path(sha256(files["styles/main.css"])) not in origin.front.paths()
+        assert origin.front.paths()[-1] == artifact_path(sha256(b"export default 2;\n"), "index.js")
+        css = artifact_path(sha256(files["styles/main.css"]), "styles/main.css")
+        assert css not in origin.front.paths()
 
     @pytest.mark.parametrize(
         ("channel", "version"),

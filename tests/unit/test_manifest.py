@@ -11,6 +11,7 @@ import pytest
 
 from releasecontrol.errors import InvalidArgument
 from releasecontrol.manifest import (
+    artifact_path,
     format_duration,
     load_feature_folder,
     parse_duration,
@@ -135,3 +136,23 @@ class TestFolder:
         (tmp_path / "manifest.json").write_text(json.dumps(manifest()))
         with pytest.raises(InvalidArgument, match=r"'index\.js'.*sha256"):
             load_feature_folder(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("asset_path", "suffix"),
+    [
+        ("index.js", ".js"),
+        ("styles/main.css", ".css"),
+        ("lib/Module.MJS", ".mjs"),
+        ("app.wasm", ".wasm"),
+        ("LICENSE", ""),
+        (".hidden", ""),
+        ("notes.tar-gz", ""),
+        ("data.averyveryverylongext", ""),
+    ],
+)
+def test_an_artifact_keeps_its_asset_extension_so_cdns_serve_its_type(
+    asset_path: str, suffix: str
+) -> None:
+    """Content-addressed by SHA-256, with the asset's (lowercased, plain) extension."""
+    assert artifact_path(SHA, asset_path) == f"artifacts/{SHA}{suffix}"
