@@ -296,8 +296,8 @@ def _feature_id(state: FeatureState) -> str:
     return state.feature_id
 
 
-def _page_size(requested: int) -> int:
-    return DEFAULT_PAGE_SIZE if requested == 0 else min(requested, MAX_PAGE_SIZE)
+def _page_size(requested: int, default: int = DEFAULT_PAGE_SIZE, most: int = MAX_PAGE_SIZE) -> int:
+    return default if requested == 0 else min(requested, most)
 
 
 def _encode_token(value: str) -> str:
@@ -384,9 +384,7 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
     ) -> bytes:
         only = _feature_ids(request.feature_ids)
         caller = require_each(AuthAction.READ, only)
-        size = (
-            STATUS_PAGE_SIZE if request.page_size == 0 else min(request.page_size, STATUS_PAGE_SIZE)
-        )
+        size = _page_size(request.page_size, STATUS_PAGE_SIZE, STATUS_PAGE_SIZE)
         after = _decode_token(request.page_token)
         if only:  # named ones: all read (each must exist), then the page picked out
             status = self._controller.status(only)

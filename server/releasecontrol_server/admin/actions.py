@@ -30,7 +30,7 @@ from releasecontrol_server.auth.authorize import RPC_ACTIONS
 from releasecontrol_server.auth.authorize import Action as AuthAction
 from releasecontrol_server.control import Applied, ReleaseController
 from releasecontrol_server.releases import ChangeMeta, Channel, FeatureState
-from releasecontrol_server.service import feature_to_proto, transition_to_proto
+from releasecontrol_server.service import change_answer
 
 
 class Kind(enum.StrEnum):
@@ -275,11 +275,8 @@ async def apply(controller: ReleaseController, request: ChangeRequest) -> Any:
     response = _RPCS[request.kind].response
 
     def encode(applied: Applied) -> bytes:
-        out = response()
-        out.feature.CopyFrom(feature_to_proto(applied.state))
-        if applied.transition is not None:
-            out.transition.CopyFrom(transition_to_proto(applied.transition))
-        return bytes(out.SerializeToString())
+        # The RPC's own encoding: a retried request_id answers the same bytes either way.
+        return change_answer(response, applied)
 
     return await controller.change(
         request.feature_id,
