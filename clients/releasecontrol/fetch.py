@@ -84,13 +84,18 @@ class Fetched:
 class FetchError(VerificationError):
     """A GET failed: unreachable, timed out, an error status, too large, or malformed.
 
-    `url` is what was asked for; `status` the HTTP status when one was received.
+    `url` is what was asked for; `status` the HTTP status when one was received;
+    `kind` the host protocol's refusal code: "timeout", "too-large" (the body
+    passed `max_bytes`), or "fetch" for everything else.
     """
 
-    def __init__(self, message: str, *, url: str, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, url: str, status: int | None = None, kind: str = "fetch"
+    ) -> None:
         super().__init__(message)
         self.url = url
         self.status = status
+        self.kind = kind
 
 
 class _Malformed(Exception):
@@ -243,6 +248,7 @@ class _Answer:
                     f"(it declares {declared} bytes)",
                     url=url,
                     status=status,
+                    kind="too-large",
                 )
             self.declared = declared
 
@@ -251,7 +257,10 @@ class _Answer:
         if self.received > self.max_bytes:
             url = self.url
             raise FetchError(
-                f"{url} is larger than the {self.max_bytes}-byte limit", url=url, status=self.status
+                f"{url} is larger than the {self.max_bytes}-byte limit",
+                url=url,
+                status=self.status,
+                kind="too-large",
             )
         self.chunks.append(data)
 
@@ -496,7 +505,9 @@ class Fetcher:
     def _translate(self, url: str, exc: BaseException) -> FetchError:
         """The one place errors of the socket, TLS and HTTP layers become FetchErrors."""
         if isinstance(exc, TimeoutError):
-            return FetchError(f"{url} timed out after {self._timeout_seconds:g} s", url=url)
+            return FetchError(
+                f"{url} timed out after {self._timeout_seconds:g} s", url=url, kind="timeout"
+            )
         if isinstance(exc, _ClosedEarly):
             return FetchError(f"{url}: the origin closed the connection without answering", url=url)
         if isinstance(exc, _Malformed):

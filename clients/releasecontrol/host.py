@@ -1,35 +1,27 @@
 """FeatureHost: what a host application embeds to load only features it has verified.
 
-The CDN is not trusted; only the keys in the trust store are. One `refresh()`
-reads the clock once and then, in this order:
+The CDN is not trusted; only the root keys of the trust file are. The host
+follows host protocol v2 (docs/host-protocol.md); every check lives in
+`releasecontrol.verifier`, and this module does the fetching, the caching and
+the bookkeeping around it. One `refresh()` reads the clock once and then:
 
 1. `remote-index.json`, conditionally (If-None-Match with the ETag of the last
-   verified copy): its signatures against the trust store (a threshold of
-   distinct keys; a dev key counts only when insecure dev keys are allowed),
-   its type, its expiry (freeze attack), and its sequence against the highest
-   this host has seen (rollback attack; the same sequence with other bytes is
-   refused too). A failure here refuses the whole refresh.
-2. For each feature whose entry changed since the feature's last good state
-   (the rest are not fetched: incremental refresh), its `releases.json` from
-   the URL the entry names on the same origin: the SHA-256 and sequence the
-   remote index pins (mix-and-match), signatures, type, feature id, expiry,
-   and sequence against the highest seen for that feature.
-3. The version the host's channel selects (`stable`: the active version;
-   `canary`: the canary while one runs): its `manifest.json`, whose SHA-256
-   must be the one `releases.json` lists, whose id and version must be this
-   feature's and version, and which must be a valid manifest; then every asset
-   from `artifacts/<sha256><ext>` (unless already in the content-addressed cache),
-   checked for size and SHA-256.
+   verified copy), verified with the root chain brought up to date on the way:
+   a failure here refuses the whole refresh.
+2. The shard of every bin holding a feature the host needs, when its pin changed
+   since the shard last verified: a failure refuses that bin's features.
+3. For each needed feature whose pin changed, its `releases.json`; then the
+   version its channel selects: the manifest, then every asset (unless already
+   in the content-addressed cache), checked for size and SHA-256.
 4. Only then is that feature's `LoadedFeature` replaced. A failure refuses that
-   feature alone; the others still load. A feature gone from the remote index
-   is dropped.
+   feature alone; the others still load. A feature no longer listed is dropped.
 
 A refresh never raises for what the origin served or failed to serve: the host
-keeps serving its last good state and `RefreshReport.refused` says why, one
-sentence per refused file. The highest sequences seen are kept in
-`<state_dir>/state.json` (written atomically once a verification passed), so a
-restart does not forget them; verified assets are kept in
-`<state_dir>/artifacts/`.
+keeps serving its last good state, and `RefreshReport.refusals` says why, with
+the protocol's refusal code and the file. What the host trusts and has seen (the
+trusted root and the high-water marks) is kept in `<state_dir>/state.json`,
+written atomically once per refresh, so a restart does not forget it; verified
+assets are kept in `<state_dir>/artifacts/`.
 
 `FeatureHost.from_environment` reads the contract's settings:
 `FEATURE_REMOTE_INDEX_URL`, `FEATURE_TRUST_PUBLIC_KEYS_JSON` /
@@ -39,47 +31,41 @@ refuses dev keys in production.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
-from releasecontrol.errors import ConfigError, InvalidArgument, VerificationError
+from releasecontrol.errors import ConfigError, VerificationError
 from releasecontrol.fetch import Fetched, Fetcher, FetchError
 from releasecontrol.files import atomic_write
-from releasecontrol.index import (
-    REMOTE_INDEX_PATH,
-    Envelope,
-    FeatureEntry,
-    ReleasesIndex,
-    RemoteIndex,
-    check_signatures,
-    format_time,
-)
-from releasecontrol.manifest import (
-    artifact_path,
-    manifest_path,
-    validate_feature_id,
-    validate_manifest,
-    validate_version,
-)
+from releasecontrol.index import REMOTE_INDEX_PATH, ReleasesIndex, format_time, releases_path
+from releasecontrol.manifest import artifact_path, manifest_path
+from releasecontrol.root import root_path
+from releasecontrol.shards import Pin, RemoteIndex, Shard, bin_of, shard_path
 from releasecontrol.trust import (
     ENV_ALLOW_DEV_KEYS,
     ENV_TRUST_JSON,
     ENV_TRUST_PATH,
     TrustStore,
     short_keyid,
+)
+from releasecontrol.verifier import (
+    Refusal,
+    Signed,
+    Verifier,
+    check_asset,
+    check_manifest,
+    select_version,
 )
 
 __all__ = [
@@ -89,16 +75,15 @@ __all__ = [
     "Limits",
     "LoadedFeature",
     "RefreshReport",
+    "Refusal",
 ]
 
 logger = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 CHANNELS = ("stable", "canary")
 ENV_REMOTE_INDEX_URL = "FEATURE_REMOTE_INDEX_URL"
 STATE_FILE = "state.json"
 ARTIFACTS_DIR = "artifacts"
-_STATE_FORMAT = 1
 # Fetching is mostly waiting on the origin; a few features at once hide that.
 DEFAULT_PARALLEL_FETCHES = 8
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
@@ -107,12 +92,19 @@ _FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
 
 @dataclass(frozen=True)
 class Limits:
-    """The most a host downloads per file: what an endless-data attack can cost it."""
+    """The most a host downloads per file: what an endless-data attack can cost it
+    (docs/host-protocol.md, section 7). Each request also has a deadline: the
+    fetcher's `timeout_seconds`."""
 
-    max_index_bytes: int = 32 << 20
-    """Largest `remote-index.json` or `releases.json` accepted. 32 MiB: the remote index
-    names every feature (~150 bytes each), so this fits about 200,000 features; it
-    bounds what an endless or padded index costs, not how many features there are."""
+    max_index_bytes: int = 2 << 20
+    """Largest `remote-index.json` accepted: it names at most 65,536 shards (~120 bytes each)."""
+
+    max_root_bytes: int = 1 << 20
+    """Largest root accepted."""
+
+    max_pinned_bytes: int = 16 << 20
+    """The most a pin's `length` may say (shards, `releases.json`); each such file is also
+    cut off at its pinned length."""
 
     max_manifest_bytes: int = 1 << 20
     """Largest `manifest.json` accepted."""
@@ -121,7 +113,13 @@ class Limits:
     """Largest single asset accepted; each asset is also cut off at the size its manifest lists."""
 
     def __post_init__(self) -> None:
-        for name in ("max_index_bytes", "max_manifest_bytes", "max_artifact_bytes"):
+        for name in (
+            "max_index_bytes",
+            "max_root_bytes",
+            "max_pinned_bytes",
+            "max_manifest_bytes",
+            "max_artifact_bytes",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive number of bytes, not {value!r}")
@@ -144,6 +142,8 @@ class LoadedFeature:
     manifest_sha256: str
     artifacts: Mapping[str, Path]
     """Manifest asset path -> the verified file in the host's content-addressed cache."""
+    keyids: frozenset[str] = frozenset()
+    """The online keys whose signatures counted on its releases.json."""
 
     def artifact_bytes(self, path: str) -> bytes:
         """The bytes of asset `path`, checked again against the manifest's SHA-256.
@@ -182,44 +182,24 @@ class RefreshReport:
     """The features whose releases.json was fetched this time."""
     loaded: Mapping[str, str]
     """feature_id -> the version served now (the last good one where an update was refused)."""
-    refused: Mapping[str, str]
-    """feature_id, or "remote-index.json", -> one sentence saying why."""
+    refusals: Mapping[str, Refusal]
+    """What was refused, by "remote-index.json" (the top level or a root), a shard's path,
+    or a feature id: the protocol's code, the file and why."""
+    root_version: int | None = None
+    """The version of the trusted root."""
 
-
-class _Refused(Exception):
-    """A file failed a check: the one-sentence reason for RefreshReport.refused."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class _Seen:
-    sequence: int
-    sha256: str
-
-
-@dataclass
-class _SeenState:
-    """The highest sequences seen, and the file bytes seen at them; kept in state.json."""
-
-    remote: _Seen | None = None
-    features: dict[str, _Seen] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class _TrustedRemote:
-    index: RemoteIndex
-    etag: str | None
+    @property
+    def refused(self) -> Mapping[str, str]:
+        """Each refusal's sentence, by the same keys as `refusals`."""
+        return {key: refusal.message for key, refusal in self.refusals.items()}
 
 
 @dataclass(frozen=True)
 class _Source:
-    """Where a loaded feature came from: the entry it was pinned by, and its releases.json."""
+    """Where a loaded feature came from: the pin it was verified under, and its releases.json."""
 
-    entry: FeatureEntry
-    releases: ReleasesIndex
+    pin: Pin
+    releases: Signed[ReleasesIndex]
 
 
 @dataclass
@@ -228,11 +208,9 @@ class _FeatureOutcome:
 
     fetched: bool = False
     """Its releases.json was fetched."""
-    seen: _Seen | None = None
-    """Its releases.json verified: the sequence and file hash to remember."""
     source: _Source | None = None
     loaded: LoadedFeature | None = None
-    refused: str | None = None
+    refused: Refusal | None = None
 
 
 def _utc_now() -> datetime:
@@ -254,6 +232,7 @@ class FeatureHost:
         state_dir: Path,
         allow_insecure_dev_keys: bool = False,
         channel: str = "stable",
+        features: Sequence[str] | None = None,
         limits: Limits = DEFAULT_LIMITS,
         clock: Callable[[], datetime] = _utc_now,
         fetcher: Fetcher | None = None,
@@ -263,6 +242,8 @@ class FeatureHost:
         a `parallel_fetches` below 1, or a state directory that cannot be used (naming it
         and the fix).
 
+        `trust`: the trust file (the root keys, their threshold and root version).
+        `features`: the feature ids this host needs; None for every published one.
         `parallel_fetches`: how many changed features are fetched and verified at
         once (each feature's own files in order); what is served is decided as if
         one at a time, in feature id order.
@@ -275,8 +256,8 @@ class FeatureHost:
         ):
             raise ConfigError(f"parallel_fetches must be 1 or more, not {parallel_fetches!r}")
         self._parallel_fetches = parallel_fetches
-        self._trust = trust
-        self._allow_dev_keys = allow_insecure_dev_keys
+        self._needed = None if features is None else tuple(sorted(set(features)))
+        self._verifier = Verifier(trust, allow_dev_keys=allow_insecure_dev_keys)
         self._channel = channel
         self._limits = limits
         self._clock = clock
@@ -291,13 +272,15 @@ class FeatureHost:
                 f"host state directory {self._state_dir} cannot be created "
                 f"({exc.strerror or exc}); point state_dir at a writable directory"
             ) from None
-        self._seen = self._load_seen()
+        self._load_state()
         self._saved_state = self._state_bytes() if self._state_file.exists() else None
         self._lock = threading.Lock()
         self._features: Mapping[str, LoadedFeature] = MappingProxyType({})
         self._sources: dict[str, _Source] = {}
-        self._remote: _TrustedRemote | None = None
-        self._refused: Mapping[str, str] = MappingProxyType({})
+        self._shards: dict[str, Signed[Shard]] = {}
+        self._top: Signed[RemoteIndex] | None = None
+        self._top_etag: str | None = None
+        self._refusals: Mapping[str, Refusal] = MappingProxyType({})
         self._last_refresh_at: datetime | None = None
         self._base = _Base(self._index_url)
 
@@ -368,17 +351,29 @@ class FeatureHost:
         return self._features
 
     @property
+    def refusals(self) -> Mapping[str, Refusal]:
+        """What the last refresh refused, by "remote-index.json", shard path or feature id."""
+        return self._refusals
+
+    @property
     def refused(self) -> Mapping[str, str]:
-        """What the last refresh refused: feature id or "remote-index.json" -> why."""
-        return self._refused
+        """The sentences of `refusals`, by the same keys."""
+        return {key: refusal.message for key, refusal in self._refusals.items()}
+
+    @property
+    def root_version(self) -> int | None:
+        """The version of the trusted root, None before the first one verified."""
+        root = self._verifier.root
+        return None if root is None else root.version
 
     def snapshot(self) -> dict[str, Any]:
         """The host's state as plain JSON values, for a status endpoint."""
-        features, remote = self._features, self._remote
+        features, top = self._features, self._top
         return {
             "index_url": self._index_url,
             "channel": self._channel,
-            "remote_sequence": remote.index.sequence if remote else None,
+            "remote_sequence": top.model.sequence if top else None,
+            "root_version": self.root_version,
             "last_refresh_at": (
                 format_time(self._last_refresh_at) if self._last_refresh_at else None
             ),
@@ -388,11 +383,12 @@ class FeatureHost:
                     "channel": f.channel,
                     "sequence": f.releases_sequence,
                     "manifest_sha256": f.manifest_sha256,
+                    "keyids": sorted(f.keyids),
                     "artifacts": {a["path"]: a["sha256"] for a in f.manifest["assets"]},
                 }
                 for fid, f in features.items()
             },
-            "refused": dict(self._refused),
+            "refused": {key: r.as_dict() for key, r in self._refusals.items()},
         }
 
     # -- refreshing ----------------------------------------------------------------------------
@@ -408,15 +404,18 @@ class FeatureHost:
             now = self._clock()
             if now.utcoffset() is None:
                 raise ValueError(f"the host's clock must return an aware datetime, not {now!r}")
-            refused: dict[str, str] = {}
+            refusals: dict[str, Refusal] = {}
             fetched: list[str] = []
             try:
-                remote = self._refresh_remote(now)
-            except _Refused as exc:
-                refused[REMOTE_INDEX_PATH] = exc.reason
+                top = self._refresh_top(now)
+            except Refusal as exc:
+                refusals[REMOTE_INDEX_PATH] = exc
             else:
-                self._refresh_features(remote, now, refused, fetched)
-            return self._finish(now, refused, fetched)
+                self._refresh_features(top, now, refusals, fetched)
+            # One write of the state file per refresh, and before the new state is served:
+            # a restart never forgets a root or a sequence this host acted on.
+            self._save_state()
+            return self._finish(now, refusals, fetched)
 
     def watch(self, events: Iterable[Any], stop: threading.Event | None = None) -> None:
         """Refresh once per event until `events` ends or `stop` is set.
@@ -432,259 +431,289 @@ class FeatureHost:
                 return
             self.refresh()
 
-    def _finish(self, now: datetime, refused: dict[str, str], fetched: list[str]) -> RefreshReport:
-        self._refused = MappingProxyType(refused)
+    def _finish(
+        self, now: datetime, refusals: dict[str, Refusal], fetched: list[str]
+    ) -> RefreshReport:
+        self._refusals = MappingProxyType(refusals)
         self._last_refresh_at = now
         features = self._features
         report = RefreshReport(
-            ok=not refused,
-            remote_sequence=self._remote.index.sequence if self._remote else None,
+            ok=not refusals,
+            remote_sequence=self._top.model.sequence if self._top else None,
             fetched=tuple(fetched),
             loaded=MappingProxyType({fid: f.version for fid, f in features.items()}),
-            refused=self._refused,
+            refusals=self._refusals,
+            root_version=self.root_version,
         )
-        for item, reason in refused.items():
-            logger.warning("host refused item=%s reason=%s", item, reason)
+        for key, refusal in refusals.items():
+            logger.warning(
+                "host refused item=%s code=%s file=%s reason=%s",
+                key,
+                refusal.code,
+                refusal.file,
+                refusal.message,
+            )
         logger.info(
             "host refresh ok=%s remote_sequence=%s fetched=%s loaded=%s refused=%s",
             report.ok,
             report.remote_sequence,
             ",".join(report.fetched) or "-",
             ",".join(f"{fid}@{v}" for fid, v in report.loaded.items()) or "-",
-            ",".join(refused) or "-",
+            ",".join(refusals) or "-",
         )
         return report
 
-    def _refresh_remote(self, now: datetime) -> RemoteIndex:
-        label = REMOTE_INDEX_PATH
-        cached = self._remote
+    def _refresh_top(self, now: datetime) -> RemoteIndex:
+        path = REMOTE_INDEX_PATH
+        cached = self._top
         fetched = self._get(
-            self._index_url, self._limits.max_index_bytes, etag=cached.etag if cached else None
+            path,
+            self._index_url,
+            self._limits.max_index_bytes,
+            etag=self._top_etag if cached else None,
         )
         if fetched.not_modified:
             if cached is None:
-                raise _Refused(f"{label}: the origin answered 304 Not Modified to a fresh request")
-            # Unchanged, but time moved on: a copy verified earlier can expire too.
-            _check_expiry(label, cached.index.expires_at, now)
-            return cached.index
-        digest = _sha256(fetched.body)
-        signed = self._verified_body(label, fetched.body)
-        index = _parse(label, RemoteIndex.from_dict, signed)
-        _check_expiry(label, index.expires_at, now)
-        self._check_sequence(label, self._seen.remote, index.sequence, digest)
-        # Remembered on disk (once per refresh, in _refresh_features) before anything it
-        # lists is served.
-        self._seen.remote = _Seen(index.sequence, digest)
-        self._remote = _TrustedRemote(index, fetched.etag)
-        return index
+                raise Refusal(
+                    "fetch",
+                    path,
+                    f"{path}: the origin answered 304 Not Modified to a fresh request",
+                )
+            # Unchanged, but time moved on: a copy verified earlier (or its root) can expire.
+            self._verifier.top(cached.content, now, self._fetch_root)
+            return cached.model
+        top = self._verifier.top(fetched.body, now, self._fetch_root)
+        self._top, self._top_etag = top, fetched.etag
+        return top.model
+
+    def _fetch_root(self, version: int) -> bytes:
+        path = root_path(version)
+        return self._get(path, self._resolve(path), self._limits.max_root_bytes).body
+
+    def _needed_bins(self, top: RemoteIndex) -> dict[str, list[str] | None]:
+        """Each bin to read -> the needed features in it (None: every one it lists)."""
+        if self._needed is None:
+            return {name: None for name in top.shards}
+        bins: dict[str, list[str] | None] = {}
+        for feature_id in self._needed:
+            listed = bins.setdefault(bin_of(feature_id, top.bits), [])
+            assert listed is not None
+            listed.append(feature_id)
+        return bins
 
     def _refresh_features(
-        self, remote: RemoteIndex, now: datetime, refused: dict[str, str], fetched: list[str]
+        self, top: RemoteIndex, now: datetime, refusals: dict[str, Refusal], fetched: list[str]
     ) -> None:
         # The base every relative path of this index resolves against, checked once.
         self._base = _Base(self._index_url)
-        features = {fid: f for fid, f in self._features.items() if fid in remote.features}
-        for gone in set(self._sources) - set(remote.features):
-            del self._sources[gone]
+        listed: dict[str, Pin] = {}  # every needed feature the verified shards list
+        kept_bins: set[str] = set()  # bins whose shard was refused: their features stay
+        for name, wanted in sorted(self._needed_bins(top).items()):
+            if name not in top.shards:
+                for feature_id in wanted or ():
+                    refusals[feature_id] = _not_found(feature_id, REMOTE_INDEX_PATH)
+                continue
+            try:
+                shard = self._refresh_shard(top, name, now)
+            except Refusal as exc:
+                refusals[exc.file] = exc
+                kept_bins.add(name)
+                continue
+            for feature_id in wanted if wanted is not None else sorted(shard.features):
+                pin = shard.features.get(feature_id)
+                if pin is None:
+                    refusals[feature_id] = _not_found(feature_id, shard.path)
+                else:
+                    listed[feature_id] = pin
+        features = {
+            fid: f
+            for fid, f in self._features.items()
+            if fid in listed or bin_of(fid, top.bits) in kept_bins
+        }
+        gone = set(self._sources) - set(features) - set(listed)
+        for feature_id in gone:
+            del self._sources[feature_id]
+        self._verifier.forget(gone)
         outcomes: dict[str, _FeatureOutcome] = {}
-        changed: list[tuple[str, FeatureEntry]] = []
-        for feature_id, entry in sorted(remote.features.items()):
+        changed: list[tuple[str, Pin]] = []
+        for feature_id, pin in sorted(listed.items()):
             source = self._sources.get(feature_id)
-            if source is not None and source.entry == entry:
-                # Nothing new to fetch; an index verified earlier can still expire meanwhile.
+            if source is not None and _same_pin(source.pin, pin) and feature_id in features:
+                # Nothing new to fetch; a releases.json verified earlier can still expire.
                 outcome = outcomes[feature_id] = _FeatureOutcome()
-                try:
-                    _check_expiry(entry.url, source.releases.expires_at, now)
-                except _Refused as exc:
-                    outcome.refused = exc.reason
+                expires_at = source.releases.model.expires_at
+                if now >= expires_at:
+                    outcome.refused = Refusal(
+                        "expired",
+                        source.releases.path,
+                        f"{source.releases.path} expired at {format_time(expires_at)} and it is "
+                        f"now {format_time(now)}: refusing a frozen index",
+                    )
             else:
-                changed.append((feature_id, entry))
+                changed.append((feature_id, pin))
         outcomes.update(
             zip((fid for fid, _ in changed), self._refresh_changed(changed, now), strict=True)
         )
         for feature_id, outcome in sorted(outcomes.items()):
             if outcome.fetched:
                 fetched.append(feature_id)
-            if outcome.seen is not None:
-                self._seen.features[feature_id] = outcome.seen
             if outcome.source is not None:
                 self._sources[feature_id] = outcome.source
             if outcome.refused is not None:
-                refused[feature_id] = outcome.refused
+                refusals[feature_id] = outcome.refused
             elif outcome.loaded is not None:
                 features[feature_id] = outcome.loaded
-        # One write of the state file per refresh, and before the new state is served:
-        # a restart never forgets a sequence this host acted on.
-        self._save_seen()
         self._features = MappingProxyType(features)
 
+    def _refresh_shard(self, top: RemoteIndex, name: str, now: datetime) -> Shard:
+        pin = top.shards[name]
+        cached = self._shards.get(name)
+        if (
+            cached is not None
+            and cached.model.bits == top.bits
+            and _same_pin(Pin.of(cached.content, cached.model.sequence), pin)
+        ):
+            if now >= cached.model.expires_at:
+                raise Refusal(
+                    "expired",
+                    cached.path,
+                    f"{cached.path} expired at {format_time(cached.model.expires_at)} and it is "
+                    f"now {format_time(now)}: refusing a frozen index",
+                )
+            return cached.model
+        path = shard_path(top.bits, name)
+        data = self._get_pinned(path, pin)
+        shard = self._verifier.shard(top, name, data, now)
+        self._shards[name] = shard
+        return shard.model
+
     def _refresh_changed(
-        self, changed: list[tuple[str, FeatureEntry]], now: datetime
+        self, changed: list[tuple[str, Pin]], now: datetime
     ) -> list[_FeatureOutcome]:
         """`_refresh_feature` of each, `parallel_fetches` at a time; outcomes in the same order."""
         workers = min(self._parallel_fetches, len(changed))
         if workers <= 1:
-            return [self._refresh_feature(fid, entry, now) for fid, entry in changed]
+            return [self._refresh_feature(fid, pin, now) for fid, pin in changed]
         with ThreadPoolExecutor(workers, thread_name_prefix="feature-host") as pool:
             return list(
                 pool.map(lambda item: self._refresh_feature(item[0], item[1], now), changed)
             )
 
-    def _refresh_feature(
-        self, feature_id: str, entry: FeatureEntry, now: datetime
-    ) -> _FeatureOutcome:
-        """Fetch and verify a feature whose entry changed. Changes nothing on the host:
+    def _refresh_feature(self, feature_id: str, pin: Pin, now: datetime) -> _FeatureOutcome:
+        """Fetch and verify a feature whose pin changed. Changes nothing served on the host:
         safe to run for several features at once."""
         outcome = _FeatureOutcome()
         try:
-            outcome.loaded = self._fetch_feature(feature_id, entry, now, outcome)
-        except _Refused as exc:
-            outcome.refused = exc.reason
+            outcome.loaded = self._fetch_feature(feature_id, pin, now, outcome)
+        except Refusal as exc:
+            outcome.refused = exc
         return outcome
 
     def _fetch_feature(
-        self, feature_id: str, entry: FeatureEntry, now: datetime, outcome: _FeatureOutcome
+        self, feature_id: str, pin: Pin, now: datetime, outcome: _FeatureOutcome
     ) -> LoadedFeature:
-        label = entry.url
-        try:
-            validate_feature_id(feature_id)
-        except InvalidArgument:
-            raise _Refused(
-                f"{REMOTE_INDEX_PATH} lists {feature_id!r}, which is not a valid feature id"
-            ) from None
-        file = self._get(self._resolve(entry.url), self._limits.max_index_bytes)
+        path = releases_path(feature_id)
+        data = self._get_pinned(path, pin)
         outcome.fetched = True
-        digest = _sha256(file.body)
-        if digest != entry.sha256:
-            raise _Refused(
-                f"{label} has SHA-256 {short_keyid(digest)}, not the {short_keyid(entry.sha256)} "
-                f"{REMOTE_INDEX_PATH} pins: refusing to mix files of different moments"
-            )
-        signed = self._verified_body(label, file.body)
-        releases = _parse(label, ReleasesIndex.from_dict, signed)
-        if releases.sequence != entry.sequence:
-            raise _Refused(
-                f"{label} has sequence {releases.sequence}, not the {entry.sequence} "
-                f"{REMOTE_INDEX_PATH} pins: refusing to mix files of different moments"
-            )
-        if releases.feature_id != feature_id:
-            raise _Refused(
-                f"{label} is the index of feature {releases.feature_id!r}, not {feature_id!r}"
-            )
-        _check_expiry(label, releases.expires_at, now)
-        self._check_sequence(label, self._seen.features.get(feature_id), releases.sequence, digest)
-        outcome.seen = _Seen(releases.sequence, digest)
-
-        version, channel = self._select(label, releases)
-        manifest_sha256 = next(v.manifest_sha256 for v in releases.versions if v.version == version)
+        releases = self._verifier.releases(feature_id, pin, data, now)
+        outcome.source = _Source(pin, releases)
+        entry = select_version(releases.model, self._channel)
+        channel = (
+            "canary"
+            if self._channel == "canary" and releases.model.canary == entry.version
+            else "stable"
+        )
         current = self._features.get(feature_id)
         if (
             current is not None
-            and current.version == version
-            and current.manifest_sha256 == manifest_sha256
+            and current.version == entry.version
+            and current.manifest_sha256 == entry.manifest_sha256
         ):
-            loaded = replace(current, channel=channel, releases_sequence=releases.sequence)
-        else:
-            loaded = self._load_version(
-                feature_id, version, channel, manifest_sha256, releases.sequence, label
+            return replace(
+                current,
+                channel=channel,
+                releases_sequence=releases.model.sequence,
+                keyids=releases.keyids,
             )
-        outcome.source = _Source(entry, releases)
-        return loaded
-
-    def _select(self, label: str, releases: ReleasesIndex) -> tuple[str, str]:
-        if self._channel == "canary" and releases.canary is not None:
-            return releases.canary, "canary"
-        if releases.stable is None:
-            raise _Refused(f"{label} has no stable version to serve")
-        return releases.stable, "stable"
-
-    def _load_version(
-        self,
-        feature_id: str,
-        version: str,
-        channel: str,
-        manifest_sha256: str,
-        sequence: int,
-        releases_label: str,
-    ) -> LoadedFeature:
-        try:
-            validate_version(version)
-        except InvalidArgument:
-            raise _Refused(
-                f"{releases_label} selects {version!r}, which is not a SemVer version"
-            ) from None
-        label = manifest_path(feature_id, version)
-        file = self._get(self._resolve(quote(label)), self._limits.max_manifest_bytes)
-        digest = _sha256(file.body)
-        if digest != manifest_sha256:
-            raise _Refused(
-                f"{label} has SHA-256 {short_keyid(digest)}, not the "
-                f"{short_keyid(manifest_sha256)} {releases_label} lists for {version}"
-            )
-        try:
-            manifest = validate_manifest(_strict_json(file.body))
-        except ValueError as exc:
-            raise _Refused(f"{label} is not valid UTF-8 JSON ({exc})") from None
-        except InvalidArgument as exc:
-            raise _Refused(f"{label}: {exc.message}") from None
-        if manifest["id"] != feature_id:
-            raise _Refused(
-                f"{label} is the manifest of feature {manifest['id']!r}, not {feature_id!r}"
-            )
-        if manifest["version"] != version:
-            raise _Refused(
-                f"{label} is the manifest of version {manifest['version']!r}, not {version!r}"
-            )
-        artifacts = {asset["path"]: self._load_artifact(asset) for asset in manifest["assets"]}
+        mpath = manifest_path(feature_id, entry.version)
+        body = self._get(mpath, self._resolve(quote(mpath)), self._limits.max_manifest_bytes).body
+        manifest = check_manifest(
+            feature_id, entry, body, max_bytes=self._limits.max_manifest_bytes
+        )
+        artifacts = {
+            asset["path"]: self._load_artifact(feature_id, asset) for asset in manifest["assets"]
+        }
         return LoadedFeature(
             feature_id=feature_id,
-            version=version,
+            version=entry.version,
             channel=channel,
-            releases_sequence=sequence,
+            releases_sequence=releases.model.sequence,
             manifest=MappingProxyType(manifest),
-            manifest_sha256=manifest_sha256,
+            manifest_sha256=entry.manifest_sha256,
             artifacts=MappingProxyType(artifacts),
+            keyids=releases.keyids,
         )
 
-    def _load_artifact(self, asset: Mapping[str, Any]) -> Path:
-        path: str = asset["path"]
-        size: int = asset["size"]
+    def _load_artifact(self, feature_id: str, asset: Mapping[str, Any]) -> Path:
         expected: str = asset["sha256"]
-        what = f"asset {path!r} ({artifact_path(short_keyid(expected), path)})"
+        size: int = asset["size"]
+        path = artifact_path(expected, asset["path"])
         if size > self._limits.max_artifact_bytes:
-            raise _Refused(
-                f"{what} is {size} bytes, over the {self._limits.max_artifact_bytes}-byte limit"
+            raise Refusal(
+                "too-large",
+                path,
+                f"{path} (asset {asset['path']!r} of {feature_id}) is {size} bytes, over the "
+                f"{self._limits.max_artifact_bytes}-byte limit",
             )
         cached = self._cache_dir / expected
         if _file_sha256(cached) == expected:
             return cached
         # Cut off one byte past the size the manifest lists: endless data stops there.
+        data = self._get(path, self._resolve(path), size + 1, pinned=True).body
+        check_asset(feature_id, asset, data)
         try:
-            file = self._fetcher.get(self._resolve(artifact_path(expected, path)), max_bytes=size)
-        except FetchError as exc:
-            raise _Refused(f"{what}: {exc.message}") from None
-        if len(file.body) != size:
-            raise _Refused(f"{what} is {len(file.body)} bytes, not the {size} its manifest lists")
-        digest = _sha256(file.body)
-        if digest != expected:
-            raise _Refused(
-                f"{what} has SHA-256 {short_keyid(digest)}, not the one its manifest lists"
-            )
-        try:
-            _store_artifact(cached, file.body)
+            _store_artifact(cached, data)
         except OSError as exc:
-            raise _Refused(
-                f"{what} verified but cannot be stored in {self._cache_dir} ({exc.strerror or exc})"
+            raise Refusal(
+                "fetch",
+                path,
+                f"{path} verified but cannot be stored in {self._cache_dir} "
+                f"({exc.strerror or exc}); free space or fix the host's state directory",
             ) from None
         return cached
 
-    # -- checks --------------------------------------------------------------------------------
+    # -- fetching --------------------------------------------------------------------------------
 
-    def _get(self, url: str, max_bytes: int, *, etag: str | None = None) -> Fetched:
+    def _get(
+        self,
+        path: str,
+        url: str,
+        max_bytes: int,
+        *,
+        etag: str | None = None,
+        pinned: bool = False,
+    ) -> Fetched:
+        """GET `url` (origin path `path`) with at most `max_bytes` of body; raises Refusal.
+
+        `pinned`: `max_bytes` is one more than a length the level above pins, so a
+        longer body is a wrong length (`length`), not a limit (`too-large`).
+        """
         try:
             return self._fetcher.get(url, max_bytes=max_bytes, etag=etag)
         except FetchError as exc:
-            raise _Refused(exc.message) from None
+            code = "length" if pinned and exc.kind == "too-large" else exc.kind
+            raise Refusal(code, path, exc.message) from None
+
+    def _get_pinned(self, path: str, pin: Pin) -> bytes:
+        """The bytes at `path`, reading at most one byte past its pinned length."""
+        if pin.length > self._limits.max_pinned_bytes:
+            raise Refusal(
+                "too-large",
+                path,
+                f"{path} is pinned at {pin.length} bytes, over the "
+                f"{self._limits.max_pinned_bytes}-byte limit",
+            )
+        return self._get(path, self._resolve(path), pin.length + 1, pinned=True).body
 
     def _resolve(self, relative: str) -> str:
         """`relative` against the index URL; refused when it leaves the index's origin."""
@@ -694,133 +723,25 @@ class FeatureHost:
         url = urljoin(self._index_url, relative)
         if _origin(url) != _origin(self._index_url):
             scheme, host, port = _origin(self._index_url)
-            raise _Refused(
-                f"{REMOTE_INDEX_PATH} points to {url}, outside its origin {scheme}://{host}:{port}"
+            raise Refusal(
+                "fetch",
+                relative,
+                f"{relative} resolves to {url}, outside the index's origin "
+                f"{scheme}://{host}:{port}",
             )
         return url
 
-    def _verified_body(self, label: str, body: bytes) -> Mapping[str, Any]:
-        """The `signed` object of a signed file once enough trusted keys signed it; else _Refused.
-
-        Parsed once and verified once where the file is what the signer writes, JCS
-        `{"signatures":[...],"signed":{...}}` (see `_signed_as_written`); any other
-        file goes the general way, which also says exactly what is wrong.
-        """
-        signed = self._signed_as_written(body)
-        if signed is not None:
-            return signed
-        envelope = self._parse_envelope(label, body)
-        self._check_signatures(label, envelope)
-        return envelope.signed
-
-    def _signed_as_written(self, body: bytes) -> dict[str, Any] | None:
-        """The signed object when the bytes after `"signed":` carry enough trusted signatures.
-
-        The signatures cover the JCS bytes of `signed`; in a file the signer wrote
-        those are the bytes between `,"signed":` and the final `}`. Checking the
-        signatures over those bytes and parsing the object from exactly those bytes
-        accepts only what the trusted keys signed, without re-encoding it (RFC 8785
-        in Python cost more than the rest of the verification). None when the file
-        is not in that form or the check does not pass: the caller then takes the
-        general way, which refuses with the reason, or accepts a file signed over
-        the JCS of a differently written body.
-        """
-        if len(body) > self._limits.max_index_bytes or not (
-            body.startswith(_SIGNATURES_OPEN) and body.endswith(b"}")
-        ):
-            return None
-        split = body.find(_SIGNED_KEY)
-        if split < 0:
-            return None
-        data = body[split + len(_SIGNED_KEY) : -1]
-        try:
-            signatures = json.loads(body[len(_SIGNATURES_OPEN) : split])
-        except (ValueError, RecursionError):
-            return None
-        if not isinstance(signatures, list):
-            return None
-        valid: set[str] = set()
-        for entry in signatures:
-            if not isinstance(entry, dict):
-                return None
-            keyid, sig = entry.get("keyid"), entry.get("sig")
-            if not isinstance(keyid, str) or not isinstance(sig, str) or keyid in valid:
-                continue
-            key = self._trust.keys.get(keyid)
-            if key is None or (key.dev and not self._allow_dev_keys):
-                continue
-            try:
-                raw = base64.b64decode(sig, validate=True)
-            except (binascii.Error, ValueError):
-                continue
-            if key.verify(raw, data):
-                valid.add(keyid)
-        if len(valid) < self._trust.threshold:
-            return None
-        try:
-            signed = _strict_json(data)
-        except ValueError:
-            return None
-        return signed if isinstance(signed, dict) else None
-
-    def _parse_envelope(self, label: str, body: bytes) -> Envelope:
-        try:
-            return Envelope.from_bytes(body, max_bytes=self._limits.max_index_bytes)
-        except VerificationError as exc:
-            raise _Refused(f"{label}: {exc.message}") from None
-
-    def _check_signatures(self, label: str, envelope: Envelope) -> None:
-        result = check_signatures(envelope, self._trust)
-        rejected: frozenset[str] = frozenset()
-        if not self._allow_dev_keys:
-            rejected = result.valid & self._trust.dev_keyids
-        counted = len(result.valid) - len(rejected)
-        if counted >= result.threshold:
-            return
-        message = result.message
-        if rejected:
-            # result.message opens "signed by <valid> of <threshold>"; the dev keys
-            # did not count here, so the number is corrected and the reason added.
-            message = message.replace(
-                f"signed by {len(result.valid)} of", f"signed by {counted} of", 1
-            )
-            noun = "dev key" if len(rejected) == 1 else "dev keys"
-            message += f"; {noun} {_keyid_list(rejected)} not accepted: {ENV_ALLOW_DEV_KEYS} is off"
-        raise _Refused(f"{label}: {message}")
-
-    def _check_sequence(self, label: str, seen: _Seen | None, sequence: int, digest: str) -> None:
-        if seen is None:
-            return
-        if sequence < seen.sequence:
-            raise _Refused(
-                f"{label} has sequence {sequence}, lower than {seen.sequence}, the highest this "
-                f"host has seen (kept in {self._state_file}): refusing a rollback"
-            )
-        if sequence == seen.sequence and digest != seen.sha256:
-            raise _Refused(
-                f"{label} has sequence {sequence} with different content than this host saw "
-                f"at that sequence (SHA-256 {short_keyid(digest)}, was "
-                f"{short_keyid(seen.sha256)}): a changed index must have a higher sequence"
-            )
-
     # -- the state on disk ---------------------------------------------------------------------
 
-    def _load_seen(self) -> _SeenState:
+    def _load_state(self) -> None:
         try:
             text = self._state_file.read_text(encoding="utf-8")
         except FileNotFoundError:
-            return _SeenState()
+            return
         except OSError as exc:
             raise self._bad_state(exc.strerror or str(exc)) from None
         try:
-            document = json.loads(text)
-            if document.get("format") != _STATE_FORMAT:
-                raise ValueError(f"format {document.get('format')!r} is not {_STATE_FORMAT}")
-            remote = document["remote_index"]
-            return _SeenState(
-                remote=None if remote is None else _read_seen(remote),
-                features={fid: _read_seen(s) for fid, s in document["features"].items()},
-            )
+            self._verifier.load_state(json.loads(text))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise self._bad_state(f"not a host state file: {exc}") from None
 
@@ -832,15 +753,9 @@ class FeatureHost:
         )
 
     def _state_bytes(self) -> bytes:
-        seen = self._seen
-        document = {
-            "format": _STATE_FORMAT,
-            "remote_index": None if seen.remote is None else _write_seen(seen.remote),
-            "features": {fid: _write_seen(s) for fid, s in sorted(seen.features.items())},
-        }
-        return (json.dumps(document, indent=2) + "\n").encode("utf-8")
+        return (json.dumps(self._verifier.state(), indent=2) + "\n").encode("utf-8")
 
-    def _save_seen(self) -> None:
+    def _save_state(self) -> None:
         """Write the state file (atomically, durably) when it changed since the last write."""
         data = self._state_bytes()
         if data == self._saved_state:
@@ -849,10 +764,24 @@ class FeatureHost:
             atomic_write(self._state_file, data)
             self._saved_state = data
         except OSError as exc:
-            # The check itself passed; failing to record it only narrows what a restart knows.
+            # The checks themselves passed; failing to record them only narrows what a
+            # restart knows.
             logger.error(
                 "host state not saved path=%s error=%s", self._state_file, exc.strerror or exc
             )
+
+
+def _same_pin(a: Pin, b: Pin) -> bool:
+    return (a.sha256, a.length, a.sequence) == (b.sha256, b.length, b.sequence)
+
+
+def _not_found(feature_id: str, file: str) -> Refusal:
+    return Refusal(
+        "not-found",
+        file,
+        f"{feature_id} is not published on this origin ({file} does not list it): publish it, "
+        "or check the feature id",
+    )
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -877,17 +806,6 @@ def _origin(url: str) -> tuple[str, str, int]:
     except ValueError:
         port = -1
     return parts.scheme, (parts.hostname or "").lower(), port
-
-
-def _parse(label: str, parse: Callable[[Mapping[str, Any]], _T], signed: Mapping[str, Any]) -> _T:
-    try:
-        return parse(signed)
-    except VerificationError as exc:
-        raise _Refused(f"{label}: {exc.message}") from None
-
-
-_SIGNATURES_OPEN = b'{"signatures":'
-_SIGNED_KEY = b',"signed":'
 
 
 class _Base:
@@ -917,15 +835,6 @@ class _Base:
 _PLAIN_PATH_CHARS = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%+@/"
 )
-
-
-def _check_expiry(label: str, expires_at: datetime, now: datetime) -> None:
-    # Expired from the expiry second on, as ReleasesIndex.is_expired has it.
-    if now >= expires_at:
-        raise _Refused(
-            f"{label} expired at {format_time(expires_at)} and it is now {format_time(now)}: "
-            "refusing a frozen index"
-        )
 
 
 def _sha256(data: bytes) -> str:
@@ -962,37 +871,8 @@ def _file_sha256(path: Path) -> str | None:
     return digest.hexdigest()
 
 
-def _strict_json(data: bytes) -> Any:
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        result: dict[str, Any] = {}
-        for key, value in items:
-            if key in result:
-                raise ValueError(f"duplicate key {key!r}")
-            result[key] = value
-        return result
-
-    def constant(name: str) -> Any:
-        raise ValueError(f"{name} is not JSON")
-
-    try:
-        return json.loads(data.decode("utf-8"), object_pairs_hook=pairs, parse_constant=constant)
-    except (UnicodeDecodeError, RecursionError) as exc:
-        raise ValueError(str(exc)) from None
-
-
 def _keyid_list(keyids: Iterable[str]) -> str:
     return ", ".join(short_keyid(k) for k in sorted(keyids))
-
-
-def _read_seen(value: Any) -> _Seen:
-    sequence, digest = value["sequence"], value["sha256"]
-    if isinstance(sequence, bool) or not isinstance(sequence, int) or not isinstance(digest, str):
-        raise ValueError(f"bad entry {value!r}")
-    return _Seen(sequence, digest)
-
-
-def _write_seen(seen: _Seen) -> dict[str, Any]:
-    return {"sequence": seen.sequence, "sha256": seen.sha256}
 
 
 def _env_flag(env: Mapping[str, str], name: str) -> bool:

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from releasecontrol.canonical import jcs
 from releasecontrol.errors import ConfigError
 from releasecontrol.files import atomic_create, atomic_write
 
@@ -115,8 +116,15 @@ class TrustStore:
 
     threshold: int
     keys: Mapping[str, TrustedKey]
+    root_version: int = 1
+    """As a trust file: the root version these keys sign (host protocol v2). A
+    role of a root has no use for it and keeps 1."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.root_version, bool) or not isinstance(self.root_version, int):
+            raise ValueError(f"root_version must be an integer, not {self.root_version!r}")
+        if self.root_version < 1:
+            raise ValueError(f"root_version must be at least 1, not {self.root_version}")
         for keyid, key in self.keys.items():
             if keyid != key.keyid:
                 raise ValueError(f"key {key.keyid!r} is filed under keyid {keyid!r}")
@@ -148,7 +156,13 @@ class TrustStore:
                 f"without its {len(self.dev_keyids)} dev key(s) the trust store has "
                 f"{len(kept)} key(s), fewer than its threshold {self.threshold}"
             )
-        return TrustStore(threshold=self.threshold, keys=kept)
+        return TrustStore(threshold=self.threshold, keys=kept, root_version=self.root_version)
+
+    @property
+    def fingerprint(self) -> str:
+        """The SHA-256 (hex) of this trust file's canonical form: what a host records, so it
+        starts over from the trust file when an operator changes it."""
+        return hashlib.sha256(jcs(self._document())).hexdigest()
 
     @classmethod
     def for_keys(cls, keys: Sequence[TrustedKey], threshold: int = 1) -> TrustStore:
@@ -162,8 +176,10 @@ class TrustStore:
     def from_json(cls, text: str | bytes, *, source: str = "trust file") -> TrustStore:
         """Parse a trust file in the contract's format; `source` names it in errors.
 
-        A missing threshold means 1; a key entry's optional `"dev": true` marks
-        an insecure development key. Unknown fields in a key entry are ignored.
+        A missing threshold means 1 and a missing `root_version` (host protocol v2:
+        the root version these keys sign) means 1; a key entry's optional
+        `"dev": true` marks an insecure development key. Unknown fields in a key
+        entry are ignored.
         Raises ConfigError naming the source, the bad field and the fix.
         """
         try:
@@ -183,6 +199,13 @@ class TrustStore:
             raise ConfigError(
                 f"{source}: threshold must be an integer of at least 1, not "
                 f"{json.dumps(threshold)}; set it to how many distinct keys must sign"
+            )
+        root_version = document.get("root_version", 1)
+        if isinstance(root_version, bool) or not isinstance(root_version, int) or root_version < 1:
+            raise ConfigError(
+                f"{source}: root_version must be an integer of at least 1, not "
+                f"{json.dumps(root_version)}; set it to the version of the root these keys "
+                "sign (1 unless the root keys were rotated)"
             )
         entries = document.get("keys")
         if entries is None:
@@ -208,7 +231,7 @@ class TrustStore:
                 f"{source}: threshold {threshold} is more than the {len(keys)} key(s) listed; "
                 f"lower the threshold or add keys"
             )
-        return cls(threshold=threshold, keys=keys)
+        return cls(threshold=threshold, keys=keys, root_version=root_version)
 
     @classmethod
     def from_file(cls, path: Path) -> TrustStore:
@@ -249,8 +272,11 @@ class TrustStore:
         """The trust file in the contract's format: indent 2, keys in order, trailing newline.
 
         `"dev": true` is written only for a dev key, so other entries stay exactly
-        the contract's three fields.
+        the contract's three fields; `root_version` only when it is not 1.
         """
+        return json.dumps(self._document(), indent=2) + "\n"
+
+    def _document(self) -> dict[str, Any]:
         entries: list[dict[str, Any]] = []
         for key in self.keys.values():
             entry: dict[str, Any] = {
@@ -261,8 +287,10 @@ class TrustStore:
             if key.dev:
                 entry["dev"] = True
             entries.append(entry)
-        document = {"threshold": self.threshold, "keys": entries}
-        return json.dumps(document, indent=2) + "\n"
+        document: dict[str, Any] = {"threshold": self.threshold, "keys": entries}
+        if self.root_version != 1:
+            document["root_version"] = self.root_version
+        return document
 
 
 def _parse_key_entry(entry: Any, where: str) -> TrustedKey:

@@ -1,11 +1,13 @@
 """A CDN origin for host tests: a repository simulator and an HTTP front that misbehaves.
 
 `HostRepository` writes into a folder what the control plane publishes to the
-origin: content-addressed artifacts, canonical manifests, a signed
-`releases.json` per feature and a signed `remote-index.json`, signed with
+origin (host protocol v2, docs/host-protocol.md): content-addressed artifacts,
+canonical manifests, a signed `releases.json` per feature, one signed shard per
+non-empty hash bin, a signed `remote-index.json`, and the roots, signed with
 deterministic test keys. Its hooks sign with other keys (or none), change the
-body after signing, pin a file under another hash or sequence, and replay
-saved bytes, which is how the attack tests build each attack.
+body after signing, pin a file under another hash or sequence, and replay saved
+bytes, which is how the attack tests (and tests/vectors/generate.py) build each
+attack.
 
 `OriginFront` stands between the host and the real `OriginHttpServer` serving
 that folder (both on loopback, port 0): it records every request with its
@@ -16,9 +18,9 @@ Usage::
 
     repo = HostRepository(tmp_path / "origin")
     repo.add_version("checkout", "1.0.0")
-    repo.publish()                       # releases.json seq 1, remote-index.json seq 1
+    repo.publish()        # releases.json seq 1, its shard, remote-index.json seq 1
     with OriginHttpServer(repo.root, port=0) as origin, OriginFront(origin.url) as front:
-        host = FeatureHost(front.url + "remote-index.json", trust_for(KEY_A), state_dir=...)
+        host = FeatureHost(front.url + "remote-index.json", repo.trust(), state_dir=...)
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
-import json
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -39,19 +40,19 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from releasecontrol.canonical import jcs
 from releasecontrol.index import (
     REMOTE_INDEX_PATH,
     CanarySoak,
     Envelope,
-    FeatureEntry,
     ReleasesIndex,
-    RemoteIndex,
     VersionEntry,
-    canonical_json,
     releases_path,
     sign,
 )
 from releasecontrol.manifest import artifact_path, canonical_bytes, manifest_path
+from releasecontrol.root import Root, root_path
+from releasecontrol.shards import DEFAULT_BITS, Pin, RemoteIndex, Shard, bin_of, shard_path
 from releasecontrol.trust import SigningKey, TrustStore
 
 
@@ -60,9 +61,12 @@ def fixed_key(n: int) -> SigningKey:
     return SigningKey(Ed25519PrivateKey.from_private_bytes(bytes([n]) * 32))
 
 
+# Online (index) keys, and root keys kept apart from them as an operator would.
 KEY_A, KEY_B, KEY_C, KEY_DEV = fixed_key(1), fixed_key(2), fixed_key(3), fixed_key(4)
+ROOT_A, ROOT_B, ROOT_C = fixed_key(11), fixed_key(12), fixed_key(13)
 NOW = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
 EXPIRY = timedelta(days=7)
+ROOT_EXPIRY = timedelta(days=365)
 
 
 def trust_for(*keys: SigningKey, threshold: int = 1, dev: Sequence[SigningKey] = ()) -> TrustStore:
@@ -95,12 +99,17 @@ class SimFeature:
     versions: dict[str, VersionEntry] = field(default_factory=dict)
 
 
+Tamper = Callable[[dict[str, Any]], None]
+
+
 class HostRepository:
     """Builds signed origin files into `root`; see the module docstring.
 
-    Everything is signed with `keys` unless a call says otherwise, issued at
-    `now` and expiring `expiry` later. `entries` is what the next
-    remote-index.json pins.
+    Index files are signed with `keys` (the index role of the current root)
+    unless a call says otherwise, issued at `now` and expiring `expiry` later.
+    Root 1 lists `root_keys` (threshold `root_threshold`) and `keys` (threshold
+    `threshold`). `pins` is what the next shards pin of each feature's
+    releases.json, `shard_pins` what the next remote-index.json pins.
     """
 
     def __init__(
@@ -108,18 +117,37 @@ class HostRepository:
         root: Path,
         *,
         keys: Sequence[SigningKey] = (KEY_A,),
+        threshold: int = 1,
+        root_keys: Sequence[SigningKey] = (ROOT_A,),
+        root_threshold: int = 1,
+        dev_keys: Sequence[SigningKey] = (),
+        bits: int = DEFAULT_BITS,
         now: datetime = NOW,
         expiry: timedelta = EXPIRY,
+        root_expiry: timedelta = ROOT_EXPIRY,
     ) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.keys = list(keys)
+        self.root_keys = list(root_keys)
+        self.dev_keyids = {k.keyid for k in dev_keys}
+        self.bits = bits
         self.now = now
         self.expiry = expiry
+        self.root_expiry = root_expiry
         self.remote_sequence = 0
+        self.root_version = 0
         self.features: dict[str, SimFeature] = {}
-        self.entries: dict[str, FeatureEntry] = {}
+        self.pins: dict[str, Pin] = {}
+        self.shard_pins: dict[str, Pin] = {}
         self._dirty: set[str] = set()
+        self._dirty_bins: set[str] = set()
+        self._root_keys: dict[int, list[SigningKey]] = {}
+        self._root_thresholds: dict[int, int] = {}
+        self.publish_root(
+            self.model_root(1, root_keys, keys, root_threshold=root_threshold, threshold=threshold),
+            root_keys=root_keys,
+        )
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -133,6 +161,88 @@ class HostRepository:
         tmp = file.with_name(f".{file.name}.tmp")
         tmp.write_bytes(data)
         tmp.replace(file)
+
+    def delete(self, path: str) -> None:
+        (self.root / path).unlink(missing_ok=True)
+
+    # -- trust and roots -------------------------------------------------------------------------
+
+    def trust(self, *, threshold: int | None = None, root_version: int = 1) -> TrustStore:
+        """The trust file a host of this origin pins: the root keys of `root_version` (dev ones
+        marked), needing that root's threshold unless `threshold` is given."""
+        keys = [
+            k.trusted_key(dev=k.keyid in self.dev_keyids) for k in self._root_keys[root_version]
+        ]
+        return TrustStore(
+            threshold=self._root_thresholds[root_version] if threshold is None else threshold,
+            keys={k.keyid: k for k in keys},
+            root_version=root_version,
+        )
+
+    def model_root(
+        self,
+        version: int,
+        root_keys: Sequence[SigningKey],
+        index_keys: Sequence[SigningKey],
+        *,
+        root_threshold: int = 1,
+        threshold: int = 1,
+    ) -> Root:
+        dev = self.dev_keyids
+        return Root.create(
+            version=version,
+            root_keys=[k.trusted_key(dev=k.keyid in dev) for k in root_keys],
+            index_keys=[k.trusted_key(dev=k.keyid in dev) for k in index_keys],
+            issued_at=self.now,
+            expires_at=self.now + self.root_expiry,
+            root_threshold=root_threshold,
+            index_threshold=threshold,
+        )
+
+    def publish_root(
+        self,
+        root: Root,
+        *,
+        root_keys: Sequence[SigningKey],
+        signers: Sequence[SigningKey] | None = None,
+        tamper: Tamper | None = None,
+    ) -> bytes:
+        """Write roots/<version>.json and make it the current root. `root_keys`: the signing
+        keys of its root role; `signers` default to the previous root's root keys and those."""
+        if signers is None:
+            previous = self._root_keys.get(root.version - 1, [])
+            signers = list({k.keyid: k for k in [*previous, *root_keys]}.values())
+        data = self.signed(root.to_dict(), keys=signers, tamper=tamper)
+        self.write(root_path(root.version), data)
+        self._root_keys[root.version] = list(root_keys)
+        self._root_thresholds[root.version] = root.roles["root"].threshold
+        self.root_version = root.version
+        return data
+
+    def rotate(
+        self,
+        index_keys: Sequence[SigningKey],
+        *,
+        root_keys: Sequence[SigningKey] | None = None,
+        threshold: int = 1,
+        resign: bool = True,
+    ) -> None:
+        """Root version + 1 with `index_keys` as the online keys (and `root_keys` as the root
+        keys, default unchanged), signed by the old and new root keys; with `resign`, every
+        releases.json (same body), every shard and the top level signed again by them."""
+        new_root_keys = list(root_keys) if root_keys is not None else self.root_keys
+        self.publish_root(
+            self.model_root(self.root_version + 1, new_root_keys, index_keys, threshold=threshold),
+            root_keys=new_root_keys,
+        )
+        self.root_keys = new_root_keys
+        self.keys = list(index_keys)
+        if resign:
+            for feature_id in sorted(self.pins):
+                data = self.signed(self._signed_body(self.read(releases_path(feature_id))))
+                self.put_releases(feature_id, data)
+            self._dirty_bins |= set(self.shard_pins)
+            self.publish()
 
     # -- what the control plane does -------------------------------------------------------------
 
@@ -184,15 +294,19 @@ class HostRepository:
         self._dirty.add(feature_id)
 
     def remove_feature(self, feature_id: str) -> None:
-        """Drop a feature from the next remote-index.json (its files stay on the origin)."""
+        """Drop a feature from its shard on the next publish (its files stay on the origin)."""
         self.features.pop(feature_id, None)
-        self.entries.pop(feature_id, None)
+        if self.pins.pop(feature_id, None) is not None:
+            self._dirty_bins.add(bin_of(feature_id, self.bits))
         self._dirty.discard(feature_id)
 
     def publish(self) -> None:
-        """Sign every changed feature's releases.json (sequence + 1), then remote-index.json."""
+        """Sign every changed feature's releases.json (sequence + 1), their shards (at the next
+        top sequence), then remote-index.json."""
         for feature_id in sorted(self._dirty):
             self.publish_releases(feature_id)
+        for name in sorted(self._dirty_bins):
+            self.publish_shard(name, sequence=self.remote_sequence + 1)
         self.publish_remote()
 
     def publish_releases(
@@ -207,8 +321,8 @@ class HostRepository:
         """Sign and write the feature's next releases.json (sequence + 1).
 
         `hooks` go to `releases_bytes` (keys, tamper, field changes); the file is
-        pinned in the next remote index unless `pin` is False, under
-        `pinned_sequence` when given. Returns the file bytes.
+        pinned in the next shard unless `pin` is False, under `pinned_sequence`
+        when given. Returns the file bytes.
         """
         self.features[feature_id].sequence += 1
         data = self.releases_bytes(feature_id, **hooks)
@@ -233,11 +347,30 @@ class HostRepository:
             expires_at=self.now + self.expiry,
         ).to_dict()
 
-    def remote_body(self, *, sequence: int | None = None) -> dict[str, Any]:
-        """The remote-index.json body pinning `entries` (at `sequence` if given)."""
+    def shard_body(
+        self, name: str, *, sequence: int | None = None, features: Mapping[str, Pin] | None = None
+    ) -> dict[str, Any]:
+        """The body of bin `name`'s shard pinning `pins` of its features (or `features`)."""
+        if features is None:
+            features = {fid: p for fid, p in self.pins.items() if bin_of(fid, self.bits) == name}
+        return Shard(
+            bits=self.bits,
+            bin=name,
+            sequence=self.remote_sequence + 1 if sequence is None else sequence,
+            features={},
+            issued_at=self.now,
+            expires_at=self.now + self.expiry,
+        ).to_dict() | {"features": {fid: p.to_dict() for fid, p in sorted(features.items())}}
+
+    def remote_body(
+        self, *, sequence: int | None = None, root_version: int | None = None
+    ) -> dict[str, Any]:
+        """The remote-index.json body pinning `shard_pins` (at `sequence` if given)."""
         return RemoteIndex(
             sequence=self.remote_sequence if sequence is None else sequence,
-            features=dict(self.entries),
+            root_version=self.root_version if root_version is None else root_version,
+            bits=self.bits,
+            shards=dict(self.shard_pins),
             issued_at=self.now,
             expires_at=self.now + self.expiry,
         ).to_dict()
@@ -247,7 +380,7 @@ class HostRepository:
         body: Mapping[str, Any],
         *,
         keys: Sequence[SigningKey] | None = None,
-        tamper: Callable[[dict[str, Any]], None] | None = None,
+        tamper: Tamper | None = None,
     ) -> bytes:
         """The file bytes of `body` signed by `keys` (none: no signatures at all).
 
@@ -258,7 +391,11 @@ class HostRepository:
         document = envelope.to_dict()
         if tamper is not None:
             tamper(document["signed"])
-        return canonical_json(document)
+        return jcs(document)
+
+    @staticmethod
+    def _signed_body(data: bytes) -> dict[str, Any]:
+        return Envelope.from_bytes(data).to_dict()["signed"]
 
     def releases_bytes(
         self,
@@ -266,7 +403,7 @@ class HostRepository:
         /,
         *,
         keys: Sequence[SigningKey] | None = None,
-        tamper: Callable[[dict[str, Any]], None] | None = None,
+        tamper: Tamper | None = None,
         sequence: int | None = None,
         **changes: Any,
     ) -> bytes:
@@ -278,34 +415,64 @@ class HostRepository:
     def put_releases(
         self, feature_id: str, data: bytes, *, pin: bool = True, sequence: int | None = None
     ) -> None:
-        """Write a releases.json; `pin` records its hash (and sequence) for the next remote index.
-
-        `sequence` pins a sequence other than the file's own (mix-and-match).
-        """
+        """Write a releases.json; `pin` records its hash, length and sequence for the next
+        shard. `sequence` pins a sequence other than the file's own (mix-and-match)."""
         self.write(releases_path(feature_id), data)
         if pin:
             if sequence is None:
-                sequence = json.loads(data)["signed"]["sequence"]
-            self.entries[feature_id] = FeatureEntry(
-                releases_path(feature_id), sha256(data), sequence
+                sequence = int(self._signed_body(data)["sequence"])
+            self.pins[feature_id] = Pin.of(data, sequence)
+            self._dirty_bins.add(bin_of(feature_id, self.bits))
+
+    def publish_shard(
+        self,
+        name: str,
+        *,
+        keys: Sequence[SigningKey] | None = None,
+        tamper: Tamper | None = None,
+        sequence: int | None = None,
+        pin: bool = True,
+        pinned_sequence: int | None = None,
+        features: Mapping[str, Pin] | None = None,
+        **changes: Any,
+    ) -> bytes:
+        """Sign and write bin `name`'s shard; pin it in the next remote-index.json unless `pin`
+        is False (under `pinned_sequence` when given)."""
+        body = self.shard_body(name, sequence=sequence, features=features)
+        body.update(changes)
+        data = self.signed(body, keys=keys, tamper=tamper)
+        self.write(shard_path(self.bits, name), data)
+        if pin:
+            own = int(body["sequence"]) if isinstance(body["sequence"], int) else 0
+            self.shard_pins[name] = Pin.of(
+                data, own if pinned_sequence is None else pinned_sequence
             )
+        self._dirty_bins.discard(name)
+        return data
 
     def publish_remote(
         self,
         *,
         keys: Sequence[SigningKey] | None = None,
-        tamper: Callable[[dict[str, Any]], None] | None = None,
+        tamper: Tamper | None = None,
         sequence: int | None = None,
+        root_version: int | None = None,
         **changes: Any,
     ) -> bytes:
         """Sign and write remote-index.json: the next sequence unless `sequence` is given."""
         if sequence is None:
             self.remote_sequence += 1
-        body = self.remote_body(sequence=sequence)
+        body = self.remote_body(sequence=sequence, root_version=root_version)
         body.update(changes)
         data = self.signed(body, keys=keys, tamper=tamper)
         self.write(REMOTE_INDEX_PATH, data)
         return data
+
+    def bin(self, feature_id: str) -> str:
+        return bin_of(feature_id, self.bits)
+
+    def shard_path_of(self, feature_id: str) -> str:
+        return shard_path(self.bits, self.bin(feature_id))
 
 
 # --- the HTTP front ---------------------------------------------------------------------------

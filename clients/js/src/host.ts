@@ -1,0 +1,291 @@
+import { RefusalError, type Refusal } from "./errors.js";
+import type { FetchLike } from "./fetch.js";
+import { importMapOf, type ImportMap } from "./importmap.js";
+import { resolveLimits, type Limits } from "./limits.js";
+import { loadInBrowser } from "./load-browser.js";
+import type { AssetCache, LoadedFeature, RefreshReport } from "./model.js";
+import { runRefresh, type HostSnapshot } from "./refresh.js";
+import { restoreRoot, type TrustedRoot } from "./root.js";
+import { emptyState, localStorageState, memoryState, parseState, serializeState, type StateStorage } from "./state.js";
+import { parseTrust, type Trust, type TrustFile } from "./trust.js";
+import { sortedRecord } from "./util.js";
+import { isFeatureId } from "./values.js";
+
+export interface FeatureHostOptions {
+  /** The URL of `remote-index.json`; every other file is fetched from its folder, on its origin only. */
+  indexUrl: string;
+  /** The trust file (section 4.1), as an object or its JSON text. */
+  trust: TrustFile | string;
+  /** Count signatures by keys marked `"dev": true`. Insecure: for development only. */
+  allowDevKeys?: boolean;
+  channel?: "stable" | "canary";
+  /** The features this host needs; null or absent for every feature. */
+  features?: readonly string[] | null;
+  limits?: Partial<Limits>;
+  /** Where the high-water marks and the trusted root are kept (default: localStorage in a browser, memory elsewhere). */
+  storage?: StateStorage;
+  fetch?: FetchLike;
+  /** The clock (read once per refresh). */
+  now?: () => Date;
+  /** For start(): the time between the end of one refresh and the next (default 60 s). */
+  refreshIntervalMs?: number;
+  /** A store of verified asset bytes (the Node host passes its file cache). */
+  assetCache?: AssetCache;
+}
+
+export interface ChangeDetail {
+  featureId: string;
+  from: string | null;
+  to: string | null;
+}
+
+export interface RefusedDetail {
+  key: string;
+  refusal: Refusal;
+}
+
+function isBrowser(): boolean {
+  return typeof document !== "undefined" && typeof document.createElement === "function";
+}
+
+function defaultStorage(indexUrl: string): StateStorage {
+  try {
+    // Reading localStorage throws in sandboxed frames; such a page passes its own storage.
+    if ((globalThis as { localStorage?: Storage }).localStorage) return localStorageState(`releasecontrol-host:${indexUrl}`);
+  } catch {
+    /* fall through */
+  }
+  return memoryState();
+}
+
+function configError(what: string): never {
+  throw new Error(`FeatureHost: ${what}`);
+}
+
+/**
+ * Loads only features whose every file it verified (host protocol v2). Events:
+ * "change" ({featureId, from, to}), "refused" ({key, refusal}), "refresh"
+ * (the RefreshReport) and, from start() only, "error" ({error}) when a refresh
+ * failed for a local reason (state that cannot be read or saved).
+ */
+export class FeatureHost extends EventTarget {
+  readonly indexUrl: string;
+  readonly channel: "stable" | "canary";
+  readonly allowDevKeys: boolean;
+  readonly limits: Readonly<Limits>;
+  readonly #url: URL;
+  readonly #trust: Trust;
+  readonly #needed: readonly string[] | null;
+  readonly #storage: StateStorage;
+  readonly #fetch: FetchLike;
+  readonly #now: () => Date;
+  readonly #interval: number;
+  readonly #assetCache: AssetCache | undefined;
+  #snapshot: HostSnapshot | null = null;
+  #savedText: string | null = null;
+  #refused: Readonly<Record<string, Refusal>> = Object.freeze({});
+  #queue: Promise<unknown> = Promise.resolve();
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #running = false;
+  #generation = 0;
+
+  constructor(options: FeatureHostOptions) {
+    super();
+    if (typeof options !== "object" || options === null) configError("options must be an object");
+    let url: URL;
+    try {
+      url = new URL(options.indexUrl);
+    } catch {
+      configError(`indexUrl ${JSON.stringify(options.indexUrl)} is not an absolute URL`);
+    }
+    if (url.protocol !== "https:" && url.protocol !== "http:") configError(`indexUrl must be http(s), not ${url.protocol}`);
+    this.#url = url;
+    this.indexUrl = url.href;
+    this.#trust = parseTrust(options.trust);
+    this.allowDevKeys = options.allowDevKeys ?? false;
+    if (typeof this.allowDevKeys !== "boolean") configError("allowDevKeys must be true or false");
+    this.channel = options.channel ?? "stable";
+    if (this.channel !== "stable" && this.channel !== "canary") configError(`channel must be "stable" or "canary", not ${JSON.stringify(this.channel)}`);
+    const features = options.features ?? null;
+    if (features !== null) {
+      if (!Array.isArray(features)) configError("features must be an array of feature ids, or null for every feature");
+      features.forEach((id, i) => {
+        if (!isFeatureId(id)) configError(`features[${i}] ${JSON.stringify(id)} is not a valid feature id`);
+      });
+    }
+    this.#needed = features === null ? null : Object.freeze([...new Set(features)]);
+    this.limits = resolveLimits(options.limits);
+    this.#storage = options.storage ?? defaultStorage(this.indexUrl);
+    if (typeof (options.fetch ?? globalThis.fetch) !== "function") configError("this runtime has no fetch: pass options.fetch");
+    this.#fetch = options.fetch ?? ((input, init) => globalThis.fetch(input, init));
+    this.#now = options.now ?? (() => new Date());
+    this.#interval = options.refreshIntervalMs ?? 60_000;
+    if (!(this.#interval > 0)) configError("refreshIntervalMs must be a positive number of milliseconds");
+    this.#assetCache = options.assetCache;
+  }
+
+  /** The features served now, by id. */
+  get features(): ReadonlyMap<string, LoadedFeature> {
+    return this.#snapshot?.features ?? new Map();
+  }
+
+  /** What the last refresh refused, by "remote-index.json" or feature id. */
+  get refused(): Readonly<Record<string, Refusal>> {
+    return this.#refused;
+  }
+
+  /** The trust file's fingerprint (SHA-256 of its RFC 8785 bytes). */
+  get trustFingerprint(): string {
+    return this.#trust.fingerprint;
+  }
+
+  /**
+   * Fetches and verifies everything, then serves what passed. Never rejects for
+   * anything the origin did (that is reported); rejects only when the host's
+   * own state cannot be read or saved. Refreshes run one at a time.
+   */
+  refresh(): Promise<RefreshReport> {
+    const run = this.#queue.then(() => this.#refresh());
+    this.#queue = run.catch(() => undefined);
+    return run;
+  }
+
+  async #loadState(): Promise<HostSnapshot> {
+    let text: string | null;
+    try {
+      text = await this.#storage.load();
+    } catch (error) {
+      throw new Error(`FeatureHost: cannot read the saved state (${(error as Error)?.message ?? error}); fix it, or delete it to start over`, { cause: error });
+    }
+    let state = text === null ? emptyState(this.#trust.fingerprint) : parseState(text);
+    if (state.trust !== this.#trust.fingerprint) {
+      // A changed trust file starts the chain of roots over; the high-water marks stay.
+      state = { ...state, trust: this.#trust.fingerprint, root: null };
+    }
+    let root: TrustedRoot | null = null;
+    if (state.root) {
+      try {
+        root = restoreRoot(state.root.version, state.root.text);
+      } catch (error) {
+        throw new Error(`FeatureHost: the saved state's root ${state.root.version} cannot be read (${(error as Error).message}); delete the state to start over`, { cause: error });
+      }
+    }
+    this.#savedText = text;
+    return { state, root, features: new Map(), remoteSequence: null };
+  }
+
+  async #refresh(): Promise<RefreshReport> {
+    const before = this.#snapshot ?? (this.#snapshot = await this.#loadState());
+    const now = this.#now();
+    if (!(now instanceof Date) || Number.isNaN(now.getTime())) throw new Error("FeatureHost: options.now() must return a valid Date");
+    const result = await runRefresh(
+      {
+        indexUrl: this.#url,
+        trust: this.#trust,
+        allowDevKeys: this.allowDevKeys,
+        channel: this.channel,
+        features: this.#needed,
+        limits: this.limits,
+        fetch: this.#fetch,
+        now: now.getTime(),
+        assetCache: this.#assetCache,
+      },
+      before,
+    );
+    const text = serializeState(result.state);
+    if (text !== this.#savedText) {
+      try {
+        await this.#storage.save(text);
+      } catch (error) {
+        // Nothing is committed: serving a version whose marks are not durable would let a restart roll it back.
+        throw new Error(`FeatureHost: cannot save the state (${(error as Error)?.message ?? error}); nothing from this refresh was applied`, { cause: error });
+      }
+      this.#savedText = text;
+    }
+    const features = new Map([...result.features].sort(([a], [b]) => (a < b ? -1 : 1)));
+    this.#snapshot = { state: result.state, root: result.root, features, remoteSequence: result.remoteSequence };
+    this.#refused = Object.freeze(sortedRecord(result.refused));
+
+    const changes: ChangeDetail[] = [];
+    for (const id of [...new Set([...before.features.keys(), ...features.keys()])].sort()) {
+      const a = before.features.get(id);
+      const b = features.get(id);
+      if (a?.version !== b?.version || a?.manifestSha256 !== b?.manifestSha256) {
+        changes.push({ featureId: id, from: a?.version ?? null, to: b?.version ?? null });
+      }
+    }
+    const report: RefreshReport = {
+      ok: result.refused.size === 0,
+      remoteSequence: result.remoteSequence,
+      rootVersion: result.root?.version ?? null,
+      loaded: Object.fromEntries([...features].map(([id, f]) => [id, f.version])),
+      refused: { ...this.#refused },
+      changed: changes.map((c) => c.featureId),
+    };
+    for (const detail of changes) this.dispatchEvent(new CustomEvent<ChangeDetail>("change", { detail }));
+    for (const [key, refusal] of Object.entries(this.#refused)) {
+      this.dispatchEvent(new CustomEvent<RefusedDetail>("refused", { detail: { key, refusal } }));
+    }
+    this.dispatchEvent(new CustomEvent<RefreshReport>("refresh", { detail: report }));
+    return report;
+  }
+
+  /** Refreshes now, then again `refreshIntervalMs` after each refresh ends, until stop(). */
+  start(): void {
+    if (this.#running) return;
+    this.#running = true;
+    const generation = ++this.#generation;
+    const tick = (): void => {
+      this.refresh()
+        .catch((error: unknown) => this.dispatchEvent(new CustomEvent("error", { detail: { error } })))
+        .finally(() => {
+          if (generation !== this.#generation) return;
+          this.#timer = setTimeout(tick, this.#interval);
+          // A Node process must be able to exit with a host still started.
+          (this.#timer as { unref?: () => void }).unref?.();
+        });
+    };
+    tick();
+  }
+
+  stop(): void {
+    this.#running = false;
+    this.#generation++;
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  /**
+   * Runs a feature's entry module and returns its namespace. In a browser the
+   * browser itself checks every JavaScript asset against the signed manifest
+   * (import map integrity and a modulepreload with SRI) before it runs.
+   * Rejects with a RefusalError ("not-found", or "hash" when the browser
+   * refused the bytes it got).
+   */
+  async load(featureId: string): Promise<unknown> {
+    const feature = this.requireFeature(featureId);
+    if (!isBrowser()) {
+      throw new Error("FeatureHost.load() needs a browser; in Node use NodeFeatureHost from @releasecontrol/host/node");
+    }
+    return loadInBrowser(feature);
+  }
+
+  /** The served feature `featureId`, or a RefusalError "not-found". */
+  requireFeature(featureId: string): LoadedFeature {
+    const feature = this.features.get(featureId);
+    if (!feature) {
+      const refusal = this.#refused[featureId];
+      throw new RefusalError(
+        "not-found",
+        refusal?.file ?? "remote-index.json",
+        `${featureId} is not served by this host` + (refusal ? ` (refused: ${refusal.code}: ${refusal.message})` : "; refresh first, and check the feature id"),
+      );
+    }
+    return feature;
+  }
+
+  /** A verified import map of the served features (section 8): entry per feature, integrity of every JavaScript asset. */
+  importMap(): ImportMap {
+    return importMapOf(this.features.values());
+  }
+}

@@ -1,0 +1,1 @@
+export default 'search@2.1.0';

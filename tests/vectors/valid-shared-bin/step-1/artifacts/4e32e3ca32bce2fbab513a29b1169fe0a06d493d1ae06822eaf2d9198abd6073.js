@@ -1,0 +1,1 @@
+export default 'profile@3.0.0';

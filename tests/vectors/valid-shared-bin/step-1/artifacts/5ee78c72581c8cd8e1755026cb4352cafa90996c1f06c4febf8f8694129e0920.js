@@ -1,0 +1,1 @@
+export default 'news@0.1.0';

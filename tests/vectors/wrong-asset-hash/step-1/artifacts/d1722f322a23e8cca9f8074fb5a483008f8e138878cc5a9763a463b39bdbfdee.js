@@ -1,0 +1,1 @@
+EXPORT default 'checkout@1.0.0';
