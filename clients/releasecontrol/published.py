@@ -1,18 +1,21 @@
 """What an origin has published, read back for `lint routes`, `validate compat` and `doctor`.
 
-The manifests that hosts can load are found the way a host finds them:
+The manifests that hosts can load are found the way a host finds them (host
+protocol v2, docs/host-protocol.md), by the same checks (`releasecontrol.verifier`):
 
-    remote-index.json                        the signed list of features
-    └── features/<id>/releases.json          pinned by SHA-256 and sequence in the index
-        └── features/<id>/<version>/manifest.json
+    remote-index.json                        signed: every shard, pinned
+    └── index/<bits>/<bin>.json              signed: the features of one hash bin, pinned
+        └── features/<id>/releases.json      signed: versions and channels
+            └── features/<id>/<version>/manifest.json
                                              the stable and the canary version, each
                                              pinned by SHA-256 in releases.json
 
-Every file's bytes are checked against the hash its parent names, so what is
-linted is exactly what hosts would load. With a trust store the two signed
-indices are also checked for enough trusted signatures (dev keys count only
-with `allow_dev_keys`). Expiry is not checked: a lint is about content, and an
-expired index is the host's and `release status`'s business.
+Every file's bytes are checked against what its parent pins, so what is linted
+is exactly what hosts would load. With a trust file the signed files are also
+checked for enough trusted signatures, the roots followed from it (dev keys
+count only with `allow_dev_keys`); without one, only their content and pins.
+Expiry is not checked: a lint is about content, and an expired index is the
+host's and `release status`'s business.
 
 Reading is separated from where the files are: a `Reader` maps an origin path
 (`features/checkout/releases.json`) to its bytes, or None when there is no such
@@ -23,8 +26,6 @@ filesystem origin directly. Every failure is a VerificationError (a
 
 from __future__ import annotations
 
-import json
-import posixpath
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,15 +34,12 @@ from urllib.parse import urljoin, urlsplit
 
 from releasecontrol.errors import ConfigError, VerificationError
 from releasecontrol.fetch import Fetcher, FetchError
-from releasecontrol.index import (
-    REMOTE_INDEX_PATH,
-    Envelope,
-    ReleasesIndex,
-    RemoteIndex,
-    check_signatures,
-)
-from releasecontrol.manifest import manifest_path, sha256_hex
+from releasecontrol.index import REMOTE_INDEX_PATH, ReleasesIndex
+from releasecontrol.manifest import manifest_path
+from releasecontrol.root import root_path
+from releasecontrol.shards import shard_path
 from releasecontrol.trust import TrustStore
+from releasecontrol.verifier import Refusal, Verifier, check_manifest
 
 __all__ = [
     "MAX_INDEX_BYTES",
@@ -88,9 +86,10 @@ class Published:
     manifests: tuple[PublishedManifest, ...] = ()
     """The stable and canary manifests of every feature, by feature id then version."""
     index_paths: tuple[str, ...] = ()
-    """The origin paths of the index files read: remote-index.json, then each releases.json."""
+    """The origin paths of the index files read: remote-index.json, each shard, then each
+    releases.json."""
     signatures_checked: bool = False
-    """True when both index levels were verified against a trust store."""
+    """True when every signed file was verified against a trust file."""
     remote_sequence: int | None = None
     """The remote index's sequence, when one was found."""
     notes: tuple[str, ...] = field(default=())
@@ -217,53 +216,59 @@ def read_published(
     trust: TrustStore | None = None,
     allow_dev_keys: bool = False,
 ) -> Published:
-    """Read every feature's stable and canary manifest, each checked against its parent.
+    """Read every feature's stable and canary manifest, each checked as a host checks it.
 
     `source` names the origin in messages and in the result. Without
     remote-index.json the result has `found=False` and no manifests. Raises
-    VerificationError naming the file when one is missing, does not parse, has
-    another hash or sequence than its parent names, or (with `trust`) lacks
-    enough trusted signatures; ConfigError when `trust` holds only dev keys and
-    `allow_dev_keys` is off.
+    VerificationError (a `Refusal` with the protocol's code for a check that
+    failed) naming the file when one is missing, does not parse, is not what its
+    parent pins, or (with `trust`) lacks enough trusted signatures; ConfigError
+    when `trust` holds only dev keys and `allow_dev_keys` is off.
     """
-    verify_with = _usable_trust(trust, allow_dev_keys)
     notes: tuple[str, ...] = ()
-    if verify_with is None:
+    if trust is None:
+        verifier = Verifier.unsigned()
         notes = ("signatures were not checked: no trust file was available",)
+    else:
+        _check_usable(trust, allow_dev_keys)
+        verifier = Verifier(trust, allow_dev_keys=allow_dev_keys)
     data = read(index_path)
     if data is None:
         return Published(source=source, found=False, notes=notes)
-    remote = RemoteIndex.from_dict(_envelope(index_path, data, verify_with).signed)
 
+    def fetch_root(version: int) -> bytes:
+        path = root_path(version)
+        found = read(path)
+        if found is None:
+            raise Refusal("fetch", path, f"{path} is missing on the origin")
+        return found
+
+    top = verifier.top(data, None, fetch_root).model
     manifests: list[PublishedManifest] = []
     index_paths = [index_path]
-    for feature_id in sorted(remote.features):
-        entry = remote.features[feature_id]
-        path = _resolve(index_path, entry.url)
+    releases_paths: list[str] = []
+    for name in sorted(top.shards):
+        path = shard_path(top.bits, name)
         index_paths.append(path)
-        releases_bytes = _required(read, path, f"{index_path} lists it for {feature_id!r}")
-        if sha256_hex(releases_bytes) != entry.sha256:
-            raise VerificationError(
-                f"{path} has sha256 {sha256_hex(releases_bytes)[:12]}…, but {index_path} pins "
-                f"{entry.sha256[:12]}…: the origin serves files of different moments"
-            )
-        releases = ReleasesIndex.from_dict(_envelope(path, releases_bytes, verify_with).signed)
-        if releases.feature_id != feature_id:
-            raise VerificationError(
-                f"{path} is the index of feature {releases.feature_id!r}, not {feature_id!r}"
-            )
-        if releases.sequence != entry.sequence:
-            raise VerificationError(
-                f"{path} has sequence {releases.sequence}, but {index_path} says {entry.sequence}"
-            )
-        manifests.extend(_live_manifests(read, path, releases))
+        shard = verifier.shard(
+            top, name, _required(read, path, f"{index_path} pins it"), None
+        ).model
+        for feature_id, pin in sorted(shard.features.items()):
+            rpath = f"features/{feature_id}/releases.json"
+            releases_paths.append(rpath)
+            releases_bytes = _required(read, rpath, f"{path} lists it for {feature_id!r}")
+            releases = verifier.releases(feature_id, pin, releases_bytes, None).model
+            manifests.extend(_live_manifests(read, rpath, releases))
+    # Shards come in hash order; the result is by feature id (a stable sort keeps each
+    # feature's stable manifest before its canary).
+    manifests.sort(key=lambda m: m.feature_id)
     return Published(
         source=source,
         found=True,
         manifests=tuple(manifests),
-        index_paths=tuple(index_paths),
-        signatures_checked=verify_with is not None,
-        remote_sequence=remote.sequence,
+        index_paths=tuple(index_paths + releases_paths),
+        signatures_checked=trust is not None,
+        remote_sequence=top.sequence,
         notes=notes,
     )
 
@@ -271,7 +276,6 @@ def read_published(
 def _live_manifests(
     read: Reader, releases_path: str, releases: ReleasesIndex
 ) -> list[PublishedManifest]:
-    listed = {v.version: v.manifest_sha256 for v in releases.versions}
     channels: dict[str, list[str]] = {}
     for channel, version in (("stable", releases.stable), ("canary", releases.canary)):
         if version is not None:
@@ -279,28 +283,19 @@ def _live_manifests(
     out: list[PublishedManifest] = []
     fid = releases.feature_id
     for version, names in channels.items():
+        entry = next(v for v in releases.versions if v.version == version)
         path = manifest_path(fid, version)
         data = _required(read, path, f"{releases_path} lists {version} as {' and '.join(names)}")
-        if sha256_hex(data) != listed[version]:
-            raise VerificationError(
-                f"{path} has sha256 {sha256_hex(data)[:12]}…, but {releases_path} names "
-                f"{listed[version][:12]}…"
-            )
-        manifest = _manifest(path, data)
-        if manifest.get("id") != fid or manifest.get("version") != version:
-            raise VerificationError(
-                f"{path} is the manifest of {manifest.get('id')!r} {manifest.get('version')!r}, "
-                f"not {fid!r} {version}"
-            )
-        out.append(PublishedManifest(fid, version, tuple(names), listed[version], manifest))
+        manifest = check_manifest(fid, entry, data, max_bytes=MAX_MANIFEST_BYTES)
+        out.append(PublishedManifest(fid, version, tuple(names), entry.manifest_sha256, manifest))
     return out
 
 
-def _usable_trust(trust: TrustStore | None, allow_dev_keys: bool) -> TrustStore | None:
-    if trust is None or allow_dev_keys:
-        return trust
+def _check_usable(trust: TrustStore, allow_dev_keys: bool) -> None:
+    if allow_dev_keys:
+        return
     try:
-        return trust.without_dev_keys()
+        trust.without_dev_keys()
     except ValueError as exc:
         raise ConfigError(
             f"the trust file's keys are dev keys, which are not counted here ({exc}); "
@@ -309,40 +304,8 @@ def _usable_trust(trust: TrustStore | None, allow_dev_keys: bool) -> TrustStore 
         ) from None
 
 
-def _envelope(path: str, data: bytes, trust: TrustStore | None) -> Envelope:
-    try:
-        envelope = Envelope.from_bytes(data)
-    except VerificationError as exc:
-        raise VerificationError(f"{path}: {exc.message}") from None
-    if trust is not None:
-        result = check_signatures(envelope, trust)
-        if not result.verified:
-            raise VerificationError(f"{path} is not trusted: {result.message}")
-    return envelope
-
-
-def _manifest(path: str, data: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise VerificationError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise VerificationError(f"{path} does not hold a JSON object")
-    return value
-
-
 def _required(read: Reader, path: str, why: str) -> bytes:
     data = read(path)
     if data is None:
-        raise VerificationError(f"{path} is missing on the origin, but {why}")
+        raise Refusal("fetch", path, f"{path} is missing on the origin, but {why}")
     return data
-
-
-def _resolve(index_path: str, url: str) -> str:
-    """The origin path of a URL the index names relative to itself."""
-    if "://" in url or url.startswith("/"):
-        raise VerificationError(
-            f"{index_path} names {url!r}; only paths relative to the index are read"
-        )
-    joined = posixpath.normpath(posixpath.join(posixpath.dirname(index_path), url))
-    return _checked_path(joined)

@@ -11,8 +11,10 @@ Hosts and tools read it from `FEATURE_TRUST_PUBLIC_KEYS_JSON` (inline) or the
 file named by `FEATURE_TRUST_PUBLIC_KEYS_PATH`. A malformed trust file raises
 ConfigError with one sentence naming the source, the field and the fix.
 
-A key entry may also carry `"dev": true`: an insecure development key (its
-private half sits unprotected in a state directory, see `load_or_create_dev_key`).
+In host protocol v2 these are the *root* keys hosts pin (and `root_version`, the
+root they sign); see `releasecontrol.root`. A key entry may also carry
+`"dev": true`: an insecure development key (its private half sits unprotected in
+a state directory, see `releasecontrol.keyfiles.load_or_create_dev_keys`).
 Verifiers count a dev key's signature only while `FEATURE_ALLOW_INSECURE_DEV_KEYS`
 is on, and production refuses to trust one at all.
 """
@@ -39,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from releasecontrol.canonical import jcs
 from releasecontrol.errors import ConfigError
-from releasecontrol.files import atomic_create, atomic_write
+from releasecontrol.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +50,6 @@ PUBLIC_KEY_BYTES = 32
 ENV_TRUST_JSON = "FEATURE_TRUST_PUBLIC_KEYS_JSON"
 ENV_TRUST_PATH = "FEATURE_TRUST_PUBLIC_KEYS_PATH"
 ENV_ALLOW_DEV_KEYS = "FEATURE_ALLOW_INSECURE_DEV_KEYS"
-DEV_SIGNING_KEY_FILE = "signing-key.pem"
 DEV_TRUST_FILE = "trust.json"
 
 _KEY_ENTRY_FORMAT = '{"keyid": "<hex>", "alg": "ed25519", "public_key": "<base64>"}'
@@ -420,49 +421,3 @@ class SigningKey:
 
     def __repr__(self) -> str:
         return f"SigningKey(keyid={self._keyid!r})"
-
-
-def load_or_create_dev_key(keys_dir: Path) -> SigningKey:
-    """The development signing key in `keys_dir`, created with its trust file on first use.
-
-    Keeps `signing-key.pem` (mode 0600) and `trust.json` (threshold 1, that key
-    marked `"dev": true`) in `keys_dir`. An existing key is reused; `trust.json`
-    is rewritten only when it does not name that key as a dev key: one naming it
-    without the flag (written before dev keys were marked) keeps its threshold
-    and other keys and gains the flag; a missing, malformed or foreign one is
-    replaced. Every write is atomic, and two processes starting at once end up
-    with the same key. Raises ConfigError when an existing key file cannot be read.
-    """
-    keys_dir = Path(keys_dir)
-    keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    pem_path = keys_dir / DEV_SIGNING_KEY_FILE
-    trust_path = keys_dir / DEV_TRUST_FILE
-    if pem_path.exists():
-        key = SigningKey.load(pem_path)
-    else:
-        candidate = SigningKey.generate()
-        if atomic_create(pem_path, candidate.to_pem(), mode=0o600):
-            key = candidate
-            logger.info("created dev signing key keyid=%s path=%s", key.keyid, pem_path)
-        else:
-            # Another process created it between our check and our write: use theirs.
-            key = SigningKey.load(pem_path)
-    existing = _read_trust_file(trust_path)
-    if existing is None or key.keyid not in existing.keys:
-        store = TrustStore.for_keys([key.trusted_key(dev=True)])
-    elif not existing.keys[key.keyid].dev:
-        keys = dict(existing.keys)
-        keys[key.keyid] = key.trusted_key(dev=True)
-        store = TrustStore(threshold=existing.threshold, keys=keys)
-    else:
-        return key
-    atomic_write(trust_path, store.to_json().encode("utf-8"), mode=0o644)
-    logger.info("wrote dev trust file keyid=%s path=%s", key.keyid, trust_path)
-    return key
-
-
-def _read_trust_file(path: Path) -> TrustStore | None:
-    try:
-        return TrustStore.from_file(path)
-    except ConfigError:
-        return None

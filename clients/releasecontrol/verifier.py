@@ -47,7 +47,7 @@ from releasecontrol.index import (
 from releasecontrol.manifest import artifact_path, manifest_path
 from releasecontrol.root import ROLE_INDEX, ROLE_ROOT, TYPE_ROOT, Root, root_path
 from releasecontrol.shards import TYPE_REMOTE_INDEX, TYPE_SHARD, Pin, RemoteIndex, Shard, bin_of
-from releasecontrol.trust import TrustStore, short_keyid
+from releasecontrol.trust import SigningKey, TrustStore, short_keyid
 
 __all__ = [
     "CODES",
@@ -225,8 +225,9 @@ def _model(path: str, parse: Callable[[Mapping[str, Any]], T], body: Mapping[str
         raise Refusal("malformed", path, f"{path}: {exc.message}") from None
 
 
-def _check_fresh(path: str, expires_at: datetime, now: datetime) -> None:
-    if now >= expires_at:
+def _check_fresh(path: str, expires_at: datetime, now: datetime | None) -> None:
+    # now None: a tool reading content (lint), for which expiry is the host's business.
+    if now is not None and now >= expires_at:
         raise Refusal(
             "expired",
             path,
@@ -261,10 +262,20 @@ class Verifier:
     def __init__(self, trust: TrustStore, *, allow_dev_keys: bool = False) -> None:
         self._trust = trust
         self._allow_dev_keys = allow_dev_keys
+        self._signatures = True
         self._lock = threading.Lock()
         self._root: Signed[Root] | None = None
         self._top_mark: Mark | None = None
         self._marks: dict[str, Mark] = {}
+
+    @classmethod
+    def unsigned(cls) -> Verifier:
+        """A verifier that checks everything but signatures and roots: for a tool reading an
+        origin it has no trust file for (`lint routes` without one). Never for a host."""
+        placeholder = TrustStore.for_keys([SigningKey.generate().trusted_key()])
+        verifier = cls(placeholder)
+        verifier._signatures = False
+        return verifier
 
     # -- state --------------------------------------------------------------------------------
 
@@ -348,7 +359,9 @@ class Verifier:
 
     # -- roots ----------------------------------------------------------------------------------
 
-    def _update_root(self, named: int, now: datetime, fetch_root: Callable[[int], bytes]) -> None:
+    def _update_root(
+        self, named: int, now: datetime | None, fetch_root: Callable[[int], bytes]
+    ) -> None:
         """Follow the chain of roots to version `named` (4.2); raises Refusal."""
         current = self._root.model.version if self._root is not None else None
         first = self._trust.root_version
@@ -389,7 +402,7 @@ class Verifier:
         if self._root is None:
             raise Refusal("root", root_path(first), "no root is trusted yet")
         root = self._root.model
-        if root.is_expired(now):
+        if now is not None and root.is_expired(now):
             path = root_path(root.version)
             raise Refusal(
                 "expired",
@@ -442,10 +455,24 @@ class Verifier:
                 self._marks = {}
             self._root = Signed(path, data, root, "", result.valid)
 
+    def follow_roots(self, roots: list[bytes]) -> Root:
+        """Trust each root of `roots` in turn: the first is the trust file's `root_version`
+        (or the one after the trusted root), each next one the version after. Returns the
+        newest; raises Refusal (`root`) naming the first that fails, or `expired` when the
+        newest expired. What a server checks its own roots with."""
+        for data in roots:
+            version = (
+                self._trust.root_version if self._root is None else self._root.model.version + 1
+            )
+            self._accept_root(version, root_path(version), data)
+        if self._root is None:
+            raise Refusal("root", root_path(self._trust.root_version), "no root was given")
+        return self._root.model
+
     # -- remote-index.json ----------------------------------------------------------------------
 
     def top(
-        self, data: bytes, now: datetime, fetch_root: Callable[[int], bytes]
+        self, data: bytes, now: datetime | None, fetch_root: Callable[[int], bytes]
     ) -> Signed[RemoteIndex]:
         """Verify `remote-index.json` (6, step 1), following the root chain on the way, and
         raise its high-water mark. `fetch_root(version)` returns the bytes of that root or
@@ -453,12 +480,15 @@ class Verifier:
         path = REMOTE_INDEX_PATH
         envelope, signed_bytes = read_signed(path, data)
         named = _integer_field(path, envelope.signed, "root_version", 1)
-        self._update_root(named, now, fetch_root)
-        assert self._root is not None
-        index_role = self._root.model.role(ROLE_INDEX)
-        keyids = _check_role(
-            path, envelope, signed_bytes, index_role, "index", self._allow_dev_keys
-        )
+        if self._signatures:
+            self._update_root(named, now, fetch_root)
+            assert self._root is not None
+            index_role = self._root.model.role(ROLE_INDEX)
+            keyids = _check_role(
+                path, envelope, signed_bytes, index_role, "index", self._allow_dev_keys
+            )
+        else:
+            keyids = frozenset()  # unsigned(): no trust file to follow roots from
         if envelope.signed.get("type") != TYPE_REMOTE_INDEX:
             raise _mismatch(path, '"type"', envelope.signed.get("type"), TYPE_REMOTE_INDEX)
         model = _model(path, RemoteIndex.from_dict, envelope.signed)
@@ -491,7 +521,9 @@ class Verifier:
 
     # -- shards -----------------------------------------------------------------------------
 
-    def shard(self, top: RemoteIndex, name: str, data: bytes, now: datetime) -> Signed[Shard]:
+    def shard(
+        self, top: RemoteIndex, name: str, data: bytes, now: datetime | None
+    ) -> Signed[Shard]:
         """Verify the shard of bin `name` that `top` pins (6, step 2). Raises Refusal."""
         pin = top.shards[name]
         path = f"index/{top.bits}/{name}.json"
@@ -523,6 +555,8 @@ class Verifier:
     def _index_signatures(
         self, path: str, envelope: Envelope, signed_bytes: bytes
     ) -> frozenset[str]:
+        if not self._signatures:
+            return frozenset()
         if self._root is None:
             raise Refusal("root", path, f"{path}: no root is trusted yet; verify the top first")
         role = self._root.model.role(ROLE_INDEX)
@@ -531,7 +565,7 @@ class Verifier:
     # -- releases.json ----------------------------------------------------------------------
 
     def releases(
-        self, feature_id: str, pin: Pin, data: bytes, now: datetime
+        self, feature_id: str, pin: Pin, data: bytes, now: datetime | None
     ) -> Signed[ReleasesIndex]:
         """Verify `feature_id`'s releases.json against the `pin` of its shard (6, step 3) and
         raise its high-water mark. Raises Refusal."""

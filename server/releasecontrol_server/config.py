@@ -143,7 +143,12 @@ class Config:
     """Refuse RPCs without a client certificate; production refuses to turn it off."""
 
     signing_key_paths: tuple[Path, ...]
-    """The Ed25519 keys that sign every index (default `home/keys/signing-key.pem`)."""
+    """The online Ed25519 keys that sign every index (default `home/keys/signing-key.pem`);
+    the newest root in `root_dir` must list them in its index role."""
+
+    root_dir: Path
+    """The signed roots, `<N>.json` for every version N (default `home/keys/roots`): the
+    chain hosts follow from the root keys of the trust file to the online keys."""
 
     trust_public_keys_json: str | None = None
     """The trust file inline (FEATURE_TRUST_PUBLIC_KEYS_JSON); excludes the path."""
@@ -623,6 +628,7 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("tls_client_ca_path", _parse_path),
     _Setting("require_client_cert", _parse_bool),
     _Setting("signing_key_paths", _parse_paths),
+    _Setting("root_dir", _parse_path),
     _Setting(
         "trust_public_keys_json",
         _parse_trust_json,
@@ -678,6 +684,7 @@ def _home_defaults(home: Path) -> dict[str, object]:
         "tls_key_path": home / "pki" / "server-key.pem",
         "tls_client_ca_path": home / "pki" / "ca.pem",
         "signing_key_paths": (home / "keys" / "signing-key.pem",),
+        "root_dir": home / "keys" / "roots",
         "token_store_path": home / "auth" / "tokens.json",
         "cluster_allowlist_path": home / "auth" / "cluster-allowlist.toml",
         "admin_session_secret_path": home / "admin" / "session.key",

@@ -2,13 +2,14 @@
 
 One writer (a task, under an asyncio lock) runs changes through the same steps:
 
-    state machine  ->  sign releases.json + remote-index.json  ->  ONE store
+    state machine  ->  sign releases.json, its shard, remote-index.json  ->  ONE store
     transaction (state, audit record, signed files, outbox, request id)  ->
     write the outbox to the origin  ->  answer  ->  tell watchers
 
 Changes that arrive while the writer is busy are taken together (group
 commit): each is applied in arrival order with its own sequence, audit record
-and answer, but the batch shares the transaction and one remote-index.json.
+and answer, but the batch shares the transaction, one shard per touched bin and
+one remote-index.json (host protocol v2: `sharding.ShardedIndex`).
 The disk work runs in a worker thread, so reads are served meanwhile; reads of
 recent state come from memory, written through on every commit.
 
@@ -17,20 +18,21 @@ A process killed after the commit finishes the origin write on restart
 and, since the outbox holds only the newest bytes of each file, never goes back.
 
 A commit's disk work overlaps where order allows: while the store commits
-(its fsync releases the GIL), other worker threads sign remote-index.json and
-write each new file, fsynced, to a hidden temporary file beside its place on the
-origin (`FilesystemOrigin.stage`). Only once the commit returned are they
-renamed into place, each releases.json before the remote-index.json naming it.
-remote-index.json is not stored as bytes: the store records the moment it was
-signed at, and a restart signs it again from the committed releases.json
-digests: the same bytes, since Ed25519 is deterministic.
+(its fsync releases the GIL), other worker threads write each new file, fsynced,
+to a hidden temporary file beside its place on the origin
+(`FilesystemOrigin.stage`). Only once the commit returned are they renamed into
+place, in the order pins point: releases.json, then shards, then remote-index.json.
+
+At start, and when the keys change (`install_keys`), the roots are published
+and, when the top level was signed under another root or by other keys (a
+rotation) or is missing (an origin of host protocol v1), every shard and
+releases.json is signed again and a new top level written (`_ensure_index`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import hashlib
 import logging
 import os
@@ -52,17 +54,19 @@ from releasecontrol.errors import (
 )
 from releasecontrol.index import (
     REMOTE_INDEX_PATH,
+    SCHEMA_VERSION,
     Envelope,
-    FeatureEntry,
     check_signatures,
     releases_path,
 )
 from releasecontrol.manifest import artifact_path, manifest_path, sha256_hex
+from releasecontrol.shards import Pin
 from releasecontrol_server import releases
 from releasecontrol_server.origin import Origin
 from releasecontrol_server.origin.filesystem import Staged
 from releasecontrol_server.releases import ChangeMeta, Command, FeatureState
-from releasecontrol_server.signer import EntriesView, FeatureEntries, Signer, feature_entry
+from releasecontrol_server.sharding import ShardedIndex
+from releasecontrol_server.signer import Signer, pin_of
 from releasecontrol_server.store import Change, SignedFile, SqliteStore, StoredTransition
 from releasecontrol_server.upload import ReceivedAsset
 from releasecontrol_server.watch import ChangeEvent, RefreshEvent, WatchHub
@@ -151,7 +155,7 @@ class _Prepared:
     request: _Request
     change: Change
     transition: StoredTransition
-    entry: FeatureEntry
+    pin: Pin
     answer: bytes
 
 
@@ -216,8 +220,14 @@ class ReleaseController:
         default_soak_seconds: int,
         clock: Callable[[], datetime] = utc_now,
         failpoint: str = "",
+        roots: Sequence[SignedFile] = (),
+        root_version: int = 1,
     ) -> None:
+        """`roots`: the signed roots to publish (roots/1.json …); `root_version`: the one every
+        remote-index.json is signed under (see `install_keys`)."""
         self._store = store
+        self._roots = tuple(roots)
+        self._root_version = root_version
         self._origin = origin
         self._signer = signer
         self._hub = hub
@@ -225,10 +235,7 @@ class ReleaseController:
         self._clock = clock
         self._failpoint = failpoint
         self._lock = asyncio.Lock()
-        self._entries = FeatureEntries()
-        # The last committed remote-index.json: its bytes grow with the number
-        # of features, so they are kept here rather than read back per change.
-        self._remote_index: SignedFile | None = None
+        self._index = ShardedIndex({}, {})
         self._retry_task: asyncio.Task[None] | None = None
         # The global sequence of the last commit whose states the caches hold:
         # reads pair them, so a snapshot never claims a change it does not show.
@@ -242,11 +249,10 @@ class ReleaseController:
         self._files: _Recent[str, SignedFile] = _Recent(_CACHED_FEATURES)
         # What the origin may lack, as the store's outbox says it (the controller is its
         # only writer, so memory follows it): each committed file not yet marked written,
-        # path -> sha256, and the sequence of a remote-index.json not yet marked (0: none).
-        # Commits and marks run in worker threads, reads on the event loop: under the lock.
+        # path -> sha256. Commits and marks run in worker threads, reads on the event loop:
+        # under the lock.
         self._pending_lock = threading.Lock()
         self._unmarked: dict[str, str] = {}
-        self._remote_pending = 0
         self._staging = origin if isinstance(origin, _Staging) else None
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="releasecontrol-write")
         self._stage_pool = ThreadPoolExecutor(
@@ -258,18 +264,19 @@ class ReleaseController:
         return self._default_soak
 
     async def start(self) -> None:
-        """Load the remote-index entries and finish origin writes a crash left pending."""
-        self._entries = self._load_entries()
+        """Load the index, publish the roots, sign the index again if the keys or the root
+        changed (or the origin is of host protocol v1), and finish origin writes a crash left
+        pending."""
         self._global_sequence = self._store.global_sequence()
-        self._remote_index, remote_pending = self._load_remote_index()
+        self._index = self._load_index()
         with self._pending_lock:
-            self._remote_pending = remote_pending
             self._unmarked = {d.path: d.sha256 for d in self._store.pending_digests()}
         self._feature_ids = self._store.feature_ids()
-        pending = self.pending_count()
-        if pending:
-            log.info("finishing %d origin writes left by the previous run", pending)
         async with self._lock:
+            await self._ensure_index()
+            pending = self.pending_count()
+            if pending:
+                log.info("finishing %d origin writes left by the previous run", pending)
             self._flush_or_schedule()
 
     async def stop(self) -> None:
@@ -282,45 +289,92 @@ class ReleaseController:
         self._pool.shutdown(wait=True)
         self._stage_pool.shutdown(wait=True)
 
-    def _load_remote_index(self) -> tuple[SignedFile | None, int]:
-        """The last committed remote-index.json and, if the origin may lack it, its sequence.
+    def _load_index(self) -> ShardedIndex:
+        pins = {
+            feature_id: Pin(d.sha256, d.length, d.sequence)
+            for feature_id, d in self._store.releases_digests().items()
+        }
+        return ShardedIndex(pins, self._store.index_files())
 
-        Signed again from the store's record when the store keeps no bytes. If
-        the origin has it already but its bytes differ (the keys changed since),
-        the origin's are kept: they are what hosts hold, with the same sequence.
-        """
-        record = self._store.remote_index_record()
-        if record is None:  # nothing committed yet, or a store that kept the bytes
-            return self._store.signed_file(REMOTE_INDEX_PATH), 0
-        rebuilt = self._signer.remote_index_file(
-            record.sequence, self._entries, record.issued_at, record.expires_at
-        )
-        if not record.written:
-            return rebuilt, record.sequence
-        try:
-            on_origin = self._origin.read(REMOTE_INDEX_PATH)
-        except OSError:
-            return rebuilt, 0
-        if on_origin is None or on_origin == rebuilt.content:
-            return rebuilt, 0
-        try:
-            envelope = Envelope.from_bytes(on_origin)
-            same = int(envelope.signed["sequence"]) == record.sequence
-        except (VerificationError, KeyError, TypeError, ValueError):
-            same = False
-        if same and check_signatures(envelope, self._signer.own_trust()).verified:
-            return SignedFile(
-                REMOTE_INDEX_PATH, on_origin, sha256_hex(on_origin), record.sequence
-            ), 0
-        return rebuilt, 0
+    async def install_keys(
+        self, signer: Signer, roots: Sequence[SignedFile], root_version: int
+    ) -> None:
+        """Sign with `signer` under root `root_version` from now on: publish the new roots,
+        sign every releases.json and shard again and a new top level (a key rotation)."""
+        async with self._lock:
+            self._signer, self._roots, self._root_version = signer, tuple(roots), root_version
+            await self._ensure_index()
+            self._flush_or_schedule()
 
-    def _load_entries(self) -> FeatureEntries:
-        return FeatureEntries(
-            {
-                feature_id: FeatureEntry(url=d.path, sha256=d.sha256, sequence=d.sequence)
-                for feature_id, d in self._store.releases_digests().items()
-            }
+    async def _ensure_index(self) -> None:
+        """Commit the roots the store lacks, and every index file again when the top level
+        was not signed under the current root by the current keys; under the writer lock."""
+        stored = self._store.index_files()
+        files = [r for r in self._roots if getattr(stored.get(r.path), "sha256", None) != r.sha256]
+        top = self._index.top
+        stale = top is not None and not self._current(top)
+        if stale or (top is None and self._feature_ids) or (top and not self._index.complete):
+            releases, changed = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._resign_releases, self._clock()
+            )
+            index_files = self._index.rebuild(
+                signer=self._signer,
+                root_version=self._root_version,
+                now=self._clock(),
+                pins=changed,
+                sequence=max(self._index.sequence, self._global_sequence) + 1,
+            )
+            files += [*releases, *index_files]
+            log.info(
+                "index signed again root_version=%d releases=%d shards=%d sequence=%d",
+                self._root_version,
+                len(releases),
+                len(index_files) - 1,
+                index_files[-1].sequence,
+            )
+        else:
+            changed, index_files = {}, []
+        if not files:
+            return
+        await asyncio.get_running_loop().run_in_executor(
+            self._pool, lambda: self._store.commit_many([], index_files=files)
         )
+        with self._pending_lock:
+            for file in files:
+                self._unmarked[file.path] = file.sha256
+        for file in files:
+            self._files.put(file.path, file)
+        self._index.apply(changed, index_files)
+
+    def _current(self, file: SignedFile) -> bool:
+        """Whether a stored top level is signed by our keys under the current root."""
+        try:
+            body = Envelope.from_bytes(file.content).signed
+        except VerificationError:
+            return False
+        return body.get("root_version") == self._root_version and self._signer.signed_by_us(
+            file.content
+        )
+
+    def _resign_releases(self, now: datetime) -> tuple[list[SignedFile], dict[str, Pin]]:
+        """In a worker thread: every releases.json not signed by our keys, signed again (the
+        same body at the same sequence; a v1 one rebuilt as schema 2 at the same sequence)."""
+        out: list[SignedFile] = []
+        for feature_id in self._feature_ids:
+            path = releases_path(feature_id)
+            file = self._store.signed_file(path)
+            state = self._load(feature_id)
+            if file is None or state is None:
+                continue
+            try:
+                schema = Envelope.from_bytes(file.content).signed.get("schema_version")
+            except VerificationError:
+                schema = None
+            if schema != SCHEMA_VERSION:
+                out.append(self._signer.releases_file(state, now))
+            elif not self._signer.signed_by_us(file.content):
+                out.append(self._signer.resign(file))
+        return out, {f.path.split("/")[1]: pin_of(f) for f in out}
 
     # -- writes ------------------------------------------------------------
 
@@ -391,10 +445,10 @@ class ReleaseController:
         global_sequence = self._global_sequence
         prepared: list[_Prepared] = []
         states: dict[str, FeatureState] = {}
-        entries: dict[str, FeatureEntry] = {}
+        entries: dict[str, Pin] = {}
         first_by_id: dict[str, _Request] = {}
         repeats: list[tuple[_Request, _Request]] = []
-        remote_checked = False
+        origin_checked = False
         for request in batch:
             first = first_by_id.get(request.request_id) if request.request_id else None
             if first is not None:
@@ -409,18 +463,18 @@ class ReleaseController:
                 first_by_id[request.request_id] = request
             try:
                 item = self._prepare(
-                    request, now, global_sequence + 1, states, check_remote=not remote_checked
+                    request, now, global_sequence + 1, states, check_remote=not origin_checked
                 )
             except Exception as exc:
                 _fail(request.answer, exc)
                 continue
-            remote_checked = remote_checked or item is not None
+            origin_checked = origin_checked or item is not None
             if item is None:
                 continue  # answered: a repeat of an earlier request, or nothing to change
             prepared.append(item)
             global_sequence += 1
             states[request.feature_id] = item.change.state
-            entries[request.feature_id] = item.entry
+            entries[request.feature_id] = item.pin
         if prepared:
             await self._commit(prepared, entries, now)
         for request, first in repeats:
@@ -511,41 +565,37 @@ class ReleaseController:
             rpc=rpc,
             response=answer,
         )
-        return _Prepared(request, change, transition, feature_entry(releases_file), answer)
+        return _Prepared(request, change, transition, pin_of(releases_file), answer)
 
     async def _commit(
-        self, prepared: list[_Prepared], entries: Mapping[str, FeatureEntry], now: datetime
+        self, prepared: list[_Prepared], entries: Mapping[str, Pin], now: datetime
     ) -> None:
-        """Commit the batch, sign its one remote index, write the origin, answer.
+        """Commit the batch with its shards and top level, write the origin, answer.
 
         The disk work runs off the event loop, so reads (and the next batch's
         requests) are served meanwhile; see the module docstring for what overlaps.
         """
         last = prepared[-1].change
         changes = [p.change for p in prepared]
-        view = self._entries.with_entries(entries)
-        expires_at = self._signer.expires_at(now)
         held = [file for change in changes for file in change.files]
         # Started now, waited for by the commit's thread: one hand-off from the loop.
         staging = [self._stage_pool.submit(self._stage, file) for file in held]
         signing = self._pool.submit(
-            self._sign_remote_index, last.global_sequence, view, now, expires_at
+            self._index.next_files,
+            entries,
+            signer=self._signer,
+            root_version=self._root_version,
+            now=now,
         )
         try:
-            flushed = await asyncio.get_running_loop().run_in_executor(
-                self._pool,
-                self._commit_and_flush,
-                changes,
-                view,
-                (now, expires_at),
-                staging,
-                signing,
+            index_files, flushed = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._commit_and_flush, changes, staging, signing
             )
         except Exception as exc:
             for item in prepared:
                 _fail(item.request.answer, exc)
             return
-        self._entries.apply(view)
+        self._index.apply(entries, index_files)
         self._global_sequence = last.global_sequence
         for change in changes:
             feature_id = change.state.feature_id
@@ -555,6 +605,8 @@ class ReleaseController:
             self._states.put(feature_id, change.state)
             for file in change.files:
                 self._files.put(file.path, file)
+        for file in index_files:
+            self._files.put(file.path, file)
         if not flushed:
             self._schedule_retry()
         for item in prepared:
@@ -590,54 +642,46 @@ class ReleaseController:
     def _commit_and_flush(
         self,
         changes: list[Change],
-        view: EntriesView,
-        signed_at: tuple[datetime, datetime],
         staging: list[Future[Staged | None]],
-        signing: Future[tuple[SignedFile, Staged | None]],
-    ) -> bool:
-        """In a worker thread: commit `changes` with the record of their remote index (signed
-        at `signed_at`: issued, expires), then put what `staging` and `signing` wrote beside
-        the origin in place, in order.
+        signing: Future[list[SignedFile]],
+    ) -> tuple[list[SignedFile], bool]:
+        """In a worker thread: commit `changes` with the shards and top level `signing` makes,
+        then put what `staging` wrote beside the origin (and the index files) in place, in
+        order. Returns the index files and whether the origin has everything.
 
-        Raises what the commit raises (after discarding what was staged).
+        Raises what the signing or the commit raises (after discarding what was staged).
         """
-        last = changes[-1]
+        held = [f for c in changes for f in c.files]
         try:
-            self._store.commit_many(changes, remote_index=signed_at)
+            index_files = signing.result()
+            index_staging = [self._stage_pool.submit(self._stage, f) for f in index_files]
         except BaseException:
-            leftovers: list[Staged | None] = []
-            for future in staging:
-                leftovers.append(future.result())  # _stage does not raise for a failed write
-            with contextlib.suppress(Exception):
-                leftovers.append(signing.result()[1])
-            for staged in leftovers:
-                if staged is not None:
-                    self._discard(staged)
+            self._discard_all(staging)
+            raise
+        try:
+            self._store.commit_many(changes, index_files=index_files)
+        except BaseException:
+            self._discard_all([*staging, *index_staging])
             raise
         if self._failpoint == FAILPOINT_AFTER_COMMIT:
             os.kill(os.getpid(), signal.SIGKILL)
         with self._pending_lock:
             # As the commit changed the outbox: its files queued (a path once, with its
-            # newest bytes), remote-index.json recorded instead of queued.
-            self._unmarked.pop(REMOTE_INDEX_PATH, None)
-            for change in changes:
-                for file in change.files:
-                    self._unmarked[file.path] = file.sha256
-            self._remote_pending = last.global_sequence
+            # newest bytes).
+            for file in [*held, *index_files]:
+                self._unmarked[file.path] = file.sha256
         staged_files: dict[tuple[str, str], Staged] = {}
-        for file, future in zip([f for c in changes for f in c.files], staging, strict=True):
+        for file, future in zip([*held, *index_files], [*staging, *index_staging], strict=True):
             staged = future.result()  # _stage does not raise for a failed write
             if staged is not None:
                 staged_files[(file.path, file.sha256)] = staged
-        remote_staged: Staged | None = None
-        try:
-            self._remote_index, remote_staged = signing.result()
-        except Exception:  # a bug: the flush signs it again from the committed state
-            log.exception("signing remote-index.json failed")
-            self._remote_index = None
-        return self._flush(
-            [f for c in changes for f in c.files], staged_files, remote_staged, entries=view
-        )
+        return index_files, self._flush([*held, *index_files], staged_files)
+
+    def _discard_all(self, staging: list[Future[Staged | None]]) -> None:
+        for future in staging:
+            staged = future.result()  # _stage does not raise for a failed write
+            if staged is not None:
+                self._discard(staged)
 
     def _stage(self, file: SignedFile) -> Staged | None:
         """In a worker thread: `file`'s bytes durable beside its place on the origin, if the
@@ -657,13 +701,6 @@ class ReleaseController:
             except OSError as exc:
                 log.warning("removing the temporary file %s failed: %s", staged.temp, exc)
 
-    def _sign_remote_index(
-        self, sequence: int, view: EntriesView, now: datetime, expires_at: datetime
-    ) -> tuple[SignedFile, Staged | None]:
-        """In a worker thread: the batch's remote-index.json, signed and staged on the origin."""
-        remote = self._signer.remote_index_file(sequence, view, now, expires_at)
-        return remote, self._stage(remote)
-
     def _refuse_if_origin_ahead(self, feature_id: str, *, remote_index: bool = True) -> None:
         """Refuse to publish when the origin holds newer or different index files than the store.
 
@@ -680,7 +717,7 @@ class ReleaseController:
             remote = self._origin.read(path)
             if remote is None:
                 continue
-            ours = self._remote_index if path == REMOTE_INDEX_PATH else self._stored_file(path)
+            ours = self._index.top if path == REMOTE_INDEX_PATH else self._stored_file(path)
             if ours is not None and ours.content == remote:
                 continue  # the origin holds what this store committed last
             try:
@@ -698,8 +735,6 @@ class ReleaseController:
             our_sequence = ours.sequence if ours else 0
             if remote_sequence == our_sequence and pending is None:
                 pending = {f.path for f in self._store.pending_digests()}
-                if self._remote_pending:
-                    pending.add(REMOTE_INDEX_PATH)
             if remote_sequence > our_sequence or (
                 remote_sequence == our_sequence and path not in (pending or ())
             ):
@@ -722,23 +757,16 @@ class ReleaseController:
         self,
         held: Sequence[SignedFile] = (),
         staged: Mapping[tuple[str, str], Staged] | None = None,
-        remote_staged: Staged | None = None,
-        *,
-        entries: Mapping[str, FeatureEntry] | None = None,
     ) -> bool:
-        """Write the outbox to the origin in order, then the remote index; True when nothing
-        is left pending.
+        """Write the outbox to the origin in order; True when nothing is left pending.
 
         `held`: files just committed, whose bytes need not be read back from the
-        store; `staged` (by path and sha256) and `remote_staged`: those already
-        written beside their place, to be renamed into it. What is staged but not
-        published is removed. `entries`: the committed remote-index entries, when
-        the controller's own are not updated yet.
+        store; `staged` (by path and sha256): those already written beside their
+        place, to be renamed into it. What is staged but not published is removed.
         """
         known = {(f.path, f.sha256): f for f in held}
         unpublished = dict(staged or {})
         written: list[tuple[str, str]] = []
-        remote_written = 0
         try:
             for digest in self._store.pending_digests():
                 key = (digest.path, digest.sha256)
@@ -751,58 +779,29 @@ class ReleaseController:
                         continue
                     self._origin.write(file.path, file.content)
                 written.append(key)
-            pending = self._remote_pending
-            if pending:
-                remote = self._remote_index
-                if remote is None or remote.sequence != pending:
-                    remote = self._remote_index = self._rebuild_remote_index(entries)
-                if remote_staged is not None and self._staging is not None:
-                    ready, remote_staged = remote_staged, None
-                    self._staging.publish(ready)
-                else:
-                    self._origin.write(REMOTE_INDEX_PATH, remote.content)
-                remote_written = pending
         except OSError as exc:
             log.warning("origin write failed, retrying every %.0fs: %s", _RETRY_SECONDS, exc)
             return False
         finally:
-            for ready in [*unpublished.values(), *([remote_staged] if remote_staged else [])]:
+            for ready in unpublished.values():
                 self._discard(ready)
-            self._mark_written(written, remote_written)
+            self._mark_written(written)
         return True
 
-    def _mark_written(self, written: Sequence[tuple[str, str]], remote_index: int) -> None:
-        """Drop `written` (path, sha256) and the remote index of sequence `remote_index` (0:
-        none) from the outbox, in the store and then in memory, as the store does: a file or
-        remote index committed again since stays pending."""
-        self._store.mark_all_written(written, remote_index=remote_index)
+    def _mark_written(self, written: Sequence[tuple[str, str]]) -> None:
+        """Drop `written` (path, sha256) from the outbox, in the store and then in memory, as
+        the store does: a file committed again since stays pending."""
+        self._store.mark_all_written(written)
         with self._pending_lock:
             for path, sha256 in written:
                 if self._unmarked.get(path) == sha256:
                     del self._unmarked[path]
-            if remote_index and self._remote_pending == remote_index:
-                self._remote_pending = 0
 
     def pending_count(self) -> int:
         """How many committed files the origin may lack: `SqliteStore.pending_count`, from
         memory."""
         with self._pending_lock:
-            return len(self._unmarked) + (1 if self._remote_pending else 0)
-
-    def _rebuild_remote_index(
-        self, entries: Mapping[str, FeatureEntry] | None = None
-    ) -> SignedFile:
-        """The remote-index.json the store recorded last, signed again from the committed state
-        (`entries`, default the controller's)."""
-        record = self._store.remote_index_record()
-        if record is None:
-            raise RuntimeError("no remote index is recorded, yet one is pending")
-        return self._signer.remote_index_file(
-            record.sequence,
-            self._entries if entries is None else entries,
-            record.issued_at,
-            record.expires_at,
-        )
+            return len(self._unmarked)
 
     def _flush_or_schedule(self) -> bool:
         """Flush the outbox; if that fails, keep retrying in the background."""
@@ -939,8 +938,8 @@ class ReleaseController:
         return out
 
     def signed_file(self, path: str) -> SignedFile:
-        if path == REMOTE_INDEX_PATH and self._remote_index is not None:
-            return self._remote_index  # the last committed bytes, kept since start
+        if path == REMOTE_INDEX_PATH and self._index.top is not None:
+            return self._index.top  # the last committed bytes
         file = self._stored_file(path)
         if file is None:
             raise NotFound(f"{path} has not been signed yet: publish a version first")

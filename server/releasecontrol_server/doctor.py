@@ -35,9 +35,11 @@ from cryptography.x509.oid import NameOID
 from releasecontrol import compat, routes
 from releasecontrol.errors import ConfigError, InvalidArgument, ReleaseControlError
 from releasecontrol.index import REMOTE_INDEX_PATH
+from releasecontrol.keyfiles import ROOT_RENEW_BEFORE
 from releasecontrol.published import Published, folder_reader, http_reader, read_published
-from releasecontrol.trust import SigningKey, TrustStore, short_keyid
+from releasecontrol.trust import TrustStore, short_keyid
 from releasecontrol_server.config import Config, load_config
+from releasecontrol_server.keyring import load_keyring, trusted_keys
 
 __all__ = [
     "CHECK_NAMES",
@@ -183,10 +185,6 @@ def check_production_mode(config: Config) -> CheckResult:
 
 
 def _load_trust(config: Config) -> TrustStore:
-    # Imported here: main pulls in the whole server (grpc, the store), which the
-    # pure checks do not need.
-    from releasecontrol_server.main import trusted_keys
-
     return trusted_keys(config)
 
 
@@ -498,77 +496,43 @@ def check_tls(config: Config, *, now: datetime | None = None) -> CheckResult:
 # -- signing ------------------------------------------------------------------------------------
 
 
-def check_signing_keys(config: Config) -> CheckResult:
-    """PASS when every signing key loads, is in the trust set, enough of them meet its
-    threshold, and (in production) no trusted key is a dev key."""
+def check_signing_keys(config: Config, *, now: datetime | None = None) -> CheckResult:
+    """PASS when the roots chain from the trust file (as hosts follow them), the newest has
+    not expired, and the signing keys are its online keys, enough of them for its
+    threshold (and, in production, none of it is a dev key); WARN when the newest root
+    expires within 30 days."""
     name = "signing-keys"
-    setting = config.setting_name("signing_key_paths")
-    problems: list[tuple[str, str]] = []
-    keys: list[tuple[Path, SigningKey]] = []
-    for path in config.signing_key_paths:
-        try:
-            keys.append((path, SigningKey.load(path)))
-        except ConfigError as exc:
-            problems.append(
-                (exc.message, f"point {setting} at the Ed25519 private key(s) that sign indices")
-            )
+    now = datetime.now(UTC) if now is None else now
     try:
-        trust = _load_trust(config)
-    except ConfigError:
-        problems.append(
-            (
-                "the trust set does not load (see trusted-keys), so no signing key can be "
-                "checked against it",
-                "fix the trust file first",
-            )
-        )
-        return _fail(name, problems)
-
-    trust_fix = "add the signing key's public half to the trust file, or sign with a trusted key"
-    trusted = 0
-    for path, key in keys:
-        if key.keyid in trust.keys:
-            trusted += 1
-            if key.keyid in trust.dev_keyids and config.is_production:
-                problems.append(
-                    (
-                        f"signing key {path} (keyid {short_keyid(key.keyid)}) is a dev key, "
-                        "which production refuses",
-                        "generate a real signing key and trust only real keys",
-                    )
-                )
-        else:
-            problems.append(
+        keyring = load_keyring(config, now=now)
+    except ConfigError as exc:
+        return _fail(
+            name,
+            [
                 (
-                    f"signing key {path} (keyid {short_keyid(key.keyid)}) is not in the trust "
-                    f"set {_trust_source(config)}, so hosts would refuse every index it signs",
-                    trust_fix,
+                    exc.message,
+                    "keep every signed root in root_dir, and sign with online keys the newest "
+                    "root lists (`releasectl keys rotate`, `releasectl keys sign-root`)",
                 )
-            )
-    if keys and 0 < trusted < trust.threshold:
-        problems.append(
-            (
-                f"hosts need {trust.threshold} trusted signatures, but only {trusted} signing "
-                "key(s) are trusted",
-                f"add signing keys to {setting} or lower the trust file's threshold",
-            )
+            ],
         )
-    dev_trusted = sorted(trust.dev_keyids - {key.keyid for _, key in keys})
-    if config.is_production and dev_trusted:
-        problems.append(
-            (
-                f"the trust set includes dev key {short_keyid(dev_trusted[0])}, which production "
-                "refuses",
-                "remove dev keys from the trust file",
-            )
-        )
-    if problems:
-        return _fail(name, problems)
-    return _pass(
-        name,
-        f"{len(keys)} signing key(s) load and are trusted "
-        f"({', '.join(short_keyid(k.keyid) for _, k in keys)}; threshold {trust.threshold})",
+    root = keyring.root
+    expires = f"{root.expires_at:%Y-%m-%dT%H:%M:%SZ}"
+    keys = ", ".join(short_keyid(k.keyid) for k in keyring.keys)
+    index = root.roles["index"]
+    summary = (
+        f"root {root.version} (expires {expires}) lists the {len(keyring.keys)} signing "
+        f"key(s) {keys}; index threshold {index.threshold}"
     )
+    if root.expires_at - now < ROOT_RENEW_BEFORE:
+        return CheckResult(
+            name,
+            "WARN",
+            f"{summary}; the root expires in less than {ROOT_RENEW_BEFORE.days} days",
+            f"sign root {root.version + 1} with the root keys before {expires}: hosts refuse "
+            "everything once the root expired",
+        )
+    return _pass(name, summary)
 
 
 # -- what is published ----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Wiring: config -> store -> signer -> origin -> servers. The `releasecontrol-server` process.
 
-`releasectl dev` runs this with `--dev`, which first makes the dev PKI and the
-dev signing key (on first run; reused after).
+`releasectl dev` runs this with `--dev`, which first makes the dev PKI, the dev
+root and signing keys and the roots (on first run; reused after).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from releasecontrol.errors import ConfigError, ReleaseControlError
 from releasecontrol.files import atomic_write
-from releasecontrol.trust import SigningKey, TrustStore, load_or_create_dev_key
+from releasecontrol.keyfiles import load_or_create_dev_keys
 from releasecontrol_server.admin import (
     AdminServer,
     AdminSettings,
@@ -37,6 +37,7 @@ from releasecontrol_server.auth.interceptor import AuthInterceptor, authenticato
 from releasecontrol_server.config import Config, load_config, split_listen_address
 from releasecontrol_server.control import ReleaseController
 from releasecontrol_server.expiry import Resigner
+from releasecontrol_server.keyring import Keyring, KeyWatcher, load_keyring
 from releasecontrol_server.origin import open_origin
 from releasecontrol_server.origin.http import OriginHttpServer
 from releasecontrol_server.pki import ensure_dev_pki
@@ -57,7 +58,7 @@ def prepare_dev(config: Config) -> None:
             "RELEASECONTROL_ENV=production; provision real ones and start without --dev"
         )
     ensure_dev_pki(config.home / "pki")
-    load_or_create_dev_key(config.home / "keys")
+    load_or_create_dev_keys(config.home / "keys")
 
 
 def _loopback(host: str) -> bool:
@@ -78,44 +79,6 @@ def open_dev_admin(config: Config) -> Config:
     return dataclasses.replace(config, allow_unauthenticated_admin=True)
 
 
-def load_signing_keys(config: Config) -> list[SigningKey]:
-    """The configured signing keys, each checked to be in the trust set hosts use."""
-    keys = []
-    for path in config.signing_key_paths:
-        if not path.is_file():
-            raise ConfigError(
-                f"signing key {path} does not exist: run `releasectl dev` to make a dev key, "
-                "or set signing_key_paths to your Ed25519 key files"
-            )
-        keys.append(SigningKey.load(path))
-    trust = trusted_keys(config)
-    for key in keys:
-        if key.keyid not in trust.keys:
-            raise ConfigError(
-                f"signing key {key.keyid[:12]}… is not in the trusted keys, so hosts would "
-                "refuse every index it signs; add it to the trust file"
-            )
-    if config.is_production and trust.dev_keyids:
-        raise ConfigError(
-            f"the trusted keys include dev key {sorted(trust.dev_keyids)[0][:12]}…, which "
-            "production refuses; sign with a real key and trust only real keys"
-        )
-    return keys
-
-
-def trusted_keys(config: Config) -> TrustStore:
-    if config.trust_public_keys_json:
-        return TrustStore.from_json(
-            config.trust_public_keys_json, source="FEATURE_TRUST_PUBLIC_KEYS_JSON"
-        )
-    if config.trust_public_keys_path is None or not config.trust_public_keys_path.is_file():
-        raise ConfigError(
-            f"no trust file at {config.trust_public_keys_path}: set "
-            "FEATURE_TRUST_PUBLIC_KEYS_PATH or FEATURE_TRUST_PUBLIC_KEYS_JSON"
-        )
-    return TrustStore.from_file(config.trust_public_keys_path)
-
-
 async def serve(
     config: Config,
     *,
@@ -124,7 +87,7 @@ async def serve(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Run the control plane until `stop` is set (or SIGINT/SIGTERM)."""
-    keys = load_signing_keys(config)
+    keyring = load_keyring(config)
     authenticator = authenticator_for(config)
     tls = ReloadingServerCredentials(
         config.tls_cert_path,
@@ -138,10 +101,12 @@ async def serve(
     controller = ReleaseController(
         store=store,
         origin=origin,
-        signer=Signer(keys, config.index_expiry_seconds),
+        signer=Signer(keyring.keys, config.index_expiry_seconds),
         hub=WatchHub(config.watch_queue_size),
         default_soak_seconds=config.default_soak_seconds,
         failpoint=failpoint,
+        roots=keyring.roots,
+        root_version=keyring.root_version,
     )
     origin_http: OriginHttpServer | None = None
     server = aio.server(interceptors=[AuthInterceptor(authenticator)])
@@ -231,9 +196,19 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
         resigner = Resigner(controller, expiry_seconds=config.index_expiry_seconds)
         resigning = loop.create_task(resigner.run(stop), name="resign-before-expiry")
+
+        async def install(new: Keyring) -> None:
+            await controller.install_keys(
+                Signer(new.keys, config.index_expiry_seconds), new.roots, new.root_version
+            )
+
+        watching = loop.create_task(
+            KeyWatcher(config, keyring, install).run(stop), name="watch-keys"
+        )
         await stop.wait()
         log.info("shutting down")
         await resigning
+        await watching
     finally:
         await admin.stop()
         await server.stop(config.shutdown_grace_seconds)
@@ -287,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dev",
         action="store_true",
-        help="development: create a dev PKI and signing key on first run, reuse them after",
+        help="development: create a dev PKI, root and signing keys on first run, reuse them after",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -1,109 +1,75 @@
-"""Turns committed state into signed index files: releases.json and remote-index.json.
+"""Turns committed state into signed index files: releases.json, shards, remote-index.json.
 
-Every signed index is a pure function of the committed state, the keys and the
-time, so it can always be rebuilt.
-
-The bytes are exactly those of `releasecontrol.index.sign(...).to_bytes()`
-(RFC 8785, JCS), but built without re-encoding what did not change.
-Canonical JSON of an object is "{", its members sorted by the UTF-16 code
-units of their names, each encoded as JCS(name) ":" JCS(value) and joined by
-",", then "}"; a member's encoding does not depend on its neighbours. So
-`FeatureEntries` keeps every feature's member of remote-index.json's
-`features` object already encoded, and a change re-encodes one entry and joins
-the rest. The envelope `{"signatures": [...], "signed": {...}}` is assembled
-the same way around the signed bytes, instead of encoding the body again.
+Every signed index is a pure function of what it is built from, the keys and
+the time, so it can always be rebuilt. The bytes are exactly those of
+`releasecontrol.index.sign(...).to_bytes()` (RFC 8785, JCS); `releases_body`
+builds a releases.json body without the model on every change (its versions
+encoded once each and kept), and `_envelope` wraps signed bytes without
+encoding them again. Files are laid out as host protocol v2 says
+(docs/host-protocol.md): one shard per non-empty hash bin, and a top level
+pinning each shard by SHA-256, length and sequence.
 """
 
 from __future__ import annotations
 
 import base64
-import bisect
 import functools
-import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from releasecontrol.canonical import jcs
+from releasecontrol.errors import VerificationError
 from releasecontrol.index import (
     REMOTE_INDEX_PATH,
     SCHEMA_VERSION,
     TYPE_RELEASES,
     CanarySoak,
-    FeatureEntry,
+    Envelope,
     ReleasesIndex,
-    RemoteIndex,
     VersionEntry,
-    canonical_json,
     format_time,
     releases_path,
 )
 from releasecontrol.manifest import sha256_hex
+from releasecontrol.shards import Pin, RemoteIndex, Shard, shard_path
 from releasecontrol.trust import SigningKey, TrustStore
 from releasecontrol_server.releases import FeatureState
 from releasecontrol_server.store import SignedFile
 
-# Members per block of the encoded `features` object: a change re-joins one
-# block, and the file is the join of the blocks.
-_BLOCK_SIZE = 128
-
-# JCS integers are those an IEEE double holds exactly (rfc8785's bounds).
-_INT_LIMIT = 2**53 - 1
+__all__ = ["Signer", "jcs", "pin_of"]
 
 
-def jcs(value: Any) -> bytes:
-    """The RFC 8785 (JCS) bytes of `value`: `canonical_json`, ~20 times faster for index bodies.
-
-    For dicts with ASCII string keys, lists, tuples, strings, bools, None and
-    integers within ±(2**53 - 1), JCS is exactly `json.dumps` with sorted keys,
-    no whitespace and no ASCII escaping: both escape `"`, `\\` and the control
-    characters alike (`\\n`, `\\u001f`…) and leave everything else as UTF-8,
-    and ASCII keys sort the same by UTF-16 code units as by code points.
-    Anything else (floats, non-ASCII keys, other mappings, a lone surrogate)
-    goes through `canonical_json`, which also raises ValueError where JCS has
-    no form.
-    """
-    if _json_is_jcs(value):
-        try:
-            return json.dumps(
-                value, ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
-            ).encode("utf-8")
-        except UnicodeEncodeError:
-            pass  # a lone surrogate: canonical_json says why it has no JCS form
-    return canonical_json(value)
-
-
-def _json_is_jcs(value: Any) -> bool:
-    """Whether json.dumps of `value` (as `jcs` calls it) is its JCS form."""
-    kind = type(value)
-    if kind is str or value is None or kind is bool:
-        return True
-    if kind is int:
-        return bool(-_INT_LIMIT <= value <= _INT_LIMIT)
-    if kind is dict:
-        return all(type(k) is str and k.isascii() and _json_is_jcs(v) for k, v in value.items())
-    if kind is list or kind is tuple:
-        return all(_json_is_jcs(item) for item in value)
-    return False
+def pin_of(file: SignedFile) -> Pin:
+    """How the level above pins `file`: its SHA-256, length and sequence."""
+    return Pin(file.sha256, len(file.content), file.sequence)
 
 
 class Signer:
-    """Signs index files with every configured key; indices expire after `expiry_seconds`."""
+    """Signs index files with every configured online key; indices expire after
+    `expiry_seconds`."""
 
     def __init__(self, keys: Sequence[SigningKey], expiry_seconds: int) -> None:
         if not keys:
             raise ValueError("at least one signing key is needed")
         self._keys = tuple(keys)
-        # sign() signs once per distinct key, in the order given.
+        # Each distinct key signs once, in the order given.
         self._distinct = tuple({k.keyid: k for k in self._keys}.values())
         self._expiry = timedelta(seconds=expiry_seconds)
 
     @property
     def keyids(self) -> tuple[str, ...]:
-        return tuple(k.keyid for k in self._keys)
+        return tuple(k.keyid for k in self._distinct)
 
     def own_trust(self) -> TrustStore:
         """The signing keys as a trust store: what "signed by this control plane" means."""
-        return TrustStore.for_keys([k.trusted_key() for k in self._keys], threshold=1)
+        return TrustStore.for_keys([k.trusted_key() for k in self._distinct], threshold=1)
+
+    def expires_at(self, now: datetime) -> datetime:
+        """When an index issued at `now` expires."""
+        return now + self._expiry
+
+    # -- releases.json ----------------------------------------------------------------------
 
     def releases_index(self, state: FeatureState, now: datetime) -> ReleasesIndex:
         """The releases.json model of `state`, issued at `now`."""
@@ -174,50 +140,54 @@ class Signer:
 
     def releases_file(self, state: FeatureState, now: datetime) -> SignedFile:
         """The signed bytes of the feature's releases.json."""
-        content = self._envelope(self.releases_body(state, now))
-        return SignedFile(
-            path=releases_path(state.feature_id),
-            content=content,
-            sha256=sha256_hex(content),
-            sequence=state.sequence,
+        return self._file(
+            releases_path(state.feature_id), self.releases_body(state, now), state.sequence
         )
 
-    def expires_at(self, now: datetime) -> datetime:
-        """When an index issued at `now` expires."""
-        return now + self._expiry
+    # -- the sharded index ------------------------------------------------------------------
 
-    def remote_index_file(
+    def shard_file(
+        self, bits: int, name: str, features: Mapping[str, Pin], sequence: int, now: datetime
+    ) -> SignedFile:
+        """The signed shard of bin `name`, pinning each of its features' releases.json."""
+        body = Shard(
+            bits=bits,
+            bin=name,
+            sequence=sequence,
+            features=features,
+            issued_at=now,
+            expires_at=self.expires_at(now),
+        ).to_dict()
+        return self._file(shard_path(bits, name), jcs(body), sequence)
+
+    def top_file(
         self,
         sequence: int,
-        features: Mapping[str, FeatureEntry],
+        root_version: int,
+        bits: int,
+        shards: Mapping[str, Pin],
         now: datetime,
-        expires_at: datetime | None = None,
     ) -> SignedFile:
-        """The signed bytes of remote-index.json naming every feature's releases.json.
-
-        With `FeatureEntries` (or a `FeatureEntries.replacing` view), only the
-        entries not encoded before are encoded. `expires_at` defaults to
-        `expires_at(now)`. The same arguments and keys give the same bytes
-        (Ed25519 signatures are deterministic), which is how a remote index
-        the store recorded but the origin never got is rebuilt.
-        """
-        if not isinstance(features, FeatureEntries | EntriesView):
-            features = FeatureEntries(features)
-        # The model checks the top-level fields; `features` is spliced in encoded.
+        """The signed remote-index.json pinning every shard, under root `root_version`."""
         body = RemoteIndex(
             sequence=sequence,
-            features={},
+            root_version=root_version,
+            bits=bits,
+            shards=shards,
             issued_at=now,
-            expires_at=self.expires_at(now) if expires_at is None else expires_at,
+            expires_at=self.expires_at(now),
         ).to_dict()
-        members = []
-        for name in sorted(body, key=jcs_sort_key):
-            value = features.encoded() if name == "features" else jcs(body[name])
-            members.append(jcs(name) + b":" + value)
-        content = self._envelope(b"{" + b",".join(members) + b"}")
-        return SignedFile(
-            path=REMOTE_INDEX_PATH, content=content, sha256=sha256_hex(content), sequence=sequence
-        )
+        return self._file(REMOTE_INDEX_PATH, jcs(body), sequence)
+
+    def resign(self, file: SignedFile) -> SignedFile:
+        """`file` with the same signed body signed by these keys instead: what a key rotation
+        does to every file hosts may hold (same sequence, same body, new signatures)."""
+        body = Envelope.from_bytes(file.content).signed_bytes()
+        return self._file(file.path, body, file.sequence)
+
+    def _file(self, path: str, body: bytes, sequence: int) -> SignedFile:
+        content = self._envelope(body)
+        return SignedFile(path=path, content=content, sha256=sha256_hex(content), sequence=sequence)
 
     def _envelope(self, signed: bytes) -> bytes:
         """The JCS bytes of {"signatures": [...], "signed": <signed>}; "signatures" sorts first."""
@@ -226,6 +196,14 @@ class Signer:
             for key in self._distinct
         ]
         return b'{"signatures":' + jcs(signatures) + b',"signed":' + signed + b"}"
+
+    def signed_by_us(self, content: bytes) -> bool:
+        """Whether `content` carries a signature by every one of our keys (and no other)."""
+        try:
+            envelope = Envelope.from_bytes(content)
+        except VerificationError:
+            return False  # unreadable bytes are simply not ours
+        return {s.keyid for s in envelope.signatures} == set(self.keyids)
 
 
 def _whole_utc(moment: datetime) -> datetime:
@@ -247,201 +225,3 @@ def _version_json(version: str, manifest_sha256: str, published_at: datetime) ->
 def _soak_dict(started_at: datetime, duration_seconds: int) -> dict[str, Any]:
     """releases.json's `canary_soak`, through the model; callers only read it."""
     return CanarySoak(started_at=started_at, duration_seconds=duration_seconds).to_dict()
-
-
-def feature_entry(file: SignedFile) -> FeatureEntry:
-    """How remote-index.json names one feature's releases.json (relative to the index)."""
-    return FeatureEntry(url=file.path, sha256=file.sha256, sequence=file.sequence)
-
-
-def jcs_sort_key(name: str) -> bytes:
-    """The order RFC 8785 sorts object members in: by the UTF-16 code units of the name.
-
-    Big-endian UTF-16 bytes compare as the code units do. Raises
-    UnicodeEncodeError for a lone surrogate, which has no JCS form either.
-    """
-    return name.encode("utf-16-be")
-
-
-def _member(feature_id: str, entry: FeatureEntry) -> bytes:
-    return jcs(feature_id) + b":" + jcs(entry.to_dict())
-
-
-class _Block:
-    """A run of consecutive members (in JCS order) and their joined encoding."""
-
-    __slots__ = ("_joined", "ids", "keys")
-
-    def __init__(self, ids: list[str], keys: list[bytes]) -> None:
-        self.ids = ids
-        self.keys = keys
-        self._joined: bytes | None = None
-
-    def joined(self, members: Mapping[str, bytes]) -> bytes:
-        if self._joined is None:
-            self._joined = b",".join([members[i] for i in self.ids])
-        return self._joined
-
-    def invalidate(self) -> None:
-        self._joined = None
-
-
-class FeatureEntries(Mapping[str, FeatureEntry]):
-    """Every feature's remote-index.json entry, each kept with its JCS encoding.
-
-    `encoded()` is the JCS bytes of the `features` object, rebuilt from the
-    kept encodings: only entries set since the last call are encoded, and only
-    their block of members is joined again. `with_entries({id: entry, ...})`
-    (or `replacing(id, entry)`) is a view with entries changed or added, for
-    signing changes before they commit.
-    """
-
-    def __init__(self, entries: Mapping[str, FeatureEntry] | None = None) -> None:
-        self._entries: dict[str, FeatureEntry] = {}
-        self._members: dict[str, bytes] = {}
-        self._blocks: list[_Block] = []
-        items = sorted((entries or {}).items(), key=lambda item: jcs_sort_key(item[0]))
-        for feature_id, _ in items:
-            self._check(feature_id)
-        for start in range(0, len(items), _BLOCK_SIZE):
-            chunk = items[start : start + _BLOCK_SIZE]
-            self._blocks.append(
-                _Block([fid for fid, _ in chunk], [jcs_sort_key(fid) for fid, _ in chunk])
-            )
-        for feature_id, entry in items:
-            self._entries[feature_id] = entry
-            self._members[feature_id] = _member(feature_id, entry)
-
-    @staticmethod
-    def _check(feature_id: str) -> None:
-        if not feature_id:
-            raise ValueError("a feature id must not be empty")
-
-    # -- Mapping --------------------------------------------------------------
-
-    def __getitem__(self, feature_id: str) -> FeatureEntry:
-        return self._entries[feature_id]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    # -- changes --------------------------------------------------------------
-
-    def set(self, feature_id: str, entry: FeatureEntry, member: bytes | None = None) -> None:
-        """Add or replace the entry of `feature_id` (`member`: its encoding, if known)."""
-        self._check(feature_id)
-        if member is None:
-            member = _member(feature_id, entry)
-        if feature_id not in self._entries:
-            key = jcs_sort_key(feature_id)
-            block = self._block_for(key)
-            at = bisect.bisect_left(block.keys, key)
-            block.keys.insert(at, key)
-            block.ids.insert(at, feature_id)
-            if len(block.ids) > 2 * _BLOCK_SIZE:
-                self._split(block)
-        self._entries[feature_id] = entry
-        self._members[feature_id] = member
-        self._block_for(jcs_sort_key(feature_id)).invalidate()
-
-    def apply(self, view: EntriesView) -> None:
-        """Set every entry `view` (from `with_entries`) changes, reusing its encodings."""
-        if view._base is not self:
-            raise ValueError("the view was made from other entries")
-        members = view.members()
-        for feature_id, entry in view._changed.items():
-            self.set(feature_id, entry, members[feature_id])
-
-    def replacing(self, feature_id: str, entry: FeatureEntry) -> EntriesView:
-        """A read-only view of these entries with `feature_id`'s set to `entry`."""
-        return self.with_entries({feature_id: entry})
-
-    def with_entries(self, changed: Mapping[str, FeatureEntry]) -> EntriesView:
-        """A read-only view of these entries with each of `changed` set (added or replaced)."""
-        for feature_id in changed:
-            self._check(feature_id)
-        return EntriesView(self, dict(changed))
-
-    def _block_for(self, key: bytes) -> _Block:
-        if not self._blocks:
-            self._blocks.append(_Block([], []))
-        # The last block whose first key is <= key, else the first block.
-        firsts = [b.keys[0] if b.keys else b"" for b in self._blocks]
-        at = max(bisect.bisect_right(firsts, key) - 1, 0)
-        return self._blocks[at]
-
-    def _split(self, block: _Block) -> None:
-        at = self._blocks.index(block)
-        half = len(block.ids) // 2
-        self._blocks[at : at + 1] = [
-            _Block(block.ids[:half], block.keys[:half]),
-            _Block(block.ids[half:], block.keys[half:]),
-        ]
-
-    # -- encoding ---------------------------------------------------------------
-
-    def encoded(self) -> bytes:
-        """The JCS bytes of the `features` object: {"<id>": {...}, ...}."""
-        return self._encoded({})
-
-    def _encoded(self, changed: Mapping[str, bytes]) -> bytes:
-        """The `features` object with the encoded members `changed` set (added or replaced)."""
-        members = self._members
-        by_block: dict[int, dict[str, bytes]] = {}
-        for feature_id, member in changed.items():
-            block = self._block_for(jcs_sort_key(feature_id))
-            by_block.setdefault(id(block), {})[feature_id] = member
-        parts: list[bytes] = []
-        for block in self._blocks:
-            overrides = by_block.get(id(block))
-            if overrides:
-                parts.append(self._joined_with(block, overrides))
-            elif block.ids:
-                parts.append(block.joined(members))
-        return b"{" + b",".join(parts) + b"}"
-
-    def _joined_with(self, block: _Block, changed: Mapping[str, bytes]) -> bytes:
-        ids, keys = list(block.ids), list(block.keys)
-        for feature_id in changed:
-            if feature_id not in self._entries:
-                key = jcs_sort_key(feature_id)
-                at = bisect.bisect_left(keys, key)
-                keys.insert(at, key)
-                ids.insert(at, feature_id)
-        return b",".join([changed[fid] if fid in changed else self._members[fid] for fid in ids])
-
-
-class EntriesView(Mapping[str, FeatureEntry]):
-    """FeatureEntries with some entries replaced or added; see FeatureEntries.with_entries."""
-
-    def __init__(self, base: FeatureEntries, changed: dict[str, FeatureEntry]) -> None:
-        self._base = base
-        self._changed = changed
-        self._members: dict[str, bytes] | None = None
-
-    def members(self) -> dict[str, bytes]:
-        """The encoded member of each changed entry (encoded once, kept for `apply`)."""
-        if self._members is None:
-            self._members = {fid: _member(fid, entry) for fid, entry in self._changed.items()}
-        return self._members
-
-    def __getitem__(self, feature_id: str) -> FeatureEntry:
-        if feature_id in self._changed:
-            return self._changed[feature_id]
-        return self._base[feature_id]
-
-    def __iter__(self) -> Iterator[str]:
-        yield from self._base
-        yield from (fid for fid in self._changed if fid not in self._base)
-
-    def __len__(self) -> int:
-        return len(self._base) + sum(fid not in self._base for fid in self._changed)
-
-    def encoded(self) -> bytes:
-        return self._base._encoded(self.members())
-
-    def __repr__(self) -> str:
-        return f"<FeatureEntries with {sorted(self._changed)!r} changed>"

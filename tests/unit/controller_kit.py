@@ -7,17 +7,20 @@ recorded remote index, the servicer's encoded reads).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from releasecontrol.index import Envelope
+from releasecontrol.shards import Pin, RemoteIndex, Shard, shard_path
 from releasecontrol.trust import SigningKey
 from releasecontrol_server.control import Applied, ReleaseController
 from releasecontrol_server.origin.filesystem import FilesystemOrigin
 from releasecontrol_server.releases import ChangeMeta, Command
 from releasecontrol_server.signer import Signer
-from releasecontrol_server.store import SqliteStore
+from releasecontrol_server.store import SignedFile, SqliteStore
 from releasecontrol_server.watch import WatchHub
 
 NOW = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
@@ -30,8 +33,11 @@ def new_controller(
     *,
     now: datetime = NOW,
     key: SigningKey = KEY,
+    roots: Sequence[SignedFile] = (),
+    root_version: int = 1,
 ) -> ReleaseController:
-    """A controller on `tmp_path/db.sqlite` and `origin` (else `tmp_path/origin`), not started."""
+    """A controller on `tmp_path/db.sqlite` and `origin` (else `tmp_path/origin`), not started;
+    `roots` and `root_version` as the server passes them from its keyring."""
     return ReleaseController(
         store=SqliteStore(tmp_path / "db.sqlite"),
         origin=origin if origin is not None else FilesystemOrigin(tmp_path / "origin"),
@@ -39,6 +45,8 @@ def new_controller(
         hub=WatchHub(100),
         default_soak_seconds=0,
         clock=lambda: now,
+        roots=roots,
+        root_version=root_version,
     )
 
 
@@ -67,3 +75,20 @@ async def stop(control: ReleaseController) -> None:
 
 def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def origin_top(origin: Path) -> RemoteIndex:
+    """The remote-index.json on a filesystem origin (its signatures not checked here)."""
+    data = (origin / "remote-index.json").read_bytes()
+    return RemoteIndex.from_dict(Envelope.from_bytes(data).signed)
+
+
+def origin_pin(origin: Path, feature_id: str) -> Pin:
+    """The pin of `feature_id`'s releases.json in its shard on a filesystem origin, after
+    checking that the top level pins that shard's bytes."""
+    top = origin_top(origin)
+    name, shard_pin = top.shard_of(feature_id)
+    assert shard_pin is not None, f"no shard for {feature_id}"
+    data = (origin / shard_path(top.bits, name)).read_bytes()
+    assert Pin.of(data, shard_pin.sequence).sha256 == shard_pin.sha256
+    return Shard.from_dict(Envelope.from_bytes(data).signed).features[feature_id]

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from host_repository import KEY_A, KEY_B, HostRepository, trust_for
+from host_repository import KEY_A, ROOT_B, HostRepository, trust_for
 from test_doctor import good_settings, write_toml
 
 from releasecontrol.cli import main
@@ -371,8 +371,8 @@ class TestPublishedOrigin:
         self, origin: tuple[HostRepository, str], monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """The canary of one feature overlaps the stable of another: found, verified, exit 1."""
-        _, url = origin
-        monkeypatch.setenv("FEATURE_TRUST_PUBLIC_KEYS_JSON", trust_for(KEY_A).to_json())
+        repo, url = origin
+        monkeypatch.setenv("FEATURE_TRUST_PUBLIC_KEYS_JSON", repo.trust().to_json())
         result = run("lint", "routes", "--index-url", url + "remote-index.json", "-o", "json")
         assert result.exit_code == 1
         data = json.loads(result.stdout)
@@ -386,12 +386,25 @@ class TestPublishedOrigin:
     def test_an_untrusted_origin_is_refused_in_one_line(
         self, origin: tuple[HostRepository, str], monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """Trusting another key: nothing is linted, one line says which file is not trusted."""
+        """Pinning other root keys: nothing is linted, one line says which root is not trusted."""
         _, url = origin
-        monkeypatch.setenv("FEATURE_TRUST_PUBLIC_KEYS_JSON", trust_for(KEY_B).to_json())
+        monkeypatch.setenv("FEATURE_TRUST_PUBLIC_KEYS_JSON", trust_for(ROOT_B).to_json())
         assert_one_line_error(
             run("lint", "routes", "--index-url", url + "remote-index.json"),
-            "remote-index.json is not trusted",
+            "roots/1.json is not signed by the trust file's keys",
+        )
+
+    def test_a_v1_trust_file_of_the_online_key_is_refused_in_one_line(
+        self, origin: tuple[HostRepository, str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A trust file naming the online key (as v1 hosts had it), not the root keys: refused,
+        and the line names the root that could not be trusted."""
+        _, url = origin
+        monkeypatch.setenv("FEATURE_TRUST_PUBLIC_KEYS_JSON", trust_for(KEY_A).to_json())
+        assert_one_line_error(
+            run("lint", "routes", "--index-url", url + "remote-index.json"),
+            "cannot follow the chain of roots",
+            "roots/1.json",
         )
 
     def test_without_a_trust_file_it_notes_that_signatures_were_not_checked(

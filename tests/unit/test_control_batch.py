@@ -1,7 +1,7 @@
 """ReleaseController: changes that arrive together are committed as one batch (group commit).
 
 Each change keeps its own audit record, global sequence and answer; one failure
-fails alone; the origin ends with one remote-index.json naming every change.
+fails alone; the origin gets one remote-index.json (and one shard per bin) for the batch.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from controller_kit import origin_pin, origin_top
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from releasecontrol.errors import FailedPrecondition, InvalidArgument
-from releasecontrol.index import Envelope, RemoteIndex
 from releasecontrol.trust import SigningKey
 from releasecontrol_server.control import Applied, ReleaseController
 from releasecontrol_server.origin.filesystem import FilesystemOrigin
@@ -75,25 +75,21 @@ async def change(
     return str(answer)
 
 
-def origin_remote(tmp_path: Path) -> RemoteIndex:
-    data = (tmp_path / "origin" / "remote-index.json").read_bytes()
-    return RemoteIndex.from_dict(Envelope.from_bytes(data).signed)
-
-
 class TestGroupCommit:
     async def test_concurrent_changes_each_get_their_own_sequence_and_answer(
         self, controller: ReleaseController, tmp_path: Path
     ) -> None:
-        """Six changes at once: six global sequences in arrival order, one remote index."""
+        """Six changes at once: six global sequences in arrival order, one top level."""
         before = controller.status().global_sequence
+        top_before = origin_top(tmp_path / "origin").sequence
         subscription = controller.hub.subscribe()
         answers = await asyncio.gather(
             *(change(controller, f, DeployCanary("1.0.0", 0)) for f in FEATURES)
         )
         assert answers == [f"{before + i + 1}:3" for i in range(len(FEATURES))]
-        remote = origin_remote(tmp_path)
-        assert remote.sequence == before + len(FEATURES)
-        assert all(remote.features[f].sequence == 3 for f in FEATURES)
+        # One batch: one top level (and one shard per bin) for the six changes.
+        assert origin_top(tmp_path / "origin").sequence == top_before + 1
+        assert all(origin_pin(tmp_path / "origin", f).sequence == 3 for f in FEATURES)
         events = [await subscription.next() for _ in FEATURES]
         assert [e.global_sequence for e in events if isinstance(e, ChangeEvent)] == [
             before + i + 1 for i in range(len(FEATURES))
@@ -125,7 +121,7 @@ class TestGroupCommit:
         )
         assert (first.split(":")[1], second.split(":")[1]) == ("3", "4")
         assert controller.feature("feature-3").stable == "1.0.0"
-        assert origin_remote(tmp_path).features["feature-3"].sequence == 4
+        assert origin_pin(tmp_path / "origin", "feature-3").sequence == 4
 
     async def test_a_repeated_request_id_in_one_batch_gets_the_first_answer(
         self, controller: ReleaseController

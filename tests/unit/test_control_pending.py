@@ -62,15 +62,15 @@ async def test_pending_writes_follow_the_store_through_failure_retry_and_restart
     origin.down = True
     with pytest.raises(Unavailable, match="committed"):
         await change(first, "checkout", DeployCanary("1.0.0", 0))
-    assert pending(first) == 2  # releases.json and remote-index.json
-    # The same file committed again is still one pending write; another feature's adds
-    # one; the remote index stays one.
+    assert pending(first) == 3  # releases.json, its shard and remote-index.json
+    # The same files committed again are still one pending write each; another feature
+    # (in another bin) adds its releases.json and shard; the top level stays one.
     with pytest.raises(Unavailable, match="committed"):
         await change(first, "checkout", Promote("1.0.0", skip_soak=True))
-    assert pending(first) == 2
+    assert pending(first) == 3
     with pytest.raises(Unavailable, match="committed"):
         await change(first, "search", Publish("1.1.0", digest("s1.1.0")))
-    assert pending(first) == 3
+    assert pending(first) == 5
 
     # The origin is back: the background retry writes everything.
     origin.down = False
@@ -84,14 +84,14 @@ async def test_pending_writes_follow_the_store_through_failure_retry_and_restart
     origin.down = True
     with pytest.raises(Unavailable, match="committed"):
         await change(first, "search", DeployCanary("1.0.0", 0))
-    assert pending(first) == 2
+    assert pending(first) == 3
     await stop(first)
     still_down = SwitchableOrigin(tmp_path / "origin")
     still_down.down = True
     second = new_controller(tmp_path, still_down)
     await second.start()
     try:
-        assert pending(second) == 2
+        assert pending(second) == 3
     finally:
         await stop(second)
 

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from host_repository import KEY_A, KEY_B, HostRepository, trust_for
+from host_repository import KEY_A, KEY_B, ROOT_B, HostRepository
 
 from releasecontrol.errors import ConfigError
 from releasecontrol.published import Published, PublishedManifest
+from releasecontrol.root import Root
 from releasecontrol.trust import SigningKey, TrustStore
 from releasecontrol_server import doctor
 from releasecontrol_server.auth.tokens import create_token, revoke_tokens
@@ -40,13 +41,47 @@ def write_toml(path: Path, settings: Mapping[str, object]) -> Path:
     return path
 
 
+def write_root(
+    root_dir: Path,
+    version: int,
+    root_key: SigningKey,
+    index_keys: list[SigningKey],
+    *,
+    signers: list[SigningKey] | None = None,
+    index_threshold: int = 1,
+    dev_index: bool = False,
+    lifetime: timedelta = timedelta(days=365),
+) -> None:
+    """Root `version` listing `root_key` and `index_keys` (dev ones if `dev_index`), signed
+    by `signers` (default: `root_key`), written as `<root_dir>/<version>.json`."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    root = Root.create(
+        version=version,
+        root_keys=[root_key.trusted_key()],
+        index_keys=[k.trusted_key(dev=dev_index) for k in index_keys],
+        issued_at=now,
+        expires_at=now + lifetime,
+        index_threshold=index_threshold,
+    )
+    root_dir.mkdir(parents=True, exist_ok=True)
+    data = root.sign(signers if signers is not None else [root_key]).to_bytes()
+    (root_dir / f"{version}.json").write_bytes(data)
+
+
 def good_settings(root: Path) -> dict[str, object]:
-    """A production rpc-token configuration whose every file exists and is valid."""
+    """A production rpc-token configuration whose every file exists and is valid: an online
+    signing key, root 1 listing it signed by a root key kept apart (`offline/`), and a trust
+    file pinning that root key."""
     pki = ensure_dev_pki(root / "pki")
     (root / "keys").mkdir(parents=True)
+    (root / "offline").mkdir()
+    root_key = SigningKey.generate()
+    root_key.save(root / "offline" / "root-key.pem")
     key = SigningKey.generate()
     key.save(root / "keys" / "signing-key.pem")
-    (root / "keys" / "trust.json").write_text(TrustStore.for_keys([key.trusted_key()]).to_json())
+    write_root(root / "keys" / "roots", 1, root_key, [key])
+    trust = TrustStore.for_keys([root_key.trusted_key()])
+    (root / "keys" / "trust.json").write_text(trust.to_json())
     create_token(root / "auth" / "tokens.json", "ops", ["admin"])
     return {
         "env": "production",
@@ -56,6 +91,7 @@ def good_settings(root: Path) -> dict[str, object]:
         "tls_key_path": str(pki.server_key),
         "tls_client_ca_path": str(pki.ca_cert),
         "signing_key_paths": [str(root / "keys" / "signing-key.pem")],
+        "root_dir": str(root / "keys" / "roots"),
         "trust_public_keys_path": str(root / "keys" / "trust.json"),
         "auth_mode": "rpc-token",
         "token_store_path": str(root / "auth" / "tokens.json"),
@@ -396,24 +432,73 @@ class TestTls:
 # -- signing keys ---------------------------------------------------------------------------------
 
 
+def _root_key(root: Path) -> SigningKey:
+    return SigningKey.load(root / "offline" / "root-key.pem")
+
+
+def _signing_key(settings: dict[str, object]) -> SigningKey:
+    return SigningKey.load(Path(str(settings["signing_key_paths"][0])))  # type: ignore[index]
+
+
 def _untrusted_signing_key(root: Path, settings: dict[str, object]) -> None:
     stranger = root / "keys" / "stranger.pem"
     SigningKey.generate().save(stranger)
     settings["signing_key_paths"] = [str(stranger)]
 
 
-def _trust(store: Callable[[SigningKey], TrustStore]) -> Change:
+def _root_1(**options: Any) -> Change:
+    """Root 1 signed again, listing the signing key with `options` (see write_root)."""
+
+    more_keys = options.pop("more_keys", [])
+
     def change(root: Path, settings: dict[str, object]) -> None:
-        key = SigningKey.load(Path(str(settings["signing_key_paths"][0])))  # type: ignore[index]
-        Path(str(settings["trust_public_keys_path"])).write_text(store(key).to_json())
+        index_keys = [_signing_key(settings), *more_keys]
+        write_root(root / "keys" / "roots", 1, _root_key(root), index_keys, **options)
 
     return change
 
 
+def _dev_root_key_trusted(root: Path, settings: dict[str, object]) -> None:
+    trust = TrustStore.for_keys([_root_key(root).trusted_key(dev=True)])
+    Path(str(settings["trust_public_keys_path"])).write_text(trust.to_json())
+
+
+def _no_roots(root: Path, settings: dict[str, object]) -> None:
+    settings["root_dir"] = str(root / "keys" / "no-roots")
+
+
+def _root_3_without_2(root: Path, settings: dict[str, object]) -> None:
+    write_root(root / "keys" / "roots", 3, _root_key(root), [_signing_key(settings)])
+
+
+def _rotated(root: Path, settings: dict[str, object]) -> None:
+    """Root 2 (signed by the root key) lists a new online key, which the server signs with."""
+    new = root / "keys" / "signing-key-2.pem"
+    SigningKey.generate().save(new)
+    write_root(root / "keys" / "roots", 2, _root_key(root), [SigningKey.load(new)])
+    settings["signing_key_paths"] = [str(new)]
+
+
+def _rotated_but_old_key(root: Path, settings: dict[str, object]) -> None:
+    write_root(root / "keys" / "roots", 2, _root_key(root), [KEY_A])
+
+
 SIGNING_CASES = [
-    pytest.param(_no_change, "PASS", ["1 signing key(s) load and are trusted"], id="good"),
     pytest.param(
-        _untrusted_signing_key, "FAIL", ["stranger.pem", "not in the trust"], id="untrusted"
+        _no_change, "PASS", ["root 1 (expires", "lists the 1 signing key(s)"], id="good"
+    ),
+    pytest.param(_rotated, "PASS", ["root 2 (expires"], id="rotated"),
+    pytest.param(
+        _untrusted_signing_key,
+        "FAIL",
+        ["stranger.pem", "not an online key of root 1", "hosts would refuse"],
+        id="untrusted",
+    ),
+    pytest.param(
+        _rotated_but_old_key,
+        "FAIL",
+        ["signing-key.pem", "not an online key of root 2"],
+        id="rotated-away",
     ),
     pytest.param(
         _set(signing_key_paths=["/nonexistent/key.pem"]),
@@ -421,26 +506,26 @@ SIGNING_CASES = [
         ["/nonexistent/key.pem"],
         id="missing",
     ),
+    pytest.param(_root_1(dev_index=True), "FAIL", ["root 1 lists a dev key"], id="dev-online-key"),
     pytest.param(
-        _trust(lambda key: TrustStore.for_keys([key.trusted_key(dev=True)])),
-        "FAIL",
-        ["is a dev key"],
-        id="dev-signing-key",
+        _dev_root_key_trusted, "FAIL", ["the trust file names dev key"], id="dev-root-key"
     ),
     pytest.param(
-        _trust(lambda key: TrustStore.for_keys([key.trusted_key(), KEY_A.trusted_key(dev=True)])),
+        _root_1(more_keys=[KEY_B], index_threshold=2),
         "FAIL",
-        ["the trust set includes dev key"],
-        id="dev-key-trusted",
-    ),
-    pytest.param(
-        _trust(lambda key: TrustStore.for_keys([key.trusted_key(), KEY_B.trusted_key()], 2)),
-        "FAIL",
-        ["need 2 trusted signatures, but only 1"],
+        ["root 1 needs 2 online keys", "gives 1"],
         id="below-threshold",
     ),
     pytest.param(
-        _write("trust_public_keys_path", b"[]"), "FAIL", ["trust set does not load"], id="no-trust"
+        _root_1(signers=[ROOT_B]),
+        "FAIL",
+        ["roots/1.json is not signed by the trust file's keys"],
+        id="root-not-signed-by-trust",
+    ),
+    pytest.param(_no_roots, "FAIL", ["no roots in", "keys init-root"], id="no-roots"),
+    pytest.param(_root_3_without_2, "FAIL", ["lacks root version(s) [2]"], id="root-gap"),
+    pytest.param(
+        _write("trust_public_keys_path", b"[]"), "FAIL", ["must be a JSON object"], id="no-trust"
     ),
 ]
 
@@ -455,17 +540,32 @@ class TestSigningKeys:
         status: str,
         fragments: list[str],
     ) -> None:
-        """Every signing key loads and is trusted, enough to meet the threshold, none a dev key."""
+        """The roots chain from the trust file's root keys, and the signing keys are online keys
+        of the newest root, enough for its threshold, none of it a dev key in production."""
         change(tmp_path, settings)
         assert_result(doctor.check_signing_keys(load(tmp_path, settings)), status, *fragments)
 
     def test_a_dev_key_is_only_refused_in_production(
         self, tmp_path: Path, settings: dict[str, object]
     ) -> None:
-        """In development a trusted dev signing key is what `releasectl dev` makes: it passes."""
-        _trust(lambda key: TrustStore.for_keys([key.trusted_key(dev=True)]))(tmp_path, settings)
+        """In development a dev online key and dev root key are what `releasectl dev` makes."""
+        _root_1(dev_index=True)(tmp_path, settings)
+        _dev_root_key_trusted(tmp_path, settings)
         config = load(tmp_path, {**settings, "env": "development"})
-        assert doctor.check_signing_keys(config).status == "PASS"
+        assert_result(doctor.check_signing_keys(config), "PASS", "root 1")
+
+    def test_a_root_near_its_expiry_warns_and_an_expired_one_fails(
+        self, tmp_path: Path, settings: dict[str, object]
+    ) -> None:
+        """Root 1 lasts 365 days: fine today, a warning 340 days on, a failure after 366."""
+        config = load(tmp_path, settings)
+        today = datetime.now(UTC)
+        assert doctor.check_signing_keys(config, now=today).status == "PASS"
+        result = doctor.check_signing_keys(config, now=today + timedelta(days=340))
+        assert_result(result, "WARN", "root expires in less than 30 days")
+        assert "sign root 2" in result.fix
+        expired = doctor.check_signing_keys(config, now=today + timedelta(days=366))
+        assert_result(expired, "FAIL", "root 1", "expired at")
 
 
 # -- routes and compat over what is published -----------------------------------------------------
@@ -590,7 +690,7 @@ class TestReadOrigin:
         repo.add_version("pay", "1.1.0", channel="canary")
         repo.add_version("cart", "2.0.0")
         repo.publish()
-        (tmp_path / "keys" / "trust.json").write_text(trust_for(KEY_A).to_json())
+        (tmp_path / "keys" / "trust.json").write_text(repo.trust().to_json())
         read = doctor.read_origin(load(tmp_path, settings))
         assert read.error == "" and read.published is not None
         assert read.published.signatures_checked
@@ -600,23 +700,37 @@ class TestReadOrigin:
             ("pay", "1.0.0", ("stable",)),
             ("pay", "1.1.0", ("canary",)),
         ]
-        assert read.published.index_paths == (
+        assert set(read.published.index_paths) == {
             "remote-index.json",
+            repo.shard_path_of("cart"),
+            repo.shard_path_of("pay"),
             "features/cart/releases.json",
             "features/pay/releases.json",
-        )
+        }
 
-    def test_an_origin_signed_by_an_untrusted_key_cannot_be_read(
+    def test_an_origin_of_other_root_keys_cannot_be_read(
         self, tmp_path: Path, settings: dict[str, object]
     ) -> None:
-        """Files signed by a key the trust file does not list are an error naming the file."""
-        repo = HostRepository(tmp_path / "origin", keys=[KEY_B])
+        """Roots signed by a root key the trust file does not pin: an error naming the root."""
+        repo = HostRepository(tmp_path / "origin", keys=[KEY_B], root_keys=[ROOT_B])
         repo.add_version("pay", "1.0.0")
         repo.publish()
-        (tmp_path / "keys" / "trust.json").write_text(trust_for(KEY_A).to_json())
         read = doctor.read_origin(load(tmp_path, settings))
         assert read.published is None
-        assert "remote-index.json is not trusted" in read.error
+        assert "roots/1.json is not signed by the trust file's keys" in read.error
+
+    def test_an_index_signed_by_a_key_the_root_does_not_list_cannot_be_read(
+        self, tmp_path: Path, settings: dict[str, object]
+    ) -> None:
+        """Trusted roots, but remote-index.json signed by another online key: named."""
+        repo = HostRepository(tmp_path / "origin", keys=[KEY_A])
+        repo.add_version("pay", "1.0.0")
+        repo.publish()
+        repo.publish_remote(keys=[KEY_B])
+        (tmp_path / "keys" / "trust.json").write_text(repo.trust().to_json())
+        read = doctor.read_origin(load(tmp_path, settings))
+        assert read.published is None
+        assert "remote-index.json is not signed by the index keys" in read.error
 
     def test_an_empty_origin_is_nothing_published(
         self, tmp_path: Path, settings: dict[str, object]

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from releasecontrol.index import Envelope, ReleasesIndex, RemoteIndex, verify_signatures
+from releasecontrol.index import Envelope, ReleasesIndex, verify_signatures
 from releasecontrol.manifest import sha256_hex
+from releasecontrol.shards import RemoteIndex, Shard, shard_path
 from releasecontrol.trust import SigningKey, TrustStore
 from releasecontrol_server.control import ReleaseController
 from releasecontrol_server.expiry import ACTOR, Resigner
@@ -79,6 +80,9 @@ async def test_a_feature_past_half_its_index_lifetime_is_re_signed(tmp_path: Pat
     assert index.expires_at == clock.now + timedelta(seconds=WEEK)
     remote = RemoteIndex.from_dict(on_origin(tmp_path, "remote-index.json", key).signed)
     assert remote.expires_at == clock.now + timedelta(seconds=WEEK)
+    name, _ = remote.shard_of("checkout")
+    shard = Shard.from_dict(on_origin(tmp_path, shard_path(remote.bits, name), key).signed)
+    assert shard.expires_at == clock.now + timedelta(seconds=WEEK)  # its shard too
     (latest,) = controller.transitions(feature_id="checkout", before_id=0, limit=1)
     assert (latest.record.action, latest.record.actor) == (Action.RESIGN, ACTOR)
 

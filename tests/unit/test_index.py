@@ -1,4 +1,10 @@
-"""The signed release index: model, JCS, signing and verification (releasecontrol.index)."""
+"""Signed files and releases.json: the envelope, signing, checking signatures, and the
+ReleasesIndex model (releasecontrol.index; docs/host-protocol.md 3.1 and 3.6).
+
+The top level and its shards are tested in test_shards.py, roots in test_root.py,
+canonical JSON in test_canonical.py, and the checks a host makes in order in
+test_verifier.py.
+"""
 
 from __future__ import annotations
 
@@ -20,9 +26,8 @@ from releasecontrol.index import (
     REMOTE_INDEX_PATH,
     CanarySoak,
     Envelope,
-    FeatureEntry,
+    NotCanonicalEnvelope,
     ReleasesIndex,
-    RemoteIndex,
     Signature,
     VersionEntry,
     canonical_json,
@@ -41,14 +46,17 @@ def fixed_key(n: int) -> SigningKey:
     return SigningKey(Ed25519PrivateKey.from_private_bytes(bytes([n]) * 32))
 
 
-KEY_A, KEY_B, KEY_C = fixed_key(1), fixed_key(2), fixed_key(3)
+KEY_A, KEY_B, KEY_C, KEY_DEV = fixed_key(1), fixed_key(2), fixed_key(3), fixed_key(4)
 SHA_120 = hashlib.sha256(b"manifest 1.2.0").hexdigest()
 SHA_130 = hashlib.sha256(b"manifest 1.3.0").hexdigest()
 ISSUED = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
 
 
 def trust(*keys: SigningKey, threshold: int = 1) -> TrustStore:
-    return TrustStore.for_keys([k.trusted_key() for k in keys], threshold=threshold)
+    """A role of `keys` needing `threshold`; KEY_DEV is marked a dev key."""
+    return TrustStore.for_keys(
+        [k.trusted_key(dev=k is KEY_DEV) for k in keys], threshold=threshold
+    )
 
 
 def short(key: SigningKey) -> str:
@@ -76,7 +84,7 @@ def releases(**changes: Any) -> ReleasesIndex:
 
 # The contract's example body, written out by hand: the model must produce exactly this.
 CONTRACT_RELEASES_BODY: dict[str, Any] = {
-    "schema_version": 1,
+    "schema_version": 2,
     "type": "releases",
     "feature_id": "checkout",
     "sequence": 3,
@@ -94,29 +102,6 @@ CONTRACT_RELEASES_BODY: dict[str, Any] = {
     "issued_at": "2026-11-26T10:00:00Z",
     "expires_at": "2026-12-03T10:00:00Z",
 }
-
-CONTRACT_REMOTE_BODY: dict[str, Any] = {
-    "schema_version": 1,
-    "type": "remote-index",
-    "sequence": 12,
-    "features": {
-        "checkout": {"url": "features/checkout/releases.json", "sha256": SHA_120, "sequence": 3}
-    },
-    "issued_at": "2026-11-26T10:00:00Z",
-    "expires_at": "2026-12-03T10:00:00Z",
-}
-
-
-def remote(**changes: Any) -> RemoteIndex:
-    fields: dict[str, Any] = {
-        "sequence": 12,
-        "features": {"checkout": FeatureEntry(releases_path("checkout"), SHA_120, 3)},
-        "issued_at": ISSUED,
-        "expires_at": ISSUED + timedelta(days=7),
-    }
-    fields.update(changes)
-    return RemoteIndex(**fields)
-
 
 def independent_verify(file_bytes: bytes, trust_file: str) -> bool:
     """A host written from the contract alone: no releasecontrol code, only its wire rules.
@@ -151,27 +136,6 @@ def independent_verify(file_bytes: bytes, trust_file: str) -> bool:
 
 def own_jcs(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-class TestCanonicalJson:
-    def test_sorted_keys_no_whitespace_utf8(self) -> None:
-        """JCS sorts keys, drops whitespace and writes non-ASCII as UTF-8, not escapes."""
-        value = {"b": [1, {"y": None, "x": True}], "a": "café ✓"}
-        assert canonical_json(value) == '{"a":"café ✓","b":[1,{"x":true,"y":null}]}'.encode()
-
-    @pytest.mark.parametrize(
-        "value",
-        [
-            pytest.param({"n": float("nan")}, id="nan"),
-            pytest.param({"n": 2**60}, id="int-beyond-2**53"),
-            pytest.param({1: "x"}, id="non-string-key"),
-            pytest.param({"t": ISSUED}, id="datetime"),
-        ],
-    )
-    def test_refuses_what_jcs_cannot_encode(self, value: Any) -> None:
-        """A value with no JCS form is a ValueError, never silently encoded some other way."""
-        with pytest.raises(ValueError):
-            canonical_json(value)
 
 
 class TestTime:

@@ -1,4 +1,4 @@
-"""Signer: index files built from cached JCS fragments are byte for byte the reference encoding."""
+"""Signer: index files built without the models are byte for byte the reference encoding."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import pytest
 import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from releasecontrol.index import Envelope, FeatureEntry, RemoteIndex, sign, verify_signatures
+from releasecontrol.index import Envelope, sign, verify_signatures
+from releasecontrol.shards import Pin, RemoteIndex, Shard, bin_of, shard_path
 from releasecontrol.trust import SigningKey, TrustStore
 from releasecontrol_server.releases import Canary, FeatureState, PublishedVersion
-from releasecontrol_server.signer import FeatureEntries, Signer, jcs, jcs_sort_key
+from releasecontrol_server.signer import Signer, jcs, pin_of
 
 NOW = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
 EXPIRY_SECONDS = 7 * 24 * 3600
@@ -26,156 +27,65 @@ def fixed_key(n: int) -> SigningKey:
 
 KEY_A, KEY_B = fixed_key(1), fixed_key(2)
 
-# Names whose UTF-16 order differs from their code point order (U+FF5E sorts
-# after U+1F600 by code point, before it by UTF-16 code unit), escapes, and
-# the plain feature ids the control plane uses.
-ODD_NAMES = ["\uff5e", "\U0001f600", "a\u00e9", "é", "tab\t", 'quote"', "back\\slash", "\u007f"]
-
-
-def random_name(rng: random.Random) -> str:
-    if rng.random() < 0.2:
-        return rng.choice(ODD_NAMES) + str(rng.randrange(100))
-    alphabet = string.ascii_lowercase + string.digits + "-"
-    return "f" + "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 12)))
-
-
-def random_entry(rng: random.Random, feature_id: str) -> FeatureEntry:
-    extra = (
-        {"note": rng.choice(["x", "ü", "\U0001f600", 1.5, None, [1, "2"]])}
-        if rng.random() < 0.1
-        else {}
-    )
-    return FeatureEntry(
-        url=f"features/{feature_id}/releases.json",
-        sha256=hashlib.sha256(f"{feature_id}{rng.random()}".encode()).hexdigest(),
-        sequence=rng.randrange(0, 2**40),
-        extra=extra,
-    )
-
-
-def reference_remote(
-    sequence: int, entries: dict[str, FeatureEntry], keys: list[SigningKey]
-) -> bytes:
-    """The encoding before the fragment cache: the model, sign(), the envelope's JCS."""
-    index = RemoteIndex(
-        sequence=sequence,
-        features=entries,
-        issued_at=NOW,
-        expires_at=NOW + timedelta(seconds=EXPIRY_SECONDS),
-    )
-    return sign(index.to_dict(), keys).to_bytes()
-
-
-class TestJcsSortKey:
-    def test_orders_by_utf16_code_units_as_rfc8785_does(self) -> None:
-        """Sorting names by jcs_sort_key is the member order rfc8785.dumps writes."""
-        rng = random.Random(7)
-        names = list({random_name(rng) for _ in range(300)} | set(ODD_NAMES))
-        encoded = rfc8785.dumps({name: 0 for name in names})
-        ordered = sorted(names, key=jcs_sort_key)
-        assert encoded == b"{" + b",".join(rfc8785.dumps(n) + b":0" for n in ordered) + b"}"
-
-
-class TestFeatureEntries:
-    @pytest.mark.parametrize("seed", range(40))
-    def test_encoded_is_rfc8785_of_the_features_object(self, seed: int) -> None:
-        """For random entry sets, built at once or one by one, the bytes equal rfc8785.dumps."""
-        rng = random.Random(seed)
-        count = rng.choice([0, 1, 2, 5, 50, 300, 700])
-        entries = {}
-        for _ in range(count):
-            name = random_name(rng)
-            entries[name] = random_entry(rng, name)
-        expected = rfc8785.dumps({fid: e.to_dict() for fid, e in entries.items()})
-        assert FeatureEntries(entries).encoded() == expected
-        grown = FeatureEntries()
-        for fid, entry in entries.items():
-            grown.set(fid, entry)
-        assert grown.encoded() == expected
-        assert dict(grown) == entries
-
-    @pytest.mark.parametrize("seed", range(20))
-    def test_changes_and_views_stay_equal_to_rfc8785(self, seed: int) -> None:
-        """After random replacements and additions, and in a `replacing` view, bytes still match."""
-        rng = random.Random(1000 + seed)
-        entries = {}
-        for _ in range(rng.choice([1, 10, 400])):
-            name = random_name(rng)
-            entries[name] = random_entry(rng, name)
-        cached = FeatureEntries(entries)
-        for _ in range(60):
-            name = rng.choice([*entries, random_name(rng)])
-            entry = random_entry(rng, name)
-            view = cached.replacing(name, entry)
-            with_change = {**entries, name: entry}
-            assert view.encoded() == rfc8785.dumps({f: e.to_dict() for f, e in with_change.items()})
-            assert dict(view) == with_change
-            assert len(view) == len(with_change)
-            # The view changed nothing underneath.
-            assert cached.encoded() == rfc8785.dumps({f: e.to_dict() for f, e in entries.items()})
-            if rng.random() < 0.7:
-                cached.set(name, entry)
-                entries = with_change
-
-    @pytest.mark.parametrize("seed", range(20))
-    def test_a_view_of_several_changes_equals_rfc8785(self, seed: int) -> None:
-        """Several entries changed and added at once (one signed batch) encode as rfc8785 does."""
-        rng = random.Random(5000 + seed)
-        entries = {}
-        for _ in range(rng.choice([0, 3, 300, 900])):
-            name = random_name(rng)
-            entries[name] = random_entry(rng, name)
-        cached = FeatureEntries(entries)
-        for _ in range(10):
-            names = [rng.choice([*entries, random_name(rng)]) for _ in range(rng.randrange(1, 9))]
-            changed = {name: random_entry(rng, name) for name in names}
-            expected = {**entries, **changed}
-            view = cached.with_entries(changed)
-            assert view.encoded() == rfc8785.dumps({f: e.to_dict() for f, e in expected.items()})
-            assert dict(view) == expected
-            assert len(view) == len(expected)
-
-    def test_refuses_an_empty_feature_id(self) -> None:
-        """An empty id is refused, as RemoteIndex refuses it."""
-        entry = FeatureEntry(url="features/x/releases.json", sha256="a" * 64, sequence=1)
-        with pytest.raises(ValueError, match="must not be empty"):
-            FeatureEntries({"": entry})
-        with pytest.raises(ValueError, match="must not be empty"):
-            FeatureEntries().set("", entry)
-
 
 class TestSignerBytes:
     @pytest.mark.parametrize(
         "keys", [[KEY_A], [KEY_A, KEY_B], [KEY_B, KEY_A, KEY_B]], ids=["a", "a-b", "b-a-b"]
     )
-    @pytest.mark.parametrize("count", [0, 1, 3, 260])
-    def test_remote_index_file_is_the_reference_encoding(
+    @pytest.mark.parametrize("count", [0, 1, 3, 130])
+    def test_shard_and_top_files_are_the_reference_encoding(
         self, keys: list[SigningKey], count: int
     ) -> None:
-        """remote-index.json from cached fragments equals sign(RemoteIndex).to_bytes()."""
+        """A shard and remote-index.json equal sign(model.to_dict()).to_bytes(), verifiable."""
         rng = random.Random(count)
-        entries = {f"feature-{i:04d}": random_entry(rng, f"feature-{i:04d}") for i in range(count)}
+        pins = {
+            f"f{i:03d}": Pin(
+                hashlib.sha256(bytes([i % 256])).hexdigest(), rng.randrange(1, 9999), i
+            )
+            for i in range(count)
+        }
+        bins: dict[str, dict[str, Pin]] = {}
+        for feature_id, pin in pins.items():
+            bins.setdefault(bin_of(feature_id, 7), {})[feature_id] = pin
         signer = Signer(keys, EXPIRY_SECONDS)
-        expected = reference_remote(42, entries, keys)
-        for features in (entries, FeatureEntries(entries)):
-            file = signer.remote_index_file(42, features, NOW)
-            assert file.content == expected
-            assert file.sha256 == hashlib.sha256(expected).hexdigest()
-            assert file.sequence == 42
-            assert file.path == "remote-index.json"
+        expires = NOW + timedelta(seconds=EXPIRY_SECONDS)
+        shard_pins = {}
+        for name, features in bins.items():
+            file = signer.shard_file(7, name, features, 42, NOW)
+            model = Shard(
+                bits=7, bin=name, sequence=42, features=features, issued_at=NOW, expires_at=expires
+            )
+            assert file.content == sign(model.to_dict(), keys).to_bytes()
+            assert (file.path, file.sequence) == (shard_path(7, name), 42)
+            shard_pins[name] = pin_of(file)
+        top = signer.top_file(43, 2, 7, shard_pins, NOW)
+        model_top = RemoteIndex(
+            sequence=43,
+            root_version=2,
+            bits=7,
+            shards=shard_pins,
+            issued_at=NOW,
+            expires_at=expires,
+        )
+        assert top.content == sign(model_top.to_dict(), keys).to_bytes()
+        assert (top.path, top.sequence, top.sha256) == (
+            "remote-index.json",
+            43,
+            hashlib.sha256(top.content).hexdigest(),
+        )
         trust = TrustStore.for_keys([k.trusted_key() for k in keys])
-        verify_signatures(Envelope.from_bytes(file.content), trust)
+        verify_signatures(Envelope.from_bytes(top.content), trust)
 
-    def test_a_replacing_view_signs_the_changed_index(self) -> None:
-        """Signing a `replacing` view equals signing the changed mapping from scratch."""
-        rng = random.Random(3)
-        entries = {f"feature-{i:04d}": random_entry(rng, f"feature-{i:04d}") for i in range(300)}
-        cached = FeatureEntries(entries)
-        signer = Signer([KEY_A], EXPIRY_SECONDS)
-        for name in ("feature-0150", "feature-0150a", "a-first", "zz-last"):
-            entry = random_entry(rng, name)
-            got = signer.remote_index_file(7, cached.replacing(name, entry), NOW).content
-            assert got == reference_remote(7, {**entries, name: entry}, [KEY_A])
+    def test_resign_keeps_the_body_and_sequence_with_the_new_keys(self) -> None:
+        """A rotation's re-signing changes the signatures only; signed_by_us tells them apart."""
+        old, new = Signer([KEY_A], EXPIRY_SECONDS), Signer([KEY_B], EXPIRY_SECONDS)
+        file = old.top_file(5, 1, 7, {}, NOW)
+        again = new.resign(file)
+        assert Envelope.from_bytes(again.content).signed == Envelope.from_bytes(file.content).signed
+        assert (again.path, again.sequence) == (file.path, file.sequence)
+        assert [s.keyid for s in Envelope.from_bytes(again.content).signatures] == [KEY_B.keyid]
+        assert new.signed_by_us(again.content) and not new.signed_by_us(file.content)
+        assert not new.signed_by_us(b"not json")
 
     @pytest.mark.parametrize("canary", [False, True])
     def test_releases_file_is_the_reference_encoding(self, canary: bool) -> None:

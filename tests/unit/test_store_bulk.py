@@ -75,14 +75,16 @@ class TestSummaries:
     def test_releases_digests_name_each_feature_file_without_its_bytes(
         self, store: SqliteStore
     ) -> None:
-        """feature_id -> path, sha256 and sequence of its newest releases.json."""
+        """feature_id -> path, sha256, sequence and length of its newest releases.json."""
         first = change(None, "cart", Publish("1.0.0", "a" * 64), 1)
         second = change(first.state, "cart", Publish("1.1.0", "b" * 64, soak_seconds=60), 2)
         store.commit_many([first, second, change(None, "search", Publish("2.0.0", "c" * 64), 3)])
         assert store.releases_digests() == {
-            "cart": FileDigest("features/cart/releases.json", hashlib.sha256(b"r2").hexdigest(), 2),
+            "cart": FileDigest(
+                "features/cart/releases.json", hashlib.sha256(b"r2").hexdigest(), 2, 2
+            ),
             "search": FileDigest(
-                "features/search/releases.json", hashlib.sha256(b"r1").hexdigest(), 1
+                "features/search/releases.json", hashlib.sha256(b"r1").hexdigest(), 1, 2
             ),
         }
 

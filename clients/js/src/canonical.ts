@@ -45,7 +45,7 @@ export function parseCanonical(bytes: Uint8Array, file: string): { value: JsonOb
     refuse(
       "not-canonical",
       file,
-      `${file} has no RFC 8785 encoding (${(error as Error).message}); the signer must write RFC 8785 bytes`,
+      `${file} has no RFC 8785 encoding this host can check (${(error as Error).message}): a lone surrogate or absurd nesting; republish it`,
     );
   }
   if (canonical !== text) {

@@ -13,9 +13,9 @@ import {
   isSha256,
   malformed,
   objectAt,
-  parseTime,
   pinAt,
   sha256At,
+  show,
   stringAt,
   timeAt,
   type Pin,
@@ -35,7 +35,7 @@ function mismatch(file: string, what: string): never {
 
 function checkType(env: Envelope, type: string): void {
   const found = stringAt(env.signed, "type", env.file, "signed");
-  if (found !== type) mismatch(env.file, `signed.type is ${JSON.stringify(found)}, not "${type}"`);
+  if (found !== type) mismatch(env.file, `signed.type is ${show(found)}, not "${type}"`);
 }
 
 /** What a shard, a releases.json or an index names: the version a path segment may hold. */
@@ -59,7 +59,7 @@ function readRole(roles: JsonObject, name: string, keys: ReadonlyMap<string, Pub
   if (!Array.isArray(keyids) || keyids.length === 0) malformed(file, `${at}.keyids`, "is not a non-empty array");
   const seen = new Set<string>();
   for (const keyid of keyids) {
-    if (typeof keyid !== "string" || !keys.has(keyid)) malformed(file, `${at}.keyids`, `names ${JSON.stringify(keyid)}, which is not in signed.keys`);
+    if (typeof keyid !== "string" || !keys.has(keyid)) malformed(file, `${at}.keyids`, `names ${show(keyid)}, which is not in signed.keys`);
     if (seen.has(keyid)) malformed(file, `${at}.keyids`, `lists ${keyid.slice(0, 8)}… twice`);
     seen.add(keyid);
   }
@@ -79,7 +79,7 @@ export function readRoot(env: Envelope, expectedVersion: number): RootFile {
   for (const [keyid, entry] of Object.entries(keysObj)) {
     const at = `signed.keys.${keyid.slice(0, 8)}…`;
     if (!isObject(entry)) malformed(file, at, "is not an object");
-    if (entry["alg"] !== "ed25519") malformed(file, `${at}.alg`, `is ${JSON.stringify(entry["alg"])}, not "ed25519"`);
+    if (entry["alg"] !== "ed25519") malformed(file, `${at}.alg`, `is ${show(entry["alg"])}, not "ed25519"`);
     const raw = typeof entry["public_key"] === "string" ? fromBase64Strict(entry["public_key"]) : null;
     if (!raw || raw.length !== 32) malformed(file, `${at}.public_key`, "is not standard base64 of 32 bytes");
     if (sha256HexSync(raw) !== keyid) malformed(file, at, "is not the SHA-256 of its public_key");
@@ -151,7 +151,7 @@ export function readShard(env: Envelope, bits: number, bin: string, pin: Pin): S
     features.set(id, pinAt(featuresObj, id, file, "signed.features", 1));
   }
   if (foundBits !== bits) mismatch(file, `signed.bits is ${foundBits}, but remote-index.json uses ${bits}`);
-  if (foundBin !== bin) mismatch(file, `signed.bin is ${JSON.stringify(foundBin)}, but it was fetched as bin "${bin}"`);
+  if (foundBin !== bin) mismatch(file, `signed.bin is ${show(foundBin)}, but it was fetched as bin "${bin}"`);
   if (sequence !== pin.sequence) {
     mismatch(file, `signed.sequence is ${sequence}, but remote-index.json pins ${pin.sequence} (a shard of another top level)`);
   }
@@ -190,7 +190,7 @@ export function readReleases(env: Envelope, featureId: string, pin: Pin): Releas
   const stable = versionOrNull(channels, "stable", file, "signed.channels");
   const canary = versionOrNull(channels, "canary", file, "signed.channels");
   const active = field(signed, "active_version", file, "signed");
-  if (active !== stable) malformed(file, "signed.active_version", `is ${JSON.stringify(active)}, not channels.stable ${JSON.stringify(stable)}`);
+  if (active !== stable) malformed(file, "signed.active_version", `is ${show(active)}, not channels.stable ${show(stable)}`);
   const list = field(signed, "versions", file, "signed");
   if (!Array.isArray(list)) malformed(file, "signed.versions", "is not an array");
   const versions = new Map<string, string>();
@@ -198,14 +198,14 @@ export function readReleases(env: Envelope, featureId: string, pin: Pin): Releas
     const at = `signed.versions[${i}]`;
     if (!isObject(entry)) malformed(file, at, "is not an object");
     const version = stringAt(entry, "version", file, at);
-    if (!isPathSafeVersion(version)) malformed(file, `${at}.version`, `${JSON.stringify(version)} cannot be a path segment`);
-    if (versions.has(version)) malformed(file, `${at}.version`, `lists ${JSON.stringify(version)} twice`);
+    if (!isPathSafeVersion(version)) malformed(file, `${at}.version`, `${show(version)} cannot be a path segment`);
+    if (versions.has(version)) malformed(file, `${at}.version`, `lists ${show(version)} twice`);
     versions.set(version, sha256At(entry, "manifest_sha256", file, at));
     timeAt(entry, "published_at", file, at);
   });
   for (const [name, version] of [["stable", stable], ["canary", canary]] as const) {
     if (version !== null && !versions.has(version)) {
-      malformed(file, `signed.channels.${name}`, `names ${JSON.stringify(version)}, which signed.versions does not list`);
+      malformed(file, `signed.channels.${name}`, `names ${show(version)}, which signed.versions does not list`);
     }
   }
   // canary_soak is informational (hosts do not act on it); an absent one reads as null.
@@ -217,7 +217,7 @@ export function readReleases(env: Envelope, featureId: string, pin: Pin): Releas
     const ends = timeAt(soak, "ends_at", file, "signed.canary_soak");
     if (ends !== started + duration * 1000) malformed(file, "signed.canary_soak.ends_at", "is not started_at + duration_seconds");
   }
-  if (id !== featureId) mismatch(file, `signed.feature_id is ${JSON.stringify(id)}, but its shard lists it as "${featureId}"`);
+  if (id !== featureId) mismatch(file, `signed.feature_id is ${show(id)}, but its shard lists it as "${featureId}"`);
   if (sequence !== pin.sequence) mismatch(file, `signed.sequence is ${sequence}, but its shard pins ${pin.sequence}`);
   return { sequence, expiresAt, stable, canary, versions };
 }
@@ -249,9 +249,9 @@ export function readManifest(bytes: Uint8Array, file: string, featureId: string,
   }
   if (!isObject(value)) malformed(file, "the file", "is not a JSON object");
   const id = stringAt(value, "id", file, "manifest");
-  if (id !== featureId) mismatch(file, `id is ${JSON.stringify(id)}, not "${featureId}"`);
+  if (id !== featureId) mismatch(file, `id is ${show(id)}, not "${featureId}"`);
   const v = stringAt(value, "version", file, "manifest");
-  if (v !== version) mismatch(file, `version is ${JSON.stringify(v)}, not ${JSON.stringify(version)}`);
+  if (v !== version) mismatch(file, `version is ${show(v)}, not ${show(version)}`);
   const entry = stringAt(value, "entry", file, "manifest");
   const list = field(value, "assets", file, "manifest");
   if (!Array.isArray(list) || list.length === 0) malformed(file, "manifest.assets", "is not a non-empty array");
@@ -262,9 +262,9 @@ export function readManifest(bytes: Uint8Array, file: string, featureId: string,
     if (!isObject(item)) malformed(file, at, "is not an object");
     const path = stringAt(item, "path", file, at);
     if (!isRelativePath(path)) {
-      malformed(file, `${at}.path`, `${JSON.stringify(path)} is not a relative path (no leading /, no \\, no empty, . or .. segment)`);
+      malformed(file, `${at}.path`, `${show(path)} is not a relative path (no leading /, no \\, no empty, . or .. segment)`);
     }
-    if (paths.has(path)) malformed(file, `${at}.path`, `${JSON.stringify(path)} is listed twice`);
+    if (paths.has(path)) malformed(file, `${at}.path`, `${show(path)} is listed twice`);
     paths.add(path);
     const size = field(item, "size", file, at);
     if (!isInteger(size)) malformed(file, `${at}.size`, "is not an integer");
@@ -272,7 +272,7 @@ export function readManifest(bytes: Uint8Array, file: string, featureId: string,
     if (!isSha256(sha256)) malformed(file, `${at}.sha256`, "is not 64 lowercase hex characters");
     assets.push({ path, size, sha256 });
   });
-  if (!paths.has(entry)) malformed(file, "manifest.entry", `${JSON.stringify(entry)} is not one of its assets' paths`);
+  if (!paths.has(entry)) malformed(file, "manifest.entry", `${show(entry)} is not one of its assets' paths`);
   return { value, entry, assets };
 }
 
@@ -290,8 +290,4 @@ export function releasesPath(featureId: string): string {
 
 export function manifestPath(featureId: string, version: string): string {
   return `features/${featureId}/${version}/manifest.json`;
-}
-
-export function isTime(value: unknown): boolean {
-  return parseTime(value) !== null;
 }

@@ -102,6 +102,9 @@ export class FeatureHost extends EventTarget {
     this.#url = url;
     this.indexUrl = url.href;
     this.#trust = parseTrust(options.trust);
+    if (!globalThis.crypto?.subtle) {
+      configError("WebCrypto (crypto.subtle) is missing: browsers provide it only to secure contexts (https:, or http://localhost)");
+    }
     this.allowDevKeys = options.allowDevKeys ?? false;
     if (typeof this.allowDevKeys !== "boolean") configError("allowDevKeys must be true or false");
     this.channel = options.channel ?? "stable";

@@ -197,7 +197,7 @@ interface FeatureRun {
   draft: Draft;
   index: RemoteIndexFile;
   root: TrustedRoot;
-  /** Artifacts checked in this refresh, by origin path: content-addressed, so shared between features. */
+  /** Artifacts checked in this refresh, by origin path and size: content-addressed, so shared between features. */
   artifacts: Map<string, Promise<void>>;
 }
 
@@ -267,11 +267,13 @@ async function loadFeature(run: FeatureRun, featureId: string, pin: Pin): Promis
     const failures: RefusalError[] = [];
     await eachLimit(manifest.assets, PARALLEL, async (asset) => {
       const afile = artifactPath(asset.sha256, asset.path);
+      // The size is part of the key: another manifest listing the same file at another size must fail on its own.
+      const key = `${afile} ${asset.size}`;
       try {
-        let check = run.artifacts.get(afile);
+        let check = run.artifacts.get(key);
         if (!check) {
           check = checkArtifact(run, afile, asset);
-          run.artifacts.set(afile, check);
+          run.artifacts.set(key, check);
         }
         await check;
       } catch (error) {
@@ -360,7 +362,7 @@ export async function runRefresh(ctx: RefreshContext, prev: HostSnapshot): Promi
       const file = shardPath(bits, bin);
       const shard = shards.get(bin);
       if (!shard) {
-        notFound(id, `remote-index.json has no shard for bin "${bin}" (${file}), so ${id} is not published: check the feature id, or publish it`, file);
+        notFound(id, `remote-index.json has no shard for bin "${bin}" (${file}), so ${id} is not published: check the feature id, or publish it`, INDEX);
       } else if (shard instanceof RefusalError) {
         refused.set(id, asRefusal(shard));
       } else if (!shard.features.has(id)) {

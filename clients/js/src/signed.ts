@@ -3,7 +3,7 @@ import { encodeUtf8, fromBase64Strict } from "./bytes.js";
 import { verifyEd25519 } from "./crypto.js";
 import { refuse } from "./errors.js";
 import type { PublicKey, Role } from "./trust.js";
-import { isSha256, malformed } from "./values.js";
+import { isSha256, malformed, show } from "./values.js";
 
 // Section 3.1: how every signed file (remote-index.json, roots, shards,
 // releases.json) is read, in the order that decides which refusal it gets.
@@ -38,7 +38,7 @@ export function readEnvelope(bytes: Uint8Array, file: string): Envelope {
   });
   const version = signed["schema_version"];
   if (version !== SCHEMA_VERSION) {
-    const found = version === undefined ? "no schema_version" : `schema_version ${JSON.stringify(version)}`;
+    const found = version === undefined ? "no schema_version" : `schema_version ${show(version)}`;
     refuse(
       "schema-version",
       file,

@@ -20,6 +20,12 @@ export function isInteger(value: unknown, min = 0): value is number {
   return typeof value === "number" && Number.isSafeInteger(value) && value >= min;
 }
 
+/** A value from the origin, for a message: JSON, cut short (the origin chooses its length). */
+export function show(value: unknown): string {
+  const text = JSON.stringify(value) ?? String(value);
+  return text.length > 48 ? `${text.slice(0, 45)}…` : text;
+}
+
 function malformed(file: string, where: string, what: string): never {
   refuse("malformed", file, `${file}: ${where} ${what}; the file does not follow host protocol v2, republish it`);
 }
@@ -44,7 +50,7 @@ export function stringAt(obj: JsonObject, name: string, file: string, where: str
 export function integerAt(obj: JsonObject, name: string, file: string, where: string, min = 0, max = Number.MAX_SAFE_INTEGER): number {
   const value = field(obj, name, file, where);
   if (!isInteger(value, min) || value > max) {
-    malformed(file, `${where}.${name}`, `is not an integer from ${min} to ${max} (found ${JSON.stringify(value)})`);
+    malformed(file, `${where}.${name}`, `is not an integer from ${min} to ${max} (found ${show(value)})`);
   }
   return value;
 }

@@ -39,16 +39,13 @@ from releasecontrol.cli._common import (
 from releasecontrol.client import ChannelName, ReleaseControlClient, state_home
 from releasecontrol.errors import ConfigError, ReleaseControlError, VerificationError
 from releasecontrol.fetch import Fetcher
-from releasecontrol.index import (
-    REMOTE_INDEX_PATH,
-    Envelope,
-    ReleasesIndex,
-    RemoteIndex,
-    check_signatures,
-)
+from releasecontrol.index import REMOTE_INDEX_PATH
 from releasecontrol.manifest import SourceFeature, load_feature_folder, sha256_hex
+from releasecontrol.root import root_path
+from releasecontrol.shards import shard_path
 from releasecontrol.trust import DEV_TRUST_FILE, ENV_ALLOW_DEV_KEYS, TrustStore
 from releasecontrol.v1 import release_control_pb2 as pb
+from releasecontrol.verifier import Verifier
 
 # What the read-back accepts per file: index files and manifests are small.
 MAX_INDEX_BYTES = 16 * 1024 * 1024
@@ -272,22 +269,11 @@ class CdnCheck:
         }
 
 
-def _verified(what: str, data: bytes, trust: TrustStore) -> Envelope:
-    try:
-        envelope = Envelope.from_bytes(data)
-    except VerificationError as exc:
-        raise VerificationError(f"{what}: {exc.message}") from None
-    result = check_signatures(envelope, trust)
-    if not result.verified:
-        raise VerificationError(f"{what} is not trusted: {result.message}")
-    return envelope
-
-
-def _trust_for(trust: TrustStore, allow_dev_keys: bool) -> TrustStore:
+def _check_usable(trust: TrustStore, allow_dev_keys: bool) -> None:
     if allow_dev_keys:
-        return trust
+        return
     try:
-        return trust.without_dev_keys()
+        trust.without_dev_keys()
     except ValueError as exc:
         raise ConfigError(
             f"the trust file's keys are dev keys, refused here ({exc}); set "
@@ -310,10 +296,10 @@ def verify_on_cdn(
 ) -> CdnCheck:
     """Fetch what hosts will read for `feature_id` under `base_url` and verify it.
 
-    Checks, in order: remote-index.json is signed by `trust` (dev keys only with
-    `allow_dev_keys`), unexpired and lists the feature; the feature's
-    releases.json has the SHA-256 and sequence the index pins, is signed,
-    unexpired, names the feature, has a sequence of at least `sequence`, and
+    Checks, in order, as a host does (`releasecontrol.verifier`): remote-index.json
+    (following the roots from `trust`; dev keys only with `allow_dev_keys`), the
+    feature's shard, which lists the feature, and its releases.json; then that it
+    has a sequence of at least `sequence`, and
     lists `version` with `manifest_sha256`; at exactly `sequence`, its stable
     and canary are `expected_channels`; the manifest's bytes hash to
     `manifest_sha256`. Raises VerificationError (a FetchError for HTTP
@@ -322,43 +308,31 @@ def verify_on_cdn(
     """
     fetch = fetcher or Fetcher(timeout_seconds=10.0)
     moment = now or datetime.now(UTC)
-    trusted = _trust_for(trust, allow_dev_keys)
+    _check_usable(trust, allow_dev_keys)
+    verifier = Verifier(trust, allow_dev_keys=allow_dev_keys)
     base = base_url if base_url.endswith("/") else base_url + "/"
 
-    index_url = urljoin(base, REMOTE_INDEX_PATH)
-    remote_envelope = _verified(
-        REMOTE_INDEX_PATH,
-        fetch.get(index_url, max_bytes=MAX_INDEX_BYTES).body,
-        trusted,
-    )
-    remote = RemoteIndex.from_dict(remote_envelope.signed)
-    if remote.is_expired(moment):
-        raise VerificationError(f"{REMOTE_INDEX_PATH} expired at {remote.expires_at.isoformat()}")
-    entry = remote.features.get(feature_id)
-    if entry is None:
-        raise VerificationError(
-            f"{REMOTE_INDEX_PATH} (sequence {remote.sequence}) does not list feature {feature_id!r}"
-        )
+    def get(path: str, max_bytes: int) -> bytes:
+        return fetch.get(urljoin(base, path), max_bytes=max_bytes).body
 
-    releases_url = urljoin(index_url, entry.url)
+    top = verifier.top(
+        get(REMOTE_INDEX_PATH, MAX_INDEX_BYTES),
+        moment,
+        lambda version: get(root_path(version), MAX_INDEX_BYTES),
+    ).model
+    name, shard_pin = top.shard_of(feature_id)
+    pin = None
+    if shard_pin is not None:
+        path = shard_path(top.bits, name)
+        shard = verifier.shard(top, name, get(path, shard_pin.length + 1), moment).model
+        pin = shard.features.get(feature_id)
+    if pin is None:
+        raise VerificationError(
+            f"{REMOTE_INDEX_PATH} (sequence {top.sequence}) does not list feature {feature_id!r}"
+        )
     what = f"features/{feature_id}/releases.json"
-    data = fetch.get(releases_url, max_bytes=MAX_INDEX_BYTES).body
-    if sha256_hex(data) != entry.sha256:
-        raise VerificationError(
-            f"{what} has sha256 {sha256_hex(data)[:12]}…, but {REMOTE_INDEX_PATH} pins "
-            f"{entry.sha256[:12]}…"
-        )
-    envelope = _verified(what, data, trusted)
-    releases = ReleasesIndex.from_dict(envelope.signed)
-    if releases.feature_id != feature_id:
-        raise VerificationError(f"{what} is the index of feature {releases.feature_id!r}")
-    if releases.sequence != entry.sequence:
-        raise VerificationError(
-            f"{what} has sequence {releases.sequence}, but {REMOTE_INDEX_PATH} says "
-            f"{entry.sequence}"
-        )
-    if releases.is_expired(moment):
-        raise VerificationError(f"{what} expired at {releases.expires_at.isoformat()}")
+    signed = verifier.releases(feature_id, pin, get(what, pin.length + 1), moment)
+    releases = signed.model
     if releases.sequence < sequence:
         raise VerificationError(
             f"{what} is at sequence {releases.sequence}, behind the {sequence} just "
@@ -394,8 +368,8 @@ def verify_on_cdn(
         url=base,
         feature_id=feature_id,
         version=version,
-        remote_index_sequence=remote.sequence,
+        remote_index_sequence=top.sequence,
         releases_sequence=releases.sequence,
         manifest_sha256=manifest_sha256,
-        signed_by=tuple(sorted(check_signatures(envelope, trusted).valid)),
+        signed_by=tuple(sorted(signed.keyids)),
     )

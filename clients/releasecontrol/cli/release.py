@@ -283,6 +283,11 @@ def _loaded_json(loaded: LoadedFeature | None) -> dict[str, Any] | None:
     }
 
 
+def _is_file(name: str) -> bool:
+    """Whether a refusal's key names a file (remote-index.json, a shard), not a feature."""
+    return name.endswith(".json")
+
+
 def _remote_status(
     ctx: click.Context,
     index_url: str,
@@ -293,10 +298,11 @@ def _remote_status(
     import tempfile  # here, like the host library: `release status` alone starts quicker
 
     from releasecontrol.host import FeatureHost
-    from releasecontrol.index import REMOTE_INDEX_PATH
 
     env = _host_environment(ctx, index_url)
     extra: dict[str, Any] = {"allow_insecure_dev_keys": True} if allow_dev_keys else {}
+    if only:
+        extra["features"] = only  # hosts then read only the shards of those features
     # Refusals are reported below, once; keep the host library's warnings off the terminal.
     logging.getLogger("releasecontrol").addHandler(logging.NullHandler())
     with tempfile.TemporaryDirectory(prefix="releasectl-status-") as tmp:
@@ -313,7 +319,8 @@ def _remote_status(
     by_name: dict[str, dict[str, str]] = {}
     for channel, report in reports.items():
         for name, reason in report.refused.items():
-            if not only or name in only or name == REMOTE_INDEX_PATH:
+            # A feature id, or a file refused for several features (the top level, a shard).
+            if not only or name in only or _is_file(name):
                 by_name.setdefault(name, {})[channel] = reason
     refused: dict[str, str] = {}
     for name, reasons in sorted(by_name.items()):
@@ -321,7 +328,7 @@ def _remote_status(
             refused[name] = next(iter(reasons.values()))
         else:
             refused.update({f"{name} ({ch} host)": why for ch, why in reasons.items()})
-    ids = sorted(set(stable) | set(canary) | (set(by_name) - {REMOTE_INDEX_PATH}))
+    ids = sorted(set(stable) | set(canary) | {n for n in by_name if not _is_file(n)})
     if only:
         ids = [fid for fid in ids if fid in only]
 
@@ -338,6 +345,7 @@ def _remote_status(
             {
                 "index_url": index_url,
                 "remote_sequence": reports["stable"].remote_sequence,
+                "root_version": reports["stable"].root_version,
                 "features": [
                     {
                         "feature_id": fid,

@@ -2,8 +2,7 @@
 
 What is kept, one table each:
 
-    meta          schema_version, global_sequence, and the remote index of the last
-                  commit (sequence, issued_at, expires_at, the sequence last written)
+    meta          schema_version, global_sequence
     features      one row per feature: sequence, stable, canary
     versions      one row per published version (feature_id, version), in publish order
     manifests     the manifest bytes of each published version
@@ -17,13 +16,11 @@ feature nor the global sequence moved since the change was computed, so a
 crash leaves the old state or the new one and the outbox still names every
 file the origin has not confirmed.
 
-remote-index.json (which names every feature: 1.5 MB at 10,000) is not kept as
-bytes: a commit records the moment it was signed at (`RemoteIndexRecord`), and
-the file is rebuilt from the committed releases.json digests, that moment and
-the keys (Ed25519 is deterministic, so the bytes are the same). It is pending
-until `mark_all_written(..., remote_index=sequence)` says the origin has it.
-Stores written before kept its bytes in `files` (and the outbox); those still
-count until the next commit replaces them.
+The index files of host protocol v2 (the shards under `index/`, `remote-index.json`
+and the roots under `roots/`) are kept in `files` and the outbox like every other
+signed file (`commit_many(..., index_files=...)`); each is small whatever the
+feature count. Stores of schema 2 and 3 recorded a v1 remote-index.json in `meta`
+instead; schema 4 drops that record (a v2 server signs a new top level at start).
 
 One connection, in autocommit mode: every transaction is opened explicitly
 (`BEGIN IMMEDIATE` for writes, so a second process waits for the lock instead
@@ -63,7 +60,6 @@ __all__ = [
     "SCHEMA_VERSION",
     "Change",
     "FileDigest",
-    "RemoteIndexRecord",
     "SignedFile",
     "SqliteStore",
     "StoredTransition",
@@ -71,12 +67,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 10_000
 WAL_CHECKPOINT_PAGES = 16_384
 
 REMOTE_INDEX_NAME = "remote-index.json"
 RELEASES_NAME = "releases.json"
+INDEX_PREFIXES = ("index/", "roots/")
 
 # One tuple of statements per schema version: _MIGRATIONS[n - 1] takes the
 # schema from version n - 1 to n. Append, never edit a released entry.
@@ -165,6 +162,9 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("SELECT 1",),
     # 3: the authenticated caller beside the actor it gave ("" for older records).
     ("ALTER TABLE transitions ADD COLUMN principal TEXT NOT NULL DEFAULT ''",),
+    # 4: host protocol v2 keeps its index files (shards, top level, roots) in files;
+    # the v1 remote-index record goes.
+    ("DELETE FROM meta WHERE key LIKE 'remote_index_%'",),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -204,22 +204,13 @@ class SignedFile:
 
 @dataclass(frozen=True)
 class FileDigest:
-    """Which bytes a stored file holds, without the bytes: its path, SHA-256 and sequence."""
+    """Which bytes a stored file holds, without the bytes: its path, SHA-256, sequence and
+    length in bytes (0 where not read)."""
 
     path: str
     sha256: str
     sequence: int
-
-
-@dataclass(frozen=True)
-class RemoteIndexRecord:
-    """The remote-index.json of the last commit, without its bytes: enough to rebuild them."""
-
-    sequence: int
-    issued_at: datetime
-    expires_at: datetime
-    written: bool
-    """Whether the origin confirmed it (else it is pending)."""
+    length: int = 0
 
 
 @dataclass(frozen=True)
@@ -241,9 +232,9 @@ class Change:
     record: AuditRecord
     """The audit record of the move; its feature_id and sequence match `state`."""
     global_sequence: int
-    """The new remote-index sequence (= stored global sequence + 1)."""
+    """The new global sequence (= stored global sequence + 1): the audit record's id."""
     files: tuple[SignedFile, ...]
-    """New signed bytes to keep and to write to the origin (releases.json, remote-index.json …)."""
+    """New signed bytes to keep and to write to the origin (releases.json, a manifest)."""
     manifest: tuple[str, bytes] | None = None
     """(version, manifest bytes) when a version is published."""
     request_id: str = ""
@@ -482,53 +473,39 @@ class SqliteStore:
         return {str(row["path"]): int(row["sequence"]) for row in rows}
 
     def releases_digests(self) -> dict[str, FileDigest]:
-        """Every feature's releases.json, without its bytes: feature_id -> path, sha256, sequence.
+        """Every feature's releases.json, without its bytes: feature_id -> path, sha256,
+        sequence and length.
 
         Features that have no releases.json stored are left out.
         """
         with self._lock:
             rows = self._db.execute(
-                "SELECT features.feature_id, files.path, files.sha256, files.sequence "
-                "FROM features JOIN files "
+                "SELECT features.feature_id, files.path, files.sha256, files.sequence, "
+                "length(files.content) FROM features JOIN files "
                 "ON files.path = 'features/' || features.feature_id || '/releases.json'"
             ).fetchall()
-        return {str(r[0]): FileDigest(str(r[1]), str(r[2]), int(r[3])) for r in rows}
+        return {str(r[0]): FileDigest(str(r[1]), str(r[2]), int(r[3]), int(r[4])) for r in rows}
+
+    def index_files(self) -> dict[str, SignedFile]:
+        """The index files of host protocol v2: every shard, the roots and remote-index.json."""
+        rows = self._rows(
+            "SELECT * FROM files WHERE path = ? OR substr(path, 1, 6) IN (?, ?)",
+            [REMOTE_INDEX_NAME, *INDEX_PREFIXES],
+        )
+        return {str(row["path"]): _file_from_row(row) for row in rows}
 
     def pending_count(self) -> int:
         """How many files are committed but not yet confirmed on the origin."""
         with self._read():
-            count = int(self._value("SELECT count(*) FROM outbox"))
-            record = self.remote_index_record()
-        return count + (record is not None and not record.written)
-
-    def remote_index_record(self) -> RemoteIndexRecord | None:
-        """The remote index the last commit made (see the module docstring), or None when the
-        last commit stored its bytes in `files` instead (or nothing was committed)."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT key, value FROM meta WHERE key IN ('global_sequence', "
-                "'remote_index_sequence', 'remote_index_issued_at', 'remote_index_expires_at', "
-                "'remote_index_written')"
-            ).fetchall()
-        meta = {str(key): str(value) for key, value in rows}
-        if "remote_index_sequence" not in meta:
-            return None
-        sequence = int(meta["remote_index_sequence"])
-        if sequence != int(meta.get("global_sequence", "0")):
-            return None  # a later commit carried its own remote-index.json bytes
-        return RemoteIndexRecord(
-            sequence=sequence,
-            issued_at=_moment(meta["remote_index_issued_at"]),
-            expires_at=_moment(meta["remote_index_expires_at"]),
-            written=int(meta.get("remote_index_written", "0")) >= sequence,
-        )
+            return int(self._value("SELECT count(*) FROM outbox"))
 
     def pending_writes(self) -> list[SignedFile]:
         """Files committed but not yet confirmed on the origin, in the order to write them.
 
-        Everything else first, then every `releases.json`, then `remote-index.json`
-        last: a host that reads the new remote index finds every file it names.
-        Within a group, the oldest queued first.
+        In the order pins point: roots, then everything else (manifests), then every
+        `releases.json`, then the shards, then `remote-index.json` last: a host that
+        reads the new top level finds every file it pins. Within a group, the oldest
+        queued first.
         """
         rows = self._rows(
             "SELECT files.*, outbox.global_sequence AS queued_at FROM outbox "
@@ -540,8 +517,8 @@ class SqliteStore:
     def pending_digests(self) -> list[FileDigest]:
         """`pending_writes` without the bytes: path, sha256 and sequence, in the same order.
 
-        For a writer that still holds the bytes it just committed (remote-index.json
-        grows with every feature), so they are not read back.
+        For a writer that still holds the bytes it just committed, so they are not
+        read back.
         """
         rows = self._rows(
             "SELECT files.path, files.sha256, files.sequence, outbox.global_sequence AS queued_at "
@@ -563,15 +540,13 @@ class SqliteStore:
                 [path, path, sha256],
             )
 
-    def mark_all_written(self, files: Sequence[tuple[str, str]], *, remote_index: int = 0) -> None:
+    def mark_all_written(self, files: Sequence[tuple[str, str]]) -> None:
         """`mark_written` for each (path, sha256), in one transaction that is not synced.
 
-        `remote_index`: the sequence of a remote-index.json (see `RemoteIndexRecord`)
-        now on the origin. Losing the marks to a power cut only makes the next
-        start write the same bytes to the origin again, so they skip the fsync a
-        commit pays.
+        Losing the marks to a power cut only makes the next start write the same
+        bytes to the origin again, so they skip the fsync a commit pays.
         """
-        if not files and not remote_index:
+        if not files:
             return
         with self._lock:
             self._db.execute("PRAGMA synchronous = NORMAL")
@@ -582,13 +557,6 @@ class SqliteStore:
                         "AND EXISTS (SELECT 1 FROM files WHERE path = ? AND sha256 = ?)",
                         [(path, path, sha256) for path, sha256 in files],
                     )
-                    if remote_index:
-                        self._db.execute(
-                            "INSERT INTO meta (key, value) VALUES ('remote_index_written', ?) "
-                            "ON CONFLICT (key) DO UPDATE SET value = "
-                            "max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
-                            [str(remote_index)],
-                        )
             finally:
                 self._db.execute("PRAGMA synchronous = FULL")
 
@@ -610,36 +578,26 @@ class SqliteStore:
         self,
         changes: Sequence[Change],
         *,
-        remote_index: tuple[datetime, datetime] | None = None,
+        index_files: Sequence[SignedFile] = (),
     ) -> list[StoredTransition]:
         """Write `changes` in order in ONE transaction; their stored audit records, in order.
 
         Each change is checked as `commit` checks it, against the store as the
         changes before it left it, so their sequences must follow each other.
-        Raises what `commit` raises, and then none of them is written.
-
-        `remote_index=(issued_at, expires_at)`: the remote-index.json of the last
-        change is signed with these times and is not among its files; it is
-        recorded as pending (`remote_index_record`) and any stored bytes of an
-        older one are dropped.
+        `index_files` (shards, remote-index.json, roots) are kept and queued for the
+        origin in the same transaction; with no changes, they alone are written
+        (a re-signing). Raises what `commit` raises, StaleSequence when an index
+        file's sequence is lower than the stored one, and then nothing is written.
         """
         for change in changes:
             _check_change(change)
-        if remote_index is not None and changes:
-            paths = {file.path for file in changes[-1].files}
-            if REMOTE_INDEX_NAME in paths:
-                raise ValueError("remote_index is given and remote-index.json is among the files")
+        _check_files(index_files)
         with self._write():
             stored = [self._put_change(change) for change in changes]
-            if remote_index is not None and changes:
-                issued_at, expires_at = remote_index
-                self._db.execute(
-                    "DELETE FROM outbox WHERE path = ?", [REMOTE_INDEX_NAME]
-                )  # older bytes, replaced by the record
-                self._db.execute("DELETE FROM files WHERE path = ?", [REMOTE_INDEX_NAME])
-                self._set_meta("remote_index_sequence", changes[-1].global_sequence)
-                self._set_meta("remote_index_issued_at", _text(issued_at))
-                self._set_meta("remote_index_expires_at", _text(expires_at))
+            if index_files:
+                self._check_file_sequences(index_files)
+                queued_at = changes[-1].global_sequence if changes else self.global_sequence()
+                self._put_files(index_files, queued_at)
             return stored
 
     def _put_change(self, change: Change) -> StoredTransition:
@@ -653,17 +611,7 @@ class SqliteStore:
         row["request_id"] = change.request_id
         self._db.execute(_INSERT_TRANSITION, [row[name] for name in _TRANSITION_COLUMNS])
         if change.files:
-            self._db.conn.executemany(
-                "INSERT INTO files (path, content, sha256, sequence) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (path) DO UPDATE SET content = excluded.content, "
-                "sha256 = excluded.sha256, sequence = excluded.sequence",
-                [(f.path, f.content, f.sha256, f.sequence) for f in change.files],
-            )
-            self._db.conn.executemany(
-                "INSERT INTO outbox (path, global_sequence) VALUES (?, ?) "
-                "ON CONFLICT (path) DO UPDATE SET global_sequence = excluded.global_sequence",
-                [(f.path, change.global_sequence) for f in change.files],
-            )
+            self._put_files(change.files, change.global_sequence)
         if change.request_id:
             self._db.execute(
                 "INSERT INTO requests (request_id, rpc, response, global_sequence) "
@@ -676,6 +624,19 @@ class SqliteStore:
             record=record,
             global_sequence=change.global_sequence,
             request_id=change.request_id,
+        )
+
+    def _put_files(self, files: Sequence[SignedFile], queued_at: int) -> None:
+        self._db.conn.executemany(
+            "INSERT INTO files (path, content, sha256, sequence) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (path) DO UPDATE SET content = excluded.content, "
+            "sha256 = excluded.sha256, sequence = excluded.sequence",
+            [(f.path, f.content, f.sha256, f.sequence) for f in files],
+        )
+        self._db.conn.executemany(
+            "INSERT INTO outbox (path, global_sequence) VALUES (?, ?) "
+            "ON CONFLICT (path) DO UPDATE SET global_sequence = excluded.global_sequence",
+            [(f.path, queued_at) for f in files],
         )
 
     def _check_sequences(self, change: Change) -> None:
@@ -700,8 +661,11 @@ class SqliteStore:
                 f"request_id {change.request_id!r} was already answered; "
                 "use a new request_id for a new request"
             )
-        stored_sequences = self._file_sequences([file.path for file in change.files])
-        for file in change.files:
+        self._check_file_sequences(change.files)
+
+    def _check_file_sequences(self, files: Sequence[SignedFile]) -> None:
+        stored_sequences = self._file_sequences([file.path for file in files])
+        for file in files:
             old_sequence = stored_sequences.get(file.path)
             if old_sequence is not None and file.sequence < old_sequence:
                 raise StaleSequence(
@@ -958,13 +922,17 @@ def _file_from_row(row: dict[str, Any]) -> SignedFile:
 
 
 def _write_rank(path: str) -> int:
-    """0: manifests and the rest, 1: releases.json, 2: remote-index.json (written last)."""
-    name = PurePosixPath(path).name
-    if name == REMOTE_INDEX_NAME:
+    """The order pins point: 0 roots, 1 manifests and the rest, 2 releases.json, 3 shards,
+    4 remote-index.json (written last)."""
+    if path == REMOTE_INDEX_NAME:
+        return 4
+    if path.startswith("index/"):
+        return 3
+    if PurePosixPath(path).name == RELEASES_NAME:
         return 2
-    if name == RELEASES_NAME:
-        return 1
-    return 0
+    if path.startswith("roots/"):
+        return 0
+    return 1
 
 
 def _check_limit(limit: int) -> None:
@@ -986,10 +954,14 @@ def _check_change(change: Change) -> None:
         )
     if change.manifest is not None and state.find(change.manifest[0]) is None:
         raise ValueError(f"manifest for version {change.manifest[0]!r}, which the state lacks")
-    paths = [file.path for file in change.files]
+    _check_files(change.files)
+
+
+def _check_files(files: Sequence[SignedFile]) -> None:
+    paths = [file.path for file in files]
     if len(set(paths)) != len(paths):
-        raise ValueError(f"a path appears twice in the change's files: {sorted(paths)}")
-    for file in change.files:
+        raise ValueError(f"a path appears twice in the files: {sorted(paths)}")
+    for file in files:
         validate_origin_path(file.path)
         if hashlib.sha256(file.content).hexdigest() != file.sha256:
             raise ValueError(f"{file.path}: sha256 {file.sha256} does not match its content")

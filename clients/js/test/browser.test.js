@@ -1,0 +1,110 @@
+// load() in a real browser (Chromium): the browser itself enforces the hashes,
+// through the import map's integrity and a modulepreload with SRI.
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { test } from "node:test";
+import { makeFixture } from "./helpers/fixture.js";
+
+const CHROMIUM = [process.env.CHROMIUM, "/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"].find(
+  (p) => p && existsSync(p),
+);
+const BUNDLE = new URL("../dist/releasecontrol-host.min.js", import.meta.url);
+
+const PAGE = (trust) => `<!doctype html>
+<meta charset="utf-8">
+<title>host</title>
+<script type="module">
+import { FeatureHost } from "/bundle.js";
+const out = {};
+try {
+  // No storage given: a browser host keeps its state in localStorage, keyed by the index URL.
+  const host = new FeatureHost({ indexUrl: location.origin + "/remote-index.json", trust: ${JSON.stringify(trust)} });
+  const report = await host.refresh();
+  out.loaded = report.loaded;
+  out.refused = report.refused;
+  out.checkout = (await host.load("checkout")).default;
+  out.importMaps = document.querySelectorAll('script[type="importmap"]').length;
+  out.preloads = [...document.querySelectorAll('link[rel="modulepreload"]')].map((l) => l.integrity);
+  out.storageKeys = Object.keys(localStorage);
+  // The CDN now serves other bytes for search's entry than the ones the refresh verified.
+  await fetch("/tamper", { method: "POST" });
+  try {
+    const mod = await host.load("search");
+    out.search = mod.default;
+  } catch (e) {
+    out.searchError = { name: e.name, code: e.code, file: e.file, message: e.message };
+  }
+  out.tamperedRan = globalThis.__tampered === true;
+} catch (e) {
+  out.error = String((e && e.stack) || e);
+}
+await fetch("/result", { method: "POST", body: JSON.stringify(out) });
+</script>`;
+
+test("in Chromium, load() runs a verified feature and refuses bytes the CDN changed after the refresh", { skip: !CHROMIUM && "no Chromium here" }, async () => {
+  const fx = await makeFixture();
+  const profile = await mkdtemp(join(tmpdir(), "rc-chromium-"));
+  let browser;
+  try {
+    const files = fx.origin.files;
+    files.set("page.html", new TextEncoder().encode(PAGE(fx.trust)));
+    files.set("bundle.js", new Uint8Array(readFileSync(BUNDLE)));
+    const searchEntry = await fx.origin.artifactOf("search", "1.0.0", "index.js");
+    let resolveResult;
+    const result = new Promise((resolve) => (resolveResult = resolve));
+    fx.server.behaviours.set("tamper", {
+      handler: (_req, res) => {
+        files.set(searchEntry, new TextEncoder().encode('globalThis.__tampered = true; export default "evil";\n'));
+        res.end("ok");
+      },
+    });
+    fx.server.behaviours.set("result", {
+      handler: (req, res) => {
+        let body = "";
+        req.on("data", (c) => (body += c));
+        req.on("end", () => {
+          res.end("ok");
+          resolveResult(JSON.parse(body));
+        });
+      },
+    });
+    browser = spawn(
+      CHROMIUM,
+      ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions", `--user-data-dir=${profile}`, `${fx.server.base}page.html`],
+      { stdio: "ignore", detached: true },
+    );
+    let timer;
+    const out = await Promise.race([
+      result,
+      new Promise((_, reject) => (timer = setTimeout(() => reject(new Error("no result from Chromium in 60 s")), 60_000))),
+    ]).finally(() => clearTimeout(timer));
+
+    assert.equal(out.error, undefined);
+    assert.deepEqual(out.loaded, { checkout: "1.0.0", search: "1.0.0" });
+    assert.deepEqual(out.refused, {});
+    assert.equal(out.checkout, "checkout v1", "the entry and its relative import ran");
+    assert.equal(out.importMaps, 1);
+    assert.equal(out.preloads.length, 1);
+    assert.match(out.preloads[0], /^sha256-/);
+    assert.deepEqual(out.storageKeys, [`releasecontrol-host:${fx.server.indexUrl}`]);
+    assert.equal(out.search, undefined, "the tampered module returned nothing");
+    assert.equal(out.searchError.name, "RefusalError");
+    assert.equal(out.searchError.code, "hash");
+    assert.equal(out.searchError.file, searchEntry);
+    assert.equal(out.tamperedRan, false, "the browser did not run the changed bytes");
+  } finally {
+    if (browser?.pid) {
+      try {
+        process.kill(-browser.pid, "SIGKILL");
+      } catch {
+        /* already gone */
+      }
+    }
+    await fx.close();
+    await rm(profile, { recursive: true, force: true });
+  }
+});

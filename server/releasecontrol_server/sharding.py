@@ -1,0 +1,119 @@
+"""The committed sharded index: what the origin's index files are, and their next version.
+
+`ShardedIndex` keeps, in memory, every feature's releases.json pin by hash bin,
+every shard's signed file and the top level's. A batch of changes gives it the
+new releases.json pins; `next_files` signs the shards of the bins they touch and
+a top level pinning them (host protocol v2: three small files per change,
+whatever the feature count); once committed, `apply` makes them the index.
+`rebuild` signs every shard and the top level again: after a key rotation, a
+new root, or the upgrade from a v1 origin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+from releasecontrol.index import REMOTE_INDEX_PATH
+from releasecontrol.shards import DEFAULT_BITS, Pin, bin_of, shard_path
+from releasecontrol_server.signer import Signer, pin_of
+from releasecontrol_server.store import SignedFile
+
+__all__ = ["ShardedIndex"]
+
+
+class ShardedIndex:
+    """Every feature's releases.json pin by bin, and the signed shards and top level.
+
+    Not thread-safe: the controller's one writer changes it, between commits.
+    """
+
+    def __init__(
+        self,
+        pins: Mapping[str, Pin],
+        files: Mapping[str, SignedFile],
+        *,
+        bits: int = DEFAULT_BITS,
+    ) -> None:
+        """`pins`: feature id -> its committed releases.json pin; `files`: the committed index
+        files by path (shards of this `bits` and remote-index.json; others are ignored)."""
+        self.bits = bits
+        self._bins: dict[str, dict[str, Pin]] = {}
+        for feature_id, pin in pins.items():
+            self._bins.setdefault(bin_of(feature_id, bits), {})[feature_id] = pin
+        self._shards: dict[str, SignedFile] = {}
+        for name in self._bins:
+            file = files.get(shard_path(bits, name))
+            if file is not None:
+                self._shards[name] = file
+        self.top: SignedFile | None = files.get(REMOTE_INDEX_PATH)
+
+    @property
+    def sequence(self) -> int:
+        """The committed top level's sequence (0: none yet)."""
+        return 0 if self.top is None else self.top.sequence
+
+    @property
+    def complete(self) -> bool:
+        """Whether every non-empty bin has a committed shard and there is a top level."""
+        return self.top is not None and set(self._shards) == set(self._bins)
+
+    def shard_files(self) -> list[SignedFile]:
+        return [self._shards[name] for name in sorted(self._shards)]
+
+    def next_files(
+        self,
+        changed: Mapping[str, Pin],
+        *,
+        signer: Signer,
+        root_version: int,
+        now: datetime,
+        sequence: int | None = None,
+    ) -> list[SignedFile]:
+        """The shards of the bins `changed` (feature id -> new releases.json pin) touches, and a
+        top level pinning them, signed at `sequence` (default: the committed one + 1)."""
+        sequence = self.sequence + 1 if sequence is None else sequence
+        touched: dict[str, dict[str, Pin]] = {}
+        for feature_id, pin in changed.items():
+            name = bin_of(feature_id, self.bits)
+            if name not in touched:
+                touched[name] = dict(self._bins.get(name, {}))
+            touched[name][feature_id] = pin
+        shards = {
+            name: signer.shard_file(self.bits, name, features, sequence, now)
+            for name, features in sorted(touched.items())
+        }
+        pins = {name: pin_of(file) for name, file in self._shards.items()}
+        pins.update({name: pin_of(file) for name, file in shards.items()})
+        top = signer.top_file(sequence, root_version, self.bits, pins, now)
+        return [*shards.values(), top]
+
+    def rebuild(
+        self,
+        *,
+        signer: Signer,
+        root_version: int,
+        now: datetime,
+        pins: Mapping[str, Pin] | None = None,
+        sequence: int | None = None,
+    ) -> list[SignedFile]:
+        """Every shard and the top level signed again (with `pins` replacing the committed ones
+        where given), at `sequence` (default: the committed one + 1)."""
+        everything = {fid: pin for features in self._bins.values() for fid, pin in features.items()}
+        everything.update(pins or {})
+        sequence = self.sequence + 1 if sequence is None else sequence
+        fresh = ShardedIndex({}, {}, bits=self.bits)
+        return fresh.next_files(
+            everything, signer=signer, root_version=root_version, now=now, sequence=sequence
+        )
+
+    def apply(self, changed: Mapping[str, Pin], files: list[SignedFile]) -> None:
+        """Make the committed `changed` pins and index `files` (from `next_files` or `rebuild`)
+        the index."""
+        for feature_id, pin in changed.items():
+            self._bins.setdefault(bin_of(feature_id, self.bits), {})[feature_id] = pin
+        for file in files:
+            if file.path == REMOTE_INDEX_PATH:
+                self.top = file
+            else:
+                self._shards[file.path.rsplit("/", 1)[1].removesuffix(".json")] = file
