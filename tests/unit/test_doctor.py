@@ -484,9 +484,7 @@ def _rotated_but_old_key(root: Path, settings: dict[str, object]) -> None:
 
 
 SIGNING_CASES = [
-    pytest.param(
-        _no_change, "PASS", ["root 1 (expires", "lists the 1 signing key(s)"], id="good"
-    ),
+    pytest.param(_no_change, "PASS", ["root 1 (expires", "lists the 1 signing key(s)"], id="good"),
     pytest.param(_rotated, "PASS", ["root 2 (expires"], id="rotated"),
     pytest.param(
         _untrusted_signing_key,

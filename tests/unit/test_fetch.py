@@ -100,39 +100,46 @@ class TestRefusals:
         assert fragment in caught.value.message
         assert caught.value.status == (fault or 404)
         assert caught.value.url == url
+        assert caught.value.kind == "fetch"
 
     def test_is_a_verification_error(self) -> None:
         """What a host could not fetch it did not verify: FetchError is a VerificationError."""
         assert issubclass(FetchError, VerificationError)
 
     def test_one_byte_over_the_limit_is_refused(self, front: OriginFront, fetcher: Fetcher) -> None:
-        """A body one byte longer than max_bytes is refused, naming the limit."""
-        with pytest.raises(FetchError, match=rf"larger than the {len(BODY) - 1}-byte limit"):
+        """A body one byte longer than max_bytes is refused, naming the limit: `too-large`."""
+        with pytest.raises(
+            FetchError, match=rf"larger than the {len(BODY) - 1}-byte limit"
+        ) as caught:
             fetcher.get(front.url + "file.json", max_bytes=len(BODY) - 1)
+        assert caught.value.kind == "too-large"
 
     def test_endless_data_is_cut_off_at_the_limit(
         self, front: OriginFront, fetcher: Fetcher
     ) -> None:
         """A stream without a length that never ends is refused once it passes the limit."""
         front.faults["file.json"] = ENDLESS
-        with pytest.raises(FetchError, match=r"is larger than the 100000-byte limit$"):
+        with pytest.raises(FetchError, match=r"is larger than the 100000-byte limit$") as caught:
             fetcher.get(front.url + "file.json", max_bytes=100_000)
+        assert caught.value.kind == "too-large"
 
     def test_a_declared_length_over_the_limit_is_refused_unread(
         self, front: OriginFront, fetcher: Fetcher
     ) -> None:
         """A Content-Length over the limit is refused before any of the body is read."""
         front.faults["file.json"] = HUGE_LENGTH
-        with pytest.raises(FetchError, match=rf"declares {1 << 40} bytes"):
+        with pytest.raises(FetchError, match=rf"declares {1 << 40} bytes") as caught:
             fetcher.get(front.url + "file.json", max_bytes=1024)
+        assert caught.value.kind == "too-large"
 
     def test_a_body_shorter_than_declared_is_refused(
         self, front: OriginFront, fetcher: Fetcher
     ) -> None:
         """A connection closed before the declared length arrived is a failure, not a body."""
         front.faults["file.json"] = TRUNCATED
-        with pytest.raises(FetchError, match="ended after 10 of the 100 bytes"):
+        with pytest.raises(FetchError, match="ended after 10 of the 100 bytes") as caught:
             fetcher.get(front.url + "file.json", max_bytes=1024)
+        assert caught.value.kind == "fetch"
 
     @pytest.mark.parametrize(
         "fault",
@@ -147,9 +154,12 @@ class TestRefusals:
         """Silence and a byte every few milliseconds both fail at the same total deadline."""
         front.faults["file.json"] = fault
         started = time.monotonic()
-        with pytest.raises(FetchError, match=rf"file\.json timed out after {TIMEOUT:g} s$"):
+        with pytest.raises(
+            FetchError, match=rf"file\.json timed out after {TIMEOUT:g} s$"
+        ) as caught:
             fetcher.get(front.url + "file.json", max_bytes=1 << 20)
         assert TIMEOUT * 0.9 <= time.monotonic() - started < TIMEOUT + 0.5
+        assert caught.value.kind == "timeout"
 
     def test_an_unreachable_origin_names_the_url(self, fetcher: Fetcher) -> None:
         """Nothing listening is a FetchError naming the URL, not an OSError."""
@@ -157,8 +167,9 @@ class TestRefusals:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         url = f"http://127.0.0.1:{port}/remote-index.json"
-        with pytest.raises(FetchError, match=rf"^{url} could not be fetched"):
+        with pytest.raises(FetchError, match=rf"^{url} could not be fetched") as caught:
             fetcher.get(url, max_bytes=1024)
+        assert caught.value.kind == "fetch"
 
     @pytest.mark.parametrize(
         "url",

@@ -378,6 +378,86 @@ class TestSignAndVerify:
             f"unknown key {short(KEY_C)}"
         )
 
+    def test_a_bad_and_a_good_signature_by_one_key_count_once(self) -> None:
+        """A keyid listed twice counts once, and its good signature counts even after a bad one."""
+        body = releases().to_dict()
+        data = canonical_json(body)
+        good = base64.b64encode(KEY_A.sign(data)).decode()
+        bad = base64.b64encode(bytes(64)).decode()
+        sigs = (Signature(KEY_A.keyid, bad), Signature(KEY_A.keyid, good))
+        result = check_signatures(Envelope(body, sigs), trust(KEY_A, KEY_B, threshold=2))
+        assert result.valid == {KEY_A.keyid} and result.invalid == frozenset()
+        assert not result.verified
+        assert check_signatures(Envelope(body, sigs), trust(KEY_A)).verified
+
+    def test_a_non_canonical_s_is_not_a_valid_signature(self) -> None:
+        """Ed25519 is checked strictly (RFC 8032): S + L, the same signature otherwise, is bad."""
+        body = releases().to_dict()
+        raw = KEY_A.sign(canonical_json(body))
+        order = 2**252 + 27742317777372353535851937790883648493
+        s_plus_l = int.from_bytes(raw[32:], "little") + order
+        malleated = raw[:32] + s_plus_l.to_bytes(32, "little")
+        sig = Signature(KEY_A.keyid, base64.b64encode(malleated).decode())
+        assert not check_signatures(Envelope(body, (sig,)), trust(KEY_A)).verified
+
+    def test_signed_bytes_given_are_what_is_checked(self) -> None:
+        """check_signatures checks the `signed_bytes` it is handed, not a fresh encoding."""
+        envelope = sign(releases().to_dict(), [KEY_A])
+        right = envelope.signed_bytes()
+        assert check_signatures(envelope, trust(KEY_A), signed_bytes=right).verified
+        other = right.replace(b'"sequence":3', b'"sequence":4')
+        assert not check_signatures(envelope, trust(KEY_A), signed_bytes=other).verified
+
+    @pytest.mark.parametrize(
+        ("signers", "allow", "verified", "message"),
+        [
+            pytest.param(
+                [KEY_DEV],
+                False,
+                False,
+                f"signed by 0 of 1 required trusted key; dev key {short(KEY_DEV)} not "
+                "accepted: FEATURE_ALLOW_INSECURE_DEV_KEYS is off",
+                id="dev-key-off",
+            ),
+            pytest.param(
+                [KEY_DEV], True, True, "signed by 1 of 1 required trusted key", id="dev-key-on"
+            ),
+            pytest.param(
+                [KEY_A, KEY_DEV],
+                False,
+                True,
+                f"signed by 1 of 1 required trusted key; dev key {short(KEY_DEV)} not "
+                "accepted: FEATURE_ALLOW_INSECURE_DEV_KEYS is off",
+                id="real-key-beside-dev-key",
+            ),
+        ],
+    )
+    def test_a_dev_key_counts_only_when_allowed(
+        self, signers: list[SigningKey], allow: bool, verified: bool, message: str
+    ) -> None:
+        """A dev key's good signature counts only with allow_dev_keys; the message says so."""
+        envelope = sign(releases().to_dict(), signers)
+        result = check_signatures(envelope, trust(KEY_A, KEY_DEV), allow_dev_keys=allow)
+        assert result.verified is verified
+        assert result.message == message
+        assert (KEY_DEV.keyid in result.valid) is allow
+        assert (KEY_DEV.keyid in result.dev_refused) is not allow
+
+    def test_a_dev_keys_bad_signature_is_bad_not_refused(self) -> None:
+        """A dev key's bad signature is reported as bad, whether dev keys are allowed or not."""
+        body = releases().to_dict()
+        sig = Signature(KEY_DEV.keyid, base64.b64encode(bytes(64)).decode())
+        for allow in (False, True):
+            result = check_signatures(Envelope(body, (sig,)), trust(KEY_DEV), allow_dev_keys=allow)
+            assert result.invalid == {KEY_DEV.keyid} and result.dev_refused == frozenset()
+
+    def test_many_keys_are_named_five_and_counted(self) -> None:
+        """A message names at most five unknown keys and counts the rest."""
+        keys = [fixed_key(n) for n in range(20, 27)]
+        result = check_signatures(sign({"x": 1}, keys), trust(KEY_A))
+        assert result.message.endswith(" and 2 more")
+        assert result.message.count("…") == 5
+
     def test_sign_signs_once_per_distinct_key(self) -> None:
         """Giving the same key twice yields one signature, in the order the keys came."""
         envelope = sign({"x": 1}, [KEY_B, KEY_A, KEY_B])
@@ -418,36 +498,42 @@ class TestFileBytes:
     @pytest.mark.parametrize(
         ("data", "fragment"),
         [
-            pytest.param(b"{", "not valid UTF-8 JSON", id="truncated"),
-            pytest.param(b'{"signed":{"a":"\xff"},"signatures":[]}', "UTF-8", id="not-utf8"),
-            pytest.param(
-                b'{"signed":{"a":1,"a":2},"signatures":[]}', "duplicate key", id="dup-key"
-            ),
-            pytest.param(b'{"signed":{"a":NaN},"signatures":[]}', "NaN", id="nan"),
+            pytest.param(b"{", "it is not JSON", id="truncated"),
+            pytest.param(b'{"signatures":[],"signed":{"a":"\xff"}}', "not UTF-8", id="not-utf8"),
+            pytest.param(b'{"signatures":[],"signed":{"a":NaN}}', "NaN", id="nan"),
+            pytest.param(b"[" * 100_000 + b"]" * 100_000, "it is not JSON", id="deep-nesting"),
             pytest.param(b"[]", "must be a JSON object", id="array"),
             pytest.param(b'{"signatures":[]}', 'missing field "signed"', id="no-signed"),
             pytest.param(b'{"signed":{}}', 'missing field "signatures"', id="no-signatures"),
-            pytest.param(b'{"signed":[],"signatures":[]}', '"signed" must be an object', id="list"),
             pytest.param(
-                b'{"signed":{},"signatures":{}}', '"signatures" must be an array', id="sigs-object"
+                b'{"extra":1,"signatures":[],"signed":{}}',
+                'must have only "signatures" and "signed", not also ["extra"]',
+                id="extra-member",
+            ),
+            pytest.param(b'{"signatures":[],"signed":[]}', '"signed" must be an object', id="list"),
+            pytest.param(
+                b'{"signatures":{},"signed":{}}', '"signatures" must be an array', id="sigs-object"
             ),
             pytest.param(
-                b'{"signed":{},"signatures":[{"keyid":"ab"}]}',
-                '"signatures[0]" must be an object with "keyid" and "sig"',
+                b'{"signatures":[{"keyid":"ab"}],"signed":{}}',
+                '"signatures[0]" must be an object with exactly "keyid" and "sig"',
                 id="sig-missing",
             ),
             pytest.param(
-                b'{"signed":{},"signatures":[{"keyid":"AB","sig":""}]}',
+                b'{"signatures":[{"keyid":"%s","note":"x","sig":""}],"signed":{}}'
+                % KEY_A.keyid.encode(),
+                '"signatures[0]" must be an object with exactly "keyid" and "sig"',
+                id="sig-extra-member",
+            ),
+            pytest.param(
+                b'{"signatures":[{"keyid":"AB","sig":""}],"signed":{}}',
                 "64 lowercase hex",
                 id="keyid-not-hex",
             ),
             pytest.param(
-                b'{"signed":{"n":9007199254740993},"signatures":[]}',
-                '"signed" has no JCS form',
-                id="int-beyond-jcs",
-            ),
-            pytest.param(
-                b"[" * 100_000 + b"]" * 100_000, "not valid UTF-8 JSON", id="deep-nesting"
+                b'{"signatures":[{"keyid":"%s","sig":5}],"signed":{}}' % KEY_A.keyid.encode(),
+                "sig must be a base64 string",
+                id="sig-not-string",
             ),
         ],
     )
@@ -455,7 +541,30 @@ class TestFileBytes:
         """A file that is not a well-formed envelope is a VerificationError saying why."""
         with pytest.raises(VerificationError) as caught:
             Envelope.from_bytes(data)
+        assert not isinstance(caught.value, NotCanonicalEnvelope)
         assert fragment in caught.value.message
+
+    @pytest.mark.parametrize(
+        "data",
+        [
+            pytest.param(b'{"signatures": [], "signed": {}}', id="whitespace"),
+            pytest.param(b'{"signed":{},"signatures":[]}', id="members-out-of-order"),
+            pytest.param(b'{"signatures":[],"signed":{"a":1,"a":2}}', id="repeated-member"),
+            pytest.param(b'{"signatures":[],"signed":{"n":1.0}}', id="number-form"),
+            pytest.param(
+                b'{"signatures":[],"signed":{"n":9007199254740993}}', id="int-beyond-a-double"
+            ),
+        ],
+    )
+    def test_from_bytes_refuses_a_file_that_is_not_canonical(self, data: bytes) -> None:
+        """JSON that is not exactly its RFC 8785 encoding is refused as not canonical."""
+        with pytest.raises(NotCanonicalEnvelope, match="not the RFC 8785 \\(JCS\\) encoding"):
+            Envelope.from_bytes(data)
+
+    def test_from_dict_refuses_a_body_with_no_jcs_form(self) -> None:
+        """A parsed body that JCS cannot encode (an integer beyond 2**53) is refused."""
+        with pytest.raises(VerificationError, match='"signed" has no JCS form'):
+            Envelope.from_dict({"signatures": [], "signed": {"n": 2**60}})
 
     def test_from_bytes_refuses_an_oversize_file_before_parsing(self) -> None:
         """A file over max_bytes is refused with both sizes in the message."""
@@ -472,9 +581,9 @@ class TestIndependentVerifier:
         assert independent_verify(data, trust(KEY_A).to_json())
         assert data == own_jcs(json.loads(data))
 
-    def test_independent_host_verifies_threshold_two_remote_index(self) -> None:
+    def test_independent_host_verifies_threshold_two(self) -> None:
         """Two keys, threshold 2: the independent verifier agrees that both signatures hold."""
-        data = sign(remote().to_dict(), [KEY_A, KEY_B]).to_bytes()
+        data = sign(releases().to_dict(), [KEY_A, KEY_B]).to_bytes()
         assert independent_verify(data, trust(KEY_A, KEY_B, threshold=2).to_json())
 
     def test_independent_host_rejects_a_tampered_file(self) -> None:
@@ -545,13 +654,13 @@ class TestReleasesIndex:
     def test_unknown_fields_of_a_newer_schema_are_carried(self) -> None:
         """Fields this code does not know, at any level, come back out of to_dict unchanged."""
         body = copy.deepcopy(CONTRACT_RELEASES_BODY)
-        body["schema_version"] = 2
+        body["schema_version"] = 3
         body["rollout"] = {"percent": 5, "regions": ["eu"]}
         body["channels"]["beta"] = "1.3.0"
         body["versions"][0]["size_bytes"] = 1234
         body["canary_soak"]["policy"] = "error-rate"
         index = ReleasesIndex.from_dict(body)
-        assert index.schema_version == 2
+        assert index.schema_version == 3
         assert index.extra == {"rollout": {"percent": 5, "regions": ["eu"]}}
         assert index.to_dict() == body
         assert canonical_json(index.to_dict()) == canonical_json(body)
@@ -742,9 +851,6 @@ class TestReleasesIndex:
             releases(issued_at=datetime(2026, 11, 26, 10, 0, 0))
 
 
-@pytest.mark.parametrize(
-    "make", [pytest.param(releases, id="releases"), pytest.param(remote, id="remote")]
-)
 class TestExpiry:
     @pytest.mark.parametrize(
         ("offset", "expired"),
@@ -754,109 +860,19 @@ class TestExpiry:
             pytest.param(timedelta(days=30), True, id="long-after"),
         ],
     )
-    def test_expired_from_expires_at_on(
-        self, make: Callable[[], ReleasesIndex | RemoteIndex], offset: timedelta, expired: bool
-    ) -> None:
-        """An index is valid strictly before expires_at and expired from that second on."""
-        index = make()
+    def test_expired_from_expires_at_on(self, offset: timedelta, expired: bool) -> None:
+        """A releases.json is valid strictly before expires_at and expired from that second on."""
+        index = releases()
         assert index.is_expired(index.expires_at + offset) is expired
 
-    def test_fresh_index_is_not_expired(
-        self, make: Callable[[], ReleasesIndex | RemoteIndex]
-    ) -> None:
+    def test_fresh_index_is_not_expired(self) -> None:
         """An index checked at its issue time is not expired."""
-        assert not make().is_expired(ISSUED)
+        assert not releases().is_expired(ISSUED)
 
-    def test_naive_now_is_refused(self, make: Callable[[], ReleasesIndex | RemoteIndex]) -> None:
+    def test_naive_now_is_refused(self) -> None:
         """A naive clock reading is refused instead of compared as if it were UTC."""
         with pytest.raises(ValueError, match="aware"):
-            make().is_expired(datetime(2030, 1, 1))
-
-
-class TestRemoteIndex:
-    def test_to_dict_is_the_contract_body(self) -> None:
-        """The model writes exactly the contract's remote-index.json body."""
-        assert remote().to_dict() == CONTRACT_REMOTE_BODY
-
-    def test_round_trips_through_dict(self) -> None:
-        """from_dict(to_dict()) is the same remote index."""
-        index = remote()
-        assert RemoteIndex.from_dict(index.to_dict()) == index
-        assert RemoteIndex.from_dict(remote(features={}).to_dict()) == remote(features={})
-
-    def test_unknown_fields_are_carried(self) -> None:
-        """Unknown top-level and per-feature fields come back out of to_dict unchanged."""
-        body = copy.deepcopy(CONTRACT_REMOTE_BODY)
-        body["mirrors"] = ["https://cdn2.example/"]
-        body["features"]["checkout"]["size_bytes"] = 812
-        assert RemoteIndex.from_dict(body).to_dict() == body
-
-    def test_pins_the_hash_of_the_releases_file_bytes(self) -> None:
-        """The entry's sha256 is of the releases.json file bytes, so a host can match them."""
-        data = sign(releases().to_dict(), [KEY_A]).to_bytes()
-        entry = FeatureEntry(releases_path("checkout"), hashlib.sha256(data).hexdigest(), 3)
-        body = remote(features={"checkout": entry}).to_dict()
-        assert body["features"]["checkout"]["sha256"] == hashlib.sha256(data).hexdigest()
-
-    @pytest.mark.parametrize(
-        ("path", "value", "fragment"),
-        [
-            pytest.param(
-                "type", "releases", 'field "type" must be "remote-index"', id="wrong-type"
-            ),
-            pytest.param("sequence", DELETE, 'missing field "sequence"', id="no-sequence"),
-            pytest.param("features", [], 'field "features" must be an object', id="features-list"),
-            pytest.param(
-                "features.checkout",
-                "x",
-                'field "features.checkout" must be an object',
-                id="entry-str",
-            ),
-            pytest.param(
-                "features.checkout.url",
-                DELETE,
-                'missing field "features.checkout.url"',
-                id="no-url",
-            ),
-            pytest.param(
-                "features.checkout.sha256",
-                "abc",
-                'field "features.checkout.sha256" must be a SHA-256',
-                id="bad-sha",
-            ),
-            pytest.param(
-                "features.checkout.sequence",
-                "3",
-                'field "features.checkout.sequence" must be an integer',
-                id="seq-str",
-            ),
-            pytest.param(
-                "issued_at",
-                "2026-11-26T10:00:00",
-                'field "issued_at" must be an RFC 3339',
-                id="no-z",
-            ),
-            pytest.param(
-                "expires_at",
-                "2026-11-26T10:00:00Z",
-                "is not after issued_at",
-                id="expires-at-issue",
-            ),
-        ],
-    )
-    def test_bad_field_is_a_verification_error_naming_it(
-        self, path: str, value: Any, fragment: str
-    ) -> None:
-        """A missing or ill-typed field of the remote index is a VerificationError naming it."""
-        body = copy.deepcopy(CONTRACT_REMOTE_BODY)
-        if value is DELETE:
-            _delete(body, path)
-        else:
-            _set(body, path, value)
-        with pytest.raises(VerificationError) as caught:
-            RemoteIndex.from_dict(body)
-        assert caught.value.message.startswith("remote index")
-        assert fragment in caught.value.message
+            releases().is_expired(datetime(2030, 1, 1))
 
 
 class TestPaths:

@@ -181,9 +181,7 @@ class TestRefusals:
         assert (refused.code, refused.file) == ("mismatch", releases_path("cart"))
         assert '"feature_id" is "pay", not "cart"' in refused.message
 
-    def test_a_shard_cannot_speak_for_a_feature_of_another_bin(
-        self, repo: HostRepository
-    ) -> None:
+    def test_a_shard_cannot_speak_for_a_feature_of_another_bin(self, repo: HostRepository) -> None:
         """pay's shard also listing cart (another bin): the shard is refused."""
         features = {fid: repo.pins[fid] for fid in ("cart", "pay")}
         repo.publish_shard(repo.bin("pay"), features=features)
