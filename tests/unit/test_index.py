@@ -54,9 +54,7 @@ ISSUED = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
 
 def trust(*keys: SigningKey, threshold: int = 1) -> TrustStore:
     """A role of `keys` needing `threshold`; KEY_DEV is marked a dev key."""
-    return TrustStore.for_keys(
-        [k.trusted_key(dev=k is KEY_DEV) for k in keys], threshold=threshold
-    )
+    return TrustStore.for_keys([k.trusted_key(dev=k is KEY_DEV) for k in keys], threshold=threshold)
 
 
 def short(key: SigningKey) -> str:
@@ -102,6 +100,7 @@ CONTRACT_RELEASES_BODY: dict[str, Any] = {
     "issued_at": "2026-11-26T10:00:00Z",
     "expires_at": "2026-12-03T10:00:00Z",
 }
+
 
 def independent_verify(file_bytes: bytes, trust_file: str) -> bool:
     """A host written from the contract alone: no releasecontrol code, only its wire rules.

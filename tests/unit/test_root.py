@@ -45,13 +45,19 @@ SPEC_BODY: dict[str, Any] = {
     "issued_at": "2026-11-26T10:00:00Z",
     "expires_at": "2027-11-26T10:00:00Z",
     "keys": {
-        ROOT_A.keyid: {"alg": "ed25519", "public_key": base64.b64encode(ROOT_A.public_key_raw).decode()},
+        ROOT_A.keyid: {
+            "alg": "ed25519",
+            "public_key": base64.b64encode(ROOT_A.public_key_raw).decode(),
+        },
         KEY_A.keyid: {
             "alg": "ed25519",
             "public_key": base64.b64encode(KEY_A.public_key_raw).decode(),
             "dev": True,
         },
-        KEY_B.keyid: {"alg": "ed25519", "public_key": base64.b64encode(KEY_B.public_key_raw).decode()},
+        KEY_B.keyid: {
+            "alg": "ed25519",
+            "public_key": base64.b64encode(KEY_B.public_key_raw).decode(),
+        },
     },
     "roles": {
         "root": {"keyids": [ROOT_A.keyid], "threshold": 1},
@@ -170,12 +176,8 @@ class TestRootModel:
         ("changes", "fragment"),
         [
             pytest.param({"version": 0}, "root version must be an integer of at least 1", id="v0"),
-            pytest.param(
-                {"expires_at": NOW}, "is not after issued_at", id="expires-at-issue"
-            ),
-            pytest.param(
-                {"issued_at": datetime(2026, 11, 26, 10, 0, 0)}, "aware", id="naive-time"
-            ),
+            pytest.param({"expires_at": NOW}, "is not after issued_at", id="expires-at-issue"),
+            pytest.param({"issued_at": datetime(2026, 11, 26, 10, 0, 0)}, "aware", id="naive-time"),
         ],
     )
     def test_inconsistent_values_are_refused_when_built(
@@ -296,4 +298,6 @@ class TestRootFromDict:
         """`"dev": true` on a key marks it a dev key; a key without it is not one."""
         root = Root.from_dict(SPEC_BODY)
         assert root.keys[KEY_A.keyid].dev is True
-        assert root.keys[KEY_B.keyid] == TrustedKey(keyid_for(KEY_B.public_key_raw), KEY_B.public_key_raw)
+        assert root.keys[KEY_B.keyid] == TrustedKey(
+            keyid_for(KEY_B.public_key_raw), KEY_B.public_key_raw
+        )

@@ -297,8 +297,8 @@ class TestShard:
 
     def test_a_63_character_id_is_a_feature_id(self) -> None:
         """The longest feature id the page allows is read (when it falls in the shard's bin)."""
-        long_id = next(
-            f"f{i:061d}x" for i in range(10_000) if bin_of(f"f{i:061d}x", 7) == "63"
+        long_id = next(f"f{i:061d}x" for i in range(10_000) if bin_of(f"f{i:061d}x", 7) == "63")
+        body = changed(
+            SHARD_BODY, f"features.{long_id}", {"sha256": SHA_2, "length": 5, "sequence": 2}
         )
-        body = changed(SHARD_BODY, f"features.{long_id}", {"sha256": SHA_2, "length": 5, "sequence": 2})
         assert long_id in Shard.from_dict(body).features

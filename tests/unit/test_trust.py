@@ -1,4 +1,9 @@
-"""Keys, keyids and the trust store (releasecontrol.trust)."""
+"""Keys, keyids and the trust file (releasecontrol.trust).
+
+In host protocol v2 the trust file names the root keys, their threshold and the
+root version they sign (docs/host-protocol.md 4.1). The dev key setup that writes
+one is tested in test_keyfiles.py.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,6 @@ import hashlib
 import json
 import os
 import stat
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from releasecontrol.errors import ConfigError
-from releasecontrol.trust import (
-    SigningKey,
-    TrustedKey,
-    TrustStore,
-    keyid_for,
-    load_or_create_dev_key,
-)
+from releasecontrol.trust import SigningKey, TrustedKey, TrustStore, keyid_for
 
 # RFC 8032 section 7.1, test 1: a known Ed25519 key pair and its signature of the empty message.
 RFC8032_SECRET = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
@@ -54,6 +52,11 @@ def entry(key: SigningKey | TrustedKey) -> dict[str, Any]:
 
 def trust_json(threshold: Any = 1, keys: Any = None) -> str:
     return json.dumps({"threshold": threshold, "keys": [entry(KEY_A)] if keys is None else keys})
+
+
+def with_root_version(root_version: Any) -> str:
+    """A trust file of KEY_A naming `root_version`."""
+    return json.dumps({"threshold": 1, "root_version": root_version, "keys": [entry(KEY_A)]})
 
 
 class TestKeyid:
@@ -250,6 +253,36 @@ _SHORT_RAW = KEY_A.public_key_raw[:31]
             trust_json(3, [entry(KEY_A), entry(KEY_B)]),
             "threshold 3 is more than the 2 key(s) listed",
             id="threshold-above-key-count",
+        ),
+        pytest.param(
+            with_root_version(0),
+            "root_version must be an integer of at least 1, not 0",
+            id="root-version-0",
+        ),
+        pytest.param(
+            with_root_version(-2),
+            "root_version must be an integer of at least 1, not -2",
+            id="root-version-negative",
+        ),
+        pytest.param(
+            with_root_version("2"),
+            'root_version must be an integer of at least 1, not "2"',
+            id="root-version-string",
+        ),
+        pytest.param(
+            with_root_version(2.0),
+            "root_version must be an integer of at least 1, not 2.0",
+            id="root-version-float",
+        ),
+        pytest.param(
+            with_root_version(True),
+            "root_version must be an integer of at least 1, not true",
+            id="root-version-bool",
+        ),
+        pytest.param(
+            with_root_version(None),
+            "root_version must be an integer of at least 1, not null",
+            id="root-version-null",
         ),
     ],
 )
@@ -468,90 +501,60 @@ class TestSigningKey:
             SigningKey.load(tmp_path / "absent.pem")
 
 
-class TestLoadOrCreateDevKey:
-    def test_creates_key_and_trust_file_that_verifies_it(self, tmp_path: Path) -> None:
-        """First call writes signing-key.pem (0600) and a trust.json that verifies the key."""
-        keys_dir = tmp_path / "home" / "keys"
-        key = load_or_create_dev_key(keys_dir)
-        pem = keys_dir / "signing-key.pem"
-        assert stat.S_IMODE(pem.stat().st_mode) == 0o600
-        store = TrustStore.from_file(keys_dir / "trust.json")
-        assert store.threshold == 1
-        assert list(store.keys) == [key.keyid]
-        assert store.dev_keyids == {key.keyid}
-        assert store.keys[key.keyid].verify(key.sign(b"release"), b"release")
-        assert sorted(os.listdir(keys_dir)) == ["signing-key.pem", "trust.json"]
+class TestRootVersion:
+    def test_a_missing_root_version_means_root_1(self) -> None:
+        """A trust file without root_version (every v1 trust file) pins root 1."""
+        assert TrustStore.from_json(trust_json()).root_version == 1
 
-    def test_reuses_the_key_and_leaves_trust_file_alone(self, tmp_path: Path) -> None:
-        """A second call returns the same key and does not rewrite a trust.json that names it."""
-        first = load_or_create_dev_key(tmp_path)
-        trust = tmp_path / "trust.json"
-        # Reformatted by hand but still naming the key: a rewrite would show as new text.
-        trust.write_text(json.dumps(json.loads(trust.read_text())))
-        before = trust.read_text()
-        second = load_or_create_dev_key(tmp_path)
-        assert second.keyid == first.keyid
-        assert trust.read_text() == before
+    def test_root_version_is_read_and_written_back(self) -> None:
+        """A trust file pinning root 3 reads as such, and to_json writes root_version 3."""
+        store = TrustStore.from_json(with_root_version(3))
+        assert store.root_version == 3
+        assert json.loads(store.to_json())["root_version"] == 3
+        assert TrustStore.from_json(store.to_json()) == store
+
+    def test_root_version_1_is_left_out_when_written(self) -> None:
+        """to_json writes root_version only when it is not 1, so v1 trust files stay the same."""
+        store = TrustStore.from_json(with_root_version(1))
+        assert "root_version" not in json.loads(store.to_json())
+
+    @pytest.mark.parametrize("value", [0, True, "1"], ids=["zero", "bool", "string"])
+    def test_a_store_built_in_code_refuses_a_bad_root_version(self, value: Any) -> None:
+        """Building a store with a root version that is not an integer of at least 1 fails."""
+        with pytest.raises(ValueError, match="root_version must be"):
+            TrustStore(threshold=1, keys={KEY_A.keyid: KEY_A.trusted_key()}, root_version=value)
+
+
+class TestFingerprint:
+    def test_is_the_sha256_of_the_trust_files_jcs_bytes(self) -> None:
+        """The fingerprint is the hex SHA-256 of the trust file's RFC 8785 bytes (4.2)."""
+        store = TrustStore.from_json(trust_json())
+        document = {"keys": [entry(KEY_A)], "threshold": 1}
+        jcs = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+        assert store.fingerprint == hashlib.sha256(jcs).hexdigest()
+
+    def test_the_same_trust_written_differently_has_one_fingerprint(self) -> None:
+        """Whitespace, member order and an explicit root_version 1 do not change it."""
+        plain = TrustStore.from_json(trust_json())
+        spaced = TrustStore.from_json(
+            json.dumps({"keys": [entry(KEY_A)], "root_version": 1, "threshold": 1}, indent=4)
+        )
+        assert spaced.fingerprint == plain.fingerprint
 
     @pytest.mark.parametrize(
-        "trust_text",
+        ("base", "other"),
         [
-            pytest.param(None, id="trust-file-missing"),
-            pytest.param("{broken", id="trust-file-malformed"),
-            pytest.param(trust_json(1, [entry(KEY_B)]), id="trust-file-names-another-key"),
+            pytest.param(trust_json(), trust_json(1, [entry(KEY_B)]), id="other-key"),
+            pytest.param(trust_json(), trust_json(1, [entry(KEY_A), entry(KEY_B)]), id="key-added"),
+            pytest.param(
+                trust_json(1, [entry(KEY_A), entry(KEY_B)]),
+                trust_json(2, [entry(KEY_A), entry(KEY_B)]),
+                id="other-threshold",
+            ),
+            pytest.param(trust_json(), with_root_version(2), id="other-root-version"),
+            pytest.param(trust_json(), trust_json(1, [{**entry(KEY_A), "dev": True}]), id="dev"),
         ],
     )
-    def test_rewrites_a_trust_file_that_does_not_name_the_key(
-        self, tmp_path: Path, trust_text: str | None
-    ) -> None:
-        """An existing key is kept and trust.json is rewritten to name it when it does not."""
-        KEY_A.save(tmp_path / "signing-key.pem")
-        if trust_text is not None:
-            (tmp_path / "trust.json").write_text(trust_text)
-        key = load_or_create_dev_key(tmp_path)
-        assert key.keyid == KEY_A.keyid
-        store = TrustStore.from_file(tmp_path / "trust.json")
-        assert list(store.keys) == [KEY_A.keyid]
-        assert store.dev_keyids == {KEY_A.keyid}
-
-    def test_marks_the_key_dev_in_a_trust_file_written_before_the_flag(
-        self, tmp_path: Path
-    ) -> None:
-        """A trust.json naming the key without the dev flag gains it; its other keys stay."""
-        KEY_A.save(tmp_path / "signing-key.pem")
-        (tmp_path / "trust.json").write_text(trust_json(2, [entry(KEY_B), entry(KEY_A)]))
-        load_or_create_dev_key(tmp_path)
-        store = TrustStore.from_file(tmp_path / "trust.json")
-        assert store.threshold == 2
-        assert list(store.keys) == [KEY_B.keyid, KEY_A.keyid]
-        assert store.dev_keyids == {KEY_A.keyid}
-
-    def test_a_broken_key_file_is_an_error_not_replaced(self, tmp_path: Path) -> None:
-        """A corrupt signing-key.pem is reported, never silently replaced by a new key."""
-        pem = tmp_path / "signing-key.pem"
-        pem.write_bytes(b"corrupt")
-        with pytest.raises(ConfigError, match=r"signing-key\.pem"):
-            load_or_create_dev_key(tmp_path)
-        assert pem.read_bytes() == b"corrupt"
-
-    def test_concurrent_first_calls_agree_on_one_key(self, tmp_path: Path) -> None:
-        """Processes starting at once all end up with the one key that was written first."""
-        results: list[str] = []
-        errors: list[BaseException] = []
-        start = threading.Barrier(8)
-
-        def run() -> None:
-            try:
-                start.wait()
-                results.append(load_or_create_dev_key(tmp_path).keyid)
-            except BaseException as exc:  # surfaced below; a thread cannot fail the test itself
-                errors.append(exc)
-
-        threads = [threading.Thread(target=run) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == []
-        assert len(set(results)) == 1
-        assert SigningKey.load(tmp_path / "signing-key.pem").keyid == results[0]
+    def test_any_change_that_matters_changes_it(self, base: str, other: str) -> None:
+        """Another key, threshold, root version or dev flag is another fingerprint."""
+        assert TrustStore.from_json(other).fingerprint != TrustStore.from_json(base).fingerprint

@@ -5,7 +5,7 @@ export { FeatureHost, type FeatureHostOptions, type ChangeDetail, type RefusedDe
 export { binOf } from "./bins.js";
 export { memoryState, localStorageState, type StateStorage } from "./state.js";
 export { RefusalError, type Refusal, type RefusalCode } from "./errors.js";
-export { parseTrust as checkTrustFile, type TrustFile } from "./trust.js";
+export type { TrustFile } from "./trust.js";
 export { DEFAULT_LIMITS, type Limits } from "./limits.js";
 export type { AssetCache, LoadedAsset, LoadedFeature, RefreshReport } from "./model.js";
 export type { ImportMap } from "./importmap.js";
