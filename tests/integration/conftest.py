@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from releasecontrol.index import REMOTE_INDEX_PATH, ReleasesIndex, releases_path
+from releasecontrol.root import root_path
+from releasecontrol.shards import RemoteIndex, Shard, shard_path
+from releasecontrol.trust import TrustStore
+from releasecontrol.verifier import Refusal, Verifier
 from releasecontrol_server.launcher import LocalServer
 
 # The integration tests run the same launcher tools use: a real
@@ -62,3 +69,68 @@ def make_feature(
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def origin_files(origin_dir: Path) -> dict[str, bytes]:
+    """Every file on a filesystem origin, by origin path (temporary files left out)."""
+    return {
+        p.relative_to(origin_dir).as_posix(): p.read_bytes()
+        for p in sorted(origin_dir.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+    }
+
+
+def changed_paths(before: dict[str, bytes], after: dict[str, bytes]) -> set[str]:
+    """The origin paths written (new or other bytes) between two `origin_files`."""
+    return {path for path, data in after.items() if before.get(path) != data}
+
+
+@dataclass(frozen=True)
+class HostView:
+    """What a host verifies of one feature, each file checked as docs/host-protocol.md says."""
+
+    top: RemoteIndex
+    shard_path: str
+    shard: Shard
+    releases: ReleasesIndex
+    releases_bytes: bytes
+    signed_by: frozenset[str]
+    """The online keys whose signatures counted on releases.json."""
+
+
+def host_view(
+    read: Callable[[str], bytes], trust_path: Path, feature_id: str = "checkout"
+) -> HostView:
+    """Verify `feature_id` on an origin (`read`: origin path -> bytes) as a host does: the
+    roots from the trust file at `trust_path` (dev keys allowed, as `releasectl dev` makes
+    them), remote-index.json, the feature's shard and its releases.json, with the real
+    clock. Raises Refusal for what a host would refuse."""
+    verifier = Verifier(TrustStore.from_file(trust_path), allow_dev_keys=True)
+    now = datetime.now(UTC)
+
+    def fetch_root(version: int) -> bytes:
+        try:
+            return read(root_path(version))
+        except FileNotFoundError:
+            raise Refusal("fetch", root_path(version), "missing on the origin") from None
+
+    top = verifier.top(read(REMOTE_INDEX_PATH), now, fetch_root).model
+    name, pin = top.shard_of(feature_id)
+    assert pin is not None, f"remote-index.json pins no shard for {feature_id}"
+    path = shard_path(top.bits, name)
+    shard = verifier.shard(top, name, read(path), now).model
+    assert feature_id in shard.features, f"{path} does not list {feature_id}"
+    data = read(releases_path(feature_id))
+    releases = verifier.releases(feature_id, shard.features[feature_id], data, now)
+    return HostView(top, path, shard, releases.model, data, releases.keyids)
+
+
+def folder_read(origin_dir: Path) -> Callable[[str], bytes]:
+    """Read a filesystem origin for `host_view`."""
+    return lambda path: (origin_dir / path).read_bytes()
+
+
+def online_keyids(origin_dir: Path, version: int = 1) -> list[str]:
+    """The online keys root `version` on the origin lists (its index role)."""
+    root = json.loads((origin_dir / root_path(version)).read_bytes())
+    return list(root["signed"]["roles"]["index"]["keyids"])

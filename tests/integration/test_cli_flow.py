@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import RunningServer, make_feature
 
-from releasecontrol.index import Envelope, ReleasesIndex, verify_signatures
+from releasecontrol.fetch import Fetcher
+from releasecontrol.host import FeatureHost
 from releasecontrol.trust import TrustStore
 
 pytestmark = pytest.mark.integration
@@ -120,14 +121,23 @@ def test_the_readme_flow_works_with_no_flags_beyond_the_contract(
     assert header.split()[:3] == ["FEATURE", "STABLE", "CANARY"]
     assert row.split()[:3] == ["checkout", "1.2.0", "1.3.0"]
 
-    # What the CLI did is what hosts will verify on the origin.
+    # What the CLI did is what hosts load: pinning the dev trust file (the root key), a
+    # stable host gets 1.2.0 and a canary host 1.3.0, from releases.json sequence 6.
     trust = TrustStore.from_file(server.home / "keys" / "trust.json")
-    envelope = Envelope.from_bytes(
-        (server.origin_dir / "features" / "checkout" / "releases.json").read_bytes()
-    )
-    verify_signatures(envelope, trust)
-    index = ReleasesIndex.from_dict(envelope.signed)
-    assert (index.sequence, index.stable, index.canary) == (6, "1.2.0", "1.3.0")
+    with Fetcher() as fetcher:
+        for channel, version in (("stable", "1.2.0"), ("canary", "1.3.0")):
+            host = FeatureHost(
+                server.origin_url + "remote-index.json",
+                trust,
+                state_dir=tmp_path / f"host-{channel}",
+                allow_insecure_dev_keys=True,
+                channel=channel,
+                fetcher=fetcher,
+            )
+            report = host.refresh()
+            assert report.ok, report.refused
+            assert report.loaded == {"checkout": version}
+            assert host.features["checkout"].releases_sequence == 6
 
     history = server.client().list_transitions(feature_id="checkout").transitions
     promote = next(t for t in history if t.sequence == 3)

@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import urllib.request
 from pathlib import Path, PurePosixPath
 
 import grpc
 import pytest
-from conftest import RunningServer, make_feature, sha256, start_server
+from conftest import (
+    RunningServer,
+    changed_paths,
+    folder_read,
+    host_view,
+    make_feature,
+    online_keyids,
+    origin_files,
+    sha256,
+    start_server,
+)
 
 from releasecontrol import errors
-from releasecontrol.index import (
-    Envelope,
-    ReleasesIndex,
-    RemoteIndex,
-    sign,
-    verify_signatures,
-)
+from releasecontrol.fetch import Fetcher
+from releasecontrol.host import FeatureHost
+from releasecontrol.index import Envelope, ReleasesIndex, sign
 from releasecontrol.manifest import artifact_path, load_feature_folder
+from releasecontrol.shards import bin_of
 from releasecontrol.trust import SigningKey, TrustStore
 from releasecontrol.v1 import release_control_pb2 as pb
 
@@ -27,34 +33,64 @@ pytestmark = pytest.mark.integration
 
 
 def publish(
-    server: RunningServer, tmp_path: Path, version: str, **kwargs: object
+    server: RunningServer,
+    tmp_path: Path,
+    version: str,
+    feature_id: str = "checkout",
+    **kwargs: object,
 ) -> pb.PublishVersionResponse:
-    folder = make_feature(tmp_path / f"src-{version}", "checkout", version)
-    return server.client().publish(load_feature_folder(folder, feature_id="checkout"), **kwargs)
+    folder = make_feature(tmp_path / f"src-{feature_id}-{version}", feature_id, version)
+    return server.client().publish(load_feature_folder(folder, feature_id=feature_id), **kwargs)
 
 
 def origin_file(server: RunningServer, path: str) -> bytes:
     return (server.origin_dir / path).read_bytes()
 
 
-def releases_on_origin(server: RunningServer) -> ReleasesIndex:
-    trust = TrustStore.from_file(server.home / "keys" / "trust.json")
-    envelope = Envelope.from_bytes(origin_file(server, "features/checkout/releases.json"))
-    verify_signatures(envelope, trust)
-    return ReleasesIndex.from_dict(envelope.signed)
+def trust_path(server: RunningServer) -> Path:
+    """The trust file hosts of the dev server pin: its dev root key."""
+    return server.home / "keys" / "trust.json"
+
+
+def releases_on_origin(server: RunningServer, feature_id: str = "checkout") -> ReleasesIndex:
+    """checkout's releases.json as a host verifies it, from the trust file down."""
+    return host_view(folder_read(server.origin_dir), trust_path(server), feature_id).releases
 
 
 class TestPublish:
     def test_publish_signs_and_writes_everything_hosts_verify(
         self, server: RunningServer, tmp_path: Path
     ) -> None:
-        """A publish leaves verifiable releases.json, remote-index.json, manifest and artifacts."""
+        """A publish leaves the chain a host follows: root 1, remote-index.json naming it and
+        pinning checkout's shard, the shard pinning releases.json, the manifest, the artifacts."""
         response = publish(server, tmp_path, "1.0.0")
         assert response.feature.stable_version == "1.0.0"
         assert response.transition.actor  # defaults to the mTLS principal
-        trust = TrustStore.from_file(server.home / "keys" / "trust.json")
 
-        index = releases_on_origin(server)
+        # Hosts pin the root key; root 1 on the origin lists the online key that signs.
+        trust = TrustStore.from_file(trust_path(server))
+        signing_key = SigningKey.load(server.home / "keys" / "signing-key.pem")
+        assert signing_key.keyid not in trust.keys
+        assert online_keyids(server.origin_dir) == [signing_key.keyid]
+
+        view = host_view(folder_read(server.origin_dir), trust_path(server))
+        assert (view.top.sequence, view.top.root_version) == (1, 1)
+        assert view.signed_by == {signing_key.keyid}
+        name = bin_of("checkout", view.top.bits)
+        assert view.shard_path == f"index/{view.top.bits}/{name}.json"
+        assert set(view.top.shards) == {name}
+        shard_bytes = origin_file(server, view.shard_path)
+        pin = view.top.shards[name]
+        assert (pin.sha256, pin.length) == (sha256(shard_bytes), len(shard_bytes))
+        assert list(view.shard.features) == ["checkout"]
+        releases_pin = view.shard.features["checkout"]
+        assert (releases_pin.sha256, releases_pin.length, releases_pin.sequence) == (
+            sha256(view.releases_bytes),
+            len(view.releases_bytes),
+            1,
+        )
+
+        index = view.releases
         assert (index.sequence, index.stable, index.canary) == (1, "1.0.0", None)
         assert index.expires_at > index.issued_at
         manifest_bytes = origin_file(server, "features/checkout/1.0.0/manifest.json")
@@ -64,16 +100,76 @@ class TestPublish:
             assert path.endswith(PurePosixPath(asset["path"]).suffix)
             assert sha256(origin_file(server, path)) == asset["sha256"]
 
-        remote_bytes = origin_file(server, "remote-index.json")
-        remote_env = Envelope.from_bytes(remote_bytes)
-        verify_signatures(remote_env, trust)
-        remote = RemoteIndex.from_dict(remote_env.signed)
-        entry = remote.features["checkout"]
-        assert entry.sha256 == sha256(origin_file(server, "features/checkout/releases.json"))
-        assert entry.sequence == 1
-        # The HTTP origin serves the very same bytes.
-        with urllib.request.urlopen(server.origin_url + "remote-index.json") as reply:
-            assert reply.read() == remote_bytes
+        # The HTTP origin serves the very same bytes, the root included.
+        for path in ("remote-index.json", "roots/1.json", view.shard_path):
+            with urllib.request.urlopen(server.origin_url + path) as reply:
+                assert reply.read() == origin_file(server, path)
+
+    def test_a_host_loads_it_over_http_with_the_trust_file(
+        self, server: RunningServer, tmp_path: Path
+    ) -> None:
+        """A FeatureHost pinning the dev trust file loads what was published, every asset
+        verified, and follows the next change on its next refresh."""
+        publish(server, tmp_path, "1.0.0")
+        with Fetcher() as fetcher:
+            host = FeatureHost(
+                server.origin_url + "remote-index.json",
+                TrustStore.from_file(trust_path(server)),
+                state_dir=tmp_path / "host",
+                allow_insecure_dev_keys=True,
+                fetcher=fetcher,
+            )
+            report = host.refresh()
+            assert report.ok, report.refused
+            assert (report.loaded, report.root_version) == ({"checkout": "1.0.0"}, 1)
+            built = (tmp_path / "src-checkout-1.0.0/features/checkout/index.js").read_bytes()
+            assert host.features["checkout"].artifact_bytes("index.js") == built
+
+            publish(server, tmp_path, "1.1.0")
+            report = host.refresh()
+            assert report.ok and report.loaded == {"checkout": "1.1.0"}
+            assert report.remote_sequence == 2
+
+    def test_a_change_rewrites_its_releases_json_one_shard_and_the_top_level(
+        self, server: RunningServer, tmp_path: Path
+    ) -> None:
+        """A promote of checkout writes exactly three files; the other feature's shard and
+        releases.json are left alone. A publish adds only its manifest and artifacts."""
+        assert bin_of("checkout", 7) != bin_of("search", 7)  # two shards
+        publish(server, tmp_path, "1.0.0")
+        publish(server, tmp_path, "2.0.0", feature_id="search")
+        publish(server, tmp_path, "1.1.0", channel="canary", soak_seconds=0)
+        before = origin_files(server.origin_dir)
+        search_before = host_view(folder_read(server.origin_dir), trust_path(server), "search")
+
+        server.client().promote("checkout", "1.1.0")
+        after = origin_files(server.origin_dir)
+        view = host_view(folder_read(server.origin_dir), trust_path(server))
+        assert changed_paths(before, after) == {
+            "features/checkout/releases.json",
+            view.shard_path,
+            "remote-index.json",
+        }
+        assert (view.top.sequence, view.releases.sequence, view.releases.stable) == (
+            4,
+            3,
+            "1.1.0",
+        )
+        assert view.top.shards[bin_of("checkout", view.top.bits)].sequence == 4
+        search_bin = bin_of("search", view.top.bits)
+        assert view.top.shards[search_bin] == search_before.top.shards[search_bin]
+
+        publish(server, tmp_path, "1.2.0", channel="canary", soak_seconds=60)
+        again = origin_files(server.origin_dir)
+        manifest = json.loads(again["features/checkout/1.2.0/manifest.json"])
+        artifacts = {artifact_path(a["sha256"], a["path"]) for a in manifest["assets"]}
+        assert changed_paths(after, again) == {
+            "features/checkout/releases.json",
+            view.shard_path,
+            "remote-index.json",
+            "features/checkout/1.2.0/manifest.json",
+            *artifacts,
+        }
 
     def test_same_manifest_again_is_a_no_op_and_different_one_is_refused(
         self, server: RunningServer, tmp_path: Path
@@ -375,21 +471,11 @@ def test_a_change_killed_after_commit_reaches_the_origin_on_restart(tmp_path: Pa
 
     restarted = start_server(home)
     try:
-        trust = TrustStore.from_file(home / "keys" / "trust.json")
-        envelope = Envelope.from_bytes(
-            (home / "origin/features/checkout/releases.json").read_bytes()
-        )
-        verify_signatures(envelope, trust)
-        index = ReleasesIndex.from_dict(envelope.signed)
-        assert (index.sequence, index.canary) == (3, "1.0.0")
-        remote_envelope = Envelope.from_bytes((home / "origin/remote-index.json").read_bytes())
-        verify_signatures(remote_envelope, trust)
-        remote = RemoteIndex.from_dict(remote_envelope.signed)
-        assert remote.sequence == 3
-        # Signed again at the restart from the committed state: it names the new releases.json.
-        releases_bytes = (home / "origin/features/checkout/releases.json").read_bytes()
-        assert remote.features["checkout"].sha256 == hashlib.sha256(releases_bytes).hexdigest()
-        assert remote.features["checkout"].sequence == 3
+        # What a host verifies: the top level pins the shard that pins the new releases.json.
+        view = host_view(folder_read(home / "origin"), home / "keys" / "trust.json")
+        assert (view.releases.sequence, view.releases.canary) == (3, "1.0.0")
+        assert view.top.sequence == 3
+        assert view.shard.features["checkout"].sequence == 3
         assert restarted.client().get_status().pending_origin_writes == 0
     finally:
         restarted.stop()

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import make_feature
+from conftest import make_feature, online_keyids
 
 from releasecontrol.cli import main
 from releasecontrol.devhost import render_page
@@ -153,7 +153,10 @@ class TestPublishReadBack:
         cdn = json.loads(done.stdout)["cdn"]
         assert cdn["verified"] is True
         assert (cdn["remote_index_sequence"], cdn["releases_sequence"]) == (2, 2)
-        assert cdn["signed_by"] == [json.loads(local.trust_path.read_text())["keys"][0]["keyid"]]
+        # Signed by the online key root 1 lists, not by the root key the trust file pins.
+        assert cdn["signed_by"] == online_keyids(local.origin_dir)
+        pinned = [k["keyid"] for k in json.loads(local.trust_path.read_text())["keys"]]
+        assert not set(cdn["signed_by"]) & set(pinned)
 
     def test_a_cdn_serving_a_stale_copy_fails_the_publish(self, tmp_path: Path) -> None:
         """A CDN still serving the previous releases.json makes publish exit 1 in one line."""
@@ -241,7 +244,12 @@ class TestPublishReadBack:
             releases.write_bytes(releases.read_bytes().replace(b'"1.0.0"', b'"1.0.1"'))
             # The same version again: nothing changes on the server, the read-back still runs.
             done = releasectl(local.home, tmp_path, "publish", "-f", "checkout")
-            assert_one_line_error(done, "not verified on the CDN", "releases.json has sha256")
+            assert_one_line_error(
+                done,
+                "not verified on the CDN",
+                "features/checkout/releases.json has SHA-256",
+                "its shard pins",
+            )
             assert done.stdout.startswith("already published checkout 1.0.0")
 
 
@@ -385,16 +393,18 @@ class TestDevHost:
                 "0s",
             )
             assert done.returncode == 0, done.stderr
-            time.sleep(2.5)
-            version = json.loads(http_get(url + "status.json")[1])["loaded"]["checkout"]["version"]
-            assert version == "1.0.0"
+
+            def status() -> dict[str, Any]:
+                snapshot: dict[str, Any] = json.loads(http_get(url + "status.json")[1])
+                return snapshot
+
+            # Once the host verified the top level of the canary's change, it still serves 1.0.0.
+            assert wait_for(lambda: status()["remote_sequence"] == 2)
+            assert status()["loaded"]["checkout"]["version"] == "1.0.0"
+            assert status()["root_version"] == 1
             published.client().promote("checkout", "1.1.0")
 
-            def promoted() -> bool:
-                loaded = json.loads(http_get(url + "status.json")[1])["loaded"]["checkout"]
-                return bool(loaded["version"] == "1.1.0")
-
-            assert wait_for(promoted)
+            assert wait_for(lambda: status()["loaded"]["checkout"]["version"] == "1.1.0")
             new_built = (tmp_path / "features" / "checkout" / "index.js").read_bytes()
             assert http_get(url + "features/checkout/index.js") == (200, new_built)
         finally:

@@ -13,12 +13,10 @@ from typing import Any
 import boto3
 import botocore.config
 import pytest
-from conftest import RunningServer, make_feature, sha256, start_server
+from conftest import HostView, RunningServer, host_view, make_feature, sha256, start_server
 from moto.server import ThreadedMotoServer
 
-from releasecontrol.index import Envelope, ReleasesIndex, RemoteIndex, verify_signatures
 from releasecontrol.manifest import artifact_path, load_feature_folder
-from releasecontrol.trust import TrustStore
 
 pytestmark = pytest.mark.integration
 
@@ -89,6 +87,18 @@ def get(s3: Any, bucket: str, path: str) -> bytes:
     return data
 
 
+def verified_in_bucket(server: RunningServer, s3: Any, bucket: str) -> HostView:
+    """checkout as a host verifies it from the bucket, pinning the server's trust file."""
+
+    def read(path: str) -> bytes:
+        try:
+            return get(s3, bucket, path)
+        except s3.exceptions.NoSuchKey:
+            raise FileNotFoundError(path) from None
+
+    return host_view(read, server.home / "keys" / "trust.json")
+
+
 def allow_public_reads(s3: Any, bucket: str) -> None:
     statement = {
         "Effect": "Allow",
@@ -111,19 +121,16 @@ class TestS3Origin:
     ) -> None:
         """A publish puts signed indices, manifest and artifacts in the bucket, with CDN headers."""
         response = publish(s3_server, tmp_path, "1.0.0")
-        trust = TrustStore.from_file(s3_server.home / "keys" / "trust.json")
 
-        releases_bytes = get(s3, bucket, "features/checkout/releases.json")
-        releases_env = Envelope.from_bytes(releases_bytes)
-        verify_signatures(releases_env, trust)
-        index = ReleasesIndex.from_dict(releases_env.signed)
+        # The whole chain a host follows is in the bucket: root 1, the top level naming it,
+        # checkout's shard, its releases.json.
+        view = verified_in_bucket(s3_server, s3, bucket)
+        index = view.releases
         assert (index.sequence, index.stable, index.canary) == (1, "1.0.0", None)
-
+        assert (view.top.sequence, view.top.root_version) == (1, 1)
+        entry = view.shard.features["checkout"]
+        assert (entry.sha256, entry.sequence) == (sha256(view.releases_bytes), 1)
         remote_bytes = get(s3, bucket, "remote-index.json")
-        remote_env = Envelope.from_bytes(remote_bytes)
-        verify_signatures(remote_env, trust)
-        entry = RemoteIndex.from_dict(remote_env.signed).features["checkout"]
-        assert (entry.sha256, entry.sequence) == (sha256(releases_bytes), 1)
 
         manifest_bytes = get(s3, bucket, "features/checkout/1.0.0/manifest.json")
         assert index.versions[0].manifest_sha256 == sha256(manifest_bytes)
@@ -135,7 +142,10 @@ class TestS3Origin:
 
         expected_headers = {
             "remote-index.json": ("application/json", REVALIDATE),
+            view.shard_path: ("application/json", REVALIDATE),
             "features/checkout/releases.json": ("application/json", REVALIDATE),
+            # A root version is never rewritten.
+            "roots/1.json": ("application/json", IMMUTABLE),
             "features/checkout/1.0.0/manifest.json": ("application/json", REVALIDATE),
             # Typed by the asset's extension, so browsers accept the scripts and styles.
             **{
@@ -165,18 +175,30 @@ class TestS3Origin:
     def test_canary_replaces_the_indices_in_place(
         self, s3_server: RunningServer, s3: Any, bucket: str, tmp_path: Path
     ) -> None:
-        """A later change overwrites releases.json and remote-index.json with the next sequence."""
+        """A later change overwrites releases.json, its shard and remote-index.json in place,
+        each with the next sequence, and adds no other index file."""
         publish(s3_server, tmp_path, "1.0.0")
+        first = verified_in_bucket(s3_server, s3, bucket)
         publish(s3_server, tmp_path, "1.1.0", channel="canary", soak_seconds=60)
-        trust = TrustStore.from_file(s3_server.home / "keys" / "trust.json")
 
-        releases_env = Envelope.from_bytes(get(s3, bucket, "features/checkout/releases.json"))
-        verify_signatures(releases_env, trust)
-        index = ReleasesIndex.from_dict(releases_env.signed)
+        view = verified_in_bucket(s3_server, s3, bucket)
+        index = view.releases
         assert (index.sequence, index.stable, index.canary) == (2, "1.0.0", "1.1.0")
-        remote_env = Envelope.from_bytes(get(s3, bucket, "remote-index.json"))
-        verify_signatures(remote_env, trust)
-        assert RemoteIndex.from_dict(remote_env.signed).features["checkout"].sequence == 2
+        assert view.top.sequence == 2 and view.shard.sequence == 2
+        assert view.shard.features["checkout"].sequence == 2
+        assert view.shard_path == first.shard_path  # the same object, replaced
         keys = {item["Key"] for item in s3.list_objects_v2(Bucket=bucket)["Contents"]}
         assert all(key.startswith(PREFIX) for key in keys)
+        index_files = {k for k in keys if not k.startswith(PREFIX + "artifacts/")}
+        assert index_files == {
+            PREFIX + path
+            for path in (
+                "remote-index.json",
+                "roots/1.json",
+                view.shard_path,
+                "features/checkout/releases.json",
+                "features/checkout/1.0.0/manifest.json",
+                "features/checkout/1.1.0/manifest.json",
+            )
+        }
         assert SECRET_KEY not in s3_server.log()

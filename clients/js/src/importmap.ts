@@ -5,6 +5,8 @@ import { sortedRecord } from "./util.js";
 export interface ImportMap {
   /** feature id → its entry asset's URL. */
   imports: Record<string, string>;
+  /** JavaScript asset URL → (URL its relative import of another asset resolves to → that asset's URL). */
+  scopes: Record<string, Record<string, string>>;
   /** asset URL → "sha256-<base64>", for every JavaScript asset. */
   integrity: Record<string, string>;
 }
@@ -17,12 +19,14 @@ export function isJavaScript(path: string): boolean {
 
 export function importMapOf(features: Iterable<LoadedFeature>): ImportMap {
   const imports: [string, string][] = [];
+  const scopes: [string, Record<string, string>][] = [];
   const integrity: [string, string][] = [];
   for (const f of features) {
     imports.push([f.featureId, f.entryUrl]);
+    scopes.push(...Object.entries(scopesOf(f)));
     for (const a of f.assets) if (isJavaScript(a.path)) integrity.push([a.url, a.integrity]);
   }
-  return { imports: sortedRecord(imports), integrity: sortedRecord(integrity) };
+  return { imports: sortedRecord(imports), scopes: sortedRecord(scopes), integrity: sortedRecord(integrity) };
 }
 
 /** The relative specifier an asset at `from` uses for the asset at `to` (both manifest paths). */
@@ -50,6 +54,15 @@ export interface FeatureImportMap {
  * conflict. Integrity covers every asset such a scope can reach.
  */
 export function featureImportMap(feature: LoadedFeature): FeatureImportMap {
+  const integrity = sortedRecord(feature.assets.map((a) => [a.url, a.integrity] as [string, string]));
+  return { scopes: scopesOf(feature), integrity };
+}
+
+/**
+ * One scope per JavaScript asset of `feature`: each URL its relative import of another
+ * asset resolves to (from its content-addressed URL) → that asset's URL (section 8).
+ */
+export function scopesOf(feature: LoadedFeature): Record<string, Record<string, string>> {
   const scopes: Record<string, Record<string, string>> = {};
   for (const from of feature.assets) {
     if (!isJavaScript(from.path)) continue;
@@ -66,6 +79,5 @@ export function featureImportMap(feature: LoadedFeature): FeatureImportMap {
     for (const key of ambiguous) map.delete(key);
     if (map.size) scopes[from.url] = sortedRecord(map);
   }
-  const integrity = sortedRecord(feature.assets.map((a) => [a.url, a.integrity] as [string, string]));
-  return { scopes: sortedRecord(Object.entries(scopes)), integrity };
+  return sortedRecord(Object.entries(scopes));
 }

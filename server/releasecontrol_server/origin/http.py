@@ -6,8 +6,13 @@ HEAD, files only (no directory listings), paths checked by
 
 Caching: index and manifest files change in place, so they are `no-cache` (a
 CDN revalidates every time, cheaply, with the strong ETag); files under
-`artifacts/` are content-addressed and never change, so they are cached for a
-year as `immutable`.
+`artifacts/` (content-addressed) and `roots/` (a root version is never
+rewritten) never change, so they are cached for a year as `immutable`.
+
+Every answer says `Access-Control-Allow-Origin: *`: the files are public, and a
+page on another origin (a browser host, docs/host-protocol.md 8) must be able
+to read the index files with fetch() and to load module scripts, which browsers
+fetch in CORS mode (Subresource Integrity needs it too).
 
 How it serves: one asyncio event loop in a daemon thread, HTTP/1.1 with
 keep-alive (and pipelining); request heads are parsed by llhttp (Node's C
@@ -77,7 +82,7 @@ log = logging.getLogger(__name__)
 
 IMMUTABLE_CACHE_CONTROL = "public, max-age=31536000, immutable"
 REVALIDATE_CACHE_CONTROL = "no-cache"
-IMMUTABLE_PREFIX = "artifacts/"
+IMMUTABLE_PREFIXES = ("artifacts/", "roots/")
 
 # Set explicitly: the system's mime.types varies, and browsers refuse module
 # scripts served with the wrong type.
@@ -93,6 +98,7 @@ _CONTENT_TYPES = {
     ".wasm": "application/wasm",
 }
 _DEFAULT_CONTENT_TYPE = "application/octet-stream"
+_CORS = b"Access-Control-Allow-Origin: *\r\n"
 SERVER_NAME = "ReleaseControlOrigin"
 SERVER_NAME_BYTES = SERVER_NAME.encode("ascii")
 # An idle keep-alive connection is closed after this long.
@@ -121,9 +127,11 @@ def content_type(path: str) -> str:
 
 
 def cache_control(path: str) -> str:
-    """Immutable for content-addressed artifacts; revalidate for everything else."""
+    """Immutable for content-addressed artifacts and roots; revalidate for everything else."""
     return (
-        IMMUTABLE_CACHE_CONTROL if path.startswith(IMMUTABLE_PREFIX) else REVALIDATE_CACHE_CONTROL
+        IMMUTABLE_CACHE_CONTROL
+        if path.startswith(IMMUTABLE_PREFIXES)
+        else REVALIDATE_CACHE_CONTROL
     )
 
 
@@ -225,9 +233,10 @@ def _render(relative: str, stamp: tuple[int, int, int, int, int], data: bytes) -
             b"ETag: %s\r\n" % etag_bytes,
             b"Cache-Control: %s\r\n" % caching,
             b"X-Content-Type-Options: nosniff\r\n",
+            _CORS,
         )
     )
-    not_modified = b"ETag: %s\r\nCache-Control: %s\r\n" % (etag_bytes, caching)
+    not_modified = b"ETag: %s\r\nCache-Control: %s\r\n%s" % (etag_bytes, caching, _CORS)
     return _File(stamp, data, etag, ok, not_modified)
 
 
