@@ -1,21 +1,30 @@
-"""The reference host's web app: what a `FeatureHost` loaded, served over HTTP (stdlib only).
+"""The dev host's web app: a browser host page, and what the server-side host verified.
 
-`releasectl dev-host` runs it. It shows a person and a script what a host
-would serve, and serves nothing it has not verified:
+`releasectl dev-host` runs it. It shows a person and a script what hosts would
+serve, and serves nothing it has not verified:
 
-    GET /                              a small HTML page: loaded and refused features
+    GET /                              the browser host: @releasecontrol/host, in the page,
+                                       loads every feature straight from the CDN after
+                                       verifying it (static/dev-host.js), and shows version,
+                                       channel, sequence, signing key, what ran and what
+                                       was refused and why
+    GET /static/<file>                 the built @releasecontrol/host bundle and dev-host.js,
+                                       shipped in this package (no bundler step)
+    GET /server                        the same for the Python FeatureHost on this server
     GET /status.json                   FeatureHost.snapshot()
     GET /features/<id>/<asset path>    the verified bytes of an asset of the loaded version
 
-A background thread refreshes the host every `interval_seconds`; a failed
-refresh keeps the last good state (that is FeatureHost's promise) and the
-page says why. Everything shown comes from the CDN, so every value is escaped.
+A background thread refreshes the Python host every `interval_seconds`; the
+page's host refreshes itself as often. A failed refresh keeps the last good
+state (both hosts promise it) and the pages say why. Everything shown comes from
+the CDN, so every value is escaped (the browser page only ever sets text).
 """
 
 from __future__ import annotations
 
 import hashlib
 import html
+import importlib.resources
 import json
 import logging
 import mimetypes
@@ -23,6 +32,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,7 +43,7 @@ from urllib.parse import quote, unquote, urlsplit
 from releasecontrol.errors import ReleaseControlError
 from releasecontrol.host import LoadedFeature
 
-__all__ = ["DevHostServer", "HostView", "render_page"]
+__all__ = ["BrowserHost", "DevHostServer", "HostView", "render_browser_page", "render_page"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +61,7 @@ _CONTENT_TYPES = {
     ".txt": "text/plain; charset=utf-8",
 }
 _PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'"
+_STATIC_FILES = ("releasecontrol-host.min.js", "dev-host.js")
 _IDLE_TIMEOUT_SECONDS = 30.0
 
 
@@ -92,7 +103,79 @@ def verified_asset(host: HostView, feature_id: str, path: str) -> bytes | None:
         return None
 
 
-# -- the page ----------------------------------------------------------------------------
+# -- the browser page ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BrowserHost:
+    """What the browser page's host is configured with (the page embeds it as JSON)."""
+
+    index_url: str
+    trust_json: str
+    """The trust file's JSON: the root keys the browser host pins."""
+    allow_dev_keys: bool
+    channel: str
+    interval_seconds: float
+
+    def cdn_origin(self) -> str:
+        parts = urlsplit(self.index_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    def csp(self) -> str:
+        """Scripts from this page and the CDN only; fetches to the CDN only. Inline scripts are
+        allowed for the import maps @releasecontrol/host adds (their integrity is the point)."""
+        cdn = self.cdn_origin()
+        return (
+            f"default-src 'none'; script-src 'self' 'unsafe-inline' {cdn}; connect-src {cdn}; "
+            "style-src 'unsafe-inline'"
+        )
+
+
+def render_browser_page(browser: BrowserHost) -> str:
+    """The page whose features are loaded in the browser by @releasecontrol/host."""
+    config = {
+        "indexUrl": browser.index_url,
+        "trust": json.loads(browser.trust_json),
+        "allowDevKeys": browser.allow_dev_keys,
+        "channel": browser.channel,
+        "intervalMs": int(browser.interval_seconds * 1000),
+    }
+    # A data block, never run; "</" could end the element early, so it is escaped.
+    data = json.dumps(config).replace("</", "<\\/")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>ReleaseControl dev host</title>
+<style>
+body {{ font: 14px system-ui, sans-serif; margin: 2em; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; }}
+.ran.failed, #refused li {{ color: #a00; }} code {{ background: #f4f4f4; }}
+</style>
+<script type="application/json" id="config">{data}</script>
+<script type="module" src="/static/dev-host.js"></script>
+</head><body>
+<h1>ReleaseControl dev host</h1>
+<p>Features loaded <strong>in this browser</strong> by @releasecontrol/host, straight from
+<code>{_e(browser.index_url)}</code> (channel {_e(browser.channel)}), each only after its
+signatures, sequence, expiry and hashes verified; the browser itself checks every script
+against the signed manifest (Subresource Integrity).
+<a href="/server">What the Python host on this server verified</a> ·
+<a href="/status.json">status.json</a></p>
+<p><button id="refresh" type="button">Refresh now</button> <span id="status">loading…</span></p>
+<table><thead><tr><th>feature</th><th>version</th><th>channel</th><th>sequence</th>
+<th>signed by</th><th>ran</th></tr></thead><tbody id="features"></tbody></table>
+<h2>Refused</h2><p id="refused-none">nothing</p><ul id="refused"></ul>
+<h2>Changes</h2><ul id="events"></ul>
+</body></html>
+"""
+
+
+def static_file(name: str) -> bytes | None:
+    """A file of this package's static/ folder that the page may load, else None."""
+    if name not in _STATIC_FILES:
+        return None
+    return importlib.resources.files("releasecontrol").joinpath("static", name).read_bytes()
+
+
+# -- the server-side page ------------------------------------------------------------------
 
 
 def _e(value: Any) -> str:
@@ -192,7 +275,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
             return
         host = self.app.host
-        if path == "/":
+        browser = self.app.browser
+        if path == "/" and browser is not None:
+            self._send(
+                HTTPStatus.OK,
+                render_browser_page(browser).encode(),
+                "text/html; charset=utf-8",
+                send_body=send_body,
+                extra={"Content-Security-Policy": browser.csp()},
+            )
+        elif path.startswith("/static/") and (data := static_file(path[8:])) is not None:
+            self._send(HTTPStatus.OK, data, content_type(path), send_body=send_body)
+        elif path in ("/", "/server"):
             page = self.app.page().encode()
             self._send(
                 HTTPStatus.OK,
@@ -280,10 +374,14 @@ class DevHostServer:
         port: int = 4200,
         interval_seconds: float = 5.0,
         on_refresh: Callable[[Any], None] | None = None,
+        browser: BrowserHost | None = None,
     ) -> None:
+        """`browser`: serve the browser host page at / (the server-side page moves to
+        /server); without it, / is the server-side page."""
         if not interval_seconds > 0:
             raise ValueError(f"interval_seconds must be positive, not {interval_seconds!r}")
         self.host = host
+        self.browser = browser
         self.index_url = index_url
         self.channel = channel
         self.listen_host = listen_host

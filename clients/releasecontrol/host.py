@@ -346,6 +346,19 @@ class FeatureHost:
         return self._index_url
 
     @property
+    def trust(self) -> TrustStore:
+        """The trust file this host pins: the root keys and the root version they sign."""
+        return self._verifier.trust
+
+    @property
+    def allow_dev_keys(self) -> bool:
+        return self._verifier.allow_dev_keys
+
+    @property
+    def channel(self) -> str:
+        return self._channel
+
+    @property
     def features(self) -> Mapping[str, LoadedFeature]:
         """The last good state: every feature served, by id (read-only)."""
         return self._features

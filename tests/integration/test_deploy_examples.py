@@ -25,7 +25,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from releasecontrol.client import ConnectionSettings, ReleaseControlClient
+from releasecontrol.fetch import Fetcher
+from releasecontrol.host import FeatureHost
 from releasecontrol.manifest import load_feature_folder
+from releasecontrol.root import Root
 from releasecontrol.trust import SigningKey, TrustStore
 from releasecontrol_server.auth.dfs import issue_dfs_token
 from releasecontrol_server.auth.tokens import create_token
@@ -117,6 +120,32 @@ class Deployment:
         )
 
 
+def make_keys(settings: Mapping[str, Any], offline: Path) -> None:
+    """The key ceremony of deploy/README.md: an online key where signing_key_paths says, a
+    root key kept apart (`offline`), root 1 signed by it listing the online key in
+    root_dir, and the trust file naming the root key (what hosts pin)."""
+    online = SigningKey.generate()
+    [key_path] = settings["signing_key_paths"]
+    Path(key_path).parent.mkdir(parents=True, exist_ok=True)
+    online.save(Path(key_path))
+    root_key = SigningKey.generate()
+    offline.mkdir(parents=True)
+    root_key.save(offline / "root-key.pem")
+    now = datetime.now(UTC).replace(microsecond=0)
+    root = Root.create(
+        version=1,
+        root_keys=[root_key.trusted_key()],
+        index_keys=[online.trusted_key()],
+        issued_at=now,
+        expires_at=now + timedelta(days=365),
+    )
+    root_dir = Path(settings["root_dir"])
+    root_dir.mkdir(parents=True)
+    (root_dir / "1.json").write_bytes(root.sign([root_key]).to_bytes())
+    trust = TrustStore.for_keys([root_key.trusted_key()])
+    Path(settings["trust_public_keys_path"]).write_text(trust.to_json())
+
+
 def fill(mode: str, root: Path) -> Deployment:
     """deploy/config/production-<mode>.toml with /etc and /var under `root`, loopback
     ports, and every file it names made fresh: certificates, keys, the mode's material."""
@@ -138,13 +167,7 @@ def fill(mode: str, root: Path) -> Deployment:
     install(pki.server_cert, settings["tls_cert_path"], mode=0o644)
     install(pki.server_key, settings["tls_key_path"])
     install(pki.ca_cert, settings["tls_client_ca_path"], mode=0o644)
-    key = SigningKey.generate()
-    [key_path] = settings["signing_key_paths"]
-    Path(key_path).parent.mkdir(parents=True, exist_ok=True)
-    key.save(Path(key_path))
-    Path(settings["trust_public_keys_path"]).write_text(
-        TrustStore.for_keys([key.trusted_key()]).to_json()
-    )
+    make_keys(settings, root / "offline")
 
     client_cert, client_key, token = pki.client_cert, pki.client_key, None
     if mode == "rpc-token":
@@ -280,6 +303,23 @@ class TestExampleConfigs:
             assert set(statuses.values()) == {"PASS"}, output
             assert len(statuses) == 10
 
+            # A production host (no dev keys) pinning the trust file, the root key alone,
+            # follows root 1 from the origin to the online key and loads the feature.
+            trust = TrustStore.from_file(Path(deployment.settings["trust_public_keys_path"]))
+            online = SigningKey.load(Path(deployment.settings["signing_key_paths"][0]))
+            assert online.keyid not in trust.keys
+            with Fetcher() as fetcher:
+                host = FeatureHost(
+                    deployment.settings["origin_public_url"] + "remote-index.json",
+                    trust,
+                    state_dir=tmp_path / "host",
+                    fetcher=fetcher,
+                )
+                report = host.refresh()
+            assert report.ok, report.refused
+            assert (report.loaded, report.root_version) == ({"checkout": "1.0.0"}, 1)
+            assert host.features["checkout"].keyids == {online.keyid}
+
             probe = tmp_path / "probe"
             probe.mkdir()
             for name, source in (
@@ -297,8 +337,8 @@ class TestExampleConfigs:
             assert result.returncode == 0, result.stderr
 
     def test_a_bad_configuration_fails_exactly_its_broken_items(self, tmp_path: Path) -> None:
-        """Dev keys on, no auth mode, a cert expiring in 10 days, an untrusted signing key and
-        overlapping routes: doctor exits 1 with exactly those five items FAIL."""
+        """Dev keys on, no auth mode, a cert expiring in 10 days, a signing key root 1 does not
+        list and overlapping routes: doctor exits 1 with exactly those five items FAIL."""
         deployment = fill("rpc-token", tmp_path)
         expiring = ensure_dev_pki(tmp_path / "old-pki", now=datetime.now(UTC) - timedelta(days=355))
         stranger = tmp_path / "etc" / "keys" / "stranger-key.pem"
@@ -320,6 +360,7 @@ class TestExampleConfigs:
         assert failed == {"insecure-dev-keys", "auth-mode", "tls", "signing-keys", "lint-routes"}
         assert {s for n, s in statuses.items() if n not in failed} == {"PASS"}, output
         assert "in 10 day(s), within 30 days" in output
+        assert "stranger-key.pem" in output and "not an online key of root 1" in output
         assert "'/checkout' and feature 'checkout-extras' route '/checkout/*' overlap" in output
 
         # The server itself refuses that configuration, naming the setting.
@@ -355,6 +396,8 @@ class TestDeployFiles:
         assert config.production_problems() == []
         assert str(config.tls_cert_path).startswith("/etc/releasecontrol/")
         assert str(config.database_path).startswith("/var/lib/releasecontrol/")
+        # The roots are the operator's (signed offline), beside the keys, not server state.
+        assert str(config.root_dir) == "/etc/releasecontrol/roots"
 
     def test_kubernetes_mounts_every_path_its_config_names(self) -> None:
         """Every file the ConfigMap's config names lies under a volume the Deployment mounts."""
@@ -389,6 +432,17 @@ class TestDeployFiles:
             "releasecontrol-tokens",
             "releasecontrol-probe-tls",
         }
+        # The roots come from a ConfigMap mounted as a folder (no subPath), so a new root
+        # version reaches the running pod.
+        assert config["root_dir"] == "/etc/releasecontrol/roots"
+        [roots] = [
+            v
+            for v in pod["volumes"]
+            if v.get("configMap", {}).get("name") == "releasecontrol-roots"
+        ]
+        [mount] = [m for m in container["volumeMounts"] if m["name"] == roots["name"]]
+        assert mount["mountPath"] == config["root_dir"] and "subPath" not in mount
+        assert "kubectl create configmap releasecontrol-roots" in (DEPLOY / "README.md").read_text()
 
     @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
     def test_the_kustomization_renders(self) -> None:

@@ -117,15 +117,19 @@ def dev_host(
     unset, it uses the running dev server's origin and the state directory's
     trust.json, and then allows that file's dev key.
 
-    Serves a page listing what it loaded and refused (and why), /status.json,
-    and /features/<id>/<asset> with the verified bytes of each asset.
+    Serves a page whose features are loaded in your browser by
+    @releasecontrol/host straight from the CDN (verified there, every script
+    checked by the browser with Subresource Integrity), showing per feature the
+    version, channel, sequence and signing key, and what was refused and why.
+    The Python host's view of the same CDN is at /server, /status.json, and
+    /features/<id>/<asset> with the verified bytes of each asset.
 
     \b
     Example:
       releasectl dev-host --channel canary --interval 2s
       FEATURE_REMOTE_INDEX_URL=http://127.0.0.1:4100/remote-index.json releasectl dev-host
     """
-    from releasecontrol.devhost import DevHostServer
+    from releasecontrol.devhost import BrowserHost, DevHostServer
     from releasecontrol.host import FeatureHost
 
     if interval < 1:
@@ -168,6 +172,13 @@ def dev_host(
         port=port,
         interval_seconds=float(interval),
         on_refresh=None if output == "json" else print_changes,
+        browser=BrowserHost(
+            index_url=host.index_url,
+            trust_json=host.trust.to_json(),
+            allow_dev_keys=host.allow_dev_keys,
+            channel=channel,
+            interval_seconds=float(interval),
+        ),
     )
     app.refresh()  # the first load, before the page is served
     try:
@@ -191,7 +202,10 @@ def dev_host(
         else:
             for note in notes:
                 click.echo(note)
-            click.echo(f"dev host at {app.url} (channel {channel}, refresh every {interval}s)")
+            click.echo(
+                f"dev host at {app.url} (open it in a browser: features load there, verified; "
+                f"channel {channel}, refresh every {interval}s)"
+            )
             print_changes(None)
             click.echo("Stop with Ctrl-C.")
         wait_for_stop_signal()
