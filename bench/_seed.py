@@ -19,14 +19,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from releasecontrol.index import FeatureEntry
 from releasecontrol.manifest import artifact_path, canonical_bytes, manifest_path
+from releasecontrol.shards import Pin
 from releasecontrol_server import releases
 from releasecontrol_server.config import Config, load_config
+from releasecontrol_server.keyring import load_keyring
 from releasecontrol_server.launcher import server_environment
-from releasecontrol_server.main import load_signing_keys, prepare_dev
+from releasecontrol_server.main import prepare_dev
 from releasecontrol_server.releases import ChangeMeta, FeatureState, Publish
-from releasecontrol_server.signer import Signer, feature_entry
+from releasecontrol_server.sharding import ShardedIndex
+from releasecontrol_server.signer import Signer, pin_of
 from releasecontrol_server.store import Change, SignedFile, SqliteStore
 
 _CHANGES_PER_TRANSACTION = 5000
@@ -109,18 +111,20 @@ def seed_home(
     """Publish `features` features of `versions` versions each into the server state in `home`.
 
     Every version goes through `releases.apply` and is committed with its
-    manifest and audit record; each feature's releases.json and the one
-    remote-index.json are signed by the server's `Signer` with the dev key the
-    server will use, and written to the origin folder. With `with_assets`,
+    manifest and audit record; each feature's releases.json, the shards and
+    remote-index.json (host protocol v2) are signed by the server's `Signer` with
+    the dev key the server will use, and written to the origin folder with the
+    roots. With `with_assets`,
     manifests and artifacts are written to the origin too (what hosts fetch).
     """
     config = server_config(home, env)
     prepare_dev(config)
-    signer = Signer(load_signing_keys(config), config.index_expiry_seconds)
+    keyring = load_keyring(config)
+    signer = Signer(keyring.keys, config.index_expiry_seconds)
     origin = config.origin_dir
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
     meta = ChangeMeta(actor="bench-seed", reason="benchmark data set")
-    entries: dict[str, FeatureEntry] = {}
+    pins: dict[str, Pin] = {}
     to_write: list[SignedFile] = []
     with SqliteStore(config.database_path) as store:
         global_sequence = store.global_sequence()
@@ -144,7 +148,7 @@ def seed_home(
                 signed: tuple[SignedFile, ...] = ()
                 if v == versions:
                     releases_file = signer.releases_file(state, now)
-                    entries[feature_id] = feature_entry(releases_file)
+                    pins[feature_id] = pin_of(releases_file)
                     signed = (releases_file,)
                     to_write.append(releases_file)
                 if with_assets:
@@ -162,22 +166,20 @@ def seed_home(
                     )
                 )
                 if len(batch) > _CHANGES_PER_TRANSACTION:
-                    # Keep the newest back: the last change carries remote-index.json.
-                    store.commit_many(batch[:-1])
-                    batch = batch[-1:]
-        # The remote index of the last change names every feature.
-        remote = signer.remote_index_file(global_sequence, entries, start + timedelta(hours=1))
+                    store.commit_many(batch)
+                    batch = []
         if batch:
-            last = batch[-1]
-            batch[-1] = Change(
-                state=last.state,
-                record=last.record,
-                global_sequence=last.global_sequence,
-                files=(*last.files, remote),
-                manifest=last.manifest,
-            )
             store.commit_many(batch)
-        to_write.append(remote)
+        # Every shard and the top level, as a server signs them after its changes.
+        index_files = ShardedIndex(pins, {}).rebuild(
+            signer=signer,
+            root_version=keyring.root_version,
+            now=start + timedelta(hours=1),
+            sequence=global_sequence,
+        )
+        store.commit_many([], index_files=[*keyring.roots, *index_files])
+        to_write += [*keyring.roots, *index_files]
+        remote = index_files[-1]
         for file in to_write:
             write_plain(origin, file.path, file.content)
         store.mark_all_written([(f.path, f.sha256) for f in to_write])
