@@ -21,6 +21,7 @@ from releasecontrol.errors import VerificationError
 
 __all__ = [
     "HEX64_RE",
+    "SEMVER_RE",
     "TIME_FORMAT_EXAMPLE",
     "Fields",
     "check_extra",
@@ -36,6 +37,12 @@ __all__ = [
 TIME_FORMAT_EXAMPLE = "2026-11-26T10:00:00Z"
 _TIME_RE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z")
 HEX64_RE = re.compile(r"[0-9a-f]{64}")
+# SemVer 2.0 (semver.org's expression, ASCII digits only), as the JavaScript host has it.
+_N = r"(?:0|[1-9][0-9]*)"
+_PRE = r"(?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)"
+SEMVER_RE = re.compile(
+    rf"{_N}\.{_N}\.{_N}(?:-{_PRE}(?:\.{_PRE})*)?(?:\+[0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*)?"
+)
 
 
 def format_time(moment: datetime) -> str:
@@ -159,6 +166,12 @@ class Fields:
         value = self.get(name)
         if not isinstance(value, str) or not HEX64_RE.fullmatch(value):
             raise self.wrong(name, "a SHA-256 in 64 lowercase hex characters")
+        return value
+
+    def semver(self, name: str) -> str:
+        value = self.get(name)
+        if not isinstance(value, str) or not SEMVER_RE.fullmatch(value):
+            raise self.wrong(name, "a SemVer 2.0 version such as 1.4.0")
         return value
 
     def time(self, name: str) -> datetime:

@@ -315,9 +315,8 @@ class FeatureHost:
                 f"no trusted keys: set {ENV_TRUST_JSON} to the trust file's JSON or "
                 f"{ENV_TRUST_PATH} to its path"
             )
-        allow_dev_keys = bool(
-            kwargs.pop("allow_insecure_dev_keys", _env_flag(env, ENV_ALLOW_DEV_KEYS))
-        )
+        given = kwargs.pop("allow_insecure_dev_keys", None)
+        allow_dev_keys = _env_flag(env, ENV_ALLOW_DEV_KEYS) if given is None else bool(given)
         production_setting = _production_setting(env)
         if production_setting is not None:
             if allow_dev_keys:
@@ -570,7 +569,9 @@ class FeatureHost:
         for feature_id, outcome in sorted(outcomes.items()):
             if outcome.fetched:
                 fetched.append(feature_id)
-            if outcome.source is not None:
+            if outcome.source is not None and outcome.refused is None:
+                # Only a feature that loaded is up to date with its pin: one refused after
+                # its releases.json verified (a manifest or an asset failed) is fetched again.
                 self._sources[feature_id] = outcome.source
             if outcome.refused is not None:
                 refusals[feature_id] = outcome.refused

@@ -411,7 +411,8 @@ class VersionEntry:
     @classmethod
     def _read(cls, f: Fields) -> VersionEntry:
         return cls(
-            version=f.text("version"),
+            # SemVer: a version is a path segment of its manifest's URL (never "..").
+            version=f.semver("version"),
             manifest_sha256=f.sha256("manifest_sha256"),
             published_at=f.time("published_at"),
             extra=f.extra(_VERSION_FIELDS),

@@ -197,7 +197,7 @@ def _trust_source(config: Config) -> str:
 _TRUST_FIX = (
     "set FEATURE_TRUST_PUBLIC_KEYS_PATH (trust_public_keys_path) to a trust file "
     '{"threshold": 1, "keys": [{"keyid": ..., "alg": "ed25519", "public_key": ...}]} '
-    "listing the public keys hosts trust"
+    "listing the root keys hosts pin (`releasectl keys init-root` writes one)"
 )
 
 

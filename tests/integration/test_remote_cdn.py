@@ -376,7 +376,20 @@ class TestDevHost:
             assert http_get(url + "features/checkout/index.js") == (200, built)
             assert http_get(url + "features/checkout/missing.js")[0] == 404
             assert http_get(url + "features/other/index.js")[0] == 404
+            # The browser page loads the features itself, pinning the same trust file (the
+            # root key) and index; /server shows what the Python host verified.
             status, page = http_get(url)
+            assert status == 200 and b'src="/static/dev-host.js"' in page
+            config = json.loads(
+                page.split(b'<script type="application/json" id="config">')[1].split(b"</script>")[
+                    0
+                ]
+            )
+            assert config["indexUrl"] == published.origin_url + "remote-index.json"
+            assert config["trust"] == json.loads(published.trust_path.read_text())
+            assert config["allowDevKeys"] is True
+            assert http_get(url + "static/dev-host.js")[0] == 200
+            status, page = http_get(url + "server")
             assert status == 200 and b"checkout" in page and b"1.0.0" in page
 
             # A canary does not move a stable host; a promotion does, on the next refresh.

@@ -9,6 +9,7 @@ state) refreshes once per step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -45,10 +46,9 @@ class VectorOrigin:
 
             def do_GET(self) -> None:
                 path = unquote(urlsplit(self.path).path).lstrip("/")
-                try:
+                # OSError: the host hung up, which is what a limit or a deadline does.
+                with contextlib.suppress(OSError):
                     origin.answer(self, path)
-                except OSError:
-                    pass  # the host hung up: what a limit or a deadline does
                 self.close_connection = True
 
             def log_message(self, format: str, *args: Any) -> None:

@@ -630,6 +630,26 @@ def build_all(out: Path) -> list[str]:
         "manifest-other-version", "the manifest listed for 1.0.0 says it is 1.0.1", manifest_version
     )
 
+    def not_semver(root: Path, case: Case) -> None:
+        r = base(root)
+        listed = r.releases_body("checkout")["versions"][0]
+        r.publish_releases(
+            "checkout",
+            versions=[{**listed, "version": "../x"}],
+            channels={"stable": "../x", "canary": None},
+            active_version="../x",
+        )
+        r.publish()
+        case.trust = trust_of(r)
+        b.step(case, r, loaded={"search": "2.0.0"}, refused={"checkout": ("malformed", CHECKOUT)})
+
+    b.case(
+        "version-not-semver",
+        "a signed releases.json naming a version that is not SemVer (it would climb out of its "
+        "folder)",
+        not_semver,
+    )
+
     # -- keys and roots ----------------------------------------------------------------------
 
     def rotated(root: Path, case: Case) -> None:

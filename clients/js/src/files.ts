@@ -38,9 +38,13 @@ function checkType(env: Envelope, type: string): void {
   if (found !== type) mismatch(env.file, `signed.type is ${show(found)}, not "${type}"`);
 }
 
-/** What a shard, a releases.json or an index names: the version a path segment may hold. */
+// SemVer 2.0 (semver.org's regular expression): every version is one, so a version is
+// always a safe path segment of features/<id>/<version>/manifest.json (3.6).
+const SEMVER =
+  /^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$/;
+
 function isPathSafeVersion(value: string): boolean {
-  return value !== "" && value !== "." && value !== ".." && !/[\s/\\?#%\u0000-\u001f\u007f]/.test(value);
+  return SEMVER.test(value);
 }
 
 // ---- roots/<N>.json (3.3)
@@ -198,7 +202,7 @@ export function readReleases(env: Envelope, featureId: string, pin: Pin): Releas
     const at = `signed.versions[${i}]`;
     if (!isObject(entry)) malformed(file, at, "is not an object");
     const version = stringAt(entry, "version", file, at);
-    if (!isPathSafeVersion(version)) malformed(file, `${at}.version`, `${show(version)} cannot be a path segment`);
+    if (!isPathSafeVersion(version)) malformed(file, `${at}.version`, `${show(version)} is not a SemVer 2.0 version`);
     if (versions.has(version)) malformed(file, `${at}.version`, `lists ${show(version)} twice`);
     versions.set(version, sha256At(entry, "manifest_sha256", file, at));
     timeAt(entry, "published_at", file, at);

@@ -129,9 +129,7 @@ def content_type(path: str) -> str:
 def cache_control(path: str) -> str:
     """Immutable for content-addressed artifacts and roots; revalidate for everything else."""
     return (
-        IMMUTABLE_CACHE_CONTROL
-        if path.startswith(IMMUTABLE_PREFIXES)
-        else REVALIDATE_CACHE_CONTROL
+        IMMUTABLE_CACHE_CONTROL if path.startswith(IMMUTABLE_PREFIXES) else REVALIDATE_CACHE_CONTROL
     )
 
 

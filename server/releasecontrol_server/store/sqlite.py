@@ -70,6 +70,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 10_000
 WAL_CHECKPOINT_PAGES = 16_384
+CACHE_KIB = 32_768
 
 REMOTE_INDEX_NAME = "remote-index.json"
 RELEASES_NAME = "releases.json"
@@ -272,10 +273,13 @@ class SqliteStore:
             self._db.enable_wal()
             # FULL: a commit that returned survives power loss, not only a crash.
             self._db.execute("PRAGMA synchronous = FULL")
-            # Checkpoint every 64 MB of WAL rather than SQLite's 4 MB: remote-index.json is
-            # rewritten on every commit (1.5 MB at 10,000 features), and a checkpoint copies
-            # only the newest version of each page, so most versions are never copied.
+            # Checkpoint every 64 MB of WAL rather than SQLite's 4 MB: the index files are
+            # rewritten on every commit, and a checkpoint copies only the newest version of
+            # each page, so most versions are never copied.
             self._db.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
+            # 32 MB of page cache rather than 2 MB: at 10,000 features (200 MB) a change's
+            # B-tree pages (features, versions, transitions, files) stay in memory.
+            self._db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             self._db.execute("PRAGMA foreign_keys = ON")
             self._migrate()
         except sqlite3.DatabaseError as exc:

@@ -1,0 +1,1 @@
+export default 'search@2.0.0';

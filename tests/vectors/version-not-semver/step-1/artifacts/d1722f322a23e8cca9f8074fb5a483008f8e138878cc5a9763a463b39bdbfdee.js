@@ -1,0 +1,1 @@
+export default 'checkout@1.0.0';
