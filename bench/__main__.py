@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import _server, cli, hosts, propagation, reads, scale, writes
+from bench import _server, browser, cli, hosts, propagation, reads, scale, writes
 from bench._report import Outcome, describe_machine, print_outcome, record, render_results
 
 BENCHMARKS: dict[str, Callable[..., Outcome]] = {
@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, Callable[..., Outcome]] = {
     "writes": writes.run,
     "scale": scale.run,
     "hosts": hosts.run,
+    "browser": browser.run,
     "propagation": propagation.run,
     "cli": cli.run,
 }

@@ -94,7 +94,7 @@ class Site:
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()
-            self.process.wait(timeout=10)
+            self.process.communicate(timeout=10)  # waits, and closes both pipes
 
     def publish(self, feature_id: str, version: str) -> None:
         folder = self.work / "features" / feature_id
