@@ -22,18 +22,16 @@ from __future__ import annotations
 import gzip
 import json
 import statistics
-import threading
 import time
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from bench._report import Outcome
 from bench._seed import feature_name, version_name
 from bench._server import BenchServer
-from releasecontrol.manifest import manifest_path
+from releasecontrol.manifest import artifact_path, manifest_path
 from releasecontrol.shards import DEFAULT_BITS, bin_of, shard_path
+from releasecontrol_server.origin.http import OriginHttpServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -87,12 +85,14 @@ def _pages(folder: Path, server: BenchServer, feature_id: str) -> None:
     manifest_file = manifest_path(feature_id, version_name(2))
     manifest = json.loads((server.home / "origin" / manifest_file).read_bytes())
     entry = next(a for a in manifest["assets"] if a["path"] == manifest["entry"])
+    others = [a for a in manifest["assets"] if a is not entry]
     files = [
         "remote-index.json",
         "roots/1.json",
         shard_path(DEFAULT_BITS, bin_of(feature_id, DEFAULT_BITS)),
         f"features/{feature_id}/releases.json",
         manifest_file,
+        *(artifact_path(a["sha256"], a["path"]) for a in others),  # the style sheet
     ]
     trust = json.loads((server.home / "keys" / "trust.json").read_text())
     common = {"feature": feature_id, "indexUrl": origin + "remote-index.json", "trust": trust}
@@ -105,16 +105,6 @@ def _pages(folder: Path, server: BenchServer, feature_id: str) -> None:
     (folder / "verified.html").write_text(_VERIFIED % {"config": json.dumps(common)})
     (folder / "baseline.html").write_text(_BASELINE % {"config": json.dumps(baseline)})
     (folder / "releasecontrol-host.min.js").write_bytes(BUNDLE.read_bytes())
-
-
-class _Quiet(SimpleHTTPRequestHandler):
-    extensions_map: ClassVar[dict[str, str]] = {
-        **SimpleHTTPRequestHandler.extensions_map,
-        ".js": "text/javascript",
-    }
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 def _load(browser: Any, url: str) -> float:
@@ -159,10 +149,11 @@ def run(work_dir: Path, *, quick: bool = False) -> Outcome:
         pages = work_dir / "pages"
         feature_id = feature_name(sizes["features"] // 2)
         _pages(pages, server, feature_id)
-        http = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(pages)))
-        thread = threading.Thread(target=http.serve_forever, daemon=True)
-        thread.start()
-        base = f"http://127.0.0.1:{http.server_address[1]}/"
+        # The pages and the library from a server as quick as the CDN's (not http.server):
+        # its cost would otherwise weigh on the verified side only.
+        http = OriginHttpServer(pages, "127.0.0.1", 0)
+        http.start()
+        base = http.url
         verified: list[float] = []
         baseline: list[float] = []
         try:
@@ -178,8 +169,7 @@ def run(work_dir: Path, *, quick: bool = False) -> Outcome:
                 finally:
                     browser.close()
         finally:
-            http.shutdown()
-            http.server_close()
+            http.stop()
     v, b = statistics.median(verified), statistics.median(baseline)
     outcome.add("verified cold load, median", v, "ms")
     outcome.add("baseline cold load, median", b, "ms")
