@@ -60,7 +60,7 @@ from releasecontrol.index import (
     releases_path,
 )
 from releasecontrol.manifest import artifact_path, manifest_path, sha256_hex
-from releasecontrol.shards import Pin
+from releasecontrol.shards import Pin, bin_of, shard_path
 from releasecontrol_server import releases
 from releasecontrol_server.origin import Origin
 from releasecontrol_server.origin.filesystem import Staged
@@ -123,6 +123,24 @@ class ManifestCheck:
     version: str
     restored: bool
     detail: str
+
+
+@dataclass(frozen=True)
+class IndexCheck:
+    """One index file hosts read, as found on the origin during a hot refresh."""
+
+    path: str
+    restored: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Refreshed:
+    """What a hot refresh found: manifests, index files, and how many watchers were told."""
+
+    manifests: list[ManifestCheck]
+    index: list[IndexCheck]
+    notified: int
 
 
 @dataclass(frozen=True)
@@ -822,14 +840,14 @@ class ReleaseController:
                     log.info("pending origin writes finished")
                     return
 
-    async def refresh_manifests(
-        self, feature_ids: Sequence[str] = ()
-    ) -> tuple[list[ManifestCheck], int]:
-        """Re-read every published manifest on the origin, restore any that is missing or
-        differs from the recorded one, then tell watchers (hosts) to refresh now.
+    async def refresh_manifests(self, feature_ids: Sequence[str] = ()) -> Refreshed:
+        """Re-read every published manifest and the index files hosts read for these features
+        (the roots, remote-index.json, their shards and releases.json) on the origin, restore
+        any that is missing or differs from what was recorded and signed, then tell watchers
+        (hosts) to refresh now.
 
-        Returns the checks and how many watchers were told. Raises NotFound for an
-        unknown feature, Unavailable when the origin cannot be read or written.
+        Raises NotFound for an unknown feature, Unavailable when the origin cannot be read
+        or written.
         """
         async with self._lock:
             states = self._all_features(feature_ids)
@@ -837,27 +855,60 @@ class ReleaseController:
             if missing:
                 self.feature(missing[0])  # raises NotFound naming it
             checks: list[ManifestCheck] = []
+            ids = tuple(s.feature_id for s in states)
             try:
                 for state in states:
                     for version in state.versions:
                         checks.append(self._check_manifest(state.feature_id, version))
+                index = [self._check_index_file(path) for path in self._index_paths(ids)]
             except OSError as exc:
                 raise Unavailable(
                     f"the CDN origin could not be read or written while checking manifests "
                     f"({exc}); retry when it is reachable"
                 ) from exc
-            ids = tuple(s.feature_id for s in states)
             notified = self._hub.subscriber_count
             self._hub.publish(RefreshEvent(ids, self._store.global_sequence()))
-            restored = sum(c.restored for c in checks)
             log.info(
-                "manifests refreshed features=%d checked=%d restored=%d watchers=%d",
+                "manifests refreshed features=%d checked=%d restored=%d index_files=%d "
+                "index_restored=%d watchers=%d",
                 len(ids),
                 len(checks),
-                restored,
+                sum(c.restored for c in checks),
+                len(index),
+                sum(c.restored for c in index),
                 notified,
             )
-            return checks, notified
+            return Refreshed(checks, index, notified)
+
+    def _index_paths(self, feature_ids: Sequence[str]) -> list[str]:
+        """What a host needing `feature_ids` reads of the index, in the order pins point."""
+        if self._index.top is None:
+            return []
+        shards = sorted(
+            {shard_path(self._index.bits, bin_of(f, self._index.bits)) for f in feature_ids}
+        )
+        return [
+            *(r.path for r in self._roots),
+            *(releases_path(f) for f in feature_ids),
+            *shards,
+            REMOTE_INDEX_PATH,
+        ]
+
+    def _check_index_file(self, path: str) -> IndexCheck:
+        committed = (
+            self.signed_file(path)
+            if not path.startswith("roots/")
+            else next(r for r in self._roots if r.path == path)
+        )
+        on_origin = self._origin.read(path)
+        if on_origin == committed.content:
+            return IndexCheck(path, False, "the origin holds what was signed")
+        found = "missing" if on_origin is None else f"sha256 {sha256_hex(on_origin)[:12]}…"
+        if self._unmarked.get(path) == committed.sha256:
+            return IndexCheck(path, False, f"origin copy is {found}; the newest write is pending")
+        self._origin.write(path, committed.content)
+        log.warning("restored index file path=%s found=%s", path, found)
+        return IndexCheck(path, True, f"origin copy was {found}; restored the signed file")
 
     def _check_manifest(self, feature_id: str, version: releases.PublishedVersion) -> ManifestCheck:
         path = manifest_path(feature_id, version.version)

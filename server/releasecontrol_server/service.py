@@ -514,9 +514,9 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
             ]
             if not only:
                 return pb.RefreshManifestsResponse()
-        checks, notified = await self._controller.refresh_manifests(only)
+        refreshed = await self._controller.refresh_manifests(only)
         return pb.RefreshManifestsResponse(
-            feature_ids=sorted({c.feature_id for c in checks}),
+            feature_ids=sorted({c.feature_id for c in refreshed.manifests}),
             checks=[
                 pb.ManifestCheck(
                     feature_id=c.feature_id,
@@ -524,9 +524,17 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
                     status=pb.MANIFEST_STATUS_RESTORED if c.restored else pb.MANIFEST_STATUS_OK,
                     detail=c.detail,
                 )
-                for c in checks
+                for c in refreshed.manifests
             ],
-            watchers_notified=notified,
+            watchers_notified=refreshed.notified,
+            index_checks=[
+                pb.IndexFileCheck(
+                    path=c.path,
+                    status=pb.MANIFEST_STATUS_RESTORED if c.restored else pb.MANIFEST_STATUS_OK,
+                    detail=c.detail,
+                )
+                for c in refreshed.index
+            ],
         )
 
     # -- writes --------------------------------------------------------------

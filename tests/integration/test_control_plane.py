@@ -622,6 +622,37 @@ def test_refresh_manifests_restores_the_origin_and_tells_hosts(
     assert client.get_status().global_sequence == 2  # nothing changed in the store
 
 
+def test_hot_refresh_restores_the_index_files_hosts_read(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """A deleted shard, a truncated remote-index.json and a replaced root are written back
+    with the signed bytes; a host then loads again."""
+    publish(server, tmp_path, "1.0.0")
+    origin = server.origin_dir
+    top = origin / "remote-index.json"
+    shard = next((origin / "index").rglob("*.json"))
+    root = origin / "roots" / "1.json"
+    signed = {p: p.read_bytes() for p in (top, shard, root)}
+    shard.unlink()
+    top.write_bytes(signed[top][:100])
+    root.write_bytes(b"{}")
+
+    response = server.client().refresh_manifests(["checkout"])
+    by_path = {c.path: c for c in response.index_checks}
+    assert set(by_path) == {
+        "roots/1.json",
+        "features/checkout/releases.json",
+        str(shard.relative_to(origin)),
+        "remote-index.json",
+    }
+    restored = {p for p, c in by_path.items() if c.status == pb.MANIFEST_STATUS_RESTORED}
+    assert restored == {"roots/1.json", str(shard.relative_to(origin)), "remote-index.json"}
+    assert "missing" in by_path[str(shard.relative_to(origin))].detail
+    assert {p: p.read_bytes() for p in signed} == signed
+    view = host_view(lambda path: (origin / path).read_bytes(), server.trust_path)
+    assert view.releases.stable == "1.0.0"
+
+
 def test_the_audit_record_keeps_the_caller_beside_the_actor_it_gave(tmp_path: Path) -> None:
     """--actor names who a change is for; the authenticated caller is recorded beside it,
     and both survive a restart."""

@@ -1054,6 +1054,7 @@ class RefreshManifestsResponse(_message.Message):
     FEATURE_IDS_FIELD_NUMBER: _builtins.int
     CHECKS_FIELD_NUMBER: _builtins.int
     WATCHERS_NOTIFIED_FIELD_NUMBER: _builtins.int
+    INDEX_CHECKS_FIELD_NUMBER: _builtins.int
     watchers_notified: _builtins.int
     """WatchReleases subscribers told to refresh."""
     @_builtins.property
@@ -1064,20 +1065,56 @@ class RefreshManifestsResponse(_message.Message):
     def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___ManifestCheck]:
         """One entry per published version that was checked."""
 
+    @_builtins.property
+    def index_checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___IndexFileCheck]:
+        """The index files hosts read for these features (host protocol v2: the roots,
+        remote-index.json, their shards and releases.json), each compared with what
+        the control plane signed.
+        """
+
     def __init__(
         self,
         *,
         feature_ids: _abc.Iterable[_builtins.str] | None = ...,
         checks: _abc.Iterable[Global___ManifestCheck] | None = ...,
         watchers_notified: _builtins.int = ...,
+        index_checks: _abc.Iterable[Global___IndexFileCheck] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks", b"checks", "feature_ids", b"feature_ids", "watchers_notified", b"watchers_notified"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks", b"checks", "feature_ids", b"feature_ids", "index_checks", b"index_checks", "watchers_notified", b"watchers_notified"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RefreshManifestsResponse: _TypeAlias = RefreshManifestsResponse  # noqa: Y015
+
+@_typing.final
+class IndexFileCheck(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """The origin path, e.g. "index/7/63.json"."""
+    status: Global___ManifestStatus.ValueType
+    """OK: the origin holds what was signed; RESTORED: it was written back."""
+    detail: _builtins.str
+    """What was found, in a sentence."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        status: Global___ManifestStatus.ValueType = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "path", b"path", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IndexFileCheck: _TypeAlias = IndexFileCheck  # noqa: Y015
 
 @_typing.final
 class ManifestCheck(_message.Message):

@@ -59,7 +59,7 @@ from releasecontrol_server.admin.signin import SignIn
 from releasecontrol_server.auth.authorize import Action, authorize, decide, permits
 from releasecontrol_server.auth.interceptor import Authenticator
 from releasecontrol_server.auth.principal import Principal
-from releasecontrol_server.control import ReleaseController, utc_now
+from releasecontrol_server.control import Refreshed, ReleaseController, utc_now
 from releasecontrol_server.releases import FeatureState
 from releasecontrol_server.store import StoredTransition
 
@@ -606,10 +606,13 @@ class AdminApp:
                     if permits(ctx.who, Action.REFRESH_MANIFESTS, s.feature_id)
                 ]
             )
-            checks, notified = await self._controller.refresh_manifests(ids) if ids else ([], 0)
+            refreshed = (
+                await self._controller.refresh_manifests(ids) if ids else Refreshed([], [], 0)
+            )
         except ReleaseControlError as error:
             self._log(ctx, "refresh_manifests", feature_id, "refused", error=error)
             raise
+        checks, notified = refreshed.manifests, refreshed.notified
         restored = [c for c in checks if c.restored]
         self._log(
             ctx,
@@ -618,6 +621,7 @@ class AdminApp:
             "ok",
             checked=len(checks),
             restored=len(restored),
+            index_restored=sum(c.restored for c in refreshed.index),
             watchers=notified,
         )
         return self._render(
@@ -631,6 +635,8 @@ class AdminApp:
                 "checked": len(checks),
                 "features": len({c.feature_id for c in checks}),
                 "notified": notified,
+                "index_checks": refreshed.index,
+                "index_restored": sum(c.restored for c in refreshed.index),
             },
         )
 
