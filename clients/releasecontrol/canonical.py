@@ -17,7 +17,14 @@ from typing import Any
 
 import rfc8785
 
-__all__ = ["MAX_SAFE_INTEGER", "NotCanonical", "canonical_json", "jcs", "parse_canonical"]
+__all__ = [
+    "MAX_SAFE_INTEGER",
+    "NotCanonical",
+    "canonical_json",
+    "jcs",
+    "parse_canonical",
+    "plain",
+]
 
 MAX_SAFE_INTEGER = 2**53 - 1
 """The largest integer JCS (an IEEE double) holds exactly; index integers stay within it."""
@@ -37,15 +44,18 @@ def canonical_json(value: Any) -> bytes:
     Raises ValueError when `value` has no JCS form (a non-string key, an integer
     beyond ±2**53, NaN, a lone surrogate, a type that is not JSON).
     """
-    return bytes(rfc8785.dumps(_plain(value)))
+    return bytes(rfc8785.dumps(plain(value)))
 
 
-def _plain(value: Any) -> Any:
-    # rfc8785 accepts only dict and list; models hold read-only mappings and tuples.
+def plain(value: Any) -> Any:
+    """`value` as plain JSON values: every Mapping a fresh dict, every list or tuple a list.
+
+    rfc8785 accepts only dict and list, and models hold read-only mappings and tuples.
+    """
     if isinstance(value, Mapping):
-        return {key: _plain(item) for key, item in value.items()}
+        return {key: plain(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
+        return [plain(item) for item in value]
     return value
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from releasecontrol.canonical import NotCanonical, canonical_json, jcs, parse_canonical
+from releasecontrol.canonical import NotCanonical, canonical_json, jcs, parse_canonical, plain
 from releasecontrol.errors import VerificationError
 from releasecontrol.fields import (
     HEX64_RE,
@@ -204,15 +204,8 @@ class NotCanonicalEnvelope(VerificationError):
 def _plain_dict(value: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise ValueError(f"signed must be an object, not {type(value).__name__}")
-    return {key: _plain(item) for key, item in value.items()}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    return value
+    result: dict[str, Any] = plain(value)
+    return result
 
 
 def sign(signed: Mapping[str, Any], keys: Sequence[SigningKey]) -> Envelope:
@@ -402,7 +395,7 @@ class VersionEntry:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            **_plain(self.extra),
+            **plain(self.extra),
             "version": self.version,
             "manifest_sha256": self.manifest_sha256,
             "published_at": format_time(self.published_at),
@@ -444,7 +437,7 @@ class CanarySoak:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            **_plain(self.extra),
+            **plain(self.extra),
             "started_at": format_time(self.started_at),
             "duration_seconds": self.duration_seconds,
             "ends_at": format_time(self.ends_at),
@@ -520,14 +513,14 @@ class ReleasesIndex:
     def to_dict(self) -> dict[str, Any]:
         """The `signed` body in the contract's format, unknown fields included."""
         return {
-            **_plain(self.extra),
+            **plain(self.extra),
             "schema_version": self.schema_version,
             "type": TYPE_RELEASES,
             "feature_id": self.feature_id,
             "sequence": self.sequence,
             "active_version": self.stable,
             "channels": {
-                **_plain(self.channels_extra),
+                **plain(self.channels_extra),
                 "stable": self.stable,
                 "canary": self.canary,
             },

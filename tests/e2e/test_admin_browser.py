@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from browser_kit import ARTIFACTS, TIMEOUT_MS
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from releasecontrol.manifest import manifest_path
 from releasecontrol_server.auth.tokens import create_token
@@ -25,20 +26,7 @@ from releasecontrol_server.launcher import LocalServer
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 RELEASECTL = [sys.executable, "-c", "from releasecontrol.cli import main; main()"]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-TIMEOUT_MS = 15_000
 
 
 class Site:
@@ -102,19 +90,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         yield Site(server, tokens, home.parent)
     finally:
         server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        # CI installs Chromium (.ci/run), so there a missing browser is a failure, not a skip.
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing although CI should have installed it")
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

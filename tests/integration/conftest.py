@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -134,3 +137,16 @@ def online_keyids(origin_dir: Path, version: int = 1) -> list[str]:
     """The online keys root `version` on the origin lists (its index role)."""
     root = json.loads((origin_dir / root_path(version)).read_bytes())
     return list(root["signed"]["roles"]["index"]["keyids"])
+
+
+RELEASECTL = [sys.executable, "-c", "from releasecontrol.cli import main; main()"]
+
+
+def releasectl(server: RunningServer, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `releasectl ARGS` with only RELEASECONTROL_HOME set, as after `make dev` (no other
+    RELEASECONTROL_ or FEATURE_ variable leaks in from the test's environment)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELEASECONTROL_", "FEATURE_"))}
+    env["RELEASECONTROL_HOME"] = str(server.home)
+    return subprocess.run(
+        [*RELEASECTL, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )

@@ -5,28 +5,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import RunningServer, make_feature
+from conftest import RELEASECTL, RunningServer, make_feature, releasectl
 
 from releasecontrol.fetch import Fetcher
 from releasecontrol.host import FeatureHost
 from releasecontrol.trust import TrustStore
 
 pytestmark = pytest.mark.integration
-
-RELEASECTL = [sys.executable, "-c", "from releasecontrol.cli import main; main()"]
-
-
-def releasectl(server: RunningServer, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run `releasectl ARGS` with only RELEASECONTROL_HOME set, as after `make dev`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RELEASECONTROL_")}
-    env["RELEASECONTROL_HOME"] = str(server.home)
-    return subprocess.run(
-        [*RELEASECTL, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
-    )
 
 
 def test_the_readme_flow_works_with_no_flags_beyond_the_contract(

@@ -9,21 +9,18 @@ prints the same import map as `releasectl importmap`. The browser bundle that
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import RunningServer, make_feature
+from conftest import RunningServer, make_feature, releasectl
 
 ROOT = Path(__file__).resolve().parents[2]
 JS = ROOT / "clients" / "js"
 CLI = JS / "bin" / "releasecontrol-host.js"
 BUILT_BUNDLE = JS / "dist" / "releasecontrol-host.min.js"
 SHIPPED_BUNDLE = ROOT / "clients" / "releasecontrol" / "static" / "releasecontrol-host.min.js"
-RELEASECTL = [sys.executable, "-c", "from releasecontrol.cli import main; main()"]
 
 pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 
@@ -33,14 +30,6 @@ def js(*args: str) -> subprocess.CompletedProcess[str]:
         pytest.fail("clients/js is not built: run `make js-test` (make test does it first)")
     return subprocess.run(
         ["node", str(CLI), *args], capture_output=True, text=True, timeout=60, check=False
-    )
-
-
-def releasectl(server: RunningServer, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELEASECONTROL_", "FEATURE_"))}
-    env["RELEASECONTROL_HOME"] = str(server.home)
-    return subprocess.run(
-        [*RELEASECTL, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
     )
 
 

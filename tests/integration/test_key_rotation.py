@@ -10,28 +10,14 @@ offline with `keys sign-root`, and installs it with `keys install-root`.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from conftest import RunningServer, make_feature
+from conftest import RunningServer, make_feature, releasectl
 
 from releasecontrol.host import FeatureHost
 from releasecontrol.index import REMOTE_INDEX_PATH, Envelope
 from releasecontrol.trust import SigningKey, TrustStore
-
-RELEASECTL = [sys.executable, "-c", "from releasecontrol.cli import main; main()"]
-
-
-def releasectl(server: RunningServer, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run `releasectl ARGS` with only RELEASECONTROL_HOME set, as after `make dev`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RELEASECONTROL_")}
-    env["RELEASECONTROL_HOME"] = str(server.home)
-    return subprocess.run(
-        [*RELEASECTL, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
-    )
 
 
 def top_level(server: RunningServer) -> dict[str, object]:
