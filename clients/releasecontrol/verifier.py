@@ -458,8 +458,8 @@ class Verifier:
     def follow_roots(self, roots: list[bytes]) -> Root:
         """Trust each root of `roots` in turn: the first is the trust file's `root_version`
         (or the one after the trusted root), each next one the version after. Returns the
-        newest; raises Refusal (`root`) naming the first that fails, or `expired` when the
-        newest expired. What a server checks its own roots with."""
+        newest; raises Refusal (`root`) naming the first that fails. Expiry is the caller's
+        to check. What a server checks its own roots with."""
         for data in roots:
             version = (
                 self._trust.root_version if self._root is None else self._root.model.version + 1

@@ -142,11 +142,14 @@ def online_keyids(origin_dir: Path, version: int = 1) -> list[str]:
 RELEASECTL = [sys.executable, "-c", "from releasecontrol.cli import main; main()"]
 
 
-def releasectl(server: RunningServer, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run `releasectl ARGS` with only RELEASECONTROL_HOME set, as after `make dev` (no other
-    RELEASECONTROL_ or FEATURE_ variable leaks in from the test's environment)."""
+def releasectl(
+    server: RunningServer | Path, cwd: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """Run `releasectl ARGS` with only RELEASECONTROL_HOME set (the server's home, or the path
+    given), as after `make dev`: no other RELEASECONTROL_ or FEATURE_ variable leaks in from
+    the test's environment."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RELEASECONTROL_", "FEATURE_"))}
-    env["RELEASECONTROL_HOME"] = str(server.home)
+    env["RELEASECONTROL_HOME"] = str(server if isinstance(server, Path) else server.home)
     return subprocess.run(
         [*RELEASECTL, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
     )

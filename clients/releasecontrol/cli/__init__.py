@@ -15,6 +15,7 @@ __all__ = ["main"]
 # it), so `releasectl release status` does not pay for the host library, the
 # dev server or the linters: startup time is most of a quick command's time.
 _COMMANDS: dict[str, tuple[str, str]] = {
+    "backup": ("releasecontrol.cli.backup", "backup"),
     "channel": ("releasecontrol.cli.channel", "channel"),
     "dev": ("releasecontrol.cli.dev", "dev"),
     "dev-host": ("releasecontrol.cli.dev_host", "dev_host"),
@@ -26,6 +27,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "mock-cdn": ("releasecontrol.cli.mock_cdn", "mock_cdn"),
     "publish": ("releasecontrol.cli.publish", "publish"),
     "release": ("releasecontrol.cli.release", "release"),
+    "restore": ("releasecontrol.cli.backup", "restore"),
     "token": ("releasecontrol.cli.token", "token"),
     "validate": ("releasecontrol.cli.lint", "validate"),
     "verify": ("releasecontrol.cli.verify", "verify"),

@@ -255,6 +255,7 @@ class SqliteStore:
         """
         self.path = Path(path)
         self._lock = threading.RLock()
+        check_database_file(self.path)
         try:
             conn = sqlite3.connect(
                 self.path,
@@ -281,12 +282,13 @@ class SqliteStore:
             # B-tree pages (features, versions, transitions, files) stay in memory.
             self._db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             self._db.execute("PRAGMA foreign_keys = ON")
+            self._check_integrity()
             self._migrate()
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise ConfigError(
-                f"cannot use the database {self.path}: {exc}; "
-                "is it a ReleaseControl database, and writable?"
+                f"cannot use the database {self.path}: {exc}; restore it from a backup "
+                "(`releasectl restore PATH`) or move it away to start an empty store"
             ) from exc
         except BaseException:
             conn.close()
@@ -340,8 +342,32 @@ class SqliteStore:
             row = self._db.execute(sql, list(params)).fetchone()
         return None if row is None else row[0]
 
+    def _check_integrity(self) -> None:
+        """SQLite's quick_check (every page, index and constraint it can check without
+        cross-checking indexes against tables): a damaged file stops the start with a sentence,
+        never with a traceback halfway through serving."""
+        with self._lock:
+            problems = [
+                " ".join(str(row[0]).replace("*** in database main ***", "").split())
+                for row in self._db.execute("PRAGMA quick_check(3)")
+            ]
+        if problems != ["ok"]:
+            raise ConfigError(
+                f"the database {self.path} is damaged ({'; '.join(problems)}); restore it from "
+                "a backup (`releasectl restore PATH`) or move it away to start an empty store"
+            )
+
     def _migrate(self) -> None:
         with self._write():
+            tables = {
+                str(row[0])
+                for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            if tables and "meta" not in tables:
+                raise ConfigError(
+                    f"the database {self.path} holds tables ({', '.join(sorted(tables)[:3])}…) "
+                    "but is not a ReleaseControl database; point database_path at the right file"
+                )
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
             )
@@ -923,6 +949,37 @@ def _file_from_row(row: dict[str, Any]) -> SignedFile:
         sha256=str(row["sha256"]),
         sequence=int(row["sequence"]),
     )
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def check_database_file(path: Path) -> None:
+    """Refuse, with one sentence, a database file that cannot be ReleaseControl's: empty
+    (a 0-byte file is not an empty store: something truncated it), or not SQLite at all.
+    A missing file is fine: it becomes a new, empty store."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        return
+    except IsADirectoryError:
+        raise ConfigError(f"the database path {path} is a folder; point it at a file") from None
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the database {path} ({exc.strerror or exc}); check its permissions"
+        ) from None
+    if not head:
+        raise ConfigError(
+            f"the database {path} is empty (0 bytes): it was truncated, and starting on it "
+            "would serve an empty status; restore it from a backup (`releasectl restore "
+            "PATH`), or delete it to start an empty store on purpose"
+        )
+    if head != _SQLITE_MAGIC:
+        raise ConfigError(
+            f"the database {path} is not a SQLite file (it starts with {head[:8]!r}); point "
+            "database_path at the ReleaseControl database, or restore it from a backup"
+        )
 
 
 def _write_rank(path: str) -> int:
