@@ -63,7 +63,7 @@ from releasecontrol.manifest import artifact_path, manifest_path, sha256_hex
 from releasecontrol.shards import Pin, bin_of, shard_path
 from releasecontrol_server import releases
 from releasecontrol_server.origin import Origin
-from releasecontrol_server.origin.filesystem import Staged
+from releasecontrol_server.origin.filesystem import FilesystemOrigin, Staged
 from releasecontrol_server.releases import ChangeMeta, Command, FeatureState
 from releasecontrol_server.sharding import ShardedIndex
 from releasecontrol_server.signer import Signer, pin_of
@@ -287,6 +287,14 @@ class ReleaseController:
         pending."""
         self._global_sequence = self._store.global_sequence()
         self._index = self._load_index()
+        if isinstance(self._origin, FilesystemOrigin):
+            leftovers = self._origin.remove_leftovers()
+            if leftovers:
+                log.warning(
+                    "removed %d temporary files a killed process left on the origin: %s",
+                    len(leftovers),
+                    ", ".join(leftovers[:5]) + (" …" if len(leftovers) > 5 else ""),
+                )
         with self._pending_lock:
             self._unmarked = {d.path: d.sha256 for d in self._store.pending_digests()}
         self._feature_ids = self._store.feature_ids()

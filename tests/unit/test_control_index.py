@@ -302,3 +302,30 @@ class TestStoreIndexFiles:
             with pytest.raises(StaleSequence, match="never goes backwards"):
                 store.commit_many([], index_files=[file(REMOTE_INDEX_PATH, 4)])
             assert store.signed_file(REMOTE_INDEX_PATH).sequence == 5
+
+
+class TestLeftovers:
+    async def test_staging_files_a_killed_process_left_are_removed_at_start(
+        self, tmp_path: Path
+    ) -> None:
+        """Hidden .tmp files beside origin files (a kill between stage and publish) are gone
+        after a start; the published files stay."""
+        origin = tmp_path / "origin"
+        first = new_controller(tmp_path)
+        await first.start()
+        await change(first, "checkout", Publish("1.0.0", digest("1.0.0")))
+        await stop(first)
+        published = origin_files(origin)
+        leftovers = [
+            origin / ".remote-index.json.k3j2.tmp",
+            origin / "features" / "checkout" / ".releases.json.x9q1.tmp",
+        ]
+        for leftover in leftovers:
+            leftover.write_bytes(b"half a file")
+        again = new_controller(tmp_path)
+        await again.start()
+        try:
+            assert not any(leftover.exists() for leftover in leftovers)
+            assert origin_files(origin) == published
+        finally:
+            await stop(again)

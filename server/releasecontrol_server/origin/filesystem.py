@@ -114,6 +114,19 @@ class FilesystemOrigin:
         """Drop a staged file that will not be published."""
         _unlink_quietly(staged.temp)
 
+    def remove_leftovers(self) -> list[str]:
+        """Remove the temporary files a process killed between `stage` and `publish` (or
+        `discard`) left behind; returns their paths, relative to the root. Only for a
+        start, before this process stages anything."""
+        removed = []
+        for folder, _dirs, names in os.walk(self.root):
+            for name in names:
+                if name.startswith(".") and name.endswith(".tmp"):
+                    leftover = Path(folder) / name
+                    _unlink_quietly(leftover)
+                    removed.append(str(leftover.relative_to(self.root)))
+        return sorted(removed)
+
     def unchanged_since_written(self, path: str) -> bool:
         """Whether `path` still holds the bytes this origin object last wrote there.
 
