@@ -163,6 +163,10 @@ class Config:
     index_expiry_seconds: int = 7 * _DAY_SECONDS
     """How long a signed index stays valid; hosts refuse it after that."""
 
+    origin_check_interval_seconds: int = 3600
+    """How often the server compares every file hosts read on the origin with what it signed
+    and writes back what differs (also right after start); 0 checks only at start."""
+
     max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES
     """The largest manifest a publish may send."""
 
@@ -643,6 +647,7 @@ _SETTINGS: tuple[_Setting, ...] = (
     ),
     _Setting("default_soak_seconds", _int_between(0, MAX_SOAK_SECONDS, "seconds")),
     _Setting("index_expiry_seconds", _int_between(60, 366 * _DAY_SECONDS, "seconds")),
+    _Setting("origin_check_interval_seconds", _int_between(0, 7 * _DAY_SECONDS, "seconds")),
     _Setting("max_manifest_bytes", _int_between(1, 64 * _MIB, "bytes")),
     _Setting("max_publish_bytes", _int_between(1, 64 * 1024 * _MIB, "bytes")),
     _Setting("watch_queue_size", _int_between(1, 1_000_000, "events")),

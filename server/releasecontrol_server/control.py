@@ -862,31 +862,57 @@ class ReleaseController:
             missing = sorted(set(feature_ids) - {s.feature_id for s in states})
             if missing:
                 self.feature(missing[0])  # raises NotFound naming it
-            checks: list[ManifestCheck] = []
+            refreshed = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._check_origin, states, False
+            )
             ids = tuple(s.feature_id for s in states)
-            try:
-                for state in states:
-                    for version in state.versions:
-                        checks.append(self._check_manifest(state.feature_id, version))
-                index = [self._check_index_file(path) for path in self._index_paths(ids)]
-            except OSError as exc:
-                raise Unavailable(
-                    f"the CDN origin could not be read or written while checking manifests "
-                    f"({exc}); retry when it is reachable"
-                ) from exc
             notified = self._hub.subscriber_count
             self._hub.publish(RefreshEvent(ids, self._store.global_sequence()))
             log.info(
                 "manifests refreshed features=%d checked=%d restored=%d index_files=%d "
                 "index_restored=%d watchers=%d",
                 len(ids),
-                len(checks),
-                sum(c.restored for c in checks),
-                len(index),
-                sum(c.restored for c in index),
+                len(refreshed.manifests),
+                sum(c.restored for c in refreshed.manifests),
+                len(refreshed.index),
+                sum(c.restored for c in refreshed.index),
                 notified,
             )
-            return Refreshed(checks, index, notified)
+            return Refreshed(refreshed.manifests, refreshed.index, notified)
+
+    async def audit_origin(self, feature_ids: Sequence[str]) -> Refreshed:
+        """What `refresh_manifests` does for `feature_ids`, without telling watchers, and of
+        their live (stable and canary) versions' manifests only: the periodic repair
+        (`audit.OriginAuditor`). Raises Unavailable when the origin cannot be read or written."""
+        async with self._lock:
+            states = self._all_features(feature_ids)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._check_origin, states, True
+            )
+
+    @property
+    def feature_ids(self) -> list[str]:
+        """Every committed feature, in id order."""
+        return list(self._feature_ids)
+
+    def _check_origin(self, states: Sequence[FeatureState], live_only: bool) -> Refreshed:
+        """In a worker thread, under the writer lock: the manifests and index files of
+        `states` on the origin, each written back where it differs from what was recorded."""
+        checks: list[ManifestCheck] = []
+        try:
+            for state in states:
+                live = {state.stable, state.canary.version if state.canary else None}
+                for version in state.versions:
+                    if not live_only or version.version in live:
+                        checks.append(self._check_manifest(state.feature_id, version))
+            ids = [s.feature_id for s in states]
+            index = [self._check_index_file(path) for path in self._index_paths(ids)]
+        except OSError as exc:
+            raise Unavailable(
+                f"the CDN origin could not be read or written while checking it ({exc}); "
+                "retry when it is reachable"
+            ) from exc
+        return Refreshed(checks, index, 0)
 
     def _index_paths(self, feature_ids: Sequence[str]) -> list[str]:
         """What a host needing `feature_ids` reads of the index, in the order pins point."""
@@ -903,11 +929,15 @@ class ReleaseController:
         ]
 
     def _check_index_file(self, path: str) -> IndexCheck:
+        # In a worker thread: the store (thread-safe), never the loop's read caches.
+        roots = {r.path: r for r in self._roots}
         committed = (
-            self.signed_file(path)
-            if not path.startswith("roots/")
-            else next(r for r in self._roots if r.path == path)
+            roots.get(path)
+            or (self._index.top if path == REMOTE_INDEX_PATH else None)
+            or self._store.signed_file(path)
         )
+        if committed is None:
+            return IndexCheck(path, False, "not signed yet")
         on_origin = self._origin.read(path)
         if on_origin == committed.content:
             return IndexCheck(path, False, "the origin holds what was signed")
@@ -915,7 +945,7 @@ class ReleaseController:
         if self._unmarked.get(path) == committed.sha256:
             return IndexCheck(path, False, f"origin copy is {found}; the newest write is pending")
         self._origin.write(path, committed.content)
-        log.warning("restored index file path=%s found=%s", path, found)
+        log.warning("origin repaired: restored index file path=%s found=%s", path, found)
         return IndexCheck(path, True, f"origin copy was {found}; restored the signed file")
 
     def _check_manifest(self, feature_id: str, version: releases.PublishedVersion) -> ManifestCheck:
@@ -931,7 +961,7 @@ class ReleaseController:
                 "store; restore the database from a backup"
             )
         self._origin.write(path, recorded)
-        log.warning("restored manifest path=%s found=%s", path, found)
+        log.warning("origin repaired: restored manifest path=%s found=%s", path, found)
         return ManifestCheck(
             feature_id,
             version.version,

@@ -33,6 +33,7 @@ from releasecontrol_server.admin import (
     create_app,
     load_or_create_secret,
 )
+from releasecontrol_server.audit import OriginAuditor
 from releasecontrol_server.auth.interceptor import AuthInterceptor, authenticator_for
 from releasecontrol_server.config import Config, load_config, split_listen_address
 from releasecontrol_server.control import ReleaseController
@@ -205,10 +206,16 @@ async def serve(
         watching = loop.create_task(
             KeyWatcher(config, keyring, install).run(stop), name="watch-keys"
         )
+        auditor = OriginAuditor(
+            controller,
+            interval_seconds=config.origin_check_interval_seconds or None,
+        )
+        auditing = loop.create_task(auditor.run(stop), name="check-origin")
         await stop.wait()
         log.info("shutting down")
         await resigning
         await watching
+        await auditing
     finally:
         await admin.stop()
         await server.stop(config.shutdown_grace_seconds)
