@@ -7,6 +7,7 @@ import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as esbuild from "esbuild";
+import { bundleOptions } from "./bundle-options.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 process.chdir(root);
@@ -16,14 +17,8 @@ const tsc = createRequire(import.meta.url).resolve("typescript/bin/tsc");
 execFileSync(process.execPath, [tsc, "-p", "tsconfig.json"], { stdio: "inherit" });
 
 await esbuild.build({
+  ...bundleOptions,
   entryPoints: ["src/index.ts"],
   outfile: "dist/releasecontrol-host.min.js",
-  bundle: true,
-  format: "esm",
-  platform: "browser",
-  target: ["es2022", "chrome120", "firefox121", "safari17"],
-  minify: true,
-  legalComments: "none",
-  charset: "utf8",
   logLevel: "warning",
 });

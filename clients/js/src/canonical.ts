@@ -2,13 +2,6 @@ import canonicalize from "canonicalize";
 import { decodeUtf8 } from "./bytes.js";
 import { refuse } from "./errors.js";
 
-/** The RFC 8785 (JCS) text of a JSON value. Throws for values JCS cannot encode (lone surrogates). */
-export function jcs(value: unknown): string {
-  const text = canonicalize(value);
-  if (text === undefined) throw new TypeError("value has no JSON encoding");
-  return text;
-}
-
 export type JsonObject = Record<string, unknown>;
 
 export function isObject(value: unknown): value is JsonObject {
@@ -16,13 +9,26 @@ export function isObject(value: unknown): value is JsonObject {
 }
 
 /**
+ * The RFC 8785 (JCS) text of a JSON value, by the `canonicalize` package (a
+ * well-kept implementation: security-relevant code is not ours to write when a
+ * library does it; its cost on a cold page, ~1 ms for remote-index.json, is a
+ * small part of a load). Throws for values JCS cannot encode (a lone surrogate).
+ */
+export function jcs(value: unknown): string {
+  const text = canonicalize(value);
+  if (text === undefined) throw new TypeError("value has no JSON encoding");
+  return text;
+}
+
+/**
  * Steps 1 and 2 of section 3.1: the bytes are UTF-8, parse as one JSON object,
  * and are exactly the JCS encoding of what they parse to. Re-serializing is the
  * check: it refuses duplicate members (JSON.parse keeps the last, JCS writes one),
  * whitespace, escapes and number forms JCS does not write, a BOM, and lone
- * surrogates (canonicalize throws for them: JCS has no encoding for them).
+ * surrogates (jcs throws for them: JCS has no encoding for them). `parsed` sees
+ * the object as soon as it is parsed, before it is checked.
  */
-export function parseCanonical(bytes: Uint8Array, file: string): { value: JsonObject; text: string } {
+export function parseCanonical(bytes: Uint8Array, file: string, parsed?: (value: JsonObject) => void): { value: JsonObject; text: string } {
   let text: string;
   try {
     text = decodeUtf8(bytes);
@@ -38,6 +44,7 @@ export function parseCanonical(bytes: Uint8Array, file: string): { value: JsonOb
   if (!isObject(value)) {
     refuse("malformed", file, `${file} is JSON but not an object; republish it`);
   }
+  parsed?.(value);
   let canonical: string;
   try {
     canonical = jcs(value);

@@ -17,6 +17,8 @@ export interface BoundedFetch {
   revalidate: boolean;
   timeoutMs: number;
   fetch: FetchLike;
+  /** Stops the download: a refresh ends with prefetched files nobody asked for. */
+  signal?: AbortSignal;
 }
 
 function seconds(ms: number): string {
@@ -33,19 +35,24 @@ export async function fetchBounded(spec: BoundedFetch): Promise<Uint8Array> {
   const { file } = spec;
   const controller = new AbortController();
   let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new RefusalError(
-    "timeout",
-    file,
-    `${file} did not arrive within ${seconds(spec.timeoutMs)} (the request deadline); ` +
-      "the origin or the network is too slow: the host keeps its last good state and tries again next refresh",
-  );
   const deadline = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {
+      // Made here, not up front: an Error (its stack, its message) costs every download, and few time out.
       // Reject first: aborting rejects the fetch at once, and the race must see the timeout.
-      reject(timeout);
+      reject(
+        new RefusalError(
+          "timeout",
+          file,
+          `${file} did not arrive within ${seconds(spec.timeoutMs)} (the request deadline); ` +
+            "the origin or the network is too slow: the host keeps its last good state and tries again next refresh",
+        ),
+      );
       controller.abort();
     }, spec.timeoutMs);
   });
+  const stop = (): void => controller.abort();
+  spec.signal?.addEventListener("abort", stop);
+  if (spec.signal?.aborted) stop();
   const work = download(spec, controller, () => controller.signal.aborted);
   // The loser of the race must not surface as an unhandled rejection.
   work.catch(() => undefined);
@@ -56,6 +63,7 @@ export async function fetchBounded(spec: BoundedFetch): Promise<Uint8Array> {
     throw error;
   } finally {
     clearTimeout(timer);
+    spec.signal?.removeEventListener("abort", stop);
   }
 }
 

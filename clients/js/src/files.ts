@@ -43,8 +43,8 @@ function checkType(env: Envelope, type: string): void {
 const SEMVER =
   /^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$/;
 
-function isPathSafeVersion(value: string): boolean {
-  return SEMVER.test(value);
+export function isPathSafeVersion(value: unknown): value is string {
+  return typeof value === "string" && SEMVER.test(value);
 }
 
 // ---- roots/<N>.json (3.3)
@@ -224,6 +224,11 @@ export function readReleases(env: Envelope, featureId: string, pin: Pin): Releas
   if (id !== featureId) mismatch(file, `signed.feature_id is ${show(id)}, but its shard lists it as "${featureId}"`);
   if (sequence !== pin.sequence) mismatch(file, `signed.sequence is ${sequence}, but its shard pins ${pin.sequence}`);
   return { sequence, expiresAt, stable, canary, versions };
+}
+
+/** Section 6 step 4: the version the channel selects (null: nothing to load), and the channel it comes from. */
+export function selectVersion(releases: ReleasesFile, channel: "stable" | "canary"): { channel: "stable" | "canary"; version: string | null } {
+  return channel === "canary" && releases.canary !== null ? { channel, version: releases.canary } : { channel: "stable", version: releases.stable };
 }
 
 // ---- features/<id>/<version>/manifest.json (6 step 5)

@@ -1,8 +1,10 @@
-import { binOfSync, shardPath } from "./bins.js";
+import { binOfSync, neededBins, prepareBins, shardPath } from "./bins.js";
+import { isObject } from "./canonical.js";
 import { toBase64 } from "./bytes.js";
 import { Ed25519Unsupported } from "./crypto.js";
+import { Downloads } from "./downloads.js";
 import { RefusalError, asRefusal, refuse, type Refusal } from "./errors.js";
-import { fetchBounded, type BoundedFetch, type FetchLike } from "./fetch.js";
+import type { FetchLike } from "./fetch.js";
 import {
   artifactPath,
   manifestPath,
@@ -12,12 +14,15 @@ import {
   readRootVersion,
   readShard,
   releasesPath,
+  selectVersion,
   type ManifestAsset,
   type RemoteIndexFile,
   type ShardFile,
 } from "./files.js";
 import type { Limits } from "./limits.js";
 import type { AssetCache, LoadedAsset, LoadedFeature } from "./model.js";
+import { prefetchManifest, prefetchReleases, prefetchRoots, prefetchShards } from "./prefetch.js";
+import { artifactRequest, INDEX, indexRequest, manifestRequest, originUrl, pinnedRequest, rootRequest } from "./requests.js";
 import { bootstrapRoot, checkReachable, nextRoot, revokesIndexKey, rootPath, type RootContext, type TrustedRoot } from "./root.js";
 import { sha256Hex } from "./sha256.js";
 import { checkExpiry, checkSignatures, readEnvelope, type Envelope } from "./signed.js";
@@ -30,7 +35,6 @@ import type { Pin } from "./values.js";
 // configuration, what the host had, and what the origin serves; the host
 // (host.ts) saves the state and commits the result.
 
-const INDEX = "remote-index.json";
 /** Fetching is mostly waiting on the origin: a few requests at once hide that. */
 const PARALLEL = 4;
 
@@ -58,40 +62,20 @@ export interface RefreshResult extends HostSnapshot {
   refused: Map<string, Refusal>;
 }
 
+/** A refresh under way: its configuration and its downloads. */
+interface Run extends RefreshContext {
+  downloads: Downloads;
+}
+
 /** What a refresh is changing: saved whatever happens, since it holds only what passed. */
 interface Draft {
   state: HostState;
   root: TrustedRoot | null;
 }
 
-function showBytes(n: number): string {
-  return `${n} bytes`;
-}
-
-/** The origin's URL of `path`; only the index URL's origin is ever fetched. */
-export function originUrl(indexUrl: URL, path: string): URL {
-  const url = new URL(path, indexUrl);
-  if (url.origin !== indexUrl.origin) {
-    refuse("fetch", path, `${path} resolves to ${url.origin}, not the index URL's origin ${indexUrl.origin}: hosts never fetch from another origin`);
-  }
-  return url;
-}
-
-function get(ctx: RefreshContext, file: string, spec: Omit<BoundedFetch, "url" | "file" | "timeoutMs" | "fetch">): Promise<Uint8Array> {
-  return fetchBounded({ ...spec, url: originUrl(ctx.indexUrl, file), file, timeoutMs: ctx.limits.timeoutMs, fetch: ctx.fetch });
-}
-
 /** A file pinned by its parent: at most and exactly its length, and its SHA-256. */
-async function getPinned(ctx: RefreshContext, file: string, pin: Pin, parent: string): Promise<Uint8Array> {
-  if (pin.length > ctx.limits.maxPinnedBytes) {
-    refuse(
-      "too-large",
-      file,
-      `${parent} pins ${file} at ${pin.length} bytes, more than the host's limit maxPinnedBytes (${showBytes(ctx.limits.maxPinnedBytes)}); ` +
-        "raise the limit only if the origin really publishes files this large",
-    );
-  }
-  const bytes = await get(ctx, file, { max: pin.length, overCode: "length", maxIs: `the ${pin.length} bytes ${parent} pins`, revalidate: true });
+async function getPinned(run: Run, file: string, pin: Pin, parent: string): Promise<Uint8Array> {
+  const bytes = await run.downloads.get(pinnedRequest(run, file, pin, parent));
   if (bytes.length !== pin.length) {
     refuse("length", file, `${file} is ${bytes.length} bytes, but ${parent} pins ${pin.length}: the origin serves another file than the one signed (a stale CDN copy?); purge it or republish`);
   }
@@ -129,23 +113,17 @@ function toRefusal(error: unknown, file: string): RefusalError {
 
 // ---- step 1: the top level
 
-async function topLevel(ctx: RefreshContext, draft: Draft): Promise<{ index: RemoteIndexFile; root: TrustedRoot; env: Envelope }> {
-  const bytes = await get(ctx, INDEX, {
-    max: ctx.limits.maxIndexBytes,
-    overCode: "too-large",
-    maxIs: `the host's limit maxIndexBytes (${showBytes(ctx.limits.maxIndexBytes)})`,
-    revalidate: true,
-  });
-  const env = readEnvelope(bytes, INDEX);
+async function topLevel(ctx: Run, draft: Draft): Promise<{ index: RemoteIndexFile; root: TrustedRoot; env: Envelope }> {
+  const bytes = await ctx.downloads.get(indexRequest(ctx));
+  // What it names starts downloading as soon as it is parsed; nothing of it is used before it verified.
+  const env = readEnvelope(bytes, INDEX, (parsed) => prefetchShards(ctx, parsed));
   const wanted = readRootVersion(env);
+  prefetchRoots(ctx, (draft.root?.version ?? ctx.trust.rootVersion) + 1, wanted);
 
   const rootCtx: RootContext = {
     trust: ctx.trust,
     allowDevKeys: ctx.allowDevKeys,
-    fetchRoot: (version) => {
-      const file = rootPath(version);
-      return get(ctx, file, { max: ctx.limits.maxRootBytes, overCode: "too-large", maxIs: `the host's limit maxRootBytes (${showBytes(ctx.limits.maxRootBytes)})`, revalidate: false });
-    },
+    fetchRoot: (version) => ctx.downloads.get(rootRequest(ctx, rootPath(version))),
   };
   const trustRoot = (root: TrustedRoot) => {
     draft.root = root;
@@ -179,12 +157,17 @@ async function topLevel(ctx: RefreshContext, draft: Draft): Promise<{ index: Rem
 
 // ---- step 2: shards
 
-async function getShard(ctx: RefreshContext, index: RemoteIndexFile, bin: string, root: TrustedRoot): Promise<ShardFile> {
+async function getShard(ctx: Run, index: RemoteIndexFile, bin: string, root: TrustedRoot): Promise<ShardFile> {
   const file = shardPath(index.bits, bin);
   const pin = index.shards.get(bin)!;
   const bytes = await getPinned(ctx, file, pin, INDEX);
-  const env = readEnvelope(bytes, file);
-  await checkSignatures(env, { role: root.file.roles.index, roleName: "index", keys: root.file.keys, allowDevKeys: ctx.allowDevKeys });
+  const env = readEnvelope(bytes, file, (parsed) => prefetchReleases(ctx, parsed, file));
+  // Its bytes match a verified pin: the bins of the ids it lists hash while its signatures verify.
+  const listed = env.signed["features"];
+  await Promise.all([
+    checkSignatures(env, { role: root.file.roles.index, roleName: "index", keys: root.file.keys, allowDevKeys: ctx.allowDevKeys }),
+    prepareBins(isObject(listed) ? Object.keys(listed) : []),
+  ]);
   const shard = readShard(env, index.bits, bin, pin);
   checkExpiry(file, shard.expiresAt, ctx.now);
   return shard;
@@ -193,7 +176,7 @@ async function getShard(ctx: RefreshContext, index: RemoteIndexFile, bin: string
 // ---- steps 3 to 6: one feature
 
 interface FeatureRun {
-  ctx: RefreshContext;
+  ctx: Run;
   draft: Draft;
   index: RemoteIndexFile;
   root: TrustedRoot;
@@ -209,12 +192,10 @@ function hexToBytes(hex: string): Uint8Array {
 
 async function checkArtifact(run: FeatureRun, file: string, asset: ManifestAsset): Promise<void> {
   const { ctx } = run;
-  if (asset.size > ctx.limits.maxArtifactBytes) {
-    refuse("too-large", file, `${file} is listed at ${asset.size} bytes, more than the host's limit maxArtifactBytes (${showBytes(ctx.limits.maxArtifactBytes)}); raise the limit only if features really ship assets this large`);
-  }
+  const request = artifactRequest(ctx, file, asset.size);
   const cached = await ctx.assetCache?.get(asset.sha256).catch(() => null);
   if (cached && cached.length === asset.size && (await sha256Hex(cached)) === asset.sha256) return;
-  const bytes = await get(ctx, file, { max: asset.size, overCode: "length", maxIs: `the ${asset.size} bytes its manifest lists`, revalidate: false });
+  const bytes = await ctx.downloads.get(request);
   if (bytes.length !== asset.size) {
     refuse("length", file, `${file} is ${bytes.length} bytes, but its manifest lists ${asset.size}: the origin serves another file than the one published; purge the CDN copy or republish`);
   }
@@ -232,7 +213,7 @@ async function loadFeature(run: FeatureRun, featureId: string, pin: Pin): Promis
   let file = releasesPath(featureId);
   try {
     const bytes = await getPinned(ctx, file, pin, shardFile);
-    const env = readEnvelope(bytes, file);
+    const env = readEnvelope(bytes, file, (parsed) => prefetchManifest(ctx, parsed, featureId));
     const keyids = await checkSignatures(env, { role: root.file.roles.index, roleName: "index", keys: root.file.keys, allowDevKeys: ctx.allowDevKeys });
     const releases = readReleases(env, featureId, pin);
     checkExpiry(file, releases.expiresAt, ctx.now);
@@ -240,23 +221,13 @@ async function loadFeature(run: FeatureRun, featureId: string, pin: Pin): Promis
     checkRollback(file, draft.state.releases[featureId], releases.sequence, digest);
     draft.state.releases[featureId] = raise(draft.state.releases[featureId], releases.sequence, digest);
 
-    let channel: "stable" | "canary" = "stable";
-    let version = releases.stable;
-    if (ctx.channel === "canary" && releases.canary !== null) {
-      channel = "canary";
-      version = releases.canary;
-    }
+    const { channel, version } = selectVersion(releases, ctx.channel);
     if (version === null) {
       refuse("not-found", file, `${file} has no version on the ${ctx.channel} channel: ${featureId} is not released there yet; nothing to load`);
     }
     const manifestSha256 = releases.versions.get(version)!;
     file = manifestPath(featureId, version);
-    const manifestBytes = await get(ctx, file, {
-      max: ctx.limits.maxManifestBytes,
-      overCode: "too-large",
-      maxIs: `the host's limit maxManifestBytes (${showBytes(ctx.limits.maxManifestBytes)})`,
-      revalidate: false,
-    });
+    const manifestBytes = await ctx.downloads.get(manifestRequest(ctx, file));
     const digestM = await sha256Hex(manifestBytes);
     if (digestM !== manifestSha256) {
       refuse("hash", file, `${file} has SHA-256 ${digestM.slice(0, 12)}…, but releases.json lists ${manifestSha256.slice(0, 12)}…: the origin serves another manifest than the one published; purge the CDN copy or republish`);
@@ -320,7 +291,24 @@ function copyState(state: HostState): HostState {
   return { ...state, releases: { ...state.releases } };
 }
 
-export async function runRefresh(ctx: RefreshContext, prev: HostSnapshot): Promise<RefreshResult> {
+export async function runRefresh(config: RefreshContext, prev: HostSnapshot): Promise<RefreshResult> {
+  const ctx: Run = { ...config, downloads: new Downloads(PARALLEL) };
+  // The needed ids' bins hash while remote-index.json downloads.
+  void prepareBins(ctx.features ?? []);
+  // The first root is named by the trust file alone: it downloads alongside
+  // remote-index.json, whose request goes first (everything else waits on it).
+  if (!prev.root) {
+    ctx.downloads.prefetch(indexRequest(ctx));
+    prefetchRoots(ctx, ctx.trust.rootVersion, ctx.trust.rootVersion);
+  }
+  try {
+    return await refreshWith(ctx, prev);
+  } finally {
+    ctx.downloads.close();
+  }
+}
+
+async function refreshWith(ctx: Run, prev: HostSnapshot): Promise<RefreshResult> {
   const draft: Draft = { state: copyState(prev.state), root: prev.root };
   const refused = new Map<string, Refusal>();
 
@@ -339,11 +327,8 @@ export async function runRefresh(ctx: RefreshContext, prev: HostSnapshot): Promi
 
   // Step 2: which shards are needed, fetched once each.
   const needed = ctx.features;
-  const bins = needed
-    ? [...new Set(needed.map((id) => binOfSync(id, bits)).filter((bin) => index.shards.has(bin)))]
-    : [...index.shards.keys()];
   const shards = new Map<string, ShardFile | RefusalError>();
-  await eachLimit(bins.sort(), PARALLEL, async (bin) => {
+  await eachLimit(neededBins(needed, bits, index.shards.keys()), PARALLEL, async (bin) => {
     try {
       shards.set(bin, await getShard(ctx, index, bin, root));
     } catch (error) {

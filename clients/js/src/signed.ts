@@ -18,9 +18,13 @@ export interface Envelope {
   signedBytes: Uint8Array;
 }
 
-/** Steps 1 to 4: UTF-8 JSON object, canonical, envelope shape, schema_version 2. */
-export function readEnvelope(bytes: Uint8Array, file: string): Envelope {
-  const { value } = parseCanonical(bytes, file);
+/**
+ * Steps 1 to 4: UTF-8 JSON object, canonical, envelope shape, schema_version 2.
+ * `parsed` sees the parsed file before any of its checks (to start downloading
+ * what it names: prefetch.ts); nothing it reads there is trusted.
+ */
+export function readEnvelope(bytes: Uint8Array, file: string, parsed?: (value: JsonObject) => void): Envelope {
+  const { value } = parseCanonical(bytes, file, parsed);
   const members = Object.keys(value).sort().join(",");
   if (members !== "signatures,signed") {
     malformed(file, "the file", `must have exactly the members "signatures" and "signed" (found ${members || "none"})`);
@@ -45,11 +49,15 @@ export function readEnvelope(bytes: Uint8Array, file: string): Envelope {
       `${file} has ${found}; this host speaks ${SCHEMA_VERSION}: upgrade the host or the server so that they speak the same version`,
     );
   }
+  // Step 2 made the file exactly {"signatures":<JCS>,"signed":<JCS>} ("signatures"
+  // sorts first), so the JCS bytes of `signed` are the file's bytes after that
+  // prefix, without the closing brace: no second serialization of the whole file.
+  const prefix = encodeUtf8(`{"signatures":${jcs(signatures)},"signed":`).length;
   return {
     file,
     signed,
     signatures: signatures as { keyid: string; sig: string }[],
-    signedBytes: encodeUtf8(jcs(signed)),
+    signedBytes: bytes.subarray(prefix, bytes.length - 1),
   };
 }
 

@@ -5,6 +5,7 @@ import { readFileSync } from "node:fs";
 import { test } from "node:test";
 import { gzipSync } from "node:zlib";
 import * as esbuild from "esbuild";
+import { bundleOptions } from "../scripts/bundle-options.mjs";
 import { codes, makeFixture, SEARCH_V1 } from "./helpers/fixture.js";
 import { jcs } from "./helpers/keys.js";
 
@@ -110,17 +111,7 @@ test("the browser bundle is one ES module without Node imports, under 15 KB gzip
   assert.doesNotMatch(bundle.toString(), /from\s*"node:|import\("node:|require\(/);
   assert.ok(gzipSync(bundle, { level: 9 }).length <= 15 * 1024, `${gzipSync(bundle, { level: 9 }).length} bytes gzipped`);
   const build = () =>
-    esbuild.build({
-      entryPoints: [new URL("../src/index.ts", import.meta.url).pathname],
-      bundle: true,
-      format: "esm",
-      platform: "browser",
-      target: ["es2022", "chrome120", "firefox121", "safari17"],
-      minify: true,
-      legalComments: "none",
-      charset: "utf8",
-      write: false,
-    });
+    esbuild.build({ ...bundleOptions, entryPoints: [new URL("../src/index.ts", import.meta.url).pathname], write: false });
   const [a, b] = [await build(), await build()];
   assert.equal(Buffer.compare(a.outputFiles[0].contents, b.outputFiles[0].contents), 0);
   assert.equal(Buffer.compare(Buffer.from(a.outputFiles[0].contents), bundle), 0, "dist matches a fresh build of src");
