@@ -155,6 +155,9 @@ def seed_home(
                     for name, data in files.items():
                         digest = hashlib.sha256(data).hexdigest()
                         write_plain(origin, artifact_path(digest, name), data)
+                if with_assets or v == versions:
+                    # The live version's manifest always: the server's origin check would
+                    # otherwise spend the benchmark restoring every one of them.
                     write_plain(origin, manifest_path(feature_id, version), manifest)
                 batch.append(
                     Change(

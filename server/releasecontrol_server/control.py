@@ -123,6 +123,8 @@ class ManifestCheck:
     version: str
     restored: bool
     detail: str
+    matches: bool = True
+    """The origin held the recorded manifest."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,8 @@ class IndexCheck:
     path: str
     restored: bool
     detail: str
+    matches: bool = True
+    """The origin held what was signed (or its newest write is pending)."""
 
 
 @dataclass(frozen=True)
@@ -273,6 +277,8 @@ class ReleaseController:
         self._unmarked: dict[str, str] = {}
         self._staging = origin if isinstance(origin, _Staging) else None
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="releasecontrol-write")
+        self._audit_pool = ThreadPoolExecutor(1, thread_name_prefix="releasecontrol-audit")
+        self._audit_store: SqliteStore | None = None  # opened by the audit thread
         self._stage_pool = ThreadPoolExecutor(
             _STAGE_THREADS, thread_name_prefix="releasecontrol-stage"
         )
@@ -300,6 +306,13 @@ class ReleaseController:
         self._feature_ids = self._store.feature_ids()
         async with self._lock:
             await self._ensure_index()
+            # The files every host reads (roots, remote-index.json, the shards): checked and
+            # repaired before serving; each feature's own files by the OriginAuditor after.
+            repaired = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._check_shared_index_files
+            )
+            if repaired:
+                log.warning("origin repaired at start: %s", ", ".join(repaired))
             pending = self.pending_count()
             if pending:
                 log.info("finishing %d origin writes left by the previous run", pending)
@@ -314,6 +327,9 @@ class ReleaseController:
             await asyncio.wait([self._writer])
         self._pool.shutdown(wait=True)
         self._stage_pool.shutdown(wait=True)
+        self._audit_pool.shutdown(wait=True)
+        if self._audit_store is not None:
+            self._audit_store.close()
 
     def _load_index(self) -> ShardedIndex:
         pins = {
@@ -863,7 +879,7 @@ class ReleaseController:
             if missing:
                 self.feature(missing[0])  # raises NotFound naming it
             refreshed = await asyncio.get_running_loop().run_in_executor(
-                self._pool, self._check_origin, states, False
+                self._pool, self._check_origin, states, False, True
             )
             ids = tuple(s.feature_id for s in states)
             notified = self._hub.subscriber_count
@@ -883,36 +899,89 @@ class ReleaseController:
     async def audit_origin(self, feature_ids: Sequence[str]) -> Refreshed:
         """What `refresh_manifests` does for `feature_ids`, without telling watchers, and of
         their live (stable and canary) versions' manifests only: the periodic repair
-        (`audit.OriginAuditor`). Raises Unavailable when the origin cannot be read or written."""
-        async with self._lock:
-            states = self._all_features(feature_ids)
-            return await asyncio.get_running_loop().run_in_executor(
-                self._pool, self._check_origin, states, True
-            )
+        (`audit.OriginAuditor`). Raises Unavailable when the origin cannot be read or written.
+
+        The origin is read without holding the writer (changes go on meanwhile); only the
+        features where something differs are checked again, and repaired, under it.
+        """
+        loop = asyncio.get_running_loop()
+        ids = list(feature_ids)
+
+        def look() -> Refreshed:
+            # In its own thread, the states too, through a read-only connection of its own:
+            # the writer's pool, its connection and the event loop stay free.
+            if self._audit_store is None:
+                self._audit_store = SqliteStore.open_reader(self._store.path)
+            states = self._audit_store.list_features(only=ids, limit=max(1, len(ids)))
+            return self._check_origin(states, True, False)
+
+        looked = await loop.run_in_executor(self._audit_pool, look)
+        suspect = {c.feature_id for c in looked.manifests if not c.matches}
+        suspect |= {
+            fid
+            for c in looked.index
+            if not c.matches
+            for fid in ([c.path.split("/")[1]] if c.path.startswith("features/") else feature_ids)
+        }
+        if not suspect:
+            return looked
+        manifests = [c for c in looked.manifests if c.feature_id not in suspect]
+        index = [c for c in looked.index if c.matches]
+        for feature_id in sorted(suspect):
+            # One feature per hold of the writer: a repair writes (and syncs) a few files.
+            async with self._lock:
+                repaired = await loop.run_in_executor(self._pool, self._repair_feature, feature_id)
+            manifests += repaired.manifests
+            index += [c for c in repaired.index if c.restored or not c.matches]
+        return Refreshed(manifests, index, 0)
+
+    def _repair_feature(self, feature_id: str) -> Refreshed:
+        """In a worker thread, under the writer lock: `_check_origin` of one feature, repairing."""
+        return self._check_origin(self._store.list_features(only=[feature_id], limit=1), True, True)
 
     @property
     def feature_ids(self) -> list[str]:
         """Every committed feature, in id order."""
         return list(self._feature_ids)
 
-    def _check_origin(self, states: Sequence[FeatureState], live_only: bool) -> Refreshed:
-        """In a worker thread, under the writer lock: the manifests and index files of
-        `states` on the origin, each written back where it differs from what was recorded."""
+    def _check_origin(
+        self, states: Sequence[FeatureState], live_only: bool, repair: bool
+    ) -> Refreshed:
+        """In a worker thread: the manifests and index files of `states` on the origin, each
+        compared with what was recorded and, with `repair` (under the writer lock only),
+        written back where it differs."""
         checks: list[ManifestCheck] = []
         try:
             for state in states:
                 live = {state.stable, state.canary.version if state.canary else None}
                 for version in state.versions:
                     if not live_only or version.version in live:
-                        checks.append(self._check_manifest(state.feature_id, version))
+                        checks.append(self._check_manifest(state.feature_id, version, repair))
             ids = [s.feature_id for s in states]
-            index = [self._check_index_file(path) for path in self._index_paths(ids)]
+            index = [self._check_index_file(path, repair) for path in self._index_paths(ids)]
         except OSError as exc:
             raise Unavailable(
                 f"the CDN origin could not be read or written while checking it ({exc}); "
                 "retry when it is reachable"
             ) from exc
         return Refreshed(checks, index, 0)
+
+    def _check_shared_index_files(self) -> list[str]:
+        """In a worker thread, under the writer lock: the roots, every shard and the top level
+        on the origin, repaired where they differ; returns the paths restored (none when the
+        origin cannot be reached: the auditor tries again)."""
+        if self._index.top is None:
+            return []
+        paths = [
+            *(r.path for r in self._roots),
+            *(f.path for f in self._index.shard_files()),
+            REMOTE_INDEX_PATH,
+        ]
+        try:
+            return [c.path for c in map(self._check_index_file, paths) if c.restored]
+        except OSError as exc:
+            log.warning("origin not checked at start: %s", exc)
+            return []
 
     def _index_paths(self, feature_ids: Sequence[str]) -> list[str]:
         """What a host needing `feature_ids` reads of the index, in the order pins point."""
@@ -928,8 +997,16 @@ class ReleaseController:
             REMOTE_INDEX_PATH,
         ]
 
-    def _check_index_file(self, path: str) -> IndexCheck:
-        # In a worker thread: the store (thread-safe), never the loop's read caches.
+    def _check_index_file(self, path: str, repair: bool = True) -> IndexCheck:
+        # In a worker thread: what was signed is known by its SHA-256 in memory (the index's
+        # pins), so an origin that holds it costs one read and one hash; the bytes come from
+        # the store (thread-safe, never the loop's read caches) only to repair.
+        expected = self._index.sha256_of(path) or next(
+            (r.sha256 for r in self._roots if r.path == path), None
+        )
+        on_origin = self._origin.read(path)
+        if expected is not None and on_origin is not None and sha256_hex(on_origin) == expected:
+            return IndexCheck(path, False, "the origin holds what was signed")
         roots = {r.path: r for r in self._roots}
         committed = (
             roots.get(path)
@@ -938,23 +1015,30 @@ class ReleaseController:
         )
         if committed is None:
             return IndexCheck(path, False, "not signed yet")
-        on_origin = self._origin.read(path)
         if on_origin == committed.content:
             return IndexCheck(path, False, "the origin holds what was signed")
         found = "missing" if on_origin is None else f"sha256 {sha256_hex(on_origin)[:12]}…"
         if self._unmarked.get(path) == committed.sha256:
             return IndexCheck(path, False, f"origin copy is {found}; the newest write is pending")
+        if not repair:
+            return IndexCheck(path, False, f"origin copy is {found}", matches=False)
         self._origin.write(path, committed.content)
         log.warning("origin repaired: restored index file path=%s found=%s", path, found)
         return IndexCheck(path, True, f"origin copy was {found}; restored the signed file")
 
-    def _check_manifest(self, feature_id: str, version: releases.PublishedVersion) -> ManifestCheck:
+    def _check_manifest(
+        self, feature_id: str, version: releases.PublishedVersion, repair: bool = True
+    ) -> ManifestCheck:
         path = manifest_path(feature_id, version.version)
-        recorded = self._store.get_manifest(feature_id, version.version)
         on_origin = self._origin.read(path)
         if on_origin is not None and sha256_hex(on_origin) == version.manifest_sha256:
             return ManifestCheck(feature_id, version.version, False, "matches the recorded hash")
+        recorded = self._store.get_manifest(feature_id, version.version)
         found = "missing" if on_origin is None else f"sha256 {sha256_hex(on_origin)[:12]}…"
+        if not repair:
+            return ManifestCheck(
+                feature_id, version.version, False, f"origin copy is {found}", matches=False
+            )
         if recorded is None or sha256_hex(recorded) != version.manifest_sha256:
             raise Unavailable(
                 f"the recorded manifest of {feature_id} {version.version} is missing from the "

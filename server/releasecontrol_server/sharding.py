@@ -58,6 +58,20 @@ class ShardedIndex:
         """Whether every non-empty bin has a committed shard and there is a top level."""
         return self.top is not None and set(self._shards) == set(self._bins)
 
+    def sha256_of(self, path: str) -> str | None:
+        """The SHA-256 of the committed index file or releases.json at origin `path`, from
+        memory; None for another path (or one not committed)."""
+        if path == REMOTE_INDEX_PATH:
+            return None if self.top is None else self.top.sha256
+        parts = path.split("/")
+        if len(parts) == 3 and parts[0] == "features" and parts[2] == "releases.json":
+            pin = self._bins.get(bin_of(parts[1], self.bits), {}).get(parts[1])
+            return None if pin is None else pin.sha256
+        if len(parts) == 3 and parts[0] == "index" and parts[1] == str(self.bits):
+            shard = self._shards.get(parts[2].removesuffix(".json"))
+            return None if shard is None else shard.sha256
+        return None
+
     def shard_files(self) -> list[SignedFile]:
         return [self._shards[name] for name in sorted(self._shards)]
 

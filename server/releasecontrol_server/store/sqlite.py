@@ -294,6 +294,25 @@ class SqliteStore:
             conn.close()
             raise
 
+    @classmethod
+    def open_reader(cls, path: Path) -> SqliteStore:
+        """A second, read-only connection to the database at `path`, with its own lock: for a
+        background reader (the origin check) that must not wait on, or hold up, the writer's
+        connection. WAL lets it read while the writer commits. Only reads work on it."""
+        reader = cls.__new__(cls)
+        reader.path = Path(path)
+        reader._lock = threading.RLock()
+        conn = sqlite3.connect(
+            f"file:{reader.path}?mode=ro",
+            uri=True,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        reader._db = Database(conn, recursive_triggers=False, execute_plugins=False)
+        reader._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        return reader
+
     def close(self) -> None:
         """Close the connection; the store cannot be used afterwards."""
         with self._lock:
