@@ -11,8 +11,10 @@ loads one feature, in a fresh browser context (empty cache) each run:
   roots/1.json, the shard, releases.json, the manifest), then `import()` of the
   entry, which fetches it.
 
-Timed in the page with performance.now() from the script's start to the entry's
-module namespace. Runs alternate; the medians are compared. Target: verified ≤
+Timed as a user waits: from the navigation's start (performance.now() in the
+page) to the entry's module namespace, the page's own loading included (the
+verified page imports the library as an app imports its bundle). Runs
+alternate; the medians are compared. Target: verified ≤
 1.3 times the baseline. Also recorded: the library as a browser loads it (the minified
 bundle, gzipped), target ≤ 15 KB.
 """
@@ -53,8 +55,7 @@ FULL = {"features": 1_000, "runs": 15}
 QUICK = {"features": 20, "runs": 3}
 
 _VERIFIED = """<!doctype html><meta charset="utf-8"><script type="module">
-const start = performance.now();
-const { FeatureHost, memoryState } = await import("/releasecontrol-host.min.js");
+import { FeatureHost, memoryState } from "/releasecontrol-host.min.js";
 const config = %(config)s;
 try {
   const host = new FeatureHost({ indexUrl: config.indexUrl, trust: config.trust,
@@ -62,12 +63,11 @@ try {
   const report = await host.refresh();
   if (!report.ok) throw new Error(JSON.stringify(report.refused));
   const namespace = await host.load(config.feature);
-  window.__result = { ms: performance.now() - start, exports: Object.keys(namespace) };
+  window.__result = { ms: performance.now(), exports: Object.keys(namespace) };
 } catch (error) { window.__result = { error: String(error) }; }
 </script>"""
 
 _BASELINE = """<!doctype html><meta charset="utf-8"><script type="module">
-const start = performance.now();
 const config = %(config)s;
 try {
   for (const url of config.files) {
@@ -75,7 +75,7 @@ try {
     await answer.arrayBuffer();
   }
   const namespace = await import(config.entryUrl);
-  window.__result = { ms: performance.now() - start, exports: Object.keys(namespace) };
+  window.__result = { ms: performance.now(), exports: Object.keys(namespace) };
 } catch (error) { window.__result = { error: String(error) }; }
 </script>"""
 
