@@ -82,7 +82,7 @@ FAILPOINT_AFTER_COMMIT = "after-commit"
 
 _RETRY_SECONDS = 5.0
 # Features whose state and releases.json are kept in memory for reads.
-_CACHED_FEATURES = 4096
+_CACHED_FEATURES = 16_384
 # Threads writing new files beside their place on the origin while the store
 # commits (two more: the commit, and the remote index's signature).
 _STAGE_THREADS = 3
@@ -304,6 +304,16 @@ class ReleaseController:
         with self._pending_lock:
             self._unmarked = {d.path: d.sha256 for d in self._store.pending_digests()}
         self._feature_ids = self._store.feature_ids()
+        # Every feature's state in memory from the start (up to _CACHED_FEATURES): a change
+        # or a read of a feature nobody touched since the start does not wait on SQLite.
+        after = ""
+        while len(self._states) < _CACHED_FEATURES:
+            page = self._store.list_features(after=after, limit=1000)
+            if not page:
+                break
+            for state in page:
+                self._states.put(state.feature_id, state)
+            after = page[-1].feature_id
         async with self._lock:
             await self._ensure_index()
             # The files every host reads (roots, remote-index.json, the shards): checked and
@@ -1174,6 +1184,9 @@ class _Recent(Generic[K, V]):
     def __init__(self, size: int) -> None:
         self._size = size
         self._items: OrderedDict[K, V] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def get(self, key: K) -> V | None:
         value = self._items.get(key)

@@ -42,10 +42,12 @@ class ShardedIndex:
         for feature_id, pin in pins.items():
             self._bins.setdefault(bin_of(feature_id, bits), {})[feature_id] = pin
         self._shards: dict[str, SignedFile] = {}
+        self._shard_pins: dict[str, Pin] = {}  # kept beside: a change pins them all again
         for name in self._bins:
             file = files.get(shard_path(bits, name))
             if file is not None:
                 self._shards[name] = file
+                self._shard_pins[name] = pin_of(file)
         self.top: SignedFile | None = files.get(REMOTE_INDEX_PATH)
 
     @property
@@ -97,7 +99,7 @@ class ShardedIndex:
             name: signer.shard_file(self.bits, name, features, sequence, now)
             for name, features in sorted(touched.items())
         }
-        pins = {name: pin_of(file) for name, file in self._shards.items()}
+        pins = dict(self._shard_pins)
         pins.update({name: pin_of(file) for name, file in shards.items()})
         top = signer.top_file(sequence, root_version, self.bits, pins, now)
         return [*shards.values(), top]
@@ -130,4 +132,6 @@ class ShardedIndex:
             if file.path == REMOTE_INDEX_PATH:
                 self.top = file
             else:
-                self._shards[file.path.rsplit("/", 1)[1].removesuffix(".json")] = file
+                name = file.path.rsplit("/", 1)[1].removesuffix(".json")
+                self._shards[name] = file
+                self._shard_pins[name] = pin_of(file)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,7 +33,15 @@ from releasecontrol.index import (
     releases_path,
 )
 from releasecontrol.manifest import sha256_hex
-from releasecontrol.shards import Pin, RemoteIndex, Shard, shard_path
+from releasecontrol.shards import (
+    TYPE_REMOTE_INDEX,
+    TYPE_SHARD,
+    Pin,
+    RemoteIndex,
+    Shard,
+    bin_name_valid,
+    shard_path,
+)
 from releasecontrol.trust import SigningKey, TrustStore
 from releasecontrol_server.releases import FeatureState
 from releasecontrol_server.store import SignedFile
@@ -149,16 +158,36 @@ class Signer:
     def shard_file(
         self, bits: int, name: str, features: Mapping[str, Pin], sequence: int, now: datetime
     ) -> SignedFile:
-        """The signed shard of bin `name`, pinning each of its features' releases.json."""
-        body = Shard(
-            bits=bits,
-            bin=name,
-            sequence=sequence,
-            features=features,
-            issued_at=now,
-            expires_at=self.expires_at(now),
-        ).to_dict()
-        return self._file(shard_path(bits, name), jcs(body), sequence)
+        """The signed shard of bin `name`, pinning each of its features' releases.json.
+
+        Built from each pin's JCS member, encoded once and kept (a shard changes one
+        entry at a time): `jcs(Shard(...).to_dict())` cost 0.6 ms a change at 10,000
+        features. Values the model would refuse go through the model, which raises.
+        """
+        if not _fast_ids(features) or not bin_name_valid(name, bits) or sequence < 0:
+            model = Shard(
+                bits=bits,
+                bin=name,
+                sequence=sequence,
+                features=features,
+                issued_at=now,
+                expires_at=self.expires_at(now),
+            )
+            return self._file(shard_path(bits, name), jcs(model.to_dict()), sequence)
+        head = jcs({"bin": name, "bits": bits, "expires_at": _time_text(self.expires_at(now))})
+        tail = jcs(
+            {
+                "issued_at": _time_text(now),
+                "schema_version": SCHEMA_VERSION,
+                "sequence": sequence,
+                "type": TYPE_SHARD,
+            }
+        )
+        members = b",".join(
+            _pin_member(fid, p.sha256, p.length, p.sequence) for fid, p in sorted(features.items())
+        )
+        body = head[:-1] + b',"features":{' + members + b"}," + tail[1:]
+        return self._file(shard_path(bits, name), body, sequence)
 
     def top_file(
         self,
@@ -168,16 +197,35 @@ class Signer:
         shards: Mapping[str, Pin],
         now: datetime,
     ) -> SignedFile:
-        """The signed remote-index.json pinning every shard, under root `root_version`."""
-        body = RemoteIndex(
-            sequence=sequence,
-            root_version=root_version,
-            bits=bits,
-            shards=shards,
-            issued_at=now,
-            expires_at=self.expires_at(now),
-        ).to_dict()
-        return self._file(REMOTE_INDEX_PATH, jcs(body), sequence)
+        """The signed remote-index.json pinning every shard, under root `root_version`.
+
+        Built from each shard pin's JCS member, encoded once and kept, as `shard_file`.
+        """
+        if not all(bin_name_valid(n, bits) for n in shards) or sequence < 0 or root_version < 1:
+            top = RemoteIndex(
+                sequence=sequence,
+                root_version=root_version,
+                bits=bits,
+                shards=shards,
+                issued_at=now,
+                expires_at=self.expires_at(now),
+            )
+            return self._file(REMOTE_INDEX_PATH, jcs(top.to_dict()), sequence)
+        members = b",".join(
+            _pin_member(n, p.sha256, p.length, p.sequence) for n, p in sorted(shards.items())
+        )
+        rest = jcs(
+            {
+                "expires_at": _time_text(self.expires_at(now)),
+                "issued_at": _time_text(now),
+                "root_version": root_version,
+                "schema_version": SCHEMA_VERSION,
+                "sequence": sequence,
+                "type": TYPE_REMOTE_INDEX,
+            }
+        )
+        body = b'{"bins":{"bits":' + jcs(bits) + b',"shards":{' + members + b"}}," + rest[1:]
+        return self._file(REMOTE_INDEX_PATH, body, sequence)
 
     def resign(self, file: SignedFile) -> SignedFile:
         """`file` with the same signed body signed by these keys instead: what a key rotation
@@ -219,6 +267,20 @@ _time_text = functools.lru_cache(maxsize=4096)(format_time)
 def _version_json(version: str, manifest_sha256: str, published_at: datetime) -> bytes:
     """One `versions` entry of releases.json, JCS, through the model (so its checks apply)."""
     return jcs(VersionEntry(version, manifest_sha256, published_at).to_dict())
+
+
+_FEATURE_ID = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def _fast_ids(features: Mapping[str, Pin]) -> bool:
+    """Whether every key is a plain feature id (ASCII: sorted by str is JCS's order)."""
+    return all(_FEATURE_ID.fullmatch(fid) for fid in features)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _pin_member(name: str, sha256: str, length: int, sequence: int) -> bytes:
+    """`"<name>":{"length":…,"sequence":…,"sha256":…}`, JCS, through the model's checks."""
+    return jcs(name) + b":" + jcs(Pin(sha256, length, sequence).to_dict())
 
 
 @functools.lru_cache(maxsize=4096)
