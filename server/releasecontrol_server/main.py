@@ -83,7 +83,6 @@ def open_dev_admin(config: Config) -> Config:
 async def serve(
     config: Config,
     *,
-    failpoint: str = "",
     on_ready: Callable[[dict[str, Any]], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
@@ -105,7 +104,6 @@ async def serve(
         signer=Signer(keyring.keys, config.index_expiry_seconds),
         hub=WatchHub(config.watch_queue_size),
         default_soak_seconds=config.default_soak_seconds,
-        failpoint=failpoint,
         roots=keyring.roots,
         root_version=keyring.root_version,
     )
@@ -288,7 +286,6 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(
             serve(
                 config,
-                failpoint=environ.get("RELEASECONTROL_FAILPOINT", ""),
                 on_ready=lambda endpoints: print(_banner(config, endpoints), flush=True),
             )
         )

@@ -376,7 +376,7 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
         else:
             require(AuthAction.READ)
             path = REMOTE_INDEX_PATH
-        return _release_index_bytes(self._controller.signed_file(path))
+        return _release_index_bytes(await self._controller.signed_file(path))
 
     @maps_errors
     async def GetStatus(  # type: ignore[override]  # answers with encoded bytes
@@ -434,7 +434,7 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
         token = _decode_token(request.page_token)
         if token and not token.isdigit():
             _decode_token("!")  # the same error as any foreign token
-        page = self._controller.transitions(
+        page = await self._controller.transitions(
             feature_id=request.feature_id, before_id=int(token or 0), limit=size + 1
         )
         more = len(page) > size

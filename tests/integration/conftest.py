@@ -27,6 +27,16 @@ from releasecontrol_server.launcher import LocalServer
 RunningServer = LocalServer
 
 
+KILLPOINTS = Path(__file__).resolve().parents[1] / "killpoints"
+
+
+def killed_at(point: str, nth: int = 1) -> dict[str, str]:
+    """The environment of a server that SIGKILLs itself the `nth` time it passes `point` of
+    the write path (tests/killpoints/sitecustomize.py)."""
+    path = os.pathsep.join(p for p in (str(KILLPOINTS), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path, "RELEASECONTROL_TEST_KILL": f"{point}:{nth}"}
+
+
 def start_server(home: Path, **extra_env: str) -> LocalServer:
     """Start `releasecontrol-server --dev` in `home` with `extra_env`; wait until it serves."""
     return LocalServer(home, env={"RELEASECONTROL_LOG_LEVEL": "INFO", **extra_env}).start()

@@ -13,6 +13,7 @@ from conftest import (
     changed_paths,
     folder_read,
     host_view,
+    killed_at,
     make_feature,
     online_keyids,
     origin_files,
@@ -461,7 +462,7 @@ def test_a_change_killed_after_commit_reaches_the_origin_on_restart(tmp_path: Pa
     finally:
         first.stop()
 
-    crashing = start_server(home, RELEASECONTROL_FAILPOINT="after-commit")
+    crashing = start_server(home, **killed_at("commit"))
     with pytest.raises(errors.Unavailable):
         crashing.client(timeout_seconds=10).deploy_canary("checkout", "1.0.0", soak_seconds=60)
     assert crashing.process.wait(timeout=15) != 0  # killed, not a clean exit

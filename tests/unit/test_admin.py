@@ -640,7 +640,7 @@ class TestChanges:
             assert (
                 await releaser.confirm(await releaser.review("checkout", **step))
             ).status_code == 303
-        history = releaser.controller.transitions(feature_id="checkout", before_id=0, limit=4)
+        history = await releaser.controller.transitions(feature_id="checkout", before_id=0, limit=4)
         records = [(t.record.action.value, t.record.version, t.record.actor) for t in history]
         assert records == [
             ("set_channel", "1.1.0", "ops-bot"),

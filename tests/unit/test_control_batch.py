@@ -94,7 +94,7 @@ class TestGroupCommit:
         assert [e.global_sequence for e in events if isinstance(e, ChangeEvent)] == [
             before + i + 1 for i in range(len(FEATURES))
         ]
-        transitions = controller.transitions(feature_id="", before_id=0, limit=6)
+        transitions = await controller.transitions(feature_id="", before_id=0, limit=6)
         assert sorted(t.record.feature_id for t in transitions) == FEATURES
         assert controller.status().pending_origin_writes == 0
 
@@ -142,7 +142,7 @@ class TestGroupCommit:
         self, controller: ReleaseController
     ) -> None:
         """A change whose caller is gone before the writer took it is dropped."""
-        async with controller._lock:  # the writer is busy
+        async with controller._writing:  # the writer is busy
             queued = asyncio.ensure_future(
                 change(controller, "feature-5", DeployCanary("1.0.0", 0))
             )

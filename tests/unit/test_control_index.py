@@ -161,7 +161,7 @@ class TestCrashBetweenCommitAndOrigin:
         with pytest.raises(Unavailable, match="committed as sequence 2"):
             await change(down, "checkout", Publish("1.1.0", digest("1.1.0")))
         committed = {
-            path: down.signed_file(path).content
+            path: (await down.signed_file(path)).content
             for path in (
                 REMOTE_INDEX_PATH,
                 releases_path("checkout"),
@@ -261,7 +261,9 @@ class TestUpgradeFromV1:
         upgraded = new_controller(tmp_path, roots=[root_file(1, KEY)], now=NOW + timedelta(days=1))
         await upgraded.start()
         try:
-            stored = Envelope.from_bytes(upgraded.signed_file(releases_path("checkout")).content)
+            stored = Envelope.from_bytes(
+                (await upgraded.signed_file(releases_path("checkout"))).content
+            )
             assert (stored.signed["schema_version"], stored.signed["sequence"]) == (2, 2)
             assert origin_top(origin).sequence == 3  # above the v1 global sequence 2
             assert verify_on_origin(origin, "checkout") == 2

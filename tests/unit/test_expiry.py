@@ -83,7 +83,7 @@ async def test_a_feature_past_half_its_index_lifetime_is_re_signed(tmp_path: Pat
     name, _ = remote.shard_of("checkout")
     shard = Shard.from_dict(on_origin(tmp_path, shard_path(remote.bits, name), key).signed)
     assert shard.expires_at == clock.now + timedelta(seconds=WEEK)  # its shard too
-    (latest,) = controller.transitions(feature_id="checkout", before_id=0, limit=1)
+    (latest,) = await controller.transitions(feature_id="checkout", before_id=0, limit=1)
     assert (latest.record.action, latest.record.actor) == (Action.RESIGN, ACTOR)
 
     assert await resigner.resign_due() == []  # fresh again

@@ -59,8 +59,9 @@ from releasecontrol_server.admin.signin import SignIn
 from releasecontrol_server.auth.authorize import Action, authorize, decide, permits
 from releasecontrol_server.auth.interceptor import Authenticator
 from releasecontrol_server.auth.principal import Principal
-from releasecontrol_server.control import Refreshed, ReleaseController, utc_now
+from releasecontrol_server.control import ReleaseController, utc_now
 from releasecontrol_server.releases import FeatureState
+from releasecontrol_server.repair import Refreshed
 from releasecontrol_server.store import StoredTransition
 
 log = logging.getLogger(__name__)
@@ -464,12 +465,12 @@ class AdminApp:
         params = ctx.request.query_params
         size = self._settings.history_page_size
         before = _int(params.get("before", ""), 0)
-        history = self._controller.transitions(
+        history = await self._controller.transitions(
             feature_id=feature_id, before_id=before, limit=size + 1
         )
         older = history[size - 1].id if len(history) > size else None
         history = history[:size]
-        done = self._done(feature_id, _int(params.get("done", ""), 0), history)
+        done = await self._done(feature_id, _int(params.get("done", ""), 0), history)
         versions = list(reversed(state.versions))
         may = {kind.value: decide(ctx.who, auth_action(kind), feature_id) for kind in Kind}
         refresh = decide(ctx.who, Action.REFRESH_MANIFESTS, feature_id)
@@ -512,11 +513,13 @@ class AdminApp:
             status,
         )
 
-    def _done(self, feature_id: str, done_id: int, shown: list[StoredTransition]) -> str | None:
+    async def _done(
+        self, feature_id: str, done_id: int, shown: list[StoredTransition]
+    ) -> str | None:
         """The sentence for a change just applied (`?done=<id>`), if it is this feature's."""
         if done_id <= 0:
             return None
-        found = [t for t in shown if t.id == done_id] or self._controller.transitions(
+        found = [t for t in shown if t.id == done_id] or await self._controller.transitions(
             feature_id=feature_id, before_id=done_id + 1, limit=1
         )
         if not found or found[0].id != done_id:

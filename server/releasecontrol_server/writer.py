@@ -1,0 +1,597 @@
+"""The write path: how a change reaches the store and the origin, in the order it happens.
+
+Everything here waits on disk, the origin or S3, so all of it runs in one thread
+of its own (the write thread), one batch of changes at a time; the event loop
+only queues changes, hands a batch over, and answers when it comes back
+(`control.ReleaseController`). For each batch, `Writer.write_batch`:
+
+1. prepares each change in arrival order: a request id seen before is answered
+   again (never applied twice); the state machine (`releases.apply`) decides on
+   top of the batch so far; the origin is checked not to be ahead of the store;
+   a published version's artifacts are written (artifact store first, then the
+   origin: content-addressed, so a crash leaves nothing wrong); its releases.json
+   is signed;
+2. signs the shard of every bin the batch touched and one remote-index.json
+   (`sharding.ShardedIndex`), while other threads write each new file, synced,
+   beside its place on the origin (`FilesystemOrigin.stage`);
+3. commits the states, audit records, signed files, the outbox and the request
+   ids in ONE store transaction (group commit: one sync for the batch);
+4. puts the files in place on the origin in the order pins point (releases.json,
+   shards, remote-index.json last) and marks them written (`flush`).
+
+A change is acknowledged only once the origin has it. If the origin write
+fails, the change stands (it committed), the caller hears exactly that, and the
+outbox is written again later; a process killed after step 3 writes it at its
+next start, so the origin never misses a committed change and never goes back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol, runtime_checkable
+
+from releasecontrol.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    Unavailable,
+    VerificationError,
+)
+from releasecontrol.index import (
+    REMOTE_INDEX_PATH,
+    SCHEMA_VERSION,
+    Envelope,
+    check_signatures,
+    releases_path,
+)
+from releasecontrol.manifest import artifact_path, manifest_path, sha256_hex
+from releasecontrol.shards import Pin
+from releasecontrol_server import releases
+from releasecontrol_server.origin import Origin
+from releasecontrol_server.origin.filesystem import FilesystemOrigin, Staged
+from releasecontrol_server.releases import ChangeMeta, Command, FeatureState
+from releasecontrol_server.sharding import ShardedIndex
+from releasecontrol_server.signer import Signer, pin_of
+from releasecontrol_server.store import Change, SignedFile, SqliteStore, StoredTransition
+from releasecontrol_server.upload import ReceivedAsset
+
+log = logging.getLogger(__name__)
+
+# Threads writing new files beside their place on the origin while the store commits.
+_STAGE_THREADS = 3
+
+
+@runtime_checkable
+class _Staging(Protocol):
+    """An origin that can write a file's bytes first and put it in place later."""
+
+    def stage(self, path: str, data: bytes) -> Staged: ...
+
+    def publish(self, staged: Staged) -> None: ...
+
+    def discard(self, staged: Staged) -> None: ...
+
+    def unchanged_since_written(self, path: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What a change request did: the feature afterwards and the audit record, if any."""
+
+    state: FeatureState
+    transition: StoredTransition | None
+    why_unchanged: str = ""
+
+
+@dataclass(frozen=True)
+class Request:
+    """A change as a caller asked it (the controller keeps who waits for its answer)."""
+
+    feature_id: str
+    command: Command
+    meta: ChangeMeta
+    rpc: str
+    request_id: str
+    encode: Callable[[Applied], bytes]
+    manifest: bytes | None
+    artifacts: Mapping[str, ReceivedAsset]
+
+
+@dataclass(frozen=True)
+class Committed:
+    """A change of the batch that committed: what the loop puts in its snapshot and tells."""
+
+    request: Request
+    change: Change
+    transition: StoredTransition
+    answer: bytes
+
+
+@dataclass
+class Batch:
+    """What `write_batch` did with a batch: an answer or an error per request, in order."""
+
+    answers: dict[int, bytes] = field(default_factory=dict)
+    """Index in the batch -> the encoded answer (a repeat, nothing to change, or committed)."""
+    errors: dict[int, BaseException] = field(default_factory=dict)
+    like: dict[int, int] = field(default_factory=dict)
+    """Index -> index of the earlier request with the same request_id: answered alike."""
+    committed: dict[int, Committed] = field(default_factory=dict)
+    """Index -> the change it committed, in arrival order."""
+    files: list[SignedFile] = field(default_factory=list)
+    """Every signed file the batch committed (releases.json, manifests, index files)."""
+    flushed: bool = True
+    """The origin has everything that committed."""
+
+
+def request_key(request: Request) -> str:
+    """What a request_id is bound to: the RPC and a digest of everything the request asks.
+
+    A retry carries the same key; the same id on another request (another feature,
+    version, reason…) is refused instead of being answered with the first one's result.
+    """
+    asked = repr(
+        (
+            request.feature_id,
+            request.command,
+            request.meta.actor,
+            request.meta.reason,
+            request.meta.ticket,
+            request.meta.expected_sequence,
+        )
+    )
+    return f"{request.rpc} {hashlib.sha256(asked.encode()).hexdigest()[:32]}"
+
+
+def _request_id_reused(request_id: str, first_key: str) -> InvalidArgument:
+    first_rpc = first_key.split(" ", 1)[0]
+    return InvalidArgument(
+        f"request_id {request_id!r} was already used for a different {first_rpc} request; "
+        "use a new request_id for a different request (a retry must repeat the request exactly)",
+        field="request_id",
+    )
+
+
+class Writer:
+    """The write path (see the module docstring). Only the write thread calls it, one call at
+    a time; `pending_count` may be read from anywhere."""
+
+    def __init__(
+        self,
+        *,
+        store: SqliteStore,
+        origin: Origin,
+        signer: Signer,
+        roots: Sequence[SignedFile] = (),
+        root_version: int = 1,
+    ) -> None:
+        self.store = store
+        self.origin = origin
+        self.signer = signer
+        self.roots = tuple(roots)
+        self.root_version = root_version
+        self.index = ShardedIndex({}, {})
+        # The committed state of every feature, and the global sequence of the last commit:
+        # the write thread's own; the event loop keeps its copy of what was answered.
+        self.states: dict[str, FeatureState] = {}
+        self.global_sequence = 0
+        # What the origin may lack, as the store's outbox says it (the writer is its only
+        # writer, so memory follows it): each committed file not yet marked written, path ->
+        # sha256. Written by the write thread, read by anyone (a dict read is atomic).
+        self.unmarked: dict[str, str] = {}
+        self._staging = origin if isinstance(origin, _Staging) else None
+        self._stage_pool = ThreadPoolExecutor(
+            _STAGE_THREADS, thread_name_prefix="releasecontrol-stage"
+        )
+
+    def close(self) -> None:
+        self._stage_pool.shutdown(wait=True)
+
+    def pending_count(self) -> int:
+        """How many committed files the origin may lack (the store's outbox, from memory)."""
+        return len(self.unmarked)
+
+    # -- start ---------------------------------------------------------------------------------
+
+    def load(self) -> list[str]:
+        """What the store holds: every feature's state, the index and the outbox. Returns the
+        staging files a killed process left on the origin, which are removed."""
+        self.global_sequence = self.store.global_sequence()
+        self.states = {}
+        after = ""
+        while page := self.store.list_features(after=after, limit=1000):
+            self.states.update((state.feature_id, state) for state in page)
+            after = page[-1].feature_id
+        pins = {
+            feature_id: Pin(d.sha256, d.length, d.sequence)
+            for feature_id, d in self.store.releases_digests().items()
+        }
+        self.index = ShardedIndex(pins, self.store.index_files())
+        self.unmarked = {d.path: d.sha256 for d in self.store.pending_digests()}
+        if isinstance(self.origin, FilesystemOrigin):
+            return self.origin.remove_leftovers()
+        return []
+
+    def install_keys(
+        self, signer: Signer, roots: Sequence[SignedFile], root_version: int, now: datetime
+    ) -> list[SignedFile]:
+        """Sign with `signer` under root `root_version` from now on (a key rotation): the new
+        roots committed, every index file signed again (`ensure_index`)."""
+        self.signer, self.roots, self.root_version = signer, tuple(roots), root_version
+        return self.ensure_index(now)
+
+    def ensure_index(self, now: datetime) -> list[SignedFile]:
+        """Commit the roots the store lacks, and every index file again when the top level
+        was not signed under the current root by the current keys (a rotation, or an origin
+        of host protocol v1). Returns the files committed."""
+        stored = self.store.index_files()
+        files = [r for r in self.roots if getattr(stored.get(r.path), "sha256", None) != r.sha256]
+        top = self.index.top
+        stale = top is not None and not self._current(top)
+        changed: dict[str, Pin] = {}
+        index_files: list[SignedFile] = []
+        if stale or (top is None and self.states) or (top and not self.index.complete):
+            releases_files = self._resign_releases(now)
+            changed = {f.path.split("/")[1]: pin_of(f) for f in releases_files}
+            index_files = self.index.rebuild(
+                signer=self.signer,
+                root_version=self.root_version,
+                now=now,
+                pins=changed,
+                sequence=max(self.index.sequence, self.global_sequence) + 1,
+            )
+            files += [*releases_files, *index_files]
+            log.info(
+                "index signed again root_version=%d releases=%d shards=%d sequence=%d",
+                self.root_version,
+                len(releases_files),
+                len(index_files) - 1,
+                index_files[-1].sequence,
+            )
+        if not files:
+            return []
+        self.store.commit_many([], index_files=files)
+        for file in files:
+            self.unmarked[file.path] = file.sha256
+        self.index.apply(changed, index_files)
+        return files
+
+    def _current(self, file: SignedFile) -> bool:
+        """Whether a stored top level is signed by our keys under the current root."""
+        try:
+            body = Envelope.from_bytes(file.content).signed
+        except VerificationError:
+            return False
+        return body.get("root_version") == self.root_version and self.signer.signed_by_us(
+            file.content
+        )
+
+    def _resign_releases(self, now: datetime) -> list[SignedFile]:
+        """Every releases.json not signed by our keys, signed again (the same body at the same
+        sequence; a v1 one rebuilt as schema 2 at the same sequence)."""
+        out: list[SignedFile] = []
+        for feature_id, state in sorted(self.states.items()):
+            file = self.store.signed_file(releases_path(feature_id))
+            if file is None:
+                continue
+            try:
+                schema = Envelope.from_bytes(file.content).signed.get("schema_version")
+            except VerificationError:
+                schema = None
+            if schema != SCHEMA_VERSION:
+                out.append(self.signer.releases_file(state, now))
+            elif not self.signer.signed_by_us(file.content):
+                out.append(self.signer.resign(file))
+        return out
+
+    # -- a batch of changes -------------------------------------------------------------------
+
+    def write_batch(self, batch: Sequence[Request], now: datetime) -> Batch:
+        """Apply `batch` in arrival order on top of the committed states: steps 1 to 4 of the
+        module docstring. Never raises for one request: its error is in the result."""
+        result = Batch()
+        prepared: list[tuple[int, Committed]] = []
+        batch_states: dict[str, FeatureState] = {}
+        pins: dict[str, Pin] = {}
+        first_by_id: dict[str, int] = {}
+        global_sequence = self.global_sequence
+        origin_checked = False
+        for at, request in enumerate(batch):
+            first = first_by_id.get(request.request_id) if request.request_id else None
+            if first is not None:
+                if request_key(batch[first]) != request_key(request):
+                    result.errors[at] = _request_id_reused(
+                        request.request_id, request_key(batch[first])
+                    )
+                else:
+                    result.like[at] = first
+                continue
+            if request.request_id:
+                first_by_id[request.request_id] = at
+            first_of_feature = request.feature_id not in batch_states
+            try:
+                item = self._prepare(
+                    request,
+                    now,
+                    global_sequence + 1,
+                    batch_states.get(request.feature_id) or self.states.get(request.feature_id),
+                    check_origin=first_of_feature,
+                    remote_index=not origin_checked,
+                )
+            except Exception as exc:
+                result.errors[at] = exc
+                continue
+            if isinstance(item, bytes):
+                result.answers[at] = item  # a repeat of an earlier request, or nothing to do
+                continue
+            origin_checked = True
+            prepared.append((at, item))
+            global_sequence += 1
+            batch_states[request.feature_id] = item.change.state
+            pins[request.feature_id] = pin_of(item.change.files[-1])
+        if not prepared:
+            return result
+        try:
+            result.files, result.flushed = self._commit([item for _, item in prepared], pins, now)
+        except Exception as exc:  # nothing committed
+            for at, _ in prepared:
+                result.errors[at] = exc
+            return result
+        for at, item in prepared:
+            result.answers[at] = item.answer
+        result.committed = dict(prepared)
+        return result
+
+    def _prepare(
+        self,
+        request: Request,
+        now: datetime,
+        global_sequence: int,
+        state: FeatureState | None,
+        *,
+        check_origin: bool,
+        remote_index: bool,
+    ) -> Committed | bytes:
+        """The change `request` makes on top of `state`, signed; or the answer's bytes when it
+        was answered already (a request_id seen before, or nothing changes)."""
+        feature_id, request_id = request.feature_id, request.request_id
+        rpc = request_key(request)  # stored with the answer, checked on a retry
+        if request_id:
+            prior = self.store.request_response(request_id)
+            if prior is not None:
+                prior_key, prior_bytes = prior
+                if prior_key != rpc:
+                    raise _request_id_reused(request_id, prior_key)
+                if self.pending_count() and not self.flush():
+                    # The first answer said "committed but not on the CDN": a retry must not
+                    # turn that into success while hosts still cannot see the change.
+                    raise Unavailable(
+                        f"request {request_id!r} committed earlier, but the CDN origin still "
+                        "lacks it; the server keeps retrying, and `releasectl release status` "
+                        "shows the pending writes"
+                    )
+                return prior_bytes
+        outcome = releases.apply(state, feature_id, request.command, request.meta, now)
+        if isinstance(outcome, releases.Unchanged):
+            answer = request.encode(Applied(outcome.state, None, outcome.why))
+            if request_id:
+                self.store.remember_request(request_id, rpc, answer)
+            return answer
+        if check_origin:  # False: an earlier change of the feature in the batch was checked
+            try:
+                self._refuse_if_origin_ahead(feature_id, remote_index=remote_index)
+            except OSError as exc:
+                raise Unavailable(
+                    f"reading {feature_id!r}'s index files on the CDN origin failed ({exc}); "
+                    "nothing was committed: retry when the origin is reachable"
+                ) from exc
+        try:
+            self._write_artifacts(request.artifacts)
+        except OSError as exc:
+            raise Unavailable(
+                f"writing the artifacts of {feature_id!r} to the CDN origin failed ({exc}); "
+                "nothing was committed: retry when the origin is reachable"
+            ) from exc
+        files: list[SignedFile] = []
+        stored_manifest: tuple[str, bytes] | None = None
+        if request.manifest is not None:
+            version = request.command.version
+            stored_manifest = (version, request.manifest)
+            files.append(
+                SignedFile(
+                    path=manifest_path(feature_id, version),
+                    content=request.manifest,
+                    sha256=sha256_hex(request.manifest),
+                    sequence=outcome.state.sequence,
+                )
+            )
+        files.append(self.signer.releases_file(outcome.state, now))  # last: see pins above
+        transition = StoredTransition(
+            id=global_sequence,
+            record=outcome.record,
+            global_sequence=global_sequence,
+            request_id=request_id,
+        )
+        answer = request.encode(Applied(outcome.state, transition))
+        change = Change(
+            state=outcome.state,
+            record=outcome.record,
+            global_sequence=global_sequence,
+            files=tuple(files),
+            manifest=stored_manifest,
+            request_id=request_id,
+            rpc=rpc,
+            response=answer,
+        )
+        return Committed(request, change, transition, answer)
+
+    def _refuse_if_origin_ahead(self, feature_id: str, *, remote_index: bool = True) -> None:
+        """Refuse to publish when the origin holds newer or different index files than the store.
+
+        Another writer, or a database restored from an old backup, would
+        otherwise make this server publish a lower sequence than hosts have seen.
+        `remote_index=False` checks only the feature's releases.json (a batch
+        checks remote-index.json once).
+        """
+        pending: set[str] | None = None
+        paths = [releases_path(feature_id)] + ([REMOTE_INDEX_PATH] if remote_index else [])
+        for path in paths:
+            if self._staging is not None and self._staging.unchanged_since_written(path):
+                continue  # it holds bytes this process wrote, all committed: never ahead
+            remote = self.origin.read(path)
+            if remote is None:
+                continue
+            ours = self.index.top if path == REMOTE_INDEX_PATH else self.store.signed_file(path)
+            if ours is not None and ours.content == remote:
+                continue  # the origin holds what this store committed last
+            try:
+                envelope = Envelope.from_bytes(remote)
+                remote_sequence = int(envelope.signed["sequence"])
+            except (VerificationError, KeyError, TypeError, ValueError):
+                # Unreadable bytes cannot be ahead of anything; ours replace them.
+                log.warning("origin file %s is not a signed index; it will be replaced", path)
+                continue
+            if not check_signatures(envelope, self.signer.own_trust()).verified:
+                # Only this control plane's keys can make a file hosts accept; anything else
+                # (a forged sequence, say) must not block changes, rollbacks included.
+                log.warning("origin file %s is not signed by our keys; it will be replaced", path)
+                continue
+            our_sequence = ours.sequence if ours else 0
+            if remote_sequence == our_sequence and pending is None:
+                pending = {f.path for f in self.store.pending_digests()}
+            if remote_sequence > our_sequence or (
+                remote_sequence == our_sequence and path not in (pending or ())
+            ):
+                what = "is ahead of" if remote_sequence > our_sequence else "differs from"
+                raise FailedPrecondition(
+                    f"the origin's {path} (sequence {remote_sequence}) {what} this control "
+                    f"plane's store (sequence {our_sequence}): another writer, or a database "
+                    "restored from an older backup; nothing was changed. Stop the other writer "
+                    "or restore the newest database, then retry"
+                )
+
+    def _write_artifacts(self, artifacts: Mapping[str, ReceivedAsset]) -> None:
+        # Content-addressed: an artifact already on the origin is the same bytes.
+        for asset in artifacts.values():
+            path = artifact_path(asset.sha256, asset.path)
+            if not self.origin.exists(path):
+                self.origin.write(path, asset.read())
+
+    def _commit(
+        self, prepared: list[Committed], pins: Mapping[str, Pin], now: datetime
+    ) -> tuple[list[SignedFile], bool]:
+        """Sign the batch's shards and top level, commit it with them, put every file in place
+        in order. Returns the files committed and whether the origin has them all.
+
+        Raises what the signing or the commit raises, having discarded what was staged:
+        then nothing committed.
+        """
+        changes = [item.change for item in prepared]
+        held = [f for c in changes for f in c.files]
+        # The files' bytes, synced beside their place, while the index is signed and the
+        # store commits (each fsync releases the GIL).
+        staging = [self._stage_pool.submit(self._stage, file) for file in held]
+        try:
+            index_files = self.index.next_files(
+                pins, signer=self.signer, root_version=self.root_version, now=now
+            )
+            staging += [self._stage_pool.submit(self._stage, file) for file in index_files]
+            self.store.commit_many(changes, index_files=index_files)
+        except BaseException:
+            self._discard_all(staging)
+            raise
+        # Committed: memory follows the store before anything else can fail.
+        files = [*held, *index_files]
+        for file in files:  # the outbox queues a path once, with its newest bytes
+            self.unmarked[file.path] = file.sha256
+        self.index.apply(pins, index_files)
+        self.states.update((c.state.feature_id, c.state) for c in changes)
+        self.global_sequence = changes[-1].global_sequence
+        staged: dict[tuple[str, str], Staged] = {}
+        for file, future in zip(files, staging, strict=True):
+            ready = future.result()  # _stage does not raise for a failed write
+            if ready is not None:
+                staged[(file.path, file.sha256)] = ready
+        try:
+            return files, self.flush(files, staged)
+        except Exception:  # the change stands; the outbox is written again later
+            log.exception("writing a committed batch to the origin failed")
+            return files, False
+
+    def _discard_all(self, staging: list[Future[Staged | None]]) -> None:
+        for future in staging:
+            staged = future.result()  # _stage does not raise for a failed write
+            if staged is not None:
+                self._discard(staged)
+
+    def _stage(self, file: SignedFile) -> Staged | None:
+        """In a stage thread: `file`'s bytes durable beside its place on the origin, if the
+        origin can do that (else, or when it fails, the flush writes it whole)."""
+        if self._staging is None:
+            return None
+        try:
+            return self._staging.stage(file.path, file.content)
+        except OSError as exc:
+            log.warning("origin write of %s failed: %s", file.path, exc)
+            return None
+
+    def _discard(self, staged: Staged) -> None:
+        if self._staging is not None:
+            try:
+                self._staging.discard(staged)
+            except OSError as exc:
+                log.warning("removing the temporary file %s failed: %s", staged.temp, exc)
+
+    # -- the outbox ----------------------------------------------------------------------------
+
+    def flush(
+        self,
+        held: Sequence[SignedFile] = (),
+        staged: Mapping[tuple[str, str], Staged] | None = None,
+    ) -> bool:
+        """Write the outbox to the origin in order; True when nothing is left pending.
+
+        `held`: files just committed, whose bytes need not be read back from the
+        store; `staged` (by path and sha256): those already written beside their
+        place, to be renamed into it. What is staged but not published is removed.
+        """
+        known = {(f.path, f.sha256): f for f in held}
+        unpublished = dict(staged or {})
+        written: list[tuple[str, str]] = []
+        try:
+            for digest in self.store.pending_digests():
+                key = (digest.path, digest.sha256)
+                ready = unpublished.pop(key, None)
+                if ready is not None and self._staging is not None:
+                    self._staging.publish(ready)
+                else:
+                    file = known.get(key) or self.store.signed_file(digest.path)
+                    if file is None:  # the outbox only names stored files
+                        continue
+                    self.origin.write(file.path, file.content)
+                written.append(key)
+        except OSError as exc:
+            log.warning("origin write failed, retried in the background: %s", exc)
+            return False
+        finally:
+            for ready in unpublished.values():
+                self._discard(ready)
+            self._mark_written(written)
+        return True
+
+    def _mark_written(self, written: Sequence[tuple[str, str]]) -> None:
+        """Drop `written` (path, sha256) from the outbox, in the store and then in memory, as
+        the store does: a file committed again since stays pending."""
+        self.store.mark_all_written(written)
+        for path, sha256 in written:
+            if self.unmarked.get(path) == sha256:
+                del self.unmarked[path]
+
+
+def utc_now() -> datetime:
+    """Now, in UTC, to the second: index files carry whole seconds."""
+    return datetime.now(UTC).replace(microsecond=0)

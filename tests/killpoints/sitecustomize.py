@@ -1,0 +1,65 @@
+"""Test-only fault injection: kill the server process at a chosen point of the write path.
+
+Loaded by Python at start from PYTHONPATH, only in a server process a test starts
+with `tests/killpoints` on PYTHONPATH and `RELEASECONTROL_TEST_KILL=<point>:<n>` set:
+the process SIGKILLs itself right after the n-th time (1-based) it passes <point>.
+
+Points, in the order a change passes them:
+
+- `artifact`: an artifact written to the origin (nothing committed yet);
+- `stage`: a new index file written beside its place on the origin (not committed);
+- `commit`: the store transaction of a batch committed (nothing in place on the origin);
+- `publish`: one staged file renamed into place (the origin half written);
+- `mark`: the outbox marked written (everything done but the answer).
+
+Nothing of this is in the production modules: it wraps their methods from outside.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Any
+
+_lock = threading.Lock()
+_passes = 0
+
+
+def _install(point: str, nth: int) -> None:
+    from releasecontrol_server.origin.filesystem import FilesystemOrigin
+    from releasecontrol_server.store import SqliteStore
+
+    def after(owner: Any, name: str, counts: Any = None) -> None:
+        original = getattr(owner, name)
+
+        def wrapped(self: Any, *args: Any, **kwargs: Any) -> Any:
+            result = original(self, *args, **kwargs)
+            if counts is None or counts(args, kwargs):
+                global _passes
+                with _lock:
+                    _passes += 1
+                    if _passes >= nth:
+                        os.kill(os.getpid(), signal.SIGKILL)
+            return result
+
+        setattr(owner, name, wrapped)
+
+    if point == "artifact":
+        after(FilesystemOrigin, "write", lambda a, kw: str(a[0]).startswith("artifacts/"))
+    elif point == "stage":
+        after(FilesystemOrigin, "stage")
+    elif point == "commit":
+        after(SqliteStore, "commit_many", lambda a, kw: bool(a and a[0]))
+    elif point == "publish":
+        after(FilesystemOrigin, "publish")
+    elif point == "mark":
+        after(SqliteStore, "mark_all_written", lambda a, kw: bool(a and a[0]))
+    else:
+        raise SystemExit(f"RELEASECONTROL_TEST_KILL: unknown point {point!r}")
+
+
+_spec = os.environ.get("RELEASECONTROL_TEST_KILL", "")
+if _spec:
+    _point, _, _nth = _spec.partition(":")
+    _install(_point, int(_nth or "1"))
