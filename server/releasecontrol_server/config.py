@@ -117,6 +117,11 @@ class Config:
     s3_region: str | None = None
     """The bucket's region (`eu-west-1`); unset means boto3's own (AWS_REGION, the profile)."""
 
+    artifact_store: str
+    """Where the control plane keeps its own copy of every published artifact (for
+    `releasectl origin rebuild`): a folder (default `home/artifacts`), or `s3://bucket/prefix`
+    (at `s3_endpoint_url` in `s3_region` when set), separate from the CDN origin."""
+
     admin_listen: str = "127.0.0.1:8080"
     """Where the admin UI (`/_admin`) listens, `host:port`."""
 
@@ -456,6 +461,20 @@ def _parse_s3_region(raw: object, label: str, ctx: _Context) -> str | None:
     return text
 
 
+def _parse_artifact_store(raw: object, label: str, ctx: _Context) -> str:
+    fix = "set it to a folder, or to s3://BUCKET/PREFIX for a bucket"
+    if not isinstance(raw, str) or not raw.strip():
+        raise _bad(label, raw, fix)
+    text = raw.strip()
+    if not text.startswith("s3://"):
+        return str(_absolute(text, ctx.cwd))
+    bucket, _, prefix = text.removeprefix("s3://").partition("/")
+    checked = _parse_s3_bucket(bucket, label, ctx)
+    if checked is None:
+        raise _bad(label, raw, fix)
+    return f"s3://{checked}/{_parse_s3_prefix(prefix, label, ctx)}"
+
+
 def _parse_path(raw: object, label: str, ctx: _Context) -> Path:
     if not isinstance(raw, str) or not raw.strip():
         raise _bad(label, raw, "set it to a file or directory path")
@@ -623,6 +642,7 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("s3_prefix", _parse_s3_prefix, optional=True),
     _Setting("s3_endpoint_url", _parse_s3_endpoint_url, optional=True),
     _Setting("s3_region", _parse_s3_region, optional=True),
+    _Setting("artifact_store", _parse_artifact_store),
     _Setting("admin_listen", _listen(allow_empty=False, example="127.0.0.1:8080")),
     _Setting("admin_session_secret_path", _parse_path),
     _Setting("admin_session_seconds", _int_between(60, _DAY_SECONDS, "seconds")),
@@ -671,6 +691,7 @@ _SETTINGS: tuple[_Setting, ...] = (
 _BY_NAME = {setting.name: setting for setting in _SETTINGS}
 _TRUST_PAIR = ("trust_public_keys_json", "trust_public_keys_path")
 _S3_SETTINGS = ("s3_bucket", "s3_prefix", "s3_endpoint_url", "s3_region")
+_S3_SHARED = ("s3_endpoint_url", "s3_region")
 
 SETTING_NAMES: tuple[str, ...] = tuple(_BY_NAME)
 """Every setting, as a TOML key (and, upper-cased after RELEASECONTROL_, an env var)."""
@@ -684,6 +705,7 @@ ENV_VAR_NAMES: Mapping[str, tuple[str, ...]] = MappingProxyType(
 def _home_defaults(home: Path) -> dict[str, object]:
     return {
         "origin_dir": home / "origin",
+        "artifact_store": str(home / "artifacts"),
         "database_path": home / "releasecontrol.db",
         "tls_cert_path": home / "pki" / "server.pem",
         "tls_key_path": home / "pki" / "server-key.pem",
@@ -748,6 +770,7 @@ def load_config(
         values.setdefault(name, default)
     _choose_trust_source(values, sources, home)
     _check_origin(values, sources)
+    _check_artifact_store(values, sources)
     for name in SETTING_NAMES:
         sources.setdefault(name, "default")
 
@@ -794,8 +817,10 @@ def _check_origin(values: dict[str, Any], sources: dict[str, str]) -> None:
     origin_type = values.get("origin_type", "filesystem")
     type_label = sources.get("origin_type", "origin_type")
     if origin_type != "s3":
+        # The endpoint and region serve an artifact store in a bucket as well.
+        bucket_store = str(values.get("artifact_store", "")).startswith("s3://")
         for name in _S3_SETTINGS:
-            if values.get(name):
+            if values.get(name) and not (bucket_store and name in _S3_SHARED):
                 raise ConfigError(
                     f"{sources[name]} is set, but origin_type is {origin_type!r} "
                     f"({type_label}), so it would be ignored; set origin_type to 's3' "
@@ -820,6 +845,27 @@ def _check_origin(values: dict[str, Any], sources: dict[str, str]) -> None:
     if "origin_public_url" not in values:
         values["origin_public_url"] = _s3_bucket_url(
             bucket, prefix, values.get("s3_endpoint_url"), values.get("s3_region")
+        )
+
+
+def _check_artifact_store(values: dict[str, Any], sources: dict[str, str]) -> None:
+    """The artifact store is the control plane's own copy: never inside the origin it rebuilds."""
+    store = str(values["artifact_store"])
+    if store.startswith("s3://"):
+        same = values.get("origin_type") == "s3" and store == (
+            f"s3://{values.get('s3_bucket')}/{values.get('s3_prefix', '')}"
+        )
+    else:
+        origin = Path(values["origin_dir"])
+        same = values.get("origin_type") != "s3" and (
+            Path(store) == origin or origin in Path(store).parents
+        )
+    if same:
+        label = sources.get("artifact_store", "artifact_store (default)")
+        raise ConfigError(
+            f"{label} is {store!r}, inside the CDN origin; the artifact store is the copy an "
+            "emptied origin is rebuilt from, so put it beside the database instead "
+            "(e.g. RELEASECONTROL_HOME/artifacts)."
         )
 
 

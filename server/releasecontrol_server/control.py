@@ -2,7 +2,8 @@
 
 One way a change flows, and the event loop never waits on disk, the origin or S3:
 
-    RPC or admin form ── change() ──> queue ──> the drain task (one at a time)
+    RPC or admin form ── change() ──> (a publish: its artifacts kept, then on
+        the origin, on the artifact thread) ──> queue ──> the drain task (one at a time)
         ──> write thread: Writer.write_batch (writer.py): request ids, state
             machine, artifacts, signing, ONE store commit, origin writes
         ──> event loop: the in-memory snapshot updated, each caller answered,
@@ -10,6 +11,10 @@ One way a change flows, and the event loop never waits on disk, the origin or S3
 
 Everything that waits runs on a thread of its own:
 
+- the **artifact thread**: a publish's artifacts streamed from the upload's
+  spool into the artifact store (`artifacts.ArtifactStore`), then onto the
+  origin; content-addressed, so before the change commits is safe, and a
+  committed version's artifacts are always kept;
 - the **write thread** (one): every change (`Writer.write_batch`), key
   installs, the outbox retried, repairs of the origin. Whoever holds
   `_writing` (an asyncio lock) has it, so the loop applies a result to the
@@ -49,6 +54,8 @@ from typing import Generic, ParamSpec, TypeVar
 
 from releasecontrol.errors import NotFound, Unavailable
 from releasecontrol.index import REMOTE_INDEX_PATH
+from releasecontrol.manifest import artifact_path
+from releasecontrol_server.artifacts import ArtifactStore
 from releasecontrol_server.origin import Origin
 from releasecontrol_server.releases import ChangeMeta, Command, FeatureState
 from releasecontrol_server.repair import OriginCheck, Refreshed
@@ -95,6 +102,7 @@ class ReleaseController:
         *,
         store: SqliteStore,
         origin: Origin,
+        artifacts: ArtifactStore,
         signer: Signer,
         hub: WatchHub,
         default_soak_seconds: int,
@@ -105,6 +113,8 @@ class ReleaseController:
         """`roots`: the signed roots to publish (roots/1.json …); `root_version`: the one every
         remote-index.json is signed under (see `install_keys`)."""
         self._store = store
+        self._origin = origin
+        self._artifacts = artifacts
         self._writer = Writer(
             store=store, origin=origin, signer=signer, roots=roots, root_version=root_version
         )
@@ -112,6 +122,7 @@ class ReleaseController:
         self._default_soak = default_soak_seconds
         self._clock = clock
         self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="releasecontrol-write")
+        self._artifact_thread = ThreadPoolExecutor(1, thread_name_prefix="releasecontrol-artifact")
         self._writing = asyncio.Lock()
         self._read_thread = ThreadPoolExecutor(1, thread_name_prefix="releasecontrol-read")
         self._reader: SqliteStore | None = None  # opened at start, used on the read thread
@@ -174,7 +185,8 @@ class ReleaseController:
             self._retry_task.cancel()
         if self._drain is not None and not self._drain.done():
             await asyncio.wait([self._drain])
-        for pool in (self._write_thread, self._read_thread, self._audit_thread):
+        pools = (self._write_thread, self._artifact_thread, self._read_thread, self._audit_thread)
+        for pool in pools:
             pool.shutdown(wait=True)
         self._writer.close()
         for reader in (self._reader, self._audit_store):
@@ -229,6 +241,8 @@ class ReleaseController:
         and global sequence, and each caller gets its own answer or error.
         """
         loop = asyncio.get_running_loop()
+        if artifacts:
+            await self._keep_artifacts(feature_id, artifacts)
         request = Request(
             feature_id=feature_id,
             command=command,
@@ -237,7 +251,6 @@ class ReleaseController:
             request_id=request_id,
             encode=encode,
             manifest=manifest,
-            artifacts=artifacts or {},
         )
         waiting = _Waiting(request, loop.create_future())
         self._queue.append(waiting)
@@ -246,6 +259,31 @@ class ReleaseController:
         # Cancelling the caller cancels only this wait: a change still queued is
         # then dropped, one already on the write thread completes.
         return decode(await waiting.answer)
+
+    async def _keep_artifacts(
+        self, feature_id: str, artifacts: Mapping[str, ReceivedAsset]
+    ) -> None:
+        """On the artifact thread: each artifact streamed into the artifact store, then onto
+        the origin, unless there already (content-addressed: the same bytes). Raises
+        Unavailable, with nothing committed, when either cannot be written."""
+        store, origin = self._artifacts, self._origin
+
+        def keep() -> None:
+            for asset in artifacts.values():
+                try:
+                    store.keep(asset.sha256, asset.file)
+                except OSError as exc:
+                    where = f"the artifact store {store.where}"
+                    raise _nothing_committed(feature_id, where, exc) from exc
+                path = artifact_path(asset.sha256, asset.path)
+                try:
+                    if not origin.exists(path):
+                        asset.file.seek(0)
+                        origin.write_file(path, asset.file)
+                except OSError as exc:
+                    raise _nothing_committed(feature_id, "the CDN origin", exc) from exc
+
+        await asyncio.get_running_loop().run_in_executor(self._artifact_thread, keep)
 
     async def _write_queued(self) -> None:
         """The drain task: hand what is queued to the write thread, a batch at a time."""
@@ -508,6 +546,13 @@ def _no_such_feature(feature_id: str) -> NotFound:
     return NotFound(
         f"feature {feature_id!r} does not exist; `releasectl release status` lists "
         "the features, and `releasectl publish` creates one"
+    )
+
+
+def _nothing_committed(feature_id: str, where: str, exc: OSError) -> Unavailable:
+    return Unavailable(
+        f"writing the artifacts of {feature_id!r} to {where} failed ({exc}); nothing was "
+        "committed: retry when it is reachable"
     )
 
 

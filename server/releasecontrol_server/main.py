@@ -33,6 +33,7 @@ from releasecontrol_server.admin import (
     create_app,
     load_or_create_secret,
 )
+from releasecontrol_server.artifacts import open_artifact_store
 from releasecontrol_server.audit import OriginAuditor
 from releasecontrol_server.auth.interceptor import AuthInterceptor, authenticator_for
 from releasecontrol_server.config import Config, load_config, split_listen_address
@@ -101,6 +102,7 @@ async def serve(
     controller = ReleaseController(
         store=store,
         origin=origin,
+        artifacts=open_artifact_store(config),
         signer=Signer(keyring.keys, config.index_expiry_seconds),
         hub=WatchHub(config.watch_queue_size),
         default_soak_seconds=config.default_soak_seconds,

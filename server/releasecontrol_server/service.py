@@ -568,7 +568,7 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
                     )
                     upload = Upload(manifest, max_total_bytes=self._max_publish_bytes)
                 elif kind == "chunk":
-                    upload.add(message.chunk.path, message.chunk.data)
+                    await upload.receive(message.chunk.path, message.chunk.data)
                 else:
                     raise InvalidArgument(
                         "a PublishVersion stream carries one header; send one stream per version",

@@ -2,13 +2,17 @@
 
 Nothing reaches the origin until every asset has arrived with the size and
 SHA-256 its manifest states, so a dropped stream leaves nothing half-published.
+Each chunk is hashed and spooled on a thread of this module's (`receive`), never
+on the event loop: a large upload does not hold up other calls.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import tempfile
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -16,6 +20,8 @@ from releasecontrol.errors import InvalidArgument
 
 # Files up to this size stay in memory; larger ones spill to a temporary file.
 _SPOOL_BYTES = 4 * 1024 * 1024
+# The threads that hash and spool chunks, for every upload (hashing releases the GIL).
+_RECEIVERS = ThreadPoolExecutor(2, thread_name_prefix="releasecontrol-upload")
 
 
 @dataclass
@@ -34,10 +40,6 @@ class ReceivedAsset:
     size: int
     file: IO[bytes]
 
-    def read(self) -> bytes:
-        self.file.seek(0)
-        return self.file.read()
-
 
 class Upload:
     """The artifacts of one PublishVersion stream, checked as they arrive."""
@@ -54,6 +56,10 @@ class Upload:
                 file=tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES),  # noqa: SIM115
                 digest=hashlib.sha256(),
             )
+
+    async def receive(self, path: str, data: bytes) -> None:
+        """`add`, on a receiving thread (one chunk at a time per upload: awaited in order)."""
+        await asyncio.get_running_loop().run_in_executor(_RECEIVERS, self.add, path, data)
 
     def add(self, path: str, data: bytes) -> None:
         """Append a chunk to asset `path`; InvalidArgument for an unlisted or oversized one."""

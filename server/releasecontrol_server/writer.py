@@ -8,9 +8,8 @@ only queues changes, hands a batch over, and answers when it comes back
 1. prepares each change in arrival order: a request id seen before is answered
    again (never applied twice); the state machine (`releases.apply`) decides on
    top of the batch so far; the origin is checked not to be ahead of the store;
-   a published version's artifacts are written (artifact store first, then the
-   origin: content-addressed, so a crash leaves nothing wrong); its releases.json
-   is signed;
+   its releases.json is signed (a published version's artifacts are in the
+   artifact store and on the origin already: `control.ReleaseController.change`);
 2. signs the shard of every bin the batch touched and one remote-index.json
    (`sharding.ShardedIndex`), while other threads write each new file, synced,
    beside its place on the origin (`FilesystemOrigin.stage`);
@@ -48,7 +47,7 @@ from releasecontrol.index import (
     check_signatures,
     releases_path,
 )
-from releasecontrol.manifest import artifact_path, manifest_path, sha256_hex
+from releasecontrol.manifest import manifest_path, sha256_hex
 from releasecontrol.shards import Pin
 from releasecontrol_server import releases
 from releasecontrol_server.origin import Origin
@@ -57,7 +56,6 @@ from releasecontrol_server.releases import ChangeMeta, Command, FeatureState
 from releasecontrol_server.sharding import ShardedIndex
 from releasecontrol_server.signer import Signer, pin_of
 from releasecontrol_server.store import Change, SignedFile, SqliteStore, StoredTransition
-from releasecontrol_server.upload import ReceivedAsset
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +96,6 @@ class Request:
     request_id: str
     encode: Callable[[Applied], bytes]
     manifest: bytes | None
-    artifacts: Mapping[str, ReceivedAsset]
 
 
 @dataclass(frozen=True)
@@ -389,13 +386,6 @@ class Writer:
                     f"reading {feature_id!r}'s index files on the CDN origin failed ({exc}); "
                     "nothing was committed: retry when the origin is reachable"
                 ) from exc
-        try:
-            self._write_artifacts(request.artifacts)
-        except OSError as exc:
-            raise Unavailable(
-                f"writing the artifacts of {feature_id!r} to the CDN origin failed ({exc}); "
-                "nothing was committed: retry when the origin is reachable"
-            ) from exc
         files: list[SignedFile] = []
         stored_manifest: tuple[str, bytes] | None = None
         if request.manifest is not None:
@@ -473,13 +463,6 @@ class Writer:
                     "restored from an older backup; nothing was changed. Stop the other writer "
                     "or restore the newest database, then retry"
                 )
-
-    def _write_artifacts(self, artifacts: Mapping[str, ReceivedAsset]) -> None:
-        # Content-addressed: an artifact already on the origin is the same bytes.
-        for asset in artifacts.values():
-            path = artifact_path(asset.sha256, asset.path)
-            if not self.origin.exists(path):
-                self.origin.write(path, asset.read())
 
     def _commit(
         self, prepared: list[Committed], pins: Mapping[str, Pin], now: datetime

@@ -100,6 +100,9 @@ class TestPublish:
             path = artifact_path(asset["sha256"], asset["path"])  # artifacts/<sha256>.js, .css
             assert path.endswith(PurePosixPath(asset["path"]).suffix)
             assert sha256(origin_file(server, path)) == asset["sha256"]
+            # The control plane keeps its own copy, by hash, beside the database.
+            kept = server.home / "artifacts" / asset["sha256"][:2] / asset["sha256"]
+            assert sha256(kept.read_bytes()) == asset["sha256"]
 
         # The HTTP origin serves the very same bytes, the root included.
         for path in ("remote-index.json", "roots/1.json", view.shard_path):

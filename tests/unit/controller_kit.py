@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from releasecontrol.index import Envelope
 from releasecontrol.shards import Pin, RemoteIndex, Shard, shard_path
 from releasecontrol.trust import SigningKey
+from releasecontrol_server.artifacts import ArtifactStore
 from releasecontrol_server.control import Applied, ReleaseController
 from releasecontrol_server.origin.filesystem import FilesystemOrigin
 from releasecontrol_server.releases import ChangeMeta, Command
@@ -41,6 +42,7 @@ def new_controller(
     return ReleaseController(
         store=SqliteStore(tmp_path / "db.sqlite"),
         origin=origin if origin is not None else FilesystemOrigin(tmp_path / "origin"),
+        artifacts=ArtifactStore.in_folder(tmp_path / "artifacts"),
         signer=Signer([key], 3600),
         hub=WatchHub(100),
         default_soak_seconds=0,

@@ -28,6 +28,7 @@ from releasecontrol.trust import SigningKey
 from releasecontrol_server import releases
 from releasecontrol_server.admin import AdminApp, AdminSettings
 from releasecontrol_server.admin.session import COOKIE_NAME
+from releasecontrol_server.artifacts import ArtifactStore
 from releasecontrol_server.auth.dfs import DfsAuthenticator, issue_dfs_token
 from releasecontrol_server.auth.interceptor import Authenticator, MtlsOnlyAuthenticator
 from releasecontrol_server.auth.tokens import TokenAuthenticator, create_token, revoke_tokens
@@ -60,6 +61,7 @@ def make_controller(
     controller = ReleaseController(
         store=store,
         origin=FilesystemOrigin(root / "origin"),
+        artifacts=ArtifactStore.in_folder(root / "artifacts"),
         signer=Signer([SigningKey.generate()], 7 * 24 * 3600),
         hub=hub or WatchHub(64),
         default_soak_seconds=1800,

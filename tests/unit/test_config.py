@@ -38,6 +38,7 @@ class TestDefaults:
         assert config.origin_http_listen == "127.0.0.1:4100"
         assert config.origin_public_url == "http://127.0.0.1:4100/"
         assert config.origin_type == "filesystem"
+        assert config.artifact_store == str(home / "artifacts")
         assert (config.s3_bucket, config.s3_prefix) == (None, "")
         assert (config.s3_endpoint_url, config.s3_region) == (None, None)
         assert config.admin_listen == "127.0.0.1:8080"
@@ -771,3 +772,71 @@ class TestAdminSettings:
         """A sign-in shorter than a minute or longer than a day is refused, naming the variable."""
         message = _message({"RELEASECONTROL_ADMIN_SESSION_SECONDS": value}, tmp_path)
         assert "RELEASECONTROL_ADMIN_SESSION_SECONDS" in message
+
+
+class TestArtifactStore:
+    def test_a_folder_resolves_against_cwd(self, tmp_path: Path) -> None:
+        config = load_config({"RELEASECONTROL_ARTIFACT_STORE": "kept"}, cwd=tmp_path)
+        assert config.artifact_store == str(tmp_path / "kept")
+
+    def test_a_bucket_with_a_prefix_and_the_shared_endpoint(self, tmp_path: Path) -> None:
+        """A bucket store may use s3_endpoint_url and s3_region with a filesystem origin."""
+        config = load_config(
+            {
+                "RELEASECONTROL_ARTIFACT_STORE": "s3://rc-artifacts/kept",
+                "RELEASECONTROL_S3_ENDPOINT_URL": "http://127.0.0.1:9000",
+                "RELEASECONTROL_S3_REGION": "eu-west-1",
+            },
+            cwd=tmp_path,
+        )
+        assert config.artifact_store == "s3://rc-artifacts/kept/"
+        assert config.origin_type == "filesystem"
+        assert config.s3_endpoint_url == "http://127.0.0.1:9000"
+
+    def test_the_origins_bucket_settings_stay_refused_with_a_folder_origin(
+        self, tmp_path: Path
+    ) -> None:
+        with pytest.raises(ConfigError, match="RELEASECONTROL_S3_BUCKET is set"):
+            load_config(
+                {
+                    "RELEASECONTROL_ARTIFACT_STORE": "s3://rc-artifacts",
+                    "RELEASECONTROL_S3_BUCKET": "rc-releases",
+                },
+                cwd=tmp_path,
+            )
+
+    @pytest.mark.parametrize(
+        ("value", "fix"),
+        [
+            ("s3://Not_A_Bucket/x", "bucket name"),
+            ("s3://rc-artifacts/../x", "key prefix"),
+            ("   ", "s3://BUCKET/PREFIX"),
+        ],
+    )
+    def test_a_bad_value_names_the_variable_and_the_fix(
+        self, tmp_path: Path, value: str, fix: str
+    ) -> None:
+        with pytest.raises(ConfigError, match="RELEASECONTROL_ARTIFACT_STORE") as caught:
+            load_config({"RELEASECONTROL_ARTIFACT_STORE": value}, cwd=tmp_path)
+        assert fix in caught.value.message
+
+    @pytest.mark.parametrize(
+        "environ",
+        [
+            {"RELEASECONTROL_ARTIFACT_STORE": "origin/artifacts"},
+            {
+                "RELEASECONTROL_ARTIFACT_STORE": "s3://rc-releases/p/",
+                **S3,
+                "RELEASECONTROL_S3_PREFIX": "p",
+            },
+        ],
+        ids=["folder-in-origin", "the-origins-bucket"],
+    )
+    def test_a_store_inside_the_origin_is_refused(
+        self, tmp_path: Path, environ: dict[str, str]
+    ) -> None:
+        environ = {"RELEASECONTROL_ORIGIN_DIR": "origin", **environ}
+        if "RELEASECONTROL_ORIGIN_TYPE" in environ:
+            del environ["RELEASECONTROL_ORIGIN_DIR"]
+        with pytest.raises(ConfigError, match="inside the CDN origin"):
+            load_config(environ, cwd=tmp_path)

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from releasecontrol.errors import FailedPrecondition, InvalidArgument
 from releasecontrol.trust import SigningKey
+from releasecontrol_server.artifacts import ArtifactStore
 from releasecontrol_server.control import Applied, ReleaseController
 from releasecontrol_server.origin.filesystem import FilesystemOrigin
 from releasecontrol_server.releases import ChangeMeta, Command, DeployCanary, Promote, Publish
@@ -46,6 +47,7 @@ async def controller(tmp_path: Path) -> AsyncIterator[ReleaseController]:
     control = ReleaseController(
         store=store,
         origin=FilesystemOrigin(tmp_path / "origin"),
+        artifacts=ArtifactStore.in_folder(tmp_path / "artifacts"),
         signer=Signer([KEY], 3600),
         hub=WatchHub(100),
         default_soak_seconds=0,

@@ -9,6 +9,7 @@ from releasecontrol.index import Envelope, ReleasesIndex, verify_signatures
 from releasecontrol.manifest import sha256_hex
 from releasecontrol.shards import RemoteIndex, Shard, shard_path
 from releasecontrol.trust import SigningKey, TrustStore
+from releasecontrol_server.artifacts import ArtifactStore
 from releasecontrol_server.control import ReleaseController
 from releasecontrol_server.expiry import ACTOR, Resigner
 from releasecontrol_server.origin.filesystem import FilesystemOrigin
@@ -34,6 +35,7 @@ async def build(tmp_path: Path, clock: Clock) -> tuple[ReleaseController, Signin
     controller = ReleaseController(
         store=SqliteStore(tmp_path / "db.sqlite"),
         origin=FilesystemOrigin(tmp_path / "origin"),
+        artifacts=ArtifactStore.in_folder(tmp_path / "artifacts"),
         signer=Signer([key], WEEK),
         hub=WatchHub(16),
         default_soak_seconds=0,

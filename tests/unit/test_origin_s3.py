@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import os
 import socket
 import uuid
 from collections.abc import Iterator
@@ -108,6 +109,29 @@ class TestS3Origin:
         assert origin.exists("features/checkout/releases.json")
         body = s3.get_object(Bucket=bucket, Key="features/checkout/releases.json")["Body"]
         assert body.read() == b'{"sequence": 1}'
+
+    def test_a_large_file_streams_in_parts_and_reads_back_as_a_stream(
+        self, origin: S3Origin, s3: Any, bucket: str, tmp_path: Path
+    ) -> None:
+        """write_file sends a file above the part size as a multipart upload, with the
+        artifact's headers; open reads it back a piece at a time."""
+        data = os.urandom(9 * 1024 * 1024) + b"tail"  # above the 8 MB part size
+        source = tmp_path / "big.js"
+        source.write_bytes(data)
+        path = f"artifacts/{hashlib.sha256(data).hexdigest()}.js"
+        with source.open("rb") as handle:
+            origin.write_file(path, handle)
+
+        head = s3.head_object(Bucket=bucket, Key=path)
+        assert head["ContentLength"] == len(data)
+        assert head["ETag"].strip('"').endswith("-2")  # two parts: it was streamed
+        assert head["CacheControl"] == "public, max-age=31536000, immutable"
+        stream = origin.open(path)
+        assert stream is not None
+        with stream:
+            assert stream.read(4) == data[:4]
+            assert stream.read() == data[4:]
+        assert origin.open("artifacts/none.js") is None
 
     def test_overwrite_replaces_the_object(self, origin: S3Origin) -> None:
         """A second write replaces the bytes."""

@@ -15,7 +15,7 @@ nothing a request carries can name a file outside the origin.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import IO, TYPE_CHECKING, Protocol, runtime_checkable
 
 from releasecontrol.errors import ConfigError
 
@@ -41,6 +41,16 @@ class Origin(Protocol):
 
     def exists(self, path: str) -> bool:
         """Whether a file is at `path`."""
+        ...
+
+    def write_file(self, path: str, source: IO[bytes]) -> None:
+        """`write` of `source`'s bytes from its current position, streamed (never in memory
+        whole): how artifacts of any size are written."""
+        ...
+
+    def open(self, path: str) -> IO[bytes] | None:
+        """The file at `path` for reading a piece at a time (closed by the caller), or None
+        when there is no such file."""
         ...
 
 

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from releasecontrol.files import file_stamp, fsync_dir
 from releasecontrol_server.origin import validate_origin_path
@@ -32,6 +35,8 @@ __all__ = ["FilesystemOrigin", "Staged"]
 
 # World-readable: a web server running as another user must be able to serve them.
 FILE_MODE = 0o644
+# How much of a streamed file is copied at a time.
+_PIECE = 1024 * 1024
 # Paths whose checked form is remembered (index files are read and written on every change).
 _KNOWN_PATHS = 65_536
 
@@ -72,6 +77,18 @@ class FilesystemOrigin:
         """
         self.publish(self.stage(path, data))
 
+    def write_file(self, path: str, source: IO[bytes]) -> None:
+        """`write` of what `source` holds from its current position, copied a piece at a time
+        (a large artifact is never in memory whole)."""
+        self.publish(self._stage(path, lambda handle: shutil.copyfileobj(source, handle, _PIECE)))
+
+    def open(self, path: str) -> IO[bytes] | None:
+        """The file at `path` opened for reading, or None when no file is there."""
+        try:
+            return self._file(path).open("rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+
     def stage(self, path: str, data: bytes) -> Staged:
         """The first half of `write`: `data` durable in a hidden file beside `path`.
 
@@ -79,13 +96,16 @@ class FilesystemOrigin:
         temporary file instead. Raises ValueError for an invalid path and
         OSError when the disk refuses (nothing is left behind then).
         """
+        return self._stage(path, lambda handle: handle.write(data))
+
+    def _stage(self, path: str, fill: Callable[[IO[bytes]], object]) -> Staged:
         target = self._file(path)
         _make_dirs(target.parent)
         fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         temp = Path(name)
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+                fill(handle)
                 handle.flush()
                 os.fchmod(handle.fileno(), FILE_MODE)
                 os.fsync(handle.fileno())

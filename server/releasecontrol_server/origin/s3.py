@@ -23,9 +23,11 @@ import base64
 import hashlib
 import logging
 import re
-from typing import Any
+from typing import IO, Any, cast
 
 import boto3
+import boto3.exceptions
+import boto3.s3.transfer
 import botocore.config
 import botocore.exceptions
 
@@ -42,6 +44,13 @@ _CLIENT_CONFIG = botocore.config.Config(
     connect_timeout=5,
     read_timeout=30,
     retries={"mode": "standard", "max_attempts": 3},
+)
+# Streamed writes: parts of 8 MB, two at a time (a publish is one of several things the
+# server does at once); no threads of boto3's own beyond those.
+_TRANSFER_CONFIG = boto3.s3.transfer.TransferConfig(
+    multipart_threshold=8 * 1024 * 1024,
+    multipart_chunksize=8 * 1024 * 1024,
+    max_concurrency=2,
 )
 # Error codes that mean "no such object" (HeadObject has no body, so only the status).
 _MISSING_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
@@ -134,6 +143,44 @@ class S3Origin:
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise self._os_error("PutObject", key, exc) from exc
         log.debug("s3 put bucket=%s key=%s bytes=%d", self.bucket, key, len(data))
+
+    def write_file(self, path: str, source: IO[bytes]) -> None:
+        """`write` of `source`'s bytes, streamed: boto3's managed transfer sends a large file
+        in parts (multipart upload, each part checksummed), a small one in one PutObject;
+        readers see the object only once it is complete."""
+        key = self.key(path)
+        try:
+            self._client.upload_fileobj(
+                source,
+                self.bucket,
+                key,
+                ExtraArgs={
+                    "ContentType": content_type(path),
+                    "CacheControl": cache_control(path),
+                    "ChecksumAlgorithm": "SHA256",
+                },
+                Config=_TRANSFER_CONFIG,
+            )
+        except (
+            botocore.exceptions.BotoCoreError,
+            botocore.exceptions.ClientError,
+            boto3.exceptions.S3UploadFailedError,
+        ) as exc:
+            raise self._os_error("upload", key, exc) from exc
+
+    def open(self, path: str) -> IO[bytes] | None:
+        """The object for `path` as a stream to read a piece at a time, or None when there is
+        no such object; raises OSError as `read` does."""
+        key = self.key(path)
+        try:
+            response = self._client.get_object(Bucket=self.bucket, Key=key)
+        except botocore.exceptions.ClientError as exc:
+            if _error_code(exc) in _MISSING_CODES:
+                return None
+            raise self._os_error("GetObject", key, exc) from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._os_error("GetObject", key, exc) from exc
+        return cast(IO[bytes], response["Body"])
 
     def read(self, path: str) -> bytes | None:
         """The bytes of the object for `path`, or None when there is no such object.
