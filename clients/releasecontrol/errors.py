@@ -10,6 +10,7 @@
     ├── Unauthenticated          no or bad credentials
     ├── PermissionDenied         credentials lack the role
     ├── Unavailable              the server cannot be reached
+    │   └── OriginPending        the change committed; the CDN origin does not have it yet
     ├── Internal                 the server failed; nothing the caller can fix
     ├── VerificationError        a signed index or file failed verification
     └── ConfigError              a setting is invalid; names the setting and the fix
@@ -78,6 +79,11 @@ class Unavailable(ReleaseControlError):
     """The server could not be reached or is shutting down."""
 
 
+class OriginPending(Unavailable):
+    """The change committed (it stands, with its sequence), but writing it to the CDN origin
+    failed; the server keeps retrying. Not a reason to send the change again."""
+
+
 class Internal(ReleaseControlError):
     """The server failed in a way the caller cannot fix."""
 
@@ -120,15 +126,20 @@ ERROR_DOMAIN = "releasecontrol.v1"
 SOAK_NOT_OVER = "SOAK_NOT_OVER"
 """`ErrorInfo.reason` of SoakNotOver; its metadata holds `seconds_left`."""
 
+ORIGIN_PENDING = "ORIGIN_PENDING"
+"""`ErrorInfo.reason` of OriginPending (an UNAVAILABLE that is the server's own word)."""
+
 
 def error_details(error: ReleaseControlError) -> tuple[str, dict[str, str]]:
     """The `ErrorInfo` reason and metadata that let a client raise `error` again as it was.
 
-    The reason is the gRPC code's name except for SoakNotOver; metadata holds
+    The reason is the gRPC code's name except for SoakNotOver and OriginPending; metadata holds
     `field` (InvalidArgument) or `seconds_left` (SoakNotOver) when set.
     """
     if isinstance(error, SoakNotOver):
         return SOAK_NOT_OVER, {"seconds_left": str(error.seconds_left)}
+    if isinstance(error, OriginPending):
+        return ORIGIN_PENDING, {}
     metadata = {"field": error.field} if isinstance(error, InvalidArgument) and error.field else {}
     return status_code_name(error), metadata
 
@@ -142,6 +153,8 @@ def from_grpc_code(
     if code_name == "FAILED_PRECONDITION" and reason == SOAK_NOT_OVER:
         seconds = metadata.get("seconds_left", "")
         return SoakNotOver(message, int(seconds) if seconds.isdigit() else 0)
+    if code_name == "UNAVAILABLE" and reason == ORIGIN_PENDING:
+        return OriginPending(message)
     if code_name == "INVALID_ARGUMENT":
         return InvalidArgument(message, field=metadata.get("field", ""))
     for cls, name in STATUS_CODE_NAMES.items():

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, ParamSpec, TypeVar
 
-from releasecontrol.errors import NotFound, Unavailable
+from releasecontrol.errors import NotFound, OriginPending, Unavailable
 from releasecontrol.index import REMOTE_INDEX_PATH
 from releasecontrol.manifest import artifact_path
 from releasecontrol_server.artifacts import ArtifactStore
@@ -337,7 +337,7 @@ class ReleaseController:
                 state = committed.change.state
                 _fail(
                     waiting.answer,
-                    Unavailable(
+                    OriginPending(
                         f"the change to {state.feature_id!r} committed as sequence "
                         f"{state.sequence}, but writing it to the CDN origin failed; the server "
                         "keeps retrying, and `releasectl release status` shows the pending writes"

@@ -37,6 +37,7 @@ from typing import Protocol, runtime_checkable
 from releasecontrol.errors import (
     FailedPrecondition,
     InvalidArgument,
+    OriginPending,
     Unavailable,
     VerificationError,
 )
@@ -366,7 +367,7 @@ class Writer:
                 if self.pending_count() and not self.flush():
                     # The first answer said "committed but not on the CDN": a retry must not
                     # turn that into success while hosts still cannot see the change.
-                    raise Unavailable(
+                    raise OriginPending(
                         f"request {request_id!r} committed earlier, but the CDN origin still "
                         "lacks it; the server keeps retrying, and `releasectl release status` "
                         "shows the pending writes"
