@@ -6,12 +6,31 @@ and the translation of gRPC status codes back into `releasecontrol.errors`.
 
     with ReleaseControlClient.from_environment() as client:
         status = client.get_status()
+
+Retries: gRPC's own retry is off; one loop in the client (`_retrying`) retries every
+unary call and PublishVersion, for `retry_seconds` (5 s by default: a server restart
+takes 1.3-2.6 s) from the first failure, backing off from 0.1 s to 1 s, each attempt
+within what is left of the call's timeout. It retries only an UNAVAILABLE that says
+nothing reached the server (no `releasecontrol.v1` ErrorInfo: connection refused or
+reset, the process gone) or that is the server's own "retry" (ErrorInfo reason
+UNAVAILABLE: shutting down, starting, origin unreadable and nothing committed). It
+never retries OriginPending (the change committed; the server retries the origin write
+itself) nor any other code. That is safe because reads change nothing and every change
+carries a request_id, one per logical call and the same on every attempt, that the
+server uses to apply it once. WatchReleases is not retried.
+
+Errors: an UNAVAILABLE the server sent keeps the server's message (OriginPending says
+the change committed and as which sequence); only one that never reached the server
+reads "cannot reach the ReleaseControl server at ...: is the server running?".
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -34,6 +53,7 @@ from releasecontrol.v1 import release_control_pb2 as pb
 from releasecontrol.v1 import release_control_pb2_grpc as pb_grpc
 
 __all__ = [
+    "DEFAULT_RETRY_SECONDS",
     "DEFAULT_TARGET",
     "ConnectionSettings",
     "ReleaseControlClient",
@@ -54,27 +74,17 @@ MAX_RECEIVE_BYTES = 64 * 1024 * 1024
 _STATUS_TRIES = 3
 _START_HINT = "is the server running? start it with `releasectl dev`"
 
-# Retry only UNAVAILABLE (nothing reached the server, or it is going away).
-# Transitions are safe to retry because every request carries a request_id the
-# server uses to apply it once.
-_SERVICE_CONFIG = json.dumps(
-    {
-        "methodConfig": [
-            {
-                "name": [{"service": "releasecontrol.v1.ReleaseControl"}],
-                "retryPolicy": {
-                    "maxAttempts": 3,
-                    "initialBackoff": "0.2s",
-                    "maxBackoff": "2s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ]
-    }
-)
+# The retry loop (`ReleaseControlClient._retrying`): how long it keeps trying after the
+# first retryable failure (covers a server restart, 1.3-2.6 s), and its backoff.
+DEFAULT_RETRY_SECONDS = 5.0
+_FIRST_BACKOFF_SECONDS = 0.1
+_MAX_BACKOFF_SECONDS = 1.0
+# The channel reconnects to a server that went away at most this far apart (gRPC's
+# default grows to 120 s: a server back after 2.6 s would be seen only after ~5 s).
+_RECONNECT_BACKOFF_MS = (100, 1000)  # initial, max
 
 _M = TypeVar("_M", bound=Message)
+_T = TypeVar("_T")
 
 ChannelName = Literal["stable", "canary"]
 _CHANNELS: dict[str, pb.Channel.ValueType] = {
@@ -231,8 +241,8 @@ def _context(
     expected_sequence: int | None,
     request_id: str,
 ) -> pb.ChangeContext:
-    # A fresh id per call when none is given, so gRPC's own retry of this very
-    # request is applied once by the server.
+    # A fresh id per logical call when none is given. The message is built once, before
+    # `_retrying`, so every attempt sends this same id and the server applies it once.
     return pb.ChangeContext(
         actor=actor,
         reason=reason,
@@ -242,8 +252,9 @@ def _context(
     )
 
 
-def _error_info(err: grpc.RpcError) -> tuple[str, dict[str, str]]:
-    """The reason and metadata of the ErrorInfo in a failed call's status details, if any."""
+def _error_info(err: grpc.RpcError) -> tuple[str, dict[str, str]] | None:
+    """The reason and metadata of the `releasecontrol.v1` ErrorInfo in a failed call's status
+    details; None when there is none (the failure did not come from the server's code)."""
     # Imported here, not at the top: only a failed call needs them (CLI start time).
     # googleapis-common-protos and grpcio-status ship no type information.
     from google.rpc import error_details_pb2  # type: ignore[import-untyped]
@@ -252,12 +263,28 @@ def _error_info(err: grpc.RpcError) -> tuple[str, dict[str, str]]:
     try:
         status = rpc_status.from_call(err)
     except (ValueError, AttributeError):  # details that do not match the call's status
-        return "", {}
+        return None
     for detail in status.details if status is not None else ():
         info = error_details_pb2.ErrorInfo()
         if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
             return info.reason, dict(info.metadata)
-    return "", {}
+    return None
+
+
+def _code_name(err: grpc.RpcError) -> str:
+    code = err.code() if callable(getattr(err, "code", None)) else None
+    return code.name if code is not None else "UNKNOWN"
+
+
+def _retryable(err: grpc.RpcError) -> bool:
+    """Whether `_retrying` may send the call again: UNAVAILABLE that never reached the
+    server's code (no releasecontrol ErrorInfo) or that the server sent as "retry"
+    (reason UNAVAILABLE). Not OriginPending (reason ORIGIN_PENDING: the change committed),
+    not any other code."""
+    if _code_name(err) != "UNAVAILABLE":
+        return False
+    info = _error_info(err)
+    return info is None or info[0] == "UNAVAILABLE"
 
 
 def _new_request_id() -> str:
@@ -283,16 +310,33 @@ class ReleaseControlClient:
     `grpc.RpcError`.
     """
 
-    def __init__(self, settings: ConnectionSettings, *, timeout_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        settings: ConnectionSettings,
+        *,
+        timeout_seconds: float = 30.0,
+        retry_seconds: float = DEFAULT_RETRY_SECONDS,
+    ) -> None:
+        """`timeout_seconds` bounds each call, retries included; `retry_seconds` is how long
+        after its first retryable failure a call is tried again (0: never)."""
+        if retry_seconds < 0:
+            raise InvalidArgument(
+                f"retry_seconds {retry_seconds} is negative: use 0 (no retry) or more",
+                field="retry_seconds",
+            )
         self.settings = settings
         self.timeout_seconds = timeout_seconds
+        self.retry_seconds = retry_seconds
         credentials = grpc.ssl_channel_credentials(
             root_certificates=settings.ca_pem,
             private_key=settings.key_pem,
             certificate_chain=settings.cert_pem,
         )
         options: list[tuple[str, Any]] = [
-            ("grpc.service_config", _SERVICE_CONFIG),
+            # One retry loop, ours (`_retrying`): gRPC's own would retry on top of it.
+            ("grpc.enable_retries", 0),
+            ("grpc.initial_reconnect_backoff_ms", _RECONNECT_BACKOFF_MS[0]),
+            ("grpc.max_reconnect_backoff_ms", _RECONNECT_BACKOFF_MS[1]),
             # GetReleaseIndex of remote-index.json names every feature: ~150 bytes
             # each, 15 MB at 100,000 features, over gRPC's 4 MiB default.
             ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
@@ -314,10 +358,11 @@ class ReleaseControlClient:
         home: Path | None = None,
         environ: Mapping[str, str] | None = None,
         timeout_seconds: float = 30.0,
+        retry_seconds: float = DEFAULT_RETRY_SECONDS,
     ) -> ReleaseControlClient:
         """A client for the server `resolve_connection` finds; raises ConfigError."""
         settings = resolve_connection(server=server, home=home, environ=environ)
-        return cls(settings, timeout_seconds=timeout_seconds)
+        return cls(settings, timeout_seconds=timeout_seconds, retry_seconds=retry_seconds)
 
     def close(self) -> None:
         self.channel.close()
@@ -336,12 +381,17 @@ class ReleaseControlClient:
     # -- the gRPC layer -------------------------------------------------------
 
     def _translate(self, err: grpc.RpcError) -> ReleaseControlError:
-        """The domain error for a failed call: the only place gRPC errors are mapped."""
-        code = err.code() if callable(getattr(err, "code", None)) else None
-        name = code.name if code is not None else "UNKNOWN"
+        """The domain error for a failed call: the only place gRPC errors are mapped.
+
+        An UNAVAILABLE the server sent (it carries our ErrorInfo: OriginPending, shutting
+        down, ...) keeps the server's message; only one that never reached the server's
+        code says the server cannot be reached.
+        """
+        name = _code_name(err)
         details = (err.details() if callable(getattr(err, "details", None)) else None) or ""
         target = self.settings.target
-        if name == "UNAVAILABLE":
+        info = _error_info(err)
+        if name == "UNAVAILABLE" and info is None:
             details = (
                 f"cannot reach the ReleaseControl server at {target} ({details}): {_START_HINT}"
             )
@@ -350,7 +400,7 @@ class ReleaseControlClient:
                 f"the ReleaseControl server at {target} did not answer in time ({details}): "
                 f"{_START_HINT}"
             )
-        reason, metadata = _error_info(err)
+        reason, metadata = info or ("", {})
         return from_grpc_code(name, details, reason, metadata)
 
     @contextmanager
@@ -360,22 +410,91 @@ class ReleaseControlClient:
         except grpc.RpcError as err:
             raise self._translate(err) from None
 
+    def _retrying(self, attempt: Callable[[float | None], _T], timeout: float | None) -> _T:
+        """`attempt(timeout_left)` until it succeeds, fails for good, or time is up.
+
+        The one retry loop of the client (gRPC's own is off). Only what `_retryable`
+        allows is tried again: an UNAVAILABLE that never reached the server's code, or the
+        server's own "retry" UNAVAILABLE; never OriginPending, never another code. Sending
+        a call again is safe: reads change nothing, and every change carries a request_id
+        (one per logical call, in the message each attempt resends) that the server uses
+        to apply it once, answering a repeat with the first answer.
+
+        Tries again for `retry_seconds` after the first retryable failure (long enough
+        for a server restart), backing off 0.1 s, 0.2 s, ... up to 1 s (jittered; a pause
+        after a failure to reach the server ends early when the channel reconnects), so a
+        server that is not running fails in about `retry_seconds`. `timeout` (None: no
+        deadline) bounds the whole call: each attempt gets what is left of it.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        give_up_at: float | None = None
+        backoff = _FIRST_BACKOFF_SECONDS
+        while True:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                return attempt(left)
+            except grpc.RpcError as err:
+                if not _retryable(err):
+                    raise self._translate(err) from None
+                now = time.monotonic()
+                if give_up_at is None:
+                    give_up_at = now + self.retry_seconds
+                pause = min(backoff * random.uniform(0.8, 1.2), give_up_at - now)
+                if pause <= 0 or (deadline is not None and now + pause >= deadline):
+                    raise self._translate(err) from None
+                self._pause(pause, reconnecting=_error_info(err) is None)
+                backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
+
+    def _pause(self, seconds: float, *, reconnecting: bool) -> None:
+        """Wait `seconds` before the next attempt.
+
+        After a failure that never reached the server's code (`reconnecting`), stop as soon
+        as the channel connects again: a server back from a restart is used at once rather
+        than up to a whole backoff later. A channel that is connected already when the
+        pause starts (the failure came from the other end) waits the whole pause.
+        """
+        if not reconnecting:
+            time.sleep(seconds)
+            return
+        states: list[grpc.ChannelConnectivity] = []
+        changed = threading.Condition()
+
+        def on_change(state: grpc.ChannelConnectivity) -> None:
+            with changed:
+                states.append(state)
+                changed.notify_all()
+
+        def reconnected() -> bool:
+            ready = grpc.ChannelConnectivity.READY
+            return bool(states) and states[0] is not ready and states[-1] is ready
+
+        # The first state delivered is the channel's state now; then each change.
+        self.channel.subscribe(on_change, try_to_connect=True)
+        try:
+            with changed:
+                changed.wait_for(reconnected, timeout=seconds)
+        finally:
+            self.channel.unsubscribe(on_change)
+
     def _call(
         self,
         rpc: Any,
-        request: Any,
+        requests: Callable[[], Any],
         response_type: type[_M],
         *,
         timeout: float | None,
     ) -> _M:
-        with self._errors():
-            response = rpc(request, timeout=timeout, metadata=self._metadata)
+        """`rpc` through `_retrying`; `requests()` gives each attempt its request (unary) or a
+        new request iterator (client streaming) from the same source."""
+        response = self._retrying(
+            lambda left: rpc(requests(), timeout=left, metadata=self._metadata), timeout
+        )
         if not isinstance(response, response_type):  # the generated stubs guarantee it
             raise TypeError(f"expected {response_type.__name__}, got {type(response).__name__}")
         return response
 
     def _unary(self, rpc: Any, request: Message, response_type: type[_M]) -> _M:
-        return self._call(rpc, request, response_type, timeout=self.timeout_seconds)
+        return self._call(rpc, lambda: request, response_type, timeout=self.timeout_seconds)
 
     # -- reads ----------------------------------------------------------------
 
@@ -587,15 +706,24 @@ class ReleaseControlClient:
         The header carries the JSON of `source.manifest` (sizes and hashes filled
         in). Assets follow in manifest order, each as consecutive chunks of at
         most `chunk_size` bytes (an empty file sends none). `on_progress(sent,
-        total)` is called after each chunk, from gRPC's sending thread. No
-        deadline unless `timeout_seconds` is given: an upload may take long, and
-        a lost connection still fails the call. Raises InvalidArgument when a
+        total)` is called after each chunk, from gRPC's sending thread (a retried
+        upload starts again from 0). No deadline unless `timeout_seconds` is given:
+        an upload may take long, and a lost connection still fails the call. A
+        stream that fails as `_retrying` allows is sent again from the start, with
+        the same header and so the same request_id. Raises InvalidArgument when a
         file cannot be read, and a ReleaseControlError for what the server refuses.
         """
         _check_chunk_size(chunk_size)
-        failures: list[ReleaseControlError] = []
+        # The files each attempt could not read, one list per attempt: only the last
+        # attempt's count (an earlier stream's sending thread may still be winding down).
+        attempts: list[list[ReleaseControlError]] = []
 
         def chunks() -> Iterator[pb.ArtifactChunk]:
+            failures: list[ReleaseControlError] = []
+            attempts.append(failures)
+            return read(failures)
+
+        def read(failures: list[ReleaseControlError]) -> Iterator[pb.ArtifactChunk]:
             for asset in source.manifest["assets"]:
                 path = str(asset["path"])
                 file = source.files[path]
@@ -629,14 +757,14 @@ class ReleaseControlClient:
         )
         try:
             response = self._publish(
-                header, chunks(), source.total_bytes, on_progress, timeout_seconds
+                header, chunks, source.total_bytes, on_progress, timeout_seconds
             )
         except ReleaseControlError:
-            if failures:
-                raise failures[0] from None
+            if attempts and attempts[-1]:
+                raise attempts[-1][0] from None
             raise
-        if failures:
-            raise failures[0]
+        if attempts and attempts[-1]:
+            raise attempts[-1][0]
         return response
 
     def publish_raw(
@@ -681,28 +809,34 @@ class ReleaseControlClient:
             ),
         )
         total = sum(len(data) for data in files.values())
-        return self._publish(header, chunks(), total, None, timeout_seconds)
+        return self._publish(header, chunks, total, None, timeout_seconds)
 
     def _publish(
         self,
         header: pb.PublishHeader,
-        chunks: Iterator[pb.ArtifactChunk],
+        chunks: Callable[[], Iterator[pb.ArtifactChunk]],
         total: int,
         on_progress: Callable[[int, int], None] | None,
         timeout_seconds: float | None,
     ) -> pb.PublishVersionResponse:
-        def requests() -> Iterator[pb.PublishVersionRequest]:
+        """PublishVersion of `header` then `chunks()`; each attempt of `_retrying` gets a new
+        stream from the start, with this same header (and so the same request_id)."""
+
+        def stream(body: Iterator[pb.ArtifactChunk]) -> Iterator[pb.PublishVersionRequest]:
             yield pb.PublishVersionRequest(header=header)
             sent = 0
-            for chunk in chunks:
+            for chunk in body:
                 yield pb.PublishVersionRequest(chunk=chunk)
                 sent += len(chunk.data)
                 if on_progress is not None:
                     on_progress(sent, total)
 
+        def requests() -> Iterator[pb.PublishVersionRequest]:
+            return stream(chunks())  # `chunks()` now, as the attempt starts
+
         return self._call(
             self._stub.PublishVersion,
-            requests(),
+            requests,
             pb.PublishVersionResponse,
             timeout=timeout_seconds,
         )

@@ -87,6 +87,11 @@ def _certificate(
 
 @pytest.fixture(scope="module")
 def pki() -> Pki:
+    return make_pki()
+
+
+def make_pki() -> Pki:
+    """A CA, a server pair for 127.0.0.1 and control.test, and a client pair."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = _certificate("test ca", ca_key, None, ca_key, ca=True)
     server_key = ec.generate_private_key(ec.SECP256R1())
@@ -210,9 +215,16 @@ def fake_server(pki: Pki) -> Iterator[FakeServer]:
         server.stop(grace=None).wait()
 
 
+# A short retry window: an UNAVAILABLE without the server's ErrorInfo (the fake server's
+# aborts, a refused connection) is retried for the whole of it (test_client_retry_loop.py).
+RETRY_SECONDS = 0.5
+
+
 @pytest.fixture
 def client(fake_server: FakeServer) -> Iterator[ReleaseControlClient]:
-    with ReleaseControlClient(fake_server.settings(), timeout_seconds=10) as c:
+    with ReleaseControlClient(
+        fake_server.settings(), timeout_seconds=10, retry_seconds=RETRY_SECONDS
+    ) as c:
         yield c
 
 
@@ -479,7 +491,8 @@ class TestErrorMapping:
     def test_unavailable_names_the_target_and_the_fix(
         self, client: ReleaseControlClient, fake_server: FakeServer
     ) -> None:
-        """UNAVAILABLE says which server could not be reached and how to start one."""
+        """UNAVAILABLE without the server's ErrorInfo says which server could not be reached
+        and how to start one."""
         with pytest.raises(errors.Unavailable) as caught:
             client.get_feature("UNAVAILABLE")
         assert fake_server.target in caught.value.message
@@ -497,7 +510,9 @@ class TestErrorMapping:
         target = f"127.0.0.1:{free_port()}"
         settings = ConnectionSettings(target, pki.ca, pki.client_cert, pki.client_key)
         with (
-            ReleaseControlClient(settings, timeout_seconds=10) as client,
+            ReleaseControlClient(
+                settings, timeout_seconds=10, retry_seconds=RETRY_SECONDS
+            ) as client,
             pytest.raises(errors.Unavailable) as caught,
         ):
             client.get_feature("ok")
@@ -512,7 +527,9 @@ class TestErrorMapping:
         other_ca = _certificate("other ca", other_key, None, other_key, ca=True)
         settings = fake_server.settings(ca_pem=other_ca.public_bytes(serialization.Encoding.PEM))
         with (
-            ReleaseControlClient(settings, timeout_seconds=10) as client,
+            ReleaseControlClient(
+                settings, timeout_seconds=10, retry_seconds=RETRY_SECONDS
+            ) as client,
             pytest.raises(errors.Unavailable, match=fake_server.target),
         ):
             client.get_feature("ok")
@@ -582,7 +599,7 @@ class TestCalls:
     def test_unavailable_is_retried_with_the_same_request_id(
         self, client: ReleaseControlClient, fake_server: FakeServer
     ) -> None:
-        """A change answered UNAVAILABLE is retried once more with the very same request_id."""
+        """A change answered UNAVAILABLE (no ErrorInfo) is sent again with the same request_id."""
         response = client.deploy_canary("flaky", "1.0.0")
         ids = [r.context.request_id for r in fake_server.recorder.canary_requests]
         assert len(ids) == 2 and ids[0] == ids[1] == response.transition.request_id
