@@ -566,6 +566,15 @@ class ReleaseControlClient:
         request = pb.RefreshManifestsRequest(feature_ids=list(feature_ids))
         return self._unary(self._stub.RefreshManifests, request, pb.RefreshManifestsResponse)
 
+    def rebuild_origin(self, *, force: bool = False) -> Iterator[pb.RebuildOriginResponse]:
+        """Have the server write everything hosts read back to the CDN origin (admin only),
+        yielding its progress as it goes; the last message is the summary. No deadline (a
+        large origin takes long) and not retried: run it again to pick up where it stopped."""
+        request = pb.RebuildOriginRequest(force=force)
+        with self._errors():
+            call = self._stub.RebuildOrigin(request, metadata=self._metadata)
+            yield from call
+
     def watch(self, feature_ids: Iterable[str] = ()) -> WatchStream:
         """Snapshots, then SYNCED, then every change, as they commit; no deadline.
 

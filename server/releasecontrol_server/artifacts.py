@@ -73,6 +73,15 @@ class ArtifactStore:
         when it is not kept. Raises OSError."""
         return self._backend.open(self._path(sha256))
 
+    def remove_leftovers(self) -> list[str]:
+        """The temporary files a process killed while keeping an artifact left in a folder
+        store, removed (a bucket shows an object only once complete: none there)."""
+        from releasecontrol_server.origin.filesystem import FilesystemOrigin
+
+        if isinstance(self._backend, FilesystemOrigin):
+            return self._backend.remove_leftovers()
+        return []
+
     def __repr__(self) -> str:
         return f"ArtifactStore({self.where!r})"
 

@@ -48,15 +48,16 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Generic, ParamSpec, TypeVar
 
-from releasecontrol.errors import NotFound, OriginPending, Unavailable
+from releasecontrol.errors import FailedPrecondition, NotFound, OriginPending, Unavailable
 from releasecontrol.index import REMOTE_INDEX_PATH
 from releasecontrol.manifest import artifact_path
 from releasecontrol_server.artifacts import ArtifactStore
 from releasecontrol_server.origin import Origin
+from releasecontrol_server.rebuild import Progress, Rebuild
 from releasecontrol_server.releases import ChangeMeta, Command, FeatureState
 from releasecontrol_server.repair import OriginCheck, Refreshed
 from releasecontrol_server.signer import Signer
@@ -131,6 +132,7 @@ class ReleaseController:
         self._queue: list[_Waiting] = []
         self._drain: asyncio.Task[None] | None = None
         self._retry_task: asyncio.Task[None] | None = None
+        self._rebuilding = False
         # The snapshot reads answer from; only the loop changes it, after each commit.
         self._states: dict[str, FeatureState] = {}
         self._feature_ids: list[str] = []  # every committed feature, in id order
@@ -155,9 +157,14 @@ class ReleaseController:
         files every host reads, and finish origin writes a crash left pending."""
         async with self._writing:
             leftovers = await self._on_write_thread(self._writer.load)
+            leftovers += [
+                f"{self._artifacts.where}/{path}"
+                for path in await self._on_write_thread(self._artifacts.remove_leftovers)
+            ]
             if leftovers:
                 log.warning(
-                    "removed %d temporary files a killed process left on the origin: %s",
+                    "removed %d temporary files a killed process left on the origin or in the "
+                    "artifact store: %s",
                     len(leftovers),
                     ", ".join(leftovers[:5]) + (" …" if len(leftovers) > 5 else ""),
                 )
@@ -445,6 +452,62 @@ class ReleaseController:
             manifests += repaired.manifests
             index += [c for c in repaired.index if c.restored or not c.matches]
         return Refreshed(manifests, index)
+
+    async def rebuild_origin(
+        self, report: Callable[[Progress], None], *, force: bool, actor: str
+    ) -> Progress:
+        """Put everything hosts read back on the origin (`rebuild.Rebuild`), after signing
+        the features the origin is ahead on above its sequences (a restored database).
+        `report` is called on the loop with each `Progress`; returns the last one. Raises
+        FailedPrecondition while another rebuild runs, Unavailable when the origin or the
+        artifact store fails."""
+        if self._rebuilding:
+            raise FailedPrecondition("an origin rebuild is running already; wait for it to end")
+        self._rebuilding = True
+        loop = asyncio.get_running_loop()
+        reader = SqliteStore.open_reader(self._store.path)
+        try:
+            async with self._writing:
+                meta = ChangeMeta(actor=actor, reason="origin rebuild", principal=actor)
+                batch = await self._on_write_thread(self._writer.reconcile, meta, self._clock())
+                self._settle([], batch)
+            reconciled = tuple(c.change.state.feature_id for c in batch.committed.values())
+            report(Progress("reconcile", reconciled=reconciled))
+
+            def tell(progress: Progress) -> None:  # from the rebuild's threads
+                loop.call_soon_threadsafe(report, progress)
+
+            rebuild = Rebuild(
+                origin=self._origin,
+                artifacts=self._artifacts,
+                store=reader,
+                report=tell,
+                force=force,
+            )
+            states = self._all_features()
+            index_count = len(self._writer.roots) + len(states) + 1 + 2**self._writer.index.bits
+            await loop.run_in_executor(self._artifact_thread, rebuild.plan, states, index_count)
+            await loop.run_in_executor(self._artifact_thread, rebuild.artifacts_and_manifests)
+            async with self._writing:
+                await self._on_write_thread(rebuild.index, self._writer)
+        except OSError as exc:
+            raise Unavailable(
+                f"the origin rebuild stopped: {exc}; fix the origin or the artifact store and "
+                "run it again (what was written stays; it is picked up where it differs)"
+            ) from exc
+        finally:
+            self._rebuilding = False
+            await loop.run_in_executor(self._artifact_thread, reader.close)
+        done = replace(rebuild.progress, reconciled=reconciled)
+        log.info(
+            "origin rebuilt files=%d written=%d bytes=%d reconciled=%d missing_artifacts=%d",
+            done.done,
+            done.written,
+            done.bytes_written,
+            len(done.reconciled),
+            len(done.missing),
+        )
+        return done
 
     # -- reads: from the snapshot, else on the read thread -------------------
 

@@ -54,6 +54,7 @@ class Action(enum.StrEnum):
     ROLLBACK = "rollback"
     SET_CHANNEL = "set_channel"
     RESIGN = "resign"
+    RECONCILE = "reconcile"
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,20 @@ class Resign:
         return ""
 
 
-Command = Publish | DeployCanary | Promote | Rollback | SetChannel | Resign
+@dataclass(frozen=True)
+class Reconcile:
+    """Sign the unchanged state again above `above`, a sequence hosts may have seen: the CDN
+    origin served it, and the store is behind it (a database restored from an older
+    backup). Sequences only go up, so the feature jumps to `above` + 1."""
+
+    above: int
+
+    @property
+    def version(self) -> str:
+        return ""
+
+
+Command = Publish | DeployCanary | Promote | Rollback | SetChannel | Resign | Reconcile
 
 
 @dataclass(frozen=True)
@@ -215,7 +229,7 @@ def apply(
     FailedPrecondition (SoakNotOver) or StaleSequence, and then nothing changed.
     """
     validate_feature_id(feature_id)
-    if not isinstance(command, Resign):
+    if not isinstance(command, Resign | Reconcile):
         validate_version(command.version)
     _check_meta(meta)
     if state is None:
@@ -243,6 +257,21 @@ def apply(
             return _rollback(state, command, meta, now)
         case SetChannel():
             return _set_channel(state, command, meta, now)
+        case Reconcile(above=above):
+            if above < state.sequence:
+                raise ValueError(f"reconcile above {above}, below the state's {state.sequence}")
+            return _commit(
+                state,
+                meta,
+                now,
+                Action.RECONCILE,
+                state.stable or "",
+                f"signed again above sequence {above}, which the CDN origin served (the store "
+                "was restored from an older backup); nothing else changed",
+                stable=state.stable,
+                canary=state.canary,
+                sequence=above + 1,
+            )
         case Resign():
             return _commit(
                 state,
@@ -288,8 +317,10 @@ def _commit(
     stable: str | None,
     canary: Canary | None,
     versions: Sequence[PublishedVersion] | None = None,
+    sequence: int | None = None,
 ) -> Transition:
-    """The new state with sequence + 1, and the audit record describing the move."""
+    """The new state with sequence + 1 (or `sequence`, above it), and the audit record
+    describing the move."""
     new_versions = tuple(versions if versions is not None else state.versions)
     if stable is not None:
         new_versions = tuple(
@@ -298,7 +329,7 @@ def _commit(
         )
     new_state = FeatureState(
         feature_id=state.feature_id,
-        sequence=state.sequence + 1,
+        sequence=state.sequence + 1 if sequence is None else sequence,
         stable=stable,
         canary=canary,
         versions=new_versions,

@@ -24,7 +24,7 @@ from releasecontrol.manifest import manifest_path, sha256_hex
 from releasecontrol.shards import bin_of, shard_path
 from releasecontrol_server.releases import FeatureState, PublishedVersion
 from releasecontrol_server.store import SqliteStore
-from releasecontrol_server.writer import Writer
+from releasecontrol_server.writer import Writer, signed_sequence
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,27 @@ class OriginCheck:
         found = "missing" if on_origin is None else f"sha256 {sha256_hex(on_origin)[:12]}…"
         if writer.unmarked.get(path) == committed.sha256:
             return IndexCheck(path, False, f"origin copy is {found}; the newest write is pending")
+        if on_origin is not None:
+            ahead = signed_sequence(on_origin, writer.signer, path)
+            if ahead is not None and ahead >= committed.sequence:
+                # Never back: hosts that read it refuse anything older. A restored database
+                # is signed again above it by `releasectl origin rebuild`.
+                log.warning(
+                    "origin file %s (sequence %d) is ahead of the store (sequence %d); not "
+                    "replaced: another writer, or a restored database (run `releasectl origin "
+                    "rebuild`)",
+                    path,
+                    ahead,
+                    committed.sequence,
+                )
+                return IndexCheck(
+                    path,
+                    False,
+                    f"origin copy is ahead (sequence {ahead}, the store's {committed.sequence}): "
+                    "a restored database? `releasectl origin rebuild` signs the store's state "
+                    "above it",
+                    matches=False,
+                )
         if not repair:
             return IndexCheck(path, False, f"origin copy is {found}", matches=False)
         writer.origin.write(path, committed.content)

@@ -5,6 +5,7 @@ Nothing here decides a release rule: `releases.py` does, `control.py` runs it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import bisect
 import functools
@@ -35,6 +36,7 @@ from releasecontrol_server import releases
 from releasecontrol_server.auth.authorize import RPC_ACTIONS, permits, require, require_each
 from releasecontrol_server.auth.authorize import Action as AuthAction
 from releasecontrol_server.control import Applied, ReleaseController
+from releasecontrol_server.rebuild import Progress
 from releasecontrol_server.releases import Action, ChangeMeta, Channel, FeatureState
 from releasecontrol_server.store import SignedFile, StoredTransition
 from releasecontrol_server.upload import Upload
@@ -52,6 +54,7 @@ _ACTIONS = {
     Action.ROLLBACK: pb.TRANSITION_ACTION_ROLLBACK,
     Action.SET_CHANNEL: pb.TRANSITION_ACTION_SET_CHANNEL,
     Action.RESIGN: pb.TRANSITION_ACTION_RESIGN,
+    Action.RECONCILE: pb.TRANSITION_ACTION_RECONCILE,
 }
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -78,6 +81,23 @@ def _status_details(code: grpc.StatusCode, error: ReleaseControlError) -> tuple[
         error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
     )
     return (("grpc-status-details-bin", status.SerializeToString()),)
+
+
+_RUNNING: set[asyncio.Future[Progress]] = set()
+"""Rebuilds whose caller may have left: they run to their end."""
+
+
+def _progress_to_proto(progress: Progress) -> pb.RebuildOriginResponse:
+    return pb.RebuildOriginResponse(
+        stage=progress.stage,
+        files_done=progress.done,
+        files_total=max(progress.total, progress.done),
+        files_written=progress.written,
+        bytes_written=progress.bytes_written,
+        path=progress.path,
+        reconciled=progress.reconciled,
+        missing_artifacts=progress.missing,
+    )
 
 
 def maps_errors(method: F) -> F:
@@ -536,6 +556,35 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
                 for c in refreshed.index
             ],
         )
+
+    async def RebuildOrigin(
+        self, request: pb.RebuildOriginRequest, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.RebuildOriginResponse]:
+        """Progress as the rebuild goes; it runs to its end even if the caller leaves."""
+        try:
+            caller = require(AuthAction.ADMIN)
+        except ReleaseControlError as error:
+            await abort_with(error, context)
+            return
+        queue: asyncio.Queue[Progress] = asyncio.Queue()
+        running = asyncio.ensure_future(
+            self._controller.rebuild_origin(
+                queue.put_nowait, force=request.force, actor=caller.name
+            )
+        )
+        while not running.done() or not queue.empty():
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait({getter, running}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                yield _progress_to_proto(getter.result())
+            else:
+                getter.cancel()
+        try:
+            last = running.result()
+        except ReleaseControlError as error:
+            await abort_with(error, context)
+            return
+        yield _progress_to_proto(last)
 
     # -- writes --------------------------------------------------------------
 

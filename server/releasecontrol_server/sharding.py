@@ -74,6 +74,13 @@ class ShardedIndex:
             return None if shard is None else shard.sha256
         return None
 
+    def shard(self, path: str) -> SignedFile | None:
+        """The committed shard at origin `path`, if any."""
+        parts = path.split("/")
+        if len(parts) != 3 or parts[0] != "index" or parts[1] != str(self.bits):
+            return None
+        return self._shards.get(parts[2].removesuffix(".json"))
+
     def shard_files(self) -> list[SignedFile]:
         return [self._shards[name] for name in sorted(self._shards)]
 

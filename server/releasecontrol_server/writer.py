@@ -126,6 +126,18 @@ class Batch:
     """The origin has everything that committed."""
 
 
+_RECONCILE = Request(
+    feature_id="",
+    command=releases.Reconcile(0),
+    meta=ChangeMeta(actor=""),
+    rpc="RebuildOrigin",
+    request_id="",
+    encode=lambda applied: b"",
+    manifest=None,
+)
+"""What a reconcile's changes were asked by (nobody waits on their answers)."""
+
+
 def request_key(request: Request) -> str:
     """What a request_id is bound to: the RPC and a digest of everything the request asks.
 
@@ -433,23 +445,9 @@ class Writer:
         for path in paths:
             if self._staging is not None and self._staging.unchanged_since_written(path):
                 continue  # it holds bytes this process wrote, all committed: never ahead
-            remote = self.origin.read(path)
-            if remote is None:
-                continue
             ours = self.index.top if path == REMOTE_INDEX_PATH else self.store.signed_file(path)
-            if ours is not None and ours.content == remote:
-                continue  # the origin holds what this store committed last
-            try:
-                envelope = Envelope.from_bytes(remote)
-                remote_sequence = int(envelope.signed["sequence"])
-            except (VerificationError, KeyError, TypeError, ValueError):
-                # Unreadable bytes cannot be ahead of anything; ours replace them.
-                log.warning("origin file %s is not a signed index; it will be replaced", path)
-                continue
-            if not check_signatures(envelope, self.signer.own_trust()).verified:
-                # Only this control plane's keys can make a file hosts accept; anything else
-                # (a forged sequence, say) must not block changes, rollbacks included.
-                log.warning("origin file %s is not signed by our keys; it will be replaced", path)
+            remote_sequence = self._origin_sequence(path, ours)
+            if remote_sequence is None:
                 continue
             our_sequence = ours.sequence if ours else 0
             if remote_sequence == our_sequence and pending is None:
@@ -461,12 +459,86 @@ class Writer:
                 raise FailedPrecondition(
                     f"the origin's {path} (sequence {remote_sequence}) {what} this control "
                     f"plane's store (sequence {our_sequence}): another writer, or a database "
-                    "restored from an older backup; nothing was changed. Stop the other writer "
-                    "or restore the newest database, then retry"
+                    "restored from an older backup; nothing was changed. Stop the other writer; "
+                    "for a restored database, run `releasectl origin rebuild` to sign this "
+                    "store's state above the origin's sequences; then retry"
                 )
 
+    def _origin_sequence(self, path: str, ours: SignedFile | None) -> int | None:
+        """The sequence of the index file at `path` on the origin when it matters: it holds
+        other bytes than `ours`, signed by our keys (`signed_sequence`); else None. Raises
+        OSError when the origin cannot be read."""
+        remote = self.origin.read(path)
+        if remote is None or (ours is not None and ours.content == remote):
+            return None
+        return signed_sequence(remote, self.signer, path)
+
+    # -- a restored database -------------------------------------------------------------------
+
+    def reconcile(self, meta: ChangeMeta, now: datetime) -> Batch:
+        """Sign every feature whose releases.json on the origin has a sequence at or above
+        the store's (with other bytes) again above it, and the shards and top level above the
+        origin's: what a database restored from an older backup needs before it can publish,
+        since hosts refuse a lower sequence. Nothing else changes. Returns the batch committed
+        (empty when the origin is not ahead). Raises OSError when the origin cannot be read."""
+        above: dict[str, int] = {}
+        for feature_id, state in sorted(self.states.items()):
+            path = releases_path(feature_id)
+            remote = self._origin_sequence(path, self.store.signed_file(path))
+            if remote is not None and remote >= state.sequence:
+                above[feature_id] = remote
+        index_paths = [*(f.path for f in self.index.shard_files()), REMOTE_INDEX_PATH]
+        index_above = 0
+        for path in index_paths:
+            ours = self.index.top if path == REMOTE_INDEX_PATH else self.index.shard(path)
+            remote = self._origin_sequence(path, ours)
+            if remote is not None and remote >= (ours.sequence if ours else 0):
+                index_above = max(index_above, remote)
+        if not above and not index_above:
+            return Batch()
+        result = Batch()
+        prepared: list[Committed] = []
+        pins: dict[str, Pin] = {}
+        global_sequence = self.global_sequence
+        for feature_id, sequence in above.items():
+            outcome = releases.apply(
+                self.states[feature_id], feature_id, releases.Reconcile(sequence), meta, now
+            )
+            assert isinstance(outcome, releases.Transition)
+            global_sequence += 1
+            file = self.signer.releases_file(outcome.state, now)
+            transition = StoredTransition(
+                id=global_sequence,
+                record=outcome.record,
+                global_sequence=global_sequence,
+                request_id="",
+            )
+            change = Change(
+                state=outcome.state,
+                record=outcome.record,
+                global_sequence=global_sequence,
+                files=(file,),
+            )
+            prepared.append(Committed(_RECONCILE, change, transition, b""))
+            pins[feature_id] = pin_of(file)
+        sequence = max(self.index.sequence, index_above) + 1
+        result.files, result.flushed = self._commit(prepared, pins, now, index_sequence=sequence)
+        result.committed = dict(enumerate(prepared))
+        log.warning(
+            "reconciled with an origin ahead of the store: features=%d (%s) top_sequence=%d",
+            len(prepared),
+            ", ".join(list(above)[:5]) + (" …" if len(above) > 5 else ""),
+            sequence,
+        )
+        return result
+
     def _commit(
-        self, prepared: list[Committed], pins: Mapping[str, Pin], now: datetime
+        self,
+        prepared: list[Committed],
+        pins: Mapping[str, Pin],
+        now: datetime,
+        *,
+        index_sequence: int | None = None,
     ) -> tuple[list[SignedFile], bool]:
         """Sign the batch's shards and top level, commit it with them, put every file in place
         in order. Returns the files committed and whether the origin has them all.
@@ -481,7 +553,11 @@ class Writer:
         staging = [self._stage_pool.submit(self._stage, file) for file in held]
         try:
             index_files = self.index.next_files(
-                pins, signer=self.signer, root_version=self.root_version, now=now
+                pins,
+                signer=self.signer,
+                root_version=self.root_version,
+                now=now,
+                sequence=index_sequence,
             )
             staging += [self._stage_pool.submit(self._stage, file) for file in index_files]
             self.store.commit_many(changes, index_files=index_files)
@@ -574,6 +650,22 @@ class Writer:
         for path, sha256 in written:
             if self.unmarked.get(path) == sha256:
                 del self.unmarked[path]
+
+
+def signed_sequence(data: bytes, signer: Signer, path: str) -> int | None:
+    """The sequence of the index file `data` (found at origin `path`) if our keys signed it;
+    None for anything else: unreadable bytes, or a signature our keys did not make, cannot
+    outrank what we sign (a forged sequence must not block changes, rollbacks included)."""
+    try:
+        envelope = Envelope.from_bytes(data)
+        sequence = int(envelope.signed["sequence"])
+    except (VerificationError, KeyError, TypeError, ValueError):
+        log.warning("origin file %s is not a signed index; it will be replaced", path)
+        return None
+    if not check_signatures(envelope, signer.own_trust()).verified:
+        log.warning("origin file %s is not signed by our keys; it will be replaced", path)
+        return None
+    return sequence
 
 
 def utc_now() -> datetime:

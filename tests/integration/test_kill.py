@@ -420,16 +420,7 @@ def start_run(tmp_path: Path, seed: str) -> Run:
 @pytest.mark.parametrize(
     "point",
     [
-        pytest.param(
-            "artifact",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "tests/killpoints `artifact` wraps FilesystemOrigin.write, but since "
-                    "be9ac82 artifacts reach the origin through write_file: never killed"
-                ),
-            ),
-        ),
+        "artifact",
         "stage",
         "commit",
         "publish",

@@ -6,11 +6,17 @@ the process SIGKILLs itself right after the n-th time (1-based) it passes <point
 
 Points, in the order a change passes them:
 
-- `artifact`: an artifact written to the origin (nothing committed yet);
-- `stage`: a new index file written beside its place on the origin (not committed);
+- `artifact`: an artifact streamed onto the origin (kept in the artifact store before,
+  nothing committed yet);
+- `stage`: a new manifest or index file written beside its place on the origin (not
+  committed);
 - `commit`: the store transaction of a batch committed (nothing in place on the origin);
-- `publish`: one staged file renamed into place (the origin half written);
+- `publish`: one staged manifest or index file renamed into place (the origin half
+  written);
 - `mark`: the outbox marked written (everything done but the answer).
+
+(The artifact store is a FilesystemOrigin too: its writes, and artifacts', are counted by
+`artifact` only.)
 
 Nothing of this is in the production modules: it wraps their methods from outside.
 """
@@ -45,14 +51,17 @@ def _install(point: str, nth: int) -> None:
 
         setattr(owner, name, wrapped)
 
+    def signed(path: str) -> bool:  # a manifest or an index file, not an artifact
+        return path.endswith(".json")
+
     if point == "artifact":
-        after(FilesystemOrigin, "write", lambda a, kw: str(a[0]).startswith("artifacts/"))
+        after(FilesystemOrigin, "write_file", lambda a, kw: str(a[0]).startswith("artifacts/"))
     elif point == "stage":
-        after(FilesystemOrigin, "stage")
+        after(FilesystemOrigin, "stage", lambda a, kw: signed(str(a[0])))
     elif point == "commit":
         after(SqliteStore, "commit_many", lambda a, kw: bool(a and a[0]))
     elif point == "publish":
-        after(FilesystemOrigin, "publish")
+        after(FilesystemOrigin, "publish", lambda a, kw: signed(a[0].path))
     elif point == "mark":
         after(SqliteStore, "mark_all_written", lambda a, kw: bool(a and a[0]))
     else:

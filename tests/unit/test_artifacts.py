@@ -80,3 +80,15 @@ class TestStreamedOriginWrite:
         assert origin.open("artifacts/none") is None
         hidden = [p.name for p in (tmp_path / "origin").rglob(".*")]
         assert hidden == []
+
+
+def test_leftovers_of_a_killed_keep_are_removed(tmp_path: Path) -> None:
+    """A hidden temporary file a killed process left in a folder store goes at the next start;
+    kept artifacts stay."""
+    store = ArtifactStore.in_folder(tmp_path / "artifacts")
+    store.keep(sha(b"kept"), io.BytesIO(b"kept"))
+    leftover = tmp_path / "artifacts" / "ab" / f".{'ab' * 32}.x1y2.tmp"
+    leftover.parent.mkdir(parents=True, exist_ok=True)
+    leftover.write_bytes(b"half")
+    assert store.remove_leftovers() == [f"ab/.{'ab' * 32}.x1y2.tmp"]
+    assert not leftover.exists() and store.has(sha(b"kept"))

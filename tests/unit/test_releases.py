@@ -38,6 +38,7 @@ from releasecontrol_server.releases import (
     Promote,
     Publish,
     PublishedVersion,
+    Reconcile,
     Resign,
     Rollback,
     SetChannel,
@@ -1231,3 +1232,31 @@ class TestResign:
         """Only existing features are re-signed."""
         with pytest.raises(NotFound):
             apply(None, "checkout", Resign(), ChangeMeta(actor="releasecontrol"), NOW)
+
+
+class TestReconcile:
+    STATE = FeatureState(
+        feature_id="checkout",
+        sequence=4,
+        stable="1.0.0",
+        versions=(PublishedVersion("1.0.0", sha("1.0.0"), NOW, was_stable=True),),
+    )
+
+    def test_jumps_above_the_origins_sequence_and_changes_nothing_else(self) -> None:
+        """A restored state is signed again above what hosts saw: sequences only go up."""
+        outcome = apply(self.STATE, "checkout", Reconcile(9), ChangeMeta(actor="ops"), NOW)
+        assert isinstance(outcome, Transition)
+        assert (outcome.state.sequence, outcome.state.stable) == (10, "1.0.0")
+        assert outcome.state.versions == self.STATE.versions
+        assert outcome.record.action is Action.RECONCILE
+        assert outcome.record.sequence == 10
+        assert "above sequence 9" in outcome.record.detail
+
+    def test_at_the_same_sequence_it_still_goes_one_up(self) -> None:
+        """The origin at the store's sequence with other bytes: one above it."""
+        outcome = apply(self.STATE, "checkout", Reconcile(4), ChangeMeta(actor="ops"), NOW)
+        assert isinstance(outcome, Transition) and outcome.state.sequence == 5
+
+    def test_never_below_the_state(self) -> None:
+        with pytest.raises(ValueError, match="below"):
+            apply(self.STATE, "checkout", Reconcile(3), ChangeMeta(actor="ops"), NOW)

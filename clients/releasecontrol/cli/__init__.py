@@ -25,6 +25,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("releasecontrol.cli.keys", "keys"),
     "lint": ("releasecontrol.cli.lint", "lint"),
     "mock-cdn": ("releasecontrol.cli.mock_cdn", "mock_cdn"),
+    "origin": ("releasecontrol.cli.origin", "origin"),
     "publish": ("releasecontrol.cli.publish", "publish"),
     "release": ("releasecontrol.cli.release", "release"),
     "restore": ("releasecontrol.cli.backup", "restore"),

@@ -311,6 +311,7 @@ _ACTIONS = {
     pb.TRANSITION_ACTION_ROLLBACK: "rollback",
     pb.TRANSITION_ACTION_SET_CHANNEL: "set_channel",
     pb.TRANSITION_ACTION_RESIGN: "resign",
+    pb.TRANSITION_ACTION_RECONCILE: "reconcile",
 }
 
 

@@ -185,7 +185,7 @@ def status(
     if allow_dev_keys and index_url is None:
         raise click.UsageError("--allow-dev-keys applies to --index-url only", ctx)
     if index_url is not None:
-        _remote_status(ctx, index_url, features, allow_dev_keys, output)
+        remote_status(ctx, index_url, features, allow_dev_keys, output)
         return
     with open_client(ctx) as client:
         response = client.get_status(features)
@@ -288,13 +288,15 @@ def _is_file(name: str) -> bool:
     return name.endswith(".json")
 
 
-def _remote_status(
+def remote_status(
     ctx: click.Context,
     index_url: str,
     only: tuple[str, ...],
     allow_dev_keys: bool,
     output: str,
 ) -> None:
+    """What a stable and a canary host reading `index_url` load, verified (only the features
+    in `only`, when given), as a table or JSON; OneLineError naming what they refuse."""
     import tempfile  # here, like the host library: `release status` alone starts quicker
 
     from releasecontrol.host import FeatureHost

@@ -291,8 +291,23 @@ def verify() -> None:
     is_flag=True,
     help="Keep the temporary state directory (server log, origin, host caches) and print it.",
 )
+@click.option(
+    "--index-url",
+    metavar="URL",
+    default=None,
+    help="Instead of the flow in a temporary directory, check the CDN serving this "
+    "remote-index.json as hosts see it (after `releasectl origin rebuild`, say).",
+)
+@click.option(
+    "--allow-dev-keys",
+    is_flag=True,
+    help="With --index-url: count signatures by dev keys (local development only).",
+)
 @output_option
-def remote_cdn(keep: bool, output: str) -> None:
+@click.pass_context
+def remote_cdn(
+    ctx: click.Context, keep: bool, index_url: str | None, allow_dev_keys: bool, output: str
+) -> None:
     """Publish to a local CDN origin and check that hosts load and verify it, end to end.
 
     In a temporary directory: starts a control plane, publishes a sample
@@ -302,10 +317,24 @@ def remote_cdn(keep: bool, output: str) -> None:
     tampered releases.json is refused. Exits 0 only when all of it held; else
     names the failing step in one line and exits 1.
 
+    With --index-url, nothing is published: a stable and a canary host read that
+    CDN, verify every signature and hash with the trust file, and load every
+    feature; it exits 1 naming whatever they refuse.
+
     \b
     Example:
       releasectl verify remote-cdn --keep
+      releasectl verify remote-cdn --index-url https://cdn.example.com/remote-index.json
     """
+    if index_url is not None:
+        if keep:
+            raise click.UsageError("--keep applies to the flow, not to --index-url", ctx)
+        from releasecontrol.cli.release import remote_status
+
+        remote_status(ctx, index_url, (), allow_dev_keys, output)
+        return
+    if allow_dev_keys:
+        raise click.UsageError("--allow-dev-keys applies to --index-url only", ctx)
     # Refusals are expected in one step and every outcome is on the checklist:
     # keep the host library's warnings off the terminal.
     logging.getLogger("releasecontrol").addHandler(logging.NullHandler())

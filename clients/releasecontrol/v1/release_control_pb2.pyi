@@ -55,6 +55,10 @@ class _TransitionActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Tran
     TRANSITION_ACTION_SET_CHANNEL: _TransitionAction.ValueType  # 5
     TRANSITION_ACTION_RESIGN: _TransitionAction.ValueType  # 6
     """The index was signed again before it expired; nothing else changed."""
+    TRANSITION_ACTION_RECONCILE: _TransitionAction.ValueType  # 7
+    """Signed again above a sequence the CDN origin served (the store was restored
+    from an older backup); nothing else changed.
+    """
 
 class TransitionAction(_TransitionAction, metaclass=_TransitionActionEnumTypeWrapper): ...
 
@@ -66,6 +70,10 @@ TRANSITION_ACTION_ROLLBACK: TransitionAction.ValueType  # 4
 TRANSITION_ACTION_SET_CHANNEL: TransitionAction.ValueType  # 5
 TRANSITION_ACTION_RESIGN: TransitionAction.ValueType  # 6
 """The index was signed again before it expired; nothing else changed."""
+TRANSITION_ACTION_RECONCILE: TransitionAction.ValueType  # 7
+"""Signed again above a sequence the CDN origin served (the store was restored
+from an older backup); nothing else changed.
+"""
 Global___TransitionAction: _TypeAlias = TransitionAction  # noqa: Y015
 
 class _WatchEventType:
@@ -1144,3 +1152,77 @@ class ManifestCheck(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ManifestCheck: _TypeAlias = ManifestCheck  # noqa: Y015
+
+@_typing.final
+class RebuildOriginRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORCE_FIELD_NUMBER: _builtins.int
+    force: _builtins.bool
+    """Write every file, even where the origin holds it already (default: only
+    what is missing or differs; an artifact present by name is kept).
+    """
+    def __init__(
+        self,
+        *,
+        force: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RebuildOriginRequest: _TypeAlias = RebuildOriginRequest  # noqa: Y015
+
+@_typing.final
+class RebuildOriginResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAGE_FIELD_NUMBER: _builtins.int
+    FILES_DONE_FIELD_NUMBER: _builtins.int
+    FILES_TOTAL_FIELD_NUMBER: _builtins.int
+    FILES_WRITTEN_FIELD_NUMBER: _builtins.int
+    BYTES_WRITTEN_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    RECONCILED_FIELD_NUMBER: _builtins.int
+    MISSING_ARTIFACTS_FIELD_NUMBER: _builtins.int
+    stage: _builtins.str
+    """What the rebuild is doing: "reconcile", "artifacts", "manifests", "index", "done"."""
+    files_done: _builtins.int
+    """Files handled so far, of files_total (which is known once the plan is made)."""
+    files_total: _builtins.int
+    files_written: _builtins.int
+    """Of files_done, those written to the origin (missing, different, or forced)."""
+    bytes_written: _builtins.int
+    path: _builtins.str
+    """The last file handled."""
+    @_builtins.property
+    def reconciled(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Features signed again above the origin's sequences (a restored database)."""
+
+    @_builtins.property
+    def missing_artifacts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Artifacts neither the artifact store nor the origin holds (published before
+        the artifact store existed, then lost from the origin): "<sha256> <path>".
+        """
+
+    def __init__(
+        self,
+        *,
+        stage: _builtins.str = ...,
+        files_done: _builtins.int = ...,
+        files_total: _builtins.int = ...,
+        files_written: _builtins.int = ...,
+        bytes_written: _builtins.int = ...,
+        path: _builtins.str = ...,
+        reconciled: _abc.Iterable[_builtins.str] | None = ...,
+        missing_artifacts: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_written", b"bytes_written", "files_done", b"files_done", "files_total", b"files_total", "files_written", b"files_written", "missing_artifacts", b"missing_artifacts", "path", b"path", "reconciled", b"reconciled", "stage", b"stage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RebuildOriginResponse: _TypeAlias = RebuildOriginResponse  # noqa: Y015

@@ -94,6 +94,11 @@ class ReleaseControlStub:
                 request_serializer=releasecontrol_dot_v1_dot_release__control__pb2.RefreshManifestsRequest.SerializeToString,
                 response_deserializer=releasecontrol_dot_v1_dot_release__control__pb2.RefreshManifestsResponse.FromString,
                 _registered_method=True)
+        self.RebuildOrigin = channel.unary_stream(
+                '/releasecontrol.v1.ReleaseControl/RebuildOrigin',
+                request_serializer=releasecontrol_dot_v1_dot_release__control__pb2.RebuildOriginRequest.SerializeToString,
+                response_deserializer=releasecontrol_dot_v1_dot_release__control__pb2.RebuildOriginResponse.FromString,
+                _registered_method=True)
 
 
 class ReleaseControlServicer:
@@ -184,6 +189,17 @@ class ReleaseControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RebuildOrigin(self, request, context):
+        """Write everything hosts read back to the CDN origin (a lost, emptied or new
+        one): every artifact from the control plane's artifact store, every
+        manifest, every index file, the top level last. Where the origin serves
+        higher sequences than the store (a database restored from an older backup)
+        the features are signed again above them first. Streams progress; admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReleaseControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -246,6 +262,11 @@ def add_ReleaseControlServicer_to_server(servicer, server):
                     servicer.RefreshManifests,
                     request_deserializer=releasecontrol_dot_v1_dot_release__control__pb2.RefreshManifestsRequest.FromString,
                     response_serializer=releasecontrol_dot_v1_dot_release__control__pb2.RefreshManifestsResponse.SerializeToString,
+            ),
+            'RebuildOrigin': grpc.unary_stream_rpc_method_handler(
+                    servicer.RebuildOrigin,
+                    request_deserializer=releasecontrol_dot_v1_dot_release__control__pb2.RebuildOriginRequest.FromString,
+                    response_serializer=releasecontrol_dot_v1_dot_release__control__pb2.RebuildOriginResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -572,6 +593,33 @@ class ReleaseControl:
             '/releasecontrol.v1.ReleaseControl/RefreshManifests',
             releasecontrol_dot_v1_dot_release__control__pb2.RefreshManifestsRequest.SerializeToString,
             releasecontrol_dot_v1_dot_release__control__pb2.RefreshManifestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RebuildOrigin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/releasecontrol.v1.ReleaseControl/RebuildOrigin',
+            releasecontrol_dot_v1_dot_release__control__pb2.RebuildOriginRequest.SerializeToString,
+            releasecontrol_dot_v1_dot_release__control__pb2.RebuildOriginResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -61,6 +61,13 @@ class ReleaseControlStub:
     """The current state, then every change in commit order."""
     RefreshManifests: _grpc.UnaryUnaryMultiCallable[_release_control_pb2.RefreshManifestsRequest, _release_control_pb2.RefreshManifestsResponse]
     """Re-read manifests from the origin and re-verify them."""
+    RebuildOrigin: _grpc.UnaryStreamMultiCallable[_release_control_pb2.RebuildOriginRequest, _release_control_pb2.RebuildOriginResponse]
+    """Write everything hosts read back to the CDN origin (a lost, emptied or new
+    one): every artifact from the control plane's artifact store, every
+    manifest, every index file, the top level last. Where the origin serves
+    higher sequences than the store (a database restored from an older backup)
+    the features are signed again above them first. Streams progress; admin only.
+    """
 
 @_typing.type_check_only
 class ReleaseControlAsyncStub(ReleaseControlStub):
@@ -91,6 +98,13 @@ class ReleaseControlAsyncStub(ReleaseControlStub):
     """The current state, then every change in commit order."""
     RefreshManifests: _aio.UnaryUnaryMultiCallable[_release_control_pb2.RefreshManifestsRequest, _release_control_pb2.RefreshManifestsResponse]  # type: ignore[assignment]
     """Re-read manifests from the origin and re-verify them."""
+    RebuildOrigin: _aio.UnaryStreamMultiCallable[_release_control_pb2.RebuildOriginRequest, _release_control_pb2.RebuildOriginResponse]  # type: ignore[assignment]
+    """Write everything hosts read back to the CDN origin (a lost, emptied or new
+    one): every artifact from the control plane's artifact store, every
+    manifest, every index file, the top level last. Where the origin serves
+    higher sequences than the store (a database restored from an older backup)
+    the features are signed again above them first. Streams progress; admin only.
+    """
 
 class ReleaseControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -190,5 +204,18 @@ class ReleaseControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_release_control_pb2.RefreshManifestsResponse, _abc.Awaitable[_release_control_pb2.RefreshManifestsResponse]]:
         """Re-read manifests from the origin and re-verify them."""
+
+    @_abc_1.abstractmethod
+    def RebuildOrigin(
+        self,
+        request: _release_control_pb2.RebuildOriginRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_release_control_pb2.RebuildOriginResponse], _abc.AsyncIterator[_release_control_pb2.RebuildOriginResponse]]:
+        """Write everything hosts read back to the CDN origin (a lost, emptied or new
+        one): every artifact from the control plane's artifact store, every
+        manifest, every index file, the top level last. Where the origin serves
+        higher sequences than the store (a database restored from an older backup)
+        the features are signed again above them first. Streams progress; admin only.
+        """
 
 def add_ReleaseControlServicer_to_server(servicer: ReleaseControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

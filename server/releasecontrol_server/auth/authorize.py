@@ -75,6 +75,7 @@ RPC_ACTIONS: Mapping[str, Action] = MappingProxyType(
         "Rollback": Action.ROLLBACK,
         "SetChannel": Action.SET_CHANNEL,
         "RefreshManifests": Action.REFRESH_MANIFESTS,
+        "RebuildOrigin": Action.ADMIN,
     }
 )
 """Each RPC of releasecontrol.v1.ReleaseControl (method name) -> the action it performs."""

@@ -692,7 +692,11 @@ class SqliteStore:
         feature_id = change.state.feature_id
         stored = self._value("SELECT sequence FROM features WHERE feature_id = ?", [feature_id])
         stored_sequence = int(stored) if stored is not None else 0
-        if stored_sequence != change.state.sequence - 1:
+        # Only a reconcile jumps (above what the origin served); every other change is + 1.
+        jumps = change.record.action == Action.RECONCILE
+        if stored_sequence != change.state.sequence - 1 and not (
+            jumps and stored_sequence < change.state.sequence
+        ):
             raise StaleSequence(
                 f"feature {feature_id!r} is at sequence {stored_sequence} in the store, but the "
                 f"change was computed from sequence {change.state.sequence - 1}: someone else "
