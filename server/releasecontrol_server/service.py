@@ -18,15 +18,11 @@ from typing import Any, Generic, TypeVar, cast
 import grpc
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]  # no stubs
 from grpc import aio
 
 from releasecontrol.errors import (
-    ERROR_DOMAIN,
     InvalidArgument,
     ReleaseControlError,
-    error_details,
-    status_code_name,
 )
 from releasecontrol.index import REMOTE_INDEX_PATH, releases_path
 from releasecontrol.manifest import canonical_bytes, parse_manifest, sha256_hex, validate_feature_id
@@ -38,6 +34,7 @@ from releasecontrol_server.auth.authorize import Action as AuthAction
 from releasecontrol_server.control import Applied, ReleaseController
 from releasecontrol_server.rebuild import Progress
 from releasecontrol_server.releases import Action, ChangeMeta, Channel, FeatureState
+from releasecontrol_server.status import abort_with
 from releasecontrol_server.store import SignedFile, StoredTransition
 from releasecontrol_server.upload import Upload
 from releasecontrol_server.watch import ChangeEvent, Lagged, RefreshEvent
@@ -61,26 +58,6 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 K = TypeVar("K")
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["ReleaseControl"].full_name
-
-
-# -- the one place where domain errors become gRPC statuses --------------------
-
-
-async def abort_with(error: ReleaseControlError, context: aio.ServicerContext[Any, Any]) -> None:
-    """End the call with the status code of `error` and its message."""
-    code = getattr(grpc.StatusCode, status_code_name(error))
-    log.info("refused code=%s error=%s message=%r", code.name, type(error).__name__, error.message)
-    await context.abort(code, error.message, trailing_metadata=_status_details(code, error))
-
-
-def _status_details(code: grpc.StatusCode, error: ReleaseControlError) -> tuple[tuple[str, bytes]]:
-    """`grpc-status-details-bin`: a google.rpc.Status holding the error's ErrorInfo."""
-    reason, metadata = error_details(error)
-    status = status_pb2.Status(code=code.value[0], message=error.message)
-    status.details.add().Pack(
-        error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
-    )
-    return (("grpc-status-details-bin", status.SerializeToString()),)
 
 
 _RUNNING: set[asyncio.Future[Progress]] = set()

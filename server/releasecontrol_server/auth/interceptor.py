@@ -58,6 +58,7 @@ from releasecontrol_server.auth.dfs import (
 from releasecontrol_server.auth.principal import AuthContext, Metadata, Principal, Role
 from releasecontrol_server.auth.tokens import TokenAuthenticator
 from releasecontrol_server.pki import principal_from_certificate
+from releasecontrol_server.status import abort_with
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +309,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc ship
 
 
 async def _abort(context: Any, error: ReleaseControlError) -> NoReturn:
-    await context.abort(getattr(grpc.StatusCode, status_code_name(error)), error.message)
+    await abort_with(error, context)
     raise AssertionError("unreachable")  # context.abort raises
 
 
