@@ -14,6 +14,7 @@ host needing one feature reads the top level, one shard and one releases.json
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Mapping
@@ -88,9 +89,14 @@ def bin_of(feature_id: str, bits: int) -> str:
 def bin_name_valid(name: str, bits: int) -> bool:
     """True when `name` is a bin under `bits`: lowercase hex of the right width, below 2**bits."""
     _check_bits(bits)
+    return isinstance(name, str) and _hex_below(name, bits)
+
+
+@functools.lru_cache(maxsize=4096)
+def _hex_below(name: str, bits: int) -> bool:
+    # Cached: a signer checks every shard's name on every change.
     return (
-        isinstance(name, str)
-        and len(name) == _digits(bits)
+        len(name) == _digits(bits)
         and all(c in "0123456789abcdef" for c in name)
         and int(name, 16) < (1 << bits)
     )

@@ -190,8 +190,7 @@ class ReleaseController:
         """Stop retrying origin writes; wait for the changes the write thread took."""
         if self._retry_task is not None:
             self._retry_task.cancel()
-        if self._drain is not None and not self._drain.done():
-            await asyncio.wait([self._drain])
+        await self.idle()
         pools = (self._write_thread, self._artifact_thread, self._read_thread, self._audit_thread)
         for pool in pools:
             pool.shutdown(wait=True)
@@ -335,7 +334,7 @@ class ReleaseController:
                 item.change.global_sequence,
                 item.request.meta.actor,
             )
-        if not result.flushed:
+        if not result.flushed or self.pending_count():
             self._schedule_retry()
         for at, waiting in enumerate(batch):
             first = result.like.get(at, at)  # a repeated request_id: as its first request
@@ -359,6 +358,14 @@ class ReleaseController:
         for item in result.committed.values():
             change = item.change
             self._hub.publish(ChangeEvent(change.global_sequence, change.state, item.transition))
+
+    async def idle(self) -> None:
+        """Return once every queued change was answered, its files on the origin synced and
+        marked written in the store (whose outbox then lists exactly what the origin lacks)."""
+        while self._drain is not None and not self._drain.done():
+            await asyncio.wait([self._drain])
+        async with self._writing:
+            await self._on_write_thread(self._writer.settle)
 
     def pending_count(self) -> int:
         """How many committed files the origin may lack: the store's outbox, from memory."""

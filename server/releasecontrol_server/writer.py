@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from releasecontrol.errors import (
@@ -41,6 +43,7 @@ from releasecontrol.errors import (
     Unavailable,
     VerificationError,
 )
+from releasecontrol.files import fsync_dir
 from releasecontrol.index import (
     REMOTE_INDEX_PATH,
     SCHEMA_VERSION,
@@ -56,7 +59,13 @@ from releasecontrol_server.origin.filesystem import FilesystemOrigin, Staged
 from releasecontrol_server.releases import ChangeMeta, Command, FeatureState
 from releasecontrol_server.sharding import ShardedIndex
 from releasecontrol_server.signer import Signer, pin_of
-from releasecontrol_server.store import Change, SignedFile, SqliteStore, StoredTransition
+from releasecontrol_server.store import (
+    Change,
+    FileDigest,
+    SignedFile,
+    SqliteStore,
+    StoredTransition,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +77,9 @@ _STAGE_THREADS = 3
 class _Staging(Protocol):
     """An origin that can write a file's bytes first and put it in place later."""
 
-    def stage(self, path: str, data: bytes) -> Staged: ...
+    def stage(self, path: str, data: bytes, *, sync: bool = True) -> Staged: ...
 
-    def publish(self, staged: Staged) -> None: ...
+    def publish(self, staged: Staged, *, sync: bool = True) -> None: ...
 
     def discard(self, staged: Staged) -> None: ...
 
@@ -194,11 +203,19 @@ class Writer:
         # sha256. Written by the write thread, read by anyone (a dict read is atomic).
         self.unmarked: dict[str, str] = {}
         self._staging = origin if isinstance(origin, _Staging) else None
+        # Renamed into place, not yet synced: (path, sha256) and where it is; then the syncs
+        # running in the background (each: the keys synced, the keys that failed); then the
+        # keys synced and not yet marked written in the store (the next commit does).
+        self._unsynced: list[tuple[tuple[str, str], Path]] = []
+        self._syncing: list[Future[tuple[list[tuple[str, str]], list[tuple[str, str]]]]] = []
+        self._marks: list[tuple[str, str]] = []
+        self._sync_thread = ThreadPoolExecutor(1, thread_name_prefix="releasecontrol-sync")
         self._stage_pool = ThreadPoolExecutor(
             _STAGE_THREADS, thread_name_prefix="releasecontrol-stage"
         )
 
     def close(self) -> None:
+        self._sync_thread.shutdown(wait=True)
         self._stage_pool.shutdown(wait=True)
 
     def pending_count(self) -> int:
@@ -548,9 +565,7 @@ class Writer:
         """
         changes = [item.change for item in prepared]
         held = [f for c in changes for f in c.files]
-        # The files' bytes, synced beside their place, while the index is signed and the
-        # store commits (each fsync releases the GIL).
-        staging = [self._stage_pool.submit(self._stage, file) for file in held]
+        staged: dict[tuple[str, str], Staged] = {}
         try:
             index_files = self.index.next_files(
                 pins,
@@ -559,42 +574,39 @@ class Writer:
                 now=now,
                 sequence=index_sequence,
             )
-            staging += [self._stage_pool.submit(self._stage, file) for file in index_files]
-            self.store.commit_many(changes, index_files=index_files)
+            files = [*held, *index_files]
+            # Each file's bytes beside its place (not synced: `sync` makes them durable once
+            # they are in place): a few write calls, so done here rather than handed off.
+            for file in files:
+                ready = self._stage(file)
+                if ready is not None:
+                    staged[(file.path, file.sha256)] = ready
+            self._collect_syncs(wait=False)
+            self.store.commit_many(changes, index_files=index_files, written=self._marks)
         except BaseException:
-            self._discard_all(staging)
+            for ready in staged.values():
+                self._discard(ready)
             raise
+        self._marks = []
         # Committed: memory follows the store before anything else can fail.
-        files = [*held, *index_files]
         for file in files:  # the outbox queues a path once, with its newest bytes
             self.unmarked[file.path] = file.sha256
         self.index.apply(pins, index_files)
         self.states.update((c.state.feature_id, c.state) for c in changes)
         self.global_sequence = changes[-1].global_sequence
-        staged: dict[tuple[str, str], Staged] = {}
-        for file, future in zip(files, staging, strict=True):
-            ready = future.result()  # _stage does not raise for a failed write
-            if ready is not None:
-                staged[(file.path, file.sha256)] = ready
         try:
             return files, self.flush(files, staged)
         except Exception:  # the change stands; the outbox is written again later
             log.exception("writing a committed batch to the origin failed")
             return files, False
 
-    def _discard_all(self, staging: list[Future[Staged | None]]) -> None:
-        for future in staging:
-            staged = future.result()  # _stage does not raise for a failed write
-            if staged is not None:
-                self._discard(staged)
-
     def _stage(self, file: SignedFile) -> Staged | None:
-        """In a stage thread: `file`'s bytes durable beside its place on the origin, if the
-        origin can do that (else, or when it fails, the flush writes it whole)."""
+        """`file`'s bytes beside its place on the origin, if the origin can do that (else, or
+        when it fails, the flush writes it whole)."""
         if self._staging is None:
             return None
         try:
-            return self._staging.stage(file.path, file.content)
+            return self._staging.stage(file.path, file.content, sync=False)
         except OSError as exc:
             log.warning("origin write of %s failed: %s", file.path, exc)
             return None
@@ -613,26 +625,38 @@ class Writer:
         held: Sequence[SignedFile] = (),
         staged: Mapping[tuple[str, str], Staged] | None = None,
     ) -> bool:
-        """Write the outbox to the origin in order; True when nothing is left pending.
+        """Write the outbox to the origin in order; True when the origin has all of it.
 
         `held`: files just committed, whose bytes need not be read back from the
         store; `staged` (by path and sha256): those already written beside their
-        place, to be renamed into it. What is staged but not published is removed.
+        place, to be renamed into it (in place at once for readers, durable once
+        `sync` ran). What is staged but not published is removed.
         """
         known = {(f.path, f.sha256): f for f in held}
         unpublished = dict(staged or {})
         written: list[tuple[str, str]] = []
         try:
-            for digest in self.store.pending_digests():
+            # The outbox, from memory when it holds only what was just committed (the
+            # common case), else from the store, in the order pins point.
+            pending = (
+                [FileDigest(f.path, f.sha256, f.sequence) for f in held]
+                if held and self._only(held)
+                else self.store.pending_digests()
+            )
+            for digest in pending:
                 key = (digest.path, digest.sha256)
                 ready = unpublished.pop(key, None)
                 if ready is not None and self._staging is not None:
-                    self._staging.publish(ready)
-                else:
-                    file = known.get(key) or self.store.signed_file(digest.path)
-                    if file is None:  # the outbox only names stored files
-                        continue
-                    self.origin.write(file.path, file.content)
+                    # Renamed one after another, in the order pins point: a host sees
+                    # each file as soon as it is renamed.
+                    self._staging.publish(ready, sync=False)
+                    self._unsynced.append((key, ready.target))
+                    self._drop_unmarked(key)
+                    continue
+                file = known.get(key) or self.store.signed_file(digest.path)
+                if file is None:  # the outbox only names stored files
+                    continue
+                self.origin.write(file.path, file.content)  # durable when it returns
                 written.append(key)
         except OSError as exc:
             log.warning("origin write failed, retried in the background: %s", exc)
@@ -641,15 +665,76 @@ class Writer:
             for ready in unpublished.values():
                 self._discard(ready)
             self._mark_written(written)
+            if self._unsynced:
+                done, self._unsynced = self._unsynced, []
+                self._syncing.append(self._sync_thread.submit(self._sync, done))
         return True
+
+    def _sync(
+        self, done: list[tuple[tuple[str, str], Path]]
+    ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """On the sync thread: the files renamed into place, and their folders, synced (all
+        at once, on the stage threads). Returns the keys synced and those that failed."""
+        paths = {target for _, target in done} | {target.parent for _, target in done}
+        keys = [key for key, _ in done]
+        try:
+            list(self._stage_pool.map(_fsync_path, paths))  # raises what a sync raised
+        except OSError as exc:
+            log.warning("syncing the origin failed; written again in full: %s", exc)
+            return [], keys
+        return keys, []
+
+    def _collect_syncs(self, *, wait: bool) -> None:
+        """The background syncs that ended (all of them, with `wait`): what they synced is to
+        be marked written; what failed is pending again (the retry writes it in full)."""
+        running = []
+        for future in self._syncing:
+            if not wait and not future.done():
+                running.append(future)
+                continue
+            synced, failed = future.result()
+            self._marks += synced
+            for path, sha256 in failed:
+                self.unmarked.setdefault(path, sha256)
+        self._syncing = running
+
+    def settle(self) -> None:
+        """Wait for the background syncs and mark what they synced written in the store: the
+        outbox then says exactly what the origin may lack (before a stop, say)."""
+        self._collect_syncs(wait=True)
+        if self._marks:
+            self.store.mark_all_written(self._marks)
+            self._marks = []
+
+    def _only(self, held: Sequence[SignedFile]) -> bool:
+        """Whether the outbox holds exactly `held` (each path once, in order), as memory says."""
+        return len(self.unmarked) == len(held) and all(
+            self.unmarked.get(f.path) == f.sha256 for f in held
+        )
+
+    def _drop_unmarked(self, key: tuple[str, str]) -> None:
+        path, sha256 = key
+        if self.unmarked.get(path) == sha256:  # not committed again since
+            del self.unmarked[path]
 
     def _mark_written(self, written: Sequence[tuple[str, str]]) -> None:
         """Drop `written` (path, sha256) from the outbox, in the store and then in memory, as
         the store does: a file committed again since stays pending."""
         self.store.mark_all_written(written)
-        for path, sha256 in written:
-            if self.unmarked.get(path) == sha256:
-                del self.unmarked[path]
+        for key in written:
+            self._drop_unmarked(key)
+
+
+def _fsync_path(path: Path) -> None:
+    """fsync a file, or a folder (its entries: a rename into it)."""
+    if path.is_dir():
+        fsync_dir(path)
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def signed_sequence(data: bytes, signer: Signer, path: str) -> int | None:

@@ -141,7 +141,7 @@ class BrokenOrigin(FilesystemOrigin):
     def write(self, path: str, data: bytes) -> None:
         raise OSError("origin down")
 
-    def stage(self, path: str, data: bytes) -> object:  # type: ignore[override]
+    def stage(self, path: str, data: bytes, *, sync: bool = True) -> object:  # type: ignore[override]
         raise OSError("origin down")
 
 

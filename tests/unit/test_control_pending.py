@@ -31,14 +31,16 @@ class SwitchableOrigin(FilesystemOrigin):
             raise OSError("origin down")
         super().write(path, data)
 
-    def stage(self, path: str, data: bytes) -> Staged:
+    def stage(self, path: str, data: bytes, *, sync: bool = True) -> Staged:
         if self.down:
             raise OSError("origin down")
-        return super().stage(path, data)
+        return super().stage(path, data, sync=sync)
 
 
-def pending(control: ReleaseController) -> int:
-    """The controller's count, after checking it against the store's."""
+async def pending(control: ReleaseController) -> int:
+    """The controller's count, after checking it against the store's once the controller is
+    idle (a file in place on the origin is marked written in the store once it is synced)."""
+    await control.idle()
     counted = control.status().pending_origin_writes
     assert counted == control._store.pending_count()
     return counted
@@ -51,26 +53,26 @@ async def test_pending_writes_follow_the_store_through_failure_retry_and_restart
     origin = SwitchableOrigin(tmp_path / "origin")
     first = new_controller(tmp_path, origin)
     await first.start()
-    assert pending(first) == 0
+    assert await pending(first) == 0
     for version in ("1.0.0", "1.1.0"):
         await change(first, "checkout", Publish(version, digest(version)))
-        assert pending(first) == 0
+        assert await pending(first) == 0
     await change(first, "search", Publish("1.0.0", digest("s1.0.0")))
-    assert pending(first) == 0
+    assert await pending(first) == 0
 
     # The origin goes down: the change commits, its files stay pending.
     origin.down = True
     with pytest.raises(Unavailable, match="committed"):
         await change(first, "checkout", DeployCanary("1.0.0", 0))
-    assert pending(first) == 3  # releases.json, its shard and remote-index.json
+    assert await pending(first) == 3  # releases.json, its shard and remote-index.json
     # The same files committed again are still one pending write each; another feature
     # (in another bin) adds its releases.json and shard; the top level stays one.
     with pytest.raises(Unavailable, match="committed"):
         await change(first, "checkout", Promote("1.0.0", skip_soak=True))
-    assert pending(first) == 3
+    assert await pending(first) == 3
     with pytest.raises(Unavailable, match="committed"):
         await change(first, "search", Publish("1.1.0", digest("s1.1.0")))
-    assert pending(first) == 5
+    assert await pending(first) == 5
 
     # The origin is back: the background retry writes everything.
     origin.down = False
@@ -78,20 +80,20 @@ async def test_pending_writes_follow_the_store_through_failure_retry_and_restart
         if first.status().pending_origin_writes == 0:
             break
         await asyncio.sleep(0.01)
-    assert pending(first) == 0
+    assert await pending(first) == 0
 
     # Down again, then a stop: a restart counts what the store says is pending...
     origin.down = True
     with pytest.raises(Unavailable, match="committed"):
         await change(first, "search", DeployCanary("1.0.0", 0))
-    assert pending(first) == 3
+    assert await pending(first) == 3
     await stop(first)
     still_down = SwitchableOrigin(tmp_path / "origin")
     still_down.down = True
     second = new_controller(tmp_path, still_down)
     await second.start()
     try:
-        assert pending(second) == 3
+        assert await pending(second) == 3
     finally:
         await stop(second)
 
@@ -99,8 +101,8 @@ async def test_pending_writes_follow_the_store_through_failure_retry_and_restart
     third = new_controller(tmp_path, SwitchableOrigin(tmp_path / "origin"))
     await third.start()
     try:
-        assert pending(third) == 0
+        assert await pending(third) == 0
         await change(third, "search", Promote("1.0.0", skip_soak=True))
-        assert pending(third) == 0
+        assert await pending(third) == 0
     finally:
         await stop(third)

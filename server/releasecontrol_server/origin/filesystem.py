@@ -19,9 +19,9 @@ holds the bytes this process wrote last.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +59,8 @@ class FilesystemOrigin:
         self._stamps: dict[str, tuple[int, int, int]] = {}
         self._files: dict[str, Path] = {}  # checked paths, as files under root
         self._stamps_lock = threading.Lock()
+        self._prefix = f"{os.getpid()}-"
+        self._counter = itertools.count()
 
     def _file(self, path: str) -> Path:
         found = self._files.get(path)
@@ -89,26 +91,41 @@ class FilesystemOrigin:
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
 
-    def stage(self, path: str, data: bytes) -> Staged:
+    def stage(self, path: str, data: bytes, *, sync: bool = True) -> Staged:
         """The first half of `write`: `data` durable in a hidden file beside `path`.
 
         Nothing changes at `path` until `publish`; `discard` removes the
-        temporary file instead. Raises ValueError for an invalid path and
-        OSError when the disk refuses (nothing is left behind then).
+        temporary file instead. With `sync=False` the bytes are written but not
+        synced: the caller syncs the file once it is in place. Raises ValueError
+        for an invalid path and OSError when the disk refuses (nothing is left
+        behind then).
         """
-        return self._stage(path, lambda handle: handle.write(data))
+        return self._stage(path, lambda handle: handle.write(data), sync=sync)
 
-    def _stage(self, path: str, fill: Callable[[IO[bytes]], object]) -> Staged:
+    def _stage(
+        self, path: str, fill: Callable[[IO[bytes]], object], *, sync: bool = True
+    ) -> Staged:
         target = self._file(path)
-        _make_dirs(target.parent)
-        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        temp = Path(name)
+        folder = target.parent
+        # A name of our own (process and counter) rather than tempfile's random one: this
+        # runs on every change, beside the commit, and little Python means it starts sooner.
+        while True:
+            temp = folder / f".{target.name}.{self._prefix}{next(self._counter)}.tmp"
+            try:
+                fd = self._create(temp)
+            except FileNotFoundError:  # a folder not made yet, or removed since
+                _make_dirs(folder)
+                fd = self._create(temp)
+            except FileExistsError:  # left by an earlier process of the same id: next name
+                continue
+            break
         try:
             with os.fdopen(fd, "wb") as handle:
                 fill(handle)
                 handle.flush()
                 os.fchmod(handle.fileno(), FILE_MODE)
-                os.fsync(handle.fileno())
+                if sync:
+                    os.fsync(handle.fileno())
                 st = os.fstat(handle.fileno())
         except BaseException:
             _unlink_quietly(temp)
@@ -116,10 +133,17 @@ class FilesystemOrigin:
         # A rename keeps the inode, the modification time and the size.
         return Staged(path, target, temp, (st.st_ino, st.st_mtime_ns, st.st_size))
 
-    def publish(self, staged: Staged) -> None:
+    @staticmethod
+    def _create(temp: Path) -> int:
+        return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+
+    def publish(self, staged: Staged, *, sync: bool = True) -> None:
         """The second half of `write`: put `staged` in place and make the rename durable.
 
-        Raises OSError when the rename fails (the temporary file is removed then).
+        With `sync=False` the rename is visible at once but durable only once its folder
+        is synced (`staged.target.parent`, by the caller: several folders can be synced at
+        the same time). Raises OSError when the rename fails (the temporary file is
+        removed then).
         """
         self._forget(staged.path)
         try:
@@ -127,7 +151,8 @@ class FilesystemOrigin:
         except BaseException:
             _unlink_quietly(staged.temp)
             raise
-        fsync_dir(staged.target.parent)
+        if sync:
+            fsync_dir(staged.target.parent)
         self._remember(staged.path, staged.stamp)
 
     def discard(self, staged: Staged) -> None:

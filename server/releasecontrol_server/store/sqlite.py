@@ -601,13 +601,16 @@ class SqliteStore:
             self._db.execute("PRAGMA synchronous = NORMAL")
             try:
                 with self._write():
-                    self._db.conn.executemany(
-                        "DELETE FROM outbox WHERE path = ? "
-                        "AND EXISTS (SELECT 1 FROM files WHERE path = ? AND sha256 = ?)",
-                        [(path, path, sha256) for path, sha256 in files],
-                    )
+                    self._delete_written(files)
             finally:
                 self._db.execute("PRAGMA synchronous = FULL")
+
+    def _delete_written(self, files: Sequence[tuple[str, str]]) -> None:
+        self._db.conn.executemany(
+            "DELETE FROM outbox WHERE path = ? "
+            "AND EXISTS (SELECT 1 FROM files WHERE path = ? AND sha256 = ?)",
+            [(path, path, sha256) for path, sha256 in files],
+        )
 
     # -- commit -----------------------------------------------------------
 
@@ -628,6 +631,7 @@ class SqliteStore:
         changes: Sequence[Change],
         *,
         index_files: Sequence[SignedFile] = (),
+        written: Sequence[tuple[str, str]] = (),
     ) -> list[StoredTransition]:
         """Write `changes` in order in ONE transaction; their stored audit records, in order.
 
@@ -635,13 +639,17 @@ class SqliteStore:
         changes before it left it, so their sequences must follow each other.
         `index_files` (shards, remote-index.json, roots) are kept and queued for the
         origin in the same transaction; with no changes, they alone are written
-        (a re-signing). Raises what `commit` raises, StaleSequence when an index
-        file's sequence is lower than the stored one, and then nothing is written.
+        (a re-signing). `written` (path, sha256) are marked written first, as
+        `mark_all_written` does (riding along: no transaction of their own). Raises
+        what `commit` raises, StaleSequence when an index file's sequence is lower
+        than the stored one, and then nothing is written.
         """
         for change in changes:
             _check_change(change)
         _check_files(index_files)
         with self._write():
+            if written:
+                self._delete_written(written)
             stored = [self._put_change(change) for change in changes]
             if index_files:
                 self._check_file_sequences(index_files)
