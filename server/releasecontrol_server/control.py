@@ -92,7 +92,7 @@ class _Waiting:
     """A queued change and its caller's future (only the loop touches the future)."""
 
     request: Request
-    answer: asyncio.Future[bytes]
+    answer: asyncio.Future[Applied]
 
 
 class ReleaseController:
@@ -229,14 +229,12 @@ class ReleaseController:
         *,
         rpc: str,
         request_id: str,
-        encode: Callable[[Applied], bytes],
-        decode: Callable[[bytes], R],
         manifest: bytes | None = None,
         artifacts: Mapping[str, ReceivedAsset] | None = None,
-    ) -> R:
-        """Apply `command` to the feature once, durably, and answer with `encode`'s bytes.
+    ) -> Applied:
+        """Apply `command` to the feature once, durably; what it did (the RPC encodes it).
 
-        A `request_id` seen before returns the first answer again (`decode`d)
+        A `request_id` seen before returns what the first request did again,
         without applying anything. Raises the state machine's errors (nothing
         changed), or Unavailable when the change committed but the origin write
         failed (it is retried in the background).
@@ -255,7 +253,6 @@ class ReleaseController:
             meta=meta,
             rpc=rpc,
             request_id=request_id,
-            encode=encode,
             manifest=manifest,
         )
         waiting = _Waiting(request, loop.create_future())
@@ -264,7 +261,7 @@ class ReleaseController:
             self._drain = loop.create_task(self._write_queued())
         # Cancelling the caller cancels only this wait: a change still queued is
         # then dropped, one already on the write thread completes.
-        return decode(await waiting.answer)
+        return await waiting.answer
 
     async def _keep_artifacts(
         self, feature_id: str, artifacts: Mapping[str, ReceivedAsset]
@@ -626,7 +623,7 @@ def _nothing_committed(feature_id: str, where: str, exc: OSError) -> Unavailable
     )
 
 
-def _fail(answer: asyncio.Future[bytes], error: BaseException) -> None:
+def _fail(answer: asyncio.Future[Applied], error: BaseException) -> None:
     """Answer with `error`, unless the caller is gone (then nobody will read it)."""
     if not answer.done():
         answer.set_exception(error)

@@ -60,8 +60,6 @@ class Resigner:
                     ChangeMeta(actor=ACTOR, reason=REASON, principal=ACTOR),
                     rpc="Resign",
                     request_id="",
-                    encode=lambda applied: b"",
-                    decode=lambda data: None,
                 )
             except ReleaseControlError as error:
                 log.warning("re-sign failed feature=%s error=%r", feature_id, error.message)

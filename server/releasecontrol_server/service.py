@@ -620,31 +620,27 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
                 soak_seconds=soak if canary else 0,
             )
 
-            def encode(applied: Applied) -> bytes:
-                out = pb.PublishVersionResponse(
-                    feature=feature_to_proto(applied.state),
-                    already_published=applied.transition is None,
-                    manifest_sha256=digest,
-                    origin_public_url=self._origin_public_url,
-                )
-                if applied.transition is not None:
-                    out.transition.CopyFrom(transition_to_proto(applied.transition))
-                return out.SerializeToString()
-
-            return await self._controller.change(
+            applied = await self._controller.change(
                 header.feature_id,
                 command,
                 _meta(header.context, caller.name),
                 rpc="PublishVersion",
                 request_id=header.context.request_id,
-                encode=encode,
-                decode=pb.PublishVersionResponse.FromString,
                 manifest=canonical,
                 artifacts=assets,
             )
         finally:
             if upload is not None:
                 upload.close()
+        out = pb.PublishVersionResponse(
+            feature=feature_to_proto(applied.state),
+            already_published=applied.transition is None,
+            manifest_sha256=digest,
+            origin_public_url=self._origin_public_url,
+        )
+        if applied.transition is not None:
+            out.transition.CopyFrom(transition_to_proto(applied.transition))
+        return out
 
     async def _transition(
         self,
@@ -660,15 +656,10 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
         validate_feature_id(feature_id)
         caller = require(RPC_ACTIONS[rpc], feature_id)
 
-        return await self._controller.change(
-            feature_id,
-            command,
-            _meta(ctx, caller.name),
-            rpc=rpc,
-            request_id=ctx.request_id,
-            encode=functools.partial(change_answer, response),
-            decode=response().FromString,
+        applied = await self._controller.change(
+            feature_id, command, _meta(ctx, caller.name), rpc=rpc, request_id=ctx.request_id
         )
+        return response().FromString(change_answer(response, applied))
 
     def _soak(self, request: Any) -> int:
         if request.HasField("soak_seconds"):

@@ -11,17 +11,22 @@ only queues changes, hands a batch over, and answers when it comes back
    its releases.json is signed (a published version's artifacts are in the
    artifact store and on the origin already: `control.ReleaseController.change`);
 2. signs the shard of every bin the batch touched and one remote-index.json
-   (`sharding.ShardedIndex`), while other threads write each new file, synced,
-   beside its place on the origin (`FilesystemOrigin.stage`);
-3. commits the states, audit records, signed files, the outbox and the request
-   ids in ONE store transaction (group commit: one sync for the batch);
-4. puts the files in place on the origin in the order pins point (releases.json,
-   shards, remote-index.json last) and marks them written (`flush`).
+   (`sharding.ShardedIndex`), and writes each new file beside its place on the
+   origin (`FilesystemOrigin.stage`, not yet synced);
+3. commits the states, audit records, signed files, the outbox, what each
+   request id did, and the files the last syncs made durable (marked written)
+   in ONE store transaction (group commit: one sync for the batch);
+4. renames the files into place on the origin in the order pins point
+   (releases.json, shards, remote-index.json last; `flush`), then hands them to
+   the sync thread, which fsyncs them and their folders in the background;
+   what it synced is marked written with the next commit (or `settle`).
 
-A change is acknowledged only once the origin has it. If the origin write
+A change is acknowledged only once the origin serves it. If the origin write
 fails, the change stands (it committed), the caller hears exactly that, and the
-outbox is written again later; a process killed after step 3 writes it at its
-next start, so the origin never misses a committed change and never goes back.
+outbox is written again later; a process killed (or a machine that lost power)
+after step 3 writes the outbox at its next start: the outbox keeps every file
+until it was synced, so the origin never misses a committed change and never
+goes back.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -104,7 +109,6 @@ class Request:
     meta: ChangeMeta
     rpc: str
     request_id: str
-    encode: Callable[[Applied], bytes]
     manifest: bytes | None
 
 
@@ -115,15 +119,14 @@ class Committed:
     request: Request
     change: Change
     transition: StoredTransition
-    answer: bytes
 
 
 @dataclass
 class Batch:
     """What `write_batch` did with a batch: an answer or an error per request, in order."""
 
-    answers: dict[int, bytes] = field(default_factory=dict)
-    """Index in the batch -> the encoded answer (a repeat, nothing to change, or committed)."""
+    answers: dict[int, Applied] = field(default_factory=dict)
+    """Index in the batch -> what it did (a repeat, nothing to change, or committed)."""
     errors: dict[int, BaseException] = field(default_factory=dict)
     like: dict[int, int] = field(default_factory=dict)
     """Index -> index of the earlier request with the same request_id: answered alike."""
@@ -141,7 +144,6 @@ _RECONCILE = Request(
     meta=ChangeMeta(actor=""),
     rpc="RebuildOrigin",
     request_id="",
-    encode=lambda applied: b"",
     manifest=None,
 )
 """What a reconcile's changes were asked by (nobody waits on their answers)."""
@@ -352,7 +354,7 @@ class Writer:
             except Exception as exc:
                 result.errors[at] = exc
                 continue
-            if isinstance(item, bytes):
+            if isinstance(item, Applied):
                 result.answers[at] = item  # a repeat of an earlier request, or nothing to do
                 continue
             origin_checked = True
@@ -369,7 +371,7 @@ class Writer:
                 result.errors[at] = exc
             return result
         for at, item in prepared:
-            result.answers[at] = item.answer
+            result.answers[at] = Applied(item.change.state, item.transition)
         result.committed = dict(prepared)
         return result
 
@@ -382,17 +384,16 @@ class Writer:
         *,
         check_origin: bool,
         remote_index: bool,
-    ) -> Committed | bytes:
-        """The change `request` makes on top of `state`, signed; or the answer's bytes when it
-        was answered already (a request_id seen before, or nothing changes)."""
+    ) -> Committed | Applied:
+        """The change `request` makes on top of `state`, signed; or what it did when it was
+        answered already (a request_id seen before) or changes nothing."""
         feature_id, request_id = request.feature_id, request.request_id
         rpc = request_key(request)  # stored with the answer, checked on a retry
         if request_id:
-            prior = self.store.request_response(request_id)
+            prior = self.store.answered(request_id)
             if prior is not None:
-                prior_key, prior_bytes = prior
-                if prior_key != rpc:
-                    raise _request_id_reused(request_id, prior_key)
+                if prior.rpc != rpc:
+                    raise _request_id_reused(request_id, prior.rpc)
                 if self.pending_count() and not self.flush():
                     # The first answer said "committed but not on the CDN": a retry must not
                     # turn that into success while hosts still cannot see the change.
@@ -401,13 +402,14 @@ class Writer:
                         "lacks it; the server keeps retrying, and `releasectl release status` "
                         "shows the pending writes"
                     )
-                return prior_bytes
+                # Kept before schema 5: the feature as it is stands in for the one answered.
+                then = prior.state or state or FeatureState(feature_id)
+                return Applied(then, prior.transition, prior.why_unchanged)
         outcome = releases.apply(state, feature_id, request.command, request.meta, now)
         if isinstance(outcome, releases.Unchanged):
-            answer = request.encode(Applied(outcome.state, None, outcome.why))
             if request_id:
-                self.store.remember_request(request_id, rpc, answer)
-            return answer
+                self.store.remember_request(request_id, rpc, outcome.state, outcome.why)
+            return Applied(outcome.state, None, outcome.why)
         if check_origin:  # False: an earlier change of the feature in the batch was checked
             try:
                 self._refuse_if_origin_ahead(feature_id, remote_index=remote_index)
@@ -436,7 +438,6 @@ class Writer:
             global_sequence=global_sequence,
             request_id=request_id,
         )
-        answer = request.encode(Applied(outcome.state, transition))
         change = Change(
             state=outcome.state,
             record=outcome.record,
@@ -445,9 +446,8 @@ class Writer:
             manifest=stored_manifest,
             request_id=request_id,
             rpc=rpc,
-            response=answer,
         )
-        return Committed(request, change, transition, answer)
+        return Committed(request, change, transition)
 
     def _refuse_if_origin_ahead(self, feature_id: str, *, remote_index: bool = True) -> None:
         """Refuse to publish when the origin holds newer or different index files than the store.
@@ -457,7 +457,6 @@ class Writer:
         `remote_index=False` checks only the feature's releases.json (a batch
         checks remote-index.json once).
         """
-        pending: set[str] | None = None
         paths = [releases_path(feature_id)] + ([REMOTE_INDEX_PATH] if remote_index else [])
         for path in paths:
             if self._staging is not None and self._staging.unchanged_since_written(path):
@@ -467,10 +466,10 @@ class Writer:
             if remote_sequence is None:
                 continue
             our_sequence = ours.sequence if ours else 0
-            if remote_sequence == our_sequence and pending is None:
-                pending = {f.path for f in self.store.pending_digests()}
+            # Other bytes at our sequence are another writer's, unless ours are still owed
+            # to the origin (the outbox as memory has it: renamed files are not owed).
             if remote_sequence > our_sequence or (
-                remote_sequence == our_sequence and path not in (pending or ())
+                remote_sequence == our_sequence and path not in self.unmarked
             ):
                 what = "is ahead of" if remote_sequence > our_sequence else "differs from"
                 raise FailedPrecondition(
@@ -536,7 +535,7 @@ class Writer:
                 global_sequence=global_sequence,
                 files=(file,),
             )
-            prepared.append(Committed(_RECONCILE, change, transition, b""))
+            prepared.append(Committed(_RECONCILE, change, transition))
             pins[feature_id] = pin_of(file)
         sequence = max(self.index.sequence, index_above) + 1
         result.files, result.flushed = self._commit(prepared, pins, now, index_sequence=sequence)

@@ -17,7 +17,7 @@ from releasecontrol.index import Envelope
 from releasecontrol.shards import Pin, RemoteIndex, Shard, shard_path
 from releasecontrol.trust import SigningKey
 from releasecontrol_server.artifacts import ArtifactStore
-from releasecontrol_server.control import Applied, ReleaseController
+from releasecontrol_server.control import ReleaseController
 from releasecontrol_server.origin.filesystem import FilesystemOrigin
 from releasecontrol_server.releases import ChangeMeta, Command
 from releasecontrol_server.signer import Signer
@@ -54,18 +54,12 @@ def new_controller(
 
 async def change(control: ReleaseController, feature_id: str, command: Command) -> None:
     """Apply `command` as an RPC would, by actor `test`, with no request id."""
-
-    def encode(applied: Applied) -> bytes:
-        return b"ok"
-
     await control.change(
         feature_id,
         command,
         ChangeMeta(actor="test"),
         rpc=type(command).__name__,
         request_id="",
-        encode=encode,
-        decode=bytes,
     )
 
 

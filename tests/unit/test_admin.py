@@ -98,8 +98,6 @@ async def publish(
         ChangeMeta(actor="ci-bot"),
         rpc="PublishVersion",
         request_id="",
-        encode=lambda applied: b"",
-        decode=lambda data: None,
         manifest=manifest,
     )
 
@@ -113,8 +111,6 @@ async def deploy_canary(
         ChangeMeta(actor="cli-user"),
         rpc="DeployCanary",
         request_id="",
-        encode=lambda applied: b"",
-        decode=lambda data: None,
     )
 
 

@@ -35,10 +35,10 @@ def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def encode(applied: Applied) -> bytes:
-    """The answer as `global_sequence:feature sequence` (0 when nothing changed)."""
+def summary(applied: Applied) -> str:
+    """What a change did as `global_sequence:feature sequence` (0 when nothing changed)."""
     transition = applied.transition
-    return f"{transition.global_sequence if transition else 0}:{applied.state.sequence}".encode()
+    return f"{transition.global_sequence if transition else 0}:{applied.state.sequence}"
 
 
 @pytest.fixture
@@ -65,16 +65,14 @@ async def controller(tmp_path: Path) -> AsyncIterator[ReleaseController]:
 async def change(
     control: ReleaseController, feature_id: str, command: Command, request_id: str = ""
 ) -> str:
-    answer = await control.change(
+    applied = await control.change(
         feature_id,
         command,
         ChangeMeta(actor="test"),
         rpc=type(command).__name__,
         request_id=request_id,
-        encode=encode,
-        decode=bytes.decode,
     )
-    return str(answer)
+    return summary(applied)
 
 
 class TestGroupCommit:

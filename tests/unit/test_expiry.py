@@ -52,8 +52,6 @@ async def publish(controller: ReleaseController, feature_id: str) -> None:
         ChangeMeta(actor="alice"),
         rpc="PublishVersion",
         request_id="",
-        encode=lambda applied: b"",
-        decode=lambda data: data,
     )
 
 

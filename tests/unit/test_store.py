@@ -49,7 +49,6 @@ def make_change(
     manifest: tuple[str, bytes] | None = None,
     request_id: str = "",
     rpc: str = "",
-    response: bytes = b"",
 ) -> Change:
     """The change the control plane would commit for `command` on the stored state."""
     outcome = releases.apply(
@@ -74,7 +73,6 @@ def make_change(
         manifest=manifest,
         request_id=request_id,
         rpc=rpc,
-        response=response,
     )
 
 
@@ -345,7 +343,6 @@ class TestStaleChangesWriteNothing:
             manifest=("1.0.0", b"{}"),
             request_id="r-first",
             rpc="PublishVersion",
-            response=b"answer",
         )
         change = build(store, db_path)
         change = dataclasses.replace(
@@ -353,7 +350,6 @@ class TestStaleChangesWriteNothing:
             manifest=(change.state.versions[-1].version, b"{}"),
             request_id="r-stale",
             rpc="PublishVersion",
-            response=b"never",
         )
         before = dump(db_path)
 
@@ -361,13 +357,13 @@ class TestStaleChangesWriteNothing:
             store.commit(change)
 
         assert dump(db_path) == before
-        assert store.request_response("r-stale") is None
+        assert store.answered("r-stale") is None
 
     def test_reused_request_id_raises_already_exists_and_writes_nothing(
         self, store: SqliteStore, db_path: Path
     ) -> None:
         """Reusing an answered request_id raises AlreadyExists and writes nothing."""
-        publish(store, "checkout", "1.0.0", request_id="r-1", rpc="PublishVersion", response=b"a")
+        publish(store, "checkout", "1.0.0", request_id="r-1", rpc="PublishVersion")
         change = make_change(store, "checkout", Publish("1.1.0", SHA_B), request_id="r-1")
         before = dump(db_path)
 
@@ -512,25 +508,71 @@ class TestOutbox:
 
 
 class TestRequests:
-    def test_commit_keeps_the_response_for_its_request_id(self, store: SqliteStore) -> None:
-        """The response committed with a request_id is returned for that request_id."""
-        publish(store, "checkout", "1.0.0", request_id="r-1", rpc="PublishVersion", response=b"A")
+    def test_commit_keeps_what_the_request_did(self, store: SqliteStore) -> None:
+        """A change committed with a request_id is kept as domain values: the request, the
+        feature afterwards and the transition it committed."""
+        change = publish(store, "checkout", "1.0.0", request_id="r-1", rpc="PublishVersion X")
+        publish(store, "checkout", "1.1.0")  # later changes do not alter what r-1 answered
 
-        assert store.request_response("r-1") == ("PublishVersion", b"A")
-        assert store.request_response("r-2") is None
+        kept = store.answered("r-1")
+
+        assert kept is not None
+        assert (kept.rpc, kept.state, kept.why_unchanged) == ("PublishVersion X", change.state, "")
+        assert kept.transition is not None
+        assert (kept.transition.id, kept.transition.record) == (1, change.record)
+        assert store.answered("r-2") is None
 
     def test_remember_request_keeps_the_first_answer(self, store: SqliteStore) -> None:
-        """The first answer remembered for a request_id is kept; a second is ignored."""
-        store.remember_request("r-1", "PublishVersion", b"first")
-        store.remember_request("r-1", "PublishVersion", b"second")
+        """The first unchanged answer remembered for a request_id is kept; a second is ignored."""
+        first = publish(store, "checkout", "1.0.0").state
+        store.remember_request("r-1", "Promote A", first, "1.0.0 is stable already")
+        store.remember_request("r-1", "Promote A", FeatureState("other"), "second")
 
-        assert store.request_response("r-1") == ("PublishVersion", b"first")
-        assert store.global_sequence() == 0
+        kept = store.answered("r-1")
+
+        assert kept is not None
+        assert (kept.rpc, kept.state, kept.transition, kept.why_unchanged) == (
+            "Promote A",
+            first,
+            None,
+            "1.0.0 is stable already",
+        )
+        assert store.global_sequence() == 1
 
     def test_empty_request_id_cannot_be_remembered(self, store: SqliteStore) -> None:
         """remember_request refuses an empty request_id."""
         with pytest.raises(ValueError, match="empty"):
-            store.remember_request("", "PublishVersion", b"x")
+            store.remember_request("", "PublishVersion", FeatureState("checkout"), "")
+
+    def test_requests_kept_as_answer_bytes_are_migrated(
+        self, store: SqliteStore, db_path: Path
+    ) -> None:
+        """A schema-4 database kept each request's protobuf answer: opening it keeps every
+        request_id (a retry is still never applied twice) with the transition it committed;
+        the feature it answered with was only in the bytes, so none is kept."""
+        publish(store, "checkout", "1.0.0", request_id="r-change")
+        store.close()
+        conn = sqlite3.connect(db_path)
+        with conn:  # as schema 4 left it
+            conn.execute("DROP TABLE requests")
+            conn.execute(
+                "CREATE TABLE requests (request_id TEXT PRIMARY KEY, rpc TEXT NOT NULL, "
+                "response BLOB NOT NULL, global_sequence INTEGER NOT NULL)"
+            )
+            conn.executemany(
+                "INSERT INTO requests VALUES (?, ?, ?, 1)",
+                [("r-change", "PublishVersion A", b"\x0a\x01x"), ("r-same", "Promote B", b"")],
+            )
+            conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+        conn.close()
+
+        with SqliteStore(db_path) as reopened:
+            change, same = reopened.answered("r-change"), reopened.answered("r-same")
+
+        assert change is not None and same is not None
+        assert (change.rpc, change.state) == ("PublishVersion A", None)
+        assert change.transition is not None and change.transition.request_id == "r-change"
+        assert (same.rpc, same.state, same.transition) == ("Promote B", None, None)
 
 
 class TestListing:
@@ -612,7 +654,7 @@ CHILD = textwrap.dedent(
             "global_sequence": store.global_sequence(),
             "pending": [f.path for f in store.pending_writes()],
             "manifest": store.get_manifest("checkout", "1.1.0").decode(),
-            "request": store.request_response("r-1")[1].decode(),
+            "request": store.answered("r-1").transition.id,
         }))
         outcome = releases.apply(
             state, "checkout", releases.DeployCanary("1.1.0", 60),
@@ -627,16 +669,15 @@ class TestDurability:
     def test_reopened_store_sees_every_commit(self, store: SqliteStore, db_path: Path) -> None:
         """A new SqliteStore on the same file sees features, files, outbox, requests and audit."""
         publish(store, "checkout", "1.0.0")
-        change = publish(
-            store, "checkout", "1.1.0", manifest=("1.1.0", b"{}"), request_id="r-1", response=b"A"
-        )
+        change = publish(store, "checkout", "1.1.0", manifest=("1.1.0", b"{}"), request_id="r-1")
         store.close()
 
         with SqliteStore(db_path) as reopened:
             assert reopened.load_feature("checkout") == change.state
             assert reopened.global_sequence() == 2
             assert reopened.get_manifest("checkout", "1.1.0") == b"{}"
-            assert reopened.request_response("r-1") == ("", b"A")
+            kept = reopened.answered("r-1")
+            assert kept is not None and kept.state == change.state
             assert [t.id for t in reopened.list_transitions()] == [2, 1]
             assert {f.path for f in reopened.pending_writes()} == {f.path for f in change.files}
 
@@ -652,7 +693,6 @@ class TestDurability:
             channel=Channel.CANARY,
             manifest=("1.1.0", b'{"v":"1.1.0"}'),
             request_id="r-1",
-            response=b"answer",
         )
 
         child = subprocess.run(
@@ -674,7 +714,7 @@ class TestDurability:
                 "remote-index.json",
             ],
             "manifest": '{"v":"1.1.0"}',
-            "request": "answer",
+            "request": 2,
         }
         assert store.global_sequence() == 3
         after = store.load_feature("checkout")

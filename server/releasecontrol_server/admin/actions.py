@@ -28,7 +28,7 @@ from releasecontrol.v1 import release_control_pb2 as pb
 from releasecontrol_server import releases
 from releasecontrol_server.auth.authorize import RPC_ACTIONS
 from releasecontrol_server.auth.authorize import Action as AuthAction
-from releasecontrol_server.control import Applied, ReleaseController
+from releasecontrol_server.control import ReleaseController
 from releasecontrol_server.releases import ChangeMeta, Channel, FeatureState
 from releasecontrol_server.service import change_answer
 
@@ -274,16 +274,11 @@ async def apply(controller: ReleaseController, request: ChangeRequest) -> Any:
     """
     response = _RPCS[request.kind].response
 
-    def encode(applied: Applied) -> bytes:
-        # The RPC's own encoding: a retried request_id answers the same bytes either way.
-        return change_answer(response, applied)
-
-    return await controller.change(
+    applied = await controller.change(
         request.feature_id,
         request.command(),
         request.meta(),
         rpc=request.rpc,
         request_id=request.request_id,
-        encode=encode,
-        decode=response.FromString,
     )
+    return response.FromString(change_answer(response, applied))

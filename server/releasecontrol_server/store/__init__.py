@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from releasecontrol_server.store.sqlite import (
     SCHEMA_VERSION,
+    Answered,
     Change,
     FileDigest,
     SignedFile,
@@ -17,6 +18,7 @@ from releasecontrol_server.store.sqlite import (
 
 __all__ = [
     "SCHEMA_VERSION",
+    "Answered",
     "Change",
     "FileDigest",
     "SignedFile",

@@ -9,7 +9,9 @@ What is kept, one table each:
     transitions   the audit trail; id = the global sequence of the commit
     files         the last signed bytes of every file published to the origin
     outbox        paths committed but not yet confirmed on the origin
-    requests      request_id -> (rpc, response) for idempotent retries
+    requests      request_id -> (rpc, what it did) for idempotent retries: the feature
+                  afterwards, the transition it committed, why nothing changed; domain
+                  values as JSON (the RPC layer encodes its answer from them)
 
 `commit` writes one change in ONE transaction, after checking that neither the
 feature nor the global sequence moved since the change was computed, so a
@@ -58,6 +60,7 @@ from releasecontrol_server.releases import (
 
 __all__ = [
     "SCHEMA_VERSION",
+    "Answered",
     "Change",
     "FileDigest",
     "SignedFile",
@@ -67,7 +70,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT_MS = 10_000
 WAL_CHECKPOINT_PAGES = 16_384
 CACHE_KIB = 32_768
@@ -166,6 +169,19 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 4: host protocol v2 keeps its index files (shards, top level, roots) in files;
     # the v1 remote-index record goes.
     ("DELETE FROM meta WHERE key LIKE 'remote_index_%'",),
+    # 5: a request keeps what it did (JSON of domain values), not the RPC's answer bytes.
+    # An older row keeps its transition (found by request_id); the feature it answered
+    # with was only in the wire bytes, so a retry of it answers with the feature as it is.
+    (
+        "CREATE TABLE requests_v5 (request_id TEXT PRIMARY KEY, rpc TEXT NOT NULL, "
+        "result TEXT NOT NULL, global_sequence INTEGER NOT NULL)",
+        "INSERT INTO requests_v5 (request_id, rpc, result, global_sequence) "
+        "SELECT r.request_id, r.rpc, json_object('transition', (SELECT min(t.id) "
+        "FROM transitions AS t WHERE t.request_id = r.request_id)), r.global_sequence "
+        "FROM requests AS r",
+        "DROP TABLE requests",
+        "ALTER TABLE requests_v5 RENAME TO requests",
+    ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -240,8 +256,22 @@ class Change:
     """(version, manifest bytes) when a version is published."""
     request_id: str = ""
     rpc: str = ""
-    response: bytes = b""
+    """With a request_id: the request (RPC and a digest of its fields) kept with what it did."""
     """The serialized response, returned again for a retried request_id."""
+
+
+@dataclass(frozen=True)
+class Answered:
+    """What a request with a request_id did, kept so that a retry is answered alike."""
+
+    rpc: str
+    """The request it answered (RPC and a digest of its fields): a retry must match it."""
+    state: FeatureState | None
+    """The feature afterwards; None for a request kept before schema 5 (the feature as it
+    is now stands in)."""
+    transition: StoredTransition | None
+    """The change it committed; None when nothing changed."""
+    why_unchanged: str = ""
 
 
 class SqliteStore:
@@ -671,9 +701,14 @@ class SqliteStore:
             self._put_files(change.files, change.global_sequence)
         if change.request_id:
             self._db.execute(
-                "INSERT INTO requests (request_id, rpc, response, global_sequence) "
+                "INSERT INTO requests (request_id, rpc, result, global_sequence) "
                 "VALUES (?, ?, ?, ?)",
-                [change.request_id, change.rpc, change.response, change.global_sequence],
+                [
+                    change.request_id,
+                    change.rpc,
+                    _result_json(state, change.global_sequence, ""),
+                    change.global_sequence,
+                ],
             )
         self._set_meta("global_sequence", change.global_sequence)
         return StoredTransition(
@@ -717,7 +752,9 @@ class SqliteStore:
                 f"computed from {change.global_sequence - 1}: another change committed first; "
                 "re-read the state and retry"
             )
-        if change.request_id and self.request_response(change.request_id) is not None:
+        if change.request_id and self._value(
+            "SELECT 1 FROM requests WHERE request_id = ?", [change.request_id]
+        ):
             raise AlreadyExists(
                 f"request_id {change.request_id!r} was already answered; "
                 "use a new request_id for a new request"
@@ -806,27 +843,41 @@ class SqliteStore:
 
     # -- requests -----------------------------------------------------------
 
-    def remember_request(self, request_id: str, rpc: str, response: bytes) -> None:
-        """Keep the answer to a request that changed nothing; the first answer kept wins."""
+    def remember_request(
+        self, request_id: str, rpc: str, state: FeatureState, why_unchanged: str
+    ) -> None:
+        """Keep what a request that changed nothing answered (the feature as it was, and
+        why); the first one kept wins."""
         if not request_id:
             raise ValueError("request_id is empty")
         with self._write():
             self._db.execute(
-                "INSERT INTO requests (request_id, rpc, response, global_sequence) "
+                "INSERT INTO requests (request_id, rpc, result, global_sequence) "
                 "VALUES (?, ?, ?, (SELECT CAST(value AS INTEGER) FROM meta "
                 "WHERE key = 'global_sequence')) ON CONFLICT (request_id) DO NOTHING",
-                [request_id, rpc, response],
+                [request_id, rpc, _result_json(state, None, why_unchanged)],
             )
 
-    def request_response(self, request_id: str) -> tuple[str, bytes] | None:
-        """(rpc, response) stored for `request_id`, or None when it was never answered."""
+    def answered(self, request_id: str) -> Answered | None:
+        """What the request with `request_id` did, or None when it was never answered."""
         with self._lock:
             row = self._db.conn.execute(
-                "SELECT rpc, response FROM requests WHERE request_id = ?", [request_id]
+                "SELECT rpc, result FROM requests WHERE request_id = ?", [request_id]
             ).fetchone()
         if row is None:
             return None
-        return str(row[0]), bytes(row[1])
+        result = json.loads(row[1])
+        transition: StoredTransition | None = None
+        if result.get("transition") is not None:
+            rows = self._rows("SELECT * FROM transitions WHERE id = ?", [result["transition"]])
+            transition = _transition_from_row(rows[0]) if rows else None
+        state = result.get("state")
+        return Answered(
+            rpc=str(row[0]),
+            state=None if state is None else _state_from_json(state),
+            transition=transition,
+            why_unchanged=str(result.get("why", "")),
+        )
 
     # -- audit trail ----------------------------------------------------------
 
@@ -1057,3 +1108,54 @@ def _check_files(files: Sequence[SignedFile]) -> None:
         validate_origin_path(file.path)
         if hashlib.sha256(file.content).hexdigest() != file.sha256:
             raise ValueError(f"{file.path}: sha256 {file.sha256} does not match its content")
+
+
+def _result_json(state: FeatureState, transition_id: int | None, why: str) -> str:
+    """A request's result as kept in `requests`: the feature, the transition's id, why."""
+    canary = state.canary
+    return json.dumps(
+        {
+            "state": {
+                "feature_id": state.feature_id,
+                "sequence": state.sequence,
+                "stable": state.stable,
+                "canary": None
+                if canary is None
+                else [canary.version, _text(canary.soak_started_at), canary.soak_seconds],
+                "versions": [
+                    [v.version, v.manifest_sha256, _text(v.published_at), v.was_stable]
+                    for v in state.versions
+                ],
+                "updated_at": None if state.updated_at is None else _text(state.updated_at),
+                "updated_by": state.updated_by,
+            },
+            "transition": transition_id,
+            "why": why,
+        },
+        separators=(",", ":"),
+    )
+
+
+def _state_from_json(data: dict[str, Any]) -> FeatureState:
+    canary = data["canary"]
+    return FeatureState(
+        feature_id=str(data["feature_id"]),
+        sequence=int(data["sequence"]),
+        stable=_optional_str(data["stable"]),
+        canary=None
+        if canary is None
+        else Canary(
+            version=str(canary[0]), soak_started_at=_moment(canary[1]), soak_seconds=int(canary[2])
+        ),
+        versions=tuple(
+            PublishedVersion(
+                version=str(v[0]),
+                manifest_sha256=str(v[1]),
+                published_at=_moment(v[2]),
+                was_stable=bool(v[3]),
+            )
+            for v in data["versions"]
+        ),
+        updated_at=_optional_moment(data["updated_at"]),
+        updated_by=str(data["updated_by"]),
+    )
