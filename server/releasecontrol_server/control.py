@@ -25,7 +25,12 @@ Everything that waits runs on a thread of its own:
   thread;
 - the **read thread**: the store reads the snapshot does not hold (history, a
   releases.json not used lately), through another read-only connection, which
-  WAL lets read while the writer commits.
+  WAL lets read while the writer commits;
+- the **sync thread** (`writer.Writer`): the fsyncs of files the write thread
+  renamed into place on the origin, and of their folders; what it synced is
+  marked written with the next commit;
+- the **upload threads** (`upload.py`): a publish's chunks hashed and spooled
+  as they arrive.
 
 Reads of state answer from the snapshot: every feature's state, the global
 sequence they reflect, and the signed files used lately. Only the drain task
@@ -35,9 +40,11 @@ did not commit, and the states and the sequence always match.
 Changes that arrive while the write thread is busy are taken together (group
 commit): each is applied in arrival order with its own sequence, audit record
 and answer, but they share one transaction, one shard per touched bin and one
-remote-index.json. A change is acknowledged once the origin has it; one that
-committed but whose origin write failed is answered with exactly that, and the
-write is retried in the background and at the next start.
+remote-index.json. A change is acknowledged once the origin serves it (durable
+there moments later: until then the store's outbox still lists it, so a power
+cut is healed at the next start); one that committed but whose origin write
+failed is answered with exactly that, and the write is retried in the
+background and at the next start.
 """
 
 from __future__ import annotations
