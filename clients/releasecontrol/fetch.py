@@ -34,6 +34,10 @@ deadline and the bounds, and refuses what llhttp would frame but a host must
 not use (a version other than 1.0/1.1, a Transfer-Encoding other than
 chunked, an unasked 101). `http.client` cost ~190 us of CPU per kept-alive
 request (its `email`-based header parsing), h11 (pure Python) 230-340 us.
+urllib3 and httpx were weighed as replacements (issue 12) and cannot keep the
+deadline: their timeouts bound each read, not the request, so an origin sending
+a 12-byte body a byte every 0.25 s took 3.0 s against a 1 s timeout in both
+(docs/benchmarks.md, "Kept: the host's HTTP client of our own").
 Redirects are not followed: a CDN serving signed index files answers them directly. Every
 failure is a `FetchError` (a `VerificationError`: what the host could not
 fetch, it did not verify) with one sentence naming the URL; errors from the
