@@ -47,7 +47,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check clients server tests
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy clients/releasecontrol server/releasecontrol_server
+	$(VENV)/bin/mypy clients/releasecontrol clients/releasectl server/releasecontrol_server
 
 buf-lint: node_modules/.bin/buf
 	node_modules/.bin/buf lint

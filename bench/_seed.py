@@ -24,12 +24,12 @@ from releasecontrol.shards import Pin
 from releasecontrol_server import releases
 from releasecontrol_server.config import Config, load_config
 from releasecontrol_server.keyring import load_keyring
-from releasecontrol_server.launcher import server_environment
 from releasecontrol_server.main import prepare_dev
 from releasecontrol_server.releases import ChangeMeta, FeatureState, Publish
 from releasecontrol_server.sharding import ShardedIndex
 from releasecontrol_server.signer import Signer, pin_of
 from releasecontrol_server.store import Change, SignedFile, SqliteStore
+from releasectl.launcher import server_environment
 
 _CHANGES_PER_TRANSACTION = 5000
 

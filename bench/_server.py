@@ -23,7 +23,7 @@ from bench._seed import Seeded, seed_home
 from releasecontrol.client import resolve_connection
 from releasecontrol.v1 import release_control_pb2_grpc as pb_grpc
 from releasecontrol_server.auth.tokens import create_token
-from releasecontrol_server.launcher import LocalServer
+from releasectl.launcher import LocalServer
 
 AUTH_ENV = {"RELEASECONTROL_AUTH_MODE": "rpc-token"}
 

@@ -39,7 +39,7 @@ def _releasectl() -> list[str]:
     return [
         sys.executable,
         "-c",
-        "import sys; from releasecontrol.cli import main; sys.exit(main())",
+        "import sys; from releasectl import main; sys.exit(main())",
     ]
 
 

@@ -22,11 +22,11 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from releasecontrol.manifest import manifest_path
 from releasecontrol_server.auth.tokens import create_token
-from releasecontrol_server.launcher import LocalServer
+from releasectl.launcher import LocalServer
 
 pytestmark = pytest.mark.e2e
 
-RELEASECTL = [sys.executable, "-c", "from releasecontrol.cli import main; main()"]
+RELEASECTL = [sys.executable, "-c", "from releasectl import main; main()"]
 
 
 class Site:

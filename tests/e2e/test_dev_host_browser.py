@@ -25,11 +25,11 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect
 from releasecontrol.index import REMOTE_INDEX_PATH, Envelope, sign
 from releasecontrol.manifest import artifact_path, manifest_path
 from releasecontrol.trust import SigningKey
-from releasecontrol_server.launcher import LocalServer
+from releasectl.launcher import LocalServer
 
 pytestmark = pytest.mark.e2e
 
-RELEASECTL = [sys.executable, "-c", "from releasecontrol.cli import main; main()"]
+RELEASECTL = [sys.executable, "-c", "from releasectl import main; main()"]
 
 
 class Site:

@@ -20,7 +20,7 @@ from releasecontrol.root import root_path
 from releasecontrol.shards import RemoteIndex, Shard, shard_path
 from releasecontrol.trust import TrustStore
 from releasecontrol.verifier import Refusal, Verifier
-from releasecontrol_server.launcher import LocalServer
+from releasectl.launcher import LocalServer
 
 # The integration tests run the same launcher tools use: a real
 # `releasecontrol-server --dev` process on ephemeral loopback ports.
@@ -149,7 +149,7 @@ def online_keyids(origin_dir: Path, version: int = 1) -> list[str]:
     return list(root["signed"]["roles"]["index"]["keyids"])
 
 
-RELEASECTL = [sys.executable, "-c", "from releasecontrol.cli import main; main()"]
+RELEASECTL = [sys.executable, "-c", "from releasectl import main; main()"]
 
 
 def releasectl(

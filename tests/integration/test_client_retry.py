@@ -13,7 +13,7 @@ from conftest import make_feature, start_server
 
 from releasecontrol.client import DEFAULT_RETRY_SECONDS, ReleaseControlClient, resolve_connection
 from releasecontrol.manifest import load_feature_folder
-from releasecontrol_server.launcher import LocalServer
+from releasectl.launcher import LocalServer
 
 pytestmark = pytest.mark.integration
 

@@ -53,7 +53,7 @@ from releasecontrol.client import ReleaseControlClient
 from releasecontrol.manifest import artifact_path, load_feature_folder, manifest_path
 from releasecontrol.v1 import release_control_pb2 as pb
 from releasecontrol.verifier import Refusal
-from releasecontrol_server.launcher import LocalServer
+from releasectl.launcher import LocalServer
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import host_view, make_feature, releasectl, start_server
 
 from releasecontrol.index import REMOTE_INDEX_PATH
-from releasecontrol_server.launcher import LocalServer
+from releasectl.launcher import LocalServer
 
 
 def publish(server: LocalServer, work: Path, feature: str, version: str) -> None:

@@ -23,13 +23,13 @@ import pytest
 from click.testing import CliRunner
 from conftest import make_feature, online_keyids
 
-from releasecontrol.cli import main
 from releasecontrol.devhost import render_page
-from releasecontrol_server.launcher import LocalServer, LocalServerError
+from releasectl import main
+from releasectl.launcher import LocalServer, LocalServerError
 
 pytestmark = pytest.mark.integration
 
-RELEASECTL = [sys.executable, "-c", "from releasecontrol.cli import main; main()"]
+RELEASECTL = [sys.executable, "-c", "from releasectl import main; main()"]
 
 
 def cli_env(home: Path, **extra: str) -> dict[str, str]:

@@ -22,10 +22,10 @@ from click.testing import CliRunner, Result
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from releasecontrol import errors
-from releasecontrol.cli import main
 from releasecontrol.client import ReleaseControlClient
 from releasecontrol.manifest import SourceFeature
 from releasecontrol.v1 import release_control_pb2 as pb
+from releasectl import main
 
 
 @pytest.fixture(autouse=True)

@@ -14,9 +14,9 @@ import pexpect
 import pytest
 
 from releasecontrol.manifest import load_feature_folder
-from releasecontrol_server.launcher import LocalServer
+from releasectl.launcher import LocalServer
 
-RELEASECTL = [sys.executable, "-c", "from releasecontrol.cli import main; main()"]
+RELEASECTL = [sys.executable, "-c", "from releasectl import main; main()"]
 DOWN, ENTER = "\x1b[B", "\r"
 
 

@@ -15,9 +15,9 @@ from click.testing import CliRunner, Result
 from host_repository import KEY_A, ROOT_B, HostRepository, trust_for
 from test_doctor import good_settings, write_toml
 
-from releasecontrol.cli import main
 from releasecontrol_server.auth.tokens import TokenStore
 from releasecontrol_server.origin.http import OriginHttpServer
+from releasectl import main
 
 
 @pytest.fixture(autouse=True)

@@ -14,9 +14,9 @@ import pytest
 from click.testing import CliRunner, Result
 from host_repository import KEY_B, HostRepository
 
-from releasecontrol.cli import main
 from releasecontrol.importmap import build_import_map, integrity_of
 from releasecontrol_server.origin.http import OriginHttpServer
+from releasectl import main
 
 
 @pytest.fixture

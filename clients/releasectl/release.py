@@ -9,7 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from releasecontrol.cli._common import (
+from releasecontrol.client import state_home
+from releasecontrol.errors import ConfigError
+from releasecontrol.v1 import release_control_pb2 as pb
+from releasectl._common import (
     HISTORY_HEADERS,
     STATUS_HEADERS,
     Change,
@@ -31,9 +34,6 @@ from releasecontrol.cli._common import (
     validate_feature_option,
     version_option,
 )
-from releasecontrol.client import state_home
-from releasecontrol.errors import ConfigError
-from releasecontrol.v1 import release_control_pb2 as pb
 
 if TYPE_CHECKING:
     from releasecontrol.host import LoadedFeature

@@ -13,8 +13,8 @@ import sys
 
 import click
 
-from releasecontrol.cli._common import OneLineError, echo_json, open_client, output_option
 from releasecontrol.v1 import release_control_pb2 as pb
+from releasectl._common import OneLineError, echo_json, open_client, output_option
 
 __all__ = ["origin"]
 

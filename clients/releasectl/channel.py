@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from releasecontrol.cli._common import (
+from releasectl._common import (
     Change,
     change_options,
     feature_option,

@@ -24,13 +24,13 @@ from typing import Any
 import click
 
 from releasecontrol import compat, routes
-from releasecontrol.cli._common import CliState, OneLineError, echo_json, output_option
-from releasecontrol.cli.doctor import config_option, tool_config
 from releasecontrol.client import state_home
 from releasecontrol.errors import ConfigError, InvalidArgument
 from releasecontrol.index import REMOTE_INDEX_PATH
 from releasecontrol.published import read_published_at
 from releasecontrol.trust import DEV_TRUST_FILE, ENV_ALLOW_DEV_KEYS, TrustStore
+from releasectl._common import CliState, OneLineError, echo_json, output_option
+from releasectl.doctor import config_option, tool_config
 
 ENV_REMOTE_INDEX_URL = "FEATURE_REMOTE_INDEX_URL"
 

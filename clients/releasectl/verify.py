@@ -21,8 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from releasecontrol.cli._common import OneLineError, echo_json, one_line, output_option
-from releasecontrol.cli.publish import verify_on_cdn
 from releasecontrol.client import ReleaseControlClient
 from releasecontrol.errors import ReleaseControlError
 from releasecontrol.host import FeatureHost
@@ -30,9 +28,11 @@ from releasecontrol.index import REMOTE_INDEX_PATH, releases_path
 from releasecontrol.manifest import SourceFeature, load_feature_folder
 from releasecontrol.trust import TrustStore
 from releasecontrol.v1 import release_control_pb2 as pb
+from releasectl._common import OneLineError, echo_json, one_line, output_option
+from releasectl.publish import verify_on_cdn
 
 if TYPE_CHECKING:
-    from releasecontrol_server.launcher import LocalServer
+    from releasectl.launcher import LocalServer
 
 __all__ = ["verify"]
 
@@ -170,7 +170,7 @@ def _served_by_dev_host(host: FeatureHost, source: SourceFeature, path: str) -> 
 def run_checks(work: Path, checklist: Checklist) -> None:
     """Every step of the flow under `work`; raises OneLineError at the first that fails."""
     # Imported here: --help must work without the server's dependencies loaded.
-    from releasecontrol_server.launcher import LocalServer, LocalServerError
+    from releasectl.launcher import LocalServer, LocalServerError
 
     server = LocalServer(work / "home")
     with checklist.step("start the control plane"):
@@ -329,7 +329,7 @@ def remote_cdn(
     if index_url is not None:
         if keep:
             raise click.UsageError("--keep applies to the flow, not to --index-url", ctx)
-        from releasecontrol.cli.release import remote_status
+        from releasectl.release import remote_status
 
         remote_status(ctx, index_url, (), allow_dev_keys, output)
         return

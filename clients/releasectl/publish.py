@@ -21,7 +21,17 @@ from urllib.parse import urljoin
 
 import click
 
-from releasecontrol.cli._common import (
+from releasecontrol.client import ChannelName, ReleaseControlClient, state_home
+from releasecontrol.errors import ConfigError, ReleaseControlError, VerificationError
+from releasecontrol.fetch import Fetcher
+from releasecontrol.index import REMOTE_INDEX_PATH
+from releasecontrol.manifest import SourceFeature, load_feature_folder, sha256_hex
+from releasecontrol.root import root_path
+from releasecontrol.shards import shard_path
+from releasecontrol.trust import DEV_TRUST_FILE, ENV_ALLOW_DEV_KEYS, TrustStore
+from releasecontrol.v1 import release_control_pb2 as pb
+from releasecontrol.verifier import Verifier
+from releasectl._common import (
     Change,
     CliState,
     OneLineError,
@@ -36,16 +46,6 @@ from releasecontrol.cli._common import (
     soak_option,
     transition_json,
 )
-from releasecontrol.client import ChannelName, ReleaseControlClient, state_home
-from releasecontrol.errors import ConfigError, ReleaseControlError, VerificationError
-from releasecontrol.fetch import Fetcher
-from releasecontrol.index import REMOTE_INDEX_PATH
-from releasecontrol.manifest import SourceFeature, load_feature_folder, sha256_hex
-from releasecontrol.root import root_path
-from releasecontrol.shards import shard_path
-from releasecontrol.trust import DEV_TRUST_FILE, ENV_ALLOW_DEV_KEYS, TrustStore
-from releasecontrol.v1 import release_control_pb2 as pb
-from releasecontrol.verifier import Verifier
 
 # What the read-back accepts per file: index files and manifests are small.
 MAX_INDEX_BYTES = 16 * 1024 * 1024

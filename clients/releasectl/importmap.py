@@ -10,9 +10,9 @@ from pathlib import Path
 
 import click
 
-from releasecontrol.cli._common import CliState, OneLineError
 from releasecontrol.client import state_home
 from releasecontrol.files import atomic_write
+from releasectl._common import CliState, OneLineError
 
 __all__ = ["importmap"]
 
@@ -72,9 +72,9 @@ def importmap(
       releasectl importmap --channel stable > importmap.json
       releasectl importmap --channel canary --index-url https://cdn.example.com/remote-index.json
     """
-    from releasecontrol.cli.dev_host import ENV_INDEX_URL, host_environment
     from releasecontrol.host import FeatureHost
     from releasecontrol.importmap import build_import_map
+    from releasectl.dev_host import ENV_INDEX_URL, host_environment
 
     state = ctx.find_object(CliState) or CliState()
     environ = dict(os.environ)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from releasecontrol.cli._common import CliState
+from releasectl._common import CliState
 
 
 @click.command(

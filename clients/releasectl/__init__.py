@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from releasecontrol.cli._common import CliState, ReleaseCtlGroup
+from releasectl._common import CliState, ReleaseCtlGroup
 
 __all__ = ["main"]
 
@@ -15,23 +15,23 @@ __all__ = ["main"]
 # it), so `releasectl release status` does not pay for the host library, the
 # dev server or the linters: startup time is most of a quick command's time.
 _COMMANDS: dict[str, tuple[str, str]] = {
-    "backup": ("releasecontrol.cli.backup", "backup"),
-    "channel": ("releasecontrol.cli.channel", "channel"),
-    "dev": ("releasecontrol.cli.dev", "dev"),
-    "dev-host": ("releasecontrol.cli.dev_host", "dev_host"),
-    "doctor": ("releasecontrol.cli.doctor", "doctor"),
-    "importmap": ("releasecontrol.cli.importmap", "importmap"),
-    "interactive": ("releasecontrol.cli.interactive", "interactive"),
-    "keys": ("releasecontrol.cli.keys", "keys"),
-    "lint": ("releasecontrol.cli.lint", "lint"),
-    "mock-cdn": ("releasecontrol.cli.mock_cdn", "mock_cdn"),
-    "origin": ("releasecontrol.cli.origin", "origin"),
-    "publish": ("releasecontrol.cli.publish", "publish"),
-    "release": ("releasecontrol.cli.release", "release"),
-    "restore": ("releasecontrol.cli.backup", "restore"),
-    "token": ("releasecontrol.cli.token", "token"),
-    "validate": ("releasecontrol.cli.lint", "validate"),
-    "verify": ("releasecontrol.cli.verify", "verify"),
+    "backup": ("releasectl.backup", "backup"),
+    "channel": ("releasectl.channel", "channel"),
+    "dev": ("releasectl.dev", "dev"),
+    "dev-host": ("releasectl.dev_host", "dev_host"),
+    "doctor": ("releasectl.doctor", "doctor"),
+    "importmap": ("releasectl.importmap", "importmap"),
+    "interactive": ("releasectl.interactive", "interactive"),
+    "keys": ("releasectl.keys", "keys"),
+    "lint": ("releasectl.lint", "lint"),
+    "mock-cdn": ("releasectl.mock_cdn", "mock_cdn"),
+    "origin": ("releasectl.origin", "origin"),
+    "publish": ("releasectl.publish", "publish"),
+    "release": ("releasectl.release", "release"),
+    "restore": ("releasectl.backup", "restore"),
+    "token": ("releasectl.token", "token"),
+    "validate": ("releasectl.lint", "validate"),
+    "verify": ("releasectl.verify", "verify"),
 }
 
 

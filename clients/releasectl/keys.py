@@ -27,7 +27,6 @@ from typing import Any
 
 import click
 
-from releasecontrol.cli._common import CliState, OneLineError, echo_json, output_option
 from releasecontrol.client import state_home
 from releasecontrol.errors import ConfigError
 from releasecontrol.files import atomic_create, atomic_write
@@ -48,6 +47,7 @@ from releasecontrol.keyfiles import (
 )
 from releasecontrol.root import Root
 from releasecontrol.trust import SigningKey, TrustedKey, TrustStore, short_keyid
+from releasectl._common import CliState, OneLineError, echo_json, output_option
 
 __all__ = ["keys"]
 

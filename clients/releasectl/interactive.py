@@ -15,10 +15,10 @@ from typing import Any
 
 import click
 
-from releasecontrol.cli._common import one_line
-from releasecontrol.cli.dev import dev
-from releasecontrol.cli.publish import publish
 from releasecontrol.errors import ReleaseControlError
+from releasectl._common import one_line
+from releasectl.dev import dev
+from releasectl.publish import publish
 
 START = "Start the local system (releasectl dev)"
 PUBLISH = "Publish a feature"

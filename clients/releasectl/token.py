@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from releasecontrol.cli._common import OneLineError, echo_json, one_line, output_option
-from releasecontrol.cli.doctor import config_option, tool_config
+from releasectl._common import OneLineError, echo_json, one_line, output_option
+from releasectl.doctor import config_option, tool_config
 
 _ROLES = ("viewer", "releaser", "approver", "admin")
 

@@ -9,8 +9,8 @@ from types import FrameType
 
 import click
 
-from releasecontrol.cli._common import CliState, OneLineError, echo_json, output_option
 from releasecontrol.client import state_home
+from releasectl._common import CliState, OneLineError, echo_json, output_option
 
 DEFAULT_LISTEN = "127.0.0.1:4100"
 

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from releasecontrol.cli._common import DURATION, CliState, OneLineError, echo_json, output_option
-from releasecontrol.cli.mock_cdn import wait_for_stop_signal
 from releasecontrol.client import state_home
 from releasecontrol.errors import ConfigError
 from releasecontrol.index import REMOTE_INDEX_PATH
 from releasecontrol.trust import DEV_TRUST_FILE, ENV_ALLOW_DEV_KEYS, ENV_TRUST_JSON, ENV_TRUST_PATH
+from releasectl._common import DURATION, CliState, OneLineError, echo_json, output_option
+from releasectl.mock_cdn import wait_for_stop_signal
 
 if TYPE_CHECKING:
     from releasecontrol.host import FeatureHost

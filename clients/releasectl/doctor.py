@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from releasecontrol.cli._common import CliState, OneLineError, echo_json, output_option
+from releasectl._common import CliState, OneLineError, echo_json, output_option
 
 if TYPE_CHECKING:
     from releasecontrol_server.config import Config

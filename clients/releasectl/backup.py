@@ -25,9 +25,9 @@ from typing import Any
 
 import click
 
-from releasecontrol.cli._common import CliState, OneLineError, echo_json, output_option
 from releasecontrol.client import state_home
 from releasecontrol.files import fsync_dir
+from releasectl._common import CliState, OneLineError, echo_json, output_option
 
 __all__ = ["backup", "restore"]
 
