@@ -45,6 +45,7 @@ proto: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check clients server tests
 	$(VENV)/bin/ruff format --check clients server tests
+	$(VENV)/bin/lint-imports
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy clients/releasecontrol clients/releasectl server/releasecontrol_server
