@@ -92,6 +92,9 @@ class FeatureState:
     versions: tuple[PublishedVersion, ...] = ()
     updated_at: datetime | None = None
     updated_by: str = ""
+    """Who the last change says made it (its actor)."""
+    updated_by_principal: str = ""
+    """The authenticated caller of the last change ("" before it was kept)."""
 
     def find(self, version: str) -> PublishedVersion | None:
         for v in self.versions:
@@ -335,6 +338,7 @@ def _commit(
         versions=new_versions,
         updated_at=now,
         updated_by=meta.actor,
+        updated_by_principal=meta.principal,
     )
     record = AuditRecord(
         feature_id=state.feature_id,

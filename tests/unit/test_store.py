@@ -170,6 +170,7 @@ class TestOpen:
         conn = sqlite3.connect(db_path)
         with conn:  # as version 2 left it
             conn.execute("ALTER TABLE transitions DROP COLUMN principal")
+            conn.execute("ALTER TABLE features DROP COLUMN updated_by_principal")
             conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
         conn.close()
         reopened = SqliteStore(db_path)
@@ -185,6 +186,29 @@ class TestOpen:
             assert (newest.record.actor, newest.record.principal) == ("alice", "ci-bot")
         finally:
             reopened.close()
+
+    def test_a_version_5_database_gains_the_feature_principal(
+        self, store: SqliteStore, db_path: Path
+    ) -> None:
+        """Opening a schema-5 database keeps its features (last changed by nobody known) and
+        records the authenticated caller of every later change beside its actor."""
+        publish(store, "checkout", "1.0.0")
+        store.close()
+        conn = sqlite3.connect(db_path)
+        with conn:  # as version 5 left it
+            conn.execute("ALTER TABLE features DROP COLUMN updated_by_principal")
+            conn.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+        conn.close()
+        with SqliteStore(db_path) as reopened:
+            old = reopened.load_feature("checkout")
+            assert old is not None
+            assert (old.updated_by, old.updated_by_principal) == ("alice", "")
+            change = make_change(reopened, "checkout", Publish("1.1.0", SHA_A))
+            state = dataclasses.replace(change.state, updated_by_principal="ci-bot")
+            reopened.commit(dataclasses.replace(change, state=state))
+            new = reopened.load_feature("checkout")
+            assert new is not None
+            assert (new.updated_by, new.updated_by_principal) == ("alice", "ci-bot")
 
     def test_missing_folder_is_a_config_error(self, tmp_path: Path) -> None:
         """A database path in a folder that does not exist raises ConfigError naming the path."""
@@ -563,6 +587,7 @@ class TestRequests:
                 "INSERT INTO requests VALUES (?, ?, ?, 1)",
                 [("r-change", "PublishVersion A", b"\x0a\x01x"), ("r-same", "Promote B", b"")],
             )
+            conn.execute("ALTER TABLE features DROP COLUMN updated_by_principal")  # from 6
             conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
         conn.close()
 

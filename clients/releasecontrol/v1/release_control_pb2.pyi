@@ -252,12 +252,19 @@ class Feature(_message.Message):
     VERSIONS_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_BY_FIELD_NUMBER: _builtins.int
+    UPDATED_BY_PRINCIPAL_FIELD_NUMBER: _builtins.int
     feature_id: _builtins.str
     sequence: _builtins.int
     """The sequence of the feature's current releases.json."""
     stable_version: _builtins.str
     """Empty while no version is stable."""
     updated_by: _builtins.str
+    """The actor the last change gave (--actor, else the caller)."""
+    updated_by_principal: _builtins.str
+    """The authenticated caller of the last change (token principal, SPIFFE ID,
+    signed token subject), whatever actor it gave. Empty for features last
+    changed before it was kept.
+    """
     @_builtins.property
     def canary(self) -> Global___CanaryState:
         """Unset while no canary runs."""
@@ -276,10 +283,11 @@ class Feature(_message.Message):
         versions: _abc.Iterable[Global___VersionInfo] | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         updated_by: _builtins.str = ...,
+        updated_by_principal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "feature_id", b"feature_id", "sequence", b"sequence", "stable_version", b"stable_version", "updated_at", b"updated_at", "updated_by", b"updated_by", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "feature_id", b"feature_id", "sequence", b"sequence", "stable_version", b"stable_version", "updated_at", b"updated_at", "updated_by", b"updated_by", "updated_by_principal", b"updated_by_principal", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -70,7 +70,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 BUSY_TIMEOUT_MS = 10_000
 WAL_CHECKPOINT_PAGES = 16_384
 CACHE_KIB = 32_768
@@ -182,6 +182,9 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP TABLE requests",
         "ALTER TABLE requests_v5 RENAME TO requests",
     ),
+    # 6: the authenticated caller of a feature's last change beside the actor it gave
+    # ("" for features last changed before).
+    ("ALTER TABLE features ADD COLUMN updated_by_principal TEXT NOT NULL DEFAULT ''",),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -489,13 +492,13 @@ class SqliteStore:
                 if current is not None:
                     out.append(_feature_from_tuple(current, versions))
                 current, versions = row, []
-            if row[8] is not None:
+            if row[9] is not None:
                 versions.append(
                     PublishedVersion(
-                        version=str(row[8]),
-                        manifest_sha256=str(row[9]),
-                        published_at=_moment(row[10]),
-                        was_stable=bool(row[11]),
+                        version=str(row[9]),
+                        manifest_sha256=str(row[10]),
+                        published_at=_moment(row[11]),
+                        was_stable=bool(row[12]),
                     )
                 )
         if current is not None:
@@ -775,13 +778,15 @@ class SqliteStore:
         canary = state.canary
         self._db.execute(
             "INSERT INTO features (feature_id, sequence, stable, canary_version, "
-            "canary_soak_started_at, canary_soak_seconds, updated_at, updated_by) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (feature_id) DO UPDATE SET "
+            "canary_soak_started_at, canary_soak_seconds, updated_at, updated_by, "
+            "updated_by_principal) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (feature_id) DO UPDATE SET "
             "sequence = excluded.sequence, stable = excluded.stable, "
             "canary_version = excluded.canary_version, "
             "canary_soak_started_at = excluded.canary_soak_started_at, "
             "canary_soak_seconds = excluded.canary_soak_seconds, "
-            "updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+            "updated_at = excluded.updated_at, updated_by = excluded.updated_by, "
+            "updated_by_principal = excluded.updated_by_principal",
             [
                 state.feature_id,
                 state.sequence,
@@ -791,6 +796,7 @@ class SqliteStore:
                 canary.soak_seconds if canary else None,
                 _text(state.updated_at) if state.updated_at else None,
                 state.updated_by,
+                state.updated_by_principal,
             ],
         )
         # The stored list must equal the state's exactly. Versions are only
@@ -933,7 +939,7 @@ def _optional_str(value: Any) -> str | None:
 
 _FEATURE_COLUMNS = (
     "feature_id, sequence, stable, canary_version, canary_soak_started_at, "
-    "canary_soak_seconds, updated_at, updated_by"
+    "canary_soak_seconds, updated_at, updated_by, updated_by_principal"
 )
 
 
@@ -948,6 +954,7 @@ def _feature_from_tuple(row: Sequence[Any], versions: Sequence[PublishedVersion]
         "canary_soak_seconds",
         "updated_at",
         "updated_by",
+        "updated_by_principal",
     )
     return _feature_from_row(dict(zip(names, row, strict=False)), versions)
 
@@ -968,6 +975,7 @@ def _feature_from_row(row: dict[str, Any], versions: Sequence[PublishedVersion])
         versions=tuple(versions),
         updated_at=_optional_moment(row["updated_at"]),
         updated_by=str(row["updated_by"]),
+        updated_by_principal=str(row.get("updated_by_principal") or ""),
     )
 
 
@@ -1128,6 +1136,7 @@ def _result_json(state: FeatureState, transition_id: int | None, why: str) -> st
                 ],
                 "updated_at": None if state.updated_at is None else _text(state.updated_at),
                 "updated_by": state.updated_by,
+                "updated_by_principal": state.updated_by_principal,
             },
             "transition": transition_id,
             "why": why,
@@ -1158,4 +1167,5 @@ def _state_from_json(data: dict[str, Any]) -> FeatureState:
         ),
         updated_at=_optional_moment(data["updated_at"]),
         updated_by=str(data["updated_by"]),
+        updated_by_principal=str(data.get("updated_by_principal", "")),
     )
