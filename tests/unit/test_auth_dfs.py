@@ -187,6 +187,68 @@ REFUSALS: list[tuple[str, Callable[[], str], str]] = [
 ]
 
 
+def _future() -> int:
+    return int(now().timestamp()) + 300
+
+
+# Issue 13 item 6: each claim of the wrong type is UNAUTHENTICATED naming the claim, never a crash.
+MALFORMED: list[tuple[str, dict[str, Any], str]] = [
+    ("exp-a-numeric-string", {"exp": str(_future())}, "'exp' claim must be a number"),
+    ("exp-a-word", {"exp": "tomorrow"}, "'exp' claim must be a number"),
+    ("exp-a-boolean", {"exp": True}, "'exp' claim must be a number"),
+    ("exp-a-list", {"exp": [1]}, "'exp' claim must be a number"),
+    ("exp-null", {"exp": "__null__"}, "'exp' claim must be a number"),
+    ("exp-huge", {"exp": 10**400}, "'exp' claim must be a number"),
+    ("nbf-a-string", {"nbf": "0"}, "'nbf' claim must be a number"),
+    ("iat-an-object", {"iat": {"t": 1}}, "'iat' claim must be a number"),
+    ("iss-a-number", {"iss": 7}, "'iss' claim must be a string"),
+    ("sub-a-list", {"sub": ["ci-bot"]}, "'sub' claim must be a string"),
+    ("jti-a-number", {"jti": 5}, "'jti' claim must be a string"),
+    ("aud-a-number", {"aud": 5}, "'aud' claim must be a string or a non-empty list"),
+    ("aud-a-list-of-numbers", {"aud": [AUDIENCE, 5]}, "'aud' claim must be a string or"),
+    ("roles-an-object", {"roles": {"admin": True}}, "'roles' claim must be a list of strings"),
+    ("roles-holding-a-number", {"roles": ["viewer", 3]}, "'roles' claim must be a list"),
+    ("roles-null", {"roles": "__null__"}, "'roles' claim must be a list of strings"),
+    ("scopes-null", {"scopes": "__null__"}, "'scopes' claim must be a list of strings"),
+    ("scopes-a-string", {"scopes": "feature-*"}, "'scopes' claim must be a list of strings"),
+]
+
+
+def _malformed(changes: dict[str, Any]) -> str:
+    """A correctly signed token whose claims carry `changes` ("__null__" is JSON null)."""
+    body = claims()
+    body.update({k: (None if v == "__null__" else v) for k, v in changes.items()})
+    # PyJWS signs any bytes: jwt.encode itself refuses some mistyped claims (an `iss` number).
+    return jwt.PyJWS().encode(json.dumps(body).encode(), ISSUER_KEY, algorithm="EdDSA")
+
+
+class TestMalformedClaims:
+    @pytest.mark.parametrize(
+        ("changes", "error"), [(c, e) for _, c, e in MALFORMED], ids=[i for i, _, _ in MALFORMED]
+    )
+    def test_a_claim_of_the_wrong_type_is_unauthenticated_naming_it(
+        self, auth: DfsAuthenticator, changes: dict[str, Any], error: str
+    ):
+        """A signed token with a mistyped claim is refused (not a TypeError), naming the claim."""
+        token = _malformed(changes)
+        with pytest.raises(Unauthenticated, match=error) as info:
+            auth.authenticate(bearer(token), {})
+        assert ISSUER in info.value.message  # who to ask for a well-formed one
+        assert token not in info.value.message
+
+    def test_a_float_exp_is_still_accepted(self, auth: DfsAuthenticator):
+        """NumericDate allows fractions (RFC 7519 §2): a float `exp` is well-formed."""
+        assert auth.verify(signed(exp=now().timestamp() + 300.5)).name == "ci-bot"
+
+    def test_a_mistyped_claim_under_a_foreign_signature_says_signature(
+        self, auth: DfsAuthenticator
+    ):
+        """Types are looked at only once the signature verified: a forger learns nothing more."""
+        token = jwt.encode(claims(exp="x"), OTHER_KEY, algorithm="EdDSA")
+        with pytest.raises(Unauthenticated, match="signature does not verify"):
+            auth.verify(token)
+
+
 class TestRefusals:
     @pytest.mark.parametrize(
         ("make", "error"), [(m, e) for _, m, e in REFUSALS], ids=[i for i, _, _ in REFUSALS]

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from test_auth import issue_cert, make_pki
-from test_auth_dfs import AUDIENCE, ISSUER, ISSUER_KEY, OTHER_KEY, public_pem
+from test_auth_dfs import AUDIENCE, ISSUER, ISSUER_KEY, OTHER_KEY, _malformed, public_pem
 
 from releasecontrol.errors import ConfigError, ReleaseControlError, status_code_name
 from releasecontrol.v1 import release_control_pb2 as pb
@@ -591,8 +591,10 @@ class TestDfs:
             (lambda: dfs_token(audience="someone-else"), "another audience"),
             (lambda: dfs_token(issuer="https://other.example.org"), "another issuer"),
             (lambda: dfs_token(OTHER_KEY), "signature does not verify"),
+            # issue 13 item 6: was INTERNAL (a TypeError on `exp - now`)
+            (lambda: _malformed({"exp": "9999999999"}), "'exp' claim must be a number"),
         ],
-        ids=["expired", "wrong-audience", "another-issuer", "bad-signature"],
+        ids=["expired", "wrong-audience", "another-issuer", "bad-signature", "exp-a-string"],
     )
     async def test_bad_tokens_are_unauthenticated(
         self, pki: PkiPaths, client: tuple[Path, Path], token: Any, error: str

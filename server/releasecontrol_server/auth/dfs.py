@@ -19,7 +19,10 @@ key file is re-read when it changes.
 
 Every refusal is Unauthenticated with a message saying what was wrong
 (expired, not yet valid, wrong audience, another issuer, bad signature, missing
-roles) and never the token itself.
+roles) and never the token itself. Once the signature verifies, every claim's
+type is checked before any is used (`check_claim_types`): a malformed claim
+(an `exp` that is a string, `roles` that is an object, a `scopes` of null…) is
+refused naming the claim, never an internal error.
 """
 
 from __future__ import annotations
@@ -63,6 +66,22 @@ DEFAULT_TTL_SECONDS = 300
 _REQUIRED_CLAIMS = ["iss", "aud", "sub", "exp"]
 # PyJWT checks `sub` (and names the error) only from 2.10 on; () matches nothing before that.
 _INVALID_SUBJECT: Any = getattr(jwt.exceptions, "InvalidSubjectError", ())
+# Time claims must fit a float exactly (and `exp - now`): about 285 million years either way.
+_MAX_TIME = 2**53
+_TIME_CLAIMS = ("exp", "nbf", "iat")
+_STRING_CLAIMS = ("iss", "sub", "jti")
+# The first decode checks only the signature; the claims' types are checked before PyJWT reads them.
+_SIGNATURE_ONLY: Any = {
+    "verify_signature": True,
+    "verify_exp": False,
+    "verify_nbf": False,
+    "verify_iat": False,
+    "verify_aud": False,
+    "verify_iss": False,
+    "verify_sub": False,
+    "verify_jti": False,
+    "require": [],
+}
 _PEM_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.DOTALL)
 
 
@@ -223,20 +242,40 @@ class DfsAuthenticator:
             raise Unauthenticated(f"the token's claims are not usable: {exc}") from None
 
     def _decode(self, token: str) -> dict[str, Any]:
+        """The token's claims: signature first, then every claim's type, then their values."""
         for key in self._current_keys():
             try:
+                jwt.decode(token, key, algorithms=[ALGORITHM], options=_SIGNATURE_ONLY)
+            except jwt.InvalidSignatureError:
+                continue  # maybe the next key (rotation)
+            except jwt.PyJWTError as exc:
+                raise Unauthenticated(self._explain(exc, token)) from None
+            try:
+                unchecked: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+                problem = check_claim_types(unchecked)
+                if problem is not None:
+                    raise Unauthenticated(
+                        f"{problem}; ask issuer {self.issuer!r} for a well-formed token"
+                    )
                 claims: dict[str, Any] = jwt.decode(
                     token,
-                    key,
-                    algorithms=[ALGORITHM],
                     audience=self.audience,
                     issuer=self.issuer,
                     leeway=self.leeway_seconds,
-                    options={"require": _REQUIRED_CLAIMS},
+                    options={
+                        # the signature verified above, with `key`
+                        "verify_signature": False,
+                        "verify_exp": True,
+                        "verify_nbf": True,
+                        "verify_iat": True,
+                        "verify_aud": True,
+                        "verify_iss": True,
+                        "verify_sub": True,
+                        "verify_jti": True,
+                        "require": _REQUIRED_CLAIMS,
+                    },
                 )
                 return claims
-            except jwt.InvalidSignatureError:
-                continue  # maybe the next key (rotation)
             except jwt.PyJWTError as exc:
                 raise Unauthenticated(self._explain(exc, token)) from None
         raise Unauthenticated(
@@ -298,6 +337,69 @@ class DfsAuthenticator:
             log.info("dfs issuer key reloaded path=%s keys=%d", self._path, len(keys))
             self._keys, self._stamp = keys, stamp
         return self._keys
+
+
+def check_claim_types(claims: dict[str, Any]) -> str | None:
+    """What is wrong with the type of a claim present in `claims`, naming it; None when all fit.
+
+    `exp`, `nbf`, `iat`: a number of seconds since the epoch (not a string, a boolean, NaN
+    or one beyond 2**53); `iss`, `sub`, `jti`: a string; `aud`: a string or a non-empty list
+    of strings; `roles`: a list of strings; `scopes`: a list of strings when present (null
+    is refused: leave it out for every feature). Missing claims are left to the checks of
+    the values, which name them too.
+    """
+    for name in _TIME_CLAIMS:
+        if name in claims and not _is_time(claims[name]):
+            return (
+                f"the token's {name!r} claim must be a number of seconds since the epoch, "
+                f"not {_kind(claims[name])}"
+            )
+    for name in _STRING_CLAIMS:
+        if name in claims and not isinstance(claims[name], str):
+            return f"the token's {name!r} claim must be a string, not {_kind(claims[name])}"
+    if "aud" in claims:
+        aud = claims["aud"]
+        if not isinstance(aud, str) and not (
+            isinstance(aud, list) and aud and all(isinstance(a, str) for a in aud)
+        ):
+            return (
+                "the token's 'aud' claim must be a string or a non-empty list of strings, "
+                f"not {_kind(aud)}"
+            )
+    for name in ("roles", "scopes"):
+        if name in claims:
+            value = claims[name]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                return (
+                    f"the token's {name!r} claim must be a list of strings, not {_kind(value)}"
+                    + ("" if name == "roles" else " (leave it out for every feature)")
+                )
+    return None
+
+
+def _is_time(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return -_MAX_TIME < value < _MAX_TIME  # False for NaN and the infinities too
+
+
+def _kind(value: object) -> str:
+    """How a JSON value is named in a message: its type, never its content."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, int | float):
+        return "a number out of range"
+    if isinstance(value, list):
+        if any(not isinstance(v, str) for v in value):
+            return "a list holding a non-string"
+        return "an empty list" if not value else "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
 
 
 def _load_key_file(path: Path) -> tuple[Ed25519PublicKey, ...]:
