@@ -137,6 +137,11 @@ def test_sign_in_session_cookie_and_sign_out(site: Site, context: BrowserContext
     page.goto(site.url)
     expect(page).to_have_url(f"{site.url}/signin?next=%2F_admin")
 
+    # The session ended on the server: the cookie copied before signing out is worthless.
+    context.add_cookies([cookie])
+    page.goto(site.url)
+    expect(page).to_have_url(f"{site.url}/signin?next=%2F_admin")
+
 
 def test_canary_refused_promote_skip_soak_rollback_and_hot_refresh(
     site: Site, context: BrowserContext

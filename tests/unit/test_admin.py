@@ -28,6 +28,7 @@ from releasecontrol.trust import SigningKey
 from releasecontrol_server import releases
 from releasecontrol_server.admin import AdminApp, AdminSettings
 from releasecontrol_server.admin.session import COOKIE_NAME
+from releasecontrol_server.admin.signin import SignInThrottle
 from releasecontrol_server.artifacts import ArtifactStore
 from releasecontrol_server.auth.dfs import DfsAuthenticator, issue_dfs_token
 from releasecontrol_server.auth.interceptor import Authenticator, MtlsOnlyAuthenticator
@@ -179,6 +180,8 @@ async def build(
     allow_unauthenticated: bool = False,
     authenticator: Authenticator | None = None,
     base_url: str = BASE,
+    throttle: SignInThrottle | None = None,
+    client_address: str = "127.0.0.1",
 ) -> AsyncIterator[Admin]:
     clock = Clock()
     controller, store = make_controller(tmp_path, clock)
@@ -200,8 +203,9 @@ async def build(
             listen_host="127.0.0.1",
         ),
         clock=clock,
+        throttle=throttle,
     )
-    transport = httpx.ASGITransport(app=app.app)
+    transport = httpx.ASGITransport(app=app.app, client=(client_address, 40000))
     async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
         await controller.start()
         try:
@@ -293,6 +297,26 @@ class TestSignIn:
         assert response.headers["location"] == "/_admin/signin"
         assert (await releaser.client.get("/_admin")).status_code == 303
 
+    async def test_sign_out_ends_the_session_on_the_server(self, releaser: Admin) -> None:
+        """A copy of the cookie taken before signing out signs nobody in afterwards."""
+        copied = releaser.client.cookies[COOKIE_NAME]
+        response = await releaser.post("/_admin/signout", {}, csrf=await releaser.csrf("/_admin"))
+        assert response.status_code == 303
+        releaser.client.cookies.clear()
+        releaser.client.cookies.set(COOKIE_NAME, copied, domain="127.0.0.1", path="/_admin")
+        assert (await releaser.client.get("/_admin")).status_code == 303
+        assert (await releaser.client.get("/_admin/events")).status_code == 401
+
+    async def test_signing_in_again_ends_the_previous_session(self, admin: Admin) -> None:
+        """A second sign-in in the same browser replaces the first: its old cookie is closed."""
+        await admin.sign_in(admin.token("alice", "viewer"))
+        first = admin.client.cookies[COOKIE_NAME]
+        await admin.sign_in(admin.token("bob", "viewer"))
+        assert "<strong>bob</strong>" in (await admin.client.get("/_admin")).text
+        admin.client.cookies.clear()
+        admin.client.cookies.set(COOKIE_NAME, first, domain="127.0.0.1", path="/_admin")
+        assert (await admin.client.get("/_admin")).status_code == 303
+
     async def test_a_revoked_token_ends_its_session_at_once(self, admin: Admin) -> None:
         """Revoking the token in the store signs its browser sessions out on the next request."""
         await admin.sign_in(admin.token("mallory", "admin"))
@@ -380,6 +404,96 @@ class TestSignIn:
             max_age = re.search(r"Max-Age=(\d+)", set_cookie(response))
             assert max_age and 100 <= int(max_age.group(1)) <= 120
             assert "<strong>carol</strong>" in (await admin.client.get("/_admin")).text
+
+
+class Ticks:
+    """A monotonic clock the test moves, for the sign-in throttle."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class TestSignInLimits:
+    async def test_failures_from_one_address_are_limited_with_retry_after(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Past 10 failures in the window: 429 with Retry-After, logged, token not even checked."""
+        ticks = Ticks()
+        throttle = SignInThrottle(per_address=10, window_seconds=900, clock=ticks)
+        async for admin in build(tmp_path, throttle=throttle, client_address="203.0.113.7"):
+            for _ in range(10):
+                assert (await admin.sign_in("rc_wrong")).status_code == 401
+                ticks.now += 10
+            good = admin.token("alice", "viewer")
+            with caplog.at_level(logging.INFO, logger="releasecontrol_server.admin.app"):
+                blocked = await admin.sign_in(good)
+            assert blocked.status_code == 429
+            assert blocked.headers["retry-after"] == str(900 - 100)
+            assert "too many failed sign-ins from this address" in blocked.text
+            assert (await admin.client.get("/_admin")).status_code == 303  # not signed in
+            line = next(r.getMessage() for r in caplog.records if "result=throttled" in r.message)
+            assert "action=signin" in line and "address=203.0.113.7" in line
+            assert "retry_after=800" in line
+            ticks.now += 801  # the first failure left the window: one more attempt
+            assert (await admin.sign_in(good)).status_code == 303
+
+    async def test_a_good_sign_in_clears_the_addresss_failures(self, tmp_path: Path) -> None:
+        """Failures below the limit are forgotten once the same address signs in."""
+        throttle = SignInThrottle(per_address=3, clock=Ticks())
+        async for admin in build(tmp_path, throttle=throttle):
+            for _ in range(2):
+                await admin.sign_in("rc_wrong")
+            assert (await admin.sign_in(admin.token("alice", "viewer"))).status_code == 303
+            for _ in range(2):
+                assert (await admin.sign_in("rc_wrong")).status_code == 401
+
+    async def test_failures_naming_one_principal_are_limited_across_addresses(
+        self, tmp_path: Path
+    ) -> None:
+        """dfs: tokens claiming one `sub` that fail are counted for it, whatever the address."""
+        key = Ed25519PrivateKey.generate()
+        public = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        authenticator = DfsAuthenticator(
+            issuer="https://idp.example", audience="releasecontrol", public_key=public.decode()
+        )
+        forger = Ed25519PrivateKey.generate()
+        throttle = SignInThrottle(per_address=1000, per_principal=3, clock=Ticks())
+
+        def token(signer: Ed25519PrivateKey, subject: str) -> str:
+            return issue_dfs_token(
+                signer,
+                issuer="https://idp.example",
+                audience="releasecontrol",
+                subject=subject,
+                roles=["admin"],
+            )
+
+        for address in ("198.51.100.1", "198.51.100.2", "198.51.100.3"):
+            (tmp_path / address).mkdir()
+            async for admin in build(
+                tmp_path / address,
+                auth_mode="dfs",
+                authenticator=authenticator,
+                throttle=throttle,
+                client_address=address,
+            ):
+                assert (await admin.sign_in(token(forger, "carol"))).status_code == 401
+        (tmp_path / "last").mkdir()
+        async for admin in build(
+            tmp_path / "last",
+            auth_mode="dfs",
+            authenticator=authenticator,
+            throttle=throttle,
+            client_address="198.51.100.4",
+        ):
+            blocked = await admin.sign_in(token(key, "carol"))
+            assert blocked.status_code == 429
+            assert "for this principal" in blocked.text
+            assert int(blocked.headers["retry-after"]) > 0
+            assert (await admin.sign_in(token(key, "dave"))).status_code == 303
 
 
 class TestUnauthenticatedMode:

@@ -22,6 +22,9 @@ from test_admin import Clock, make_controller, publish
 from releasecontrol.errors import ConfigError
 from releasecontrol_server.admin import AdminServer, load_or_create_secret
 from releasecontrol_server.admin.events import event_stream
+from releasecontrol_server.admin.session import SessionRegistry
+from releasecontrol_server.admin.signin import SignInThrottle, claimed_principal
+from releasecontrol_server.auth.dfs import issue_dfs_token
 from releasecontrol_server.auth.principal import Principal, Role
 from releasecontrol_server.control import ReleaseController
 from releasecontrol_server.watch import WatchHub
@@ -53,6 +56,90 @@ class TestSessionKey:
         os.chmod(path, 0o600)
         with pytest.raises(ConfigError, match="delete it and restart"):
             load_or_create_secret(path)
+
+
+class Ticks:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class TestSessionRegistry:
+    def test_a_session_counts_until_closed_or_expired(self) -> None:
+        """Open ids count; a closed one or one past its end does not, nor one never opened."""
+        ticks = Ticks()
+        registry = SessionRegistry(clock=ticks)
+        kept, closed = registry.open(200.0), registry.open(200.0)
+        assert registry.is_open(kept) and registry.is_open(closed)
+        assert registry.close(closed) and not registry.is_open(closed)
+        assert not registry.close(closed)
+        assert not registry.is_open("") and not registry.is_open("never-opened")
+        ticks.now = 200.0
+        assert not registry.is_open(kept)
+
+    def test_it_holds_a_bounded_number_and_drops_the_oldest(self) -> None:
+        """Past its size the oldest sign-in is closed first; expired ones go before that."""
+        ticks = Ticks()
+        registry = SessionRegistry(max_sessions=3, clock=ticks)
+        short = registry.open(150.0)
+        first, second = registry.open(500.0), registry.open(500.0)
+        ticks.now = 160.0
+        third = registry.open(500.0)  # `short` expired: room without dropping anyone
+        assert len(registry) == 3 and not registry.is_open(short)
+        fourth = registry.open(500.0)
+        assert not registry.is_open(first)
+        assert all(registry.is_open(s) for s in (second, third, fourth))
+
+
+class TestSignInThrottle:
+    def test_the_window_slides(self) -> None:
+        """The limit counts failures within the window; each one leaves it on its own."""
+        ticks = Ticks()
+        throttle = SignInThrottle(per_address=2, window_seconds=60, clock=ticks)
+        throttle.failed("10.0.0.1", None)
+        ticks.now += 30
+        throttle.failed("10.0.0.1", None)
+        refused = throttle.check("10.0.0.1", None)
+        assert refused is not None and refused.key == "address=10.0.0.1"
+        assert refused.retry_after == 30
+        assert throttle.check("10.0.0.2", None) is None  # another address is not affected
+        ticks.now += 30
+        assert throttle.check("10.0.0.1", None) is None
+
+    def test_the_longest_wait_is_the_one_given(self) -> None:
+        """Blocked both by address and by principal: Retry-After is the later of the two."""
+        ticks = Ticks()
+        throttle = SignInThrottle(per_address=1, per_principal=2, window_seconds=100, clock=ticks)
+        throttle.failed("10.0.0.1", None)  # address blocked until 200
+        ticks.now += 10
+        throttle.failed("10.0.0.9", "carol")
+        ticks.now += 10
+        throttle.failed("10.0.0.8", "carol")  # principal blocked until 210
+        refused = throttle.check("10.0.0.1", "carol")
+        assert refused is not None and refused.key == "principal=carol"
+        assert refused.retry_after == 90
+
+    def test_the_number_of_tracked_keys_is_bounded(self) -> None:
+        """A flood of addresses cannot grow memory without end: the idlest keys go first."""
+        throttle = SignInThrottle(per_address=1, clock=Ticks(), max_keys=100)
+        for n in range(1000):
+            throttle.failed(f"10.0.{n // 256}.{n % 256}", None)
+        assert len(throttle._failures) == 100
+        assert throttle.check("10.0.3.231", None) is not None  # the latest is kept
+
+    def test_only_a_dfs_token_names_a_principal(self) -> None:
+        """The `sub` of a dfs token (signature unchecked) keys the limit; nothing else does."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        token = issue_dfs_token(
+            Ed25519PrivateKey.generate(), issuer="i", audience="a", subject="carol", roles=["admin"]
+        )
+        assert claimed_principal("dfs", token) == "carol"
+        assert claimed_principal("rpc-token", token) is None
+        assert claimed_principal("dfs", "rc_not-a-jws") is None
+        assert claimed_principal("dfs", "a.b.c") is None
 
 
 def _data(chunk: str) -> dict[str, object]:

@@ -11,7 +11,10 @@
 
 Every request goes through `AdminApp._run`: the Host check (when no sign-in is
 needed), the signed session cookie, for a POST the Origin/Referer and CSRF
-checks, then who the principal is (or the sign-in page). Each page and change
+checks, then who the principal is (or the sign-in page): a signed-in cookie
+counts only while its session id is open on this server (sign-out closes it),
+and failed sign-ins are limited per client address and per principal (429
+with Retry-After; see signin.py for the numbers). Each page and change
 asks the one `authorize()` the RPCs use; refusals are shown with the domain
 error's message, never a stack trace. Every admin action is logged as one line:
 `admin action=... principal=... feature=... result=...`.
@@ -54,8 +57,13 @@ from releasecontrol_server.admin.actions import (
 )
 from releasecontrol_server.admin.actions import apply as apply_change
 from releasecontrol_server.admin.events import event_stream
-from releasecontrol_server.admin.session import CSRF_FIELD, Session, SessionCodec
-from releasecontrol_server.admin.signin import SignIn
+from releasecontrol_server.admin.session import (
+    CSRF_FIELD,
+    Session,
+    SessionCodec,
+    SessionRegistry,
+)
+from releasecontrol_server.admin.signin import SignIn, SignInThrottle, claimed_principal
 from releasecontrol_server.auth.authorize import Action, authorize, decide, permits
 from releasecontrol_server.auth.interceptor import Authenticator
 from releasecontrol_server.auth.principal import Principal
@@ -146,6 +154,8 @@ class AdminApp:
         settings: AdminSettings,
         *,
         clock: Callable[[], datetime] = utc_now,
+        throttle: SignInThrottle | None = None,
+        sessions: SessionRegistry | None = None,
     ) -> None:
         self._controller = controller
         self._settings = settings
@@ -158,6 +168,8 @@ class AdminApp:
             token_store_path=settings.token_store_path,
         )
         self._codec = SessionCodec(settings.session_secret, settings.session_seconds)
+        self._sessions = sessions or SessionRegistry()
+        self._throttle = throttle or SignInThrottle()
         self._allowed_hosts = _LOOPBACK_HOSTS | {settings.listen_host.lower()}
         self._closing: asyncio.Event | None = None  # made on the serving loop
         self._templates = jinja2.Environment(
@@ -293,6 +305,8 @@ class AdminApp:
         """The session's principal as it stands now; None when its sign-in no longer counts."""
         if session.principal is None or session.auth_mode != (self._signin.auth_mode or ""):
             return None
+        if not self._sessions.is_open(session.sid):  # signed out (maybe from another copy)
+            return None
         return self._signin.current(session.principal, session.token_sha256)
 
     async def _checked_form(self, ctx: _Ctx) -> dict[str, str]:
@@ -372,7 +386,12 @@ class AdminApp:
     # -- sign-in ------------------------------------------------------------------------
 
     async def _signin_page(
-        self, ctx: _Ctx, *, error: ReleaseControlError | None = None, status: int = 200
+        self,
+        ctx: _Ctx,
+        *,
+        error: ReleaseControlError | None = None,
+        message: str | None = None,
+        status: int = 200,
     ) -> Response:
         nxt = _safe_next(ctx.request.query_params.get("next", "") or ctx.form.get("next", ""))
         return self._render(
@@ -384,21 +403,42 @@ class AdminApp:
                 "accepts_tokens": self._signin.accepts_tokens,
                 "auth_mode": self._signin.auth_mode or "none",
                 "next": nxt,
-                "error": error.message if error else None,
+                "error": error.message if error else message,
             },
             status,
         )
 
     async def _signin_submit(self, ctx: _Ctx) -> Response:
+        token = ctx.form.get("token", "")
+        address = ctx.request.client.host if ctx.request.client else "-"
+        claimed = claimed_principal(self._signin.auth_mode, token)
+        throttled = self._throttle.check(address, claimed)
+        if throttled is not None:
+            self._log(
+                ctx,
+                "signin",
+                "",
+                "throttled",
+                limit=throttled.key,
+                address=address,
+                retry_after=throttled.retry_after,
+            )
+            page = await self._signin_page(ctx, message=throttled.message(), status=429)
+            page.headers["retry-after"] = str(throttled.retry_after)
+            return page
         try:
-            signed = self._signin.verify(ctx.form.get("token", ""))
+            signed = self._signin.verify(token)
         except ReleaseControlError as error:
-            self._log(ctx, "signin", "", "refused", error=error)
+            self._throttle.failed(address, claimed)
+            self._log(ctx, "signin", "", "refused", error=error, address=address)
             return await self._signin_page(ctx, error=error, status=http_status(error))
+        self._throttle.succeeded(address, claimed or signed.principal.name)
+        self._sessions.close(ctx.session.sid)  # signing in again replaces the session
         ctx.session = ctx.session.signed_in(
             signed.principal,
             signed.expires_at,
             auth_mode=self._signin.auth_mode or "",
+            sid=self._sessions.open(signed.expires_at),
             token_sha256=signed.token_sha256,
         )
         ctx.principal = signed.principal
@@ -406,6 +446,8 @@ class AdminApp:
         return RedirectResponse(_safe_next(ctx.form.get("next", "")), status_code=303)
 
     async def _signout(self, ctx: _Ctx) -> Response:
+        # Ends the session on the server: a copy of the cookie no longer signs anyone in.
+        self._sessions.close(ctx.session.sid)
         self._log(ctx, "signout", "", "ok")
         ctx.session = Session.new(self._settings.session_seconds)
         ctx.principal = self._signin.anonymous()

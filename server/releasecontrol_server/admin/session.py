@@ -10,6 +10,13 @@ store keeps anyway, and which cannot be turned back into the token).
 Every visitor gets a session, signed in or not, so the sign-in form itself
 carries a CSRF token. Signing in or out replaces the CSRF token.
 
+A signed-in session also carries a random session id, and counts only while
+that id is open in the server's `SessionRegistry` (in memory, one process).
+Signing out closes the id, so a copy of the cookie taken before is worth
+nothing afterwards; a restart closes every session (everyone signs in again),
+which fails closed. The registry holds at most `MAX_OPEN_SESSIONS`; past that
+the oldest sign-in is closed first.
+
 The cookie is HttpOnly, SameSite=Strict, scoped to `/_admin`, and Secure when
 the page was served over https.
 """
@@ -20,6 +27,7 @@ import hmac
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +47,7 @@ COOKIE_PATH = "/_admin"
 CSRF_FIELD = "csrf_token"
 _SALT = "releasecontrol-admin-session"
 _SECRET_BYTES = 32
+MAX_OPEN_SESSIONS = 10_000
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,8 @@ class Session:
     """`rpc-token`: the signed-in token's hash, re-checked against the store on every request."""
     auth_mode: str = ""
     """The auth mode the sign-in was checked under; a sign-in counts only under the same one."""
+    sid: str = ""
+    """A signed-in session's id: it counts only while the SessionRegistry holds it open."""
     changed: bool = field(default=False, compare=False)
     """True when the cookie must be (re)sent with the response."""
 
@@ -63,11 +74,17 @@ class Session:
         return cls(secrets.token_urlsafe(32), None, start + lifetime_seconds, changed=True)
 
     def signed_in(
-        self, principal: Principal, expires_at: float, *, auth_mode: str, token_sha256: str = ""
+        self,
+        principal: Principal,
+        expires_at: float,
+        *,
+        auth_mode: str,
+        sid: str,
+        token_sha256: str = "",
     ) -> Session:
-        """The session after a sign-in: the principal, and a new CSRF token (no fixation)."""
+        """The session after a sign-in: the principal, its server-side id, a new CSRF token."""
         return Session(
-            secrets.token_urlsafe(32), principal, expires_at, token_sha256, auth_mode, True
+            secrets.token_urlsafe(32), principal, expires_at, token_sha256, auth_mode, sid, True
         )
 
     def csrf_ok(self, presented: str) -> bool:
@@ -75,7 +92,55 @@ class Session:
         return bool(presented) and hmac.compare_digest(presented.encode(), self.csrf.encode())
 
     def without_principal(self) -> Session:
-        return replace(self, principal=None, token_sha256="", auth_mode="", changed=True)
+        return replace(self, principal=None, token_sha256="", auth_mode="", sid="", changed=True)
+
+
+class SessionRegistry:
+    """The signed-in sessions this server opened and has not closed (in memory).
+
+    A signed cookie proves the server issued it, not that its session is still
+    on: the registry says that, so signing out ends the session on the server,
+    not only in the browser that signed out.
+    """
+
+    def __init__(
+        self, *, max_sessions: int = MAX_OPEN_SESSIONS, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._open: dict[str, float] = {}  # session id -> expires_at, oldest sign-in first
+        self._max = max_sessions
+        self._clock = clock
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def open(self, expires_at: float) -> str:
+        """A new session id, open until `expires_at` or until closed."""
+        now = self._clock()
+        for sid in [sid for sid, ends in self._open.items() if ends <= now]:
+            del self._open[sid]
+        while len(self._open) >= self._max:
+            oldest = next(iter(self._open))
+            del self._open[oldest]
+            log.warning(
+                "admin sessions full (%d open): the oldest sign-in was signed out", self._max
+            )
+        sid = secrets.token_urlsafe(18)
+        self._open[sid] = expires_at
+        return sid
+
+    def is_open(self, sid: str) -> bool:
+        """True when `sid` was opened here, is not closed and has not expired."""
+        ends = self._open.get(sid) if sid else None
+        if ends is None:
+            return False
+        if ends <= self._clock():
+            del self._open[sid]
+            return False
+        return True
+
+    def close(self, sid: str) -> bool:
+        """End the session `sid` (a sign-out); True when it was open."""
+        return self._open.pop(sid, None) is not None
 
 
 class SessionCodec:
@@ -118,6 +183,7 @@ def _to_json(session: Session) -> dict[str, Any]:
         p = session.principal
         data["p"] = {"n": p.name, "r": sorted(p.roles), "s": list(p.scopes)}
         data["m"] = session.auth_mode
+        data["i"] = session.sid
     if session.token_sha256:
         data["t"] = session.token_sha256
     return data
@@ -134,7 +200,12 @@ def _from_json(data: Any) -> Session:
         p = data["p"]
         principal = Principal(str(p["n"]), parse_roles(p["r"]), parse_scopes(p["s"]))
     return Session(
-        str(data["c"]), principal, expires_at, str(data.get("t", "")), str(data.get("m", ""))
+        str(data["c"]),
+        principal,
+        expires_at,
+        str(data.get("t", "")),
+        str(data.get("m", "")),
+        str(data.get("i", "")),
     )
 
 
