@@ -315,7 +315,7 @@ class TestOriginHttpServer:
         assert b"secret" not in body
 
     def test_a_target_without_leading_slash_is_refused(self, served: OriginHttpServer) -> None:
-        """A request target that is not an absolute path is no file: llhttp refuses it (400)."""
+        """A request target that is not an absolute path is no file: it is refused (400)."""
         response, body = request(served, "remote-index.json")
 
         assert response.status == 400

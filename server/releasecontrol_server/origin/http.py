@@ -2,48 +2,59 @@
 
 For local development, tests, and a CDN that pulls from this process. GET and
 HEAD, files only (no directory listings), paths checked by
-`validate_origin_path` and resolved inside the root.
+`validate_origin_path` and resolved inside the root (a symlink is followed only
+when it ends inside it; hidden files, the temporary files of an unfinished
+atomic write, are never served).
 
 Caching: index and manifest files change in place, so they are `no-cache` (a
-CDN revalidates every time, cheaply, with the strong ETag); files under
-`artifacts/` (content-addressed) and `roots/` (a root version is never
-rewritten) never change, so they are cached for a year as `immutable`.
+CDN revalidates every time, cheaply, with the strong ETag, the file's SHA-256);
+files under `artifacts/` (content-addressed) and `roots/` (a root version is
+never rewritten) never change, so they are cached for a year as `immutable`.
 
 Every answer says `Access-Control-Allow-Origin: *`: the files are public, and a
 page on another origin (a browser host, docs/host-protocol.md 8) must be able
 to read the index files with fetch() and to load module scripts, which browsers
 fetch in CORS mode (Subresource Integrity needs it too).
 
-How it serves: one asyncio event loop in a daemon thread, HTTP/1.1 with
-keep-alive (and pipelining); request heads are parsed by llhttp (Node's C
-parser, through MagicStack's `httptools`), answers written by this module. The
-hosts benchmark found the standard library's `ThreadingHTTPServer` spending
-~0.3 ms of CPU per request on a kept-alive connection and ~0.65 ms on a new one
-(a thread per connection, `email`-based header parsing, `realpath` on every
-request), more than the client's verification of the file; h11 (pure Python)
-0.23-0.4 ms. Now ~0.1 ms, and serving it as a raw ASGI app with uvicorn
-(httptools) cost 0.17-0.21 ms (its Task and ASGI messages per request), and
-uvicorn bounds no request head with httptools. Here a request costs
-one `stat` when the file is in memory: files (up to 4 MiB each, 64 MiB in all)
-are kept with their ETag and response headers, keyed by the file's inode,
-size, mtime and ctime, and only once their ctime is 2 s old, so a file changed
-within the clock's granularity is never mistaken for the one cached (a change
-always moves ctime, which cannot be set back). Larger files are read per
-request, in the loop.
+How it serves: uvicorn in a daemon thread with its own event loop, HTTP/1.1
+with keep-alive (and pipelining), parsed by `h11`; the files are answered by a
+small ASGI app here (Starlette's StaticFiles cannot give this ETag, these
+Cache-Control values or the path rules), each file read whole per request:
+one read, so the ETag is always the hash of the bytes sent.
 
-Limits: a request head (request line and headers) of at most 16 KiB and 100
-header fields. A request head ends at its first empty line (no request may
-have a body), so llhttp is handed exactly one head at a time, parsed as it
-arrives, and never more than 16 KiB of an incomplete one (llhttp itself bounds
-no head size). Request bodies are refused (`Content-Length` above 0 or any
-`Transfer-Encoding` answers 400 and closes); anything llhttp refuses (including
-obs-fold lines, two Content-Lengths, control characters in a value), an
-HTTP/1.1 request without exactly one Host, and a version other than 1.0/1.1
-answer 400 (505 for HTTP/2 and above, 431 for a head too large) and close.
-HTTP/1.0 requests and `Connection: close` get one answer and a close. A
-connection idle for 30 s is closed; while a client does not read its answers,
-its further requests are not parsed (no unbounded buffering). Every answer goes
-out in one write with `TCP_NODELAY` set, and the listen backlog is 128.
+h11 rather than uvicorn's httptools protocol: uvicorn bounds an unfinished
+request head only with h11 (`h11_max_incomplete_event_size`, here 16 KiB),
+while under httptools a header that never ends grows without bound. h11
+refuses a request line or field it cannot parse, obs-fold at the start of a
+head (a later one is joined to its field), empty lines before a request, two
+Host fields, an HTTP/1.1 request without Host, two different Content-Lengths
+and control characters in a value: uvicorn answers 400 and closes. On top, the
+app refuses, each with a close: a head over 16 KiB that arrived in one read
+(431), more than 100 header fields (431), a request with a body
+(`Content-Length` above 0 or any `Transfer-Encoding`: 400), a target that is
+not an absolute path (400) and a version other than 1.0/1.1 (505); other
+methods answer 405 and keep the connection.
+
+Cost: 360-430 us of the origin's CPU per kept-alive GET of a small file
+(uvicorn and h11 ~300, the app ~85: `realpath`, a read and a SHA-256), 580-700
+us on a new connection. The server of our own it replaces (llhttp through
+`httptools`, its own framing and an in-memory file cache, ~660 lines) cost
+105-130 / 285-310 us. The targets hold: hosts cold load / python-tuf 0.46 at
+1,000 features and 0.58 at 10,000 (target 0.8), browser verified / baseline
+1.17 (target 1.3); both are ratios against baselines fetched from the same
+origin, so they hide what the origin costs. If that cost matters: uvicorn's
+httptools protocol saves ~100 us (but bounds no head), and a cache of the
+app's answers keyed by the file's stat ~75 us.
+
+A connection that sends nothing for 30 s is closed (uvicorn itself times out
+only the wait between requests; `_Protocol` also times out a connection before
+and within its first request). While a client does not read its answers, its
+further requests are not parsed (h11 pauses, uvicorn waits for the socket to
+drain). The listen backlog is 128 (socketserver's 5 cost the hosts benchmark a
+1 s SYN retransmission per overflow), and `TCP_NODELAY` is set on every
+connection (uvicorn writes a head, then a body: without it, 40 ms per answer).
+No access log, no Server header naming versions; uvicorn logs a warning for
+each request h11 refuses.
 """
 
 from __future__ import annotations
@@ -57,15 +68,12 @@ import os
 import socket
 import stat
 import threading
-import time
-from collections import OrderedDict
-from dataclasses import dataclass
-from email.utils import formatdate
-from http import HTTPStatus
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
-import httptools
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from releasecontrol_server.origin import validate_origin_path
 
@@ -98,10 +106,8 @@ _CONTENT_TYPES = {
     ".wasm": "application/wasm",
 }
 _DEFAULT_CONTENT_TYPE = "application/octet-stream"
-_CORS = b"Access-Control-Allow-Origin: *\r\n"
 SERVER_NAME = "ReleaseControlOrigin"
-SERVER_NAME_BYTES = SERVER_NAME.encode("ascii")
-# An idle keep-alive connection is closed after this long.
+# A connection that sends nothing for this long is closed.
 _IDLE_TIMEOUT_SECONDS = 30.0
 # socketserver's default listen backlog is 5: a CDN or a host opening a few
 # connections at once overflows it, and each dropped SYN costs the client a
@@ -109,12 +115,6 @@ _IDLE_TIMEOUT_SECONDS = 30.0
 _BACKLOG = 128
 MAX_HEAD_BYTES = 16 * 1024
 MAX_HEADER_FIELDS = 100
-# Files kept in memory: each at most this large, all together at most this much.
-CACHE_FILE_BYTES = 4 << 20
-CACHE_TOTAL_BYTES = 64 << 20
-# A file is kept only once its ctime is this old: a change within the file
-# system clock's granularity could otherwise leave every stamp field equal.
-_SETTLED_SECONDS = 2.0
 
 
 def content_type(path: str) -> str:
@@ -145,397 +145,9 @@ def etag_matches(if_none_match: str, etag: str) -> bool:
     return False
 
 
-class _BadRequest(Exception):
-    def __init__(self, status: HTTPStatus, text: str) -> None:
-        super().__init__(text)
-        self.status = status
-        self.text = text
-
-
-@dataclass(frozen=True)
-class _File:
-    """A file as served: its bytes, ETag and the headers of a 200 and of a 304."""
-
-    stamp: tuple[int, int, int, int, int]
-    data: bytes
-    etag: str
-    ok_headers: bytes  # header lines, each ending in CRLF
-    not_modified_headers: bytes
-
-
-def _stamp(st: os.stat_result) -> tuple[int, int, int, int, int]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-class _Files:
-    """Regular files inside `root`, read through a small in-memory cache (see the module doc).
-
-    Used only from the event loop's thread.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self._root = str(root)
-        self._prefix = self._root.rstrip(os.sep) + os.sep
-        self._cache: OrderedDict[str, _File] = OrderedDict()
-        self._cached_bytes = 0
-
-    def get(self, relative: str) -> _File | None:
-        """The file at checked origin path `relative`, or None when it is not one to serve."""
-        path = self._prefix + relative
-        try:
-            st = os.stat(path)
-        except (OSError, ValueError):
-            return None
-        stamp = _stamp(st)
-        cached = self._cache.get(relative)
-        if cached is not None:
-            if cached.stamp == stamp:
-                self._cache.move_to_end(relative)
-                return cached
-            self._forget(relative)
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        # Symlinks are followed only when they end inside the root.
-        real = os.path.realpath(path)
-        if not real.startswith(self._prefix):
-            return None
-        try:
-            with open(real, "rb") as handle:
-                st = os.fstat(handle.fileno())
-                if not stat.S_ISREG(st.st_mode):
-                    return None
-                data = handle.read()
-        except OSError:
-            return None
-        file = _render(relative, _stamp(st), data)
-        settled = time.time() - st.st_ctime_ns / 1e9 >= _SETTLED_SECONDS
-        if settled and len(data) == st.st_size and len(data) <= CACHE_FILE_BYTES:
-            self._cache[relative] = file
-            self._cached_bytes += len(data)
-            while self._cached_bytes > CACHE_TOTAL_BYTES:
-                self._forget(next(iter(self._cache)))
-        return file
-
-    def _forget(self, relative: str) -> None:
-        self._cached_bytes -= len(self._cache.pop(relative).data)
-
-
-def _render(relative: str, stamp: tuple[int, int, int, int, int], data: bytes) -> _File:
-    etag = f'"{hashlib.sha256(data).hexdigest()}"'
-    etag_bytes = etag.encode("ascii")
-    caching = cache_control(relative).encode("ascii")
-    ok = b"".join(
-        (
-            b"Content-Type: %s\r\n" % content_type(relative).encode("latin-1"),
-            b"Content-Length: %d\r\n" % len(data),
-            b"ETag: %s\r\n" % etag_bytes,
-            b"Cache-Control: %s\r\n" % caching,
-            b"X-Content-Type-Options: nosniff\r\n",
-            _CORS,
-        )
-    )
-    not_modified = b"ETag: %s\r\nCache-Control: %s\r\n%s" % (etag_bytes, caching, _CORS)
-    return _File(stamp, data, etag, ok, not_modified)
-
-
-class _Clock:
-    """The Date header's value, formatted at most once a second."""
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._value = b""
-
-    def date(self) -> bytes:
-        now = int(time.time())
-        if now != self._second:
-            self._second = now
-            self._value = formatdate(now, usegmt=True).encode("ascii")
-        return self._value
-
-
-class _Connection(asyncio.Protocol):
-    """One client connection: llhttp parses its requests, one head at a time, in order;
-    each answer goes in one write."""
-
-    def __init__(self, site: _Site) -> None:
-        self._site = site
-        self._transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpRequestParser(self)
-        self._buffer = bytearray()  # received and not yet answered: a head, then what follows
-        self._fed = 0  # bytes of the buffer's incomplete head already handed to the parser
-        self._paused = False
-        self._closing = False
-        self._last_active = 0.0
-        self._idle_timer: asyncio.TimerHandle | None = None
-        self._request = _NO_REQUEST
-
-    # -- asyncio callbacks ---------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._site.connections.add(self)
-        self._last_active = self._site.loop.time()
-        self._idle_timer = self._site.loop.call_later(_IDLE_TIMEOUT_SECONDS, self._check_idle)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._site.connections.discard(self)
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        self._transport = None
-        self._closing = True
-
-    def data_received(self, data: bytes) -> None:
-        if self._closing:
-            return
-        self._last_active = self._site.loop.time()
-        self._buffer += data
-        self._process()
-
-    def eof_received(self) -> bool | None:
-        return False  # close our side too
-
-    def pause_writing(self) -> None:
-        # The client is not reading its answers: stop reading its requests.
-        self._paused = True
-        if self._transport is not None:
-            self._transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        if self._transport is not None and not self._closing:
-            self._transport.resume_reading()
-            self._process()
-
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.abort()
-
-    # -- llhttp callbacks (during feed_data) ---------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        self._request = _Request()
-        self._request.begun = True
-
-    def on_url(self, url: bytes) -> None:
-        self._request.target += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        request = self._request
-        request.fields += 1
-        if request.fields > MAX_HEADER_FIELDS:
-            raise _BadRequest(
-                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
-                f"more than {MAX_HEADER_FIELDS} header fields\n",
-            )
-        key = name.lower()
-        if key == b"if-none-match":
-            request.if_none_match = value.decode("latin-1")
-        elif key == b"host":
-            request.hosts += 1
-        elif key == b"transfer-encoding" or (key == b"content-length" and value != b"0"):
-            # No request of ours has a body: one is refused, with a close.
-            raise _BadRequest(HTTPStatus.BAD_REQUEST, "request bodies are not accepted\n")
-
-    def on_headers_complete(self) -> None:
-        parser = self._parser
-        request = self._request
-        version = parser.get_http_version()
-        if version == "0.9":  # llhttp's word for a request line without a version
-            raise _BadRequest(HTTPStatus.BAD_REQUEST, "malformed request: no HTTP version\n")
-        if version not in ("1.0", "1.1"):
-            raise _BadRequest(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, "only HTTP/1.0 and 1.1\n")
-        if request.hosts > 1 or (version == "1.1" and request.hosts == 0):
-            # RFC 9112 3.2: exactly one Host in an HTTP/1.1 request.
-            raise _BadRequest(HTTPStatus.BAD_REQUEST, "an HTTP/1.1 request needs one Host\n")
-        request.method = parser.get_method()
-        # HTTP/1.0 connections are closed after one answer, kept-alive or not.
-        request.keep_alive = version == "1.1" and parser.should_keep_alive()
-
-    def on_message_complete(self) -> None:
-        self._request.complete = True
-
-    # -- requests ------------------------------------------------------------------------------
-
-    def _check_idle(self) -> None:
-        if self._transport is None:
-            return
-        idle = self._site.loop.time() - self._last_active
-        if idle >= _IDLE_TIMEOUT_SECONDS:
-            self._transport.close()
-        else:
-            self._idle_timer = self._site.loop.call_later(
-                _IDLE_TIMEOUT_SECONDS - idle, self._check_idle
-            )
-
-    def _process(self) -> None:
-        """Answer each complete request head in the buffer, in order, while the client reads.
-
-        A request head ends at its first empty line (requests with a body are
-        refused), so llhttp is handed exactly one head at a time, and never more
-        than MAX_HEAD_BYTES of an incomplete one: no head over that is accepted,
-        however it arrives, and requests are parsed only as fast as they are answered.
-        """
-        buffer = self._buffer
-        while buffer and not self._paused and not self._closing:
-            end = buffer.find(b"\r\n\r\n", max(0, self._fed - 3), MAX_HEAD_BYTES)
-            if end < 0:
-                if len(buffer) >= MAX_HEAD_BYTES:
-                    self._head_too_large()
-                    return
-                # Parsed as it arrives, so a malformed head is refused at once.
-                if self._feed(bytes(buffer[self._fed :])):
-                    self._fed = len(buffer)
-                return
-            end += 4
-            fed = self._feed(bytes(buffer[self._fed : end]))
-            del buffer[:end]
-            self._fed = 0
-            if not fed:
-                return
-            request = self._request
-            self._request = _NO_REQUEST  # until on_message_begin starts the next one
-            if request.complete:
-                self._handle(request)
-            elif request.begun:  # a head that llhttp says a body follows
-                self._fail(HTTPStatus.BAD_REQUEST, "request bodies are not accepted\n")
-                return
-            # else empty lines before a request (RFC 9112 2.2), skipped
-
-    def _feed(self, data: bytes) -> bool:
-        """Hand `data` to llhttp; False when it refused them (and the answer says why)."""
-        try:
-            self._parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            cause = exc.__context__
-            if isinstance(cause, _BadRequest):
-                self._fail(cause.status, cause.text)
-            else:
-                self._fail(HTTPStatus.BAD_REQUEST, f"malformed request: {exc}\n")
-            return False
-        return True
-
-    def _head_too_large(self) -> None:
-        self._fail(
-            HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
-            f"the request head is over {MAX_HEAD_BYTES} bytes\n",
-        )
-
-    def _fail(self, status: HTTPStatus, text: str) -> None:
-        self._answer_plain(status, text, send_body=True, close=True)
-
-    def _handle(self, request: _Request) -> None:
-        method = request.method
-        close = not request.keep_alive
-        if method == b"GET":
-            self._serve(request, send_body=True, close=close)
-        elif method == b"HEAD":
-            self._serve(request, send_body=False, close=close)
-        else:
-            self._answer_plain(
-                HTTPStatus.METHOD_NOT_ALLOWED,
-                "only GET and HEAD\n",
-                send_body=True,
-                close=close,
-                allow="GET, HEAD",
-            )
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "origin http %s %s", method.decode("latin-1"), request.target.decode("latin-1")
-            )
-
-    def _serve(self, request: _Request, *, send_body: bool, close: bool) -> None:
-        relative = _relative_path(request.target)
-        file = self._site.files.get(relative) if relative is not None else None
-        if file is None:
-            self._answer_plain(
-                HTTPStatus.NOT_FOUND, "not found\n", send_body=send_body, close=close
-            )
-            return
-        if request.if_none_match and etag_matches(request.if_none_match, file.etag):
-            self._respond(_NOT_MODIFIED_LINE, file.not_modified_headers, b"", close)
-            return
-        self._respond(_OK_LINE, file.ok_headers, file.data if send_body else b"", close)
-
-    def _answer_plain(
-        self, status: HTTPStatus, text: str, *, send_body: bool, close: bool, allow: str = ""
-    ) -> None:
-        body = text.encode()
-        headers = (
-            b"Content-Type: text/plain; charset=utf-8\r\n"
-            b"Content-Length: %d\r\n"
-            b"Cache-Control: no-cache\r\n" % len(body)
-        )
-        if allow:
-            headers += b"Allow: %s\r\n" % allow.encode("latin-1")
-        status_line = b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode("ascii"))
-        self._respond(status_line, headers, body if send_body else b"", close)
-
-    def _respond(self, status_line: bytes, headers: bytes, body: bytes, close: bool) -> None:
-        """Send one answer in one write; with `close`, say so and close once it is sent."""
-        transport = self._transport
-        if transport is None:
-            return
-        head = b"%sServer: %s\r\nDate: %s\r\n%s%s\r\n" % (
-            status_line,
-            SERVER_NAME_BYTES,
-            self._site.clock.date(),
-            headers,
-            b"Connection: close\r\n" if close else b"",
-        )
-        if not body:
-            transport.write(head)
-        elif len(body) <= 64 * 1024:
-            transport.write(head + body)
-        else:
-            transport.write(head)
-            transport.write(body)
-        if close:
-            self._closing = True
-            transport.close()  # after the buffered answer is sent
-
-
-class _Request:
-    """What one request's head said, as llhttp's callbacks gave it."""
-
-    __slots__ = (
-        "begun",
-        "complete",
-        "fields",
-        "hosts",
-        "if_none_match",
-        "keep_alive",
-        "method",
-        "target",
-    )
-
-    def __init__(self) -> None:
-        self.begun = False
-        self.complete = False
-        self.target = b""
-        self.fields = 0
-        self.hosts = 0
-        self.if_none_match = ""
-        self.method = b""
-        self.keep_alive = False
-
-
-_NO_REQUEST = _Request()  # never changed: callbacks change only what on_message_begin made
-_OK_LINE = b"HTTP/1.1 200 OK\r\n"
-_NOT_MODIFIED_LINE = b"HTTP/1.1 304 Not Modified\r\n"
-
-
-def _relative_path(target: bytes) -> str | None:
-    """The checked origin path a request target names, or None when it names none."""
-    raw = target.decode("latin-1")
-    for mark in ("?", "#"):
-        raw = raw.partition(mark)[0]
-    if not raw.startswith("/"):
-        return None
+def _relative_path(raw_path: bytes) -> str | None:
+    """The checked origin path a request's path (before any query) names, or None."""
+    raw = raw_path.decode("latin-1").partition("#")[0]
     try:
         relative = validate_origin_path(unquote(raw[1:], errors="strict"))
     except (UnicodeDecodeError, ValueError):
@@ -546,14 +158,131 @@ def _relative_path(target: bytes) -> str | None:
     return relative
 
 
-class _Site:
-    """What every connection of one server shares; used only from the loop's thread."""
+_Headers = list[tuple[bytes, bytes]]
+_CORS = (b"access-control-allow-origin", b"*")
+_CLOSE = (b"connection", b"close")
 
-    def __init__(self, root: Path, loop: asyncio.AbstractEventLoop) -> None:
-        self.files = _Files(root)
-        self.clock = _Clock()
-        self.loop = loop
-        self.connections: set[_Connection] = set()
+
+def _plain(status: int, text: str, *extra: tuple[bytes, bytes]) -> tuple[int, _Headers, bytes]:
+    body = text.encode()
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", b"%d" % len(body)),
+        (b"cache-control", b"no-cache"),
+        _CORS,
+        *extra,
+    ]
+    return status, headers, body
+
+
+class _Origin:
+    """The ASGI app: answers GET and HEAD with the regular files under `root`."""
+
+    def __init__(self, root: Path) -> None:
+        self._prefix = str(root).rstrip(os.sep) + os.sep
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":  # lifespan is off; nothing else reaches here
+            return
+        status, headers, body = self._answer(scope)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def _answer(self, scope: dict[str, Any]) -> tuple[int, _Headers, bytes]:
+        if scope["http_version"] not in ("1.0", "1.1"):
+            return _plain(505, "only HTTP/1.0 and 1.1\n", _CLOSE)
+        fields: _Headers = scope["headers"]
+        if len(fields) > MAX_HEADER_FIELDS:
+            return _plain(431, f"more than {MAX_HEADER_FIELDS} header fields\n", _CLOSE)
+        if_none_match = ""
+        size = len(scope["raw_path"]) + len(scope["query_string"])
+        for name, value in fields:
+            size += len(name) + len(value)
+            if name == b"if-none-match":
+                if_none_match = value.decode("latin-1")
+            elif name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+                # No request of ours has a body: one is refused, with a close.
+                return _plain(400, "request bodies are not accepted\n", _CLOSE)
+        if size > MAX_HEAD_BYTES:  # h11 bounds a head arriving in pieces, this one in one read
+            return _plain(431, f"the request head is over {MAX_HEAD_BYTES} bytes\n", _CLOSE)
+        method = scope["method"]
+        if method not in ("GET", "HEAD"):
+            return _plain(405, "only GET and HEAD\n", (b"allow", b"GET, HEAD"))
+        raw_path: bytes = scope["raw_path"]
+        if not raw_path.startswith(b"/"):
+            return _plain(400, "the request target is not an absolute path\n", _CLOSE)
+        relative = _relative_path(raw_path)
+        data = self._read(relative) if relative is not None else None
+        if relative is None or data is None:
+            return _plain(404, "not found\n")
+        etag = f'"{hashlib.sha256(data).hexdigest()}"'
+        caching = (b"cache-control", cache_control(relative).encode("ascii"))
+        etag_field = (b"etag", etag.encode("ascii"))
+        if if_none_match and etag_matches(if_none_match, etag):
+            return 304, [etag_field, caching, _CORS], b""
+        headers = [
+            (b"content-type", content_type(relative).encode("latin-1")),
+            (b"content-length", b"%d" % len(data)),
+            etag_field,
+            caching,
+            (b"x-content-type-options", b"nosniff"),
+            _CORS,
+        ]
+        return 200, headers, data  # uvicorn sends no body for HEAD
+
+    def _read(self, relative: str) -> bytes | None:
+        """The bytes of the regular file at checked path `relative`, or None."""
+        # Symlinks are followed only when they end inside the root.
+        real = os.path.realpath(self._prefix + relative)
+        if not real.startswith(self._prefix):
+            return None
+        try:
+            if not stat.S_ISREG(os.stat(real).st_mode):  # never open a FIFO or a device
+                return None
+            with open(real, "rb") as handle:
+                if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                    return None
+                return handle.read()
+        except (OSError, ValueError):
+            return None
+
+
+class _Protocol(H11Protocol):
+    """uvicorn's h11 protocol with TCP_NODELAY, and closing a connection that sends nothing
+    for the idle timeout before or within a request too (uvicorn times out only the wait
+    between requests)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # asyncio sets TCP_NODELAY only on sockets made with proto IPPROTO_TCP, and an accepted
+        # socket has proto 0: without it an answer's body waits 40 ms for a delayed ACK.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._wait_idle()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._wait_idle()
+
+    def send_400_response(self, msg: str) -> None:
+        # h11 refused what followed a request (a malformed chunked body) before the app answered
+        # it: the app's answer must not follow this one (h11 would raise, uvicorn log it).
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True
+        super().send_400_response(msg)
+
+    def _wait_idle(self) -> None:
+        # While an answer is under way, uvicorn arms its own timer once it is sent.
+        if (
+            self.timeout_keep_alive_task is None
+            and (self.cycle is None or self.cycle.response_complete)
+            and not self.transport.is_closing()
+        ):
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
 
 
 class OriginHttpServer:
@@ -563,7 +292,7 @@ class OriginHttpServer:
         self.root = Path(root)
         self.host = host
         self._requested_port = port
-        self._socket: socket.socket | None = None
+        self._server: uvicorn.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._port = port
@@ -577,41 +306,73 @@ class OriginHttpServer:
         sock = socket.create_server(
             (self.host, self._requested_port), family=family, backlog=_BACKLOG
         )
-        sock.setblocking(False)
         self._port = int(sock.getsockname()[1])
+        config = uvicorn.Config(
+            _Origin(root),
+            http=_Protocol,
+            ws="none",
+            lifespan="off",
+            interface="asgi3",
+            log_config=None,  # the process's logging stays as it is
+            access_log=False,
+            server_header=False,
+            proxy_headers=False,
+            headers=[("server", SERVER_NAME)],
+            timeout_keep_alive=_IDLE_TIMEOUT_SECONDS,  # type: ignore[arg-type]  # a float works
+            backlog=_BACKLOG,
+            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        )
+        server = uvicorn.Server(config)
         loop = asyncio.new_event_loop()
-        site = _Site(root, loop)
         ready = threading.Event()
         failure: list[BaseException] = []
+        serving: list[asyncio.Task[None]] = []
 
-        def serve() -> None:
+        async def serve() -> None:
+            task = loop.create_task(server.serve(sockets=[sock]))
+            serving.append(task)
+            try:
+                while not server.started and not task.done():
+                    await asyncio.sleep(0.005)
+                ready.set()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task  # until stop() cancels it
+            finally:
+                # A hard stop, at once (uvicorn's own waits 0.1-0.2 s even with nothing to
+                # finish): the listener and every connection closed, unanswered requests ended,
+                # and the transports given a turn to close their sockets before the loop goes.
+                for listener in getattr(server, "servers", []):
+                    listener.close()
+                for connection in list(server.server_state.connections):
+                    connection.transport.abort()
+                for request in list(server.server_state.tasks):
+                    request.cancel()
+                await asyncio.gather(*server.server_state.tasks, return_exceptions=True)
+                for _ in range(3):
+                    await asyncio.sleep(0)
+
+        def run() -> None:
             asyncio.set_event_loop(loop)
             try:
-                server = loop.run_until_complete(
-                    loop.create_server(lambda: _Connection(site), sock=sock, backlog=_BACKLOG)
-                )
-            except BaseException as exc:  # reported to start()
+                loop.run_until_complete(serve())
+            except BaseException as exc:  # reported to start(), or ends the thread
                 failure.append(exc)
+            finally:
                 ready.set()
-                return
-            site_server.append(server)
-            ready.set()
-            loop.run_forever()
+                loop.close()
 
-        site_server: list[asyncio.Server] = []
-        self._site = site
-        self._servers = site_server
-        self._socket = sock
+        self._server = server
+        self._serving = serving
         self._loop = loop
-        self._thread = threading.Thread(target=serve, name=f"origin-http-{self._port}", daemon=True)
+        self._sock = sock
+        self._thread = threading.Thread(target=run, name=f"origin-http-{self._port}", daemon=True)
         self._thread.start()
         ready.wait()
-        if failure:
+        if not server.started:
             self._thread.join()
-            loop.close()
             sock.close()
-            self._loop = self._thread = self._socket = None
-            raise failure[0]
+            self._loop = self._thread = self._server = None
+            raise failure[0] if failure else RuntimeError("the origin HTTP server did not start")
         log.info("origin http serving root=%s url=%s", root, self.url)
 
     @property
@@ -630,26 +391,12 @@ class OriginHttpServer:
         loop, thread = self._loop, self._thread
         if loop is None:
             return
-
-        async def shutdown() -> None:
-            for server in self._servers:
-                server.close()
-            for connection in list(self._site.connections):
-                connection.close()
-            # Let the aborted transports run their connection_lost and close their sockets.
-            for _ in range(3):
-                await asyncio.sleep(0)
-            for server in self._servers:
-                await server.wait_closed()
-            loop.stop()
-
-        asyncio.run_coroutine_threadsafe(shutdown(), loop)
+        for task in self._serving:
+            loop.call_soon_threadsafe(task.cancel)
         if thread is not None:
             thread.join()
-        loop.close()
-        if self._socket is not None:
-            self._socket.close()
-        self._loop = self._thread = self._socket = None
+        self._sock.close()
+        self._loop = self._thread = self._server = None
         log.info("origin http stopped")
 
     def __enter__(self) -> OriginHttpServer:
