@@ -526,6 +526,58 @@ class TestUnauthenticatedMode:
             await open_admin.client.get("/_admin", headers={"host": "localhost:8080"})
         ).status_code == 200
 
+    @pytest.mark.parametrize(
+        "host",
+        [
+            "127.0.0.1:8083@evil",  # issue 13 item 9: user info smuggling another name
+            "evil@127.0.0.1:8083",
+            "127.0.0.1@evil",
+            "127.0.0.1:8083:80",
+            "127.0.0.1:",
+            "127.0.0.1:99999",
+            "127.0.0.1/evil",
+            "127.0.0.1%2f",
+            "::1",  # IPv6 must be bracketed
+            "[::1]evil",
+            "[::1",
+            "[fe80::1%eth0]:8080",
+            "[v1.fe]",
+            "127.0.0.1 evil",
+        ],
+    )
+    async def test_a_malformed_host_is_refused(self, open_admin: Admin, host: str) -> None:
+        """The Host is parsed as host[:port]; anything else is refused, never trimmed to fit."""
+        response = await open_admin.client.get("/_admin", headers={"host": host})
+        assert response.status_code == 400
+        assert "host[:port]" in response.text
+        assert "unauthenticated-admin" not in response.text
+
+    @pytest.mark.parametrize(
+        "host", ["127.0.0.1", "127.0.0.1:8080", "LOCALHOST:8080", "[::1]:8080", "[0:0::1]"]
+    )
+    async def test_our_own_names_are_served(self, open_admin: Admin, host: str) -> None:
+        """Loopback names, with or without a port, IPv6 in brackets, any case: served."""
+        response = await open_admin.client.get("/_admin", headers={"host": host})
+        assert response.status_code == 200
+
+    @pytest.mark.parametrize("host", ["localhost.:8080", "127.0.0.2", "[::2]:8080"])
+    async def test_a_well_formed_other_name_is_misdirected(
+        self, open_admin: Admin, host: str
+    ) -> None:
+        """A good host[:port] that is not ours is 421, as before."""
+        response = await open_admin.client.get("/_admin", headers={"host": host})
+        assert response.status_code == 421
+
+
+class TestHostHeader:
+    async def test_a_malformed_host_is_refused_with_sign_in_too(self, admin: Admin) -> None:
+        """A Host that is not host[:port] is never legitimate, whatever the auth mode."""
+        response = await admin.client.get("/_admin/signin", headers={"host": "a:1@b"})
+        assert response.status_code == 400
+        assert (
+            await admin.client.get("/_admin/signin", headers={"host": "admin.example.org"})
+        ).status_code == 200
+
 
 class TestCrossSiteRequests:
     async def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(

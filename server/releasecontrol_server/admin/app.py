@@ -23,6 +23,7 @@ error's message, never a stack trace. Every admin action is logged as one line:
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import math
 import re
@@ -170,7 +171,7 @@ class AdminApp:
         self._codec = SessionCodec(settings.session_secret, settings.session_seconds)
         self._sessions = sessions or SessionRegistry()
         self._throttle = throttle or SignInThrottle()
-        self._allowed_hosts = _LOOPBACK_HOSTS | {settings.listen_host.lower()}
+        self._allowed_hosts = _LOOPBACK_HOSTS | {_canonical_host(settings.listen_host)}
         self._closing: asyncio.Event | None = None  # made on the serving loop
         self._templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(_HERE / "templates"),
@@ -238,7 +239,16 @@ class AdminApp:
         return endpoint
 
     async def _run(self, request: Request, handler: Handler, *, post: bool, auth: Auth) -> Response:
-        if not self._host_allowed(request):
+        host = request.headers.get("host", "")
+        name = host_name(host)
+        if host and name is None:
+            return PlainTextResponse(
+                "the Host header is not host[:port] (a name, an IPv4 address or a bracketed "
+                "IPv6 address, then an optional port; no user info): send the admin UI's own "
+                "address",
+                status_code=400,
+            )
+        if not self._host_allowed(name):
             return PlainTextResponse(
                 "this admin UI answers only to its own address (the Host header names another)",
                 status_code=421,
@@ -292,14 +302,12 @@ class AdminApp:
             response.headers.setdefault(name, value)
         return response
 
-    def _host_allowed(self, request: Request) -> bool:
+    def _host_allowed(self, name: str | None) -> bool:
         """Without sign-in, answer only to our own names: a page on another site whose name
         resolves to 127.0.0.1 (DNS rebinding) must not drive the unauthenticated UI."""
         if not self._signin.allow_unauthenticated:
             return True
-        host = request.headers.get("host", "")
-        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        return name.strip("[]").lower() in self._allowed_hosts
+        return name is not None and name in self._allowed_hosts
 
     def _signed_in_principal(self, session: Session) -> Principal | None:
         """The session's principal as it stands now; None when its sign-in no longer counts."""
@@ -717,6 +725,56 @@ def create_app(
 
 async def _to_admin(request: Request) -> Response:
     return RedirectResponse("/_admin", status_code=307)
+
+
+_PORT = re.compile(r"[0-9]{1,5}")
+_HOST_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
+
+
+def host_name(host: str) -> str | None:
+    """The host of a Host header, lowercased (IPv6 without brackets, compressed); None if bad.
+
+    The header must be `host[:port]` (RFC 9110 §7.2, RFC 3986 §3.2.2): a DNS name
+    (labels of letters, digits, '-' and '_', joined by '.', maybe one trailing '.'),
+    an IPv4 address, or an IPv6 address in brackets
+    (no zone, no IPvFuture), then at most a ':' and a port of 1-5 digits up to 65535.
+    User info (`127.0.0.1:8083@evil`), a path, spaces, percent-encoding, an empty
+    port or anything else is refused, so no name can smuggle another past the check.
+    """
+    if not host or len(host) > 300 or not host.isascii():
+        return None
+    if host.startswith("["):
+        end = host.find("]")
+        if end < 0:
+            return None
+        literal, rest = host[1:end], host[end + 1 :]
+        try:
+            name = ipaddress.IPv6Address(literal).compressed
+        except ValueError:
+            return None
+        if "%" in literal:
+            return None  # a zone id names an interface, never a site
+    else:
+        literal, colon, port = host.partition(":")
+        rest = colon + port
+        name = literal.lower()
+        labels = name.removesuffix(".").split(".")
+        if not all(_HOST_LABEL.fullmatch(label) for label in labels):
+            return None
+    if rest:
+        port = rest[1:]
+        if not rest.startswith(":") or not _PORT.fullmatch(port) or int(port) > 65535:
+            return None
+    return name
+
+
+def _canonical_host(host: str) -> str:
+    """`host` (a listen address's host) as host_name spells it: lowercase, IPv6 compressed."""
+    bare = host.strip("[]")
+    try:
+        return ipaddress.ip_address(bare).compressed
+    except ValueError:
+        return bare.lower()
 
 
 def _same_origin(request: Request) -> bool:
