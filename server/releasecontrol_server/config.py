@@ -8,8 +8,16 @@ Every setting is a top-level TOML key named like the field (`grpc_listen = ...`)
 and an environment variable `RELEASECONTROL_<FIELD>` (`RELEASECONTROL_GRPC_LISTEN`).
 The contract's names work too: `FEATURE_TRUST_PUBLIC_KEYS_JSON`,
 `FEATURE_TRUST_PUBLIC_KEYS_PATH`, `FEATURE_ALLOW_INSECURE_DEV_KEYS`,
-`ALLOW_UNAUTHENTICATED_ADMIN`, and `NODE_ENV=production` when
-`RELEASECONTROL_ENV` is unset.
+`ALLOW_UNAUTHENTICATED_ADMIN`, and `NODE_ENV`.
+
+Whether this is production is the one setting where the environment does not
+simply win: `env` in the file, `RELEASECONTROL_ENV` and `NODE_ENV` must agree
+where they are set, or the load is refused naming both (a leftover
+`RELEASECONTROL_ENV=development` must not quietly turn a production config's
+safeties off). `env` and `RELEASECONTROL_ENV` take `development` or
+`production`; `NODE_ENV` takes `production`, `development` or `test` (the last
+two mean development); any other value (`prod`, `staging`) is refused, listing
+these, rather than taken as development.
 
 Everything is checked at load: a bad value raises `ConfigError` with one sentence
 naming the setting as the user wrote it (the TOML key or the environment
@@ -66,6 +74,10 @@ AuthMode = Literal["rpc-token", "trusted-cluster", "dfs"]
 OriginType = Literal["filesystem", "s3"]
 
 ENVIRONMENTS: tuple[Environment, ...] = ("development", "production")
+NODE_ENV_VALUES: Mapping[str, Environment] = MappingProxyType(
+    {"production": "production", "development": "development", "test": "development"}
+)
+"""What each accepted NODE_ENV value means here; any other value is refused."""
 AUTH_MODES: tuple[AuthMode, ...] = ("rpc-token", "trusted-cluster", "dfs")
 ORIGIN_TYPES: tuple[OriginType, ...] = ("filesystem", "s3")
 
@@ -750,8 +762,9 @@ def load_config(
         for setting in _SETTINGS
         if (found := _from_environment(setting, environ)) is not None
     }
-    if "env" not in from_env and environ.get("NODE_ENV", "").strip().lower() == "production":
-        from_env["env"] = ("production", "NODE_ENV")
+    environment = _agreed_environment(raw.get("env"), from_env.get("env"), environ, ctx)
+    if environment is not None:
+        from_env["env"] = environment
     # The inline trust JSON and the trust path are one choice: an environment that
     # makes it overrides the file's choice entirely, whichever of the two each used.
     if any(name in from_env for name in _TRUST_PAIR):
@@ -780,6 +793,49 @@ def load_config(
     if problems and refuse_production_problems:
         raise ConfigError(" ".join(problems))
     return config
+
+
+def _agreed_environment(
+    from_file: tuple[object, str] | None,
+    from_env: tuple[str, str] | None,
+    environ: Mapping[str, str],
+    ctx: _Context,
+) -> tuple[str, str] | None:
+    """`env` as the file, RELEASECONTROL_ENV and NODE_ENV say it, once they agree.
+
+    Returns (value, where it was set: the environment's name when it spoke) or None
+    when none did. Raises ConfigError for an unknown value (listing the accepted
+    ones) and for sources that disagree about production (naming both).
+    """
+    said: list[tuple[Environment, object, str]] = []  # (meaning, as written, where)
+    for found in (from_file, from_env):
+        if found is not None:
+            value, label = found
+            said.append((_parse_environment(value, label, ctx), value, label))
+    node = environ.get("NODE_ENV", "")
+    if node.strip():
+        meaning = NODE_ENV_VALUES.get(node.strip().lower())
+        if meaning is None:
+            accepted = ", ".join(f"'{v}'" for v in NODE_ENV_VALUES)
+            raise _bad(
+                "NODE_ENV",
+                node,
+                f"ReleaseControl reads it to tell production; set it to one of {accepted} "
+                "('development' and 'test' mean development), or unset it",
+            )
+        said.append((meaning, node, "NODE_ENV"))
+    if not said:
+        return None
+    for meaning, value, label in said[1:]:
+        first_meaning, first_value, first_label = said[0]
+        if meaning != first_meaning:
+            raise ConfigError(
+                f"{first_label} is {_show(first_value)} but {label} is {_show(value)}: they "
+                "disagree about whether this server is production; set them to the same "
+                "value, or unset the one that is wrong."
+            )
+    meaning, _, label = said[-1]  # the environment's name, when it spoke: it set the value
+    return meaning, label
 
 
 def _from_environment(setting: _Setting, environ: Mapping[str, str]) -> tuple[str, str] | None:

@@ -250,24 +250,95 @@ class TestLayers:
                 "production",
                 id="node-env-production",
             ),
-            pytest.param({"NODE_ENV": "test"}, "development", id="node-env-other-ignored"),
+            pytest.param({"NODE_ENV": " Production ", **PRODUCTION_READY}, "production", id="case"),
+            pytest.param({"NODE_ENV": "test"}, "development", id="node-env-test"),
+            pytest.param({"NODE_ENV": "development"}, "development", id="node-env-development"),
+            pytest.param({"NODE_ENV": ""}, "development", id="node-env-empty-is-unset"),
             pytest.param(
-                {"NODE_ENV": "production", "RELEASECONTROL_ENV": "development"},
+                {"NODE_ENV": "production", "RELEASECONTROL_ENV": "production", **PRODUCTION_READY},
+                "production",
+                id="both-agree",
+            ),
+            pytest.param(
+                {"NODE_ENV": "test", "RELEASECONTROL_ENV": "development"},
                 "development",
-                id="releasecontrol-env-wins",
+                id="both-agree-development",
             ),
         ],
     )
     def test_node_env_alias(self, tmp_path: Path, environ: dict[str, str], expected: str) -> None:
-        """NODE_ENV=production means production only while RELEASECONTROL_ENV is unset."""
+        """NODE_ENV production/development/test say production or not; agreeing sources pass."""
         assert load_config(environ, cwd=tmp_path).env == expected
 
-    def test_node_env_overrides_toml_development(self, tmp_path: Path) -> None:
-        """NODE_ENV=production is part of the environment layer, so it beats the file."""
-        path = write_toml(tmp_path, 'env = "development"\n')
-        config = load_config({"NODE_ENV": "production", **PRODUCTION_READY}, path, cwd=tmp_path)
+    def test_the_file_and_the_environment_agreeing_is_fine(self, tmp_path: Path) -> None:
+        """env in the file and RELEASECONTROL_ENV saying the same: the variable is the source."""
+        path = write_toml(tmp_path, 'env = "production"\n')
+        config = load_config(
+            {"RELEASECONTROL_ENV": "production", **PRODUCTION_READY}, path, cwd=tmp_path
+        )
         assert config.is_production
-        assert config.sources["env"] == "NODE_ENV"
+        assert config.sources["env"] == "RELEASECONTROL_ENV"
+
+    @pytest.mark.parametrize(
+        ("file_env", "environ", "named"),
+        [
+            pytest.param(
+                "production",
+                {"RELEASECONTROL_ENV": "development"},
+                ("env in", "RELEASECONTROL_ENV is 'development'"),
+                id="env-var-development-over-file-production",
+            ),
+            pytest.param(
+                "development",
+                {"NODE_ENV": "production"},
+                ("env in", "NODE_ENV is 'production'"),
+                id="node-env-production-over-file-development",
+            ),
+            pytest.param(
+                "production",
+                {"NODE_ENV": "test"},
+                ("env in", "NODE_ENV is 'test'"),
+                id="node-env-test-under-file-production",
+            ),
+            pytest.param(
+                None,
+                {"NODE_ENV": "production", "RELEASECONTROL_ENV": "development"},
+                ("RELEASECONTROL_ENV is 'development'", "NODE_ENV is 'production'"),
+                id="node-env-against-releasecontrol-env",
+            ),
+        ],
+    )
+    def test_sources_disagreeing_about_production_are_refused_naming_both(
+        self,
+        tmp_path: Path,
+        file_env: str | None,
+        environ: dict[str, str],
+        named: tuple[str, str],
+    ) -> None:
+        """Issue 13 item 10: no source silently overrides another about production."""
+        path = write_toml(tmp_path, f'env = "{file_env}"\n') if file_env else None
+        message = _message({**environ, **PRODUCTION_READY}, tmp_path, path)
+        assert all(part in message for part in named), message
+        assert "disagree about whether this server is production" in message
+        assert message.count("\n") == 0
+
+    @pytest.mark.parametrize("value", ["prod", "staging", "Production1", "dev"])
+    def test_an_unknown_node_env_is_refused_listing_the_accepted_values(
+        self, tmp_path: Path, value: str
+    ) -> None:
+        """NODE_ENV=prod (a typo) is refused, not taken as development."""
+        message = _message({"NODE_ENV": value}, tmp_path)
+        assert f"NODE_ENV is {value!r}" in message
+        assert "'production', 'development', 'test'" in message
+
+    @pytest.mark.parametrize("value", ["prod", "dev", "test"])
+    def test_an_unknown_releasecontrol_env_is_refused_listing_the_accepted_values(
+        self, tmp_path: Path, value: str
+    ) -> None:
+        """RELEASECONTROL_ENV takes development or production only; the message lists them."""
+        message = _message({"RELEASECONTROL_ENV": value}, tmp_path)
+        assert f"RELEASECONTROL_ENV is {value!r}" in message
+        assert "'development' or 'production'" in message
 
     def test_trust_inline_json_replaces_the_default_path(self, tmp_path: Path) -> None:
         """Inline trust JSON leaves no trust path; neither set gives home/keys/trust.json."""
