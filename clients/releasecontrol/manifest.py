@@ -8,7 +8,6 @@ hosts (which check the manifest they fetched).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +17,14 @@ from typing import Any
 import rfc8785
 
 from releasecontrol.errors import InvalidArgument
+from releasecontrol.limits import (
+    DEFAULT_MAX_MANIFEST_BYTES,
+    MAX_ASSETS,
+    MAX_VERSION_CHARS,
+    check_asset_path,
+    load_json,
+    shown,
+)
 
 # A lowercase DNS label: it becomes a path segment on the CDN, so nothing else.
 _FEATURE_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
@@ -25,15 +32,29 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 _DURATION_PART = re.compile(r"(\d+)([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
-DEFAULT_MAX_MANIFEST_BYTES = 1024 * 1024
-MAX_ASSETS = 10_000
+__all__ = [
+    "DEFAULT_MAX_MANIFEST_BYTES",
+    "MAX_ASSETS",
+    "SourceFeature",
+    "artifact_path",
+    "canonical_bytes",
+    "format_duration",
+    "load_feature_folder",
+    "manifest_path",
+    "parse_duration",
+    "parse_manifest",
+    "sha256_hex",
+    "validate_feature_id",
+    "validate_manifest",
+    "validate_version",
+]
 
 
 def validate_feature_id(value: str, field: str = "feature_id") -> str:
     """Return `value` if it is a lowercase DNS label; raise InvalidArgument naming `field`."""
     if not _FEATURE_ID.fullmatch(value or ""):
         raise InvalidArgument(
-            f"{field} {value!r} is not a valid feature id: use 1-63 lowercase letters, digits "
+            f"{field} {shown(value)} is not a valid feature id: use 1-63 lowercase letters, digits "
             "and '-', starting and ending with a letter or digit (e.g. 'checkout')",
             field=field,
         )
@@ -44,10 +65,11 @@ def validate_version(value: str, field: str = "version") -> str:
     """Return `value` if it is a SemVer 2.0 version; raise InvalidArgument naming `field`."""
     import semver  # here, not at the top: most CLI commands never need it (start time)
 
-    if not value or not semver.Version.is_valid(value):
+    if not value or len(value) > MAX_VERSION_CHARS or not semver.Version.is_valid(value):
         raise InvalidArgument(
-            f"{field} {value!r} is not a SemVer 2.0 version: use MAJOR.MINOR.PATCH "
-            "such as '1.4.0' or '2.0.0-rc.1', without a leading 'v'",
+            f"{field} {shown(value)} is not a SemVer 2.0 version: use MAJOR.MINOR.PATCH "
+            f"such as '1.4.0' or '2.0.0-rc.1', without a leading 'v', at most "
+            f"{MAX_VERSION_CHARS} characters",
             field=field,
         )
     return value
@@ -61,7 +83,7 @@ def parse_duration(text: str) -> int:
     parts = _DURATION_PART.findall(cleaned)
     if not parts or "".join(n + u for n, u in parts) != cleaned:
         raise InvalidArgument(
-            f"duration {text!r} is not understood: use e.g. 90s, 30m, 1h30m or 2d",
+            f"duration {shown(text)} is not understood: use e.g. 90s, 30m, 1h30m or 2d",
             field="duration",
         )
     return sum(int(n) * _UNIT_SECONDS[u] for n, u in parts)
@@ -107,19 +129,6 @@ def canonical_bytes(manifest: Mapping[str, Any]) -> bytes:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _asset_path(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise InvalidArgument(f"{where}.path must be a non-empty string", field=where)
-    pure = PurePosixPath(value)
-    if pure.is_absolute() or "\\" in value or any(p in ("", ".", "..") for p in value.split("/")):
-        raise InvalidArgument(
-            f"{where}.path {value!r} must be a relative path inside the feature folder "
-            "(no leading '/', no '..', no backslashes)",
-            field=where,
-        )
-    return value
 
 
 def validate_manifest(
@@ -193,9 +202,12 @@ def validate_manifest(
             raise InvalidArgument(
                 f"{where} must be an object with path, size and sha256", field=where
             )
-        path = _asset_path(asset.get("path"), where)
+        path = check_asset_path(asset.get("path"), f"{where}.path")
         if path in seen:
-            raise InvalidArgument(f"{where}.path {path!r} is listed twice", field=where)
+            raise InvalidArgument(
+                f"{where}.path {shown(path)} is listed twice; list each file once",
+                field=f"{where}.path",
+            )
         seen.add(path)
         size, digest = asset.get("size"), asset.get("sha256")
         bad_size = not isinstance(size, int) or isinstance(size, bool) or size < 0
@@ -207,7 +219,7 @@ def validate_manifest(
     entry = manifest.get("entry")
     if not isinstance(entry, str) or entry not in seen:
         raise InvalidArgument(
-            f"manifest field 'entry' ({entry!r}) must be the path of one of the listed assets",
+            f"manifest field 'entry' ({shown(entry)}) must be the path of one of the listed assets",
             field="manifest.entry",
         )
     return manifest
@@ -217,26 +229,18 @@ def parse_manifest(
     data: bytes, *, feature_id: str | None = None, max_bytes: int = DEFAULT_MAX_MANIFEST_BYTES
 ) -> dict[str, Any]:
     """Parse and validate manifest bytes (see validate_manifest); raises InvalidArgument."""
-    if len(data) > max_bytes:
-        raise InvalidArgument(
-            f"manifest.json is {len(data)} bytes; the limit is {max_bytes} bytes",
-            field="manifest",
-        )
-    try:
-        value = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidArgument(f"manifest.json is not valid JSON: {exc}", field="manifest") from exc
+    value = load_json(data, what="manifest.json", field="manifest", max_bytes=max_bytes)
     manifest = validate_manifest(value, feature_id=feature_id)
     try:
         # The stored and signed form is RFC 8785: refuse what it cannot encode now,
         # not after the upload (NaN, Infinity, integers beyond 2^53).
         canonical_bytes(manifest)
-    except rfc8785.CanonicalizationError as exc:
+    except rfc8785.CanonicalizationError:  # pragma: no cover - load_json refuses these first
         raise InvalidArgument(
-            f"manifest.json holds a number JSON canonicalization cannot encode ({exc}); "
-            "use integers up to 2^53 and no NaN or Infinity",
+            "manifest.json holds a value JSON canonicalization (RFC 8785) cannot encode; "
+            "use integers up to 2^53-1, finite numbers and valid Unicode strings",
             field="manifest",
-        ) from exc
+        ) from None
     return manifest
 
 
@@ -279,18 +283,9 @@ def load_feature_folder(
             f"no manifest.json in {folder}: build the feature first, or pass --dir",
             field="manifest",
         )
-    raw = manifest_file.read_bytes()
-    if len(raw) > max_bytes:
-        raise InvalidArgument(
-            f"{manifest_file} is {len(raw)} bytes; the limit is {max_bytes} bytes",
-            field="manifest",
-        )
-    try:
-        manifest = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidArgument(
-            f"{manifest_file} is not valid JSON: {exc}", field="manifest"
-        ) from exc
+    manifest = load_json(
+        manifest_file.read_bytes(), what=str(manifest_file), field="manifest", max_bytes=max_bytes
+    )
     validate_manifest(manifest, feature_id=feature_id, require_hashes=False)
     files: dict[str, Path] = {}
     root = folder.resolve()

@@ -87,7 +87,7 @@ class TestManifest:
             pytest.param({"entry": "main.js"}, "manifest.entry", id="entry-not-an-asset"),
             pytest.param(
                 {"assets": [{"path": "../x.js", "size": 1, "sha256": SHA}]},
-                "manifest.assets[0]",
+                "manifest.assets[0].path",
                 id="asset-outside-folder",
             ),
             pytest.param(
@@ -103,11 +103,21 @@ class TestManifest:
             parse_manifest(json.dumps(manifest(**changes)).encode())
         assert caught.value.field == field
 
-    def test_numbers_jcs_cannot_encode_are_refused_before_upload(self) -> None:
+    @pytest.mark.parametrize(
+        ("extra", "words"),
+        [
+            pytest.param({"n": float("nan")}, "NaN is not a JSON number", id="nan"),
+            pytest.param({"n": float("inf")}, "Infinity is not a JSON number", id="infinity"),
+            pytest.param({"n": 2**60}, "beyond 2\\^53-1", id="beyond-2-53"),
+        ],
+    )
+    def test_numbers_jcs_cannot_encode_are_refused_before_upload(
+        self, extra: dict[str, Any], words: str
+    ) -> None:
         """NaN or a huge integer is INVALID_ARGUMENT at parse time, not a crash after upload."""
-        for extra in ({"n": float("nan")}, {"n": 2**60}):
-            with pytest.raises(InvalidArgument, match="canonicalization"):
-                parse_manifest(json.dumps(manifest(**extra)).encode())
+        with pytest.raises(InvalidArgument, match=words) as caught:
+            parse_manifest(json.dumps(manifest(**extra)).encode())
+        assert caught.value.field == "manifest"
 
     def test_size_limit(self) -> None:
         """A manifest over the byte limit is refused with the limit named."""

@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from releasecontrol.errors import InvalidArgument, ReleaseControlError, status_code_name
+from releasecontrol.limits import check_change_context
 from releasecontrol.manifest import format_duration, parse_duration, validate_version
 from releasecontrol.v1 import release_control_pb2 as pb
 from releasecontrol_server import releases
@@ -137,18 +138,24 @@ class ChangeRequest:
             raise InvalidArgument(
                 "expected_sequence must be a whole number", field="expected_sequence"
             )
+        actor = form.get("actor", "").strip()
+        reason = form.get("reason", "").strip()
+        ticket = form.get("ticket", "").strip()
+        request_id = form.get("request_id", "").strip()
+        # The API's limits, named by the form's fields (limits.py).
+        check_change_context(actor=actor, reason=reason, ticket=ticket, request_id=request_id)
         return cls(
             kind=kind,
             feature_id=feature_id,
             version=version,
-            actor=form.get("actor", "").strip() or principal_name,
-            reason=form.get("reason", "").strip(),
-            ticket=form.get("ticket", "").strip(),
+            actor=actor or principal_name,
+            reason=reason,
+            ticket=ticket,
             soak_seconds=soak if kind is Kind.CANARY else default_soak_seconds,
             skip_soak=kind is Kind.PROMOTE and form.get("skip_soak", "") in ("1", "on", "true"),
             channel=Channel(channel_text),
             expected_sequence=int(expected_text) if expected_text else None,
-            request_id=form.get("request_id", "").strip(),
+            request_id=request_id,
             principal=principal_name,
         )
 
