@@ -25,6 +25,7 @@ from releasecontrol.errors import (
     ReleaseControlError,
 )
 from releasecontrol.index import REMOTE_INDEX_PATH, releases_path
+from releasecontrol.limits import check_change_context
 from releasecontrol.manifest import canonical_bytes, parse_manifest, sha256_hex, validate_feature_id
 from releasecontrol.v1 import release_control_pb2 as pb
 from releasecontrol.v1 import release_control_pb2_grpc as pb_grpc
@@ -155,6 +156,14 @@ def transition_to_proto(stored: StoredTransition) -> pb.Transition:
 
 
 def _meta(ctx: pb.ChangeContext, principal_name: str) -> ChangeMeta:
+    """The domain's who and why of a change; InvalidArgument names a bad `context.` field."""
+    check_change_context(
+        actor=ctx.actor,
+        reason=ctx.reason,
+        ticket=ctx.ticket,
+        request_id=ctx.request_id,
+        prefix="context.",
+    )
     return ChangeMeta(
         actor=ctx.actor or principal_name,
         reason=ctx.reason,
@@ -301,15 +310,34 @@ def _encode_token(value: str) -> str:
     return base64.urlsafe_b64encode(value.encode()).decode()
 
 
+# A page token holds a feature id (at most 63 characters) or a transition id.
+_MAX_PAGE_TOKEN_CHARS = 128
+_MAX_TRANSITION_ID = 2**63 - 1  # SQLite's INTEGER
+
+
+def _foreign_token() -> InvalidArgument:
+    return InvalidArgument(
+        "page_token is not one this server issued; pass next_page_token from the "
+        "previous response, or none for the first page",
+        field="page_token",
+    )
+
+
 def _decode_token(token: str) -> str:
+    if len(token) > _MAX_PAGE_TOKEN_CHARS:
+        raise _foreign_token()
     try:
         return base64.urlsafe_b64decode(token.encode()).decode() if token else ""
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(
-            "page_token is not one this server issued; pass next_page_token from the "
-            "previous response, or none for the first page",
-            field="page_token",
-        ) from exc
+    except (ValueError, UnicodeDecodeError):
+        raise _foreign_token() from None
+
+
+def _transition_token(token: str) -> int:
+    """The transition id a ListTransitions page token holds (0: from the newest)."""
+    text = _decode_token(token)
+    if text and not (text.isascii() and text.isdigit() and int(text) <= _MAX_TRANSITION_ID):
+        raise _foreign_token()
+    return int(text or 0)
 
 
 def _feature_ids(ids: Sequence[str]) -> list[str]:
@@ -428,11 +456,9 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
         else:
             caller = require(AuthAction.READ)
         size = _page_size(request.page_size)
-        token = _decode_token(request.page_token)
-        if token and not token.isdigit():
-            _decode_token("!")  # the same error as any foreign token
+        before_id = _transition_token(request.page_token)
         page = await self._controller.transitions(
-            feature_id=request.feature_id, before_id=int(token or 0), limit=size + 1
+            feature_id=request.feature_id, before_id=before_id, limit=size + 1
         )
         more = len(page) > size
         page = page[:size]
@@ -587,6 +613,7 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
                     header = message.header
                     validate_feature_id(header.feature_id)
                     caller = require(AuthAction.PUBLISH, header.feature_id)
+                    meta = _meta(header.context, caller.name)  # refused before any upload
                     manifest = parse_manifest(
                         header.manifest_json,
                         feature_id=header.feature_id,
@@ -623,7 +650,7 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
             applied = await self._controller.change(
                 header.feature_id,
                 command,
-                _meta(header.context, caller.name),
+                meta,
                 rpc="PublishVersion",
                 request_id=header.context.request_id,
                 manifest=canonical,
