@@ -6,6 +6,12 @@ signs with the keys of `signing_key_paths` that the newest root lists in its
 index role. `load_keyring` checks all of it as a host would, the chain from the
 trust file to the newest root included, so a server never publishes what hosts
 would refuse (docs/host-protocol.md, section 4).
+
+Production refuses keys the dev setup (`releasectl dev`) made, and not only on
+the word of the trust file (which anyone may edit): a signing key whose file
+carries `DEV_KEY_MARKER`, one whose folder also holds a trusted root's private
+key (`root-key.pem`: the dev layout; production keeps root keys offline), and
+any key some root in `root_dir`, of any version, ever marked `"dev": true`.
 """
 
 from __future__ import annotations
@@ -17,18 +23,41 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from releasecontrol.errors import ConfigError
+from releasecontrol.errors import ConfigError, VerificationError
 from releasecontrol.files import file_stamp
-from releasecontrol.keyfiles import ROOT_RENEW_BEFORE, load_signing_key, read_roots, verify_roots
+from releasecontrol.index import Envelope
+from releasecontrol.keyfiles import (
+    DEV_ROOT_KEY_FILE,
+    ROOT_RENEW_BEFORE,
+    load_signing_key,
+    read_roots,
+    verify_roots,
+)
 from releasecontrol.manifest import sha256_hex
-from releasecontrol.root import ROLE_INDEX, Root, root_path
+from releasecontrol.root import ROLE_INDEX, ROLE_ROOT, Root, root_path
 from releasecontrol.trust import SigningKey, TrustStore, short_keyid
 from releasecontrol_server.config import Config
 from releasecontrol_server.store import SignedFile
 
-__all__ = ["KeyWatcher", "Keyring", "load_keyring", "root_dir_stamp", "trusted_keys"]
+__all__ = [
+    "DEV_KEY_MARKER",
+    "KeyWatcher",
+    "Keyring",
+    "load_keyring",
+    "root_dir_stamp",
+    "trusted_keys",
+]
 
 log = logging.getLogger(__name__)
+
+DEV_KEY_MARKER = b"releasecontrol insecure development key"
+"""The text the dev setup writes at the top of every key file it makes (a comment line
+before the PEM block, which PEM readers skip); production refuses a key file holding it."""
+_FIX_DEV_KEY = (
+    "production refuses keys the dev setup made, whatever the trust file says: make a real "
+    "online key and a root listing it (`releasectl keys rotate`, then `releasectl keys "
+    "sign-root` with the offline root keys) and point signing_key_paths at that key"
+)
 
 
 @dataclass(frozen=True)
@@ -110,9 +139,12 @@ def load_keyring(config: Config, *, now: datetime | None = None) -> Keyring:
             "listing only real keys"
         )
     index = root.roles[ROLE_INDEX]
+    marked_dev = _marked_dev(trust, roots) if config.is_production else {}
     keys: list[SigningKey] = []
     for path in config.signing_key_paths:
         key = load_signing_key(path)
+        if config.is_production:
+            _refuse_dev_key(path, key, marked_dev, trust, roots)
         if key.keyid not in index.keyids:
             raise ConfigError(
                 f"signing key {path} ({short_keyid(key.keyid)}) is not an online key of root "
@@ -130,6 +162,74 @@ def load_keyring(config: Config, *, now: datetime | None = None) -> Keyring:
         SignedFile(root_path(v), data, sha256_hex(data), v) for v, data in sorted(roots.items())
     )
     return Keyring(trust=trust, roots=files, root=root, keys=tuple(keys))
+
+
+def _marked_dev(trust: TrustStore, roots: dict[int, bytes]) -> dict[str, str]:
+    """keyid -> where it is marked `"dev": true`: the trust file, or any root of any version."""
+    marked = {keyid: "the trust file" for keyid in trust.dev_keyids}
+    for version, data in sorted(roots.items()):
+        root = _parse_root(data)
+        if root is None:
+            continue  # not part of the verified chain (older than the trust file's): unread
+        for keyid, key in root.keys.items():
+            if key.dev:
+                marked.setdefault(keyid, f"root {version}")
+    return marked
+
+
+def _root_keyids(trust: TrustStore, roots: dict[int, bytes]) -> set[str]:
+    """The root keys the trust file pins and every root's root role lists."""
+    keyids = set(trust.keys)
+    for data in roots.values():
+        root = _parse_root(data)
+        if root is not None:
+            keyids.update(root.roles[ROLE_ROOT].keyids)
+    return keyids
+
+
+def _parse_root(data: bytes) -> Root | None:
+    try:
+        return Root.from_dict(Envelope.from_bytes(data).signed)
+    except (VerificationError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _refuse_dev_key(
+    path: Path,
+    key: SigningKey,
+    marked_dev: dict[str, str],
+    trust: TrustStore,
+    roots: dict[int, bytes],
+) -> None:
+    """Production: raise ConfigError when the key at `path` shows the dev setup made it."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:  # load_signing_key just read it; a vanished file is caught on the next read
+        data = b""
+    if DEV_KEY_MARKER in data:
+        raise ConfigError(
+            f"signing key {path} (signing_key_paths) is marked "
+            f"{DEV_KEY_MARKER.decode()!r}: `releasectl dev` made it; {_FIX_DEV_KEY}"
+        )
+    where = marked_dev.get(key.keyid)
+    if where is not None:
+        raise ConfigError(
+            f"signing key {path} (signing_key_paths, {short_keyid(key.keyid)}) is marked as a "
+            f"dev key in {where}, and a key once made for development stays one; {_FIX_DEV_KEY}"
+        )
+    beside = Path(path).parent / DEV_ROOT_KEY_FILE
+    if beside.is_file():
+        try:
+            root_key = SigningKey.load(beside)
+        except ConfigError:
+            return
+        if root_key.keyid in _root_keyids(trust, roots):
+            raise ConfigError(
+                f"signing key {path} (signing_key_paths) sits beside {beside}, the private half "
+                f"of root key {short_keyid(root_key.keyid)}: that is the layout `releasectl dev` "
+                f"makes, and production keeps root keys offline; {_FIX_DEV_KEY}, and move "
+                f"{beside} off this machine"
+            )
 
 
 class KeyWatcher:
