@@ -51,6 +51,7 @@ ignored, and the files would go to the local folder instead of the bucket.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import math
 import os
@@ -546,6 +547,24 @@ def _parse_paths(raw: object, label: str, ctx: _Context) -> tuple[Path, ...]:
     if not paths:
         raise _bad(label, raw, fix)
     return paths
+
+
+def dev_admin_opens(config: Config) -> bool:
+    """True when `releasectl dev` (`releasecontrol-server --dev`) opens the admin UI to
+    anyone on this machine, without login, as `unauthenticated-admin`.
+
+    With no auth mode there is no way to sign in, so in development, unless
+    ALLOW_UNAUTHENTICATED_ADMIN was set either way, the dev server turns it on,
+    but only while the admin UI listens on loopback. Never in production.
+    """
+    chosen = config.sources.get("allow_unauthenticated_admin", "default") != "default"
+    if config.is_production or config.auth_mode is not None or chosen:
+        return False
+    host, _ = split_listen_address(config.admin_listen)
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def split_listen_address(address: str) -> tuple[str, int]:

@@ -38,7 +38,7 @@ from releasecontrol.index import REMOTE_INDEX_PATH
 from releasecontrol.keyfiles import ROOT_RENEW_BEFORE
 from releasecontrol.published import Published, folder_reader, http_reader, read_published
 from releasecontrol.trust import TrustStore, short_keyid
-from releasecontrol_server.config import Config, load_config
+from releasecontrol_server.config import Config, dev_admin_opens, load_config
 from releasecontrol_server.keyring import load_keyring, trusted_keys
 
 __all__ = [
@@ -248,11 +248,34 @@ def check_dev_keys_off(config: Config) -> CheckResult:
 
 
 def check_unauthenticated_admin_off(config: Config) -> CheckResult:
-    """PASS when ALLOW_UNAUTHENTICATED_ADMIN is off."""
+    """PASS when the admin UI requires login: ALLOW_UNAUTHENTICATED_ADMIN is off, and
+    `releasectl dev` would not turn it on (development with no auth mode, on loopback)."""
     name = "unauthenticated-admin"
     setting = config.setting_name("allow_unauthenticated_admin")
+    if dev_admin_opens(config):
+        return _fail(
+            name,
+            [
+                (
+                    f"{setting} is not set, but with no auth mode in development "
+                    "`releasectl dev` turns it on: anyone on this machine can use the admin UI "
+                    "without login, as unauthenticated-admin",
+                    "set RELEASECONTROL_AUTH_MODE (auth_mode) to rpc-token or dfs so the admin "
+                    f"UI requires sign-in, or set {setting}=0 to keep it closed",
+                )
+            ],
+        )
     if not config.allow_unauthenticated_admin:
-        return _pass(name, "the admin UI requires login")
+        if config.auth_mode in ("rpc-token", "dfs"):
+            return _pass(
+                name, f"the admin UI requires login (auth mode {config.auth_mode}: a token)"
+            )
+        mode = config.auth_mode or "none"
+        return _pass(
+            name,
+            f"the admin UI requires login, and with auth mode {mode} nobody can sign in to it "
+            "(only rpc-token and dfs have a sign-in)",
+        )
     return _fail(
         name,
         [

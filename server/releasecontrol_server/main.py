@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import dataclasses
 import gc
-import ipaddress
 import json
 import logging
 import os
@@ -36,7 +35,12 @@ from releasecontrol_server.admin import (
 from releasecontrol_server.artifacts import open_artifact_store
 from releasecontrol_server.audit import OriginAuditor
 from releasecontrol_server.auth.interceptor import AuthInterceptor, authenticator_for
-from releasecontrol_server.config import Config, load_config, split_listen_address
+from releasecontrol_server.config import (
+    Config,
+    dev_admin_opens,
+    load_config,
+    split_listen_address,
+)
 from releasecontrol_server.control import ReleaseController
 from releasecontrol_server.expiry import Resigner
 from releasecontrol_server.keyring import Keyring, KeyWatcher, load_keyring
@@ -63,20 +67,11 @@ def prepare_dev(config: Config) -> None:
     load_or_create_dev_keys(config.home / "keys")
 
 
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 def open_dev_admin(config: Config) -> Config:
     """With no auth mode there is no way to sign in to the admin UI: in development, unless
     ALLOW_UNAUTHENTICATED_ADMIN was set either way, open it to this machine (only when it
-    listens on loopback)."""
-    chosen = config.sources.get("allow_unauthenticated_admin", "default") != "default"
-    host, _ = split_listen_address(config.admin_listen)
-    if config.is_production or config.auth_mode is not None or chosen or not _loopback(host):
+    listens on loopback). `doctor` reports the same decision (`config.dev_admin_opens`)."""
+    if not dev_admin_opens(config):
         return config
     return dataclasses.replace(config, allow_unauthenticated_admin=True)
 

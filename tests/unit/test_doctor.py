@@ -193,6 +193,14 @@ def _no_change(root: Path, settings: dict[str, object]) -> None:
     pass
 
 
+def _compose(*changes: Change) -> Change:
+    def change(root: Path, settings: dict[str, object]) -> None:
+        for each in changes:
+            each(root, settings)
+
+    return change
+
+
 SETTING_CASES = [
     pytest.param(doctor.check_production_mode, _no_change, "PASS", ["production"], id="prod-ok"),
     pytest.param(
@@ -241,6 +249,42 @@ SETTING_CASES = [
         "FAIL",
         ["allow_unauthenticated_admin in"],
         id="admin-open",
+    ),
+    # Issue 13 item 17: in development with no auth mode `releasectl dev` opens the UI.
+    pytest.param(
+        doctor.check_unauthenticated_admin_off,
+        _compose(_set(env="development"), _drop("auth_mode")),
+        "FAIL",
+        ["`releasectl dev` turns it on", "without login"],
+        id="admin-dev-bypass",
+    ),
+    pytest.param(
+        doctor.check_unauthenticated_admin_off,
+        _compose(_set(env="development", admin_listen="[::1]:8080"), _drop("auth_mode")),
+        "FAIL",
+        ["`releasectl dev` turns it on"],
+        id="admin-dev-bypass-ipv6-loopback",
+    ),
+    pytest.param(
+        doctor.check_unauthenticated_admin_off,
+        _compose(_set(env="development", allow_unauthenticated_admin=False), _drop("auth_mode")),
+        "PASS",
+        ["requires login", "nobody can sign in"],
+        id="admin-dev-closed-on-purpose",
+    ),
+    pytest.param(
+        doctor.check_unauthenticated_admin_off,
+        _compose(_set(env="development", admin_listen="0.0.0.0:8080"), _drop("auth_mode")),
+        "PASS",
+        ["requires login"],
+        id="admin-dev-not-on-loopback",
+    ),
+    pytest.param(
+        doctor.check_unauthenticated_admin_off,
+        _set(env="development"),
+        "PASS",
+        ["requires login (auth mode rpc-token"],
+        id="admin-dev-with-auth-mode",
     ),
 ]
 
@@ -890,3 +934,26 @@ class TestRunDoctor:
             "validate-compat",
             "origin-headers",
         }
+
+
+class TestDevAdminBypassAgreesWithTheServer:
+    @pytest.mark.parametrize(
+        ("environ", "opens"),
+        [
+            ({}, True),
+            ({"RELEASECONTROL_ADMIN_LISTEN": "localhost:8080"}, True),
+            ({"RELEASECONTROL_ADMIN_LISTEN": "192.0.2.1:8080"}, False),
+            ({"ALLOW_UNAUTHENTICATED_ADMIN": "0"}, False),
+            ({"RELEASECONTROL_AUTH_MODE": "rpc-token"}, False),
+        ],
+    )
+    def test_doctor_reports_what_releasecontrol_server_dev_does(
+        self, tmp_path: Path, environ: dict[str, str], opens: bool
+    ) -> None:
+        """The FAIL appears exactly when `--dev` turns the bypass on (one decision, shared)."""
+        from releasecontrol_server.main import open_dev_admin
+
+        config = doctor.load_config_for_doctor(environ, None, cwd=tmp_path)
+        assert open_dev_admin(config).allow_unauthenticated_admin is opens
+        result = doctor.check_unauthenticated_admin_off(config)
+        assert (result.status == "FAIL") is opens, result
