@@ -134,11 +134,21 @@ class DevKeys:
     """The newest root."""
 
 
+DEV_KEY_MARKER = b"releasecontrol insecure development key"
+"""Written on the first line of every key file the dev setup makes: a production server
+refuses a key carrying it, whatever the trust file says (`keyring`)."""
+
+
+def dev_key_pem(key: SigningKey) -> bytes:
+    """`key` as PEM with the dev marker on a comment line before it (PEM readers skip it)."""
+    return b"# " + DEV_KEY_MARKER + b"\n" + key.to_pem()
+
+
 def _load_or_create_key(path: Path, what: str) -> SigningKey:
     if path.exists():
         return SigningKey.load(path)
     candidate = SigningKey.generate()
-    if atomic_create(path, candidate.to_pem(), mode=0o600):
+    if atomic_create(path, dev_key_pem(candidate), mode=0o600):
         log.info("created %s keyid=%s path=%s", what, candidate.keyid, path)
         return candidate
     return SigningKey.load(path)  # another process made it between our check and our write

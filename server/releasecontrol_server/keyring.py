@@ -27,6 +27,7 @@ from releasecontrol.errors import ConfigError, VerificationError
 from releasecontrol.files import file_stamp
 from releasecontrol.index import Envelope
 from releasecontrol.keyfiles import (
+    DEV_KEY_MARKER,
     DEV_ROOT_KEY_FILE,
     ROOT_RENEW_BEFORE,
     load_signing_key,
@@ -50,7 +51,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEV_KEY_MARKER = b"releasecontrol insecure development key"
 """The text the dev setup writes at the top of every key file it makes (a comment line
 before the PEM block, which PEM readers skip); production refuses a key file holding it."""
 _FIX_DEV_KEY = (

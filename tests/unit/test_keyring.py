@@ -66,13 +66,11 @@ def sign_roots(
 
 
 def dev_setup(home: Path) -> tuple[SigningKey, SigningKey]:
-    """What `releasectl dev` makes, with the marker line its key files carry."""
+    """What `releasectl dev` makes: key files whose first line carries the marker."""
     keys_dir = home / "keys"
     made = load_or_create_dev_keys(keys_dir)
     for name in (DEV_SIGNING_KEY_FILE, DEV_ROOT_KEY_FILE):
-        path = keys_dir / name
-        if DEV_KEY_MARKER not in path.read_bytes():  # until keyfiles writes the line itself
-            path.write_bytes(b"# " + DEV_KEY_MARKER + b"\n" + path.read_bytes())
+        assert (keys_dir / name).read_bytes().startswith(b"# " + DEV_KEY_MARKER + b"\n")
     return made.root_key, made.signing_key
 
 
