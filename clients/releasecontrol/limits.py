@@ -9,6 +9,7 @@ What                           Limit
 =============================  =========================================================
 manifest.json, whole           1 MiB (`DEFAULT_MAX_MANIFEST_BYTES`; the server's
                                `max_manifest_bytes` setting may change it), UTF-8
+                               (a leading byte order mark is ignored)
 JSON nesting                   32 arrays/objects deep (`MAX_JSON_DEPTH`)
 JSON number                    32 characters as written (`MAX_NUMBER_CHARS`);
                                integers from -(2^53-1) to 2^53-1; no NaN or Infinity
@@ -187,7 +188,7 @@ def load_json(data: bytes, *, what: str, field: str, max_bytes: int) -> Any:
             f"{what} is {len(data)} bytes; the limit is {max_bytes} bytes", field=field
         )
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8").removeprefix("\ufeff")  # a BOM, as Windows editors write
     except UnicodeDecodeError as exc:
         raise InvalidArgument(
             f"{what} is not valid JSON: byte {exc.start} is not UTF-8; save it as UTF-8",

@@ -140,6 +140,10 @@ class TestManifestLimits:
         """Malformed JSON names the fault and where, in a line of our own."""
         assert words in refusal(data).message
 
+    def test_a_byte_order_mark_is_ignored(self) -> None:
+        """Windows editors start UTF-8 files with a BOM; json.loads of bytes skipped it too."""
+        assert parse_manifest(b"\xef\xbb\xbf" + manifest_text().encode())["id"] == "checkout"
+
     def test_the_source_folder_is_held_to_the_same_limits(self, tmp_path: Path) -> None:
         """The CLI's load_feature_folder refuses the same input, naming the file."""
         (tmp_path / "index.js").write_bytes(b"abc")
