@@ -903,16 +903,31 @@ def _env_flag(env: Mapping[str, str], name: str) -> bool:
 
 
 def _production_setting(env: Mapping[str, str]) -> str | None:
-    """The variable that says production ("RELEASECONTROL_ENV" or "NODE_ENV"), or None."""
-    raw = env.get("RELEASECONTROL_ENV", "")
-    word = raw.strip().lower()
-    if word:
-        if word not in ("development", "production"):
+    """The variable that says production ("RELEASECONTROL_ENV" or "NODE_ENV"), or None.
+
+    As the server reads them: RELEASECONTROL_ENV takes development or production,
+    NODE_ENV production, development or test; any other value (`NODE_ENV=prod`, a
+    typo) is refused rather than taken for development, and the two must agree.
+    """
+    said: dict[str, bool] = {}
+    for name, accepted in (
+        ("RELEASECONTROL_ENV", ("development", "production")),
+        ("NODE_ENV", ("development", "production", "test")),
+    ):
+        raw = env.get(name, "")
+        word = raw.strip().lower()
+        if not word:
+            continue
+        if word not in accepted:
             raise ConfigError(
-                f"RELEASECONTROL_ENV={raw!r} is not understood; set it to 'development' "
-                "or 'production'"
+                f"{name}={raw!r} is not understood; set it to "
+                + " or ".join(repr(w) for w in accepted)
             )
-        return "RELEASECONTROL_ENV" if word == "production" else None
-    if env.get("NODE_ENV", "").strip().lower() == "production":
-        return "NODE_ENV"
-    return None
+        said[name] = word == "production"
+    if len(set(said.values())) > 1:
+        raise ConfigError(
+            "RELEASECONTROL_ENV and NODE_ENV disagree about production "
+            f"(RELEASECONTROL_ENV={env['RELEASECONTROL_ENV']!r}, NODE_ENV={env['NODE_ENV']!r}); "
+            "set them alike or unset one"
+        )
+    return next((name for name, production in said.items() if production), None)

@@ -939,18 +939,42 @@ class TestFromEnvironment:
             FeatureHost.from_environment(env)
 
     @pytest.mark.parametrize(
+        ("changes", "fragment"),
+        [
+            pytest.param({"NODE_ENV": "prod"}, "NODE_ENV='prod' is not understood", id="typo"),
+            pytest.param(
+                {"RELEASECONTROL_ENV": "staging"},
+                "RELEASECONTROL_ENV='staging' is not understood",
+                id="unknown",
+            ),
+            pytest.param(
+                {"RELEASECONTROL_ENV": "development", "NODE_ENV": "production"},
+                "RELEASECONTROL_ENV and NODE_ENV disagree about production",
+                id="disagree",
+            ),
+        ],
+    )
+    def test_an_unclear_environment_is_refused(
+        self, env: dict[str, str], changes: dict[str, str], fragment: str
+    ) -> None:
+        """A typo is not taken for development, nor one variable over the other: the host
+        refuses to start, naming the value, as the server does."""
+        env.update(changes)
+        with pytest.raises(ConfigError, match=fragment):
+            FeatureHost.from_environment(env)
+
+    @pytest.mark.parametrize(
         ("flag", "ok"),
         [pytest.param("on", True, id="allowed"), pytest.param("0", False, id="not-allowed")],
     )
     def test_development_honours_the_dev_key_flag(
         self, env: dict[str, str], origin: Origin, fetcher: Fetcher, flag: str, ok: bool
     ) -> None:
-        """Outside production a dev root key counts only with the flag on; RELEASECONTROL_ENV
-        wins over NODE_ENV."""
+        """Outside production a dev root key counts only with the flag on."""
         env.update(
             {
                 "RELEASECONTROL_ENV": "development",
-                "NODE_ENV": "production",
+                "NODE_ENV": "test",
                 "FEATURE_ALLOW_INSECURE_DEV_KEYS": flag,
                 "FEATURE_TRUST_PUBLIC_KEYS_JSON": TrustStore.for_keys(
                     [ROOT_A.trusted_key(dev=True)]
