@@ -56,9 +56,13 @@ __all__ = [
     "DEFAULT_RETRY_SECONDS",
     "DEFAULT_TARGET",
     "ConnectionSettings",
+    "FoundHome",
     "ReleaseControlClient",
     "WatchStream",
+    "find_home",
+    "process_alive",
     "resolve_connection",
+    "running_dev_record",
     "state_home",
 ]
 
@@ -109,6 +113,8 @@ class ConnectionSettings:
     """Name to check the server certificate against, when it differs from the target host."""
     token: str | None = None
     """Bearer token sent as `authorization` metadata (rpc-token and dfs auth modes)."""
+    target_source: str = ""
+    """Where `target` came from, for messages: e.g. "from /srv/rc/run/endpoints.json"."""
 
     def __repr__(self) -> str:
         # Never print key material or the token (tracebacks, logs, debuggers).
@@ -127,6 +133,102 @@ def state_home(environ: Mapping[str, str] | None = None, cwd: Path | None = None
     base = Path.cwd() if cwd is None else cwd
     value = env.get("RELEASECONTROL_HOME", "").strip()
     return base / value if value else base / ".releasecontrol"
+
+
+HOME_DIR_NAME = ".releasecontrol"
+RUNNING_DEV_FILE = "dev-servers.json"
+"""The per-user record of running `releasectl dev` servers, in `running_dev_record()`'s folder."""
+
+
+@dataclass(frozen=True)
+class FoundHome:
+    """The state directory a command uses, and how it was found (for messages)."""
+
+    path: Path
+    how: str
+    """e.g. "RELEASECONTROL_HOME", "found above /a/b", "the running `releasectl dev` (pid 7)"."""
+    found: bool
+    """False when nothing was found and `path` is only the default, `./.releasecontrol`."""
+    looked: str = ""
+    """Where the search looked, in a phrase (set when nothing was found)."""
+
+
+def running_dev_record(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The per-user file where `releasectl dev` records the servers it runs:
+    `$XDG_RUNTIME_DIR/releasecontrol/dev-servers.json`, else
+    `$HOME/.cache/releasecontrol/dev-servers.json`; None when neither variable is set."""
+    env = os.environ if environ is None else environ
+    runtime = env.get("XDG_RUNTIME_DIR", "").strip()
+    if runtime:
+        return Path(runtime) / "releasecontrol" / RUNNING_DEV_FILE
+    user_home = env.get("HOME", "").strip()
+    if user_home:
+        return Path(user_home) / ".cache" / "releasecontrol" / RUNNING_DEV_FILE
+    return None
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process `pid` exists (one of another user counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def read_running_devs(path: Path) -> list[dict[str, Any]]:
+    """The entries (`home`, `pid`, `started_at`) of a running-dev record; [] if unreadable."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return []
+    servers = data.get("servers") if isinstance(data, dict) else None
+    if not isinstance(servers, list):
+        return []
+    return [
+        s
+        for s in servers
+        if isinstance(s, dict) and isinstance(s.get("home"), str) and isinstance(s.get("pid"), int)
+    ]
+
+
+def find_home(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> FoundHome:
+    """The state directory, found the way git finds its repository.
+
+    In order: RELEASECONTROL_HOME (relative to `cwd`); else a `.releasecontrol/` folder in
+    `cwd` or the nearest folder above it; else the newest `releasectl dev` still running
+    that recorded itself in `running_dev_record()`; else `./.releasecontrol`, not found
+    (`looked` then says where the search looked).
+    """
+    env = os.environ if environ is None else environ
+    base = Path.cwd() if cwd is None else cwd
+    value = env.get("RELEASECONTROL_HOME", "").strip()
+    if value:
+        return FoundHome(base / value, "RELEASECONTROL_HOME", True)
+    start = base.absolute()
+    for folder in (start, *start.parents):
+        candidate = folder / HOME_DIR_NAME
+        if candidate.is_dir():
+            how = "found in the current folder" if folder == start else f"found above {start}"
+            return FoundHome(candidate, how, True)
+    record = running_dev_record(env)
+    if record is not None:
+        for entry in reversed(read_running_devs(record)):
+            if process_alive(entry["pid"]) and Path(entry["home"]).is_dir():
+                how = f"the running `releasectl dev` (pid {entry['pid']}) recorded in {record}"
+                return FoundHome(Path(entry["home"]), how, True)
+    looked = (
+        f"RELEASECONTROL_HOME (not set), a {HOME_DIR_NAME}/ folder in {start} and every "
+        "folder above it, and a running `releasectl dev` in "
+        f"{record if record is not None else '$XDG_RUNTIME_DIR or ~/.cache (neither is set)'}"
+    )
+    return FoundHome(start / HOME_DIR_NAME, "the default", False, looked)
 
 
 def _read(path: Path, setting: str) -> bytes:
@@ -165,6 +267,8 @@ def resolve_connection(
 ) -> ConnectionSettings:
     """Find the server and the TLS files and credentials to reach it.
 
+    Home: `home`, else `find_home()` (RELEASECONTROL_HOME, a `.releasecontrol/` here or
+    above, the running `releasectl dev`).
     Target: `server`, else RELEASECONTROL_ADDR, else "grpc" in
     `<home>/run/endpoints.json` (written by a running server), else 127.0.0.1:50051.
     TLS: RELEASECONTROL_TLS_CA / _CERT / _KEY, else `<home>/pki/ca.pem`,
@@ -177,16 +281,32 @@ def resolve_connection(
     Raises ConfigError naming the missing or unreadable setting and the fix.
     """
     env = os.environ if environ is None else environ
-    home = state_home(env) if home is None else home
+    found = FoundHome(home, "--home", True) if home is not None else find_home(env)
+    home = found.path
 
-    target = (server or "").strip() or env.get("RELEASECONTROL_ADDR", "").strip()
+    target = (server or "").strip()
+    target_source = "from --server"
     if not target:
-        target = _target_from_endpoints(home) or DEFAULT_TARGET
+        target = env.get("RELEASECONTROL_ADDR", "").strip()
+        target_source = "from RELEASECONTROL_ADDR"
+    if not target:
+        recorded = _target_from_endpoints(home)
+        endpoints = home / "run" / "endpoints.json"
+        if recorded:
+            target, target_source = recorded, f"from {endpoints}"
+        else:
+            target = DEFAULT_TARGET
+            target_source = f"the default: no running server recorded in {endpoints}"
 
     ca_env = env.get("RELEASECONTROL_TLS_CA", "").strip()
     ca_path = Path(ca_env) if ca_env else home / "pki" / "ca.pem"
     if not ca_path.is_file():
-        source = "RELEASECONTROL_TLS_CA" if ca_env else "the state directory"
+        if not ca_env and not found.found:
+            raise ConfigError(
+                f"no ReleaseControl state directory found: looked for {found.looked}; "
+                "start `releasectl dev`, or set RELEASECONTROL_HOME (or pass --home)"
+            )
+        source = "RELEASECONTROL_TLS_CA" if ca_env else f"the state directory, {found.how}"
         raise ConfigError(
             f"no CA certificate at {ca_path} (from {source}) to verify the server with: "
             "start `releasectl dev` first, or set RELEASECONTROL_TLS_CA"
@@ -230,6 +350,7 @@ def resolve_connection(
         key_pem=key_pem,
         server_name=server_name,
         token=token,
+        target_source=target_source,
     )
 
 
@@ -391,9 +512,11 @@ class ReleaseControlClient:
         details = (err.details() if callable(getattr(err, "details", None)) else None) or ""
         target = self.settings.target
         info = _error_info(err)
+        source = f"; {self.settings.target_source}" if self.settings.target_source else ""
         if name == "UNAVAILABLE" and info is None:
             details = (
-                f"cannot reach the ReleaseControl server at {target} ({details}): {_START_HINT}"
+                f"cannot reach the ReleaseControl server at {target} ({details}{source}): "
+                f"{_START_HINT}"
             )
         elif name == "DEADLINE_EXCEEDED":
             details = (

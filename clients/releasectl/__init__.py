@@ -55,16 +55,18 @@ class _LazyGroup(ReleaseCtlGroup):
     envvar="RELEASECONTROL_ADDR",
     metavar="ADDR",
     default=None,
-    help="Control plane gRPC address (host:port); default: the running dev server, "
-    "else 127.0.0.1:50051. [env: RELEASECONTROL_ADDR]",
+    help="Control plane gRPC address (host:port); default: the address the server "
+    "recorded in the state directory (run/endpoints.json), else 127.0.0.1:50051. "
+    "[env: RELEASECONTROL_ADDR]",
 )
 @click.option(
     "--home",
     envvar="RELEASECONTROL_HOME",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
-    help="State directory (PKI, keys, database); default: ./.releasecontrol. "
-    "[env: RELEASECONTROL_HOME]",
+    help="State directory (PKI, keys, database); default: a .releasecontrol folder here "
+    "or in the nearest folder above, else the running `releasectl dev`'s, else "
+    "./.releasecontrol. [env: RELEASECONTROL_HOME]",
 )
 @click.version_option(package_name="releasecontrol", prog_name="releasectl")
 @click.pass_context

@@ -17,7 +17,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 import click
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from releasecontrol.client import ReleaseControlClient
+from releasecontrol.client import ReleaseControlClient, find_home
 from releasecontrol.errors import InvalidArgument, ReleaseControlError
 from releasecontrol.manifest import format_duration, parse_duration, validate_feature_id
 from releasecontrol.manifest import validate_version as _validate_version
@@ -43,6 +43,14 @@ def open_client(ctx: click.Context) -> ReleaseControlClient:
     """A client for the server the global options (or the state directory) point at."""
     state = ctx.find_object(CliState) or CliState()
     return ReleaseControlClient.from_environment(server=state.server, home=state.home)
+
+
+def state_dir(ctx: click.Context) -> Path:
+    """The state directory: --home / RELEASECONTROL_HOME, else the one `find_home` finds
+    (a `.releasecontrol/` here or above, the running `releasectl dev`), else
+    `./.releasecontrol`."""
+    state = ctx.find_object(CliState) or CliState()
+    return state.home if state.home is not None else find_home().path
 
 
 # -- errors -------------------------------------------------------------------

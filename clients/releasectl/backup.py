@@ -25,9 +25,8 @@ from typing import Any
 
 import click
 
-from releasecontrol.client import state_home
 from releasecontrol.files import fsync_dir
-from releasectl._common import CliState, OneLineError, echo_json, output_option
+from releasectl._common import OneLineError, echo_json, output_option, state_dir
 
 __all__ = ["backup", "restore"]
 
@@ -48,8 +47,7 @@ def _database_option(command: Any) -> Any:
 def _database(ctx: click.Context, given: Path | None) -> Path:
     if given is not None:
         return given
-    state = ctx.find_object(CliState) or CliState()
-    return (state.home or state_home()) / DATABASE_FILE
+    return state_dir(ctx) / DATABASE_FILE
 
 
 def _describe(path: Path) -> dict[str, Any]:

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 
 import click
 
-from releasecontrol.client import state_home
 from releasecontrol.errors import ConfigError
 from releasecontrol.index import REMOTE_INDEX_PATH
 from releasecontrol.trust import DEV_TRUST_FILE, ENV_ALLOW_DEV_KEYS, ENV_TRUST_JSON, ENV_TRUST_PATH
-from releasectl._common import DURATION, CliState, OneLineError, echo_json, output_option
+from releasectl import _common
+from releasectl._common import DURATION, OneLineError, echo_json, output_option
 from releasectl.mock_cdn import wait_for_stop_signal
 
 if TYPE_CHECKING:
@@ -138,8 +138,7 @@ def dev_host(
         listen_host, port = _split_listen(listen)
     except ValueError as exc:
         raise click.BadParameter(str(exc), ctx, param_hint="'--listen'") from None
-    state = ctx.find_object(CliState) or CliState()
-    home = state.home or state_home()
+    home = _common.state_dir(ctx)
     environ, notes = host_environment(os.environ, home)
     host = FeatureHost.from_environment(
         environ,

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import click
 
-from releasecontrol.client import state_home
 from releasecontrol.files import atomic_write
-from releasectl._common import CliState, OneLineError
+from releasectl._common import OneLineError, state_dir
 
 __all__ = ["importmap"]
 
@@ -76,11 +75,10 @@ def importmap(
     from releasecontrol.importmap import build_import_map
     from releasectl.dev_host import ENV_INDEX_URL, host_environment
 
-    state = ctx.find_object(CliState) or CliState()
     environ = dict(os.environ)
     if index_url is not None:
         environ[ENV_INDEX_URL] = index_url
-    environ, _ = host_environment(environ, state.home or state_home())
+    environ, _ = host_environment(environ, state_dir(ctx))
     extra = {"allow_insecure_dev_keys": True} if allow_dev_keys else {}
     logging.getLogger("releasecontrol").addHandler(logging.NullHandler())
     with tempfile.TemporaryDirectory(prefix="releasectl-importmap-") as tmp:

@@ -27,7 +27,6 @@ from typing import Any
 
 import click
 
-from releasecontrol.client import state_home
 from releasecontrol.errors import ConfigError
 from releasecontrol.files import atomic_create, atomic_write
 from releasecontrol.index import Envelope
@@ -47,7 +46,7 @@ from releasecontrol.keyfiles import (
 )
 from releasecontrol.root import Root
 from releasecontrol.trust import SigningKey, TrustedKey, TrustStore, short_keyid
-from releasectl._common import CliState, OneLineError, echo_json, output_option
+from releasectl._common import OneLineError, echo_json, output_option, state_dir
 
 __all__ = ["keys"]
 
@@ -62,8 +61,7 @@ class _Paths:
         trust: Path | None,
         signing_key: Path | None,
     ) -> None:
-        state = ctx.find_object(CliState) or CliState()
-        self.folder = (state.home or state_home()) / "keys"
+        self.folder = state_dir(ctx) / "keys"
         self.root_dir = root_dir or self.folder / ROOTS_DIR
         self.trust = trust or self.folder / DEV_TRUST_FILE
         self.signing_key = signing_key or self.folder / DEV_SIGNING_KEY_FILE

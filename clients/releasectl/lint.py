@@ -24,12 +24,11 @@ from typing import Any
 import click
 
 from releasecontrol import compat, routes
-from releasecontrol.client import state_home
 from releasecontrol.errors import ConfigError, InvalidArgument
 from releasecontrol.index import REMOTE_INDEX_PATH
 from releasecontrol.published import read_published_at
 from releasecontrol.trust import DEV_TRUST_FILE, ENV_ALLOW_DEV_KEYS, TrustStore
-from releasectl._common import CliState, OneLineError, echo_json, output_option
+from releasectl._common import OneLineError, echo_json, output_option, state_dir
 from releasectl.doctor import config_option, tool_config
 
 ENV_REMOTE_INDEX_URL = "FEATURE_REMOTE_INDEX_URL"
@@ -111,8 +110,7 @@ def load_checked_manifests(
         raise click.UsageError("pass --dir or --index-url, not both", ctx)
     if folder is not None:
         return Manifests(str(folder), list(compat.load_manifests(folder)))
-    state = ctx.find_object(CliState) or CliState()
-    home = state.home or state_home()
+    home = state_dir(ctx)
     url = index_url or _index_url(home)
     trust, allow_dev = _trust(home)
     published = read_published_at(url, trust=trust, allow_dev_keys=allow_dev)

@@ -9,8 +9,7 @@ from types import FrameType
 
 import click
 
-from releasecontrol.client import state_home
-from releasectl._common import CliState, OneLineError, echo_json, output_option
+from releasectl._common import OneLineError, echo_json, output_option, state_dir
 
 DEFAULT_LISTEN = "127.0.0.1:4100"
 
@@ -52,8 +51,7 @@ def mock_cdn(ctx: click.Context, folder: Path | None, listen: str, output: str) 
         host, port = split_listen_address(listen)
     except ValueError as exc:
         raise click.BadParameter(str(exc), ctx, param_hint="'--listen'") from None
-    state = ctx.find_object(CliState) or CliState()
-    root = folder if folder is not None else (state.home or state_home()) / "origin"
+    root = folder if folder is not None else state_dir(ctx) / "origin"
     if not root.is_dir():
         raise OneLineError(
             f"no origin folder at {root}: publish with `releasectl dev` running first, "

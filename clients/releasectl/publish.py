@@ -21,7 +21,7 @@ from urllib.parse import urljoin
 
 import click
 
-from releasecontrol.client import ChannelName, ReleaseControlClient, state_home
+from releasecontrol.client import ChannelName, ReleaseControlClient, find_home
 from releasecontrol.errors import ConfigError, ReleaseControlError, VerificationError
 from releasecontrol.fetch import Fetcher
 from releasecontrol.index import REMOTE_INDEX_PATH
@@ -33,7 +33,6 @@ from releasecontrol.v1 import release_control_pb2 as pb
 from releasecontrol.verifier import Verifier
 from releasectl._common import (
     Change,
-    CliState,
     OneLineError,
     change_options,
     describe_transition,
@@ -44,6 +43,7 @@ from releasectl._common import (
     open_client,
     output_option,
     soak_option,
+    state_dir,
     transition_json,
 )
 
@@ -126,9 +126,8 @@ def publish(
     check: CdnCheck | None = None
     # A server that does not say where its origin is (an older one) cannot be read back.
     if not no_verify and response.origin_public_url:
-        state = ctx.find_object(CliState) or CliState()
         try:
-            trust = trust_for_checks(state.home)
+            trust = trust_for_checks(state_dir(ctx))
             check = verify_on_cdn(
                 response.origin_public_url,
                 source.feature_id,
@@ -228,7 +227,7 @@ def trust_for_checks(
     configured = TrustStore.from_environment(env)
     if configured is not None:
         return configured, _flag(env.get(ENV_ALLOW_DEV_KEYS))
-    local = (home or state_home(env)) / "keys" / DEV_TRUST_FILE
+    local = (home or find_home(env).path) / "keys" / DEV_TRUST_FILE
     if local.is_file():
         return TrustStore.from_file(local), True
     raise ConfigError(

@@ -9,14 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from releasecontrol.client import state_home
 from releasecontrol.errors import ConfigError
 from releasecontrol.v1 import release_control_pb2 as pb
 from releasectl._common import (
     HISTORY_HEADERS,
     STATUS_HEADERS,
     Change,
-    CliState,
     OneLineError,
     change_options,
     echo_json,
@@ -29,6 +27,7 @@ from releasectl._common import (
     render_table,
     server_now,
     soak_option,
+    state_dir,
     status_row,
     transition_json,
     validate_feature_option,
@@ -261,8 +260,7 @@ def _host_environment(ctx: click.Context, index_url: str) -> dict[str, str]:
     env = dict(os.environ)
     env[ENV_REMOTE_INDEX_URL] = index_url
     if not (env.get(ENV_TRUST_JSON, "").strip() or env.get(ENV_TRUST_PATH, "").strip()):
-        state = ctx.find_object(CliState) or CliState()
-        local = (state.home or state_home()) / "keys" / DEV_TRUST_FILE
+        local = state_dir(ctx) / "keys" / DEV_TRUST_FILE
         if not local.is_file():
             raise ConfigError(
                 f"no trust file to verify {index_url} with: set {ENV_TRUST_PATH} (or "
