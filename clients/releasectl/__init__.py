@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from releasectl._common import CliState, ReleaseCtlGroup
+from releasectl._common import CliState, ReleaseCtlGroup, exit_codes_help
 
 __all__ = ["main"]
 
@@ -49,7 +49,11 @@ class _LazyGroup(ReleaseCtlGroup):
         return super().get_command(ctx, cmd_name)
 
 
-@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=_LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=exit_codes_help(),
+)
 @click.option(
     "--server",
     envvar="RELEASECONTROL_ADDR",

@@ -1,13 +1,20 @@
 """What every `releasectl` command shares: options, the client, errors, and output.
 
 Errors: a `ReleaseControlError` anywhere in a command becomes one line on
-stderr, `error: <message>`, and exit code 1. Bad usage stays click's (exit 2).
+stderr, `error: <message>`, and the exit code of its class (`EXIT_CODES`, the
+one place that maps them; `releasectl --help` lists them). Bad usage is one line
+too, `error: <what> (see `<command> --help`)`, exit 2. Text that came from
+elsewhere (the server, an actor, a reason, a CDN) is printed through
+`printable`, so a control character or a bidirectional override cannot rewrite
+the terminal or disguise a table.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,7 +25,18 @@ import click
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from releasecontrol.client import ReleaseControlClient, find_home
-from releasecontrol.errors import InvalidArgument, ReleaseControlError
+from releasecontrol.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OriginPending,
+    PermissionDenied,
+    ReleaseControlError,
+    StaleSequence,
+    Unauthenticated,
+    Unavailable,
+)
 from releasecontrol.manifest import format_duration, parse_duration, validate_feature_id
 from releasecontrol.manifest import validate_version as _validate_version
 from releasecontrol.v1 import release_control_pb2 as pb
@@ -53,16 +71,92 @@ def state_dir(ctx: click.Context) -> Path:
     return state.home if state.home is not None else find_home().path
 
 
+# -- exit codes ---------------------------------------------------------------
+
+
+class ExitCode(enum.IntEnum):
+    """What `releasectl` exits with; scripts can branch on it. Listed in `--help`."""
+
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    NOT_FOUND = 3
+    CONFLICT = 4
+    REFUSED = 5
+    NOT_PERMITTED = 6
+    UNAVAILABLE = 7
+    ORIGIN_PENDING = 8
+
+
+EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
+    ExitCode.OK: "done",
+    ExitCode.FAILED: "failed: a check, a file or a setting (the message says which)",
+    ExitCode.USAGE: "usage: a bad option or argument, or input the server called invalid",
+    ExitCode.NOT_FOUND: "not found: no such feature or version",
+    ExitCode.CONFLICT: "conflict: changed since --expected-sequence, or already exists or runs",
+    ExitCode.REFUSED: "refused by a release rule, e.g. the soak is not over",
+    ExitCode.NOT_PERMITTED: "not permitted: no valid credentials, or not your role",
+    ExitCode.UNAVAILABLE: "unavailable: the server could not be reached or did not answer",
+    ExitCode.ORIGIN_PENDING: "committed, but the CDN origin is not written yet; do not resend",
+}
+
+# The one place a ReleaseControlError class becomes an exit code; the nearest listed
+# base class wins (SoakNotOver is a FailedPrecondition, OriginPending an Unavailable).
+EXIT_CODES: dict[type[ReleaseControlError], ExitCode] = {
+    InvalidArgument: ExitCode.USAGE,
+    NotFound: ExitCode.NOT_FOUND,
+    AlreadyExists: ExitCode.CONFLICT,
+    StaleSequence: ExitCode.CONFLICT,
+    FailedPrecondition: ExitCode.REFUSED,
+    Unauthenticated: ExitCode.NOT_PERMITTED,
+    PermissionDenied: ExitCode.NOT_PERMITTED,
+    OriginPending: ExitCode.ORIGIN_PENDING,
+    Unavailable: ExitCode.UNAVAILABLE,
+}
+
+
+def exit_code_for(error: ReleaseControlError) -> ExitCode:
+    """The exit code of `error`: its class's in EXIT_CODES (or a base's), else FAILED."""
+    for cls in type(error).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    return ExitCode.FAILED
+
+
+def exit_codes_help() -> str:
+    """The exit codes for `releasectl --help`, one a line (click keeps a `\\b` block as written)."""
+    lines = [f"  {int(code)}  {meaning}" for code, meaning in EXIT_CODE_MEANINGS.items()]
+    return "\b\nExit codes:\n" + "\n".join(lines)
+
+
 # -- errors -------------------------------------------------------------------
 
 
 class OneLineError(click.ClickException):
-    """An expected failure, printed as `error: <message>` on one line, exit code 1."""
+    """An expected failure, printed as `error: <message>` on one line; exit code 1 unless
+    `exit_code` says otherwise (an ExitCode)."""
 
-    exit_code = 1
+    exit_code = int(ExitCode.FAILED)
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            # click declares exit_code a ClassVar; an instance's own code shadows it.
+            self.exit_code = int(exit_code)  # type: ignore[misc]
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        click.echo(f"error: {printable(one_line(self.format_message()))}", err=True)
+
+
+class OneLineUsageError(click.UsageError):
+    """click's usage error in one line: `error: <what> (see `<command> --help`)`, exit 2."""
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        message = printable(one_line(self.format_message())).rstrip(".")
+        if message[:1].isupper() and message[1:2].islower():
+            message = message[0].lower() + message[1:]
+        command = self.ctx.command_path if self.ctx is not None else "releasectl"
+        click.echo(f"error: {message} (see `{command} --help`)", err=True)
 
 
 def one_line(message: str) -> str:
@@ -70,14 +164,73 @@ def one_line(message: str) -> str:
     return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
+def _one_line_usage(exc: click.UsageError) -> OneLineUsageError:
+    return OneLineUsageError(exc.format_message(), exc.ctx)
+
+
 class ReleaseCtlGroup(click.Group):
-    """The top-level group: turns every ReleaseControlError into one line on stderr."""
+    """The top-level group: every ReleaseControlError becomes one line on stderr with its
+    exit code, and every usage error one line (not click's four) with exit 2."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # `releasectl` alone prints the help
+        except click.UsageError as exc:
+            raise _one_line_usage(exc) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # a group without its command prints its help
+        except OneLineUsageError:
+            raise
+        except click.UsageError as exc:
+            raise _one_line_usage(exc) from None
         except ReleaseControlError as exc:
-            raise OneLineError(one_line(exc.message)) from None
+            raise OneLineError(one_line(exc.message), exit_code_for(exc)) from None
+
+
+# -- text from elsewhere ------------------------------------------------------
+
+# Control (Cc), format (Cf: bidirectional overrides, zero-width characters), surrogate,
+# private-use and unassigned characters, and the line and paragraph separators.
+_ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def printable(text: str) -> str:
+    """`text` safe to print on a terminal: every control, format (bidirectional override,
+    zero-width), private-use or unassigned character and line separator written as its
+    escape (`\\x1b`, `\\u202e`), so it can neither drive the terminal nor reorder or
+    hide what follows. Everything else, other scripts included, is kept."""
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        if unicodedata.category(char) in _ESCAPED_CATEGORIES:
+            code = ord(char)
+            if code < 0x100:
+                out.append(f"\\x{code:02x}")
+            elif code < 0x10000:
+                out.append(f"\\u{code:04x}")
+            else:
+                out.append(f"\\U{code:08x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def plural(count: int, noun: str, plural_noun: str | None = None) -> str:
+    """ "1 feature", "2 features" (`plural_noun` when adding an s is wrong)."""
+    return f"{count} {noun if count == 1 else plural_noun or noun + 's'}"
 
 
 # -- options ------------------------------------------------------------------
@@ -227,7 +380,8 @@ def echo_json(value: Any) -> None:
 
 
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Columns padded to their widest cell, two spaces apart."""
+    """Columns padded to their widest cell, two spaces apart; every cell `printable`."""
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
@@ -418,4 +572,4 @@ def print_transition(t: pb.Transition, feature: pb.Feature, output: str) -> None
     if output == "json":
         echo_json(transition_json(t))
     else:
-        click.echo(describe_transition(t, feature))
+        click.echo(printable(describe_transition(t, feature)))

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from releasecontrol.errors import ReleaseControlError
-from releasectl._common import one_line
+from releasectl._common import one_line, printable
 from releasectl.dev import dev
 from releasectl.publish import publish
 
@@ -126,4 +126,4 @@ def _publish_menu(ctx: click.Context, questionary: Any) -> None:
     except click.ClickException as exc:
         exc.show()
     except ReleaseControlError as exc:
-        click.echo(f"error: {one_line(exc.message)}", err=True)
+        click.echo(f"error: {printable(one_line(exc.message))}", err=True)

@@ -14,7 +14,7 @@ import sys
 import click
 
 from releasecontrol.v1 import release_control_pb2 as pb
-from releasectl._common import OneLineError, echo_json, open_client, output_option
+from releasectl._common import OneLineError, echo_json, open_client, output_option, plural
 
 __all__ = ["origin"]
 
@@ -73,8 +73,8 @@ def rebuild(ctx: click.Context, force: bool, output: str) -> None:
         echo_json(summary)
     else:
         click.echo(
-            f"origin rebuilt: {last.files_done} files checked, {last.files_written} written "
-            f"({last.bytes_written} bytes)"
+            f"origin rebuilt: {plural(last.files_done, 'file')} checked, "
+            f"{last.files_written} written ({plural(last.bytes_written, 'byte')})"
         )
         if last.reconciled:
             click.echo(
@@ -82,8 +82,11 @@ def rebuild(ctx: click.Context, force: bool, output: str) -> None:
                 f"{', '.join(last.reconciled)}"
             )
     if last.missing_artifacts:
-        first = ", ".join(list(last.missing_artifacts)[:3])
+        missing = list(last.missing_artifacts)
+        first = ", ".join(missing[:3]) + ("…" if len(missing) > 3 else "")
+        one = len(missing) == 1
         raise OneLineError(
-            f"{len(last.missing_artifacts)} artifacts are neither in the artifact store nor on "
-            f"the origin ({first}…): publish those versions again from their build output"
+            f"{plural(len(missing), 'artifact')} {'is' if one else 'are'} neither in the "
+            f"artifact store nor on the origin ({first}): publish "
+            f"{'that version' if one else 'those versions'} again from the build output"
         )

@@ -28,7 +28,7 @@ from releasecontrol.index import REMOTE_INDEX_PATH, releases_path
 from releasecontrol.manifest import SourceFeature, load_feature_folder
 from releasecontrol.trust import TrustStore
 from releasecontrol.v1 import release_control_pb2 as pb
-from releasectl._common import OneLineError, echo_json, one_line, output_option
+from releasectl._common import OneLineError, echo_json, one_line, output_option, plural
 from releasectl.publish import verify_on_cdn
 
 if TYPE_CHECKING:
@@ -212,7 +212,7 @@ def _flow(work: Path, server: LocalServer, checklist: Checklist) -> None:
     stable, canary = host("stable"), host("canary")
     with checklist.step(f"host loads {fid} 1.0.0"):
         count = expect_loaded(stable, v1, "stable")
-    checklist.passed(f"host loaded {fid} 1.0.0, {count} artifacts verified")
+    checklist.passed(f"host loaded {fid} 1.0.0, {plural(count, 'artifact')} verified")
     with checklist.step("canary host loads stable while no canary runs"):
         expect_loaded(canary, v1, "stable")
     checklist.passed(f"canary host loaded {fid} 1.0.0 too (no canary running)")
@@ -229,7 +229,7 @@ def _flow(work: Path, server: LocalServer, checklist: Checklist) -> None:
     )
     with checklist.step("the canary host follows the canary"):
         count = expect_loaded(canary, v2, "canary")
-    checklist.passed(f"canary host follows: {fid} 1.1.0, {count} artifacts verified")
+    checklist.passed(f"canary host follows: {fid} 1.1.0, {plural(count, 'artifact')} verified")
     with checklist.step("the stable host stays on stable"):
         expect_loaded(stable, v1, "stable")
     checklist.passed(f"stable host stays on {fid} 1.0.0")
@@ -248,7 +248,9 @@ def _flow(work: Path, server: LocalServer, checklist: Checklist) -> None:
     with checklist.step("both hosts follow the rollback"):
         count = expect_loaded(stable, v1, "stable")
         expect_loaded(canary, v1, "stable")
-    checklist.passed(f"both hosts follow the rollback: {fid} 1.0.0, {count} artifacts verified")
+    checklist.passed(
+        f"both hosts follow the rollback: {fid} 1.0.0, {plural(count, 'artifact')} verified"
+    )
 
     with checklist.step("a host refuses a tampered releases.json"):
         reason = _tampered_is_refused(server.origin_dir / releases_path(fid), host, fid)

@@ -33,7 +33,7 @@ def test_the_readme_flow_works_with_no_flags_beyond_the_contract(
     refused = releasectl(
         server, tmp_path, "release", "promote", "--feature", "checkout", "--version", "1.3.0"
     )
-    assert refused.returncode == 1
+    assert refused.returncode == 5  # refused by a release rule
     assert refused.stderr.count("\n") == 1 and refused.stderr.startswith("error: ")
     assert "still soaking" in refused.stderr and "left" in refused.stderr
 
@@ -153,17 +153,25 @@ def test_the_readme_flow_works_with_no_flags_beyond_the_contract(
 
 
 @pytest.mark.parametrize(
-    ("args", "text"),
+    ("args", "text", "code"),
     [
         pytest.param(
             ["release", "canary", "--feature", "checkout", "--version", "9.9.9"],
             "not published",
+            3,
             id="unknown-version",
         ),
         pytest.param(
             ["release", "rollback", "--feature", "nosuch", "--version", "1.0.0"],
             "publish one first",
+            3,
             id="unknown-feature",
+        ),
+        pytest.param(
+            ["release", "rollback", "--feature", "checkout", "--version", "1.2.0"],
+            "already stable",
+            5,
+            id="refused-by-a-rule",
         ),
         pytest.param(
             [
@@ -177,18 +185,21 @@ def test_the_readme_flow_works_with_no_flags_beyond_the_contract(
                 "7",
             ],
             "expected 7",
+            4,
             id="stale-sequence",
         ),
     ],
 )
 def test_refusals_are_one_line_and_change_nothing(
-    server: RunningServer, tmp_path: Path, args: list[str], text: str
+    server: RunningServer, tmp_path: Path, args: list[str], text: str, code: int
 ) -> None:
-    """A refused command prints one `error:` line, exits 1, and the sequence stays put."""
+    """A refused command prints one `error:` line, exits with the code of what happened
+    (not found 3, conflict 4, refused by a rule 5), and the sequence stays put."""
     make_feature(tmp_path, "checkout", "1.2.0")
     assert releasectl(server, tmp_path, "publish", "--feature", "checkout").returncode == 0
     done = releasectl(server, tmp_path, *args)
-    assert done.returncode == 1
+    assert done.returncode == code, (done.stdout, done.stderr)
+    assert done.stdout == ""
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
     assert text in done.stderr
     assert "Traceback" not in done.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 import sys
 import types
 from collections.abc import Iterator
@@ -30,10 +31,12 @@ from releasectl import main
 
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Every test runs in an empty directory with no ReleaseControl variables set."""
+    """Every test runs in an empty directory with no ReleaseControl variables set, and its
+    own per-user runtime folder (where `releasectl dev` records itself)."""
     for name in list(os.environ):
         if name.startswith("RELEASECONTROL_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "runtime"))
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -42,8 +45,8 @@ def run(*args: str) -> Result:
     return CliRunner().invoke(main, list(args), prog_name="releasectl")
 
 
-def assert_one_line_error(result: Result, *fragments: str) -> None:
-    assert result.exit_code == 1, result.output
+def assert_one_line_error(result: Result, *fragments: str, code: int = 1) -> None:
+    assert result.exit_code == code, result.output
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
@@ -198,9 +201,11 @@ USAGE_ERRORS = [
     ),
     pytest.param(
         ["release", "canary", "--version", "1.0.0"],
-        "Missing option '--feature'",
+        "missing option '--feature'",
         id="missing-feature",
     ),
+    pytest.param(["release", "frob"], "no such command 'frob'", id="unknown-command"),
+    pytest.param(["--bogus", "release", "status"], "no such option '--bogus'", id="top-option"),
 ]
 
 
@@ -209,12 +214,36 @@ class TestUsageErrors:
     def test_bad_input_is_a_usage_error_before_any_network_call(
         self, args: list[str], text: str, no_network: None
     ) -> None:
-        """Bad flags fail with click's usage error (exit 2), naming the problem, no traceback."""
+        """Bad flags fail with exit 2 in ONE line naming the problem and where the help is
+        (issue 13, item 15: click printed four: usage, "Try …", a blank, "Error: …")."""
         result = run(*args)
         assert result.exit_code == 2, result.output
-        error_lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-        assert len(error_lines) == 1 and text in error_lines[0], result.stderr
+        assert result.stdout == ""
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("error: ") and text in line, line
+        assert re.search(r" \(see `releasectl[a-z -]*--help`\)$", line), line
         assert "Traceback" not in result.output
+
+    @pytest.mark.parametrize(
+        ("args", "command"),
+        [
+            pytest.param(["--bogus"], "releasectl", id="top"),
+            pytest.param(["release", "frob"], "releasectl release", id="group"),
+            pytest.param(["release", "promote", "-f", "x"], "releasectl release promote", id="cmd"),
+        ],
+    )
+    def test_the_help_named_is_the_command_s(
+        self, args: list[str], command: str, no_network: None
+    ) -> None:
+        """The line points at the help of the command that refused the input."""
+        result = run(*args)
+        assert result.stderr.rstrip("\n").endswith(f"(see `{command} --help`)"), result.stderr
+
+    def test_a_group_without_its_command_still_shows_its_help(self, no_network: None) -> None:
+        """`releasectl release` alone lists the release commands (click's help, exit 2)."""
+        result = run("release")
+        assert result.exit_code == 2
+        assert "promote" in result.output and "rollback" in result.output
 
 
 def write_feature(root: Path, files: dict[str, bytes] | None = None, **overrides: Any) -> Path:
@@ -240,14 +269,14 @@ class TestPublishInput:
     def test_no_manifest_folder_names_the_folder(self, no_network: None) -> None:
         """Publishing a feature with no folder fails in one line that names the folder."""
         result = run("publish", "--feature", "checkout")
-        assert_one_line_error(result, "no manifest.json in features/checkout", "--dir")
+        assert_one_line_error(result, "no manifest.json in features/checkout", "--dir", code=2)
 
     def test_dir_is_read_instead_of_the_default_folder(
         self, isolated: Path, no_network: None
     ) -> None:
         """--dir names the folder read, and the error says that folder."""
         result = run("publish", "--feature", "checkout", "--dir", "build/out")
-        assert_one_line_error(result, "no manifest.json in build/out")
+        assert_one_line_error(result, "no manifest.json in build/out", code=2)
 
     def test_a_listed_sha256_that_does_not_match_names_the_file(
         self, isolated: Path, no_network: None
@@ -258,7 +287,7 @@ class TestPublishInput:
             assets=[{"path": "index.js", "sha256": "0" * 64}, {"path": "main.css"}],
         )
         result = run("publish", "--feature", "checkout")
-        assert_one_line_error(result, "'index.js'", "sha256")
+        assert_one_line_error(result, "'index.js'", "sha256", code=2)
 
     def test_a_manifest_of_another_feature_is_refused(
         self, isolated: Path, no_network: None
@@ -266,7 +295,7 @@ class TestPublishInput:
         """A manifest whose id is another feature's fails in one line naming both."""
         write_feature(isolated, id="payments")
         result = run("publish", "--feature", "checkout")
-        assert_one_line_error(result, "'payments'", "'checkout'")
+        assert_one_line_error(result, "'payments'", "'checkout'", code=2)
 
     def test_missing_ca_is_one_line_with_the_fix(self, isolated: Path) -> None:
         """With no dev PKI yet, a command says to start `releasectl dev` in one line."""
@@ -397,22 +426,48 @@ class TestGlobalOptions:
 
 
 SERVER_ERRORS = [
-    pytest.param(errors.NotFound("feature 'x' does not exist"), id="not-found"),
-    pytest.param(errors.SoakNotOver("still soaking:\n29m left", seconds_left=1740), id="multiline"),
-    pytest.param(errors.Unavailable("cannot reach the server at h:1"), id="unavailable"),
-    pytest.param(errors.StaleSequence("expected 3, the feature is at 4"), id="stale"),
+    pytest.param(errors.InvalidArgument("reason is too long", field="reason"), 2, id="invalid"),
+    pytest.param(errors.NotFound("feature 'x' does not exist"), 3, id="not-found"),
+    pytest.param(errors.StaleSequence("expected 3, the feature is at 4"), 4, id="stale"),
+    pytest.param(errors.AlreadyExists("1.3.0 was published with another manifest"), 4, id="exists"),
+    pytest.param(errors.FailedPrecondition("no canary is running"), 5, id="refused"),
+    pytest.param(errors.SoakNotOver("still soaking:\n29m left", seconds_left=1740), 5, id="soak"),
+    pytest.param(errors.Unauthenticated("no client certificate"), 6, id="unauthenticated"),
+    pytest.param(errors.PermissionDenied("alice is a viewer"), 6, id="permission"),
+    pytest.param(errors.Unavailable("cannot reach the server at h:1"), 7, id="unavailable"),
+    pytest.param(errors.OriginPending("committed as sequence 5; the origin"), 8, id="pending"),
+    pytest.param(errors.Internal("the server failed"), 1, id="internal"),
+    pytest.param(errors.ConfigError("RELEASECONTROL_TLS_CA is unreadable"), 1, id="config"),
+    pytest.param(errors.VerificationError("bad signature"), 1, id="verification"),
 ]
 
 
 class TestServerErrors:
-    @pytest.mark.parametrize("error", SERVER_ERRORS)
-    def test_a_refusal_is_one_line_on_stderr_with_exit_1(
-        self, fake: FakeClient, error: errors.ReleaseControlError
+    @pytest.mark.parametrize(("error", "code"), SERVER_ERRORS)
+    def test_a_refusal_is_one_line_on_stderr_with_the_exit_code_of_its_class(
+        self, fake: FakeClient, error: errors.ReleaseControlError, code: int
     ) -> None:
-        """Any ReleaseControlError becomes `error: <message>` on one line, exit 1, no traceback."""
+        """Any ReleaseControlError becomes `error: <message>` on one line, no traceback, and
+        exits with its class's code, so scripts can branch (issue 13, item 19: all were 1)."""
         fake.responses["promote"] = error
         result = run("release", "promote", "--feature", "checkout", "--version", "1.3.0")
-        assert_one_line_error(result, " ".join(error.message.split()))
+        assert_one_line_error(result, " ".join(error.message.split()), code=code)
+
+    def test_every_exit_code_is_listed_in_the_help(self, no_network: None) -> None:
+        """`releasectl --help` ends with the exit codes, one a line, each with its meaning."""
+        from releasectl._common import EXIT_CODE_MEANINGS
+
+        result = run("--help")
+        assert result.exit_code == 0
+        listed = result.stdout.split("Exit codes:")[1]
+        for code, meaning in EXIT_CODE_MEANINGS.items():
+            assert f"{int(code)}  {meaning}" in listed
+
+    def test_text_from_the_server_is_escaped(self, fake: FakeClient) -> None:
+        """Control characters and bidirectional overrides in an error are shown escaped."""
+        fake.responses["promote"] = errors.FailedPrecondition("actor \x1b[2Jbob\u202egnp.exe")
+        result = run("release", "promote", "--feature", "checkout", "--version", "1.3.0")
+        assert_one_line_error(result, "actor \\x1b[2Jbob\\u202egnp.exe", code=5)
 
 
 class TestStatus:
@@ -825,3 +880,95 @@ class TestDev:
         monkeypatch.setitem(sys.modules, "releasecontrol_server.main", module)
         assert run("dev").exit_code == 0
         assert seen == [["--dev"]]
+
+
+# -- text from elsewhere is escaped (issue 13, item 4: the CLI half) -----------------------
+
+ODD = "\x1b[2J\u202eevil\u200b\r\nnext\x00"
+ODD_SHOWN = "\\x1b[2J\\u202eevil\\u200b\\x0d\\x0anext\\x00"
+
+
+class TestEscaping:
+    def test_history_escapes_actor_reason_and_ticket(self, fake: FakeClient) -> None:
+        """Control characters, bidirectional overrides and zero-width characters in who and
+        why are shown as escapes: they can neither clear the screen nor reorder the row."""
+        fake.responses["list_transitions"] = pb.ListTransitionsResponse(
+            transitions=[
+                transition(
+                    pb.TRANSITION_ACTION_PROMOTE,
+                    actor="bob" + ODD,
+                    principal="spiffe://x/ci\u2066",
+                    reason="why" + ODD,
+                    ticket="INC\u202e1",
+                )
+            ]
+        )
+        result = run("release", "history")
+        assert result.exit_code == 0, result.output
+        _, row = result.stdout.splitlines()
+        assert f"bob{ODD_SHOWN} (by spiffe://x/ci\\u2066)" in row
+        assert f"why{ODD_SHOWN} [INC\\u202e1]" in row
+        assert all(ch.isprintable() for ch in result.stdout.replace("\n", ""))
+
+    def test_status_escapes_who_changed_it_last(self, fake: FakeClient) -> None:
+        fake.responses["get_status"] = pb.GetStatusResponse(
+            features=[feature(updated_by="alice" + ODD)], server_time=ts(NOW)
+        )
+        result = run("release", "status")
+        assert result.exit_code == 0, result.output
+        assert result.stdout.splitlines()[1].endswith("alice" + ODD_SHOWN)
+
+    def test_json_keeps_the_text_exact(self, fake: FakeClient) -> None:
+        """--output json is for programs: the value is exact (JSON escapes it already)."""
+        fake.responses["list_transitions"] = pb.ListTransitionsResponse(
+            transitions=[transition(pb.TRANSITION_ACTION_PROMOTE, actor="bob" + ODD)]
+        )
+        result = run("release", "history", "--output", "json")
+        assert json.loads(result.stdout)[0]["actor"] == "bob" + ODD
+        assert "\x1b" not in result.stdout
+
+    def test_other_scripts_are_kept(self) -> None:
+        from releasectl._common import printable
+
+        assert printable("Zoë 張 Ωmega — café") == "Zoë 張 Ωmega — café"
+
+
+def assert_one_line_error_in(result: Result, fragment: str, code: int) -> None:
+    """Exit `code` with one `error:` line, the last on stderr (stdout, and stderr before it,
+    may hold output and progress)."""
+    assert result.exit_code == code, result.output
+    *before, line = result.stderr.splitlines()
+    assert line.startswith("error: ") and fragment in line, line
+    assert not any(earlier.startswith("error: ") for earlier in before), result.stderr
+
+
+# -- wording (item 18, the CLI's part) ------------------------------------------------------
+
+
+class TestWording:
+    @pytest.mark.parametrize(
+        ("count", "text"),
+        [(0, "0 artifacts"), (1, "1 artifact"), (2, "2 artifacts")],
+    )
+    def test_counts_agree_with_their_noun(self, count: int, text: str) -> None:
+        from releasectl._common import plural
+
+        assert plural(count, "artifact") == text
+
+    def test_one_missing_artifact_is_singular(self, fake: FakeClient) -> None:
+        """`origin rebuild` with one lost artifact: "1 artifact is", no "…" after the one."""
+        fake.responses["rebuild_origin"] = iter(
+            [
+                pb.RebuildOriginResponse(
+                    files_done=3, files_written=1, bytes_written=1, missing_artifacts=["ab" * 32]
+                )
+            ]
+        )
+        result = run("origin", "rebuild")
+        assert result.stdout.startswith("origin rebuilt: 3 files checked, 1 written (1 byte)")
+        assert_one_line_error_in(
+            result,
+            f"1 artifact is neither in the artifact store nor on the origin ({'ab' * 32})",
+            1,
+        )
+        assert "publish that version again" in result.stderr

@@ -26,6 +26,7 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     for name in list(os.environ):
         if name.startswith(("RELEASECONTROL_", "FEATURE_")) or name == "NODE_ENV":
             monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "runtime"))
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -34,9 +35,12 @@ def run(*args: str) -> Result:
     return CliRunner().invoke(main, list(args), prog_name="releasectl")
 
 
-def assert_one_line_error(result: Result, *fragments: str, stdout: bool = False) -> str:
-    """Exit 1, one `error: …` line on stderr holding every fragment; stdout empty unless told."""
-    assert result.exit_code == 1, result.output
+def assert_one_line_error(
+    result: Result, *fragments: str, stdout: bool = False, code: int = 1
+) -> str:
+    """Exit `code`, one `error: …` line on stderr holding every fragment; stdout empty unless
+    told."""
+    assert result.exit_code == code, result.output
     if not stdout:
         assert result.stdout == ""
     lines = result.stderr.splitlines()
@@ -268,9 +272,10 @@ class TestLintRoutesDir:
         assert "--reserved" in result.stderr
 
     def test_a_folder_without_manifests_is_one_line(self, isolated: Path) -> None:
-        """An empty --dir: one line naming the folder."""
+        """An empty --dir: one line naming the folder; a bad input, so exit 2."""
         (isolated / "empty").mkdir()
-        assert_one_line_error(run("lint", "routes", "--dir", "empty"), "no <id>/manifest.json")
+        result = run("lint", "routes", "--dir", "empty")
+        assert_one_line_error(result, "no <id>/manifest.json", code=2)
 
     def test_dir_and_index_url_together_are_bad_usage(self, isolated: Path) -> None:
         """Only one source at a time: exit 2."""
