@@ -1,18 +1,22 @@
-"""How `releasectl` finds the running server from any folder.
+"""How `releasectl` finds the running server from any folder, and one `releasectl dev` a home.
 
 Issue 13, item 12: the CLI found a running `releasectl dev` only from the folder
 it ran in (or with RELEASECONTROL_HOME). Now, as git finds its repository: the
 variable, else a `.releasecontrol/` here or in the nearest folder above, else the
 per-user record `releasectl dev` writes; and when nothing is found the error
-says where it looked.
+says where it looked. Item 13: a second `releasectl dev` on the same home is
+refused, naming the first, instead of overwriting its run/endpoints.json.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
 import sys
+import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +25,7 @@ from click.testing import CliRunner, Result
 from releasecontrol import errors
 from releasecontrol.client import find_home, resolve_connection, running_dev_record
 from releasectl import main
+from releasectl.dev import LOCK_NAME
 
 
 @pytest.fixture(autouse=True)
@@ -158,3 +163,98 @@ class TestResolveFromAnotherFolder:
     def test_nothing_found_with_an_address_still_says_where_it_looked(self) -> None:
         with pytest.raises(errors.ConfigError, match="every folder above it"):
             resolve_connection(server="rc.example:443", environ={})
+
+
+# -- one `releasectl dev` per state directory (item 13) -----------------------------------
+
+
+@pytest.fixture
+def fake_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[list[str]]]:
+    """`releasecontrol_server.main` replaced: records its argv and returns 0 at once."""
+    seen: list[list[str]] = []
+    module = types.ModuleType("releasecontrol_server.main")
+    module.main = lambda argv: seen.append(argv) or 0  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "releasecontrol_server.main", module)
+    yield seen
+
+
+class TestOneDevPerHome:
+    def test_a_second_dev_on_the_same_home_is_refused_naming_the_first(
+        self, isolated: Path, fake_server: list[list[str]]
+    ) -> None:
+        """While another process holds run/dev.lock, `releasectl dev` exits 4 with one line
+        naming that server's pid and addresses, and leaves its endpoints.json alone."""
+        home = make_home(isolated / "home", pid=4242)
+        before = (home / "run" / "endpoints.json").read_bytes()
+        with (home / "run" / LOCK_NAME).open("a+b") as held:
+            fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+            held.write(b"4242\n")
+            held.flush()
+            result = run("--home", str(home), "dev")
+        assert result.exit_code == 4, result.output
+        (line,) = result.stderr.splitlines()
+        assert line == (
+            f"error: a ReleaseControl server is already running on {home} (pid 4242, addresses "
+            "grpc 127.0.0.1:7001, origin http://127.0.0.1:7002/, admin "
+            "http://127.0.0.1:7003/_admin): use it, stop it first, or pass another --home"
+        )
+        assert fake_server == []  # the server never started
+        assert (home / "run" / "endpoints.json").read_bytes() == before
+
+    def test_a_running_server_started_without_dev_is_refused_too(
+        self, isolated: Path, fake_server: list[list[str]]
+    ) -> None:
+        """No lock, but endpoints.json names a live ReleaseControl process: refused."""
+        server = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(30)", "releasecontrol-server"]
+        )
+        try:
+            home = make_home(isolated / "home", pid=server.pid)
+            result = run("--home", str(home), "dev")
+        finally:
+            server.kill()
+            server.wait()
+        assert result.exit_code == 4, result.output
+        assert f"already running on {home} (pid {server.pid}, addresses" in result.stderr
+        assert fake_server == []
+
+    def test_a_stale_record_is_replaced_with_a_note(
+        self, isolated: Path, fake_server: list[list[str]]
+    ) -> None:
+        """endpoints.json of a server that is gone (killed): removed, a note says so, and the
+        server starts."""
+        pid = dead_pid()
+        home = make_home(isolated / "home", pid=pid)
+        result = run("--home", str(home), "dev")
+        assert result.exit_code == 0, result.output
+        assert result.stderr == (
+            f"note: {home / 'run' / 'endpoints.json'} named a server that is no longer running "
+            f"(pid {pid}); replacing it\n"
+        )
+        assert not (home / "run" / "endpoints.json").exists()
+        assert fake_server == [["--dev", "--home", str(home)]]
+
+    def test_dev_records_itself_for_other_folders_while_it_runs(
+        self, isolated: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """While the server runs, the per-user record names its home and pid; after, not."""
+        record_path = running_dev_record()
+        assert record_path is not None
+        seen: list[dict[str, object]] = []
+
+        def server_main(argv: list[str]) -> int:
+            seen.append(json.loads(record_path.read_text()))
+            return 0
+
+        module = types.ModuleType("releasecontrol_server.main")
+        module.main = server_main  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "releasecontrol_server.main", module)
+        assert run("dev").exit_code == 0
+        home = (isolated / "work" / ".releasecontrol").absolute()
+        (during,) = seen
+        assert [(s["home"], s["pid"]) for s in during["servers"]] == [  # type: ignore[index]
+            (str(home), os.getpid())
+        ]
+        assert json.loads(record_path.read_text()) == {"servers": []}
+        # The lock is free again: a next `releasectl dev` starts.
+        assert run("dev").exit_code == 0

@@ -39,6 +39,7 @@ def write_feature(root: Path, feature_id: str, version: str) -> Path:
 def env_for(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RELEASECONTROL_", "FEATURE_"))}
     env["RELEASECONTROL_HOME"] = str(home)
+    env["XDG_RUNTIME_DIR"] = str(home.parent / "runtime")  # where `releasectl dev` records itself
     return env
 
 
