@@ -17,6 +17,7 @@ __all__ = ["main"]
 _COMMANDS: dict[str, tuple[str, str]] = {
     "backup": ("releasectl.backup", "backup"),
     "channel": ("releasectl.channel", "channel"),
+    "completion": ("releasectl.completion", "completion"),
     "dev": ("releasectl.dev", "dev"),
     "dev-host": ("releasectl.dev_host", "dev_host"),
     "doctor": ("releasectl.doctor", "doctor"),

@@ -159,6 +159,13 @@ def rollback(
     is_flag=True,
     help="With --index-url: count signatures by dev keys (local development only).",
 )
+@click.option(
+    "--watch",
+    "-w",
+    is_flag=True,
+    help="Keep following the control plane's watch feed and redraw the table on every "
+    "change (one JSON object a line with --output json) until Ctrl-C.",
+)
 @output_option
 @click.pass_context
 def status(
@@ -166,6 +173,7 @@ def status(
     features: tuple[str, ...],
     index_url: str | None,
     allow_dev_keys: bool,
+    watch: bool,
     output: str,
 ) -> None:
     """Show the stable and canary version of every feature, from the control plane or a CDN.
@@ -176,15 +184,26 @@ def status(
     else the state directory's keys/trust.json) and load every feature. Exits 1
     with the reasons if they refused anything.
 
+    With --watch, the table is drawn from the watch feed (WatchReleases) and
+    drawn again on every change, with a line saying what changed, until Ctrl-C.
+
     \b
     Example:
       releasectl release status --feature checkout --output json
+      releasectl release status --watch
       releasectl release status --index-url https://cdn.example.com/features/remote-index.json
     """
     if allow_dev_keys and index_url is None:
         raise click.UsageError("--allow-dev-keys applies to --index-url only", ctx)
     if index_url is not None:
+        if watch:
+            raise click.UsageError("--watch follows the control plane, not --index-url", ctx)
         remote_status(ctx, index_url, features, allow_dev_keys, output)
+        return
+    if watch:
+        from releasectl.watch import watch_status  # here: plain `status` does not need it
+
+        watch_status(ctx, features, output)
         return
     with open_client(ctx) as client:
         response = client.get_status(features)
@@ -239,6 +258,10 @@ def history(ctx: click.Context, feature: str | None, limit: int, output: str) ->
             token = page.next_page_token
             if not token:
                 break
+        if feature and not transitions:
+            # No history at all: an unknown feature is an error, not an empty table
+            # (get_feature raises NotFound naming it).
+            client.get_feature(feature)
     transitions = transitions[:limit]
     if output == "json":
         echo_json([transition_json(t) for t in transitions])

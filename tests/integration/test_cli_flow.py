@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -168,6 +172,12 @@ def test_the_readme_flow_works_with_no_flags_beyond_the_contract(
             id="unknown-feature",
         ),
         pytest.param(
+            ["release", "history", "--feature", "nosuch"],
+            "nosuch",
+            3,
+            id="history-of-an-unknown-feature",
+        ),
+        pytest.param(
             ["release", "rollback", "--feature", "checkout", "--version", "1.2.0"],
             "already stable",
             5,
@@ -194,7 +204,8 @@ def test_refusals_are_one_line_and_change_nothing(
     server: RunningServer, tmp_path: Path, args: list[str], text: str, code: int
 ) -> None:
     """A refused command prints one `error:` line, exits with the code of what happened
-    (not found 3, conflict 4, refused by a rule 5), and the sequence stays put."""
+    (not found 3, conflict 4, refused by a rule 5), and the sequence stays put. History of
+    a feature that does not exist is an error, not an empty table."""
     make_feature(tmp_path, "checkout", "1.2.0")
     assert releasectl(server, tmp_path, "publish", "--feature", "checkout").returncode == 0
     done = releasectl(server, tmp_path, *args)
@@ -231,3 +242,54 @@ def test_the_dev_system_opens_the_admin_ui_to_this_machine(server: RunningServer
     with urllib.request.urlopen(admin_url) as reply:
         assert reply.status == 200
         assert "/signin" not in reply.url  # not redirected to the sign-in page
+
+
+def test_status_watch_redraws_the_table_on_every_change(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """`release status --watch` draws the table from the watch feed, then again with a line
+    naming each change as it commits, until Ctrl-C (exit 0)."""
+    make_feature(tmp_path, "checkout", "1.2.0")
+    assert releasectl(server, tmp_path, "publish", "--feature", "checkout").returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELEASECONTROL_", "FEATURE_"))}
+    env["RELEASECONTROL_HOME"] = str(server.home)
+    with subprocess.Popen(
+        [*RELEASECTL, "release", "status", "--watch"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as watcher:
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(
+            target=lambda: [lines.put(line) for line in watcher.stdout or ()], daemon=True
+        ).start()
+
+        def read_until(text: str) -> list[str]:
+            seen: list[str] = []
+            deadline = time.monotonic() + 30
+            while not any(text in line for line in seen):
+                assert time.monotonic() < deadline, (text, seen)
+                try:
+                    seen.append(lines.get(timeout=1))
+                except queue.Empty:
+                    assert watcher.poll() is None, "the watch ended"
+            return seen
+
+        try:
+            first = read_until("checkout")
+            assert first[0].split()[:3] == ["FEATURE", "STABLE", "CANARY"]
+            assert first[-1].split()[:3] == ["checkout", "1.2.0", "-"]
+            make_feature(tmp_path, "checkout", "1.3.0")
+            published = releasectl(
+                server, tmp_path, "publish", "--feature", "checkout", "--channel", "canary"
+            )
+            assert published.returncode == 0, published.stderr
+            redrawn = read_until("1.3.0  ")  # the table's row, after the change line
+            assert any("published checkout 1.3.0 as canary" in line for line in redrawn)
+            assert redrawn[-1].split()[:3] == ["checkout", "1.2.0", "1.3.0"]
+        finally:
+            watcher.send_signal(signal.SIGINT)
+            assert watcher.wait(timeout=20) == 0
+        assert watcher.stderr is not None and watcher.stderr.read() == ""

@@ -933,6 +933,131 @@ class TestEscaping:
         assert printable("Zoë 張 Ωmega — café") == "Zoë 張 Ωmega — café"
 
 
+# -- history of an unknown feature (item 16) --------------------------------------------
+
+
+class TestHistoryOfAnUnknownFeature:
+    def test_an_unknown_feature_is_not_found_not_an_empty_table(self, fake: FakeClient) -> None:
+        """No history for --feature: the feature is looked up, and NOT_FOUND exits 3."""
+        fake.responses["list_transitions"] = pb.ListTransitionsResponse()
+        fake.responses["get_feature"] = errors.NotFound("feature 'nope' does not exist")
+        result = run("release", "history", "--feature", "nope")
+        assert_one_line_error(result, "feature 'nope' does not exist", code=3)
+        assert [name for name, _, _ in fake.calls] == ["list_transitions", "get_feature"]
+
+    def test_with_history_the_feature_is_not_looked_up(self, fake: FakeClient) -> None:
+        fake.responses["list_transitions"] = pb.ListTransitionsResponse(
+            transitions=[transition(pb.TRANSITION_ACTION_PUBLISH)]
+        )
+        assert run("release", "history", "--feature", "checkout").exit_code == 0
+        assert [name for name, _, _ in fake.calls] == ["list_transitions"]
+
+
+# -- release status --watch and completion (item 20) --------------------------------------
+
+
+def watch_event(kind: pb.WatchEventType.ValueType, **fields: Any) -> pb.WatchReleasesResponse:
+    return pb.WatchReleasesResponse(type=kind, **fields)
+
+
+class FakeStream:
+    """A WatchStream's surface: iterate the events, cancel."""
+
+    def __init__(self, events: list[pb.WatchReleasesResponse]) -> None:
+        self.events = iter(events)
+        self.cancelled = False
+
+    def __iter__(self) -> FakeStream:
+        return self
+
+    def __next__(self) -> pb.WatchReleasesResponse:
+        return next(self.events)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class TestWatch:
+    def events(self) -> list[Any]:
+        promoted = feature(stable_version="1.3.0", canary=None, sequence=5)
+        return [
+            watch_event(pb.WATCH_EVENT_TYPE_SNAPSHOT, feature=feature(), global_sequence=4),
+            watch_event(
+                pb.WATCH_EVENT_TYPE_SNAPSHOT,
+                feature=feature(feature_id="search", canary=None, sequence=1),
+                global_sequence=4,
+            ),
+            watch_event(pb.WATCH_EVENT_TYPE_SYNCED, global_sequence=4),
+            watch_event(
+                pb.WATCH_EVENT_TYPE_CHANGE,
+                feature=promoted,
+                transition=transition(
+                    pb.TRANSITION_ACTION_PROMOTE,
+                    sequence=5,
+                    to_stable="1.3.0",
+                    to_canary="",
+                    from_canary="1.3.0",
+                ),
+                global_sequence=5,
+            ),
+        ]
+
+    def test_the_table_is_drawn_at_synced_and_again_after_each_change(
+        self, fake: FakeClient
+    ) -> None:
+        """Into a pipe: the table, then the change's line and the table again; the feed's end
+        is reported as unavailable (exit 7)."""
+        stream = FakeStream(self.events())
+        fake.responses["watch"] = stream
+        result = run("release", "status", "--watch", "--feature", "checkout")
+        assert stream.cancelled
+        assert fake.calls[0] == ("watch", (("checkout",),), {})
+        first, second, _ = result.stdout.split("\n\n")
+        assert [line.split()[:3] for line in first.splitlines()[1:]] == [
+            ["checkout", "1.2.0", "1.3.0"],
+            ["search", "1.2.0", "-"],
+        ]
+        change, header, *rows = second.splitlines()
+        assert change.endswith("checkout: 1.3.0 promoted to stable (was 1.2.0) (sequence 5)")
+        assert header.split()[0] == "FEATURE"
+        assert rows[0].split()[:3] == ["checkout", "1.3.0", "-"]
+        assert_one_line_error_in(result, "the server ended the watch feed", code=7)
+
+    def test_json_is_one_object_a_line(self, fake: FakeClient) -> None:
+        fake.responses["watch"] = FakeStream(self.events())
+        result = run("release", "status", "--watch", "--output", "json")
+        first, second = (json.loads(line) for line in result.stdout.splitlines())
+        assert (first["global_sequence"], first["change"]) == (4, None)
+        assert [f["feature_id"] for f in first["features"]] == ["checkout", "search"]
+        assert second["global_sequence"] == 5 and second["change"]["action"] == "promote"
+        assert second["features"][0]["stable"] == "1.3.0"
+
+    def test_a_watcher_that_fell_behind_watches_anew(self, fake: FakeClient) -> None:
+        """RESYNC_REQUIRED: a note, then a new watch that reads every state again."""
+        feeds = iter(
+            [
+                FakeStream([watch_event(pb.WATCH_EVENT_TYPE_RESYNC_REQUIRED, message="32 behind")]),
+                FakeStream(self.events()[:3]),
+            ]
+        )
+
+        def watch(feature_ids: Any = ()) -> Any:
+            fake.calls.append(("watch", (feature_ids,), {}))
+            return next(feeds)
+
+        fake.__dict__["watch"] = watch  # a new stream each call
+        result = run("release", "status", "--watch")
+        assert [c[0] for c in fake.calls] == ["watch", "watch"]
+        assert "note: the watch fell behind (32 behind); reading every state again" in (
+            result.stderr
+        )
+        assert result.stdout.splitlines()[1].split()[0] == "checkout"
+
+    def test_watch_is_for_the_control_plane_only(self, no_network: None) -> None:
+        result = run("release", "status", "--watch", "--index-url", "http://x/remote-index.json")
+        assert result.exit_code == 2 and "--watch follows the control plane" in result.stderr
+
+
 def assert_one_line_error_in(result: Result, fragment: str, code: int) -> None:
     """Exit `code` with one `error:` line, the last on stderr (stdout, and stderr before it,
     may hold output and progress)."""
@@ -940,6 +1065,41 @@ def assert_one_line_error_in(result: Result, fragment: str, code: int) -> None:
     *before, line = result.stderr.splitlines()
     assert line.startswith("error: ") and fragment in line, line
     assert not any(earlier.startswith("error: ") for earlier in before), result.stderr
+
+
+class TestCompletion:
+    @pytest.mark.parametrize(
+        ("shell", "marker"),
+        [
+            pytest.param("bash", "complete -o nosort -F _releasectl_completion releasectl"),
+            pytest.param("zsh", "compdef _releasectl_completion releasectl"),
+            pytest.param("fish", "complete --no-files --command releasectl"),
+        ],
+    )
+    def test_the_script_is_click_s_for_that_shell(
+        self, shell: str, marker: str, no_network: None
+    ) -> None:
+        result = run("completion", shell)
+        assert result.exit_code == 0, result.output
+        assert marker in result.stdout and "_RELEASECTL_COMPLETE" in result.stdout
+
+    def test_the_script_s_question_is_answered(
+        self, monkeypatch: pytest.MonkeyPatch, no_network: None
+    ) -> None:
+        """What the bash script asks (`releasectl rel<TAB>`, `release pro<TAB>`) completes."""
+        monkeypatch.setenv("_RELEASECTL_COMPLETE", "bash_complete")
+        monkeypatch.setenv("COMP_WORDS", "releasectl rel")
+        monkeypatch.setenv("COMP_CWORD", "1")
+        result = CliRunner().invoke(main, [], prog_name="releasectl")
+        assert result.stdout.splitlines() == ["plain,release"]
+        monkeypatch.setenv("COMP_WORDS", "releasectl release pro")
+        monkeypatch.setenv("COMP_CWORD", "2")
+        result = CliRunner().invoke(main, [], prog_name="releasectl")
+        assert result.stdout.splitlines() == ["plain,promote"]
+
+    def test_an_unknown_shell_is_a_usage_error(self, no_network: None) -> None:
+        result = run("completion", "tcsh")
+        assert result.exit_code == 2 and "'tcsh' is not one of" in result.stderr
 
 
 # -- wording (item 18, the CLI's part) ------------------------------------------------------
