@@ -115,6 +115,7 @@ def feature_to_proto(state: FeatureState) -> pb.Feature:
         sequence=state.sequence,
         stable_version=state.stable or "",
         updated_by=state.updated_by,
+        updated_by_principal=state.updated_by_principal,
     )
     if state.updated_at is not None:
         _set_time(out.updated_at, state.updated_at)

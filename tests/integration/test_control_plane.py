@@ -658,8 +658,8 @@ def test_hot_refresh_restores_the_index_files_hosts_read(
 
 
 def test_the_audit_record_keeps_the_caller_beside_the_actor_it_gave(tmp_path: Path) -> None:
-    """--actor names who a change is for; the authenticated caller is recorded beside it,
-    and both survive a restart."""
+    """--actor names who a change is for; the authenticated caller is recorded beside it, in
+    the audit record and in the feature's status, and both survive a restart."""
     home = tmp_path / "home"
     first = start_server(home)
     try:
@@ -673,9 +673,11 @@ def test_the_audit_record_keeps_the_caller_beside_the_actor_it_gave(tmp_path: Pa
     restarted = start_server(home)
     try:
         history = restarted.client().list_transitions("checkout").transitions
+        (feature,) = restarted.client().get_status().features
     finally:
         restarted.stop()
     rollback, *published = history
     caller = published[0].actor  # no --actor given: the actor is the caller
     assert caller and all(t.principal == caller for t in history)
     assert (rollback.actor, rollback.principal) == ("alice", caller)
+    assert (feature.updated_by, feature.updated_by_principal) == ("alice", caller)

@@ -818,7 +818,10 @@ class TestChanges:
         assert {t.record.principal for t in history} == {"alice"}
         page = (await releaser.client.get("/_admin/features/checkout")).text
         assert "ops-bot" in page and "signed in as alice" in page
-        assert page.count("signed in as") == 1  # not where the actor is the user
+        # The last change and its history row; not where the actor is the user.
+        assert page.count("signed in as") == 2
+        listing = (await releaser.client.get("/_admin")).text
+        assert "ops-bot" in listing and "signed in as alice" in listing
 
     async def test_a_role_without_the_action_is_refused_with_authorizes_message(
         self, admin: Admin

@@ -835,6 +835,7 @@ def _row(state: FeatureState, now: datetime) -> dict[str, Any]:
         "sequence": state.sequence,
         "updated_at": state.updated_at,
         "updated_by": state.updated_by,
+        "updated_by_principal": state.updated_by_principal,
     }
 
 
