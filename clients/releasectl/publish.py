@@ -42,6 +42,7 @@ from releasectl._common import (
     one_line,
     open_client,
     output_option,
+    printable,
     soak_option,
     state_dir,
     transition_json,
@@ -118,8 +119,8 @@ def publish(
     with open_client(ctx) as client:
         response = _send(client, source, channel, soak, change)
 
-    published = (
-        _already_line(source, response)
+    published = printable(
+        _already_line(source, response, channel)
         if response.already_published
         else describe_transition(response.transition, response.feature)
     )
@@ -169,12 +170,31 @@ def publish(
             click.echo(check.line())
 
 
-def _already_line(source: SourceFeature, response: pb.PublishVersionResponse) -> str:
-    return (
-        f"already published {source.feature_id} {source.version} "
-        f"(manifest sha256 {response.manifest_sha256[:12]}…): nothing changed "
-        f"(sequence {response.feature.sequence})"
+def _already_line(source: SourceFeature, response: pb.PublishVersionResponse, channel: str) -> str:
+    """What a publish of a version published before (same manifest) says: nothing was done,
+    and, when the version is not where --channel asked, that it stayed where it is and
+    which command moves it."""
+    fid, version, feature = source.feature_id, source.version, response.feature
+    line = (
+        f"{fid} {version} already published, nothing to do (manifest sha256 "
+        f"{response.manifest_sha256[:12]}…, sequence {feature.sequence})"
     )
+    canary = feature.canary.version if feature.HasField("canary") else ""
+    where = "stable" if feature.stable_version == version else "canary" if canary == version else ""
+    if where == channel:
+        return line + f"; it is the {where} version"
+    flags = f"--feature {fid} --version {version}"
+    if where:
+        line += f"; it stays the {where} version, not {channel}"
+    else:
+        line += f"; it is in no channel (stable is {feature.stable_version or 'none'})"
+    if channel == "canary" and where != "stable":
+        return line + f": deploy it with `releasectl release canary {flags}`"
+    if channel == "canary":
+        return line + ": a canary must be another version"
+    if where == "canary":
+        return line + f": promote it with `releasectl release promote {flags}`"
+    return line + f": point stable at it with `releasectl channel fallback {flags} --to stable`"
 
 
 def _channels(feature: pb.Feature) -> tuple[str | None, str | None]:

@@ -832,8 +832,67 @@ class TestPublish:
         )
         result = run("publish", "--feature", "checkout")
         assert result.exit_code == 0, result.output
-        assert result.stdout.startswith("already published checkout 1.2.0 (manifest sha256 cccc")
-        assert result.stdout.rstrip().endswith("nothing changed (sequence 3)")
+        assert result.stdout == (
+            "checkout 1.2.0 already published, nothing to do (manifest sha256 cccccccccccc…, "
+            "sequence 3); it is the stable version\n"
+        )
+
+    @pytest.mark.parametrize(
+        ("channel", "stable", "canary", "says"),
+        [
+            pytest.param(
+                "canary",
+                "1.2.0",
+                "",
+                "it stays the stable version, not canary: a canary must be another version",
+                id="canary-asked-but-stable",
+            ),
+            pytest.param(
+                "canary",
+                "1.1.0",
+                "",
+                "it is in no channel (stable is 1.1.0): deploy it with "
+                "`releasectl release canary --feature checkout --version 1.2.0`",
+                id="canary-asked-in-no-channel",
+            ),
+            pytest.param(
+                "stable",
+                "1.1.0",
+                "1.2.0",
+                "it stays the canary version, not stable: promote it with "
+                "`releasectl release promote --feature checkout --version 1.2.0`",
+                id="stable-asked-but-canary",
+            ),
+            pytest.param(
+                "stable",
+                "1.1.0",
+                "",
+                "it is in no channel (stable is 1.1.0): point stable at it with "
+                "`releasectl channel fallback --feature checkout --version 1.2.0 --to stable`",
+                id="stable-asked-in-no-channel",
+            ),
+        ],
+    )
+    def test_already_published_says_what_the_channel_flag_did_not_do(
+        self, fake: FakeClient, isolated: Path, channel: str, stable: str, canary: str, says: str
+    ) -> None:
+        """A publish of an unchanged version elsewhere than --channel asked is not silent
+        (issue 13, item 14): it says nothing was done, where the version is, and the command
+        that moves it."""
+        write_feature(isolated)
+        fake.responses["publish"] = pb.PublishVersionResponse(
+            feature=feature(
+                sequence=3,
+                stable_version=stable,
+                canary=pb.CanaryState(version=canary) if canary else None,
+            ),
+            already_published=True,
+            manifest_sha256="c" * 64,
+        )
+        result = run("publish", "--feature", "checkout", "--channel", channel)
+        assert result.exit_code == 0, result.output
+        assert "checkout 1.2.0 already published, nothing to do" in result.stdout
+        assert result.stdout.rstrip().endswith(says), result.stdout
 
     def test_json_output_has_the_outcome_and_the_feature(
         self, fake: FakeClient, isolated: Path
