@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import RELEASECTL, RunningServer, make_feature, releasectl
+from dev_process import DevProcess, releasectl_in
 
 from releasecontrol.fetch import Fetcher
 from releasecontrol.host import FeatureHost
@@ -293,3 +294,46 @@ def test_status_watch_redraws_the_table_on_every_change(
             watcher.send_signal(signal.SIGINT)
             assert watcher.wait(timeout=20) == 0
         assert watcher.stderr is not None and watcher.stderr.read() == ""
+
+
+def test_dev_is_found_from_any_folder_and_runs_once_per_home(tmp_path: Path) -> None:
+    """`releasectl dev` started in a project folder, with no RELEASECONTROL_HOME anywhere:
+    a subfolder finds it by searching upward, an unrelated folder by the per-user record;
+    a second `releasectl dev` in the project is refused (exit 4) naming the first, whose
+    endpoints.json stays; after the first is killed, the next one replaces its record."""
+    project, elsewhere, runtime = tmp_path / "project", tmp_path / "elsewhere", tmp_path / "rt"
+    (project / "src" / "deep").mkdir(parents=True)
+    elsewhere.mkdir()
+    runtime.mkdir(mode=0o700)
+    first = DevProcess(project, runtime)
+    try:
+        for folder in (project / "src" / "deep", elsewhere):
+            done = releasectl_in(folder, runtime, "release", "status")
+            assert done.returncode == 0, (folder, done.stderr)
+            assert "no features yet" in done.stdout
+
+        before = (first.home / "run" / "endpoints.json").read_bytes()
+        second = releasectl_in(project, runtime, "dev", timeout=30)
+        assert second.returncode == 4, (second.stdout, second.stderr)
+        assert second.stderr == (
+            f"error: a ReleaseControl server is already running on {first.home} "
+            f"(pid {first.process.pid}, addresses grpc {first.endpoints['grpc']}, origin "
+            f"{first.endpoints['origin_url']}, admin {first.endpoints['admin_url']}): use it, "
+            "stop it first, or pass another --home\n"
+        )
+        assert (first.home / "run" / "endpoints.json").read_bytes() == before
+    finally:
+        first.process.kill()  # no clean shutdown: endpoints.json stays behind
+        first.process.wait()
+    assert (first.home / "run" / "endpoints.json").is_file()
+
+    again = DevProcess(project, runtime)
+    try:
+        assert again.endpoints["pid"] == again.process.pid
+        assert "named a server that is no longer running" in again.log.read_text()
+        assert releasectl_in(elsewhere, runtime, "release", "status").returncode == 0
+    finally:
+        assert again.stop() == 0
+    # Stopped: no record is left for other folders to find.
+    nothing = releasectl_in(elsewhere, runtime, "release", "status")
+    assert nothing.returncode == 1 and "looked for" in nothing.stderr, nothing.stderr
