@@ -447,6 +447,7 @@ def feature_json(feature: pb.Feature, now: datetime) -> dict[str, Any]:
         ],
         "updated_at": rfc3339(feature.updated_at, present=feature.HasField("updated_at")),
         "updated_by": feature.updated_by or None,
+        "updated_by_principal": feature.updated_by_principal or None,
     }
 
 
@@ -462,8 +463,16 @@ def status_row(feature: pb.Feature, now: datetime) -> list[str]:
         format_duration(soak_seconds_left(feature.canary, now)) if running else "-",
         str(feature.sequence),
         short_time(feature.updated_at, present=feature.HasField("updated_at")),
-        feature.updated_by or "-",
+        _who(feature.updated_by, feature.updated_by_principal) or "-",
     ]
+
+
+def _who(actor: str, principal: str) -> str:
+    """The actor a change was recorded for, and the authenticated caller when that was
+    someone else: "alice (by spiffe://…/ci-bot)"."""
+    if principal and principal != actor:
+        return f"{actor} (by {principal})"
+    return actor
 
 
 _ACTIONS = {
@@ -482,9 +491,7 @@ HISTORY_HEADERS = ("WHEN", "FEATURE", "SEQ", "CHANGE", "STABLE", "CANARY", "ACTO
 
 def history_row(t: pb.Transition) -> list[str]:
     """One audit record as a row of `releasectl release history`."""
-    actor = t.actor
-    if t.principal and t.principal != t.actor:
-        actor += f" (by {t.principal})"
+    actor = _who(t.actor, t.principal)
     reason = t.reason + (f" [{t.ticket}]" if t.ticket else "")
     return [
         short_time(t.at, present=t.HasField("at")),

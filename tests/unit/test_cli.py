@@ -553,8 +553,28 @@ class TestStatus:
             ],
             "updated_at": "2027-01-15T07:30:00Z",
             "updated_by": "alice",
+            "updated_by_principal": None,
         }
         assert search["canary"] is None and search["stable"] is None
+
+    def test_who_really_changed_it_is_shown_beside_the_actor(self, fake: FakeClient) -> None:
+        """As in history: "alice (by ci-bot)" when the caller gave another --actor (issue 13,
+        item 7); the same principal is not repeated; JSON carries both."""
+        fake.responses["get_status"] = pb.GetStatusResponse(
+            features=[
+                feature(updated_by="alice", updated_by_principal="spiffe://x/ci-bot"),
+                feature(feature_id="search", updated_by="bob", updated_by_principal="bob"),
+            ],
+            server_time=ts(NOW),
+        )
+        table = run("release", "status")
+        first, second = table.stdout.splitlines()[1:]
+        assert first.endswith("alice (by spiffe://x/ci-bot)") and second.endswith("  bob")
+        data = json.loads(run("release", "status", "-o", "json").stdout)
+        assert (data[0]["updated_by"], data[0]["updated_by_principal"]) == (
+            "alice",
+            "spiffe://x/ci-bot",
+        )
 
     def test_a_soak_that_is_over_shows_zero(self, fake: FakeClient) -> None:
         """Once the server's clock passes soak_ends_at the soak left is 0s."""
