@@ -304,7 +304,7 @@ def _check_meta(meta: ChangeMeta) -> None:
 def _check_soak(soak_seconds: int) -> None:
     if not 0 <= soak_seconds <= MAX_SOAK_SECONDS:
         raise InvalidArgument(
-            f"soak of {soak_seconds}s is out of range; give 0s to 30d (e.g. --soak 30m)",
+            f"soak of {soak_seconds}s is out of range; give 0s to 30d (e.g. 30m)",
             field="soak_seconds",
         )
 
@@ -469,12 +469,12 @@ def _promote(state: FeatureState, cmd: Promote, meta: ChangeMeta, now: datetime)
             raise SoakNotOver(
                 f"canary {canary.version} of feature {state.feature_id!r} is still soaking: "
                 f"{format_duration(left)} left (ends {_iso(canary.soak_ends_at)}); wait, or "
-                "pass --skip-soak with a --reason",
+                "skip the rest of the soak, giving a reason",
                 seconds_left=left,
             )
         if not meta.reason.strip():
             raise InvalidArgument(
-                'skipping the soak needs a reason: pass --reason "why it cannot wait"',
+                "skipping the soak needs a reason: say why it cannot wait",
                 field="reason",
             )
         detail = f"soak skipped with {format_duration(left)} left"

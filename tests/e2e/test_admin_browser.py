@@ -178,7 +178,7 @@ def test_canary_refused_promote_skip_soak_rollback_and_hot_refresh(
     alert = page.get_by_role("alert")
     expect(alert).to_contain_text("FAILED_PRECONDITION")
     expect(alert).to_contain_text("canary 1.1.0 of feature 'checkout' is still soaking")
-    expect(alert).to_contain_text("pass --skip-soak with a --reason")
+    expect(alert).to_contain_text("skip the rest of the soak, giving a reason")
     assert state(page) == {"stable": "1.0.0", "canary": "1.1.0", "sequence": "3"}
 
     # Promote skipping the soak, with a reason and a ticket.

@@ -755,7 +755,9 @@ class TestChanges:
         assert review.status_code == 409
         assert "FAILED_PRECONDITION" in review.text
         assert "is still soaking: 1h left" in review.text
-        assert "pass --skip-soak with a --reason" in review.text
+        # In the form's words, not the CLI's flags.
+        assert "skip the rest of the soak, giving a reason" in review.text
+        assert "--" not in review.text.split("is still soaking", 1)[1].split("<", 1)[0]
         # A crafted apply (no review) meets the same rule in the controller.
         apply = await releaser.post(
             "/_admin/features/checkout/apply", {"action": "promote", "version": "1.1.0"}

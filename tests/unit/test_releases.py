@@ -622,8 +622,7 @@ class TestPromote:
                 "canary 1.1.0 of feature 'checkout' is still soaking",
                 left_text,
                 "(ends 2025-03-01T12:10:00Z)",
-                "--skip-soak",
-                "--reason",
+                "skip the rest of the soak, giving a reason",  # each interface names its own
             ],
         )
 
@@ -686,7 +685,7 @@ class TestPromote:
                 meta(),
                 InvalidArgument,
                 "reason",
-                ["skipping the soak needs a reason", "--reason"],
+                ["skipping the soak needs a reason", "why it cannot wait"],
                 id="skip-soak-without-reason-refused",
             ),
             pytest.param(
@@ -695,7 +694,7 @@ class TestPromote:
                 meta(reason=" \t\n "),
                 InvalidArgument,
                 "reason",
-                ["skipping the soak needs a reason", "--reason"],
+                ["skipping the soak needs a reason", "why it cannot wait"],
                 id="skip-soak-with-whitespace-reason-refused",
             ),
         ],
