@@ -176,7 +176,7 @@ def _already_line(source: SourceFeature, response: pb.PublishVersionResponse, ch
     which command moves it."""
     fid, version, feature = source.feature_id, source.version, response.feature
     line = (
-        f"{fid} {version} already published, nothing to do (manifest sha256 "
+        f"already published {fid} {version}, nothing to do (manifest sha256 "
         f"{response.manifest_sha256[:12]}…, sequence {feature.sequence})"
     )
     canary = feature.canary.version if feature.HasField("canary") else ""

@@ -853,7 +853,7 @@ class TestPublish:
         result = run("publish", "--feature", "checkout")
         assert result.exit_code == 0, result.output
         assert result.stdout == (
-            "checkout 1.2.0 already published, nothing to do (manifest sha256 cccccccccccc…, "
+            "already published checkout 1.2.0, nothing to do (manifest sha256 cccccccccccc…, "
             "sequence 3); it is the stable version\n"
         )
 
@@ -911,7 +911,7 @@ class TestPublish:
         )
         result = run("publish", "--feature", "checkout", "--channel", channel)
         assert result.exit_code == 0, result.output
-        assert "checkout 1.2.0 already published, nothing to do" in result.stdout
+        assert "already published checkout 1.2.0, nothing to do" in result.stdout
         assert result.stdout.rstrip().endswith(says), result.stdout
 
     def test_json_output_has_the_outcome_and_the_feature(
