@@ -636,12 +636,17 @@ class Writer:
         written: list[tuple[str, str]] = []
         try:
             # The outbox, from memory when it holds only what was just committed (the
-            # common case), else from the store, in the order pins point.
+            # common case), else from the store, in the order pins point; without what
+            # memory knows is in place already (renamed, its sync running or not yet
+            # marked in the store).
             pending = (
                 [FileDigest(f.path, f.sha256, f.sequence) for f in held]
                 if held and self._only(held)
-                else self.store.pending_digests()
+                else [
+                    d for d in self.store.pending_digests() if self.unmarked.get(d.path) == d.sha256
+                ]
             )
+            behind = 0
             for digest in pending:
                 key = (digest.path, digest.sha256)
                 ready = unpublished.pop(key, None)
@@ -655,6 +660,9 @@ class Writer:
                 file = known.get(key) or self.store.signed_file(digest.path)
                 if file is None:  # the outbox only names stored files
                     continue
+                if key not in known and self._origin_ahead_of(file):
+                    behind += 1
+                    continue
                 self.origin.write(file.path, file.content)  # durable when it returns
                 written.append(key)
         except OSError as exc:
@@ -667,6 +675,28 @@ class Writer:
             if self._unsynced:
                 done, self._unsynced = self._unsynced, []
                 self._syncing.append(self._sync_thread.submit(self._sync, done))
+        return behind == 0
+
+    def _origin_ahead_of(self, file: SignedFile) -> bool:
+        """Whether the origin holds `file`'s index file at a higher sequence, signed by our
+        keys: an outbox older than the origin (a database restored from a backup taken
+        while files were owed) must not put hosts back. Such a file stays owed, and changes
+        are refused, until `releasectl origin rebuild` signs the store's state above it."""
+        if not _is_index_file(file.path):
+            return False
+        remote = self.origin.read(file.path)
+        if remote is None or remote == file.content:
+            return False
+        remote_sequence = signed_sequence(remote, self.signer, file.path)
+        if remote_sequence is None or remote_sequence <= file.sequence:
+            return False
+        log.warning(
+            "not writing %s (sequence %d) over the origin's newer one (sequence %d): the "
+            "store is behind the origin; run `releasectl origin rebuild`",
+            file.path,
+            file.sequence,
+            remote_sequence,
+        )
         return True
 
     def _sync(
@@ -734,6 +764,11 @@ def _fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _is_index_file(path: str) -> bool:
+    """Whether `path` is an index file hosts check the sequence of (not a manifest or root)."""
+    return path == REMOTE_INDEX_PATH or path.startswith("index/") or path.endswith("/releases.json")
 
 
 def signed_sequence(data: bytes, signer: Signer, path: str) -> int | None:

@@ -87,7 +87,7 @@ def test_an_artifact_kept_nowhere_is_named_and_the_rest_rebuilt(
     rebuilt = releasectl(server, tmp_path, "origin", "rebuild")
     assert rebuilt.returncode == 1
     error = rebuilt.stderr.splitlines()[-1]  # after the progress bar
-    assert error.startswith("error: 1 artifacts are neither in the artifact store")
+    assert error.startswith("error: 1 artifact is neither in the artifact store")
     assert lost in error
     assert (server.origin_dir / "remote-index.json").is_file()  # the rest was written
 
@@ -122,7 +122,7 @@ def test_a_restored_database_is_signed_again_above_the_origin(tmp_path: Path) ->
     try:
         make_feature(tmp_path, "checkout", "1.0.5")
         refused = releasectl(second, tmp_path, "publish", "--feature", "checkout")
-        assert refused.returncode == 1
+        assert refused.returncode == 5  # refused by a rule (FAILED_PRECONDITION)
         assert "is ahead of" in refused.stderr and "releasectl origin rebuild" in refused.stderr
         # The origin's self-heal at start never put the older files back over newer ones
         # (the refused publish left only its content-addressed artifacts).

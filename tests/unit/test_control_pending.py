@@ -9,6 +9,7 @@ and restarts.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,32 @@ async def test_pending_writes_follow_the_store_through_failure_retry_and_restart
         assert await pending(third) == 0
     finally:
         await stop(third)
+
+
+async def test_an_outbox_behind_the_origin_is_never_written_over_it(tmp_path: Path) -> None:
+    """A database restored from a backup taken while files were owed to the origin: at
+    start its outbox (an older releases.json, shard and top level) must not replace the
+    newer files the origin serves, or hosts would be sent back; those files stay owed."""
+    origin_dir = tmp_path / "origin"
+    first = new_controller(tmp_path, FilesystemOrigin(origin_dir))
+    await first.start()
+    await change(first, "checkout", Publish("1.0.0", digest("1.0.0")))
+    await first.idle()
+    (tmp_path / "restored").mkdir()
+    backup = tmp_path / "restored" / "db.sqlite"
+    with sqlite3.connect(tmp_path / "db.sqlite") as db, sqlite3.connect(backup) as out:
+        db.backup(out)
+    with sqlite3.connect(backup) as out:  # as if the origin had not confirmed them yet
+        out.execute("INSERT INTO outbox (path, global_sequence) SELECT path, 1 FROM files")
+    for version in ("1.1.0", "1.2.0"):
+        await change(first, "checkout", Publish(version, digest(version)))
+    await stop(first)
+    newest = {p: p.read_bytes() for p in origin_dir.rglob("*.json")}
+
+    restored = new_controller(tmp_path / "restored", FilesystemOrigin(origin_dir))
+    await restored.start()
+    try:
+        assert restored.status().pending_origin_writes == 3  # still owed, not written
+        assert {p: p.read_bytes() for p in origin_dir.rglob("*.json")} == newest
+    finally:
+        await stop(restored)
