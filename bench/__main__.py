@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import _server, browser, cli, hosts, propagation, reads, scale, writes
+from bench import _server, browser, cli, hosts, propagation, reads, scale, streaming, writes
 from bench._report import Outcome, describe_machine, print_outcome, record, render_results
 
 BENCHMARKS: dict[str, Callable[..., Outcome]] = {
@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, Callable[..., Outcome]] = {
     "browser": browser.run,
     "propagation": propagation.run,
     "cli": cli.run,
+    "streaming": streaming.run,
 }
 
 
