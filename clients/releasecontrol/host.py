@@ -76,6 +76,7 @@ __all__ = [
     "LoadedFeature",
     "RefreshReport",
     "Refusal",
+    "production_setting",
 ]
 
 logger = logging.getLogger(__name__)
@@ -317,18 +318,18 @@ class FeatureHost:
             )
         given = kwargs.pop("allow_insecure_dev_keys", None)
         allow_dev_keys = _env_flag(env, ENV_ALLOW_DEV_KEYS) if given is None else bool(given)
-        production_setting = _production_setting(env)
-        if production_setting is not None:
+        said = production_setting(env)
+        if said is not None:
             if allow_dev_keys:
                 raise ConfigError(
-                    f"{ENV_ALLOW_DEV_KEYS} is on, but {production_setting}=production refuses "
+                    f"{ENV_ALLOW_DEV_KEYS} is on, but {said}=production refuses "
                     "insecure dev keys; unset it and trust only real signing keys"
                 )
             if trust.dev_keyids:
                 source = ENV_TRUST_JSON if env.get(ENV_TRUST_JSON, "").strip() else ENV_TRUST_PATH
                 raise ConfigError(
                     f"{source} trusts dev key {_keyid_list(trust.dev_keyids)}, but "
-                    f"{production_setting}=production refuses insecure dev keys; "
+                    f"{said}=production refuses insecure dev keys; "
                     "remove it from the trust file"
                 )
         if state_dir is None:
@@ -902,7 +903,7 @@ def _env_flag(env: Mapping[str, str], name: str) -> bool:
     )
 
 
-def _production_setting(env: Mapping[str, str]) -> str | None:
+def production_setting(env: Mapping[str, str]) -> str | None:
     """The variable that says production ("RELEASECONTROL_ENV" or "NODE_ENV"), or None.
 
     As the server reads them: RELEASECONTROL_ENV takes development or production,

@@ -33,6 +33,7 @@ from releasecontrol.errors import (
     OriginPending,
     PermissionDenied,
     ReleaseControlError,
+    SoakNotOver,
     StaleSequence,
     Unauthenticated,
     Unavailable,
@@ -196,7 +197,17 @@ class ReleaseCtlGroup(click.Group):
         except click.UsageError as exc:
             raise _one_line_usage(exc) from None
         except ReleaseControlError as exc:
-            raise OneLineError(one_line(exc.message), exit_code_for(exc)) from None
+            raise OneLineError(one_line(exc.message + _hint(exc)), exit_code_for(exc)) from None
+
+
+def _hint(error: ReleaseControlError) -> str:
+    """This CLI's words for what the server's message says to do (the server names no
+    interface's flags): the options that do it."""
+    if isinstance(error, SoakNotOver):
+        return ' (releasectl: --skip-soak --reason "why it cannot wait")'
+    if isinstance(error, InvalidArgument) and error.field == "reason":
+        return " (releasectl: --reason)"
+    return ""
 
 
 # -- text from elsewhere ------------------------------------------------------

@@ -26,9 +26,11 @@ DEFAULT_LISTEN = "127.0.0.1:4200"
 
 
 def is_production(environ: Mapping[str, str]) -> bool:
-    """RELEASECONTROL_ENV=production, or NODE_ENV=production (the contract's alias)."""
-    value = environ.get("RELEASECONTROL_ENV", "").strip() or environ.get("NODE_ENV", "").strip()
-    return value.lower() == "production"
+    """RELEASECONTROL_ENV=production, or NODE_ENV=production (the contract's alias), read as
+    the host reads them: a typo or a disagreement raises ConfigError."""
+    from releasecontrol.host import production_setting
+
+    return production_setting(environ) is not None
 
 
 def host_environment(environ: Mapping[str, str], home: Path) -> tuple[dict[str, str], list[str]]:

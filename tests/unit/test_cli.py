@@ -463,6 +463,19 @@ class TestServerErrors:
         for code, meaning in EXIT_CODE_MEANINGS.items():
             assert f"{int(code)}  {meaning}" in listed
 
+    def test_a_soak_refusal_names_this_cli_s_options(self, fake: FakeClient) -> None:
+        """The server speaks of skipping the soak with a reason; the CLI says which options
+        do that (the admin form, meeting the same refusal, names its own controls)."""
+        fake.responses["promote"] = errors.SoakNotOver(
+            "canary 1.3.0 is still soaking: 29m left; wait, or skip the rest of the soak, "
+            "giving a reason",
+            seconds_left=1740,
+        )
+        result = run("release", "promote", "--feature", "checkout", "--version", "1.3.0")
+        assert_one_line_error(
+            result, "29m left", '(releasectl: --skip-soak --reason "why it cannot wait")', code=5
+        )
+
     def test_text_from_the_server_is_escaped(self, fake: FakeClient) -> None:
         """Control characters and bidirectional overrides in an error are shown escaped."""
         fake.responses["promote"] = errors.FailedPrecondition("actor \x1b[2Jbob\u202egnp.exe")
