@@ -13,7 +13,8 @@ Points, in the order a change passes them:
 - `commit`: the store transaction of a batch committed (nothing in place on the origin);
 - `publish`: one staged manifest or index file renamed into place (the origin half
   written);
-- `mark`: the outbox marked written (everything done but the answer).
+- `mark`: files synced in place marked written in the store's outbox (with a later
+  batch's commit, or alone when the writer settles; after the answer).
 
 (The artifact store is a FilesystemOrigin too: its writes, and artifacts', are counted by
 `artifact` only.)
@@ -64,6 +65,7 @@ def _install(point: str, nth: int) -> None:
         after(FilesystemOrigin, "publish", lambda a, kw: signed(a[0].path))
     elif point == "mark":
         after(SqliteStore, "mark_all_written", lambda a, kw: bool(a and a[0]))
+        after(SqliteStore, "commit_many", lambda a, kw: bool(kw.get("written")))
     else:
         raise SystemExit(f"RELEASECONTROL_TEST_KILL: unknown point {point!r}")
 
