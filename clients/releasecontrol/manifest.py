@@ -195,7 +195,7 @@ def validate_manifest(
             f"manifest lists {len(assets)} assets; the limit is {MAX_ASSETS}",
             field="manifest.assets",
         )
-    seen: set[str] = set()
+    seen: dict[str, None] = {}  # the paths, in the order listed
     for i, asset in enumerate(assets):
         where = f"manifest.assets[{i}]"
         if not isinstance(asset, dict):
@@ -208,7 +208,7 @@ def validate_manifest(
                 f"{where}.path {shown(path)} is listed twice; list each file once",
                 field=f"{where}.path",
             )
-        seen.add(path)
+        seen[path] = None
         size, digest = asset.get("size"), asset.get("sha256")
         bad_size = not isinstance(size, int) or isinstance(size, bool) or size < 0
         if (require_hashes or size is not None) and bad_size:
@@ -217,9 +217,17 @@ def validate_manifest(
         if (require_hashes or digest is not None) and bad_digest:
             raise InvalidArgument(f"{where}.sha256 must be 64 lowercase hex digits", field=where)
     entry = manifest.get("entry")
+    example = next(iter(seen), "index.js")
+    if entry is None:
+        raise InvalidArgument(
+            "manifest field 'entry' is missing: name the asset hosts load first, one of the "
+            f'listed asset paths (e.g. "entry": "{example}")',
+            field="manifest.entry",
+        )
     if not isinstance(entry, str) or entry not in seen:
         raise InvalidArgument(
-            f"manifest field 'entry' ({shown(entry)}) must be the path of one of the listed assets",
+            f"manifest field 'entry' ({shown(entry)}) must be the path of one of the listed "
+            f'assets (e.g. "{example}")',
             field="manifest.entry",
         )
     return manifest

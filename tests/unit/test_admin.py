@@ -677,6 +677,14 @@ class TestPages:
         hits = (await admin.client.get("/_admin?q=FEATURE-012")).text
         assert hits.count("<tr data-feature=") == 10
         assert "10 of 1000 features match" in hits
+        one = (await admin.client.get("/_admin?q=feature-0999")).text
+        assert "1 of 1000 features matches" in one
+
+    async def test_one_feature_is_counted_in_the_singular(self, releaser: Admin) -> None:
+        """'1 feature', not '1 features'."""
+        page = (await releaser.client.get("/_admin")).text
+        assert " 1 feature\n" in page or " 1 feature " in page
+        assert "1 features" not in page
 
     async def test_a_scoped_principal_sees_only_its_features(self, admin: Admin) -> None:
         """The list keeps only what the principal may read; another feature's page is refused."""

@@ -17,6 +17,7 @@ from releasecontrol.manifest import (
     parse_duration,
     parse_manifest,
     validate_feature_id,
+    validate_manifest,
 )
 
 SHA = "0" * 64
@@ -166,3 +167,15 @@ def test_an_artifact_keeps_its_asset_extension_so_cdns_serve_its_type(
 ) -> None:
     """Content-addressed by SHA-256, with the asset's (lowercased, plain) extension."""
     assert artifact_path(SHA, asset_path) == f"artifacts/{SHA}{suffix}"
+
+
+def test_a_missing_entry_is_named_missing_with_an_example() -> None:
+    """No `'entry' (None)`: a missing entry says it is missing and suggests a listed path."""
+    without = manifest(assets=[{"path": "main.js"}, {"path": "style.css"}])
+    del without["entry"]
+    with pytest.raises(InvalidArgument) as caught:
+        validate_manifest(without, require_hashes=False)
+    assert caught.value.field == "manifest.entry"
+    assert "'entry' is missing" in caught.value.message
+    assert '"entry": "main.js"' in caught.value.message
+    assert "None" not in caught.value.message
