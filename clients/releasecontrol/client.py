@@ -77,6 +77,7 @@ MAX_RECEIVE_BYTES = 64 * 1024 * 1024
 # A change between two pages of get_status: read them all again, this many times at most.
 _STATUS_TRIES = 3
 _START_HINT = "is the server running? start it with `releasectl dev`"
+_TLS_FAILURE = "handshake failed"  # how gRPC says it, in the details of UNAVAILABLE
 
 # The retry loop (`ReleaseControlClient._retrying`): how long it keeps trying after the
 # first retryable failure (covers a server restart, 1.3-2.6 s), and its backoff.
@@ -115,6 +116,8 @@ class ConnectionSettings:
     """Bearer token sent as `authorization` metadata (rpc-token and dfs auth modes)."""
     target_source: str = ""
     """Where `target` came from, for messages: e.g. "from /srv/rc/run/endpoints.json"."""
+    tls_source: str = ""
+    """Which CA and client certificate files are used, for messages."""
 
     def __repr__(self) -> str:
         # Never print key material or the token (tracebacks, logs, debuggers).
@@ -343,6 +346,8 @@ def resolve_connection(
             )
 
     server_name = env.get("RELEASECONTROL_TLS_SERVER_NAME", "").strip() or None
+    client_cert = cert_env or (str(home / "pki" / "client.pem") if cert_pem is not None else "none")
+    tls_source = f"CA {ca_path}, client certificate {client_cert}"
     return ConnectionSettings(
         target=target,
         ca_pem=ca_pem,
@@ -351,6 +356,7 @@ def resolve_connection(
         server_name=server_name,
         token=token,
         target_source=target_source,
+        tls_source=tls_source,
     )
 
 
@@ -405,7 +411,10 @@ def _retryable(err: grpc.RpcError) -> bool:
     if _code_name(err) != "UNAVAILABLE":
         return False
     info = _error_info(err)
-    return info is None or info[0] == "UNAVAILABLE"
+    if info is None:  # a TLS handshake that failed fails the same way again
+        details = (err.details() if callable(getattr(err, "details", None)) else None) or ""
+        return _TLS_FAILURE not in details.lower()
+    return info[0] == "UNAVAILABLE"
 
 
 def _new_request_id() -> str:
@@ -513,7 +522,14 @@ class ReleaseControlClient:
         target = self.settings.target
         info = _error_info(err)
         source = f"; {self.settings.target_source}" if self.settings.target_source else ""
-        if name == "UNAVAILABLE" and info is None:
+        if name == "UNAVAILABLE" and info is None and _TLS_FAILURE in details.lower():
+            details = (
+                f"the TLS handshake with {target} failed ({self.settings.tls_source}{source}): "
+                "the server's certificate is not one this CA signed for that address, or the "
+                "server refused this client certificate; use the state directory (--home, "
+                "RELEASECONTROL_HOME) or RELEASECONTROL_TLS_* files of that server's PKI"
+            )
+        elif name == "UNAVAILABLE" and info is None:
             details = (
                 f"cannot reach the ReleaseControl server at {target} ({details}{source}): "
                 f"{_START_HINT}"

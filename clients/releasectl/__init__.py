@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
+
+# gRPC's C core logs each failed TLS handshake on stderr, a line per retry, before our
+# one-line error: quiet unless the user asked for its logs (GRPC_VERBOSITY set).
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import click
 

@@ -18,6 +18,7 @@ from dev_process import DevProcess, releasectl_in
 from releasecontrol.fetch import Fetcher
 from releasecontrol.host import FeatureHost
 from releasecontrol.trust import TrustStore
+from releasecontrol_server.pki import ensure_dev_pki
 
 pytestmark = pytest.mark.integration
 
@@ -337,3 +338,19 @@ def test_dev_is_found_from_any_folder_and_runs_once_per_home(tmp_path: Path) -> 
     # Stopped: no record is left for other folders to find.
     nothing = releasectl_in(elsewhere, runtime, "release", "status")
     assert nothing.returncode == 1 and "looked for" in nothing.stderr, nothing.stderr
+
+
+def test_another_pki_s_client_gets_one_line_naming_the_tls_problem(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """A CLI whose CA and client certificate come from another PKI: one `error:` line that
+    says the TLS handshake failed and which files were used, none of gRPC's own log lines,
+    exit 7 (unavailable), and no change."""
+    other = tmp_path / "other-home"
+    ensure_dev_pki(other / "pki")
+    done = releasectl(other, tmp_path, "--server", server.grpc, "release", "status")
+    assert done.returncode == 7, (done.stdout, done.stderr)
+    assert done.stdout == ""
+    assert done.stderr.startswith("error: the TLS handshake with") and done.stderr.count("\n") == 1
+    assert str(other / "pki" / "ca.pem") in done.stderr
+    assert "ssl_transport_security" not in done.stderr
