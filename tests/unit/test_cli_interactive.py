@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shlex
+import struct
 import subprocess
 import sys
+import termios
 from collections.abc import Iterator
 from pathlib import Path
 
 import pexpect
 import pytest
+from pexpect.fdpexpect import fdspawn
 
 from releasecontrol.manifest import load_feature_folder
 from releasectl.launcher import LocalServer
@@ -49,17 +53,39 @@ def server(tmp_path: Path) -> Iterator[LocalServer]:
         yield running
 
 
-def spawn(cwd: Path, home: Path) -> pexpect.spawn:
-    child = pexpect.spawn(
-        RELEASECTL[0],
-        [*RELEASECTL[1:], "interactive"],
-        cwd=str(cwd),
-        env=env_for(home),
-        encoding="utf-8",
-        timeout=30,
-        dimensions=(40, 120),
-    )
-    return child
+class Terminal(fdspawn):
+    """`releasectl interactive` on a pseudo-terminal of its own (40 x 120), as pexpect.spawn
+    gives, but started by subprocess: pexpect forks and runs Python before exec, and this
+    test process runs gRPC's threads (other tests' channels), whose at-fork handlers can
+    leave that child a broken copy of them (it died printing an epoll error). subprocess
+    forks and execs in C; `setsid --ctty` makes the terminal the CLI's own, so Ctrl-C
+    reaches it as a keypress does."""
+
+    def __init__(self, cwd: Path, env: dict[str, str], argv: list[str]) -> None:
+        master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        self.process = subprocess.Popen(
+            ["setsid", "--ctty", *argv],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            cwd=cwd,
+            env=env,
+        )
+        os.close(slave)
+        super().__init__(master, encoding="utf-8", timeout=30)
+
+    def sendintr(self) -> None:
+        self.send("\x03")  # the terminal turns it into SIGINT for the CLI
+
+    def close(self) -> None:  # type: ignore[override]
+        self.process.wait(timeout=30)
+        self.exitstatus = self.process.returncode
+        super().close()
+
+
+def spawn(cwd: Path, home: Path) -> Terminal:
+    return Terminal(cwd, env_for(home), [*RELEASECTL, "interactive"])
 
 
 @pytest.mark.integration
@@ -120,15 +146,7 @@ class TestOnATerminal:
         env["RELEASECONTROL_GRPC_LISTEN"] = "127.0.0.1:0"
         env["RELEASECONTROL_ORIGIN_HTTP_LISTEN"] = "127.0.0.1:0"
         env["RELEASECONTROL_ADMIN_LISTEN"] = "127.0.0.1:0"
-        child = pexpect.spawn(
-            RELEASECTL[0],
-            [*RELEASECTL[1:], "interactive"],
-            cwd=str(tmp_path),
-            env=env,
-            encoding="utf-8",
-            timeout=30,
-            dimensions=(40, 120),
-        )
+        child = Terminal(tmp_path, env, [*RELEASECTL, "interactive"])
         child.expect("What do you want to do")
         child.send(ENTER)  # the first entry
         child.expect("ReleaseControl is running")
@@ -170,15 +188,13 @@ class TestWithoutATerminal:
     def test_half_a_terminal_is_not_enough(self, tmp_path: Path, redirect: str) -> None:
         """With only one of stdin and stdout on a terminal it still refuses, exit 2, no menu."""
         command = " ".join(shlex.quote(part) for part in [*RELEASECTL, "interactive"])
-        child = pexpect.spawn(
-            "bash",
-            ["-c", f"set -o pipefail; {command} {redirect}; echo exit=$?"],
-            cwd=str(tmp_path),
-            env=env_for(tmp_path / "home"),
-            encoding="utf-8",
-            timeout=30,
+        child = Terminal(
+            tmp_path,
+            env_for(tmp_path / "home"),
+            ["bash", "-c", f"set -o pipefail; {command} {redirect}; echo exit=$?"],
         )
         child.expect(pexpect.EOF)
+        child.close()
         output = child.before
         assert "interactive mode needs a terminal" in output
         assert "What do you want to do" not in output
