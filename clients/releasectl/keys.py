@@ -38,6 +38,7 @@ from releasecontrol.keyfiles import (
     ROOTS_DIR,
     add_signatures,
     describe_root,
+    dev_key_pem,
     install_root,
     propose_rotation,
     read_roots,
@@ -274,7 +275,9 @@ def rotate(
             )
             atomic_write(retired, old.to_pem(), mode=0o600)
             result["retired_key"] = str(retired)
-        new_key.save(paths.signing_key)
+        # A key for a dev trust file is a dev key: its file says so, for production to refuse.
+        pem = dev_key_pem(new_key) if dev else new_key.to_pem()
+        atomic_write(paths.signing_key, pem, mode=0o600)
         result.update(installed=True, root=str(paths.root_dir / f"{proposed.version}.json"))
         lines = [
             f"root {proposed.version} signed and installed in {paths.root_dir}: online key "
@@ -289,7 +292,9 @@ def rotate(
         target = out or Path.cwd() / f"root-{proposed.version}.json"
         atomic_write(target, data, mode=0o644)
         next_key = paths.signing_key.with_name(f"{paths.signing_key.stem}.next.pem")
-        if not atomic_create(next_key, new_key.to_pem(), mode=0o600):
+        if not atomic_create(
+            next_key, dev_key_pem(new_key) if dev else new_key.to_pem(), mode=0o600
+        ):
             raise OneLineError(f"{next_key} exists already: finish or remove that rotation first")
         status = root_status(data, current)
         result.update(installed=False, root=str(target), next_key=str(next_key))
