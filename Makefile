@@ -29,7 +29,7 @@ dev: $(STAMP)
 
 ## test: create the virtual environment, install, and run lint, types and every test
 test: $(STAMP) node_modules/.bin/buf lint typecheck buf-lint js-test
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadscope
 
 ## bench: run every benchmark at full size and record the results in docs/benchmarks.md
 bench: $(STAMP)
