@@ -258,10 +258,6 @@ def history(ctx: click.Context, feature: str | None, limit: int, output: str) ->
             token = page.next_page_token
             if not token:
                 break
-        if feature and not transitions:
-            # No history at all: an unknown feature is an error, not an empty table
-            # (get_feature raises NotFound naming it).
-            client.get_feature(feature)
     transitions = transitions[:limit]
     if output == "json":
         echo_json([transition_json(t) for t in transitions])

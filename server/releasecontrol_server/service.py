@@ -454,6 +454,7 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
         if request.feature_id:
             validate_feature_id(request.feature_id)
             caller = require(AuthAction.READ, request.feature_id)
+            self._controller.require_feature(request.feature_id)  # NotFound names it
         else:
             caller = require(AuthAction.READ)
         size = _page_size(request.page_size)

@@ -325,6 +325,7 @@ BAD_INPUT = [
         "rollback", ("checkout", "9.9.9"), errors.NotFound, "9.9.9", id="rollback-unknown-version"
     ),
     pytest.param("get_feature", ("nosuch",), errors.NotFound, "nosuch", id="get-unknown"),
+    pytest.param("list_transitions", ("nosuch",), errors.NotFound, "nosuch", id="history-unknown"),
 ]
 
 

@@ -1030,18 +1030,10 @@ class TestEscaping:
 
 class TestHistoryOfAnUnknownFeature:
     def test_an_unknown_feature_is_not_found_not_an_empty_table(self, fake: FakeClient) -> None:
-        """No history for --feature: the feature is looked up, and NOT_FOUND exits 3."""
-        fake.responses["list_transitions"] = pb.ListTransitionsResponse()
-        fake.responses["get_feature"] = errors.NotFound("feature 'nope' does not exist")
+        """The server answers NOT_FOUND for an unknown feature's history: one line, exit 3."""
+        fake.responses["list_transitions"] = errors.NotFound("feature 'nope' does not exist")
         result = run("release", "history", "--feature", "nope")
         assert_one_line_error(result, "feature 'nope' does not exist", code=3)
-        assert [name for name, _, _ in fake.calls] == ["list_transitions", "get_feature"]
-
-    def test_with_history_the_feature_is_not_looked_up(self, fake: FakeClient) -> None:
-        fake.responses["list_transitions"] = pb.ListTransitionsResponse(
-            transitions=[transition(pb.TRANSITION_ACTION_PUBLISH)]
-        )
-        assert run("release", "history", "--feature", "checkout").exit_code == 0
         assert [name for name, _, _ in fake.calls] == ["list_transitions"]
 
 

@@ -932,7 +932,9 @@ class ListTransitionsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     feature_id: _builtins.str
-    """Only this feature's history; empty: every feature."""
+    """Only this feature's history (NOT_FOUND for a feature never published);
+    empty: every feature.
+    """
     page_size: _builtins.int
     page_token: _builtins.str
     def __init__(
