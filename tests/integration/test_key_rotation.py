@@ -60,9 +60,10 @@ def test_a_dev_rotation_is_followed_by_a_host_pinning_root_1(
     result = json.loads(rotated.stdout)
     assert result["installed"] is True and result["root_version"] == 2
     # A dev setup's new key is a dev key too: its file says so, for production to refuse.
-    assert b"releasecontrol insecure development key" in (
-        server.home / "keys" / "signing-key.pem"
-    ).read_bytes()
+    assert (
+        b"releasecontrol insecure development key"
+        in (server.home / "keys" / "signing-key.pem").read_bytes()
+    )
     wait_for_root(server, 2)
 
     report = host.refresh()
