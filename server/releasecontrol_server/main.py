@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import fcntl
 import gc
 import json
 import logging
@@ -76,13 +77,48 @@ def open_dev_admin(config: Config) -> Config:
     return dataclasses.replace(config, allow_unauthenticated_admin=True)
 
 
+def lock_home(config: Config) -> int:
+    """Hold `home/run/server.lock` for as long as the returned descriptor is open: one server
+    per state directory (two would both write its store and its origin; a killed one's lock
+    goes with it). Raises ConfigError naming the process that holds it."""
+    path = config.home / "run" / "server.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ConfigError(
+            f"another releasecontrol-server (pid {holder}) is running on {config.home}: stop "
+            "it first, or give this one another state directory (RELEASECONTROL_HOME)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 async def serve(
     config: Config,
     *,
     on_ready: Callable[[dict[str, Any]], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Run the control plane until `stop` is set (or SIGINT/SIGTERM)."""
+    """Run the control plane until `stop` is set (or SIGINT/SIGTERM), holding its state
+    directory's lock (`lock_home`)."""
+    lock = lock_home(config)
+    try:
+        await _serve(config, on_ready=on_ready, stop=stop)
+    finally:
+        os.close(lock)
+
+
+async def _serve(
+    config: Config,
+    *,
+    on_ready: Callable[[dict[str, Any]], None] | None,
+    stop: asyncio.Event | None,
+) -> None:
     keyring = load_keyring(config)
     authenticator = authenticator_for(config)
     tls = ReloadingServerCredentials(

@@ -29,6 +29,7 @@ from releasecontrol.manifest import artifact_path, load_feature_folder
 from releasecontrol.shards import bin_of
 from releasecontrol.trust import SigningKey, TrustStore
 from releasecontrol.v1 import release_control_pb2 as pb
+from releasectl.launcher import LocalServerError
 
 pytestmark = pytest.mark.integration
 
@@ -682,3 +683,14 @@ def test_the_audit_record_keeps_the_caller_beside_the_actor_it_gave(tmp_path: Pa
     assert caller and all(t.principal == caller for t in history)
     assert (rollback.actor, rollback.principal) == ("alice", caller)
     assert (feature.updated_by, feature.updated_by_principal) == ("alice", caller)
+
+
+def test_a_second_server_on_the_same_home_is_refused(server: RunningServer) -> None:
+    """Two servers on one state directory would both write its store and its origin: the
+    second stops at once with one line naming the first one's pid; the first serves on."""
+    with pytest.raises(LocalServerError) as refused:
+        start_server(server.home)
+    log = refused.value.last_error
+    assert f"another releasecontrol-server (pid {server.pid}) is running on" in log
+    assert str(server.home) in log
+    assert server.client().get_status().global_sequence == 0
