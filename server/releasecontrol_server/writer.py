@@ -37,7 +37,7 @@ import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -76,6 +76,8 @@ log = logging.getLogger(__name__)
 
 # Threads writing new files beside their place on the origin while the store commits.
 _STAGE_THREADS = 3
+REQUEST_IDS_KEPT = timedelta(days=7)
+"""How long a request_id is answered alike: far longer than any retry."""
 
 
 @runtime_checkable
@@ -211,6 +213,7 @@ class Writer:
         self._unsynced: list[tuple[tuple[str, str], Path]] = []
         self._syncing: list[Future[tuple[list[tuple[str, str]], list[tuple[str, str]]]]] = []
         self._marks: list[tuple[str, str]] = []
+        self._forgot_at: datetime | None = None
         self._sync_thread = ThreadPoolExecutor(1, thread_name_prefix="releasecontrol-sync")
         self._stage_pool = ThreadPoolExecutor(
             _STAGE_THREADS, thread_name_prefix="releasecontrol-stage"
@@ -322,6 +325,7 @@ class Writer:
     def write_batch(self, batch: Sequence[Request], now: datetime) -> Batch:
         """Apply `batch` in arrival order on top of the committed states: steps 1 to 4 of the
         module docstring. Never raises for one request: its error is in the result."""
+        self._forget_old_requests(now)
         result = Batch()
         prepared: list[tuple[int, Committed]] = []
         batch_states: dict[str, FeatureState] = {}
@@ -375,6 +379,16 @@ class Writer:
         result.committed = dict(prepared)
         return result
 
+    def _forget_old_requests(self, now: datetime) -> None:
+        """At most once an hour, the request ids answered over REQUEST_IDS_KEPT ago forgotten
+        (the table would otherwise grow with every change for ever)."""
+        if self._forgot_at is not None and now - self._forgot_at < timedelta(hours=1):
+            return
+        self._forgot_at = now
+        forgotten = self.store.forget_requests(now - REQUEST_IDS_KEPT)
+        if forgotten:
+            log.info("forgot request ids answered over %s ago: %d", REQUEST_IDS_KEPT, forgotten)
+
     def _prepare(
         self,
         request: Request,
@@ -408,7 +422,7 @@ class Writer:
         outcome = releases.apply(state, feature_id, request.command, request.meta, now)
         if isinstance(outcome, releases.Unchanged):
             if request_id:
-                self.store.remember_request(request_id, rpc, outcome.state, outcome.why)
+                self.store.remember_request(request_id, rpc, outcome.state, outcome.why, now)
             return Applied(outcome.state, None, outcome.why)
         if check_origin:  # False: an earlier change of the feature in the batch was checked
             try:

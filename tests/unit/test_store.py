@@ -197,6 +197,8 @@ class TestOpen:
         conn = sqlite3.connect(db_path)
         with conn:  # as version 5 left it
             conn.execute("ALTER TABLE features DROP COLUMN updated_by_principal")
+            conn.execute("DROP INDEX requests_by_answered_at")  # from 7
+            conn.execute("ALTER TABLE requests DROP COLUMN answered_at")
             conn.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
         conn.close()
         with SqliteStore(db_path) as reopened:
@@ -549,8 +551,8 @@ class TestRequests:
     def test_remember_request_keeps_the_first_answer(self, store: SqliteStore) -> None:
         """The first unchanged answer remembered for a request_id is kept; a second is ignored."""
         first = publish(store, "checkout", "1.0.0").state
-        store.remember_request("r-1", "Promote A", first, "1.0.0 is stable already")
-        store.remember_request("r-1", "Promote A", FeatureState("other"), "second")
+        store.remember_request("r-1", "Promote A", first, "1.0.0 is stable already", T0)
+        store.remember_request("r-1", "Promote A", FeatureState("other"), "second", T0)
 
         kept = store.answered("r-1")
 
@@ -566,7 +568,22 @@ class TestRequests:
     def test_empty_request_id_cannot_be_remembered(self, store: SqliteStore) -> None:
         """remember_request refuses an empty request_id."""
         with pytest.raises(ValueError, match="empty"):
-            store.remember_request("", "PublishVersion", FeatureState("checkout"), "")
+            store.remember_request("", "PublishVersion", FeatureState("checkout"), "", T0)
+
+    def test_old_request_ids_are_forgotten_and_recent_ones_kept(self, store: SqliteStore) -> None:
+        """forget_requests drops what was answered before the cutoff, committed or not, and
+        keeps the rest; the audit trail keeps every change's request_id."""
+        publish(store, "checkout", "1.0.0", request_id="r-old", at=T0)
+        publish(store, "checkout", "1.1.0", request_id="r-new", at=T0 + timedelta(days=8))
+        state = store.load_feature("checkout")
+        assert state is not None
+        store.remember_request("r-same-old", "Promote A", state, "stable already", T0)
+
+        assert store.forget_requests(T0 + timedelta(days=1)) == 2
+
+        assert store.answered("r-old") is None and store.answered("r-same-old") is None
+        assert store.answered("r-new") is not None
+        assert {t.request_id for t in store.list_transitions()} == {"r-old", "r-new"}
 
     def test_requests_kept_as_answer_bytes_are_migrated(
         self, store: SqliteStore, db_path: Path

@@ -11,7 +11,8 @@ What is kept, one table each:
     outbox        paths committed but not yet confirmed on the origin
     requests      request_id -> (rpc, what it did) for idempotent retries: the feature
                   afterwards, the transition it committed, why nothing changed; domain
-                  values as JSON (the RPC layer encodes its answer from them)
+                  values as JSON (the RPC layer encodes its answer from them); and when,
+                  so that ids long past any retry are forgotten (`forget_requests`)
 
 `commit` writes one change in ONE transaction, after checking that neither the
 feature nor the global sequence moved since the change was computed, so a
@@ -70,7 +71,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 BUSY_TIMEOUT_MS = 10_000
 WAL_CHECKPOINT_PAGES = 16_384
 CACHE_KIB = 32_768
@@ -185,6 +186,13 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 6: the authenticated caller of a feature's last change beside the actor it gave
     # ("" for features last changed before).
     ("ALTER TABLE features ADD COLUMN updated_by_principal TEXT NOT NULL DEFAULT ''",),
+    # 7: when each request was answered, so old request ids can be forgotten (rows kept
+    # before count from the upgrade).
+    (
+        "ALTER TABLE requests ADD COLUMN answered_at TEXT NOT NULL DEFAULT ''",
+        "UPDATE requests SET answered_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+        "CREATE INDEX requests_by_answered_at ON requests (answered_at)",
+    ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -704,13 +712,14 @@ class SqliteStore:
             self._put_files(change.files, change.global_sequence)
         if change.request_id:
             self._db.execute(
-                "INSERT INTO requests (request_id, rpc, result, global_sequence) "
-                "VALUES (?, ?, ?, ?)",
+                "INSERT INTO requests (request_id, rpc, result, global_sequence, answered_at) "
+                "VALUES (?, ?, ?, ?, ?)",
                 [
                     change.request_id,
                     change.rpc,
                     _result_json(state, change.global_sequence, ""),
                     change.global_sequence,
+                    _text(record.at),
                 ],
             )
         self._set_meta("global_sequence", change.global_sequence)
@@ -850,19 +859,29 @@ class SqliteStore:
     # -- requests -----------------------------------------------------------
 
     def remember_request(
-        self, request_id: str, rpc: str, state: FeatureState, why_unchanged: str
+        self, request_id: str, rpc: str, state: FeatureState, why_unchanged: str, at: datetime
     ) -> None:
-        """Keep what a request that changed nothing answered (the feature as it was, and
-        why); the first one kept wins."""
+        """Keep what a request that changed nothing answered at `at` (the feature as it was,
+        and why); the first one kept wins."""
         if not request_id:
             raise ValueError("request_id is empty")
         with self._write():
             self._db.execute(
-                "INSERT INTO requests (request_id, rpc, result, global_sequence) "
+                "INSERT INTO requests (request_id, rpc, result, global_sequence, answered_at) "
                 "VALUES (?, ?, ?, (SELECT CAST(value AS INTEGER) FROM meta "
-                "WHERE key = 'global_sequence')) ON CONFLICT (request_id) DO NOTHING",
-                [request_id, rpc, _result_json(state, None, why_unchanged)],
+                "WHERE key = 'global_sequence'), ?) ON CONFLICT (request_id) DO NOTHING",
+                [request_id, rpc, _result_json(state, None, why_unchanged), _text(at)],
             )
+
+    def forget_requests(self, answered_before: datetime) -> int:
+        """Forget the request ids answered before `answered_before` (a retry comes within
+        seconds; kept far longer); returns how many. The audit trail keeps each change's
+        request_id regardless."""
+        with self._write():
+            cursor = self._db.execute(
+                "DELETE FROM requests WHERE answered_at < ?", [_text(answered_before)]
+            )
+        return int(cursor.rowcount)
 
     def answered(self, request_id: str) -> Answered | None:
         """What the request with `request_id` did, or None when it was never answered."""
