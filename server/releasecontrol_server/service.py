@@ -35,7 +35,7 @@ from releasecontrol_server.auth.authorize import Action as AuthAction
 from releasecontrol_server.control import Applied, ReleaseController
 from releasecontrol_server.rebuild import Progress
 from releasecontrol_server.releases import Action, ChangeMeta, Channel, FeatureState
-from releasecontrol_server.status import abort_with
+from releasecontrol_server.status import abort_unexpected, abort_with
 from releasecontrol_server.store import SignedFile, StoredTransition
 from releasecontrol_server.upload import Upload
 from releasecontrol_server.watch import ChangeEvent, Lagged, RefreshEvent
@@ -79,7 +79,8 @@ def _progress_to_proto(progress: Progress) -> pb.RebuildOriginResponse:
 
 
 def maps_errors(method: F) -> F:
-    """Decorate a unary-response RPC so a ReleaseControlError ends it with its status."""
+    """Decorate a unary-response RPC so a ReleaseControlError ends it with its status, and
+    any other exception (a bug) as INTERNAL without its text (`status.abort_unexpected`)."""
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
@@ -87,6 +88,10 @@ def maps_errors(method: F) -> F:
             return await method(self, request, context)
         except ReleaseControlError as error:
             await abort_with(error, context)
+        except aio.AbortError:
+            raise
+        except Exception:
+            await abort_unexpected(method.__name__, context)
 
     return cast(F, wrapper)
 
@@ -577,17 +582,24 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
                 queue.put_nowait, force=request.force, actor=caller.name
             )
         )
+        _RUNNING.add(running)  # held: the loop keeps only weak references to tasks
+        running.add_done_callback(_RUNNING.discard)
         while not running.done() or not queue.empty():
             getter = asyncio.ensure_future(queue.get())
-            await asyncio.wait({getter, running}, return_when=asyncio.FIRST_COMPLETED)
-            if getter.done():
+            try:
+                await asyncio.wait({getter, running}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not getter.done():
+                    getter.cancel()
+            if getter.done() and not getter.cancelled():
                 yield _progress_to_proto(getter.result())
-            else:
-                getter.cancel()
         try:
             last = running.result()
         except ReleaseControlError as error:
             await abort_with(error, context)
+            return
+        except Exception:
+            await abort_unexpected("RebuildOrigin", context)
             return
         yield _progress_to_proto(last)
 
@@ -681,14 +693,14 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
         rpc: str,
         response: Callable[[], Any],
     ) -> Any:
-        """Run a channel change; `response` makes the RPC's empty response message."""
+        """Run a channel change; its answer encoded (`response`: the RPC's response class)."""
         validate_feature_id(feature_id)
         caller = require(RPC_ACTIONS[rpc], feature_id)
 
         applied = await self._controller.change(
             feature_id, command, _meta(ctx, caller.name), rpc=rpc, request_id=ctx.request_id
         )
-        return response().FromString(change_answer(response, applied))
+        return change_answer(response, applied)  # encoded once; `serialize` passes it on
 
     def _soak(self, request: Any) -> int:
         if request.HasField("soak_seconds"):

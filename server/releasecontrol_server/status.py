@@ -19,12 +19,13 @@ from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-unty
 
 from releasecontrol.errors import (
     ERROR_DOMAIN,
+    Internal,
     ReleaseControlError,
     error_details,
     status_code_name,
 )
 
-__all__ = ["abort_with", "status_details"]
+__all__ = ["abort_unexpected", "abort_with", "status_details"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,16 @@ async def abort_with(error: ReleaseControlError, context: Any) -> None:
     code = getattr(grpc.StatusCode, status_code_name(error))
     log.info("refused code=%s error=%s message=%r", code.name, type(error).__name__, error.message)
     await context.abort(code, error.message, trailing_metadata=status_details(code, error))
+
+
+async def abort_unexpected(what: str, context: Any) -> None:
+    """End the call as INTERNAL after a bug (called in an `except`): the exception and its
+    traceback go to the server log, never its text to the caller."""
+    log.exception("%s failed", what)
+    await abort_with(
+        Internal(f"the server failed ({what}); the operator has been told in the server log"),
+        context,
+    )
 
 
 def status_details(code: grpc.StatusCode, error: ReleaseControlError) -> tuple[tuple[str, bytes]]:

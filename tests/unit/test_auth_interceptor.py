@@ -664,7 +664,7 @@ class TestFailures:
             assert srv.servicer.handler_runs == []
         assert code is grpc.StatusCode.INTERNAL
         assert "secret detail" not in message
-        assert "auth failed" in caplog.text
+        assert "checking credentials" in caplog.text and "secret detail" in caplog.text
 
     @pytest.mark.parametrize(
         ("mode", "settings", "error"),

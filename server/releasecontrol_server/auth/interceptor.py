@@ -58,7 +58,7 @@ from releasecontrol_server.auth.dfs import (
 from releasecontrol_server.auth.principal import AuthContext, Metadata, Principal, Role
 from releasecontrol_server.auth.tokens import TokenAuthenticator
 from releasecontrol_server.pki import principal_from_certificate
-from releasecontrol_server.status import abort_with
+from releasecontrol_server.status import abort_unexpected, abort_with
 
 log = logging.getLogger(__name__)
 
@@ -293,12 +293,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc ship
             )
             await _abort(context, error)
         except Exception:
-            log.exception("auth failed method=%s peer=%s", method, context.peer())
-            await context.abort(
-                grpc.StatusCode.INTERNAL,
-                "the server failed while checking credentials; the operator has been told "
-                "in the server log",
-            )
+            await abort_unexpected(f"checking credentials for {method}", context)
             raise AssertionError("unreachable") from None
         with acting_as(principal, method):
             try:
