@@ -5,7 +5,7 @@ One way a change flows, and the event loop never waits on disk, the origin or S3
     RPC or admin form ── change() ──> (a publish: its artifacts kept, then on
         the origin, on the artifact thread) ──> queue ──> the drain task (one at a time)
         ──> write thread: Writer.write_batch (writer.py): request ids, state
-            machine, artifacts, signing, ONE store commit, origin writes
+            machine, signing, ONE store commit, origin writes
         ──> event loop: the in-memory snapshot updated, each caller answered,
             watchers told
 
@@ -243,7 +243,7 @@ class ReleaseController:
 
         A `request_id` seen before returns what the first request did again,
         without applying anything. Raises the state machine's errors (nothing
-        changed), or Unavailable when the change committed but the origin write
+        changed), or OriginPending when the change committed but the origin write
         failed (it is retried in the background).
 
         Changes that arrive while the writer is busy are applied together, in
@@ -477,6 +477,8 @@ class ReleaseController:
         self._rebuilding = True
         loop = asyncio.get_running_loop()
         reader = SqliteStore.open_reader(self._store.path)
+        # A thread of its own: a long rebuild never holds up a publish's artifacts.
+        rebuilding = ThreadPoolExecutor(1, thread_name_prefix="releasecontrol-rebuild")
         try:
             async with self._writing:
                 meta = ChangeMeta(actor=actor, reason="origin rebuild", principal=actor)
@@ -497,8 +499,8 @@ class ReleaseController:
             )
             states = self._all_features()
             index_count = len(self._writer.roots) + len(states) + 1 + 2**self._writer.index.bits
-            await loop.run_in_executor(self._artifact_thread, rebuild.plan, states, index_count)
-            await loop.run_in_executor(self._artifact_thread, rebuild.artifacts_and_manifests)
+            await loop.run_in_executor(rebuilding, rebuild.plan, states, index_count)
+            await loop.run_in_executor(rebuilding, rebuild.artifacts_and_manifests)
             async with self._writing:
                 await self._on_write_thread(rebuild.index, self._writer)
         except OSError as exc:
@@ -508,7 +510,8 @@ class ReleaseController:
             ) from exc
         finally:
             self._rebuilding = False
-            await loop.run_in_executor(self._artifact_thread, reader.close)
+            await loop.run_in_executor(rebuilding, reader.close)
+            rebuilding.shutdown(wait=False)
         done = replace(rebuild.progress, reconciled=reconciled)
         log.info(
             "origin rebuilt files=%d written=%d bytes=%d reconciled=%d missing_artifacts=%d",

@@ -51,8 +51,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-"""The text the dev setup writes at the top of every key file it makes (a comment line
-before the PEM block, which PEM readers skip); production refuses a key file holding it."""
 _FIX_DEV_KEY = (
     "production refuses keys the dev setup made, whatever the trust file says: make a real "
     "online key and a root listing it (`releasectl keys rotate`, then `releasectl keys "

@@ -31,10 +31,11 @@ goes back.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -331,6 +332,9 @@ class Writer:
         batch_states: dict[str, FeatureState] = {}
         pins: dict[str, Pin] = {}
         first_by_id: dict[str, int] = {}
+        # "Nothing to do" answers worked out on top of this batch's uncommitted changes:
+        # kept for their request ids only once those changes committed.
+        on_batch: list[tuple[int, str, str, Applied]] = []
         global_sequence = self.global_sequence
         origin_checked = False
         for at, request in enumerate(batch):
@@ -354,6 +358,9 @@ class Writer:
                     batch_states.get(request.feature_id) or self.states.get(request.feature_id),
                     check_origin=first_of_feature,
                     remote_index=not origin_checked,
+                    remember=None
+                    if first_of_feature
+                    else functools.partial(_remember_later, on_batch, at),
                 )
             except Exception as exc:
                 result.errors[at] = exc
@@ -373,7 +380,12 @@ class Writer:
         except Exception as exc:  # nothing committed
             for at, _ in prepared:
                 result.errors[at] = exc
+            for at, *_ in on_batch:
+                del result.answers[at]
+                result.errors[at] = exc
             return result
+        for _, request_id, rpc, applied in on_batch:
+            self.store.remember_request(request_id, rpc, applied.state, applied.why_unchanged, now)
         for at, item in prepared:
             result.answers[at] = Applied(item.change.state, item.transition)
         result.committed = dict(prepared)
@@ -398,6 +410,7 @@ class Writer:
         *,
         check_origin: bool,
         remote_index: bool,
+        remember: Callable[[str, str, Applied], None] | None = None,
     ) -> Committed | Applied:
         """The change `request` makes on top of `state`, signed; or what it did when it was
         answered already (a request_id seen before) or changes nothing."""
@@ -421,9 +434,12 @@ class Writer:
                 return Applied(then, prior.transition, prior.why_unchanged)
         outcome = releases.apply(state, feature_id, request.command, request.meta, now)
         if isinstance(outcome, releases.Unchanged):
-            if request_id:
+            applied = Applied(outcome.state, None, outcome.why)
+            if request_id and remember is not None:  # worked out on uncommitted changes
+                remember(request_id, rpc, applied)
+            elif request_id:
                 self.store.remember_request(request_id, rpc, outcome.state, outcome.why, now)
-            return Applied(outcome.state, None, outcome.why)
+            return applied
         if check_origin:  # False: an earlier change of the feature in the batch was checked
             try:
                 self._refuse_if_origin_ahead(feature_id, remote_index=remote_index)
@@ -606,7 +622,8 @@ class Writer:
             self.unmarked[file.path] = file.sha256
         self.index.apply(pins, index_files)
         self.states.update((c.state.feature_id, c.state) for c in changes)
-        self.global_sequence = changes[-1].global_sequence
+        if changes:  # a reconcile may sign only shards and the top level above the origin's
+            self.global_sequence = changes[-1].global_sequence
         try:
             return files, self.flush(files, staged)
         except Exception:  # the change stands; the outbox is written again later
@@ -735,7 +752,11 @@ class Writer:
             if not wait and not future.done():
                 running.append(future)
                 continue
-            synced, failed = future.result()
+            try:
+                synced, failed = future.result()
+            except Exception:  # a bug: its files stay in the store's outbox (the next start
+                log.exception("a background sync of the origin failed")  # writes them)
+                continue
             self._marks += synced
             for path, sha256 in failed:
                 self.unmarked.setdefault(path, sha256)
@@ -778,6 +799,12 @@ def _fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _remember_later(
+    into: list[tuple[int, str, str, Applied]], at: int, request_id: str, rpc: str, applied: Applied
+) -> None:
+    into.append((at, request_id, rpc, applied))
 
 
 def _is_index_file(path: str) -> bool:

@@ -170,3 +170,25 @@ class TestReadsFromMemory:
         finally:
             store.close()
         assert status.features[0].feature_id == "a-new-one"
+
+
+class TestUnchangedOnTopOfTheBatch:
+    async def test_a_nothing_to_do_answer_is_kept_only_if_what_it_relied_on_committed(
+        self, controller: ReleaseController, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Two requests in one batch: a publish, then the same publish with request_id "b"
+        ("already published" on top of the first). When the batch's commit fails, "b" gets that
+        error too, and its answer is not kept for a retry to replay."""
+        store = controller._store
+
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise OSError("disk full")
+
+        monkeypatch.setattr(store, "commit_many", refuse)
+        first, second = await asyncio.gather(
+            change(controller, FEATURES[0], Publish("1.2.0", digest("1.2.0"))),
+            change(controller, FEATURES[0], Publish("1.2.0", digest("1.2.0")), request_id="b"),
+            return_exceptions=True,
+        )
+        assert isinstance(first, OSError) and isinstance(second, OSError)
+        assert store.answered("b") is None

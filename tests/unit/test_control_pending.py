@@ -13,13 +13,14 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from controller_kit import change, digest, new_controller, stop
+from controller_kit import KEY, NOW, change, digest, new_controller, origin_top, stop
 
 from releasecontrol.errors import Unavailable
+from releasecontrol.index import Envelope, sign
 from releasecontrol_server import control as control_module
 from releasecontrol_server.control import ReleaseController
 from releasecontrol_server.origin.filesystem import FilesystemOrigin, Staged
-from releasecontrol_server.releases import DeployCanary, Promote, Publish
+from releasecontrol_server.releases import ChangeMeta, DeployCanary, Promote, Publish
 
 
 class SwitchableOrigin(FilesystemOrigin):
@@ -136,3 +137,25 @@ async def test_an_outbox_behind_the_origin_is_never_written_over_it(tmp_path: Pa
         assert {p: p.read_bytes() for p in origin_dir.rglob("*.json")} == newest
     finally:
         await stop(restored)
+
+
+async def test_a_rebuild_reconciles_a_top_level_alone_ahead_of_the_store(tmp_path: Path) -> None:
+    """Only remote-index.json on the origin is ahead (no feature's releases.json is): the
+    reconcile signs a top level above it and returns, rather than failing after committing."""
+    origin_dir = tmp_path / "origin"
+    control = new_controller(tmp_path, FilesystemOrigin(origin_dir))
+    await control.start()
+    try:
+        await change(control, "checkout", Publish("1.0.0", digest("1.0.0")))
+        top = origin_dir / "remote-index.json"
+        body = dict(Envelope.from_bytes(top.read_bytes()).signed)
+        body["sequence"] += 5  # as a newer writer, or a restored backup, left it
+        top.write_bytes(sign(body, [KEY]).to_bytes())
+
+        await control.idle()
+        batch = control._writer.reconcile(ChangeMeta(actor="test"), NOW)  # the write thread's
+
+        assert batch.committed == {} and batch.flushed
+        assert origin_top(origin_dir).sequence > body["sequence"]
+    finally:
+        await stop(control)

@@ -268,7 +268,6 @@ class Change:
     request_id: str = ""
     rpc: str = ""
     """With a request_id: the request (RPC and a digest of its fields) kept with what it did."""
-    """The serialized response, returned again for a retried request_id."""
 
 
 @dataclass(frozen=True)
