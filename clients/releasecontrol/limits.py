@@ -19,7 +19,7 @@ manifest assets                10,000 (`MAX_ASSETS`)
 asset path                     1,024 characters (`MAX_ASSET_PATH_CHARS`), the allowed
                                set below
 version                        128 characters (`MAX_VERSION_CHARS`), SemVer 2.0
-ChangeContext.actor            200 characters, one line (`TEXT_LIMITS`)
+ChangeContext.actor            256 characters, one line (`TEXT_LIMITS`)
 ChangeContext.reason           1,000 characters, one line
 ChangeContext.ticket           200 characters, one line
 ChangeContext.request_id       empty (no idempotency) or 1-128 printable ASCII characters,
@@ -89,8 +89,9 @@ MAX_ASSETS = 10_000
 MAX_ASSET_PATH_CHARS = 1024
 MAX_VERSION_CHARS = 128
 MAX_REQUEST_ID_CHARS = 128
-TEXT_LIMITS: Mapping[str, int] = {"actor": 200, "reason": 1000, "ticket": 200}
-"""The longest `actor`, `reason` and `ticket` of a change, in characters."""
+TEXT_LIMITS: Mapping[str, int] = {"actor": 256, "reason": 1000, "ticket": 200}
+"""The longest `actor`, `reason` and `ticket` of a change, in characters (an actor as long
+as the longest principal name: the actor defaults to it)."""
 
 _SHOWN_CHARS = 100
 

@@ -927,8 +927,10 @@ def _check_artifact_store(values: dict[str, Any], sources: dict[str, str]) -> No
     """The artifact store is the control plane's own copy: never inside the origin it rebuilds."""
     store = str(values["artifact_store"])
     if store.startswith("s3://"):
-        same = values.get("origin_type") == "s3" and store == (
-            f"s3://{values.get('s3_bucket')}/{values.get('s3_prefix', '')}"
+        # Inside the origin's bucket prefix (or equal to it) is inside what hosts read.
+        prefix = f"s3://{values.get('s3_bucket')}/{values.get('s3_prefix', '')}".rstrip("/")
+        same = values.get("origin_type") == "s3" and (store.rstrip("/") + "/").startswith(
+            prefix + "/"
         )
     else:
         origin = Path(values["origin_dir"])

@@ -36,10 +36,10 @@ from releasecontrol.errors import (
     SoakNotOver,
     StaleSequence,
 )
+from releasecontrol.limits import TEXT_LIMITS, check_text
 from releasecontrol.manifest import format_duration, validate_feature_id, validate_version
 
 MAX_SOAK_SECONDS = 30 * 24 * 3600
-MAX_TEXT_CHARS = 1000
 
 
 class Channel(enum.StrEnum):
@@ -290,13 +290,10 @@ def apply(
 
 
 def _check_meta(meta: ChangeMeta) -> None:
+    # The rule every interface checks first, with its own field names (limits.py); here too,
+    # for any other caller of the state machine.
     for name in ("actor", "reason", "ticket"):
-        value = getattr(meta, name)
-        if len(value) > MAX_TEXT_CHARS:
-            raise InvalidArgument(
-                f"{name} is {len(value)} characters long; keep it to at most {MAX_TEXT_CHARS}",
-                field=name,
-            )
+        check_text(getattr(meta, name), name, TEXT_LIMITS[name])
     if meta.expected_sequence is not None and meta.expected_sequence < 0:
         raise InvalidArgument("expected_sequence must be zero or more", field="expected_sequence")
 

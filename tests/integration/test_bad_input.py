@@ -204,7 +204,7 @@ class TestChangeContext:
         )
         assert "control or direction character" in message
 
-    @pytest.mark.parametrize(("name", "most"), [("actor", 200), ("reason", 1000), ("ticket", 200)])
+    @pytest.mark.parametrize(("name", "most"), [("actor", 256), ("reason", 1000), ("ticket", 200)])
     def test_lengths_are_bounded(
         self, server: RunningServer, client: ReleaseControlClient, name: str, most: int
     ) -> None:

@@ -900,8 +900,14 @@ class TestArtifactStore:
                 **S3,
                 "RELEASECONTROL_S3_PREFIX": "p",
             },
+            {
+                "RELEASECONTROL_ARTIFACT_STORE": "s3://rc-releases/p/kept",
+                **S3,
+                "RELEASECONTROL_S3_PREFIX": "p",
+            },
+            {"RELEASECONTROL_ARTIFACT_STORE": "s3://rc-releases/artifacts", **S3},
         ],
-        ids=["folder-in-origin", "the-origins-bucket"],
+        ids=["folder-in-origin", "the-origins-bucket", "under-its-prefix", "in-a-whole-bucket"],
     )
     def test_a_store_inside_the_origin_is_refused(
         self, tmp_path: Path, environ: dict[str, str]

@@ -32,7 +32,7 @@ MAX_JSON_DEPTH = 32
 MAX_STRING_CHARS = 8192
 MAX_OBJECT_KEYS = 1000
 MAX_ASSET_PATH_CHARS = 1024
-TEXT_LIMITS = {"actor": 200, "reason": 1000, "ticket": 200}
+TEXT_LIMITS = {"actor": 256, "reason": 1000, "ticket": 200}
 
 # What a refusal must never carry: the text of an exception from inside.
 LEAKS = ("Traceback", "Exceeds the limit", "maximum recursion", "int_max_str_digits", "Error(")

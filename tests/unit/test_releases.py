@@ -24,9 +24,9 @@ from releasecontrol.errors import (
     SoakNotOver,
     StaleSequence,
 )
+from releasecontrol.limits import TEXT_LIMITS
 from releasecontrol_server.releases import (
     MAX_SOAK_SECONDS,
-    MAX_TEXT_CHARS,
     Action,
     AuditRecord,
     Canary,
@@ -691,7 +691,7 @@ class TestPromote:
             pytest.param(
                 soaking(),
                 Promote("1.1.0", skip_soak=True),
-                meta(reason=" \t\n "),
+                meta(reason="   "),
                 InvalidArgument,
                 "reason",
                 ["skipping the soak needs a reason", "why it cannot wait"],
@@ -1104,19 +1104,20 @@ class TestValidation:
 
     @pytest.mark.parametrize("name", ["actor", "reason", "ticket"])
     def test_text_over_the_limit_is_invalid(self, name: str) -> None:
-        """actor, reason and ticket over 1000 characters are refused naming the field."""
-        change = meta(**{name: "x" * (MAX_TEXT_CHARS + 1)})
+        """actor, reason and ticket over their limits are refused naming the field."""
+        most = TEXT_LIMITS[name]
+        change = meta(**{name: "x" * (most + 1)})
 
         err = refused(soaking(), DeployCanary("1.2.0", SOAK), InvalidArgument, change)
 
         assert isinstance(err, InvalidArgument)
         assert err.field == name
-        assert_says(err, [f"{name} is 1001 characters long", "1000"])
+        assert_says(err, [f"{name} is {most + 1} characters long", f"at most {most}"])
 
     @pytest.mark.parametrize("name", ["actor", "reason", "ticket"])
     def test_text_at_the_limit_is_accepted(self, name: str) -> None:
-        """actor, reason and ticket of exactly 1000 characters are kept in the record."""
-        text = "x" * MAX_TEXT_CHARS
+        """actor, reason and ticket at their limits are kept in the record."""
+        text = "x" * TEXT_LIMITS[name]
 
         result = apply(soaking(), FEATURE, DeployCanary("1.2.0", SOAK), meta(**{name: text}), NOW)
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from fnmatch import fnmatchcase
 
+from releasecontrol.limits import TEXT_LIMITS
+
 Metadata = Sequence[tuple[str, str | bytes]]
 """A call's invocation metadata as gRPC hands it over: (key, value) pairs, keys lowercase."""
 
@@ -26,7 +28,7 @@ AuthContext = Mapping[str, Sequence[bytes]]
 """A call's transport auth context (`ServicerContext.auth_context()`), e.g. `x509_pem_cert`."""
 
 ALL_FEATURES: tuple[str, ...] = ("*",)
-MAX_PRINCIPAL_NAME_LENGTH = 256
+MAX_PRINCIPAL_NAME_LENGTH = TEXT_LIMITS["actor"]  # a principal is the default actor
 
 # Feature ids are lowercase DNS labels; a scope is one with `*` / `?` wildcards.
 # Brackets are left out on purpose: `[!...]` classes surprise more than they help.
