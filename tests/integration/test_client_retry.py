@@ -17,7 +17,7 @@ from releasectl.launcher import LocalServer
 
 pytestmark = pytest.mark.integration
 
-DOWN_SECONDS = 1.5
+DOWN_SECONDS = 0.5  # with a restart (1.3-2.6 s), well inside the 5 s retry window
 """How long after the server stopped its replacement starts (then it takes its start time)."""
 
 

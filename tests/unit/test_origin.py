@@ -210,6 +210,7 @@ def served(tmp_path: Path) -> Iterator[OriginHttpServer]:
     origin.write("features/checkout/.releases.json.x1y2.tmp", b"half")
     (tmp_path / "secret.txt").write_bytes(b"secret")
     (root / "features/link.json").symlink_to(tmp_path / "secret.txt")
+    (root / "features/alias.json").symlink_to(root / "features/checkout/.releases.json.x1y2.tmp")
     server = OriginHttpServer(root, port=0)
     server.start()
     yield server
@@ -241,6 +242,7 @@ NOT_SERVED = {
     "backslash": "/features\\..\\..\\secret.txt",
     "temp-file": "/features/checkout/.releases.json.x1y2.tmp",
     "symlink-outside": "/features/link.json",
+    "symlink-to-a-temp-file": "/features/alias.json",
 }
 
 

@@ -232,9 +232,9 @@ class _Origin:
 
     def _read(self, relative: str) -> bytes | None:
         """The bytes of the regular file at checked path `relative`, or None."""
-        # Symlinks are followed only when they end inside the root.
+        # Symlinks are followed only when they end inside the root, and never to a hidden file.
         real = os.path.realpath(self._prefix + relative)
-        if not real.startswith(self._prefix):
+        if not real.startswith(self._prefix) or "/." in real[len(self._prefix) - 1 :]:
             return None
         try:
             if not stat.S_ISREG(os.stat(real).st_mode):  # never open a FIFO or a device
