@@ -184,7 +184,12 @@ class _Origin:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":  # lifespan is off; nothing else reaches here
             return
-        status, headers, body = self._answer(scope)
+        if scope["raw_path"].startswith(b"/artifacts/"):
+            # An artifact may be large: read and hashed on a worker thread, so index files
+            # (small, read inline) are answered meanwhile; the body is still held whole.
+            status, headers, body = await asyncio.to_thread(self._answer, scope)
+        else:
+            status, headers, body = self._answer(scope)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
