@@ -16,8 +16,8 @@ Points, in the order a change passes them:
 - `mark`: files synced in place marked written in the store's outbox (with a later
   batch's commit, or alone when the writer settles; after the answer).
 
-(The artifact store is a FilesystemOrigin too: its writes, and artifacts', are counted by
-`artifact` only.)
+(The artifact store is a FilesystemOrigin too, but its writes (`ab/<sha256>`) are counted by
+no point: only the random kills land between an artifact kept in the store and on the origin.)
 
 Nothing of this is in the production modules: it wraps their methods from outside.
 """
