@@ -15,6 +15,7 @@ nothing a request carries can name a file outside the origin.
 from __future__ import annotations
 
 import logging
+import re
 from typing import IO, TYPE_CHECKING, Protocol, runtime_checkable
 
 from releasecontrol.errors import ConfigError
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from releasecontrol_server.config import Config
 
 __all__ = ["Origin", "open_origin", "validate_origin_path"]
+
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,7 @@ def validate_origin_path(path: str) -> str:
         raise ValueError(f"origin path {path!r} is absolute; give it relative to the origin root")
     if "\\" in path:
         raise ValueError(f"origin path {path!r} contains a backslash; separate segments with /")
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in path):
+    if _CONTROL_CHARACTER.search(path):  # a regex: checked on every file of every change
         raise ValueError(f"origin path {path!r} contains a control character")
     for segment in path.split("/"):
         if segment == "":
