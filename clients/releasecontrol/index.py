@@ -48,6 +48,7 @@ __all__ = [
     "REMOTE_INDEX_PATH",
     "SCHEMA_VERSION",
     "TYPE_RELEASES",
+    "WEIGHT_SCALE",
     "CanarySoak",
     "Envelope",
     "ReleasesIndex",
@@ -358,6 +359,9 @@ def read_type(f: Fields, expected: str) -> None:
 
 # --- releases.json ------------------------------------------------------------------------
 
+WEIGHT_SCALE = 10_000
+"""A canary's weight is out of this many buckets: 500 serves 5 % of bucketed users."""
+
 _VERSION_FIELDS = frozenset({"version", "manifest_sha256", "published_at"})
 _SOAK_FIELDS = frozenset({"started_at", "duration_seconds", "ends_at"})
 _CHANNEL_FIELDS = frozenset({"stable", "canary"})
@@ -370,6 +374,7 @@ _RELEASES_FIELDS = frozenset(
         "active_version",
         "channels",
         "canary_soak",
+        "canary_weight",
         "versions",
         "issued_at",
         "expires_at",
@@ -479,6 +484,10 @@ class ReleasesIndex:
     schema_version: int = SCHEMA_VERSION
     extra: Mapping[str, Any] = field(default_factory=dict)
     channels_extra: Mapping[str, Any] = field(default_factory=dict)
+    canary_weight: int | None = None
+    """While a canary runs: the share of bucketed users it serves, out of WEIGHT_SCALE
+    (docs/host-protocol.md 3.6); None when no canary runs or in a file signed before weights
+    (read as 0: only hosts that opt into the canary channel get it)."""
 
     def __post_init__(self) -> None:
         if not self.feature_id:
@@ -493,6 +502,14 @@ class ReleasesIndex:
                 raise ValueError(f"channels.{channel} {version!r} is not in versions {names}")
         if self.canary_soak is not None and self.canary is None:
             raise ValueError("canary_soak is set but no canary runs")
+        if self.canary_weight is not None:
+            if self.canary is None:
+                raise ValueError("canary_weight is set but no canary runs")
+            if type(self.canary_weight) is not int or not (0 <= self.canary_weight <= WEIGHT_SCALE):
+                raise ValueError(
+                    f"canary_weight must be an integer from 0 to {WEIGHT_SCALE}, "
+                    f"not {self.canary_weight!r}"
+                )
         object.__setattr__(self, "issued_at", utc_seconds(self.issued_at))
         object.__setattr__(self, "expires_at", utc_seconds(self.expires_at))
         check_period(self.issued_at, self.expires_at)
@@ -525,6 +542,7 @@ class ReleasesIndex:
                 "canary": self.canary,
             },
             "canary_soak": None if self.canary_soak is None else self.canary_soak.to_dict(),
+            **({} if self.canary_weight is None else {"canary_weight": self.canary_weight}),
             "versions": [v.to_dict() for v in self.versions],
             "issued_at": format_time(self.issued_at),
             "expires_at": format_time(self.expires_at),
@@ -556,6 +574,9 @@ class ReleasesIndex:
                 stable=stable,
                 canary=channels.optional_text("canary"),
                 canary_soak=soak,
+                canary_weight=None
+                if f.obj.get("canary_weight") is None  # optional: absent before weights
+                else f.integer("canary_weight", 0, WEIGHT_SCALE),
                 versions=versions,
                 issued_at=f.time("issued_at"),
                 expires_at=f.time("expires_at"),

@@ -832,6 +832,41 @@ class TestReleasesIndex:
         with pytest.raises(ValueError, match=re.escape(fragment)):
             releases(**changes)
 
+    def test_canary_weight_round_trips_and_is_left_out_without_one(self) -> None:
+        """A weighted canary writes canary_weight and reads it back; a file without the field
+        (signed before weights) reads as None, and none is written then."""
+        weighted = releases(canary_weight=2500)
+        body = weighted.to_dict()
+        assert body["canary_weight"] == 2500
+        assert ReleasesIndex.from_dict(body) == weighted
+        parsed = Envelope.from_bytes(sign(body, [KEY_A]).to_bytes())
+        assert ReleasesIndex.from_dict(parsed.signed).canary_weight == 2500
+        assert "canary_weight" not in releases().to_dict()
+        assert ReleasesIndex.from_dict(CONTRACT_RELEASES_BODY).canary_weight is None
+
+    @pytest.mark.parametrize(
+        ("weight", "canary", "fragment"),
+        [
+            pytest.param(10_001, "1.3.0", "an integer from 0 to 10000", id="above-scale"),
+            pytest.param(-1, "1.3.0", "an integer from 0 to 10000", id="negative"),
+            pytest.param(25.5, "1.3.0", "an integer from 0 to 10000", id="fraction"),
+            pytest.param(True, "1.3.0", "an integer from 0 to 10000", id="bool"),
+            pytest.param(500, None, "canary_weight is set but no canary runs", id="no-canary"),
+        ],
+    )
+    def test_bad_canary_weight_is_refused(
+        self, weight: Any, canary: str | None, fragment: str
+    ) -> None:
+        """A weight off the 0-10,000 scale, or one without a canary, is malformed."""
+        body = copy.deepcopy(CONTRACT_RELEASES_BODY)
+        body["canary_weight"] = weight
+        body["channels"]["canary"] = canary
+        if canary is None:
+            body["canary_soak"] = None
+        with pytest.raises(VerificationError, match=r"^releases index: ") as caught:
+            ReleasesIndex.from_dict(body)
+        assert fragment in caught.value.message
+
     def test_body_that_is_not_an_object_is_refused(self) -> None:
         """A signed body that is not a JSON object is a VerificationError, not a crash."""
         with pytest.raises(VerificationError, match="must be an object"):
