@@ -10,6 +10,13 @@ deterministic, so the same code writes the same bytes. Valid files expire in
 Both hosts (Python: tests/unit/test_vectors.py, JavaScript:
 clients/js/test/vectors.test.js) must give exactly the verdicts in each
 `case.json`.
+
+It also writes `bucketing.json`, the table of sticky bucketing (section 11): each
+bucket is computed here with hashlib from the formula itself, not with the
+hosts' code, and both hosts' tests (tests/unit/test_bucketing.py,
+clients/js/test/bucketing.test.js) must agree with every row: buckets of
+(feature id, key), the side at weights around each bucket, and the keys each
+host refuses, with the refusal's words after the field's name.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import argparse
 import base64
 import filecmp
+import hashlib
 import json
 import shutil
 import sys
@@ -799,9 +807,166 @@ def write_shared(out: Path) -> None:
     (out / "bins.json").write_text(json.dumps(bins, indent=2, sort_keys=True) + "\n")
 
 
+# --- bucketing.json (docs/host-protocol.md, section 11) ---------------------------------------
+
+BUCKET_DOMAIN = b"releasecontrol-bucket-v1"
+WEIGHT_SCALE = 10_000
+MAX_KEY_BYTES = 256
+# (feature id, key): ASCII and not, keys one character apart, keys equal but for Unicode
+# normalization (the bytes are hashed: no normalization), and keys of exactly 256 bytes.
+BUCKET_ROWS = [
+    ("checkout", "user-42"),
+    ("checkout", "user-43"),
+    ("checkout", "user-4"),
+    ("checkout", "user-420"),
+    ("checkout", "User-42"),
+    ("search", "user-42"),
+    ("a", "user-42"),
+    ("feature-dashboard", "user-42"),
+    ("a" + "b" * 61 + "c", "user-42"),
+    ("checkout", "a"),
+    ("checkout", "b"),
+    ("checkout", "0"),
+    ("checkout", " "),
+    ("checkout", "alice@example.com"),
+    ("checkout", "alice@example.con"),
+    ("checkout", "3f2504e0-4f89-11d3-9a0c-0305e82c3301"),
+    ("checkout", "0123456789abcdef0123456789abcdef"),
+    ("checkout", "zo\u00eb"),
+    ("checkout", "zoe\u0308"),
+    ("checkout", "\u7528\u6237-42"),
+    ("checkout", "\u043f\u043e\u043b\u044c\u0437\u043e\u0432\u0430\u0442\u0435\u043b\u044c"),
+    ("checkout", "\U0001f642"),
+    ("checkout", "smile \U0001f642 key"),
+    ("checkout", "tab\there"),
+    ("checkout", "nul\u0000inside"),
+    ("checkout", "k" * 256),
+    ("checkout", "k" * 255 + "l"),
+    ("checkout", "\u00e9" * 128),
+    ("checkout", "\U0001f642" * 64),
+    ("search", "k" * 256),
+]
+# A key that is not bucketed, and the words of its refusal after the field's name
+# ("bucketing_key" in Python, "bucketingKey" in JavaScript).
+INVALID_KEYS = [
+    ("", "empty", "must be 1 to 256 bytes long in UTF-8, not empty"),
+    ("k" * 257, "257 ASCII bytes", "must be 1 to 256 bytes long in UTF-8, not 257 bytes"),
+    (
+        "\u00e9" * 128 + "k",
+        "129 characters, 257 bytes",
+        "must be 1 to 256 bytes long in UTF-8, not 257 bytes",
+    ),
+    (
+        "\U0001f642" * 65,
+        "65 characters of 4 bytes",
+        "must be 1 to 256 bytes long in UTF-8, not 260 bytes",
+    ),
+    (
+        "\ud800",
+        "a lone high surrogate",
+        "must be well-formed Unicode: it holds a lone surrogate (U+D800), which has no UTF-8 "
+        "encoding",
+    ),
+    (
+        "a\udc00b",
+        "a lone low surrogate",
+        "must be well-formed Unicode: it holds a lone surrogate (U+DC00), which has no UTF-8 "
+        "encoding",
+    ),
+    (
+        "\U0001f642\ud83d",
+        "a pair, then a high surrogate alone",
+        "must be well-formed Unicode: it holds a lone surrogate (U+D83D), which has no UTF-8 "
+        "encoding",
+    ),
+]
+
+
+def bucket_input(feature_id: str, key: str) -> bytes:
+    return b"\x00".join([BUCKET_DOMAIN, feature_id.encode(), key.encode("utf-8")])
+
+
+def bucket_of(feature_id: str, key: str) -> int:
+    digest = hashlib.sha256(bucket_input(feature_id, key)).digest()
+    return int.from_bytes(digest[:4], "big") % WEIGHT_SCALE
+
+
+def _key_with_bucket(feature_id: str, wanted: int) -> str:
+    """The first key "edge-<n>" whose bucket is `wanted`: the scale's ends, found once."""
+    n = 0
+    while bucket_of(feature_id, f"edge-{n}") != wanted:
+        n += 1
+    return f"edge-{n}"
+
+
+def bucketing_table() -> dict[str, Any]:
+    for _, key in BUCKET_ROWS:
+        assert 1 <= len(key.encode("utf-8")) <= MAX_KEY_BYTES, key
+    feature_id, key = BUCKET_ROWS[0]
+    data = bucket_input(feature_id, key)
+    digest = hashlib.sha256(data).digest()
+    example = {
+        "feature_id": feature_id,
+        "key": key,
+        "hashed_bytes_hex": data.hex(),
+        "sha256": digest.hex(),
+        "first_4_bytes_hex": digest[:4].hex(),
+        "uint32": int.from_bytes(digest[:4], "big"),
+        "bucket": bucket_of(feature_id, key),
+    }
+    sides = []
+    edges = [
+        ("checkout", "user-42"),
+        ("search", "user-42"),
+        ("checkout", "\U0001f642"),
+        ("checkout", _key_with_bucket("checkout", 0)),
+        ("checkout", _key_with_bucket("checkout", WEIGHT_SCALE - 1)),
+    ]
+    for feature_id, key in edges:
+        b = bucket_of(feature_id, key)
+        weights = sorted({0, max(b - 1, 0), b, b + 1, WEIGHT_SCALE})
+        sides.append({"feature_id": feature_id, "key": key, "weight": None, "canary": False})
+        sides += [
+            {"feature_id": feature_id, "key": key, "weight": w, "canary": b < w} for w in weights
+        ]
+    return {
+        "description": (
+            "Sticky bucketing (docs/host-protocol.md, section 11): bucket = uint32 big-endian of "
+            "the first 4 bytes of SHA-256(UTF-8(domain) || 0x00 || UTF-8(feature_id) || 0x00 || "
+            "UTF-8(key))) mod weight_scale; a key gets the canary iff a canary runs and bucket < "
+            "canary_weight (weight null: the field is absent, read as 0). An invalid key is "
+            "refused with the field's name, a space, then refusal."
+        ),
+        "domain": BUCKET_DOMAIN.decode(),
+        "weight_scale": WEIGHT_SCALE,
+        "max_key_bytes": MAX_KEY_BYTES,
+        "example": example,
+        "buckets": [
+            {
+                "feature_id": fid,
+                "key": key,
+                "key_utf8_hex": key.encode("utf-8").hex(),
+                "bucket": bucket_of(fid, key),
+            }
+            for fid, key in BUCKET_ROWS
+        ],
+        "sides": sides,
+        "invalid_keys": [
+            {"key": key, "why": why, "refusal": refusal} for key, why, refusal in INVALID_KEYS
+        ],
+    }
+
+
+def write_bucketing(out: Path) -> None:
+    # ensure_ascii: the lone surrogates of invalid_keys have no UTF-8; \u escapes carry them.
+    text = json.dumps(bucketing_table(), indent=2, ensure_ascii=True)
+    (out / "bucketing.json").write_text(text + "\n")
+
+
 def generate(out: Path) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     write_shared(out)
+    write_bucketing(out)
     return build_all(out)
 
 
