@@ -31,7 +31,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -734,17 +734,27 @@ class ReleaseControlClient:
         version: str,
         *,
         soak_seconds: int | None = None,
+        weight: int = 0,
+        steps: Sequence[int] = (),
+        step_seconds: int = 0,
         actor: str = "",
         reason: str = "",
         ticket: str = "",
         expected_sequence: int | None = None,
         request_id: str = "",
     ) -> pb.DeployCanaryResponse:
-        """Deploy a published version as canary; `soak_seconds` None means the server default."""
+        """Deploy a published version as canary; `soak_seconds` None means the server default.
+
+        `weight` (out of 10,000) serves it to that share of bucketed users; `steps` (weights,
+        increasing) each held `step_seconds` make a plan the server advances (then the soak is
+        the whole plan)."""
         request = pb.DeployCanaryRequest(
             feature_id=feature_id,
             version=version,
             soak_seconds=soak_seconds,
+            weight=weight,
+            steps=list(steps),
+            step_seconds=step_seconds,
             context=_context(
                 actor=actor,
                 reason=reason,
@@ -754,6 +764,32 @@ class ReleaseControlClient:
             ),
         )
         return self._unary(self._stub.DeployCanary, request, pb.DeployCanaryResponse)
+
+    def set_canary_weight(
+        self,
+        feature_id: str,
+        weight: int,
+        *,
+        actor: str = "",
+        reason: str = "",
+        ticket: str = "",
+        expected_sequence: int | None = None,
+        request_id: str = "",
+    ) -> pb.SetCanaryWeightResponse:
+        """Serve the running canary to `weight` (out of 10,000) of bucketed users; stops a step
+        plan."""
+        request = pb.SetCanaryWeightRequest(
+            feature_id=feature_id,
+            weight=weight,
+            context=_context(
+                actor=actor,
+                reason=reason,
+                ticket=ticket,
+                expected_sequence=expected_sequence,
+                request_id=request_id,
+            ),
+        )
+        return self._unary(self._stub.SetCanaryWeight, request, pb.SetCanaryWeightResponse)
 
     def promote(
         self,

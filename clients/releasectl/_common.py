@@ -41,6 +41,7 @@ from releasecontrol.errors import (
 from releasecontrol.manifest import format_duration, parse_duration, validate_feature_id
 from releasecontrol.manifest import validate_version as _validate_version
 from releasecontrol.v1 import release_control_pb2 as pb
+from releasecontrol.weights import format_weight
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -441,6 +442,10 @@ def feature_json(feature: pb.Feature, now: datetime) -> dict[str, Any]:
             "soak_started_at": rfc3339(c.soak_started_at, present=c.HasField("soak_started_at")),
             "soak_ends_at": rfc3339(c.soak_ends_at, present=c.HasField("soak_ends_at")),
             "soak_seconds_left": soak_seconds_left(c, now),
+            "weight_percent": c.weight / 100,
+            "steps_percent": [step / 100 for step in c.steps],
+            "step_seconds": c.step_seconds or None,
+            "next_step_at": rfc3339(c.next_step_at, present=c.HasField("next_step_at")),
         }
     return {
         "feature_id": feature.feature_id,
@@ -470,12 +475,22 @@ def status_row(feature: pb.Feature, now: datetime) -> list[str]:
     return [
         feature.feature_id,
         feature.stable_version or "-",
-        feature.canary.version if running else "-",
+        canary_cell(feature.canary) if running else "-",
         format_duration(soak_seconds_left(feature.canary, now)) if running else "-",
         str(feature.sequence),
         short_time(feature.updated_at, present=feature.HasField("updated_at")),
         _who(feature.updated_by, feature.updated_by_principal) or "-",
     ]
+
+
+def canary_cell(canary: pb.CanaryState) -> str:
+    """'1.3.0' (hosts that opt in only), '1.3.0 5%', or '1.3.0 25% (step 2/4)'."""
+    if not canary.weight:
+        return canary.version
+    text = f"{canary.version} {format_weight(canary.weight)}"
+    if canary.steps and canary.weight in canary.steps:
+        text += f" (step {list(canary.steps).index(canary.weight) + 1}/{len(canary.steps)})"
+    return text
 
 
 def _who(actor: str, principal: str) -> str:
@@ -492,6 +507,8 @@ _ACTIONS = {
     pb.TRANSITION_ACTION_PROMOTE: "promote",
     pb.TRANSITION_ACTION_ROLLBACK: "rollback",
     pb.TRANSITION_ACTION_SET_CHANNEL: "set_channel",
+    pb.TRANSITION_ACTION_SET_WEIGHT: "set_weight",
+    pb.TRANSITION_ACTION_ADVANCE_STEP: "advance_step",
     pb.TRANSITION_ACTION_RESIGN: "resign",
     pb.TRANSITION_ACTION_RECONCILE: "reconcile",
 }
@@ -571,6 +588,8 @@ def describe_transition(t: pb.Transition, feature: pb.Feature) -> str:
             line += f", {t.detail}"
     elif t.action == pb.TRANSITION_ACTION_ROLLBACK:
         line = f"{fid}: stable is now {version}, {t.detail or f'rolled back from {t.from_stable}'}"
+    elif t.action in (pb.TRANSITION_ACTION_SET_WEIGHT, pb.TRANSITION_ACTION_ADVANCE_STEP):
+        line = f"{fid}: {t.detail}"  # "canary 1.3.0 weight 5% -> 25%"
     elif t.action == pb.TRANSITION_ACTION_SET_CHANNEL:
         if t.detail:  # the server's own sentence: "stable set to 1.1.0 by operator fallback"
             line = f"{fid}: {t.detail}"

@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from releasecontrol.errors import ConfigError
+from releasecontrol.errors import ConfigError, InvalidArgument
 from releasecontrol.v1 import release_control_pb2 as pb
+from releasecontrol.weights import parse_percent, parse_steps
 from releasectl._common import (
+    DURATION,
     HISTORY_HEADERS,
     STATUS_HEADERS,
     Change,
@@ -51,10 +53,52 @@ def release() -> None:
     """
 
 
+def _percent(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_percent(value, f"--{param.name}")
+    except InvalidArgument as exc:
+        raise click.BadParameter(exc.message, ctx, param) from None
+
+
+def _steps(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    try:
+        return parse_steps(value, "--steps")
+    except InvalidArgument as exc:
+        raise click.BadParameter(exc.message, ctx, param) from None
+
+
+percent_option = click.option(
+    "--percent",
+    metavar="PERCENT",
+    callback=_percent,
+    help="Serve the canary to this share of users (0-100, up to two decimals), chosen by "
+    "each host's bucketing key; without it only hosts that opt into the canary channel get it.",
+)
+
+
 @release.command("canary")
 @feature_option
 @version_option
 @soak_option
+@percent_option
+@click.option(
+    "--steps",
+    metavar="P1,P2,...",
+    callback=_steps,
+    help="A ramp of increasing percentages (e.g. 5,25,50,100): the server moves to the next "
+    "each time one held --step-soak, and after a last step of 100 promotes. The soak is then "
+    "the whole ramp.",
+)
+@click.option(
+    "--step-soak",
+    type=DURATION,
+    default=None,
+    help="How long each step of --steps holds (e.g. 10m).",
+)
 @change_options
 @output_option
 @click.pass_context
@@ -63,6 +107,9 @@ def canary(
     feature: str,
     version: str,
     soak: int | None,
+    percent: int | None,
+    steps: tuple[int, ...],
+    step_soak: int | None,
     output: str,
     change: Change,
 ) -> None:
@@ -71,9 +118,64 @@ def canary(
     \b
     Example:
       releasectl release canary --feature checkout --version 1.3.0 --soak 30m
+      releasectl release canary --feature checkout --version 1.3.0 --percent 5
+      releasectl release canary --feature checkout --version 1.3.0 \\
+          --steps 5,25,50,100 --step-soak 10m
+    """
+    if steps and (soak is not None or percent is not None):
+        raise click.UsageError(
+            "--steps sets both the weight (its first step) and the soak (the whole ramp); "
+            "leave out --soak and --percent",
+            ctx,
+        )
+    if bool(steps) != (step_soak is not None):
+        raise click.UsageError(
+            "--steps and --step-soak go together: e.g. --steps 5,25,50,100 --step-soak 10m",
+            ctx,
+        )
+    with open_client(ctx) as client:
+        response = client.deploy_canary(
+            feature,
+            version,
+            soak_seconds=soak,
+            weight=percent or 0,
+            steps=steps,
+            step_seconds=step_soak or 0,
+            **change.kwargs(),
+        )
+    print_transition(response.transition, response.feature, output)
+
+
+@release.command("set-weight")
+@feature_option
+@click.option(
+    "--percent",
+    metavar="PERCENT",
+    required=True,
+    callback=_percent,
+    help="The share of users the running canary serves (0-100, up to two decimals).",
+)
+@change_options
+@output_option
+@click.pass_context
+def set_weight(
+    ctx: click.Context,
+    feature: str,
+    percent: int,
+    output: str,
+    change: Change,
+) -> None:
+    """Serve the running canary to a share of users; stops a --steps ramp.
+
+    Users stay on their side while the weight only grows; lowering it sends those
+    above the new weight back to stable.
+
+    \b
+    Example:
+      releasectl release set-weight --feature checkout --percent 25 --reason "errors flat"
     """
     with open_client(ctx) as client:
-        response = client.deploy_canary(feature, version, soak_seconds=soak, **change.kwargs())
+        response = client.set_canary_weight(feature, percent, **change.kwargs())
     print_transition(response.transition, response.feature, output)
 
 

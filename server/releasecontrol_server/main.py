@@ -50,6 +50,7 @@ from releasecontrol_server.origin.http import OriginHttpServer
 from releasecontrol_server.pki import ensure_dev_pki
 from releasecontrol_server.service import SERVICE_NAME, ReleaseControlServicer, add_to_server
 from releasecontrol_server.signer import Signer
+from releasecontrol_server.steps import StepRunner
 from releasecontrol_server.store import SqliteStore
 from releasecontrol_server.tls import ReloadingServerCredentials
 from releasecontrol_server.watch import WatchHub
@@ -228,6 +229,7 @@ async def _serve(
             loop.add_signal_handler(sig, stop.set)
         resigner = Resigner(controller, expiry_seconds=config.index_expiry_seconds)
         resigning = loop.create_task(resigner.run(stop), name="resign-before-expiry")
+        stepping = loop.create_task(StepRunner(controller).run(stop), name="canary-steps")
 
         async def install(new: Keyring) -> None:
             await controller.install_keys(
@@ -245,6 +247,7 @@ async def _serve(
         await stop.wait()
         log.info("shutting down")
         await resigning
+        await stepping
         await watching
         await auditing
     finally:

@@ -15,6 +15,12 @@ Rules:
 - Rollback goes only to a version that was stable before (not the current
   one) and clears the canary.
 - SetChannel (the operator fallback) sets one channel to any published version.
+- A canary serves a weight (out of 10,000) of bucketed users; it runs a step plan
+  (strictly increasing weights, each held for step_seconds) when given one, and
+  its soak is then the whole plan. SetWeight needs a running canary and stops the
+  plan (a person took over). AdvanceStep, which only the server sends, moves to
+  the next step once the current one held long enough; after the last step, one
+  of 100 %, it promotes the canary.
 - expected_sequence, when given, must equal the current sequence (StaleSequence).
 - Every change advances the feature's sequence by exactly one, including a
   re-sign (same channels, new expiry): hosts refuse new bytes under an old sequence.
@@ -38,6 +44,13 @@ from releasecontrol.errors import (
 )
 from releasecontrol.limits import TEXT_LIMITS, check_text
 from releasecontrol.manifest import format_duration, validate_feature_id, validate_version
+from releasecontrol.weights import (
+    WEIGHT_SCALE,
+    check_steps,
+    check_weight,
+    format_steps,
+    format_weight,
+)
 
 MAX_SOAK_SECONDS = 30 * 24 * 3600
 
@@ -53,6 +66,8 @@ class Action(enum.StrEnum):
     PROMOTE = "promote"
     ROLLBACK = "rollback"
     SET_CHANNEL = "set_channel"
+    SET_WEIGHT = "set_weight"
+    ADVANCE_STEP = "advance_step"
     RESIGN = "resign"
     RECONCILE = "reconcile"
 
@@ -70,10 +85,43 @@ class Canary:
     version: str
     soak_started_at: datetime
     soak_seconds: int
+    weight: int = 0
+    """The share of bucketed users served the canary, out of WEIGHT_SCALE; 0: only hosts
+    that opt into the canary channel."""
+    steps: tuple[int, ...] = ()
+    """The step plan (weights, increasing), or () when none runs; `weight` is one of them."""
+    step_seconds: int = 0
+    step_started_at: datetime | None = None
+    """When the current step began (the plan's steps are each held step_seconds)."""
 
     @property
     def soak_ends_at(self) -> datetime:
         return self.soak_started_at + timedelta(seconds=self.soak_seconds)
+
+    @property
+    def next_step(self) -> int | None:
+        """The plan's next weight, None when no plan runs or this is its last step."""
+        later = [step for step in self.steps if step > self.weight]
+        return later[0] if later else None
+
+    def step_due_at(self) -> datetime | None:
+        """When the current step has held long enough: the plan moves on (or, after its last
+        step of 100 %, the canary is promoted); None when no plan runs or it ended below 100 %."""
+        if not self.steps or self.step_started_at is None:
+            return None
+        if self.next_step is None and self.weight != WEIGHT_SCALE:
+            return None
+        return self.step_started_at + timedelta(seconds=self.step_seconds)
+
+    def describe(self) -> str:
+        """'5% of users' or '25% of users, step 2 of 4 of 5,25,50,100 %'."""
+        text = f"{format_weight(self.weight)} of users"
+        if self.steps:
+            text += (
+                f", step {self.steps.index(self.weight) + 1} of {len(self.steps)} of "
+                f"{format_steps(self.steps)} (each {format_duration(self.step_seconds)})"
+            )
+        return text
 
     def seconds_left(self, now: datetime) -> int:
         """Whole seconds until the soak ends (rounded up), 0 once it is over."""
@@ -138,6 +186,31 @@ class Publish:
 class DeployCanary:
     version: str
     soak_seconds: int
+    weight: int = 0
+    steps: tuple[int, ...] = ()
+    """A step plan: the canary starts at steps[0]; the soak is then the whole plan
+    (len(steps) x step_seconds) and `soak_seconds` and `weight` must be left 0."""
+    step_seconds: int = 0
+
+
+@dataclass(frozen=True)
+class SetWeight:
+    """Serve the running canary to `weight` of bucketed users; stops a step plan."""
+
+    weight: int
+
+    @property
+    def version(self) -> str:
+        return ""
+
+
+@dataclass(frozen=True)
+class AdvanceStep:
+    """Sent by the server: the current step of the canary's plan held long enough."""
+
+    @property
+    def version(self) -> str:
+        return ""
 
 
 @dataclass(frozen=True)
@@ -180,7 +253,18 @@ class Reconcile:
         return ""
 
 
-Command = Publish | DeployCanary | Promote | Rollback | SetChannel | Resign | Reconcile
+Command = (
+    Publish
+    | DeployCanary
+    | Promote
+    | Rollback
+    | SetChannel
+    | SetWeight
+    | AdvanceStep
+    | Resign
+    | Reconcile
+)
+_NO_VERSION = (SetWeight, AdvanceStep, Resign, Reconcile)
 
 
 @dataclass(frozen=True)
@@ -232,7 +316,7 @@ def apply(
     FailedPrecondition (SoakNotOver) or StaleSequence, and then nothing changed.
     """
     validate_feature_id(feature_id)
-    if not isinstance(command, Resign | Reconcile):
+    if not isinstance(command, _NO_VERSION):
         validate_version(command.version)
     _check_meta(meta)
     if state is None:
@@ -260,6 +344,10 @@ def apply(
             return _rollback(state, command, meta, now)
         case SetChannel():
             return _set_channel(state, command, meta, now)
+        case SetWeight():
+            return _set_weight(state, command, meta, now)
+        case AdvanceStep():
+            return _advance_step(state, meta, now)
         case Reconcile(above=above):
             if above < state.sequence:
                 raise ValueError(f"reconcile above {above}, below the state's {state.sequence}")
@@ -427,7 +515,7 @@ def _publish(
 def _deploy_canary(
     state: FeatureState, cmd: DeployCanary, meta: ChangeMeta, now: datetime
 ) -> Transition:
-    _check_soak(cmd.soak_seconds)
+    canary = _new_canary(cmd, now)
     state.require(cmd.version)
     if state.stable == cmd.version:
         raise FailedPrecondition(
@@ -435,7 +523,14 @@ def _deploy_canary(
             "a canary must be a different version"
         )
     detail = "; ".join(
-        filter(None, [f"soak {format_duration(cmd.soak_seconds)}", _replacing(state, cmd.version)])
+        filter(
+            None,
+            [
+                f"soak {format_duration(canary.soak_seconds)}",
+                canary.describe() if canary.weight or canary.steps else "",
+                _replacing(state, cmd.version),
+            ],
+        )
     )
     return _commit(
         state,
@@ -445,7 +540,135 @@ def _deploy_canary(
         cmd.version,
         detail,
         stable=state.stable,
-        canary=Canary(cmd.version, now, cmd.soak_seconds),
+        canary=canary,
+    )
+
+
+def _new_canary(cmd: DeployCanary, now: datetime) -> Canary:
+    """The canary `cmd` starts: with a step plan, at its first step, soaking the whole plan."""
+    check_weight(cmd.weight)
+    if not cmd.steps:
+        if cmd.step_seconds:
+            raise InvalidArgument(
+                "step_seconds is set without steps; give steps too, e.g. 5,25,50,100",
+                field="step_seconds",
+            )
+        _check_soak(cmd.soak_seconds)
+        return Canary(cmd.version, now, cmd.soak_seconds, weight=cmd.weight)
+    steps = check_steps(cmd.steps)
+    if cmd.weight:
+        raise InvalidArgument(
+            "give a weight or steps, not both: a step plan starts at its first step",
+            field="weight",
+        )
+    if cmd.soak_seconds:
+        raise InvalidArgument(
+            "give a soak or steps, not both: with steps the soak is the whole plan "
+            "(steps x step soak)",
+            field="soak_seconds",
+        )
+    if cmd.step_seconds < 1:
+        raise InvalidArgument(
+            "steps need a step soak of at least 1s: how long each step holds, e.g. 10m",
+            field="step_seconds",
+        )
+    soak_seconds = cmd.step_seconds * len(steps)
+    if soak_seconds > MAX_SOAK_SECONDS:
+        raise InvalidArgument(
+            f"{len(steps)} steps of {format_duration(cmd.step_seconds)} soak "
+            f"{format_duration(soak_seconds)}, more than {format_duration(MAX_SOAK_SECONDS)}; "
+            "give fewer steps or a shorter step soak",
+            field="step_seconds",
+        )
+    return Canary(
+        cmd.version,
+        now,
+        soak_seconds,
+        weight=steps[0],
+        steps=steps,
+        step_seconds=cmd.step_seconds,
+        step_started_at=now,
+    )
+
+
+def _running_canary(state: FeatureState, doing: str) -> Canary:
+    if state.canary is None:
+        raise FailedPrecondition(
+            f"cannot {doing} for feature {state.feature_id!r}: no canary is running; deploy "
+            "one first with `releasectl release canary`"
+        )
+    return state.canary
+
+
+def _set_weight(
+    state: FeatureState, cmd: SetWeight, meta: ChangeMeta, now: datetime
+) -> Transition | Unchanged:
+    check_weight(cmd.weight)
+    canary = _running_canary(state, "set a canary weight")
+    if canary.weight == cmd.weight and not canary.steps:
+        return Unchanged(
+            state, f"canary {canary.version} already serves {format_weight(cmd.weight)} of users"
+        )
+    detail = (
+        f"canary {canary.version} weight {format_weight(canary.weight)} -> "
+        f"{format_weight(cmd.weight)}"
+    )
+    if cmd.weight < canary.weight:
+        detail += "; users above the new weight go back to stable"
+    if canary.steps:
+        detail += f"; step plan {format_steps(canary.steps)} stopped"
+    return _commit(
+        state,
+        meta,
+        now,
+        Action.SET_WEIGHT,
+        canary.version,
+        detail,
+        stable=state.stable,
+        canary=dataclasses.replace(
+            canary, weight=cmd.weight, steps=(), step_seconds=0, step_started_at=None
+        ),
+    )
+
+
+def _advance_step(state: FeatureState, meta: ChangeMeta, now: datetime) -> Transition:
+    canary = _running_canary(state, "advance a step plan")
+    due = canary.step_due_at()
+    if due is None:
+        raise FailedPrecondition(
+            f"canary {canary.version} of feature {state.feature_id!r} runs no step plan "
+            "with a step to go"
+        )
+    if now < due:
+        left = max(1, int(-(-(due - now).total_seconds() // 1)))
+        raise SoakNotOver(
+            f"step {format_weight(canary.weight)} of canary {canary.version} holds "
+            f"{format_duration(left)} more (until {_iso(due)})",
+            seconds_left=left,
+        )
+    after = canary.next_step
+    if after is None:  # the last step, of 100 %, held: the plan is done
+        return _commit(
+            state,
+            meta,
+            now,
+            Action.PROMOTE,
+            canary.version,
+            f"canary {canary.version} promoted: step plan {format_steps(canary.steps)} completed",
+            stable=canary.version,
+            canary=None,
+        )
+    return _commit(
+        state,
+        meta,
+        now,
+        Action.ADVANCE_STEP,
+        canary.version,
+        f"canary {canary.version} weight {format_weight(canary.weight)} -> "
+        f"{format_weight(after)}: step {canary.steps.index(after) + 1} of {len(canary.steps)} "
+        f"of {format_steps(canary.steps)}",
+        stable=state.stable,
+        canary=dataclasses.replace(canary, weight=after, step_started_at=now),
     )
 
 

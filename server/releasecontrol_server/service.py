@@ -51,6 +51,8 @@ _ACTIONS = {
     Action.PROMOTE: pb.TRANSITION_ACTION_PROMOTE,
     Action.ROLLBACK: pb.TRANSITION_ACTION_ROLLBACK,
     Action.SET_CHANNEL: pb.TRANSITION_ACTION_SET_CHANNEL,
+    Action.SET_WEIGHT: pb.TRANSITION_ACTION_SET_WEIGHT,
+    Action.ADVANCE_STEP: pb.TRANSITION_ACTION_ADVANCE_STEP,
     Action.RESIGN: pb.TRANSITION_ACTION_RESIGN,
     Action.RECONCILE: pb.TRANSITION_ACTION_RECONCILE,
 }
@@ -124,11 +126,20 @@ def feature_to_proto(state: FeatureState) -> pb.Feature:
     )
     if state.updated_at is not None:
         _set_time(out.updated_at, state.updated_at)
-    if state.canary is not None:
-        out.canary.version = state.canary.version
-        out.canary.soak_seconds = state.canary.soak_seconds
-        _set_time(out.canary.soak_started_at, state.canary.soak_started_at)
-        _set_time(out.canary.soak_ends_at, state.canary.soak_ends_at)
+    canary = state.canary
+    if canary is not None:
+        out.canary.version = canary.version
+        out.canary.soak_seconds = canary.soak_seconds
+        _set_time(out.canary.soak_started_at, canary.soak_started_at)
+        _set_time(out.canary.soak_ends_at, canary.soak_ends_at)
+        out.canary.weight = canary.weight
+        out.canary.steps.extend(canary.steps)
+        out.canary.step_seconds = canary.step_seconds
+        if canary.step_started_at is not None:
+            _set_time(out.canary.step_started_at, canary.step_started_at)
+        due = canary.step_due_at()
+        if due is not None:
+            _set_time(out.canary.next_step_at, due)
     for v in state.versions:
         info = out.versions.add(
             version=v.version, manifest_sha256=v.manifest_sha256, was_stable=v.was_stable
@@ -705,13 +716,21 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
     def _soak(self, request: Any) -> int:
         if request.HasField("soak_seconds"):
             return int(request.soak_seconds)
+        if getattr(request, "steps", None):
+            return 0  # the soak of a step plan is the whole plan
         return self._controller.default_soak_seconds
 
     @maps_errors
     async def DeployCanary(
         self, request: pb.DeployCanaryRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.DeployCanaryResponse:
-        command = releases.DeployCanary(request.version, self._soak(request))
+        command = releases.DeployCanary(
+            request.version,
+            self._soak(request),
+            weight=request.weight,
+            steps=tuple(request.steps),
+            step_seconds=request.step_seconds,
+        )
         return cast(
             pb.DeployCanaryResponse,
             await self._transition(
@@ -721,6 +740,22 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
                 context,
                 rpc="DeployCanary",
                 response=pb.DeployCanaryResponse,
+            ),
+        )
+
+    @maps_errors
+    async def SetCanaryWeight(
+        self, request: pb.SetCanaryWeightRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.SetCanaryWeightResponse:
+        return cast(
+            pb.SetCanaryWeightResponse,
+            await self._transition(
+                request.feature_id,
+                releases.SetWeight(request.weight),
+                request.context,
+                context,
+                rpc="SetCanaryWeight",
+                response=pb.SetCanaryWeightResponse,
             ),
         )
 

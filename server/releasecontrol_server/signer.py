@@ -25,6 +25,7 @@ from releasecontrol.index import (
     REMOTE_INDEX_PATH,
     SCHEMA_VERSION,
     TYPE_RELEASES,
+    WEIGHT_SCALE,
     CanarySoak,
     Envelope,
     ReleasesIndex,
@@ -98,6 +99,7 @@ class Signer:
             ),
             issued_at=now,
             expires_at=self.expires_at(now),
+            canary_weight=canary.weight if canary else None,
         )
 
     def releases_body(self, state: FeatureState, now: datetime) -> bytes:
@@ -119,6 +121,7 @@ class Signer:
             or len(names) != len(versions)
             or (state.stable is not None and state.stable not in names)
             or (canary is not None and canary.version not in names)
+            or (canary is not None and not 0 <= canary.weight <= WEIGHT_SCALE)
             or now.utcoffset() is None
             or _whole_utc(expires_at) <= _whole_utc(now)
         ):
@@ -133,6 +136,7 @@ class Signer:
             {
                 "active_version": state.stable,
                 "canary_soak": soak,
+                **({"canary_weight": canary.weight} if canary is not None else {}),
                 "channels": {"canary": canary.version if canary else None, "stable": state.stable},
                 "expires_at": _time_text(expires_at),
                 "feature_id": state.feature_id,

@@ -549,6 +549,10 @@ class TestStatus:
                 "soak_started_at": "2027-01-15T07:30:00Z",
                 "soak_ends_at": "2027-01-15T09:30:00Z",
                 "soak_seconds_left": 5400,
+                "weight_percent": 0.0,
+                "steps_percent": [],
+                "step_seconds": None,
+                "next_step_at": None,
             },
             "versions": [
                 {
@@ -630,13 +634,68 @@ CHANGES = [
         ["release", "canary", "--feature", "checkout", "--version", "1.3.0", "--soak", "30m"],
         "deploy_canary",
         ("checkout", "1.3.0"),
-        {"soak_seconds": 1800},
+        {"soak_seconds": 1800, "weight": 0, "steps": (), "step_seconds": 0},
         pb.DeployCanaryResponse(
             feature=feature(),
             transition=transition(pb.TRANSITION_ACTION_DEPLOY_CANARY, detail="soak 30m"),
         ),
         "checkout: canary 1.3.0 deployed, soak 30m (sequence 4)",
         id="canary",
+    ),
+    pytest.param(
+        ["release", "canary", "--feature", "checkout", "--version", "1.3.0", "--percent", "2.5"],
+        "deploy_canary",
+        ("checkout", "1.3.0"),
+        {"soak_seconds": None, "weight": 250, "steps": (), "step_seconds": 0},
+        pb.DeployCanaryResponse(
+            feature=feature(),
+            transition=transition(
+                pb.TRANSITION_ACTION_DEPLOY_CANARY, detail="soak 30m; 2.5% of users"
+            ),
+        ),
+        "checkout: canary 1.3.0 deployed, soak 30m; 2.5% of users (sequence 4)",
+        id="canary-percent",
+    ),
+    pytest.param(
+        [
+            "release",
+            "canary",
+            "--feature",
+            "checkout",
+            "--version",
+            "1.3.0",
+            "--steps",
+            "5,25,50,100",
+            "--step-soak",
+            "10m",
+        ],
+        "deploy_canary",
+        ("checkout", "1.3.0"),
+        {"soak_seconds": None, "weight": 0, "steps": (500, 2500, 5000, 10000), "step_seconds": 600},
+        pb.DeployCanaryResponse(
+            feature=feature(),
+            transition=transition(
+                pb.TRANSITION_ACTION_DEPLOY_CANARY,
+                detail="soak 40m; 5% of users, step 1 of 4 of 5,25,50,100 % (each 10m)",
+            ),
+        ),
+        "checkout: canary 1.3.0 deployed, soak 40m; 5% of users, step 1 of 4 of 5,25,50,100 % "
+        "(each 10m) (sequence 4)",
+        id="canary-steps",
+    ),
+    pytest.param(
+        ["release", "set-weight", "--feature", "checkout", "--percent", "25"],
+        "set_canary_weight",
+        ("checkout", 2500),
+        {},
+        pb.SetCanaryWeightResponse(
+            feature=feature(),
+            transition=transition(
+                pb.TRANSITION_ACTION_SET_WEIGHT, detail="canary 1.3.0 weight 5% -> 25%"
+            ),
+        ),
+        "checkout: canary 1.3.0 weight 5% -> 25% (sequence 4)",
+        id="set-weight",
     ),
     pytest.param(
         ["release", "promote", "--feature", "checkout", "--version", "1.3.0"],
@@ -772,6 +831,37 @@ class TestChanges:
         )
         assert result.exit_code == 0, result.output
         assert fake.calls[0][2]["skip_soak"] is True
+
+    @pytest.mark.parametrize(
+        ("args", "fragment"),
+        [
+            pytest.param(["--percent", "101"], "--percent '101' is above 100 %", id="above-100"),
+            pytest.param(["--percent", "-5"], "is not a percentage", id="negative"),
+            pytest.param(["--percent", "1.234"], "at most two decimals", id="three-decimals"),
+            pytest.param(
+                ["--steps", "25,5", "--step-soak", "10m"],
+                "--steps 25,5 % do not increase (5% after 25%)",
+                id="decreasing-steps",
+            ),
+            pytest.param(
+                ["--steps", "5,5,100", "--step-soak", "10m"], "do not increase", id="repeated-step"
+            ),
+            pytest.param(["--steps", "5,25"], "--steps and --step-soak go together", id="no-soak"),
+            pytest.param(
+                ["--steps", "5,25", "--step-soak", "1m", "--percent", "5"],
+                "leave out --soak and --percent",
+                id="steps-and-percent",
+            ),
+        ],
+    )
+    def test_bad_weights_are_refused_before_calling(
+        self, fake: FakeClient, args: list[str], fragment: str
+    ) -> None:
+        """A bad --percent or --steps is a usage error naming the option; no RPC is made."""
+        result = run("release", "canary", "--feature", "checkout", "--version", "1.3.0", *args)
+        assert result.exit_code == 2, result.output
+        assert fragment in " ".join(result.output.split())
+        assert fake.calls == []
 
     def test_json_output_is_the_transition(self, fake: FakeClient) -> None:
         """--output json prints the transition with its action, channels and RFC 3339 time."""

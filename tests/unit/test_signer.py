@@ -190,6 +190,7 @@ def random_state(rng: random.Random) -> FeatureState:
             rng.choice(names),
             (NOW - timedelta(seconds=rng.randrange(10**5))).astimezone(rng.choice(zones)),
             rng.randrange(0, 10**6),
+            weight=rng.choice([0, 1, 500, 2500, 10_000]),
         )
     return FeatureState(
         feature_id=rng.choice(["checkout", "pay-ü", 'q"uote', "a"]) + str(rng.randrange(99)),
@@ -240,6 +241,12 @@ def test_releases_body_is_the_models_encoding(seed: int) -> None:
             "x",
             1,
             canary=Canary("1.0.0", NOW, 10**15),
+            versions=(PublishedVersion("1.0.0", "a" * 64, NOW),),
+        ),
+        FeatureState(
+            "x",
+            1,
+            canary=Canary("1.0.0", NOW, 60, weight=10_001),
             versions=(PublishedVersion("1.0.0", "a" * 64, NOW),),
         ),
     ],

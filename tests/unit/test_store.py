@@ -171,6 +171,7 @@ class TestOpen:
         with conn:  # as version 2 left it
             conn.execute("ALTER TABLE transitions DROP COLUMN principal")
             conn.execute("ALTER TABLE features DROP COLUMN updated_by_principal")
+            conn.execute("ALTER TABLE features DROP COLUMN canary_rollout")  # from 8
             conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
         conn.close()
         reopened = SqliteStore(db_path)
@@ -199,6 +200,7 @@ class TestOpen:
             conn.execute("ALTER TABLE features DROP COLUMN updated_by_principal")
             conn.execute("DROP INDEX requests_by_answered_at")  # from 7
             conn.execute("ALTER TABLE requests DROP COLUMN answered_at")
+            conn.execute("ALTER TABLE features DROP COLUMN canary_rollout")  # from 8
             conn.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
         conn.close()
         with SqliteStore(db_path) as reopened:
@@ -244,6 +246,60 @@ class TestCommit:
             ),
             updated_at=T0 + timedelta(minutes=9),
             updated_by="alice",
+        )
+
+    def test_round_trips_a_weighted_canary_on_a_step_plan(self, store: SqliteStore) -> None:
+        """A canary's weight and step plan load back exactly: from the feature row, from the
+        feature list, and from the answer kept for its request id; a weight set by hand after
+        the plan (no plan any more) too."""
+        publish(store, "checkout", "1.0.0")
+        publish(store, "checkout", "1.1.0", at=T0 + timedelta(minutes=1))
+        store.commit(  # 1.0.0 stable again, 1.1.0 to ramp
+            make_change(store, "checkout", releases.Rollback("1.0.0"), at=T0 + timedelta(minutes=2))
+        )
+        ramp = make_change(
+            store,
+            "checkout",
+            releases.DeployCanary("1.1.0", 0, steps=(500, 2500, 10_000), step_seconds=600),
+            at=T0 + timedelta(minutes=3),
+            request_id="r-ramp",
+        )
+        store.commit(ramp)
+        assert ramp.state.canary is not None and ramp.state.canary.steps == (500, 2500, 10_000)
+        assert store.load_feature("checkout") == ramp.state
+        assert store.list_features() == [ramp.state]
+        answered = store.answered("r-ramp")
+        assert answered is not None and answered.state == ramp.state
+
+        by_hand = make_change(store, "checkout", releases.SetWeight(5000), at=T0 + timedelta(1))
+        store.commit(by_hand)
+        loaded = store.load_feature("checkout")
+        assert loaded == by_hand.state
+        assert loaded.canary is not None and (loaded.canary.weight, loaded.canary.steps) == (
+            5000,
+            (),
+        )
+
+    def test_a_version_7_database_reads_its_canaries_at_weight_zero(
+        self, store: SqliteStore, db_path: Path
+    ) -> None:
+        """A canary kept before weights (schema 7) loads as weight 0 with no plan: only hosts
+        that opt into the canary channel get it, as before the upgrade."""
+        publish(store, "checkout", "1.0.0")
+        publish(store, "checkout", "1.1.0", channel=Channel.CANARY, at=T0 + timedelta(minutes=1))
+        store.close()
+        conn = sqlite3.connect(db_path)
+        with conn:  # as version 7 left it
+            conn.execute("ALTER TABLE features DROP COLUMN canary_rollout")
+            conn.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+        conn.close()
+        with SqliteStore(db_path) as reopened:
+            loaded = reopened.load_feature("checkout")
+        assert loaded is not None and loaded.canary is not None
+        assert (loaded.canary.version, loaded.canary.weight, loaded.canary.steps) == (
+            "1.1.0",
+            0,
+            (),
         )
 
     def test_datetimes_come_back_as_aware_utc(self, store: SqliteStore) -> None:
@@ -605,6 +661,7 @@ class TestRequests:
                 [("r-change", "PublishVersion A", b"\x0a\x01x"), ("r-same", "Promote B", b"")],
             )
             conn.execute("ALTER TABLE features DROP COLUMN updated_by_principal")  # from 6
+            conn.execute("ALTER TABLE features DROP COLUMN canary_rollout")  # from 8
             conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
         conn.close()
 

@@ -59,6 +59,10 @@ class _TransitionActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Tran
     """Signed again above a sequence the CDN origin served (the store was restored
     from an older backup); nothing else changed.
     """
+    TRANSITION_ACTION_SET_WEIGHT: _TransitionAction.ValueType  # 8
+    """The running canary's weight set by hand (SetCanaryWeight)."""
+    TRANSITION_ACTION_ADVANCE_STEP: _TransitionAction.ValueType  # 9
+    """The server moved a canary's step plan to its next step."""
 
 class TransitionAction(_TransitionAction, metaclass=_TransitionActionEnumTypeWrapper): ...
 
@@ -74,6 +78,10 @@ TRANSITION_ACTION_RECONCILE: TransitionAction.ValueType  # 7
 """Signed again above a sequence the CDN origin served (the store was restored
 from an older backup); nothing else changed.
 """
+TRANSITION_ACTION_SET_WEIGHT: TransitionAction.ValueType  # 8
+"""The running canary's weight set by hand (SetCanaryWeight)."""
+TRANSITION_ACTION_ADVANCE_STEP: TransitionAction.ValueType  # 9
+"""The server moved a canary's step plan to its next step."""
 Global___TransitionAction: _TypeAlias = TransitionAction  # noqa: Y015
 
 class _WatchEventType:
@@ -189,12 +197,35 @@ class CanaryState(_message.Message):
     SOAK_STARTED_AT_FIELD_NUMBER: _builtins.int
     SOAK_SECONDS_FIELD_NUMBER: _builtins.int
     SOAK_ENDS_AT_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    STEP_SECONDS_FIELD_NUMBER: _builtins.int
+    STEP_STARTED_AT_FIELD_NUMBER: _builtins.int
+    NEXT_STEP_AT_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     soak_seconds: _builtins.int
+    weight: _builtins.int
+    """The share of bucketed users served the canary, out of 10,000 (500 is 5 %);
+    0: only hosts that opt into the canary channel.
+    """
+    step_seconds: _builtins.int
+    """How long each step holds."""
     @_builtins.property
     def soak_started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def soak_ends_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The step plan (weights, increasing), empty when none runs."""
+
+    @_builtins.property
+    def step_started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def next_step_at(self) -> _timestamp_pb2.Timestamp:
+        """When the server moves to the next step (or, after a last step of 100 %,
+        promotes); unset when no step is due.
+        """
+
     def __init__(
         self,
         *,
@@ -202,10 +233,15 @@ class CanaryState(_message.Message):
         soak_started_at: _timestamp_pb2.Timestamp | None = ...,
         soak_seconds: _builtins.int = ...,
         soak_ends_at: _timestamp_pb2.Timestamp | None = ...,
+        weight: _builtins.int = ...,
+        steps: _abc.Iterable[_builtins.int] | None = ...,
+        step_seconds: _builtins.int = ...,
+        step_started_at: _timestamp_pb2.Timestamp | None = ...,
+        next_step_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["soak_ends_at", b"soak_ends_at", "soak_started_at", b"soak_started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_step_at", b"next_step_at", "soak_ends_at", b"soak_ends_at", "soak_started_at", b"soak_started_at", "step_started_at", b"step_started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["soak_ends_at", b"soak_ends_at", "soak_seconds", b"soak_seconds", "soak_started_at", b"soak_started_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_step_at", b"next_step_at", "soak_ends_at", b"soak_ends_at", "soak_seconds", b"soak_seconds", "soak_started_at", b"soak_started_at", "step_seconds", b"step_seconds", "step_started_at", b"step_started_at", "steps", b"steps", "version", b"version", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -596,12 +632,26 @@ class DeployCanaryRequest(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     SOAK_SECONDS_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    STEP_SECONDS_FIELD_NUMBER: _builtins.int
     feature_id: _builtins.str
     version: _builtins.str
     soak_seconds: _builtins.int
-    """Unset: the server's default soak."""
+    """Unset: the server's default soak (with steps: the whole plan)."""
+    weight: _builtins.int
+    """The share of bucketed users to serve, out of 10,000; 0: only hosts that
+    opt into the canary channel.
+    """
+    step_seconds: _builtins.int
     @_builtins.property
     def context(self) -> Global___ChangeContext: ...
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """A step plan: increasing weights out of 10,000, each held step_seconds and
+        advanced by the server; after a last step of 10,000 it promotes.
+        """
+
     def __init__(
         self,
         *,
@@ -609,10 +659,13 @@ class DeployCanaryRequest(_message.Message):
         version: _builtins.str = ...,
         soak_seconds: _builtins.int | None = ...,
         context: Global___ChangeContext | None = ...,
+        weight: _builtins.int = ...,
+        steps: _abc.Iterable[_builtins.int] | None = ...,
+        step_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_soak_seconds", b"_soak_seconds", "context", b"context", "soak_seconds", b"soak_seconds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_soak_seconds", b"_soak_seconds", "context", b"context", "feature_id", b"feature_id", "soak_seconds", b"soak_seconds", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_soak_seconds", b"_soak_seconds", "context", b"context", "feature_id", b"feature_id", "soak_seconds", b"soak_seconds", "step_seconds", b"step_seconds", "steps", b"steps", "version", b"version", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__soak_seconds: _TypeAlias = _typing.Literal["soak_seconds"]  # noqa: Y015
     _WhichOneofArgType__soak_seconds: _TypeAlias = _typing.Literal["_soak_seconds", b"_soak_seconds"]  # noqa: Y015
@@ -800,6 +853,57 @@ class SetChannelResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetChannelResponse: _TypeAlias = SetChannelResponse  # noqa: Y015
+
+@_typing.final
+class SetCanaryWeightRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURE_ID_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    feature_id: _builtins.str
+    weight: _builtins.int
+    """Out of 10,000 (500 is 5 %)."""
+    @_builtins.property
+    def context(self) -> Global___ChangeContext: ...
+    def __init__(
+        self,
+        *,
+        feature_id: _builtins.str = ...,
+        weight: _builtins.int = ...,
+        context: Global___ChangeContext | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "feature_id", b"feature_id", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetCanaryWeightRequest: _TypeAlias = SetCanaryWeightRequest  # noqa: Y015
+
+@_typing.final
+class SetCanaryWeightResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURE_FIELD_NUMBER: _builtins.int
+    TRANSITION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def feature(self) -> Global___Feature: ...
+    @_builtins.property
+    def transition(self) -> Global___Transition: ...
+    def __init__(
+        self,
+        *,
+        feature: Global___Feature | None = ...,
+        transition: Global___Transition | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["feature", b"feature", "transition", b"transition"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature", b"feature", "transition", b"transition"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetCanaryWeightResponse: _TypeAlias = SetCanaryWeightResponse  # noqa: Y015
 
 @_typing.final
 class GetReleaseIndexRequest(_message.Message):

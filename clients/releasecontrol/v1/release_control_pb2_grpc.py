@@ -69,6 +69,11 @@ class ReleaseControlStub:
                 request_serializer=releasecontrol_dot_v1_dot_release__control__pb2.SetChannelRequest.SerializeToString,
                 response_deserializer=releasecontrol_dot_v1_dot_release__control__pb2.SetChannelResponse.FromString,
                 _registered_method=True)
+        self.SetCanaryWeight = channel.unary_unary(
+                '/releasecontrol.v1.ReleaseControl/SetCanaryWeight',
+                request_serializer=releasecontrol_dot_v1_dot_release__control__pb2.SetCanaryWeightRequest.SerializeToString,
+                response_deserializer=releasecontrol_dot_v1_dot_release__control__pb2.SetCanaryWeightResponse.FromString,
+                _registered_method=True)
         self.GetReleaseIndex = channel.unary_unary(
                 '/releasecontrol.v1.ReleaseControl/GetReleaseIndex',
                 request_serializer=releasecontrol_dot_v1_dot_release__control__pb2.GetReleaseIndexRequest.SerializeToString,
@@ -148,6 +153,13 @@ class ReleaseControlServicer:
 
     def SetChannel(self, request, context):
         """Operator fallback: set one channel to any published version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetCanaryWeight(self, request, context):
+        """Serve the running canary to a share of bucketed users; stops a step plan.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -237,6 +249,11 @@ def add_ReleaseControlServicer_to_server(servicer, server):
                     servicer.SetChannel,
                     request_deserializer=releasecontrol_dot_v1_dot_release__control__pb2.SetChannelRequest.FromString,
                     response_serializer=releasecontrol_dot_v1_dot_release__control__pb2.SetChannelResponse.SerializeToString,
+            ),
+            'SetCanaryWeight': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetCanaryWeight,
+                    request_deserializer=releasecontrol_dot_v1_dot_release__control__pb2.SetCanaryWeightRequest.FromString,
+                    response_serializer=releasecontrol_dot_v1_dot_release__control__pb2.SetCanaryWeightResponse.SerializeToString,
             ),
             'GetReleaseIndex': grpc.unary_unary_rpc_method_handler(
                     servicer.GetReleaseIndex,
@@ -458,6 +475,33 @@ class ReleaseControl:
             '/releasecontrol.v1.ReleaseControl/SetChannel',
             releasecontrol_dot_v1_dot_release__control__pb2.SetChannelRequest.SerializeToString,
             releasecontrol_dot_v1_dot_release__control__pb2.SetChannelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetCanaryWeight(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/releasecontrol.v1.ReleaseControl/SetCanaryWeight',
+            releasecontrol_dot_v1_dot_release__control__pb2.SetCanaryWeightRequest.SerializeToString,
+            releasecontrol_dot_v1_dot_release__control__pb2.SetCanaryWeightResponse.FromString,
             options,
             channel_credentials,
             insecure,

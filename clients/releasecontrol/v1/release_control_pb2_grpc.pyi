@@ -49,6 +49,8 @@ class ReleaseControlStub:
     """Stable back to a version that was stable before; clears the canary."""
     SetChannel: _grpc.UnaryUnaryMultiCallable[_release_control_pb2.SetChannelRequest, _release_control_pb2.SetChannelResponse]
     """Operator fallback: set one channel to any published version."""
+    SetCanaryWeight: _grpc.UnaryUnaryMultiCallable[_release_control_pb2.SetCanaryWeightRequest, _release_control_pb2.SetCanaryWeightResponse]
+    """Serve the running canary to a share of bucketed users; stops a step plan."""
     GetReleaseIndex: _grpc.UnaryUnaryMultiCallable[_release_control_pb2.GetReleaseIndexRequest, _release_control_pb2.GetReleaseIndexResponse]
     """The exact signed bytes of releases.json (or remote-index.json)."""
     GetStatus: _grpc.UnaryUnaryMultiCallable[_release_control_pb2.GetStatusRequest, _release_control_pb2.GetStatusResponse]
@@ -86,6 +88,8 @@ class ReleaseControlAsyncStub(ReleaseControlStub):
     """Stable back to a version that was stable before; clears the canary."""
     SetChannel: _aio.UnaryUnaryMultiCallable[_release_control_pb2.SetChannelRequest, _release_control_pb2.SetChannelResponse]  # type: ignore[assignment]
     """Operator fallback: set one channel to any published version."""
+    SetCanaryWeight: _aio.UnaryUnaryMultiCallable[_release_control_pb2.SetCanaryWeightRequest, _release_control_pb2.SetCanaryWeightResponse]  # type: ignore[assignment]
+    """Serve the running canary to a share of bucketed users; stops a step plan."""
     GetReleaseIndex: _aio.UnaryUnaryMultiCallable[_release_control_pb2.GetReleaseIndexRequest, _release_control_pb2.GetReleaseIndexResponse]  # type: ignore[assignment]
     """The exact signed bytes of releases.json (or remote-index.json)."""
     GetStatus: _aio.UnaryUnaryMultiCallable[_release_control_pb2.GetStatusRequest, _release_control_pb2.GetStatusResponse]  # type: ignore[assignment]
@@ -162,6 +166,14 @@ class ReleaseControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_release_control_pb2.SetChannelResponse, _abc.Awaitable[_release_control_pb2.SetChannelResponse]]:
         """Operator fallback: set one channel to any published version."""
+
+    @_abc_1.abstractmethod
+    def SetCanaryWeight(
+        self,
+        request: _release_control_pb2.SetCanaryWeightRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_release_control_pb2.SetCanaryWeightResponse, _abc.Awaitable[_release_control_pb2.SetCanaryWeightResponse]]:
+        """Serve the running canary to a share of bucketed users; stops a step plan."""
 
     @_abc_1.abstractmethod
     def GetReleaseIndex(

@@ -71,6 +71,7 @@ RPC_ACTIONS: Mapping[str, Action] = MappingProxyType(
         "WatchReleases": Action.WATCH,
         "PublishVersion": Action.PUBLISH,
         "DeployCanary": Action.DEPLOY_CANARY,
+        "SetCanaryWeight": Action.DEPLOY_CANARY,
         "Promote": Action.PROMOTE,
         "Rollback": Action.ROLLBACK,
         "SetChannel": Action.SET_CHANNEL,

@@ -71,7 +71,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 BUSY_TIMEOUT_MS = 10_000
 WAL_CHECKPOINT_PAGES = 16_384
 CACHE_KIB = 32_768
@@ -193,6 +193,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "UPDATE requests SET answered_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
         "CREATE INDEX requests_by_answered_at ON requests (answered_at)",
     ),
+    # 8: a canary's weight and step plan (JSON, `_rollout_json`); NULL: weight 0, no plan.
+    ("ALTER TABLE features ADD COLUMN canary_rollout TEXT",),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -499,13 +501,14 @@ class SqliteStore:
                 if current is not None:
                     out.append(_feature_from_tuple(current, versions))
                 current, versions = row, []
-            if row[9] is not None:
+            at = _FEATURE_COLUMN_COUNT  # the version's columns follow the feature's
+            if row[at] is not None:
                 versions.append(
                     PublishedVersion(
-                        version=str(row[9]),
-                        manifest_sha256=str(row[10]),
-                        published_at=_moment(row[11]),
-                        was_stable=bool(row[12]),
+                        version=str(row[at]),
+                        manifest_sha256=str(row[at + 1]),
+                        published_at=_moment(row[at + 2]),
+                        was_stable=bool(row[at + 3]),
                     )
                 )
         if current is not None:
@@ -787,14 +790,15 @@ class SqliteStore:
         self._db.execute(
             "INSERT INTO features (feature_id, sequence, stable, canary_version, "
             "canary_soak_started_at, canary_soak_seconds, updated_at, updated_by, "
-            "updated_by_principal) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (feature_id) DO UPDATE SET "
+            "updated_by_principal, canary_rollout) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (feature_id) DO UPDATE SET "
             "sequence = excluded.sequence, stable = excluded.stable, "
             "canary_version = excluded.canary_version, "
             "canary_soak_started_at = excluded.canary_soak_started_at, "
             "canary_soak_seconds = excluded.canary_soak_seconds, "
             "updated_at = excluded.updated_at, updated_by = excluded.updated_by, "
-            "updated_by_principal = excluded.updated_by_principal",
+            "updated_by_principal = excluded.updated_by_principal, "
+            "canary_rollout = excluded.canary_rollout",
             [
                 state.feature_id,
                 state.sequence,
@@ -805,6 +809,7 @@ class SqliteStore:
                 _text(state.updated_at) if state.updated_at else None,
                 state.updated_by,
                 state.updated_by_principal,
+                _rollout_json(canary),
             ],
         )
         # The stored list must equal the state's exactly. Versions are only
@@ -957,8 +962,9 @@ def _optional_str(value: Any) -> str | None:
 
 _FEATURE_COLUMNS = (
     "feature_id, sequence, stable, canary_version, canary_soak_started_at, "
-    "canary_soak_seconds, updated_at, updated_by, updated_by_principal"
+    "canary_soak_seconds, updated_at, updated_by, updated_by_principal, canary_rollout"
 )
+_FEATURE_COLUMN_COUNT = _FEATURE_COLUMNS.count(",") + 1
 
 
 def _feature_from_tuple(row: Sequence[Any], versions: Sequence[PublishedVersion]) -> FeatureState:
@@ -973,6 +979,7 @@ def _feature_from_tuple(row: Sequence[Any], versions: Sequence[PublishedVersion]
         "updated_at",
         "updated_by",
         "updated_by_principal",
+        "canary_rollout",
     )
     return _feature_from_row(dict(zip(names, row, strict=False)), versions)
 
@@ -980,10 +987,11 @@ def _feature_from_tuple(row: Sequence[Any], versions: Sequence[PublishedVersion]
 def _feature_from_row(row: dict[str, Any], versions: Sequence[PublishedVersion]) -> FeatureState:
     canary = None
     if row["canary_version"] is not None:
-        canary = Canary(
-            version=str(row["canary_version"]),
-            soak_started_at=_moment(row["canary_soak_started_at"]),
-            soak_seconds=int(row["canary_soak_seconds"]),
+        canary = _canary(
+            str(row["canary_version"]),
+            _moment(row["canary_soak_started_at"]),
+            int(row["canary_soak_seconds"]),
+            json.loads(row["canary_rollout"]) if row.get("canary_rollout") else None,
         )
     return FeatureState(
         feature_id=str(row["feature_id"]),
@@ -994,6 +1002,42 @@ def _feature_from_row(row: dict[str, Any], versions: Sequence[PublishedVersion])
         updated_at=_optional_moment(row["updated_at"]),
         updated_by=str(row["updated_by"]),
         updated_by_principal=str(row.get("updated_by_principal") or ""),
+    )
+
+
+def _rollout(canary: Canary) -> dict[str, Any] | None:
+    """A canary's weight and step plan as kept (in `features.canary_rollout` and in request
+    results); None for weight 0 without a plan, as every canary was before weights."""
+    if not canary.weight and not canary.steps:
+        return None
+    return {
+        "weight": canary.weight,
+        "steps": list(canary.steps),
+        "step_seconds": canary.step_seconds,
+        "step_started_at": None
+        if canary.step_started_at is None
+        else _text(canary.step_started_at),
+    }
+
+
+def _rollout_json(canary: Canary | None) -> str | None:
+    rollout = None if canary is None else _rollout(canary)
+    return None if rollout is None else json.dumps(rollout, separators=(",", ":"))
+
+
+def _canary(
+    version: str, started: datetime, soak_seconds: int, rollout: dict[str, Any] | None
+) -> Canary:
+    if rollout is None:
+        return Canary(version, started, soak_seconds)
+    return Canary(
+        version,
+        started,
+        soak_seconds,
+        weight=int(rollout["weight"]),
+        steps=tuple(int(step) for step in rollout["steps"]),
+        step_seconds=int(rollout["step_seconds"]),
+        step_started_at=_optional_moment(rollout["step_started_at"]),
     )
 
 
@@ -1147,7 +1191,12 @@ def _result_json(state: FeatureState, transition_id: int | None, why: str) -> st
                 "stable": state.stable,
                 "canary": None
                 if canary is None
-                else [canary.version, _text(canary.soak_started_at), canary.soak_seconds],
+                else [
+                    canary.version,
+                    _text(canary.soak_started_at),
+                    canary.soak_seconds,
+                    _rollout(canary),
+                ],
                 "versions": [
                     [v.version, v.manifest_sha256, _text(v.published_at), v.was_stable]
                     for v in state.versions
@@ -1171,8 +1220,8 @@ def _state_from_json(data: dict[str, Any]) -> FeatureState:
         stable=_optional_str(data["stable"]),
         canary=None
         if canary is None
-        else Canary(
-            version=str(canary[0]), soak_started_at=_moment(canary[1]), soak_seconds=int(canary[2])
+        else _canary(  # results kept before weights have three members
+            str(canary[0]), _moment(canary[1]), int(canary[2]), canary[3] if canary[3:] else None
         ),
         versions=tuple(
             PublishedVersion(
