@@ -16,6 +16,18 @@ the bookkeeping around it. One `refresh()` reads the clock once and then:
 4. Only then is that feature's `LoadedFeature` replaced. A failure refuses that
    feature alone; the others still load. A feature no longer listed is dropped.
 
+While a canary runs, its signed `canary_weight` says which share of users get it
+(docs/host-protocol.md, section 11). A host on the "canary" channel serves the
+canary whatever the weight; a host on "stable" puts a bucketing key in one of
+10,000 buckets of each feature (`releasecontrol.bucketing`) and serves the canary
+iff that bucket is below the weight. `features` is what this host's own key gets
+(the `bucketing_key` given, else a random key kept in `<state_dir>/bucketing-key`
+from the first canary on). A server serving many users asks per user:
+`version_for(feature_id, user_key)`. For that, a host made with `both_sides=True`
+(the default) verifies and keeps every version some key can get, the stable and
+the canary version while 0 < weight < 10,000, and replaces a feature only once
+all of them verified: whatever a user is handed is complete on disk.
+
 A refresh never raises for what the origin served or failed to serve: the host
 keeps serving its last good state, and `RefreshReport.refusals` says why, with
 the protocol's refusal code and the file. What the host trusts and has seen (the
@@ -45,10 +57,17 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
-from releasecontrol.errors import ConfigError, VerificationError
+from releasecontrol.bucketing import WEIGHT_SCALE, bucket, check_bucketing_key, new_bucketing_key
+from releasecontrol.errors import ConfigError, InvalidArgument, NotFound, VerificationError
 from releasecontrol.fetch import Fetched, Fetcher, FetchError
-from releasecontrol.files import atomic_write
-from releasecontrol.index import REMOTE_INDEX_PATH, ReleasesIndex, format_time, releases_path
+from releasecontrol.files import atomic_create, atomic_write
+from releasecontrol.index import (
+    REMOTE_INDEX_PATH,
+    ReleasesIndex,
+    VersionEntry,
+    format_time,
+    releases_path,
+)
 from releasecontrol.manifest import artifact_path, manifest_path
 from releasecontrol.root import root_path
 from releasecontrol.shards import Pin, RemoteIndex, Shard, bin_of, shard_path
@@ -84,6 +103,7 @@ logger = logging.getLogger(__name__)
 CHANNELS = ("stable", "canary")
 ENV_REMOTE_INDEX_URL = "FEATURE_REMOTE_INDEX_URL"
 STATE_FILE = "state.json"
+KEY_FILE = "bucketing-key"
 ARTIFACTS_DIR = "artifacts"
 # Fetching is mostly waiting on the origin; a few features at once hide that.
 DEFAULT_PARALLEL_FETCHES = 8
@@ -136,7 +156,8 @@ class LoadedFeature:
     feature_id: str
     version: str
     channel: str
-    """"stable", or "canary" when the host follows canary and one runs."""
+    """The side this version was chosen from: "canary" when the host follows the canary
+    channel and one runs, or the key's bucket is below the canary's weight; else "stable"."""
     releases_sequence: int
     """The sequence of the releases.json it was selected from."""
     manifest: Mapping[str, Any]
@@ -145,6 +166,13 @@ class LoadedFeature:
     """Manifest asset path -> the verified file in the host's content-addressed cache."""
     keyids: frozenset[str] = frozenset()
     """The online keys whose signatures counted on its releases.json."""
+    canary_weight: int | None = None
+    """While a canary runs: the share of bucketed users it serves, out of 10,000 (0 when its
+    releases.json names no weight); None when no canary runs."""
+    bucket: int | None = None
+    """The bucket (0 to 9,999) of the key the side was chosen for (this host's own key in
+    `FeatureHost.features`, the user's in `version_for`) when it was chosen by key: a canary
+    runs and the host follows the stable channel. None otherwise."""
 
     def artifact_bytes(self, path: str) -> bytes:
         """The bytes of asset `path`, checked again against the manifest's SHA-256.
@@ -203,6 +231,20 @@ class _Source:
     releases: Signed[ReleasesIndex]
 
 
+@dataclass(frozen=True)
+class _Sides:
+    """Every version of one feature the host verified from one releases.json, by side."""
+
+    weight: int | None
+    """The canary's weight (0 when the file names none); None when no canary runs."""
+    stable: LoadedFeature | None
+    canary: LoadedFeature | None
+    """Each None when that side has no version, or this host does not load it."""
+
+    def get(self, side: str) -> LoadedFeature | None:
+        return self.canary if side == "canary" else self.stable
+
+
 @dataclass
 class _FeatureOutcome:
     """What refreshing one feature found; the refreshing thread applies it, in id order."""
@@ -211,7 +253,53 @@ class _FeatureOutcome:
     """Its releases.json was fetched."""
     source: _Source | None = None
     loaded: LoadedFeature | None = None
+    """The side of this host's own key."""
+    sides: _Sides | None = None
     refused: Refusal | None = None
+
+
+class _HostKey:
+    """This host's own bucketing key: the one given, else a random one kept in a file from its
+    first need on, so a restart keeps the host's users on their side."""
+
+    def __init__(self, given: str | None, file: Path) -> None:
+        """Raises ConfigError for a key file that exists but cannot be read or holds no key."""
+        self._file = file
+        self._lock = threading.Lock()
+        self._key = given if given is not None else self._read()
+
+    def _read(self) -> str | None:
+        try:
+            text = self._file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise self._bad(str(getattr(exc, "strerror", None) or exc)) from None
+        try:
+            return check_bucketing_key(text.removesuffix("\n"))
+        except InvalidArgument as exc:
+            raise self._bad(exc.message) from None
+
+    def _bad(self, problem: str) -> ConfigError:
+        # A new key would move this host to a random side: say so rather than do it quietly.
+        return ConfigError(
+            f"bucketing key file {self._file} cannot be used ({problem}); restore it, or delete "
+            "it to draw a new key (this host may then change sides of running canaries once)"
+        )
+
+    def get(self) -> str:
+        """The key; a random one is drawn and stored the first time one is needed."""
+        with self._lock:
+            if self._key is None:
+                key = new_bucketing_key()
+                try:
+                    if not atomic_create(self._file, (key + "\n").encode("ascii")):
+                        key = self._read() or key  # another host on this state directory won
+                except (OSError, ConfigError) as exc:
+                    # Serving on with a key kept in memory only beats refusing every canary.
+                    logger.error("bucketing key not saved path=%s error=%s", self._file, exc)
+                self._key = key
+            return self._key
 
 
 def _utc_now() -> datetime:
@@ -238,16 +326,24 @@ class FeatureHost:
         clock: Callable[[], datetime] = _utc_now,
         fetcher: Fetcher | None = None,
         parallel_fetches: int = DEFAULT_PARALLEL_FETCHES,
+        bucketing_key: str | None = None,
+        both_sides: bool = True,
     ) -> None:
         """Raises ConfigError for an index URL that is not http(s), an unknown channel,
-        a `parallel_fetches` below 1, or a state directory that cannot be used (naming it
-        and the fix).
+        a `parallel_fetches` below 1, a bucketing key that is not one, or a state directory
+        or bucketing key file that cannot be used (naming it and the fix).
 
         `trust`: the trust file (the root keys, their threshold and root version).
         `features`: the feature ids this host needs; None for every published one.
         `parallel_fetches`: how many changed features are fetched and verified at
         once (each feature's own files in order); what is served is decided as if
         one at a time, in feature id order.
+        `bucketing_key`: whose side of a percentage canary `features` serves (1 to 256
+        bytes of UTF-8, e.g. a user or device id); None for a random key kept in
+        `<state_dir>/bucketing-key`.
+        `both_sides`: also verify and keep the version on the other side of a running
+        canary (when some key gets it), so `version_for` can hand every user theirs; False
+        for a host serving one user, which then downloads only its own side.
         """
         self._index_url = _normalize_index_url(index_url)
         if channel not in CHANNELS:
@@ -257,6 +353,12 @@ class FeatureHost:
         ):
             raise ConfigError(f"parallel_fetches must be 1 or more, not {parallel_fetches!r}")
         self._parallel_fetches = parallel_fetches
+        if bucketing_key is not None:
+            try:
+                check_bucketing_key(bucketing_key)
+            except InvalidArgument as exc:
+                raise ConfigError(exc.message) from None
+        self._both_sides = bool(both_sides)
         self._needed = None if features is None else tuple(sorted(set(features)))
         self._verifier = Verifier(trust, allow_dev_keys=allow_insecure_dev_keys)
         self._channel = channel
@@ -275,8 +377,10 @@ class FeatureHost:
             ) from None
         self._load_state()
         self._saved_state = self._state_bytes() if self._state_file.exists() else None
+        self._key = _HostKey(bucketing_key, self._state_dir / KEY_FILE)
         self._lock = threading.Lock()
         self._features: Mapping[str, LoadedFeature] = MappingProxyType({})
+        self._sides: Mapping[str, _Sides] = MappingProxyType({})
         self._sources: dict[str, _Source] = {}
         self._shards: dict[str, Signed[Shard]] = {}
         self._top: Signed[RemoteIndex] | None = None
@@ -359,9 +463,60 @@ class FeatureHost:
         return self._channel
 
     @property
+    def both_sides(self) -> bool:
+        """Whether the host keeps both sides of a running canary for `version_for`."""
+        return self._both_sides
+
+    @property
     def features(self) -> Mapping[str, LoadedFeature]:
-        """The last good state: every feature served, by id (read-only)."""
+        """The last good state: every feature served, by id (read-only), each the version
+        this host's own bucketing key gets."""
         return self._features
+
+    def version_for(self, feature_id: str, bucketing_key: str) -> LoadedFeature:
+        """The version user `bucketing_key` gets of `feature_id`, from the last good state:
+        the canary iff one runs and the host follows the canary channel or the key's bucket
+        is below the weight (`channel` and `bucket` of the result say which and why).
+
+        Raises InvalidArgument (field "bucketing_key") for a key that is not 1 to 256 bytes
+        of well-formed UTF-8, and NotFound when the host serves that user no version: the
+        feature is not loaded, that side has no version, or the host was made with
+        `both_sides=False` and the user's side is not its own.
+        """
+        check_bucketing_key(bucketing_key)
+        sides = self._sides.get(feature_id)
+        if sides is None:
+            refusal = self._refusals.get(feature_id)
+            raise NotFound(
+                f"{feature_id} is not served by this host"
+                + (
+                    f" (refused: {refusal.code}: {refusal.message})"
+                    if refusal
+                    else "; refresh first, and check the feature id"
+                )
+            )
+        side, chosen_by = self._side_for(feature_id, sides.weight, bucketing_key)
+        loaded = sides.get(side)
+        if loaded is None:
+            raise NotFound(
+                f"{feature_id}: this user gets the {side} side, which this host does not keep "
+                "(both_sides=False); make it with both_sides=True to serve many users"
+                if not self._both_sides
+                else f"{feature_id} has no {side} version for this user yet: publish one"
+            )
+        return replace(loaded, bucket=chosen_by)
+
+    def _side_for(
+        self, feature_id: str, weight: int | None, key: str | None
+    ) -> tuple[str, int | None]:
+        """The side `key` (None: this host's own) gets at `weight` (None: no canary runs), and
+        the key's bucket when the bucket chose it."""
+        if weight is None:
+            return "stable", None
+        if self._channel == "canary":
+            return "canary", None
+        chosen_by = bucket(feature_id, self._key.get() if key is None else key)
+        return ("canary" if chosen_by < weight else "stable"), chosen_by
 
     @property
     def refusals(self) -> Mapping[str, Refusal]:
@@ -381,7 +536,7 @@ class FeatureHost:
 
     def snapshot(self) -> dict[str, Any]:
         """The host's state as plain JSON values, for a status endpoint."""
-        features, top = self._features, self._top
+        features, sides, top = self._features, self._sides, self._top
         return {
             "index_url": self._index_url,
             "channel": self._channel,
@@ -394,6 +549,13 @@ class FeatureHost:
                 fid: {
                     "version": f.version,
                     "channel": f.channel,
+                    "canary_weight": f.canary_weight,
+                    "bucket": f.bucket,
+                    "sides": {
+                        side: loaded.version
+                        for side in ("stable", "canary")
+                        if fid in sides and (loaded := sides[fid].get(side)) is not None
+                    },
                     "sequence": f.releases_sequence,
                     "manifest_sha256": f.manifest_sha256,
                     "keyids": sorted(f.keyids),
@@ -543,6 +705,7 @@ class FeatureHost:
             for fid, f in self._features.items()
             if fid in listed or bin_of(fid, top.bits) in kept_bins
         }
+        sides = {fid: s for fid, s in self._sides.items() if fid in features}
         gone = set(self._sources) - set(features) - set(listed)
         for feature_id in gone:
             del self._sources[feature_id]
@@ -576,8 +739,10 @@ class FeatureHost:
                 self._sources[feature_id] = outcome.source
             if outcome.refused is not None:
                 refusals[feature_id] = outcome.refused
-            elif outcome.loaded is not None:
+            elif outcome.loaded is not None and outcome.sides is not None:
                 features[feature_id] = outcome.loaded
+                sides[feature_id] = outcome.sides
+        self._sides = MappingProxyType(sides)
         self._features = MappingProxyType(features)
 
     def _refresh_shard(self, top: RemoteIndex, name: str, now: datetime) -> Shard:
@@ -632,24 +797,50 @@ class FeatureHost:
         outcome.fetched = True
         releases = self._verifier.releases(feature_id, pin, data, now)
         outcome.source = _Source(pin, releases)
-        entry = select_version(releases.model, self._channel)
-        channel = (
-            "canary"
-            if self._channel == "canary" and releases.model.canary == entry.version
-            else "stable"
-        )
-        current = self._features.get(feature_id)
-        if (
-            current is not None
-            and current.version == entry.version
-            and current.manifest_sha256 == entry.manifest_sha256
-        ):
-            return replace(
-                current,
-                channel=channel,
-                releases_sequence=releases.model.sequence,
-                keyids=releases.keyids,
-            )
+        model = releases.model
+        weight = None if model.canary is None else (model.canary_weight or 0)
+        own, own_bucket = self._side_for(feature_id, weight, None)
+        wanted = [own]
+        if self._both_sides and weight is not None and self._channel == "stable":
+            # Every side some key gets: a user must never be handed a version not on disk.
+            other = "canary" if own == "stable" else "stable"
+            if (0 < weight < WEIGHT_SCALE) and (
+                model.canary if other == "canary" else model.stable
+            ):
+                wanted.append(other)
+        current = self._sides.get(feature_id)
+        have = [f for f in (current.stable, current.canary) if f] if current else []
+        loaded: dict[str, LoadedFeature] = {}
+        for side in wanted:  # the host's own side first: its refusal is the one reported
+            entry = select_version(model, side)
+            loaded[side] = self._load_version(feature_id, entry, side, releases, weight, have)
+            have.append(loaded[side])
+        outcome.sides = _Sides(weight, loaded.get("stable"), loaded.get("canary"))
+        return replace(loaded[own], bucket=own_bucket)
+
+    def _load_version(
+        self,
+        feature_id: str,
+        entry: VersionEntry,
+        side: str,
+        releases: Signed[ReleasesIndex],
+        weight: int | None,
+        have: Iterable[LoadedFeature],
+    ) -> LoadedFeature:
+        """`entry`'s manifest and assets, verified; reused from `have` when it holds them."""
+        for current in have:
+            if (
+                current.version == entry.version
+                and current.manifest_sha256 == entry.manifest_sha256
+            ):
+                return replace(
+                    current,
+                    channel=side,
+                    releases_sequence=releases.model.sequence,
+                    keyids=releases.keyids,
+                    canary_weight=weight,
+                    bucket=None,
+                )
         mpath = manifest_path(feature_id, entry.version)
         body = self._get(mpath, self._resolve(quote(mpath)), self._limits.max_manifest_bytes).body
         manifest = check_manifest(
@@ -661,12 +852,13 @@ class FeatureHost:
         return LoadedFeature(
             feature_id=feature_id,
             version=entry.version,
-            channel=channel,
+            channel=side,
             releases_sequence=releases.model.sequence,
             manifest=MappingProxyType(manifest),
             manifest_sha256=entry.manifest_sha256,
             artifacts=MappingProxyType(artifacts),
             keyids=releases.keyids,
+            canary_weight=weight,
         )
 
     def _load_artifact(self, feature_id: str, asset: Mapping[str, Any]) -> Path:

@@ -680,6 +680,9 @@ class TestWhatIsServed:
                 "checkout": {
                     "version": "1.0.0",
                     "channel": "stable",
+                    "canary_weight": None,
+                    "bucket": None,
+                    "sides": {"stable": "1.0.0"},
                     "sequence": 1,
                     "manifest_sha256": origin.repo.features["checkout"]
                     .versions["1.0.0"]
