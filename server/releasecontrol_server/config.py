@@ -73,6 +73,7 @@ from releasecontrol_server.releases import MAX_SOAK_SECONDS
 Environment = Literal["development", "production"]
 AuthMode = Literal["rpc-token", "trusted-cluster", "dfs"]
 OriginType = Literal["filesystem", "s3"]
+LogFormat = Literal["text", "json"]
 
 ENVIRONMENTS: tuple[Environment, ...] = ("development", "production")
 NODE_ENV_VALUES: Mapping[str, Environment] = MappingProxyType(
@@ -81,6 +82,7 @@ NODE_ENV_VALUES: Mapping[str, Environment] = MappingProxyType(
 """What each accepted NODE_ENV value means here; any other value is refused."""
 AUTH_MODES: tuple[AuthMode, ...] = ("rpc-token", "trusted-cluster", "dfs")
 ORIGIN_TYPES: tuple[OriginType, ...] = ("filesystem", "s3")
+LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 
 CONFIG_ENV_VAR = "RELEASECONTROL_CONFIG"
 HOME_ENV_VAR = "RELEASECONTROL_HOME"
@@ -196,6 +198,15 @@ class Config:
 
     shutdown_grace_seconds: float = 5.0
     """How long in-flight RPCs may finish after a stop signal."""
+
+    log_format: LogFormat = "text"
+    """`text` (time level logger message) or `json`: every log line one JSON object with
+    time, level, logger, message and the line's fields (`logs.py`)."""
+
+    metrics_token: str | None = field(default=None, repr=False)
+    """When set, `/metrics` on the admin listener answers only requests carrying
+    `Authorization: Bearer <token>` (401 otherwise); unset, anyone who reaches the admin
+    listener may scrape it. A secret: never logged or shown."""
 
     auth_mode: AuthMode | None = None
     """How callers authenticate: `rpc-token`, `trusted-cluster`, `dfs`, or none set."""
@@ -395,6 +406,28 @@ def _parse_auth_mode(raw: object, label: str, ctx: _Context) -> AuthMode | None:
     return word
 
 
+def _parse_log_format(raw: object, label: str, ctx: _Context) -> LogFormat:
+    word = raw.strip().lower() if isinstance(raw, str) else None
+    if word not in LOG_FORMATS:
+        raise _bad(label, raw, "set it to 'text' or 'json'")
+    return word
+
+
+_TOKEN = re.compile(r"[\x21-\x7e]{16,4096}")
+
+
+def _parse_metrics_token(raw: object, label: str, ctx: _Context) -> str | None:
+    if raw == "":
+        return None
+    if not isinstance(raw, str) or not _TOKEN.fullmatch(raw.strip()):
+        # Not echoed: the value is a secret, or close to one.
+        raise ConfigError(
+            f"{label} is not a usable token; set it to 16 to 4096 printable ASCII characters "
+            "without spaces (e.g. `openssl rand -hex 32`), or leave it unset."
+        )
+    return raw.strip()
+
+
 def _parse_origin_type(raw: object, label: str, ctx: _Context) -> OriginType:
     word = raw.strip().lower() if isinstance(raw, str) else None
     if word not in ORIGIN_TYPES:
@@ -567,6 +600,27 @@ def dev_admin_opens(config: Config) -> bool:
         return host == "localhost"
 
 
+def metrics_exposure(config: Config) -> str | None:
+    """One sentence when, in production, `/metrics` is served to more than this machine
+    without a token (the admin listener is not on loopback and `metrics_token` is unset);
+    None otherwise. What it shows (the features' change counts, the RPC mix, the outbox) is
+    not secret, but not for anyone on the network either: the server warns at start."""
+    if not config.is_production or config.metrics_token is not None:
+        return None
+    host, _ = split_listen_address(config.admin_listen)
+    try:
+        if ipaddress.ip_address(host.strip("[]")).is_loopback:
+            return None
+    except ValueError:
+        if host == "localhost":
+            return None
+    return (
+        f"/metrics is served on {config.admin_listen} ({config.setting_name('admin_listen')}) "
+        "without a token; set metrics_token (RELEASECONTROL_METRICS_TOKEN) and give it to "
+        "the scraper, or keep the admin listener on loopback behind a proxy."
+    )
+
+
 def split_listen_address(address: str) -> tuple[str, int]:
     """(host, port) of a `host:port` listen address (`[::1]:443` for IPv6).
 
@@ -703,6 +757,8 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("max_publish_bytes", _int_between(1, 64 * 1024 * _MIB, "bytes")),
     _Setting("watch_queue_size", _int_between(1, 1_000_000, "events")),
     _Setting("shutdown_grace_seconds", _float_between(0, 600)),
+    _Setting("log_format", _parse_log_format),
+    _Setting("metrics_token", _parse_metrics_token, optional=True),
     _Setting("auth_mode", _parse_auth_mode, optional=True),
     _Setting("host_version", _parse_host_version, optional=True),
     _Setting("reserved_routes", _parse_reserved_routes),

@@ -40,11 +40,14 @@ from releasecontrol_server.config import (
     Config,
     dev_admin_opens,
     load_config,
+    metrics_exposure,
     split_listen_address,
 )
 from releasecontrol_server.control import ReleaseController
 from releasecontrol_server.expiry import Resigner
 from releasecontrol_server.keyring import Keyring, KeyWatcher, load_keyring
+from releasecontrol_server.logs import configure_logging, log_change, parse_level
+from releasecontrol_server.metrics import METRICS_PATH, ServerMetrics, metrics_endpoint
 from releasecontrol_server.origin import open_origin
 from releasecontrol_server.origin.http import OriginHttpServer
 from releasecontrol_server.pki import ensure_dev_pki
@@ -131,18 +134,27 @@ async def _serve(
 
     store = SqliteStore(config.database_path)
     origin = open_origin(config)
+    hub = WatchHub(config.watch_queue_size)
     controller = ReleaseController(
         store=store,
         origin=origin,
         artifacts=open_artifact_store(config),
         signer=Signer(keyring.keys, config.index_expiry_seconds),
-        hub=WatchHub(config.watch_queue_size),
+        hub=hub,
         default_soak_seconds=config.default_soak_seconds,
         roots=keyring.roots,
         root_version=keyring.root_version,
     )
+    metrics = ServerMetrics(
+        outbox_files=controller.pending_count,
+        watch_subscribers=lambda: hub.subscriber_count,
+    )
+    hub.on_change(log_change)
+    hub.on_change(metrics.count_change)
+    _observe_writes(controller, metrics)
     origin_http: OriginHttpServer | None = None
-    server = aio.server(interceptors=[AuthInterceptor(authenticator)])
+    # The metrics interceptor first: it sees the calls the auth interceptor refuses.
+    server = aio.server(interceptors=[metrics.interceptor(), AuthInterceptor(authenticator)])
     admin_app = create_app(
         controller,
         authenticator,
@@ -160,7 +172,11 @@ async def _serve(
         config.admin_listen,
         on_stop=admin_app.close,
         trusted_proxies=config.admin_trusted_proxies,
+        routes={METRICS_PATH: metrics_endpoint(metrics.registry, token=config.metrics_token)},
     )
+    exposed = metrics_exposure(config)
+    if exposed is not None:
+        log.warning("%s", exposed)
     try:
         await controller.start()
         # What start-up loaded lives as long as the process: keep it out of the
@@ -213,12 +229,17 @@ async def _serve(
             "grpc": f"{grpc_host}:{port}",
             "origin_url": origin_url,
             "admin_url": admin_url,
+            "metrics_url": admin.base_url + METRICS_PATH,
             "pid": os.getpid(),
         }
         config.endpoints_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(config.endpoints_path, (json.dumps(endpoints, indent=2) + "\n").encode())
         log.info(
-            "serving grpc=%s origin_url=%s admin_url=%s", endpoints["grpc"], origin_url, admin_url
+            "serving grpc=%s origin_url=%s admin_url=%s metrics_url=%s",
+            endpoints["grpc"],
+            origin_url,
+            admin_url,
+            endpoints["metrics_url"],
         )
         if on_ready is not None:
             on_ready(endpoints)
@@ -260,6 +281,15 @@ async def _serve(
         config.endpoints_path.unlink(missing_ok=True)
 
 
+def _observe_writes(controller: ReleaseController, metrics: ServerMetrics) -> None:
+    """The write path tells `metrics` how committed files reach the origin.
+
+    The writer is the controller's own; until the controller takes the observer itself
+    (`ReleaseController(write_observer=...)`), it is reached here, once, before start.
+    """
+    controller._writer.observer = metrics
+
+
 def _origin_description(config: Config) -> str:
     if config.origin_type == "s3":
         return f"bucket s3://{config.s3_bucket}/{config.s3_prefix}"
@@ -279,6 +309,7 @@ def _banner(config: Config, endpoints: dict[str, Any]) -> str:
             f"  client TLS     {home / 'pki' / 'client.pem'} (used by releasectl)",
             f"  trust file     {config.trust_public_keys_path or 'FEATURE_TRUST_PUBLIC_KEYS_JSON'}",
             f"  admin UI       {endpoints['admin_url']}   {_admin_sign_in(config)}",
+            f"  metrics        {endpoints['metrics_url']}   {_metrics_access(config)}",
             "Try `releasectl release status` in another terminal. Stop with Ctrl-C.",
         ]
     )
@@ -290,6 +321,12 @@ def _admin_sign_in(config: Config) -> str:
     if config.auth_mode in ("rpc-token", "dfs"):
         return f"sign in with a {config.auth_mode} token"
     return "sign-in needs auth mode rpc-token or dfs, or ALLOW_UNAUTHENTICATED_ADMIN=1 in dev"
+
+
+def _metrics_access(config: Config) -> str:
+    if config.metrics_token is None:
+        return "open (no metrics_token)"
+    return "bearer token (metrics_token)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -306,25 +343,24 @@ def main(argv: list[str] | None = None) -> int:
         help="development: create a dev PKI, root and signing keys on first run, reuse them after",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("RELEASECONTROL_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
     environ = dict(os.environ)
     if args.home is not None:
         environ["RELEASECONTROL_HOME"] = str(args.home)
     try:
+        level = parse_level(environ.get("RELEASECONTROL_LOG_LEVEL", "INFO"))
+        configure_logging("text", level)  # until the config says which format
         config = load_config(environ, args.config)
+        configure_logging(config.log_format, level)
         if args.dev:
             prepare_dev(config)
             config = open_dev_admin(config)
-        asyncio.run(
-            serve(
-                config,
-                on_ready=lambda endpoints: print(_banner(config, endpoints), flush=True),
-            )
-        )
+
+        # In json mode stdout and stderr carry log lines only: no banner (the "serving"
+        # line names every address).
+        def show_banner(endpoints: dict[str, Any]) -> None:
+            print(_banner(config, endpoints), flush=True)
+
+        asyncio.run(serve(config, on_ready=show_banner if config.log_format == "text" else None))
     except ReleaseControlError as error:
         print(f"error: {error.message}", file=sys.stderr)
         return 1

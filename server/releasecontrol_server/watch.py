@@ -1,4 +1,9 @@
-"""Fan-out of committed changes to WatchReleases subscribers.
+"""Fan-out of committed changes to WatchReleases subscribers, and to the change observers.
+
+Every committed change passes through `WatchHub.publish` exactly once, in
+commit order (the controller publishes each after answering its caller), so
+the observers registered with `on_change` (the change counter of `metrics.py`,
+the change log line of `logs.py`) see each change once, whoever made it.
 
 Each subscriber has a bounded queue. Publishing never blocks the writer: a
 subscriber whose queue is full is marked as lagged and told to re-read the
@@ -10,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from releasecontrol_server.releases import FeatureState
@@ -99,6 +104,7 @@ class WatchHub:
     def __init__(self, queue_size: int) -> None:
         self._queue_size = queue_size
         self._subscribers: set[Subscription] = set()
+        self._observers: list[Callable[[ChangeEvent], None]] = []
 
     def subscribe(self, feature_ids: Collection[str] = ()) -> Subscription:
         sub = Subscription(self, feature_ids, self._queue_size)
@@ -109,7 +115,22 @@ class WatchHub:
     def subscriber_count(self) -> int:
         return len(self._subscribers)
 
+    def on_change(self, observer: Callable[[ChangeEvent], None]) -> None:
+        """Call `observer` with every committed change published from now on, before the
+        subscribers are offered it. It runs on the event loop, so it must not block; one that
+        raises is logged and the others still run."""
+        self._observers.append(observer)
+
     def publish(self, event: Event) -> None:
-        """Offer `event` to every subscriber without waiting on any of them."""
+        """Tell the observers of a change, then offer `event` to every subscriber without
+        waiting on any of them."""
+        if isinstance(event, ChangeEvent):
+            for observer in self._observers:
+                try:
+                    observer(event)
+                except Exception:  # a bug in a log line or a metric must not stop the fan-out
+                    log.exception(
+                        "a change observer failed at global_sequence=%d", event.global_sequence
+                    )
         for sub in tuple(self._subscribers):
             sub.offer(event)

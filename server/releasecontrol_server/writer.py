@@ -35,6 +35,7 @@ import functools
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -92,6 +93,17 @@ class _Staging(Protocol):
     def discard(self, staged: Staged) -> None: ...
 
     def unchanged_since_written(self, path: str) -> bool: ...
+
+
+class WriteObserver(Protocol):
+    """Told, on the write thread, how committed files reach the origin (the metrics)."""
+
+    def origin_published(self, seconds: float) -> None:
+        """A committed batch's files are all in place on the origin, `seconds` after the
+        commit."""
+
+    def origin_write_failed(self) -> None:
+        """An attempt to write committed files to the origin failed (they stay owed)."""
 
 
 @dataclass(frozen=True)
@@ -207,6 +219,8 @@ class Writer:
         # writer, so memory follows it): each committed file not yet marked written, path ->
         # sha256. Written by the write thread, read by anyone (a dict read is atomic).
         self.unmarked: dict[str, str] = {}
+        self.observer: WriteObserver | None = None
+        """Told how committed files reach the origin; set before the first batch."""
         self._staging = origin if isinstance(origin, _Staging) else None
         # Renamed into place, not yet synced: (path, sha256) and where it is; then the syncs
         # running in the background (each: the keys synced, the keys that failed); then the
@@ -616,6 +630,7 @@ class Writer:
             for ready in staged.values():
                 self._discard(ready)
             raise
+        committed_at = time.monotonic()
         self._marks = []
         # Committed: memory follows the store before anything else can fail.
         for file in files:  # the outbox queues a path once, with its newest bytes
@@ -625,10 +640,15 @@ class Writer:
         if changes:  # a reconcile may sign only shards and the top level above the origin's
             self.global_sequence = changes[-1].global_sequence
         try:
-            return files, self.flush(files, staged)
+            flushed = self.flush(files, staged)
         except Exception:  # the change stands; the outbox is written again later
             log.exception("writing a committed batch to the origin failed")
+            if self.observer is not None:
+                self.observer.origin_write_failed()
             return files, False
+        if flushed and self.observer is not None:
+            self.observer.origin_published(time.monotonic() - committed_at)
+        return files, flushed
 
     def _stage(self, file: SignedFile) -> Staged | None:
         """`file`'s bytes beside its place on the origin, if the origin can do that (else, or
@@ -698,6 +718,8 @@ class Writer:
                 written.append(key)
         except OSError as exc:
             log.warning("origin write failed, retried in the background: %s", exc)
+            if self.observer is not None:
+                self.observer.origin_write_failed()
             return False
         finally:
             for ready in unpublished.values():

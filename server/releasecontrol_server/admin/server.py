@@ -4,6 +4,10 @@ The socket is bound here, before uvicorn starts, so a busy port stops the
 server with a ConfigError naming `admin_listen` (as a busy gRPC port does), and
 port 0 yields the port actually bound. uvicorn's own signal handling is turned
 off: `main.serve` owns SIGINT/SIGTERM and stops this server with the rest.
+
+Besides the admin app, the listener serves a few exact paths with apps of their
+own (`routes`), outside the admin UI's sign-in: `/metrics` (`metrics.py`), which
+checks its own bearer token.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator, Mapping
 from typing import Any
 
 import uvicorn
@@ -45,8 +49,10 @@ class AdminServer:
         on_stop: Callable[[], None] | None = None,
         graceful_seconds: int = 2,
         trusted_proxies: str = "",
+        routes: Mapping[str, ASGIApp] | None = None,
     ) -> None:
-        self._app = app
+        """`routes`: exact paths (`/metrics`) answered by their own app instead of `app`."""
+        self._app = _with_routes(app, dict(routes or {}))
         # Behind a TLS-terminating proxy the browser's origin is https://…; trusting the
         # proxy's X-Forwarded-Proto/For makes the same-origin check and Secure cookies right.
         self._trusted_proxies = trusted_proxies
@@ -57,6 +63,8 @@ class AdminServer:
         self._task: asyncio.Task[None] | None = None
         self.url = ""
         """`http://host:port/_admin` once started."""
+        self.base_url = ""
+        """`http://host:port` once started: where `routes` are served."""
 
     async def start(self) -> str:
         """Bind `listen`, start serving, and return the admin UI's URL.
@@ -94,7 +102,8 @@ class AdminServer:
                     raise ConfigError(f"the admin UI on {self._listen} stopped while starting")
                 await asyncio.sleep(0.01)
         shown = f"[{host}]" if ":" in host else host
-        self.url = f"http://{shown}:{bound_port}/_admin"
+        self.base_url = f"http://{shown}:{bound_port}"
+        self.url = f"{self.base_url}/_admin"
         log.info("admin UI serving url=%s", self.url)
         return self.url
 
@@ -112,6 +121,18 @@ class AdminServer:
             self._task.cancel()
         except Exception:  # pragma: no cover - logged, shutdown goes on
             log.exception("admin UI stopped with an error")
+
+
+def _with_routes(app: ASGIApp, routes: dict[str, ASGIApp]) -> ASGIApp:
+    """`app`, except for HTTP requests to exactly one of `routes`' paths."""
+    if not routes:
+        return app
+
+    async def dispatch(scope: Any, receive: Any, send: Any) -> None:
+        other = routes.get(scope["path"]) if scope["type"] == "http" else None
+        await (other or app)(scope, receive, send)
+
+    return dispatch
 
 
 def _bind(host: str, port: int) -> socket.socket:
