@@ -223,6 +223,23 @@ class RpcMetricsInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grp
         """`handler` with its end counted (and, for one answer, timed) under `method`."""
         service, _, name = method.lstrip("/").rpartition("/")
         rpcs, seconds = self._rpcs, self._seconds
+        # The method's series by code, looked up once each: labels() costs more than the
+        # count itself, and every call pays it.
+        counted: dict[str, Any] = {}
+        timed: dict[str, Any] = {}
+
+        def count(code: str) -> None:
+            series = counted.get(code)
+            if series is None:
+                series = counted[code] = rpcs.labels(service, name, code)
+            series.inc()
+
+        def time_it(code: str, elapsed: float) -> None:
+            series = timed.get(code)
+            if series is None:
+                series = timed[code] = seconds.labels(service, name, code)
+            series.observe(elapsed)
+
         options = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
@@ -248,7 +265,7 @@ class RpcMetricsInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grp
                     code = _code_of(exc, context)
                     raise
                 finally:
-                    rpcs.labels(service, name, code).inc()
+                    count(code)
 
             if handler.request_streaming:
                 return grpc.stream_stream_rpc_method_handler(streaming, **options)
@@ -268,8 +285,8 @@ class RpcMetricsInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grp
                 code = _code_of(exc, context)
                 raise
             finally:
-                rpcs.labels(service, name, code).inc()
-                seconds.labels(service, name, code).observe(time.perf_counter() - began)
+                count(code)
+                time_it(code, time.perf_counter() - began)
 
         if handler.request_streaming:
             return grpc.stream_unary_rpc_method_handler(unary, **options)
