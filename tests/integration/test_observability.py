@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -61,12 +61,12 @@ def publish(client: ReleaseControlClient, tmp_path: Path, version: str, **kwargs
     client.publish(load_feature_folder(folder, feature_id="checkout"), **kwargs)  # type: ignore[arg-type]
 
 
-def wait_for(server: RunningServer, name: str, expected: float) -> Samples:
-    """Scrape until `name` (no labels) is `expected`, for at most 10 s; the last scrape."""
+def wait_for(server: RunningServer, done: Callable[[Samples], bool]) -> Samples:
+    """Scrape until `done(samples)`, for at most 10 s; the last scrape."""
     deadline = time.monotonic() + 10
     while True:
         found = samples(server)
-        if value(found, name) == expected or time.monotonic() > deadline:
+        if done(found) or time.monotonic() > deadline:
             return found
         time.sleep(0.05)
 
@@ -116,7 +116,15 @@ class TestMetrics:
         assert next(watcher).type == pb.WATCH_EVENT_TYPE_SYNCED  # subscribed by now
         watching = samples(server)
         watcher.cancel()
-        after = wait_for(server, "releasecontrol_watch_subscribers", 0)
+        # The server learns that the watcher left a moment after the client does.
+        after = wait_for(
+            server,
+            lambda found: (
+                value(found, "releasecontrol_watch_subscribers") == 0
+                and value(found, "releasecontrol_rpcs_total", **rpc("WatchReleases", "CANCELLED"))
+                > 0
+            ),
+        )
 
         assert value(watching, "releasecontrol_watch_subscribers") == 1
         assert value(after, "releasecontrol_watch_subscribers") == 0
