@@ -791,6 +791,20 @@ class ReleaseControlClient:
         )
         return self._unary(self._stub.SetCanaryWeight, request, pb.SetCanaryWeightResponse)
 
+    def list_approvals(
+        self, feature_id: str = "", *, include_done: bool = False
+    ) -> pb.ListApprovalsResponse:
+        """Changes waiting for a second principal's approval (`include_done`: also those
+        approved or expired lately)."""
+        request = pb.ListApprovalsRequest(feature_id=feature_id, include_done=include_done)
+        return self._unary(self._stub.ListApprovals, request, pb.ListApprovalsResponse)
+
+    def approve(self, approval_id: int) -> pb.ApproveResponse:
+        """Apply waiting change `approval_id` as its requester asked it; the caller must be
+        another principal with the approver role. Approving twice applies it once."""
+        request = pb.ApproveRequest(approval_id=approval_id)
+        return self._unary(self._stub.Approve, request, pb.ApproveResponse)
+
     def promote(
         self,
         feature_id: str,

@@ -63,6 +63,14 @@ class SoakNotOver(FailedPrecondition):
         self.seconds_left = seconds_left
 
 
+class ApprovalRequired(FailedPrecondition):
+    """The change needs a second principal's approval; request `approval_id` waits for it."""
+
+    def __init__(self, message: str, approval_id: int) -> None:
+        super().__init__(message)
+        self.approval_id = approval_id
+
+
 class StaleSequence(ReleaseControlError):
     """The caller's expected_sequence is not the feature's current sequence."""
 
@@ -126,6 +134,9 @@ ERROR_DOMAIN = "releasecontrol.v1"
 SOAK_NOT_OVER = "SOAK_NOT_OVER"
 """`ErrorInfo.reason` of SoakNotOver; its metadata holds `seconds_left`."""
 
+APPROVAL_REQUIRED = "APPROVAL_REQUIRED"
+"""`ErrorInfo.reason` of ApprovalRequired; its metadata holds `approval_id`."""
+
 ORIGIN_PENDING = "ORIGIN_PENDING"
 """`ErrorInfo.reason` of OriginPending (an UNAVAILABLE that is the server's own word)."""
 
@@ -133,11 +144,14 @@ ORIGIN_PENDING = "ORIGIN_PENDING"
 def error_details(error: ReleaseControlError) -> tuple[str, dict[str, str]]:
     """The `ErrorInfo` reason and metadata that let a client raise `error` again as it was.
 
-    The reason is the gRPC code's name except for SoakNotOver and OriginPending; metadata holds
-    `field` (InvalidArgument) or `seconds_left` (SoakNotOver) when set.
+    The reason is the gRPC code's name except for SoakNotOver, ApprovalRequired and
+    OriginPending; metadata holds `field` (InvalidArgument), `seconds_left` (SoakNotOver) or
+    `approval_id` (ApprovalRequired) when set.
     """
     if isinstance(error, SoakNotOver):
         return SOAK_NOT_OVER, {"seconds_left": str(error.seconds_left)}
+    if isinstance(error, ApprovalRequired):
+        return APPROVAL_REQUIRED, {"approval_id": str(error.approval_id)}
     if isinstance(error, OriginPending):
         return ORIGIN_PENDING, {}
     metadata = {"field": error.field} if isinstance(error, InvalidArgument) and error.field else {}
@@ -153,6 +167,9 @@ def from_grpc_code(
     if code_name == "FAILED_PRECONDITION" and reason == SOAK_NOT_OVER:
         seconds = metadata.get("seconds_left", "")
         return SoakNotOver(message, int(seconds) if seconds.isdigit() else 0)
+    if code_name == "FAILED_PRECONDITION" and reason == APPROVAL_REQUIRED:
+        approval = metadata.get("approval_id", "")
+        return ApprovalRequired(message, int(approval) if approval.isdigit() else 0)
     if code_name == "UNAVAILABLE" and reason == ORIGIN_PENDING:
         return OriginPending(message)
     if code_name == "INVALID_ARGUMENT":

@@ -27,7 +27,9 @@ from releasectl._common import (
     output_option,
     print_transition,
     render_table,
+    rfc3339,
     server_now,
+    short_time,
     soak_option,
     state_dir,
     status_row,
@@ -367,6 +369,97 @@ def history(ctx: click.Context, feature: str | None, limit: int, output: str) ->
         click.echo("no changes yet: publish a version with `releasectl publish --feature F`")
     else:
         click.echo(render_table(HISTORY_HEADERS, [history_row(t) for t in transitions]))
+
+
+# -- four eyes ------------------------------------------------------------------------------------
+
+APPROVAL_HEADERS = ("ID", "FEATURE", "WAITS FOR", "ASKED BY", "REASON", "STATE", "EXPIRES")
+
+
+def _approval_json(a: pb.Approval) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "feature_id": a.feature_id,
+        "what": a.what,
+        "version": a.version,
+        "requested_by": a.requested_by,
+        "actor": a.actor,
+        "reason": a.reason,
+        "ticket": a.ticket,
+        "requested_at": rfc3339(a.requested_at, present=a.HasField("requested_at")),
+        "expires_at": rfc3339(a.expires_at, present=a.HasField("expires_at")),
+        "state": a.state,
+        "approved_by": a.approved_by or None,
+        "approved_at": rfc3339(a.approved_at, present=a.HasField("approved_at")),
+        "transition_id": a.transition_id or None,
+    }
+
+
+def _approval_row(a: pb.Approval) -> list[str]:
+    state = f"approved by {a.approved_by}" if a.state == "approved" else a.state
+    return [
+        str(a.id),
+        a.feature_id,
+        a.what,
+        a.requested_by,
+        a.reason or "-",
+        state,
+        short_time(a.expires_at, present=a.HasField("expires_at")),
+    ]
+
+
+@release.command("approvals")
+@click.option(
+    "--feature",
+    "-f",
+    metavar="FEATURE",
+    default=None,
+    callback=validate_feature_option,
+    help="Only this feature's requests; default: every feature's.",
+)
+@click.option("--all", "include_done", is_flag=True, help="Also those approved or expired.")
+@output_option
+@click.pass_context
+def approvals(ctx: click.Context, feature: str | None, include_done: bool, output: str) -> None:
+    """List changes waiting for a second pair of eyes (features under require_approval).
+
+    \b
+    Example:
+      releasectl release approvals
+      releasectl release approve --id 7
+    """
+    with open_client(ctx) as client:
+        found = list(client.list_approvals(feature or "", include_done=include_done).approvals)
+    if output == "json":
+        echo_json([_approval_json(a) for a in found])
+    elif not found:
+        click.echo("no change waits for approval")
+    else:
+        click.echo(render_table(APPROVAL_HEADERS, [_approval_row(a) for a in found]))
+
+
+@release.command("approve")
+@click.option(
+    "--id",
+    "approval_id",
+    type=click.IntRange(1),
+    required=True,
+    help="The request to approve (`release approvals` lists them).",
+)
+@output_option
+@click.pass_context
+def approve(ctx: click.Context, approval_id: int, output: str) -> None:
+    """Approve a change another principal asked for; it is then applied as they asked it.
+
+    You need the approver role and must not be the one who asked (four eyes).
+
+    \b
+    Example:
+      releasectl release approve --id 7
+    """
+    with open_client(ctx) as client:
+        response = client.approve(approval_id)
+    print_transition(response.transition, response.feature, output)
 
 
 # -- what hosts at a remote index would load --------------------------------------------------

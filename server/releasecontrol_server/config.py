@@ -183,6 +183,14 @@ class Config:
     index_expiry_seconds: int = 7 * _DAY_SECONDS
     """How long a signed index stays valid; hosts refuse it after that."""
 
+    require_approval: tuple[str, ...] = ()
+    """Feature id patterns (`*`, `?`, `[...]` as in shell globs) whose promotions to stable
+    (`release promote`, with or without `--skip-soak`, and a publish straight to stable)
+    need `release approve` by a second principal with the approver role (`approvals.py`)."""
+
+    approval_ttl_seconds: int = _DAY_SECONDS
+    """How long an approval request waits for its second pair of eyes before it expires."""
+
     origin_check_interval_seconds: int = 3600
     """How often the server compares every file hosts read on the origin with what it signed
     and writes back what differs (also right after start); 0 checks only at start."""
@@ -548,6 +556,23 @@ def _parse_reserved_routes(raw: object, label: str, ctx: _Context) -> tuple[str,
     return tuple(dict.fromkeys(["/_admin", *routes]))
 
 
+_FEATURE_PATTERN = re.compile(r"[a-z0-9*?\[\]!-]{1,128}")
+
+
+def _parse_feature_patterns(raw: object, label: str, ctx: _Context) -> tuple[str, ...]:
+    fix = (
+        "set it to feature id patterns such as 'feature-pay*' (a TOML list, or comma-separated): "
+        "lowercase letters, digits, '-' and the glob characters * ? [ ] !"
+    )
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise _bad(label, raw, fix)
+    patterns = [str(i).strip() for i in items if str(i).strip()]
+    if not all(_FEATURE_PATTERN.fullmatch(p) for p in patterns):
+        raise _bad(label, raw, fix)
+    return tuple(dict.fromkeys(patterns))
+
+
 def _parse_text(raw: object, label: str, ctx: _Context) -> str:
     if not isinstance(raw, str):
         raise _bad(label, raw, "set it to a string")
@@ -752,6 +777,8 @@ _SETTINGS: tuple[_Setting, ...] = (
     ),
     _Setting("default_soak_seconds", _int_between(0, MAX_SOAK_SECONDS, "seconds")),
     _Setting("index_expiry_seconds", _int_between(60, 366 * _DAY_SECONDS, "seconds")),
+    _Setting("require_approval", _parse_feature_patterns),
+    _Setting("approval_ttl_seconds", _int_between(60, 30 * _DAY_SECONDS, "seconds")),
     _Setting("origin_check_interval_seconds", _int_between(0, 7 * _DAY_SECONDS, "seconds")),
     _Setting("max_manifest_bytes", _int_between(1, 64 * _MIB, "bytes")),
     _Setting("max_publish_bytes", _int_between(1, 64 * 1024 * _MIB, "bytes")),

@@ -62,18 +62,34 @@ from typing import Generic, ParamSpec, TypeVar
 from releasecontrol.errors import FailedPrecondition, NotFound, OriginPending, Unavailable
 from releasecontrol.index import REMOTE_INDEX_PATH
 from releasecontrol.manifest import artifact_path
+from releasecontrol_server.approvals import (
+    ApprovalPolicy,
+    ApprovalRequest,
+    check_approver,
+)
+from releasecontrol_server.approvals import expires as approval_expiry
+from releasecontrol_server.approvals import required as approval_required
 from releasecontrol_server.artifacts import ArtifactStore
 from releasecontrol_server.origin import Origin
 from releasecontrol_server.rebuild import Progress, Rebuild
-from releasecontrol_server.releases import ChangeMeta, Command, FeatureState
+from releasecontrol_server.releases import AdvanceStep, ChangeMeta, Command, FeatureState
 from releasecontrol_server.repair import OriginCheck, Refreshed
 from releasecontrol_server.signer import Signer
 from releasecontrol_server.store import SignedFile, SqliteStore, StoredTransition
 from releasecontrol_server.upload import ReceivedAsset
 from releasecontrol_server.watch import ChangeEvent, RefreshEvent, WatchHub
-from releasecontrol_server.writer import Applied, Batch, Request, Writer, utc_now
+from releasecontrol_server.writer import (
+    Applied,
+    Batch,
+    Request,
+    WriteObserver,
+    Writer,
+    utc_now,
+)
 
 __all__ = ["Applied", "ReleaseController", "Status", "utc_now"]
+
+NO_APPROVALS = ApprovalPolicy()
 
 log = logging.getLogger(__name__)
 
@@ -117,15 +133,20 @@ class ReleaseController:
         clock: Callable[[], datetime] = utc_now,
         roots: Sequence[SignedFile] = (),
         root_version: int = 1,
+        approvals: ApprovalPolicy = NO_APPROVALS,
+        write_observer: WriteObserver | None = None,
     ) -> None:
         """`roots`: the signed roots to publish (roots/1.json …); `root_version`: the one every
-        remote-index.json is signed under (see `install_keys`)."""
+        remote-index.json is signed under (see `install_keys`); `approvals`: which changes wait
+        for a second principal (approvals.py)."""
+        self.approvals = approvals
         self._store = store
         self._origin = origin
         self._artifacts = artifacts
         self._writer = Writer(
             store=store, origin=origin, signer=signer, roots=roots, root_version=root_version
         )
+        self._writer.observer = write_observer  # how committed files reach the origin
         self._hub = hub
         self._default_soak = default_soak_seconds
         self._clock = clock
@@ -254,6 +275,10 @@ class ReleaseController:
         loop = asyncio.get_running_loop()
         if artifacts:
             await self._keep_artifacts(feature_id, artifacts)
+        if not meta.approved_by:
+            what = self.approvals.gate(feature_id, command, self._states.get(feature_id))
+            if what:  # kept, with its artifacts, until another principal approves it
+                raise await self._ask_approval(feature_id, command, meta, what, rpc, manifest)
         request = Request(
             feature_id=feature_id,
             command=command,
@@ -269,6 +294,80 @@ class ReleaseController:
         # Cancelling the caller cancels only this wait: a change still queued is
         # then dropped, one already on the write thread completes.
         return await waiting.answer
+
+    async def _ask_approval(
+        self,
+        feature_id: str,
+        command: Command,
+        meta: ChangeMeta,
+        what: str,
+        rpc: str,
+        manifest: bytes | None,
+    ) -> FailedPrecondition:
+        """The error that tells the caller its change waits for approval, the request kept."""
+        if isinstance(command, AdvanceStep):  # a step plan holds at its last step instead
+            return FailedPrecondition(f"{what} of feature {feature_id!r} needs approval")
+        now = self._clock()
+        async with self._writing:
+            request = await self._on_write_thread(
+                self._store.add_approval,
+                feature_id,
+                rpc,
+                command,
+                meta,
+                what,
+                manifest=manifest,
+                now=now,
+                expires_at=approval_expiry(now, self.approvals),
+            )
+        log.info(
+            "approval asked id=%d feature=%s by=%s what=%r",
+            request.id,
+            feature_id,
+            meta.principal,
+            what,
+        )
+        return approval_required(request, now)
+
+    async def approve(self, approval_id: int, approver: str) -> tuple[ApprovalRequest, Applied]:
+        """Apply the change of approval request `approval_id` as its requester asked it, with
+        `approver` named in its record. Raises NotFound, PermissionDenied (the requester),
+        FailedPrecondition (approved already, expired) or the change's own error (then the
+        request still waits)."""
+        request = check_approver(
+            await self._read(lambda store: store.approval(approval_id)),
+            approval_id,
+            approver,
+            self._clock(),
+        )
+        applied = await self.change(
+            request.feature_id,
+            request.command,
+            replace(request.meta, approved_by=approver),
+            rpc=request.rpc,
+            request_id=f"approval-{request.id}",  # approving twice applies it once
+            manifest=request.manifest,
+        )
+        transition = applied.transition
+        async with self._writing:
+            done = await self._on_write_thread(
+                self._store.mark_approved,
+                request.id,
+                approver,
+                self._clock(),
+                None if transition is None else transition.id,
+            )
+        return done, applied
+
+    async def approval_requests(self, feature_id: str = "") -> list[ApprovalRequest]:
+        return await self._read(lambda store: store.list_approvals(feature_id))
+
+    async def approval_request(self, approval_id: int) -> ApprovalRequest | None:
+        return await self._read(lambda store: store.approval(approval_id))
+
+    def now(self) -> datetime:
+        """The controller's clock (what approvals expire by)."""
+        return self._clock()
 
     async def _keep_artifacts(
         self, feature_id: str, artifacts: Mapping[str, ReceivedAsset]
@@ -329,7 +428,7 @@ class ReleaseController:
                 bisect.insort(self._feature_ids, state.feature_id)
             self._states[state.feature_id] = state
             self._global_sequence = item.change.global_sequence
-            log.info(
+            log.debug(  # the change's log line is logs.log_change's, from the watch hub
                 "committed feature=%s action=%s version=%s sequence=%d global_sequence=%d actor=%r",
                 state.feature_id,
                 item.change.record.action,

@@ -33,6 +33,7 @@ from releasecontrol_server.admin import (
     create_app,
     load_or_create_secret,
 )
+from releasecontrol_server.approvals import ApprovalPolicy
 from releasecontrol_server.artifacts import open_artifact_store
 from releasecontrol_server.audit import OriginAuditor
 from releasecontrol_server.auth.interceptor import AuthInterceptor, authenticator_for
@@ -135,6 +136,10 @@ async def _serve(
     store = SqliteStore(config.database_path)
     origin = open_origin(config)
     hub = WatchHub(config.watch_queue_size)
+    metrics = ServerMetrics(
+        outbox_files=lambda: controller.pending_count(),  # read at scrape time
+        watch_subscribers=lambda: hub.subscriber_count,
+    )
     controller = ReleaseController(
         store=store,
         origin=origin,
@@ -144,14 +149,11 @@ async def _serve(
         default_soak_seconds=config.default_soak_seconds,
         roots=keyring.roots,
         root_version=keyring.root_version,
-    )
-    metrics = ServerMetrics(
-        outbox_files=controller.pending_count,
-        watch_subscribers=lambda: hub.subscriber_count,
+        approvals=ApprovalPolicy(config.require_approval, config.approval_ttl_seconds),
+        write_observer=metrics,
     )
     hub.on_change(log_change)
     hub.on_change(metrics.count_change)
-    _observe_writes(controller, metrics)
     origin_http: OriginHttpServer | None = None
     # The metrics interceptor first: it sees the calls the auth interceptor refuses.
     server = aio.server(interceptors=[metrics.interceptor(), AuthInterceptor(authenticator)])
@@ -279,15 +281,6 @@ async def _serve(
         await controller.stop()
         store.close()
         config.endpoints_path.unlink(missing_ok=True)
-
-
-def _observe_writes(controller: ReleaseController, metrics: ServerMetrics) -> None:
-    """The write path tells `metrics` how committed files reach the origin.
-
-    The writer is the controller's own; until the controller takes the observer itself
-    (`ReleaseController(write_observer=...)`), it is reached here, once, before start.
-    """
-    controller._writer.observer = metrics
 
 
 def _origin_description(config: Config) -> str:

@@ -172,6 +172,8 @@ class ChangeMeta:
     expected_sequence: int | None = None
     principal: str = ""
     """The authenticated caller; `actor` is who it says the change is for."""
+    approved_by: str = ""
+    """The second principal who approved the change (approvals.py), named in its record."""
 
 
 @dataclass(frozen=True)
@@ -438,7 +440,7 @@ def _commit(
         reason=meta.reason,
         ticket=meta.ticket,
         at=now,
-        detail=detail,
+        detail=f"{detail}; approved by {meta.approved_by}" if meta.approved_by else detail,
         principal=meta.principal,
     )
     return Transition(new_state, record)

@@ -30,6 +30,7 @@ from releasecontrol.manifest import canonical_bytes, parse_manifest, sha256_hex,
 from releasecontrol.v1 import release_control_pb2 as pb
 from releasecontrol.v1 import release_control_pb2_grpc as pb_grpc
 from releasecontrol_server import releases
+from releasecontrol_server.approvals import ApprovalRequest, pending_first
 from releasecontrol_server.auth.authorize import RPC_ACTIONS, permits, require, require_each
 from releasecontrol_server.auth.authorize import Action as AuthAction
 from releasecontrol_server.control import Applied, ReleaseController
@@ -145,6 +146,27 @@ def feature_to_proto(state: FeatureState) -> pb.Feature:
             version=v.version, manifest_sha256=v.manifest_sha256, was_stable=v.was_stable
         )
         _set_time(info.published_at, v.published_at)
+    return out
+
+
+def approval_to_proto(request: ApprovalRequest, now: datetime) -> pb.Approval:
+    out = pb.Approval(
+        id=request.id,
+        feature_id=request.feature_id,
+        what=request.what,
+        version=request.command.version,
+        requested_by=request.meta.principal,
+        actor=request.meta.actor,
+        reason=request.meta.reason,
+        ticket=request.meta.ticket,
+        state=request.state(now),
+        approved_by=request.approved_by,
+        transition_id=request.transition_id or 0,
+    )
+    _set_time(out.requested_at, request.requested_at)
+    _set_time(out.expires_at, request.expires_at)
+    if request.approved_at is not None:
+        _set_time(out.approved_at, request.approved_at)
     return out
 
 
@@ -488,6 +510,49 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
             ],
             next_page_token=_encode_token(str(page[-1].id)) if more else "",
         )
+
+    @maps_errors
+    async def ListApprovals(
+        self, request: pb.ListApprovalsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.ListApprovalsResponse:
+        if request.feature_id:
+            validate_feature_id(request.feature_id)
+            caller = require(AuthAction.READ, request.feature_id)
+        else:
+            caller = require(AuthAction.READ)
+        now = self._controller.now()
+        kept = await self._controller.approval_requests(request.feature_id)
+        return pb.ListApprovalsResponse(
+            approvals=[
+                approval_to_proto(a, now)
+                for a in pending_first(kept, now)
+                if (request.include_done or a.state(now) == "pending")
+                and permits(caller, AuthAction.READ, a.feature_id)
+            ]
+        )
+
+    @maps_errors
+    async def Approve(
+        self, request: pb.ApproveRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.ApproveResponse:
+        caller = require(AuthAction.APPROVE)
+        if request.approval_id < 1:
+            raise InvalidArgument(
+                "approval_id must be the id of a waiting request (1 or more); list them with "
+                "`releasectl release approvals`",
+                field="approval_id",
+            )
+        waiting = await self._controller.approval_request(request.approval_id)
+        if waiting is not None:
+            require(AuthAction.APPROVE, waiting.feature_id)
+        done, applied = await self._controller.approve(request.approval_id, caller.name)
+        response = pb.ApproveResponse(
+            approval=approval_to_proto(done, self._controller.now()),
+            feature=feature_to_proto(applied.state),
+        )
+        if applied.transition is not None:
+            response.transition.CopyFrom(transition_to_proto(applied.transition))
+        return response
 
     async def WatchReleases(  # type: ignore[override]  # some messages go as encoded bytes
         self, request: pb.WatchReleasesRequest, context: aio.ServicerContext[Any, Any]

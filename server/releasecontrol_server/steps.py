@@ -3,7 +3,9 @@
 A canary deployed with `--steps 5,25,50,100 --step-soak 10m` starts at 5 %;
 each time the current step has held its step soak, the server moves it to the
 next step as an ordinary change (sequence + 1, audit record by
-`releasecontrol-steps`), and after a last step of 100 % it promotes the canary.
+`releasecontrol-steps`), and after a last step of 100 % it promotes the canary,
+unless the feature needs approval to promote (approvals.py): then it holds at
+100 % until a person asks and another approves.
 The rules (when a step is due, what it moves to) are the state machine's
 (`releases.AdvanceStep`); this only notices when one is due.
 """
@@ -47,8 +49,11 @@ class StepRunner:
         for state in self._controller.status().features:
             canary = state.canary
             due_at = None if canary is None else canary.step_due_at()
-            if due_at is not None and due_at <= now:
-                out.append((state.feature_id, state.sequence))
+            if due_at is None or due_at > now:
+                continue
+            if self._controller.approvals.gate(state.feature_id, AdvanceStep(), state):
+                continue  # a protected feature holds at its last step: people promote it
+            out.append((state.feature_id, state.sequence))
         return out
 
     async def advance_due(self) -> list[str]:

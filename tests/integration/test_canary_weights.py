@@ -16,6 +16,7 @@ from conftest import RunningServer, folder_read, host_view, make_feature, releas
 from releasecontrol import errors
 from releasecontrol.client import ReleaseControlClient
 from releasecontrol.manifest import load_feature_folder
+from releasecontrol.verifier import Refusal
 
 pytestmark = pytest.mark.integration
 
@@ -35,9 +36,19 @@ def server(tmp_path: Path) -> Iterator[RunningServer]:
 
 
 def on_origin(server: RunningServer) -> tuple[str | None, str | None, int | None]:
-    """(stable, canary, canary_weight) of checkout as a host verifies it on the origin."""
-    seen = host_view(folder_read(server.origin_dir), server.trust_path).releases
-    return seen.stable, seen.canary, seen.canary_weight
+    """(stable, canary, canary_weight) of checkout as a host verifies it on the origin.
+
+    A host reading while the server writes the next change may read remote-index.json before
+    it and the shard after it (refused: the shard is not the one pinned); it reads again, as
+    a host's next refresh would."""
+    for _ in range(20):
+        try:
+            seen = host_view(folder_read(server.origin_dir), server.trust_path).releases
+        except Refusal:
+            time.sleep(0.02)
+            continue
+        return seen.stable, seen.canary, seen.canary_weight
+    raise AssertionError("the origin never verified as a whole")
 
 
 def test_a_step_ramp_is_advanced_by_the_server_and_promotes(

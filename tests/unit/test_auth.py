@@ -114,11 +114,12 @@ def principal(*roles: Role, scopes: tuple[str, ...] = ("*",), name: str = "alice
 
 # The contract's table, written out independently of ROLE_ACTIONS:
 # viewer (read, watch), releaser (publish, canary), approver (promote, rollback,
-# fallback), admin (everything).
+# fallback), admin (everything); and issue 14's four eyes: `release approve` needs
+# the approver role.
 CONTRACT = {
     Role.VIEWER: {"read", "watch"},
     Role.RELEASER: {"read", "watch", "publish", "deploy_canary"},
-    Role.APPROVER: {"read", "watch", "promote", "rollback", "set_channel"},
+    Role.APPROVER: {"read", "watch", "promote", "rollback", "set_channel", "approve"},
     Role.ADMIN: {a.value for a in Action},
 }
 

@@ -172,6 +172,7 @@ class TestOpen:
             conn.execute("ALTER TABLE transitions DROP COLUMN principal")
             conn.execute("ALTER TABLE features DROP COLUMN updated_by_principal")
             conn.execute("ALTER TABLE features DROP COLUMN canary_rollout")  # from 8
+            conn.execute("DROP TABLE approvals")  # from 9
             conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
         conn.close()
         reopened = SqliteStore(db_path)
@@ -201,6 +202,7 @@ class TestOpen:
             conn.execute("DROP INDEX requests_by_answered_at")  # from 7
             conn.execute("ALTER TABLE requests DROP COLUMN answered_at")
             conn.execute("ALTER TABLE features DROP COLUMN canary_rollout")  # from 8
+            conn.execute("DROP TABLE approvals")  # from 9
             conn.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
         conn.close()
         with SqliteStore(db_path) as reopened:
@@ -291,6 +293,7 @@ class TestCommit:
         conn = sqlite3.connect(db_path)
         with conn:  # as version 7 left it
             conn.execute("ALTER TABLE features DROP COLUMN canary_rollout")
+            conn.execute("DROP TABLE approvals")
             conn.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
         conn.close()
         with SqliteStore(db_path) as reopened:
@@ -457,6 +460,7 @@ class TestStaleChangesWriteNothing:
     def test_every_table_is_covered(self, store: SqliteStore, db_path: Path) -> None:
         """The nothing-written check compares every table the schema has."""
         assert set(dump(db_path)) == {
+            "approvals",
             "features",
             "files",
             "manifests",
@@ -662,6 +666,7 @@ class TestRequests:
             )
             conn.execute("ALTER TABLE features DROP COLUMN updated_by_principal")  # from 6
             conn.execute("ALTER TABLE features DROP COLUMN canary_rollout")  # from 8
+            conn.execute("DROP TABLE approvals")  # from 9
             conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
         conn.close()
 

@@ -74,6 +74,16 @@ class ReleaseControlStub:
                 request_serializer=releasecontrol_dot_v1_dot_release__control__pb2.SetCanaryWeightRequest.SerializeToString,
                 response_deserializer=releasecontrol_dot_v1_dot_release__control__pb2.SetCanaryWeightResponse.FromString,
                 _registered_method=True)
+        self.ListApprovals = channel.unary_unary(
+                '/releasecontrol.v1.ReleaseControl/ListApprovals',
+                request_serializer=releasecontrol_dot_v1_dot_release__control__pb2.ListApprovalsRequest.SerializeToString,
+                response_deserializer=releasecontrol_dot_v1_dot_release__control__pb2.ListApprovalsResponse.FromString,
+                _registered_method=True)
+        self.Approve = channel.unary_unary(
+                '/releasecontrol.v1.ReleaseControl/Approve',
+                request_serializer=releasecontrol_dot_v1_dot_release__control__pb2.ApproveRequest.SerializeToString,
+                response_deserializer=releasecontrol_dot_v1_dot_release__control__pb2.ApproveResponse.FromString,
+                _registered_method=True)
         self.GetReleaseIndex = channel.unary_unary(
                 '/releasecontrol.v1.ReleaseControl/GetReleaseIndex',
                 request_serializer=releasecontrol_dot_v1_dot_release__control__pb2.GetReleaseIndexRequest.SerializeToString,
@@ -160,6 +170,22 @@ class ReleaseControlServicer:
 
     def SetCanaryWeight(self, request, context):
         """Serve the running canary to a share of bucketed users; stops a step plan.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApprovals(self, request, context):
+        """Changes waiting for a second principal's approval (require_approval), and
+        those approved or expired lately.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Approve(self, request, context):
+        """Apply a waiting change as its requester asked it; the caller must be
+        another principal with the approver role.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -254,6 +280,16 @@ def add_ReleaseControlServicer_to_server(servicer, server):
                     servicer.SetCanaryWeight,
                     request_deserializer=releasecontrol_dot_v1_dot_release__control__pb2.SetCanaryWeightRequest.FromString,
                     response_serializer=releasecontrol_dot_v1_dot_release__control__pb2.SetCanaryWeightResponse.SerializeToString,
+            ),
+            'ListApprovals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApprovals,
+                    request_deserializer=releasecontrol_dot_v1_dot_release__control__pb2.ListApprovalsRequest.FromString,
+                    response_serializer=releasecontrol_dot_v1_dot_release__control__pb2.ListApprovalsResponse.SerializeToString,
+            ),
+            'Approve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Approve,
+                    request_deserializer=releasecontrol_dot_v1_dot_release__control__pb2.ApproveRequest.FromString,
+                    response_serializer=releasecontrol_dot_v1_dot_release__control__pb2.ApproveResponse.SerializeToString,
             ),
             'GetReleaseIndex': grpc.unary_unary_rpc_method_handler(
                     servicer.GetReleaseIndex,
@@ -502,6 +538,60 @@ class ReleaseControl:
             '/releasecontrol.v1.ReleaseControl/SetCanaryWeight',
             releasecontrol_dot_v1_dot_release__control__pb2.SetCanaryWeightRequest.SerializeToString,
             releasecontrol_dot_v1_dot_release__control__pb2.SetCanaryWeightResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApprovals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/releasecontrol.v1.ReleaseControl/ListApprovals',
+            releasecontrol_dot_v1_dot_release__control__pb2.ListApprovalsRequest.SerializeToString,
+            releasecontrol_dot_v1_dot_release__control__pb2.ListApprovalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Approve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/releasecontrol.v1.ReleaseControl/Approve',
+            releasecontrol_dot_v1_dot_release__control__pb2.ApproveRequest.SerializeToString,
+            releasecontrol_dot_v1_dot_release__control__pb2.ApproveResponse.FromString,
             options,
             channel_credentials,
             insecure,

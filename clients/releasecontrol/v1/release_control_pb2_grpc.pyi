@@ -51,6 +51,14 @@ class ReleaseControlStub:
     """Operator fallback: set one channel to any published version."""
     SetCanaryWeight: _grpc.UnaryUnaryMultiCallable[_release_control_pb2.SetCanaryWeightRequest, _release_control_pb2.SetCanaryWeightResponse]
     """Serve the running canary to a share of bucketed users; stops a step plan."""
+    ListApprovals: _grpc.UnaryUnaryMultiCallable[_release_control_pb2.ListApprovalsRequest, _release_control_pb2.ListApprovalsResponse]
+    """Changes waiting for a second principal's approval (require_approval), and
+    those approved or expired lately.
+    """
+    Approve: _grpc.UnaryUnaryMultiCallable[_release_control_pb2.ApproveRequest, _release_control_pb2.ApproveResponse]
+    """Apply a waiting change as its requester asked it; the caller must be
+    another principal with the approver role.
+    """
     GetReleaseIndex: _grpc.UnaryUnaryMultiCallable[_release_control_pb2.GetReleaseIndexRequest, _release_control_pb2.GetReleaseIndexResponse]
     """The exact signed bytes of releases.json (or remote-index.json)."""
     GetStatus: _grpc.UnaryUnaryMultiCallable[_release_control_pb2.GetStatusRequest, _release_control_pb2.GetStatusResponse]
@@ -90,6 +98,14 @@ class ReleaseControlAsyncStub(ReleaseControlStub):
     """Operator fallback: set one channel to any published version."""
     SetCanaryWeight: _aio.UnaryUnaryMultiCallable[_release_control_pb2.SetCanaryWeightRequest, _release_control_pb2.SetCanaryWeightResponse]  # type: ignore[assignment]
     """Serve the running canary to a share of bucketed users; stops a step plan."""
+    ListApprovals: _aio.UnaryUnaryMultiCallable[_release_control_pb2.ListApprovalsRequest, _release_control_pb2.ListApprovalsResponse]  # type: ignore[assignment]
+    """Changes waiting for a second principal's approval (require_approval), and
+    those approved or expired lately.
+    """
+    Approve: _aio.UnaryUnaryMultiCallable[_release_control_pb2.ApproveRequest, _release_control_pb2.ApproveResponse]  # type: ignore[assignment]
+    """Apply a waiting change as its requester asked it; the caller must be
+    another principal with the approver role.
+    """
     GetReleaseIndex: _aio.UnaryUnaryMultiCallable[_release_control_pb2.GetReleaseIndexRequest, _release_control_pb2.GetReleaseIndexResponse]  # type: ignore[assignment]
     """The exact signed bytes of releases.json (or remote-index.json)."""
     GetStatus: _aio.UnaryUnaryMultiCallable[_release_control_pb2.GetStatusRequest, _release_control_pb2.GetStatusResponse]  # type: ignore[assignment]
@@ -174,6 +190,26 @@ class ReleaseControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_release_control_pb2.SetCanaryWeightResponse, _abc.Awaitable[_release_control_pb2.SetCanaryWeightResponse]]:
         """Serve the running canary to a share of bucketed users; stops a step plan."""
+
+    @_abc_1.abstractmethod
+    def ListApprovals(
+        self,
+        request: _release_control_pb2.ListApprovalsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_release_control_pb2.ListApprovalsResponse, _abc.Awaitable[_release_control_pb2.ListApprovalsResponse]]:
+        """Changes waiting for a second principal's approval (require_approval), and
+        those approved or expired lately.
+        """
+
+    @_abc_1.abstractmethod
+    def Approve(
+        self,
+        request: _release_control_pb2.ApproveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_release_control_pb2.ApproveResponse, _abc.Awaitable[_release_control_pb2.ApproveResponse]]:
+        """Apply a waiting change as its requester asked it; the caller must be
+        another principal with the approver role.
+        """
 
     @_abc_1.abstractmethod
     def GetReleaseIndex(

@@ -42,6 +42,7 @@ class Action(StrEnum):
     PROMOTE = "promote"
     ROLLBACK = "rollback"
     SET_CHANNEL = "set_channel"
+    APPROVE = "approve"
     REFRESH_MANIFESTS = "refresh_manifests"
     ADMIN = "admin"
 
@@ -52,12 +53,13 @@ ROLE_ACTIONS: Mapping[Role, frozenset[Action]] = MappingProxyType(
     {
         Role.VIEWER: _VIEWER,
         Role.RELEASER: _VIEWER | {Action.PUBLISH, Action.DEPLOY_CANARY},
-        Role.APPROVER: _VIEWER | {Action.PROMOTE, Action.ROLLBACK, Action.SET_CHANNEL},
+        Role.APPROVER: _VIEWER
+        | {Action.PROMOTE, Action.ROLLBACK, Action.SET_CHANNEL, Action.APPROVE},
         Role.ADMIN: frozenset(Action),
     }
 )
 """The contract's roles: viewer (read, watch), releaser (publish, canary),
-approver (promote, rollback, fallback), admin (everything)."""
+approver (promote, rollback, fallback, approve another's change), admin (everything)."""
 
 SERVICE = "releasecontrol.v1.ReleaseControl"
 
@@ -75,6 +77,8 @@ RPC_ACTIONS: Mapping[str, Action] = MappingProxyType(
         "Promote": Action.PROMOTE,
         "Rollback": Action.ROLLBACK,
         "SetChannel": Action.SET_CHANNEL,
+        "ListApprovals": Action.READ,
+        "Approve": Action.APPROVE,
         "RefreshManifests": Action.REFRESH_MANIFESTS,
         "RebuildOrigin": Action.ADMIN,
     }

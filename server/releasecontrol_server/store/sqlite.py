@@ -50,11 +50,14 @@ from typing import Any
 from sqlite_utils import Database
 
 from releasecontrol.errors import AlreadyExists, ConfigError, StaleSequence
+from releasecontrol_server.approvals import ApprovalRequest, command_from_json, command_json
 from releasecontrol_server.origin import validate_origin_path
 from releasecontrol_server.releases import (
     Action,
     AuditRecord,
     Canary,
+    ChangeMeta,
+    Command,
     FeatureState,
     PublishedVersion,
 )
@@ -71,7 +74,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 BUSY_TIMEOUT_MS = 10_000
 WAL_CHECKPOINT_PAGES = 16_384
 CACHE_KIB = 32_768
@@ -195,6 +198,30 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 8: a canary's weight and step plan (JSON, `_rollout_json`); NULL: weight 0, no plan.
     ("ALTER TABLE features ADD COLUMN canary_rollout TEXT",),
+    # 9: changes that wait for a second principal's approval (approvals.py).
+    (
+        """
+        CREATE TABLE approvals (
+            id INTEGER PRIMARY KEY,  -- never deleted, so never reused
+            feature_id TEXT NOT NULL,
+            rpc TEXT NOT NULL,
+            command TEXT NOT NULL,
+            manifest BLOB,
+            what TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            ticket TEXT NOT NULL,
+            expected_sequence INTEGER,
+            requested_by TEXT NOT NULL,
+            requested_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            approved_by TEXT NOT NULL DEFAULT '',
+            approved_at TEXT,
+            transition_id INTEGER
+        )
+        """,
+        "CREATE INDEX approvals_by_feature ON approvals (feature_id, id)",
+    ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -887,6 +914,83 @@ class SqliteStore:
             )
         return int(cursor.rowcount)
 
+    # -- approvals ----------------------------------------------------------
+
+    def add_approval(
+        self,
+        feature_id: str,
+        rpc: str,
+        command: Command,
+        meta: ChangeMeta,
+        what: str,
+        *,
+        manifest: bytes | None,
+        now: datetime,
+        expires_at: datetime,
+    ) -> ApprovalRequest:
+        """Keep a change for approval; the same change asked again by the same principal while
+        its request waits is that request, not another."""
+        asked = command_json(command)
+        with self._write():
+            row = self._db.execute(
+                "SELECT id FROM approvals WHERE feature_id = ? AND rpc = ? AND command = ? "
+                "AND requested_by = ? AND approved_at IS NULL AND expires_at > ? "
+                "ORDER BY id DESC LIMIT 1",
+                [feature_id, rpc, asked, meta.principal, _text(now)],
+            ).fetchone()
+            if row is not None:
+                approval_id = int(row[0])
+            else:
+                cursor = self._db.execute(
+                    "INSERT INTO approvals (feature_id, rpc, command, manifest, what, actor, "
+                    "reason, ticket, expected_sequence, requested_by, requested_at, expires_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        feature_id,
+                        rpc,
+                        asked,
+                        manifest,
+                        what,
+                        meta.actor,
+                        meta.reason,
+                        meta.ticket,
+                        meta.expected_sequence,
+                        meta.principal,
+                        _text(now),
+                        _text(expires_at),
+                    ],
+                )
+                approval_id = int(cursor.lastrowid or 0)
+        found = self.approval(approval_id)
+        assert found is not None
+        return found
+
+    def approval(self, approval_id: int) -> ApprovalRequest | None:
+        rows = self._rows("SELECT * FROM approvals WHERE id = ?", [approval_id])
+        return _approval_from_row(rows[0]) if rows else None
+
+    def list_approvals(self, feature_id: str = "", limit: int = 100) -> list[ApprovalRequest]:
+        """The newest `limit` approval requests (of `feature_id`, when given), newest first."""
+        _check_limit(limit)
+        where, params = ("WHERE feature_id = ?", [feature_id]) if feature_id else ("", [])
+        rows = self._rows(
+            f"SELECT * FROM approvals {where} ORDER BY id DESC LIMIT ?", [*params, limit]
+        )
+        return [_approval_from_row(row) for row in rows]
+
+    def mark_approved(
+        self, approval_id: int, approver: str, at: datetime, transition_id: int | None
+    ) -> ApprovalRequest:
+        with self._write():
+            self._db.execute(
+                "UPDATE approvals SET approved_by = ?, approved_at = ?, transition_id = ? "
+                "WHERE id = ? AND approved_at IS NULL",
+                [approver, _text(at), transition_id, approval_id],
+            )
+        found = self.approval(approval_id)
+        assert found is not None
+        return found
+
     def answered(self, request_id: str) -> Answered | None:
         """What the request with `request_id` did, or None when it was never answered."""
         with self._lock:
@@ -1002,6 +1106,31 @@ def _feature_from_row(row: dict[str, Any], versions: Sequence[PublishedVersion])
         updated_at=_optional_moment(row["updated_at"]),
         updated_by=str(row["updated_by"]),
         updated_by_principal=str(row.get("updated_by_principal") or ""),
+    )
+
+
+def _approval_from_row(row: dict[str, Any]) -> ApprovalRequest:
+    expected = row["expected_sequence"]
+    manifest = row["manifest"]
+    return ApprovalRequest(
+        id=int(row["id"]),
+        feature_id=str(row["feature_id"]),
+        rpc=str(row["rpc"]),
+        command=command_from_json(str(row["command"])),
+        meta=ChangeMeta(
+            actor=str(row["actor"]),
+            reason=str(row["reason"]),
+            ticket=str(row["ticket"]),
+            expected_sequence=None if expected is None else int(expected),
+            principal=str(row["requested_by"]),
+        ),
+        what=str(row["what"]),
+        requested_at=_moment(row["requested_at"]),
+        expires_at=_moment(row["expires_at"]),
+        manifest=None if manifest is None else bytes(manifest),
+        approved_by=str(row["approved_by"]),
+        approved_at=_optional_moment(row["approved_at"]),
+        transition_id=None if row["transition_id"] is None else int(row["transition_id"]),
     )
 
 
