@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -108,7 +109,7 @@ def sign_in(page: Page, site: Site, who: str) -> None:
 
 
 def state(page: Page) -> dict[str, str]:
-    """The feature page's state panel: stable, canary, sequence."""
+    """The feature page's state panel: stable, canary (with its weight), sequence."""
     return {
         "stable": page.locator("#state-stable").inner_text(),
         "canary": page.locator("#state-canary").inner_text(),
@@ -155,18 +156,19 @@ def test_canary_refused_promote_skip_soak_rollback_and_hot_refresh(
     # The list shows what the CLI published.
     row = page.locator('tr[data-feature="checkout"]')
     expect(row.locator("td.stable")).to_have_text("1.0.0")
-    expect(row.locator("td.canary")).to_have_text("1.1.0")
+    expect(row.locator("td.canary")).to_have_text("1.1.0 — opted-in hosts only")
     row.get_by_role("link", name="checkout").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("checkout")
 
     # Deploy the canary again with a one-hour soak, confirming what will change.
     form = page.locator("form", has=page.get_by_role("heading", name="Deploy canary"))
     form.get_by_label("Version").select_option("1.1.0")
-    form.get_by_label("Soak").fill("1h")
+    form.get_by_label("Soak", exact=True).fill("1h")
     form.get_by_label("Reason", exact=True).fill("redeploy <b>with</b> a longer soak")
     form.get_by_role("button", name="Review canary…").click()
     expect(page.locator("#headline")).to_have_text(
-        "Deploy checkout 1.1.0 as canary with a 1h soak (canary now 1.1.0, stable stays 1.0.0)"
+        "Deploy checkout 1.1.0 as canary to opted-in hosts only with a 1h soak "
+        "(canary now 1.1.0 — opted-in hosts only, stable stays 1.0.0)"
     )
     page.get_by_role("button", name="Confirm").click()
     expect(page.locator("#done")).to_contain_text("Deploy canary 1.1.0 applied as sequence 3")
@@ -179,7 +181,11 @@ def test_canary_refused_promote_skip_soak_rollback_and_hot_refresh(
     expect(alert).to_contain_text("FAILED_PRECONDITION")
     expect(alert).to_contain_text("canary 1.1.0 of feature 'checkout' is still soaking")
     expect(alert).to_contain_text("skip the rest of the soak, giving a reason")
-    assert state(page) == {"stable": "1.0.0", "canary": "1.1.0", "sequence": "3"}
+    assert state(page) == {
+        "stable": "1.0.0",
+        "canary": "1.1.0 — opted-in hosts only",
+        "sequence": "3",
+    }
 
     # Promote skipping the soak, with a reason and a ticket.
     promote = page.locator("form", has=page.get_by_role("heading", name="Promote canary"))
@@ -239,6 +245,9 @@ def test_pages_update_when_the_cli_changes_a_release(site: Site, context: Browse
         page.evaluate("window.__notReloaded = true")
         # The server says hello once it has subscribed the page to changes.
         page.wait_for_selector('body[data-live="connected"]', state="attached")
+    # Something typed into a form is kept when the form is re-read.
+    promote = feature.locator("#promote-form")
+    promote.get_by_label("Reason", exact=True).fill("typed before the CLI")
 
     site.releasectl(
         "release", "promote", "--feature", "search", "--version", "2.1.0",
@@ -250,6 +259,10 @@ def test_pages_update_when_the_cli_changes_a_release(site: Site, context: Browse
     expect(feature.locator("#live-status")).to_contain_text("search: promote 2.1.0 by ci-bot")
     expect(feature.locator("#history-table")).to_contain_text("from the CLI")
     expect(listing.locator('tr[data-feature="search"] td.stable')).to_have_text("2.1.0")
+    # The forms follow: no canary is left to set a weight for; the typed reason stays.
+    expect(feature.locator("#set_weight-form")).to_contain_text("No canary is running")
+    expect(feature.locator("#rollback-form").get_by_label("Version")).to_have_value("2.0.0")
+    expect(promote.get_by_label("Reason", exact=True)).to_have_value("typed before the CLI")
     for page in (listing, feature):
         assert page.evaluate("window.__notReloaded") is True
 
@@ -287,3 +300,114 @@ def test_a_post_without_the_csrf_token_is_refused(site: Site, context: BrowserCo
     assert response.status == 403
     assert "security token" in response.text()
     assert site.status("cart")["stable"] == "1.0.0"
+
+
+def test_a_percentage_canary_from_the_forms(site: Site, context: BrowserContext) -> None:
+    """Deploy a 5 % canary, then set it to 25 %: each shown on the page, in another open
+    page without a reload, and in the CLI's status; a bad percentage changes nothing."""
+    site.publish("ramp", "1.0.0")
+    site.publish("ramp", "1.1.0", "--channel", "canary")
+    listing = context.new_page()
+    sign_in(listing, site, "alice")
+    listing.wait_for_selector('body[data-live="connected"]', state="attached")
+    listing.evaluate("window.__notReloaded = true")
+    page = context.new_page()
+    page.goto(f"{site.url}/features/ramp")
+    assert state(page) == {
+        "stable": "1.0.0",
+        "canary": "1.1.0 — opted-in hosts only",
+        "sequence": "2",
+    }
+
+    # A percentage above 100: the sentence under the Percent input, nothing changed.
+    canary = page.locator("form", has=page.get_by_role("heading", name="Deploy canary"))
+    canary.get_by_label("Version").select_option("1.1.0")
+    canary.get_by_label("Percent").fill("150")
+    canary.get_by_role("button", name="Review canary…").click()
+    canary = page.locator("form", has=page.get_by_role("heading", name="Deploy canary"))
+    percent = canary.get_by_label("Percent")
+    expect(percent).to_have_attribute("aria-invalid", "true")
+    expect(percent).to_have_value("150")
+    expect(percent).to_have_accessible_description(
+        re.compile(r"^percent '150' is above 100 %; give 0 to 100")
+    )
+    expect(canary.locator(".field-error")).to_have_text(
+        "percent '150' is above 100 %; give 0 to 100"
+    )
+    assert state(page)["sequence"] == "2"
+    assert site.status("ramp")["canary"]["weight_percent"] == 0
+
+    # 5 %: reviewed, confirmed, shown.
+    percent.fill("5")
+    canary.get_by_label("Reason", exact=True).fill("first users")
+    canary.get_by_role("button", name="Review canary…").click()
+    expect(page.locator("#headline")).to_contain_text("Deploy ramp 1.1.0 as canary to 5% of users")
+    expect(page.locator("#changes-table")).to_contain_text("1.1.0 — 5% of users (soak 30m)")
+    page.get_by_role("button", name="Confirm").click()
+    expect(page.locator("#done")).to_contain_text("Deploy canary 1.1.0 applied as sequence 3")
+    expect(page.locator("#state-canary")).to_have_text("1.1.0 — 5% of users")
+    row = listing.locator('tr[data-feature="ramp"] td.canary')
+    expect(row).to_have_text("1.1.0 — 5% of users")
+    assert site.status("ramp")["canary"]["weight_percent"] == 5
+
+    # Set the weight to 25 %.
+    weight = page.locator("form", has=page.get_by_role("heading", name="Set canary weight"))
+    expect(weight).to_contain_text("Canary 1.1.0 — 5% of users.")
+    weight.get_by_label("Percent").fill("25")
+    weight.get_by_label("Reason", exact=True).fill("errors flat")
+    weight.get_by_role("button", name="Review weight…").click()
+    expect(page.locator("#headline")).to_have_text(
+        "Serve canary 1.1.0 of ramp to 25% of users (now 5% of users)"
+    )
+    page.get_by_role("button", name="Confirm").click()
+    expect(page.locator("#done")).to_have_text(
+        "Set weight 1.1.0 applied as sequence 4: canary 1.1.0 weight 5% -> 25%"
+    )
+    assert state(page) == {"stable": "1.0.0", "canary": "1.1.0 — 25% of users", "sequence": "4"}
+    first = page.locator("#history-table tbody tr").first
+    expect(first).to_contain_text("set weight 1.1.0")
+    expect(first).to_contain_text("errors flat")
+    expect(row).to_have_text("1.1.0 — 25% of users")
+    expect(listing.locator("#live-status")).to_contain_text(
+        "ramp: set weight 1.1.0 by alice (sequence 4); canary 1.1.0 — 25% of users"
+    )
+    assert listing.evaluate("window.__notReloaded") is True
+    assert site.status("ramp")["canary"]["weight_percent"] == 25
+
+
+def test_a_step_ramp_moves_on_the_open_page(site: Site, context: BrowserContext) -> None:
+    """A ramp started from the CLI: the open page shows step 1, then, when the server moves
+    it, step 2 and the history row of releasecontrol-steps, without a reload."""
+    site.publish("stairs", "1.0.0")
+    site.publish("stairs", "1.1.0", "--channel", "canary")
+    page = context.new_page()
+    sign_in(page, site, "alice")
+    page.goto(f"{site.url}/features/stairs")
+    page.wait_for_selector('body[data-live="connected"]', state="attached")
+    page.evaluate("window.__notReloaded = true")
+
+    site.releasectl(
+        "release", "canary", "--feature", "stairs", "--version", "1.1.0",
+        "--steps", "5,50", "--step-soak", "3s",
+    )  # fmt: skip
+
+    expect(page.locator("#state-plan")).to_have_text("step 1 of 2 of 5,50 % (each 3s)")
+    expect(page.locator("#state-canary")).to_have_text("1.1.0 — 5% of users")
+    expect(page.locator("#state-next-step")).to_contain_text("next 50% of users")
+    expect(page.locator("#set_weight-now")).to_have_text(
+        "Canary 1.1.0 — 5% of users; setting a weight stops its step plan."
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "admin-canary-steps.png"), full_page=True)
+    # The server moves the step once it held 3s (it looks every second).
+    expect(page.locator("#state-plan")).to_have_text("step 2 of 2 of 5,50 % (each 3s)")
+    expect(page.locator("#state-canary")).to_have_text("1.1.0 — 50% of users")
+    expect(page.locator("#state-next-step")).to_have_text("last step: holds at 50% until promoted")
+    first = page.locator("#history-table tbody tr").first
+    expect(first).to_contain_text("advance step 1.1.0")
+    expect(first).to_contain_text("canary 1.1.0 weight 5% -> 50%: step 2 of 2 of 5,50 %")
+    expect(first).to_contain_text("releasecontrol-steps")
+    expect(page.locator("#live-status")).to_contain_text(
+        "stairs: advance step 1.1.0 by releasecontrol-steps"
+    )
+    assert page.evaluate("window.__notReloaded") is True

@@ -640,7 +640,8 @@ class TestPages:
     async def test_the_list_shows_channels_soak_sequence_and_last_change(
         self, releaser: Admin
     ) -> None:
-        """Each feature row has stable, canary, soak left, sequence and who changed it last."""
+        """Each feature row has stable, canary with its weight, soak left, sequence and who
+        changed it last."""
         await releaser.canary("checkout", "1.1.0", 3600)
         releaser.clock.now = T0 + timedelta(minutes=20)
         page = (await releaser.client.get("/_admin")).text
@@ -651,7 +652,7 @@ class TestPages:
         assert text == [
             "checkout",
             "1.0.0",
-            "1.1.0",
+            "1.1.0 — opted-in hosts only",
             "40m",
             "3",
             "2030-01-01 12:00:00Z",
@@ -749,7 +750,7 @@ class TestChanges:
         )
         assert rows == [
             ("Stable", "1.0.0", "1.1.0"),
-            ("Canary", "1.1.0 (soak 0s)", "none"),
+            ("Canary", "1.1.0 — opted-in hosts only (soak 0s)", "none"),
             ("Sequence", "2", "3"),
         ]
         assert releaser.state("checkout") == before

@@ -20,6 +20,7 @@ from starlette.routing import Route
 from test_admin import Clock, make_controller, publish
 
 from releasecontrol.errors import ConfigError
+from releasecontrol_server import releases
 from releasecontrol_server.admin import AdminServer, load_or_create_secret
 from releasecontrol_server.admin.events import event_stream
 from releasecontrol_server.admin.session import SessionRegistry
@@ -27,6 +28,7 @@ from releasecontrol_server.admin.signin import SignInThrottle, claimed_principal
 from releasecontrol_server.auth.dfs import issue_dfs_token
 from releasecontrol_server.auth.principal import Principal, Role
 from releasecontrol_server.control import ReleaseController
+from releasecontrol_server.releases import ChangeMeta
 from releasecontrol_server.watch import WatchHub
 
 VIEWER = Principal("watcher", frozenset({Role.VIEWER}))
@@ -160,7 +162,8 @@ class TestEvents:
     async def test_a_committed_change_becomes_one_change_event(
         self, controller: ReleaseController
     ) -> None:
-        """After the hello, a change anyone commits arrives as `event: change` naming it."""
+        """After the hello, a change anyone commits arrives as `event: change` naming it and
+        the canary (with its weight) it leaves."""
         closing = asyncio.Event()
         stream = event_stream(controller.hub, VIEWER, [], closing, heartbeat_seconds=5)
         assert await anext(stream) == "retry: 2000\nevent: hello\ndata: {}\n\n"
@@ -174,10 +177,34 @@ class TestEvents:
             "action": "publish",
             "version": "1.1.0",
             "actor": "ci-bot",
+            "canary": "1.1.0 — opted-in hosts only",
         }
         closing.set()
         with pytest.raises(StopAsyncIteration):
             await asyncio.wait_for(anext(stream), 2)
+
+    async def test_a_weight_change_is_sent_with_the_canarys_new_weight(
+        self, controller: ReleaseController
+    ) -> None:
+        """A set_weight event carries the canary as pages word it, so the status line shows
+        the new share without reading the page first."""
+        await publish(controller, "checkout", "1.1.0", canary=True, soak_seconds=60)
+        stream = event_stream(controller.hub, VIEWER, [], asyncio.Event(), heartbeat_seconds=5)
+        await anext(stream)
+        await controller.change(
+            "checkout",
+            releases.SetWeight(2500),
+            ChangeMeta(actor="alice"),
+            rpc="SetCanaryWeight",
+            request_id="",
+        )
+        data = _data(await asyncio.wait_for(anext(stream), 2))
+        assert (data["action"], data["version"], data["canary"]) == (
+            "set_weight",
+            "1.1.0",
+            "1.1.0 — 25% of users",
+        )
+        await stream.aclose()
 
     async def test_changes_outside_the_principals_scope_are_not_sent(
         self, controller: ReleaseController

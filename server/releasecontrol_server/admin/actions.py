@@ -1,8 +1,14 @@
 """The admin UI's release changes: a form becomes the same domain command the RPCs build.
 
     ChangeRequest.from_form(...)   the form's fields -> one change (InvalidArgument names a field)
+    form_field(kind, error)        the form input an InvalidArgument is about, to show it there
     preview(state, request, now)   what it would change, from the pure state machine (no write)
     apply(controller, request)     the change itself, through `ReleaseController.change`
+    canary_text, plan_text, ...    how every page words a canary: its weight and step plan
+
+Percentages and step ramps are read by the CLI's own helpers (releasecontrol.weights),
+so a form refuses exactly what `release canary --percent/--steps/--step-soak` and
+`release set-weight` refuse; the one-line messages name the form's fields, not flags.
 
 No rule is decided here: `releases.apply` decides the preview, and the
 controller decides (again, on the state at that moment) when the change is
@@ -17,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,18 +32,27 @@ from releasecontrol.errors import InvalidArgument, ReleaseControlError, status_c
 from releasecontrol.limits import check_change_context
 from releasecontrol.manifest import format_duration, parse_duration, validate_version
 from releasecontrol.v1 import release_control_pb2 as pb
+from releasecontrol.weights import (
+    WEIGHT_SCALE,
+    format_steps,
+    format_weight,
+    parse_percent,
+    parse_steps,
+)
 from releasecontrol_server import releases
 from releasecontrol_server.auth.authorize import RPC_ACTIONS
 from releasecontrol_server.auth.authorize import Action as AuthAction
 from releasecontrol_server.control import ReleaseController
-from releasecontrol_server.releases import ChangeMeta, Channel, FeatureState
+from releasecontrol_server.releases import Canary, ChangeMeta, Channel, FeatureState
 from releasecontrol_server.service import change_answer
 
 
 class Kind(enum.StrEnum):
-    """The four changes the admin UI offers (the CLI's canary, promote, rollback, fallback)."""
+    """The changes the admin UI offers (the CLI's canary, set-weight, promote, rollback,
+    fallback)."""
 
     CANARY = "canary"
+    SET_WEIGHT = "set_weight"
     PROMOTE = "promote"
     ROLLBACK = "rollback"
     FALLBACK = "fallback"
@@ -57,6 +72,7 @@ class _Rpc:
 # The RPC each change is recorded as (request ids are shared with the API).
 _RPCS: Mapping[Kind, _Rpc] = {
     Kind.CANARY: _Rpc("DeployCanary", pb.DeployCanaryResponse),
+    Kind.SET_WEIGHT: _Rpc("SetCanaryWeight", pb.SetCanaryWeightResponse),
     Kind.PROMOTE: _Rpc("Promote", pb.PromoteResponse),
     Kind.ROLLBACK: _Rpc("Rollback", pb.RollbackResponse),
     Kind.FALLBACK: _Rpc("SetChannel", pb.SetChannelResponse),
@@ -92,12 +108,20 @@ class ChangeRequest:
     kind: Kind
     feature_id: str
     version: str
+    """The version the change is about; "" for SET_WEIGHT (it changes the running canary)."""
     actor: str
     reason: str = ""
     ticket: str = ""
     soak_seconds: int = 0
     skip_soak: bool = False
     channel: Channel = Channel.STABLE
+    weight: int = 0
+    """CANARY and SET_WEIGHT: the share of users served, out of WEIGHT_SCALE (0: hosts that
+    opt into the canary channel only)."""
+    steps: tuple[int, ...] = ()
+    """CANARY: a step ramp (weights, increasing); the soak is then the whole ramp."""
+    step_seconds: int = 0
+    """CANARY: how long each step of `steps` holds."""
     expected_sequence: int | None = None
     request_id: str = ""
     principal: str = ""
@@ -115,21 +139,28 @@ class ChangeRequest:
         """Read the fields of a change form; raises InvalidArgument naming a bad field.
 
         `actor` defaults to the signed-in principal, an empty soak to the
-        server's default, as with the CLI.
+        server's default (none with a step ramp), as with the CLI.
         """
         try:
             kind = Kind(form.get("action", ""))
         except ValueError:
             raise InvalidArgument(
-                "the form names no known change; use canary, promote, rollback or fallback",
+                "the form names no known change; use canary, set_weight, promote, rollback "
+                "or fallback",
                 field="action",
             ) from None
-        version = form.get("version", "").strip()
-        if not version:
-            raise InvalidArgument("choose a version", field="version")
-        validate_version(version)
-        soak_text = form.get("soak", "").strip()
-        soak = parse_duration(soak_text) if soak_text else default_soak_seconds
+        version = ""
+        if kind is not Kind.SET_WEIGHT:
+            version = form.get("version", "").strip()
+            if not version:
+                raise InvalidArgument("choose a version", field="version")
+            validate_version(version)
+        soak, weight, step_seconds = default_soak_seconds, 0, 0
+        steps: tuple[int, ...] = ()
+        if kind is Kind.CANARY:
+            soak, weight, steps, step_seconds = _canary_fields(form, default_soak_seconds)
+        elif kind is Kind.SET_WEIGHT:
+            weight = _weight_field(form)
         channel_text = form.get("channel", "stable")
         if channel_text not in (Channel.STABLE, Channel.CANARY):
             raise InvalidArgument("channel must be stable or canary", field="channel")
@@ -151,9 +182,12 @@ class ChangeRequest:
             actor=actor or principal_name,
             reason=reason,
             ticket=ticket,
-            soak_seconds=soak if kind is Kind.CANARY else default_soak_seconds,
+            soak_seconds=soak,
             skip_soak=kind is Kind.PROMOTE and form.get("skip_soak", "") in ("1", "on", "true"),
             channel=Channel(channel_text),
+            weight=weight,
+            steps=steps,
+            step_seconds=step_seconds,
             expected_sequence=int(expected_text) if expected_text else None,
             request_id=request_id,
             principal=principal_name,
@@ -170,7 +204,15 @@ class ChangeRequest:
     def command(self) -> releases.Command:
         """The domain command, built as the servicer builds it for the matching RPC."""
         if self.kind is Kind.CANARY:
-            return releases.DeployCanary(self.version, self.soak_seconds)
+            return releases.DeployCanary(
+                self.version,
+                self.soak_seconds,
+                weight=self.weight,
+                steps=self.steps,
+                step_seconds=self.step_seconds,
+            )
+        if self.kind is Kind.SET_WEIGHT:
+            return releases.SetWeight(self.weight)
         if self.kind is Kind.PROMOTE:
             return releases.Promote(self.version, skip_soak=self.skip_soak)
         if self.kind is Kind.ROLLBACK:
@@ -205,12 +247,139 @@ class ChangeRequest:
         if self.expected_sequence is not None:
             fields.append(("expected_sequence", str(self.expected_sequence)))
         if self.kind is Kind.CANARY:
-            fields.append(("soak", str(self.soak_seconds)))
+            if self.steps:  # the soak of a ramp is the ramp: sending one would be refused
+                fields.append(("steps", _percents(self.steps)))
+                fields.append(("step_soak", str(self.step_seconds)))
+            else:
+                fields.append(("soak", str(self.soak_seconds)))
+                if self.weight:
+                    fields.append(("percent", _percents([self.weight])))
+        if self.kind is Kind.SET_WEIGHT:
+            fields.append(("percent", _percents([self.weight])))
         if self.skip_soak:
             fields.append(("skip_soak", "1"))
         if self.kind is Kind.FALLBACK:
             fields.append(("channel", self.channel.value))
         return fields
+
+
+def _canary_fields(
+    form: Mapping[str, str], default_soak_seconds: int
+) -> tuple[int, int, tuple[int, ...], int]:
+    """(soak_seconds, weight, steps, step_seconds) of the canary form, by the CLI's rules.
+
+    Each field is read as `release canary` reads its option (a bad one is refused
+    first, naming it), then the combinations are checked as the CLI checks them.
+    """
+    soak = _duration(form, "soak")
+    percent_text = form.get("percent", "").strip()
+    weight = parse_percent(percent_text, "percent") if percent_text else None
+    steps_text = form.get("steps", "").strip()
+    steps = parse_steps(steps_text, "steps") if steps_text else ()
+    step_seconds = _duration(form, "step_soak")
+    if steps and (soak is not None or weight is not None):
+        raise InvalidArgument(
+            "steps set both the weight (their first step) and the soak (the whole ramp); "
+            "leave the percent and the soak empty",
+            field="percent" if weight is not None else "soak",
+        )
+    if bool(steps) != (step_seconds is not None):
+        raise InvalidArgument(
+            "steps and a step soak go together: e.g. steps 5,25,50,100 with a step soak of 10m",
+            field="step_soak" if steps else "steps",
+        )
+    if steps:
+        return 0, 0, steps, step_seconds or 0
+    return (default_soak_seconds if soak is None else soak), weight or 0, (), 0
+
+
+def _weight_field(form: Mapping[str, str]) -> int:
+    text = form.get("percent", "").strip()
+    if not text:
+        raise InvalidArgument(
+            "give the percentage of users the canary serves, 0 to 100 (0: only hosts that "
+            "opt into the canary channel)",
+            field="percent",
+        )
+    return parse_percent(text, "percent")
+
+
+def _duration(form: Mapping[str, str], name: str) -> int | None:
+    """The duration typed into field `name`, None when it is empty; a bad one names `name`."""
+    text = form.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        return parse_duration(text)
+    except InvalidArgument as error:
+        raise InvalidArgument(error.message, field=name) from None
+
+
+def _percents(weights: Sequence[int]) -> str:
+    """(500, 2500) -> '5,25': what parse_percent / parse_steps read back as the same weights."""
+    return ",".join(format_weight(weight).removesuffix("%") for weight in weights)
+
+
+_COMMON_INPUTS = frozenset({"actor", "reason", "ticket"})
+_INPUTS: Mapping[Kind, frozenset[str]] = {
+    Kind.CANARY: frozenset({"version", "soak", "percent", "steps", "step_soak"}),
+    Kind.SET_WEIGHT: frozenset({"percent"}),
+    Kind.PROMOTE: frozenset({"version", "skip_soak"}),
+    Kind.ROLLBACK: frozenset({"version"}),
+    Kind.FALLBACK: frozenset({"version", "channel"}),
+}
+# The state machine names the command's fields; the form names its inputs.
+_DOMAIN_FIELDS = {"weight": "percent", "soak_seconds": "soak", "step_seconds": "step_soak"}
+
+
+def form_field(kind_text: str, error: ReleaseControlError) -> str | None:
+    """The input of the `kind_text` form that `error` is about, if it is about one of them:
+    the page shows the message next to it."""
+    if not isinstance(error, InvalidArgument):
+        return None
+    try:
+        kind = Kind(kind_text)
+    except ValueError:
+        return None
+    name = _DOMAIN_FIELDS.get(error.field, error.field)
+    return name if name in _INPUTS[kind] | _COMMON_INPUTS else None
+
+
+# -- how a canary is worded on every page ----------------------------------------------
+
+
+def weight_text(weight: int) -> str:
+    """'25% of users', or 'opted-in hosts only' at 0 (only hosts on the canary channel)."""
+    return f"{format_weight(weight)} of users" if weight else "opted-in hosts only"
+
+
+def canary_text(canary: Canary) -> str:
+    """'1.3.0 — 25% of users', '1.3.0 — opted-in hosts only'."""
+    return f"{canary.version} — {weight_text(canary.weight)}"
+
+
+def plan_text(canary: Canary) -> str | None:
+    """'step 2 of 4 of 5,25,50,100 % (each 10m)'; None when no step plan runs."""
+    if not canary.steps or canary.weight not in canary.steps:
+        return None
+    return (
+        f"step {canary.steps.index(canary.weight) + 1} of {len(canary.steps)} of "
+        f"{format_steps(canary.steps)} (each {format_duration(canary.step_seconds)})"
+    )
+
+
+def next_step_text(canary: Canary) -> str | None:
+    """What happens when the current step has held: 'next 50% of users', 'promotes to
+    stable' (after a last step of 100 %), 'last step: holds at 50% until promoted';
+    None when no step plan runs."""
+    if not canary.steps:
+        return None
+    after = canary.next_step
+    if after is not None:
+        return f"next {weight_text(after)}"
+    if canary.weight == WEIGHT_SCALE:
+        return "promotes to stable"
+    return f"last step: holds at {format_weight(canary.weight)} until promoted"
 
 
 @dataclass(frozen=True)
@@ -220,6 +389,8 @@ class Preview:
     headline: str
     rows: list[tuple[str, str, str]]
     detail: str
+    changes: bool = True
+    """False when the state machine answers that nothing would change (then no Confirm)."""
 
 
 def preview(state: FeatureState, request: ChangeRequest, now: datetime) -> Preview:
@@ -229,33 +400,57 @@ def preview(state: FeatureState, request: ChangeRequest, now: datetime) -> Previ
     messages the CLI gets) when the change would be refused now.
     """
     outcome = releases.apply(state, request.feature_id, request.command(), request.meta(), now)
-    if isinstance(outcome, releases.Unchanged):  # pragma: no cover - only a republish is
-        return Preview(outcome.why, [], "")
+    if isinstance(outcome, releases.Unchanged):  # a weight the canary already serves
+        return Preview(f"Nothing to change: {outcome.why}", [], "", changes=False)
     after = outcome.state
     rows = [
         ("Stable", state.stable or "none", after.stable or "none"),
         ("Canary", _canary(state), _canary(after)),
-        ("Sequence", str(state.sequence), str(after.sequence)),
     ]
+    plans = (_plan(state), _plan(after))
+    if plans != ("none", "none"):
+        rows.append(("Step plan", *plans))
+    rows.append(("Sequence", str(state.sequence), str(after.sequence)))
     return Preview(_headline(state, request, now), rows, outcome.record.detail)
 
 
 def _canary(state: FeatureState) -> str:
     if state.canary is None:
         return "none"
-    return f"{state.canary.version} (soak {format_duration(state.canary.soak_seconds)})"
+    return f"{canary_text(state.canary)} (soak {format_duration(state.canary.soak_seconds)})"
+
+
+def _plan(state: FeatureState) -> str:
+    return (plan_text(state.canary) if state.canary else None) or "none"
 
 
 def _headline(state: FeatureState, request: ChangeRequest, now: datetime) -> str:
     fid, version = request.feature_id, request.version
     stable = state.stable or "none"
-    canary = state.canary.version if state.canary else "none"
+    canary = canary_text(state.canary) if state.canary else "none"
     if request.kind is Kind.CANARY:
+        now_text = f"(canary now {canary}, stable stays {stable})"
+        if request.steps:
+            then = ", then promoted" if request.steps[-1] == WEIGHT_SCALE else ""
+            return (
+                f"Deploy {fid} {version} as canary in steps of {format_steps(request.steps)}, "
+                f"each held {format_duration(request.step_seconds)}{then} {now_text}"
+            )
         soak = format_duration(request.soak_seconds)
         return (
-            f"Deploy {fid} {version} as canary with a {soak} soak "
-            f"(canary now {canary}, stable stays {stable})"
+            f"Deploy {fid} {version} as canary to {weight_text(request.weight)} "
+            f"with a {soak} soak {now_text}"
         )
+    if request.kind is Kind.SET_WEIGHT:
+        if state.canary is None:  # pragma: no cover - the state machine refuses it first
+            return f"Set the canary weight of {fid}"
+        text = (
+            f"Serve canary {state.canary.version} of {fid} to {weight_text(request.weight)} "
+            f"(now {weight_text(state.canary.weight)})"
+        )
+        if state.canary.steps:
+            text += f", stopping its step plan {format_steps(state.canary.steps)}"
+        return text
     if request.kind is Kind.PROMOTE:
         text = f"Promote {fid} {version} to stable (stable now {stable})"
         left = state.canary.seconds_left(now) if state.canary else 0

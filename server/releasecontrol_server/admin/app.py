@@ -49,12 +49,18 @@ from starlette.staticfiles import StaticFiles
 
 from releasecontrol.errors import ReleaseControlError, status_code_name
 from releasecontrol.manifest import format_duration, validate_feature_id
+from releasecontrol.weights import format_steps, format_weight
 from releasecontrol_server.admin.actions import (
     ChangeRequest,
     Kind,
     auth_action,
+    canary_text,
+    form_field,
     http_status,
+    next_step_text,
+    plan_text,
     preview,
+    weight_text,
 )
 from releasecontrol_server.admin.actions import apply as apply_change
 from releasecontrol_server.admin.events import event_stream
@@ -69,7 +75,7 @@ from releasecontrol_server.auth.authorize import Action, authorize, decide, perm
 from releasecontrol_server.auth.interceptor import Authenticator
 from releasecontrol_server.auth.principal import Principal
 from releasecontrol_server.control import ReleaseController, utc_now
-from releasecontrol_server.releases import FeatureState
+from releasecontrol_server.releases import Canary, FeatureState
 from releasecontrol_server.repair import Refreshed
 from releasecontrol_server.store import StoredTransition
 
@@ -360,6 +366,7 @@ class AdminApp:
             "events_url": "",
             "error": None,
             "error_code": "",
+            "error_anchor": "",
         }
         html = self._templates.get_template(name).render({**base, **context})
         return HTMLResponse(html, status_code=status)
@@ -525,6 +532,8 @@ class AdminApp:
         may = {kind.value: decide(ctx.who, auth_action(kind), feature_id) for kind in Kind}
         refresh = decide(ctx.who, Action.REFRESH_MANIFESTS, feature_id)
         fill = dict(prefill or {})
+        kind = fill.get("action", "")
+        field = form_field(kind, error) if error is not None else None
         return self._render(
             ctx,
             "feature.html",
@@ -536,6 +545,9 @@ class AdminApp:
                     {
                         "version": v.version,
                         "channel": _channel(state, v.version, v.was_stable),
+                        "weight": weight_text(state.canary.weight)
+                        if state.canary and state.canary.version == v.version
+                        else "",
                         "published_at": v.published_at,
                         "manifest_sha256": v.manifest_sha256,
                     }
@@ -555,9 +567,14 @@ class AdminApp:
                 "may": {k: {"allowed": d.allowed, "reason": d.reason} for k, d in may.items()},
                 "may_refresh": refresh.allowed,
                 "prefill": fill,
-                "prefill_kind": fill.get("action", ""),
+                "prefill_kind": kind,
                 "error": error.message if error else None,
                 "error_code": status_code_name(error) if error else "",
+                # A bad value is shown next to its input too, and the alert links there.
+                "bad_field": {"kind": kind, "name": field, "message": error.message}
+                if error is not None and field is not None
+                else None,
+                "error_anchor": f"{kind}-{field}" if field is not None else "",
                 "events_url": f"/_admin/events?feature={quote(feature_id)}",
             },
             status,
@@ -576,7 +593,8 @@ class AdminApp:
             return None
         r = found[0].record
         words = r.action.value.replace("_", " ")
-        return f"{words} {r.version} applied as sequence {r.sequence}: {r.detail}".capitalize()
+        sentence = f"{words} {r.version} applied as sequence {r.sequence}: {r.detail}"
+        return sentence[:1].upper() + sentence[1:]  # not capitalize(): it lowercases the rest
 
     # -- changes ------------------------------------------------------------------------
 
@@ -607,7 +625,7 @@ class AdminApp:
             ctx,
             "confirm.html",
             {
-                "title": f"Confirm: {shown.headline}",
+                "title": f"Confirm: {shown.headline}" if shown.changes else shown.headline,
                 "feature_id": feature_id,
                 "preview": shown,
                 "request": confirmed,
@@ -634,9 +652,10 @@ class AdminApp:
             feature_id,
             "ok" if has_transition else "unchanged",
             step="apply",
-            version=request.version,
+            version=request.version or response.feature.canary.version or "-",
             sequence=response.feature.sequence,
             actor=request.actor,
+            **_weight_fields(request),
         )
         target = f"/_admin/features/{quote(feature_id)}"
         if has_transition:
@@ -829,6 +848,8 @@ def _row(state: FeatureState, now: datetime) -> dict[str, Any]:
         "id": state.feature_id,
         "stable": state.stable,
         "canary": canary.version if canary else None,
+        "canary_text": canary_text(canary) if canary else None,
+        "weight": weight_text(canary.weight) if canary else None,
         "soak_seconds": canary.soak_seconds if canary else 0,
         "soak_left": (format_duration(left) if left else "over") if canary else None,
         "soak_ends": canary.soak_ends_at if canary else None,
@@ -836,7 +857,29 @@ def _row(state: FeatureState, now: datetime) -> dict[str, Any]:
         "updated_at": state.updated_at,
         "updated_by": state.updated_by,
         "updated_by_principal": state.updated_by_principal,
+        **_steps(canary, now),
     }
+
+
+def _steps(canary: Canary | None, now: datetime) -> dict[str, Any]:
+    """The step plan of a row: which step, what comes next, and when (None: no plan)."""
+    due = canary.step_due_at() if canary else None
+    left = math.ceil((due - now).total_seconds()) if due else 0
+    return {
+        "plan": plan_text(canary) if canary else None,
+        "next_step": next_step_text(canary) if canary else None,
+        "step_due": due,
+        "step_due_left": f"in {format_duration(left)}" if left > 0 else "due now",
+    }
+
+
+def _weight_fields(request: ChangeRequest) -> dict[str, Any]:
+    """The weight a canary change set, for its log line."""
+    if request.kind is Kind.SET_WEIGHT or (request.kind is Kind.CANARY and request.weight):
+        return {"percent": format_weight(request.weight).removesuffix("%")}
+    if request.kind is Kind.CANARY and request.steps:
+        return {"steps": format_steps(request.steps).removesuffix(" %")}
+    return {}
 
 
 def _channel(state: FeatureState, version: str, was_stable: bool) -> str:

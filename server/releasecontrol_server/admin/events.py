@@ -5,7 +5,8 @@ WatchReleases) and sends one event per change the principal may watch:
 
     event: hello     data: {}     subscribed: no change is missed from here on
     event: change    data: {"feature_id", "sequence", "global_sequence", "action",
-                            "version", "actor"}
+                            "version", "actor", "canary"}   canary: "1.3.0 — 25% of users"
+                                                            after the change, or null
     event: refresh   data: {"feature_ids": [...]}   someone hot-refreshed manifests
     event: resync    data: {}     this page fell behind and missed changes: reload it
 
@@ -22,6 +23,7 @@ import json
 from collections.abc import AsyncIterator, Collection
 from typing import Any
 
+from releasecontrol_server.admin.actions import canary_text
 from releasecontrol_server.auth.authorize import Action, permits
 from releasecontrol_server.auth.principal import Principal
 from releasecontrol_server.watch import Lagged, RefreshEvent, WatchHub
@@ -72,6 +74,7 @@ async def event_stream(
                 if not permits(principal, Action.WATCH, event.state.feature_id):
                     continue
                 record = event.transition.record
+                canary = event.state.canary
                 yield _event(
                     "change",
                     {
@@ -81,6 +84,7 @@ async def event_stream(
                         "action": record.action.value,
                         "version": record.version,
                         "actor": record.actor,
+                        "canary": canary_text(canary) if canary is not None else None,
                     },
                 )
     finally:

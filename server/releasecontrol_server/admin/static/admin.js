@@ -1,4 +1,4 @@
-// ReleaseControl admin: live updates without a reload, a ticking soak, and a live filter.
+// ReleaseControl admin: live updates without a reload, ticking soaks and steps, a live filter.
 // The server renders everything; this only re-reads the page and swaps the [data-live] parts.
 "use strict";
 (function () {
@@ -12,16 +12,42 @@
       const next = old.id && fresh.getElementById(old.id);
       if (next) old.replaceWith(next);
     });
+    // A change form is re-read only when what it offers changed (a canary came or went,
+    // a version was published) and nothing was typed into it: typing is never lost.
+    document.querySelectorAll("form[data-live-form]").forEach(function (old) {
+      const next = fresh.getElementById(old.id);
+      if (next && next.dataset.shape !== old.dataset.shape && !edited(old)) old.replaceWith(next);
+    });
     tick();
   }
 
+  function edited(form) {
+    return Array.prototype.some.call(form.elements, function (el) {
+      if (el.type === "hidden" || !el.name) return false;
+      if (el.options) {  // a select starts on its `selected` option, else on its first
+        let initial = 0;
+        Array.prototype.forEach.call(el.options, function (o, i) { if (o.defaultSelected) initial = i; });
+        return el.selectedIndex !== initial;
+      }
+      if (el.type === "checkbox" || el.type === "radio") return el.checked !== el.defaultChecked;
+      return el.value !== el.defaultValue;
+    });
+  }
+
+  function countdown(el, at, over, prefix) {
+    const left = Math.ceil((Date.parse(at) - Date.now()) / 1000);
+    if (left <= 0) { el.textContent = over; return; }
+    const h = Math.floor(left / 3600), m = Math.floor(left % 3600 / 60), s = left % 60;
+    el.textContent = prefix + (h ? h + "h " + m + "m" : m ? m + "m " + s + "s" : s + "s");
+  }
+
   function tick() {
-    const now = Date.now();
     document.querySelectorAll("[data-soak-ends]").forEach(function (el) {
-      const left = Math.ceil((Date.parse(el.dataset.soakEnds) - now) / 1000);
-      if (left <= 0) { el.textContent = "over"; return; }
-      const h = Math.floor(left / 3600), m = Math.floor(left % 3600 / 60), s = left % 60;
-      el.textContent = h ? h + "h " + m + "m" : m ? m + "m " + s + "s" : s + "s";
+      countdown(el, el.dataset.soakEnds, "over", "");
+    });
+    // The server moves a due step within a second; its change event then re-reads the page.
+    document.querySelectorAll("[data-step-due]").forEach(function (el) {
+      countdown(el, el.dataset.stepDue, "due now", "in ");
     });
   }
   tick();
@@ -41,7 +67,8 @@
     source.addEventListener("change", function (e) {
       const c = JSON.parse(e.data);
       status.textContent = c.feature_id + ": " + c.action.replace("_", " ") + " " + c.version +
-        " by " + c.actor + " (sequence " + c.sequence + "); this page is updated.";
+        " by " + c.actor + " (sequence " + c.sequence + ")" +
+        (c.canary ? "; canary " + c.canary : "") + "; this page is updated.";
       refreshLive();
     });
     source.addEventListener("refresh", function () {
