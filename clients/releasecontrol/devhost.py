@@ -6,8 +6,9 @@ serve, and serves nothing it has not verified:
     GET /                              the browser host: @releasecontrol/host, in the page,
                                        loads every feature straight from the CDN after
                                        verifying it (static/dev-host.js), and shows version,
-                                       channel, sequence, signing key, what ran and what
-                                       was refused and why
+                                       channel (with a percentage canary's weight and the
+                                       browser's bucket), sequence, signing key, what ran
+                                       and what was refused and why
     GET /static/<file>                 the built @releasecontrol/host bundle and dev-host.js,
                                        shipped in this package (no bundler step)
     GET /server                        the same for the Python FeatureHost on this server
@@ -77,6 +78,18 @@ class HostView(Protocol):
     def snapshot(self) -> dict[str, Any]: ...
 
     def refresh(self) -> Any: ...
+
+
+def _side_text(feature: LoadedFeature) -> str:
+    """The side served ("stable"), and while a canary runs, its weight and the host's bucket:
+    "stable (canary at 25%, bucket 4570)". The side is the canary iff the bucket is below the
+    weight, or the host follows the canary channel (no bucket then)."""
+    if feature.canary_weight is None:
+        return feature.channel
+    share = f"canary at {feature.canary_weight / 100:g}%"
+    if feature.bucket is None:
+        return f"{feature.channel} (opted in; {share})"
+    return f"{feature.channel} ({share}, bucket {feature.bucket})"
 
 
 def content_type(path: str) -> str:
@@ -202,7 +215,7 @@ def render_page(
         assets = ", ".join(_asset_link(fid, p) for p in sorted(f.artifacts))
         rows.append(
             "<tr>"
-            f"<td>{_e(fid)}</td><td>{_e(f.version)}</td><td>{_e(f.channel)}</td>"
+            f"<td>{_e(fid)}</td><td>{_e(f.version)}</td><td>{_e(_side_text(f))}</td>"
             f"<td>{_e(f.releases_sequence)}</td>"
             f'<td><code title="{_e(f.manifest_sha256)}">{_e(str(f.manifest_sha256)[:12])}…</code>'
             f"</td><td>{assets or '-'}</td>"

@@ -20,6 +20,7 @@ import pytest
 from host_repository import NOW, HostRepository, OriginFront, default_files, sha256
 
 from releasecontrol.bucketing import bucket
+from releasecontrol.devhost import render_page
 from releasecontrol.errors import ConfigError, InvalidArgument, NotFound
 from releasecontrol.fetch import Fetcher
 from releasecontrol.host import KEY_FILE, FeatureHost
@@ -371,3 +372,31 @@ class TestPerUser:
         new.refresh()
         with pytest.raises(NotFound, match=r"^checkout is not served .*\(refused: signature: "):
             new.version_for("checkout", LOW_KEY)
+
+
+class TestWhatIsShown:
+    @pytest.mark.parametrize(
+        ("options", "shown"),
+        [
+            pytest.param(
+                {"bucketing_key": MID_KEY}, "stable (canary at 25%, bucket 4570)", id="key"
+            ),
+            pytest.param({"channel": "canary"}, "canary (opted in; canary at 25%)", id="opted-in"),
+        ],
+    )
+    def test_the_dev_host_page_shows_the_weight_and_the_bucket(
+        self, origin: Origin, make_host: MakeHost, options: dict[str, Any], shown: str
+    ) -> None:
+        """`releasectl dev-host`'s page says the canary's weight and which side this host's
+        key is on, and status.json (the snapshot) carries both as numbers."""
+        origin.set_weight(2500)
+        host = refreshed(make_host(**options))
+        page = render_page(
+            host, index_url="x", channel=host.channel, interval_seconds=5, last_refresh="now"
+        )
+        assert f"<td>{shown}</td>" in page
+        loaded = host.snapshot()["loaded"]["checkout"]
+        assert (loaded["canary_weight"], loaded["bucket"]) == (
+            2500,
+            MID_BUCKET if "bucketing_key" in options else None,
+        )

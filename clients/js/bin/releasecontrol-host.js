@@ -25,6 +25,8 @@ const COMMON = `  --index-url URL        the URL of remote-index.json (required)
   --allow-dev-keys       count signatures by keys marked "dev" (insecure: development only)
   --feature F            a feature to verify; repeat for several (default: every feature)
   --channel stable|canary  the channel to follow (default: stable)
+  --bucketing-key KEY    whose side of a percentage canary to show (1 to 256 bytes of UTF-8,
+                         e.g. a user id; default: a random key, kept in the --state file)
   --state FILE           keep the host's state (trusted root, high-water marks) in FILE,
                          so that a later run refuses rollbacks (default: none)
   --timeout SECONDS      deadline of each request (default: 10)
@@ -35,7 +37,10 @@ const HELP = {
 
 Fetches and verifies the origin like a host, then prints per feature the version
 it would load, its channel, its releases.json sequence, the keys that signed it
-and its entry URL. Exits 1 and prints the refusals when anything is refused.
+and its entry URL. While a percentage canary runs it verifies both versions (a
+user may get either) and shows the canary's weight and the key's bucket (the
+side is "canary" iff the bucket is below the weight). Exits 1 and prints the
+refusals when anything is refused.
 
 Options:
 ${COMMON}
@@ -59,6 +64,7 @@ const OPTIONS = {
   "allow-dev-keys": { type: "boolean" },
   feature: { type: "string", multiple: true },
   channel: { type: "string" },
+  "bucketing-key": { type: "string" },
   state: { type: "string" },
   timeout: { type: "string" },
   output: { type: "string" },
@@ -108,6 +114,9 @@ function parse(command, args) {
       features: values.feature ?? null,
       limits: timeoutMs ? { timeoutMs } : {},
       storage: values.state ? fileState(values.state) : memoryState(),
+      bucketingKey: values["bucketing-key"],
+      // What any user may be served is verified, not only this key's side.
+      bothSides: true,
     });
   } catch (error) {
     // Say it in the CLI's words: the file or the flag at fault.
@@ -116,6 +125,7 @@ function parse(command, args) {
         .replace(/^FeatureHost: /, "")
         .replace(/^trust file:/, `trust file ${values.trust}:`)
         .replace(/^indexUrl/, "--index-url")
+        .replace(/^bucketingKey/, "--bucketing-key")
         .replace(/^features\[\d+\]/, "--feature"),
     );
   }
@@ -130,9 +140,18 @@ function describeRefusals(refused) {
 
 function printText(host, report) {
   const lines = [`${host.indexUrl}: remote-index.json sequence ${report.remoteSequence ?? "-"}, root ${report.rootVersion ?? "-"}, channel ${host.channel}`];
-  const rows = [["FEATURE", "VERSION", "CHANNEL", "RELEASES", "KEYS", "ENTRY"]];
+  const rows = [["FEATURE", "VERSION", "CHANNEL", "CANARY", "BUCKET", "RELEASES", "KEYS", "ENTRY"]];
   for (const f of host.features.values()) {
-    rows.push([f.featureId, f.version, f.channel, `#${f.sequence}`, f.keyids.map((k) => k.slice(0, 8)).join(","), f.entryUrl]);
+    rows.push([
+      f.featureId,
+      f.version,
+      f.channel,
+      f.canaryWeight === null ? "-" : `${f.canaryWeight / 100}%`,
+      f.bucket === null ? "-" : String(f.bucket),
+      `#${f.sequence}`,
+      f.keyids.map((k) => k.slice(0, 8)).join(","),
+      f.entryUrl,
+    ]);
   }
   if (rows.length > 1) {
     const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
@@ -154,6 +173,8 @@ function printJson(host, report) {
     features[f.featureId] = {
       version: f.version,
       channel: f.channel,
+      canary_weight: f.canaryWeight,
+      bucket: f.bucket,
       sequence: f.sequence,
       keyids: f.keyids,
       entry_url: f.entryUrl,

@@ -1,4 +1,5 @@
 import { isBinName, binOfSync, MAX_BITS } from "./bins.js";
+import { BUCKETS } from "./bucketing.js";
 import { decodeUtf8, fromBase64Strict } from "./bytes.js";
 import { isObject, type JsonObject } from "./canonical.js";
 import { refuse } from "./errors.js";
@@ -173,6 +174,8 @@ export interface ReleasesFile {
   expiresAt: number;
   stable: string | null;
   canary: string | null;
+  /** `canary_weight` (out of 10,000), null when absent: a file signed before weights, or no canary. */
+  canaryWeight: number | null;
   /** version → manifest_sha256 */
   versions: ReadonlyMap<string, string>;
 }
@@ -221,14 +224,15 @@ export function readReleases(env: Envelope, featureId: string, pin: Pin): Releas
     const ends = timeAt(soak, "ends_at", file, "signed.canary_soak");
     if (ends !== started + duration * 1000) malformed(file, "signed.canary_soak.ends_at", "is not started_at + duration_seconds");
   }
+  // Optional: absent in files signed before weights (read as 0 by hosts).
+  let canaryWeight: number | null = null;
+  if ((signed["canary_weight"] ?? null) !== null) {
+    canaryWeight = integerAt(signed, "canary_weight", file, "signed", 0, BUCKETS);
+    if (canary === null) malformed(file, "signed.canary_weight", "is set, but no canary runs");
+  }
   if (id !== featureId) mismatch(file, `signed.feature_id is ${show(id)}, but its shard lists it as "${featureId}"`);
   if (sequence !== pin.sequence) mismatch(file, `signed.sequence is ${sequence}, but its shard pins ${pin.sequence}`);
-  return { sequence, expiresAt, stable, canary, versions };
-}
-
-/** Section 6 step 4: the version the channel selects (null: nothing to load), and the channel it comes from. */
-export function selectVersion(releases: ReleasesFile, channel: "stable" | "canary"): { channel: "stable" | "canary"; version: string | null } {
-  return channel === "canary" && releases.canary !== null ? { channel, version: releases.canary } : { channel: "stable", version: releases.stable };
+  return { sequence, expiresAt, stable, canary, canaryWeight, versions };
 }
 
 // ---- features/<id>/<version>/manifest.json (6 step 5)

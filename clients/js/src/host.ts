@@ -1,4 +1,6 @@
+import { checkBucketingKey, newBucketingKey, sideFor } from "./bucketing.js";
 import { RefusalError, type Refusal } from "./errors.js";
+import { releasesPath } from "./files.js";
 import type { FetchLike } from "./fetch.js";
 import { importMapOf, type ImportMap } from "./importmap.js";
 import { resolveLimits, type Limits } from "./limits.js";
@@ -31,6 +33,18 @@ export interface FeatureHostOptions {
   refreshIntervalMs?: number;
   /** A store of verified asset bytes (the Node host passes its file cache). */
   assetCache?: AssetCache;
+  /**
+   * Whose side of a percentage canary `features` and load() serve: 1 to 256
+   * bytes of UTF-8, e.g. a user or device id. Default: a random 128-bit key,
+   * drawn at the first canary and kept with the state (`storage`).
+   */
+  bucketingKey?: string;
+  /**
+   * Also verify the version on the other side of a running canary when some
+   * key gets it, so versionFor() can hand any user theirs (default: false;
+   * true for NodeFeatureHost, which serves many users).
+   */
+  bothSides?: boolean;
 }
 
 export interface ChangeDetail {
@@ -72,6 +86,8 @@ export class FeatureHost extends EventTarget {
   readonly indexUrl: string;
   readonly channel: "stable" | "canary";
   readonly allowDevKeys: boolean;
+  /** Whether both sides of a running canary are verified and kept, for versionFor(). */
+  readonly bothSides: boolean;
   readonly limits: Readonly<Limits>;
   readonly #url: URL;
   readonly #trust: Trust;
@@ -88,6 +104,9 @@ export class FeatureHost extends EventTarget {
   #timer: ReturnType<typeof setTimeout> | undefined;
   #running = false;
   #generation = 0;
+  /** The key given, else the random one from the state or drawn at the first canary. */
+  #key: string | null = null;
+  readonly #keyGiven: boolean;
 
   constructor(options: FeatureHostOptions) {
     super();
@@ -125,11 +144,43 @@ export class FeatureHost extends EventTarget {
     this.#interval = options.refreshIntervalMs ?? 60_000;
     if (!(this.#interval > 0)) configError("refreshIntervalMs must be a positive number of milliseconds");
     this.#assetCache = options.assetCache;
+    this.bothSides = options.bothSides ?? false;
+    if (typeof this.bothSides !== "boolean") configError("bothSides must be true or false");
+    this.#keyGiven = options.bucketingKey !== undefined;
+    if (this.#keyGiven) {
+      try {
+        this.#key = checkBucketingKey(options.bucketingKey);
+      } catch (error) {
+        configError((error as Error).message);
+      }
+    }
   }
 
-  /** The features served now, by id. */
+  /** The features served now, by id: each the version this host's own bucketing key gets. */
   get features(): ReadonlyMap<string, LoadedFeature> {
     return this.#snapshot?.features ?? new Map();
+  }
+
+  /**
+   * The version user `bucketingKey` gets of `featureId` from the last good
+   * state: the canary iff one runs and the host follows the canary channel or
+   * the key's bucket is below the weight (`channel` and `bucket` say which).
+   * Throws a TypeError or RangeError naming bucketingKey for a key that is not
+   * 1 to 256 bytes of well-formed UTF-8; a RefusalError "not-found" when the
+   * feature is not served, or that side has no version or is not kept (bothSides off).
+   */
+  versionFor(featureId: string, bucketingKey: string): LoadedFeature {
+    checkBucketingKey(bucketingKey);
+    const sides = this.#snapshot?.sides.get(featureId) ?? this.#notServed(featureId);
+    const { side, bucket } = sideFor(this.channel, featureId, sides.weight, () => bucketingKey);
+    const feature = sides[side];
+    if (!feature) {
+      const why = this.bothSides
+        ? `${featureId} has no ${side} version to serve this user: publish one`
+        : `this host keeps only its own side of ${featureId}; serving this user the ${side} side needs bothSides: true`;
+      throw new RefusalError("not-found", releasesPath(featureId), why);
+    }
+    return Object.freeze({ ...feature, bucket });
   }
 
   /** What the last refresh refused, by "remote-index.json" or feature id. */
@@ -174,7 +225,12 @@ export class FeatureHost extends EventTarget {
       }
     }
     this.#savedText = text;
-    return { state, root, features: new Map(), remoteSequence: null };
+    if (!this.#keyGiven) this.#key = state.bucketingKey ?? null;
+    return { state, root, features: new Map(), sides: new Map(), remoteSequence: null };
+  }
+
+  #ownKey(): string {
+    return (this.#key ??= newBucketingKey());
   }
 
   async #refresh(): Promise<RefreshReport> {
@@ -192,9 +248,14 @@ export class FeatureHost extends EventTarget {
         fetch: this.#fetch,
         now: now.getTime(),
         assetCache: this.#assetCache,
+        bothSides: this.bothSides,
+        ownKey: () => this.#ownKey(),
+        knownKey: () => this.#key,
       },
       before,
     );
+    // A drawn key is kept with the marks, so a restart lands on the same side.
+    if (!this.#keyGiven && this.#key !== null) result.state.bucketingKey = this.#key;
     const text = serializeState(result.state);
     if (text !== this.#savedText) {
       try {
@@ -206,7 +267,7 @@ export class FeatureHost extends EventTarget {
       this.#savedText = text;
     }
     const features = new Map([...result.features].sort(([a], [b]) => (a < b ? -1 : 1)));
-    this.#snapshot = { state: result.state, root: result.root, features, remoteSequence: result.remoteSequence };
+    this.#snapshot = { state: result.state, root: result.root, features, sides: result.sides, remoteSequence: result.remoteSequence };
     this.#refused = Object.freeze(sortedRecord(result.refused));
 
     const changes: ChangeDetail[] = [];
@@ -275,16 +336,16 @@ export class FeatureHost extends EventTarget {
 
   /** The served feature `featureId`, or a RefusalError "not-found". */
   requireFeature(featureId: string): LoadedFeature {
-    const feature = this.features.get(featureId);
-    if (!feature) {
-      const refusal = this.#refused[featureId];
-      throw new RefusalError(
-        "not-found",
-        refusal?.file ?? "remote-index.json",
-        `${featureId} is not served by this host` + (refusal ? ` (refused: ${refusal.code}: ${refusal.message})` : "; refresh first, and check the feature id"),
-      );
-    }
-    return feature;
+    return this.features.get(featureId) ?? this.#notServed(featureId);
+  }
+
+  #notServed(featureId: string): never {
+    const refusal = this.#refused[featureId];
+    throw new RefusalError(
+      "not-found",
+      refusal?.file ?? "remote-index.json",
+      `${featureId} is not served by this host` + (refusal ? ` (refused: ${refusal.code}: ${refusal.message})` : "; refresh first, and check the feature id"),
+    );
   }
 
   /** A verified import map of the served features (section 8): entry per feature, integrity of every JavaScript asset. */

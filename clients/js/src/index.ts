@@ -3,6 +3,7 @@
 
 export { FeatureHost, type FeatureHostOptions, type ChangeDetail, type RefusedDetail } from "./host.js";
 export { binOf } from "./bins.js";
+export { BUCKETS, MAX_BUCKETING_KEY_BYTES, bucket, checkBucketingKey, newBucketingKey, onCanary } from "./bucketing.js";
 export { memoryState, localStorageState, type StateStorage } from "./state.js";
 export { RefusalError, type Refusal, type RefusalCode } from "./errors.js";
 export type { TrustFile } from "./trust.js";

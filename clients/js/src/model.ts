@@ -16,8 +16,19 @@ export interface LoadedAsset {
 export interface LoadedFeature {
   readonly featureId: string;
   readonly version: string;
-  /** "canary" only when the host follows canary and a canary runs. */
+  /**
+   * The side this version was chosen from: "canary" when a canary runs and the
+   * host follows the canary channel or the key's bucket is below its weight.
+   */
   readonly channel: "stable" | "canary";
+  /** While a canary runs: the share of bucketed users it serves, out of 10,000 (0 when releases.json names none); null when none runs. */
+  readonly canaryWeight: number | null;
+  /**
+   * The bucket (0 to 9,999) of the key the side was chosen for (the host's own in
+   * `features`, the user's from versionFor()) when a canary runs and the host
+   * follows stable; null otherwise.
+   */
+  readonly bucket: number | null;
   /** The sequence of the releases.json it was selected from. */
   readonly sequence: number;
   /** The sequence of the remote-index.json it was verified under. */
@@ -33,6 +44,15 @@ export interface LoadedFeature {
   readonly entry: string;
   readonly entryUrl: string;
   readonly assets: readonly LoadedAsset[];
+}
+
+/** Every version of one feature a host verified from one releases.json, by side. */
+export interface FeatureSides {
+  /** The canary's weight (0 when releases.json names none); null when no canary runs. */
+  readonly weight: number | null;
+  /** Null when that side has no version, or the host does not load it (bothSides off). */
+  readonly stable: LoadedFeature | null;
+  readonly canary: LoadedFeature | null;
 }
 
 /** What one refresh did. */

@@ -81,7 +81,8 @@ export interface NodeFeatureHostOptions extends FeatureHostOptions {
   /**
    * Where verified files are kept: `artifacts/<sha256>` (every asset the
    * refreshes verified) and `features/<id>/<manifest sha256>/<asset path>` (the
-   * tree load() imports from). Also the state's default home: `state.json`.
+   * tree load() imports from). Also the state's default home: `state.json`
+   * (with the random bucketing key, when the host draws one).
    */
   cacheDir: string;
   /** The state file (default `<cacheDir>/state.json`); ignored when `storage` is given. */
@@ -91,7 +92,8 @@ export interface NodeFeatureHostOptions extends FeatureHostOptions {
 /**
  * A FeatureHost for Node: state in a file, assets in a verified file cache,
  * and load() importing the entry by file URL after checking every file of the
- * feature against the signed manifest again.
+ * feature against the signed manifest again. A server serves many users, so
+ * bothSides defaults to true: load(id, userKey) runs the side of that user.
  */
 export class NodeFeatureHost extends FeatureHost {
   readonly cacheDir: string;
@@ -104,6 +106,7 @@ export class NodeFeatureHost extends FeatureHost {
     const cacheDir = resolve(options.cacheDir);
     const artifacts = fileAssetCache(join(cacheDir, "artifacts"));
     super({
+      bothSides: true,
       ...options,
       storage: options.storage ?? fileState(options.stateFile ?? join(cacheDir, "state.json")),
       assetCache: artifacts,
@@ -113,12 +116,13 @@ export class NodeFeatureHost extends FeatureHost {
   }
 
   /**
-   * The folder holding `featureId`'s served version with the paths of its
-   * manifest (so relative imports work), every file checked against the signed
-   * manifest now. Rejects with a RefusalError "hash" for a file changed on disk.
+   * The folder holding `featureId`'s served version (or the version user
+   * `bucketingKey` gets: versionFor()) with the paths of its manifest (so
+   * relative imports work), every file checked against the signed manifest
+   * now. Rejects with a RefusalError "hash" for a file changed on disk.
    */
-  async featureDir(featureId: string): Promise<string> {
-    const feature = this.requireFeature(featureId);
+  async featureDir(featureId: string, bucketingKey?: string): Promise<string> {
+    const feature = bucketingKey === undefined ? this.requireFeature(featureId) : this.versionFor(featureId, bucketingKey);
     const root = join(this.cacheDir, "features");
     const dir = join(root, featureId, feature.manifestSha256);
     // Features are ES modules; the cache folder is no package of the application's.
@@ -159,10 +163,13 @@ export class NodeFeatureHost extends FeatureHost {
     return dir;
   }
 
-  /** Imports `featureId`'s entry module from the verified cache and returns its namespace. */
-  override async load(featureId: string): Promise<unknown> {
-    const feature = this.requireFeature(featureId);
-    const dir = await this.featureDir(featureId);
+  /**
+   * Imports `featureId`'s entry module (of the version user `bucketingKey`
+   * gets, when given) from the verified cache and returns its namespace.
+   */
+  override async load(featureId: string, bucketingKey?: string): Promise<unknown> {
+    const feature = bucketingKey === undefined ? this.requireFeature(featureId) : this.versionFor(featureId, bucketingKey);
+    const dir = await this.featureDir(featureId, bucketingKey);
     return import(pathToFileURL(join(dir, ...feature.entry.split("/"))).href);
   }
 }

@@ -4,6 +4,7 @@ import type { Downloads } from "./downloads.js";
 import { artifactPath, isPathSafeVersion, manifestPath, readManifest, releasesPath } from "./files.js";
 import type { AssetCache } from "./model.js";
 import { artifactRequest, INDEX, manifestRequest, pinnedRequest, rootRequest, type Origin, type Request } from "./requests.js";
+import { sideFor, sidesToLoad } from "./bucketing.js";
 import { rootPath } from "./root.js";
 import { integerAt, isFeatureId, objectAt, pinAt } from "./values.js";
 
@@ -20,6 +21,8 @@ export interface Prefetching extends Origin {
   features: readonly string[] | null;
   channel: "stable" | "canary";
   assetCache?: AssetCache | undefined;
+  bothSides: boolean;
+  knownKey: () => string | null;
 }
 
 /** The refresh takes files a few at a time: prefetching more than that would only crowd them. */
@@ -67,17 +70,27 @@ export function prefetchReleases(run: Prefetching, file: JsonObject, shardFile: 
   }
 }
 
-/** A releases.json, parsed: the manifest of the version the channel selects, then, once it arrives, its assets. */
+/**
+ * A releases.json, parsed: the manifest of each version the host will load
+ * (none while a stable host has no key to choose its side with), then, once
+ * each arrives, its assets.
+ */
 export function prefetchManifest(run: Prefetching, file: JsonObject, featureId: string): void {
   try {
-    const channels = objectAt(signedOf(file), "channels", "", "");
-    const version = (run.channel === "canary" ? channels["canary"] : null) ?? channels["stable"];
-    if (!isPathSafeVersion(version)) return;
-    const manifest = manifestPath(featureId, version);
-    start(run, () => manifestRequest(run, manifest))?.then(
-      (bytes) => prefetchAssets(run, bytes, manifest, featureId, version),
-      () => undefined,
-    );
+    const signed = signedOf(file);
+    const channels = objectAt(signed, "channels", "", "") as { stable: string | null; canary: string | null };
+    const weight = channels.canary == null ? null : ((signed["canary_weight"] as number | null) ?? 0);
+    // Without a key yet, bucket() throws: no prefetch.
+    const own = sideFor(run.channel, featureId, weight, () => run.knownKey()!).side;
+    for (const side of sidesToLoad(run, own, weight, channels)) {
+      const version = channels[side];
+      if (!isPathSafeVersion(version)) continue;
+      const manifest = manifestPath(featureId, version);
+      start(run, () => manifestRequest(run, manifest))?.then(
+        (bytes) => prefetchAssets(run, bytes, manifest, featureId, version),
+        () => undefined,
+      );
+    }
   } catch {
     /* not a releases.json the refresh would accept */
   }

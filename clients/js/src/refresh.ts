@@ -14,13 +14,13 @@ import {
   readRootVersion,
   readShard,
   releasesPath,
-  selectVersion,
   type ManifestAsset,
   type RemoteIndexFile,
   type ShardFile,
 } from "./files.js";
 import type { Limits } from "./limits.js";
-import type { AssetCache, LoadedAsset, LoadedFeature } from "./model.js";
+import { sideFor, sidesToLoad, weightOf, type Side } from "./bucketing.js";
+import type { AssetCache, FeatureSides, LoadedAsset, LoadedFeature } from "./model.js";
 import { prefetchManifest, prefetchReleases, prefetchRoots, prefetchShards } from "./prefetch.js";
 import { artifactRequest, INDEX, indexRequest, manifestRequest, originUrl, pinnedRequest, rootRequest } from "./requests.js";
 import { bootstrapRoot, checkReachable, nextRoot, revokesIndexKey, rootPath, type RootContext, type TrustedRoot } from "./root.js";
@@ -49,12 +49,21 @@ export interface RefreshContext {
   /** The clock, read once per refresh (milliseconds). */
   now: number;
   assetCache?: AssetCache | undefined;
+  /** Also load the other side of a running canary when some key gets it (for versionFor). */
+  bothSides: boolean;
+  /** This host's bucketing key: called only when a canary runs on a stable host (the host draws one then). */
+  ownKey: () => string;
+  /** This host's key if it has one already, without drawing one. */
+  knownKey: () => string | null;
 }
 
 export interface HostSnapshot {
   state: HostState;
   root: TrustedRoot | null;
+  /** What this host's own key gets of each feature. */
   features: ReadonlyMap<string, LoadedFeature>;
+  /** Every version loaded of each feature, by side. */
+  sides: ReadonlyMap<string, FeatureSides>;
   remoteSequence: number | null;
 }
 
@@ -207,10 +216,10 @@ async function checkArtifact(run: FeatureRun, file: string, asset: ManifestAsset
   await ctx.assetCache?.put(asset.sha256, bytes).catch(() => undefined);
 }
 
-async function loadFeature(run: FeatureRun, featureId: string, pin: Pin): Promise<LoadedFeature> {
+async function loadFeature(run: FeatureRun, featureId: string, pin: Pin): Promise<{ own: LoadedFeature; sides: FeatureSides }> {
   const { ctx, draft, root } = run;
   const shardFile = shardPath(run.index.bits, binOfSync(featureId, run.index.bits));
-  let file = releasesPath(featureId);
+  const file = releasesPath(featureId);
   try {
     const bytes = await getPinned(ctx, file, pin, shardFile);
     const env = readEnvelope(bytes, file, (parsed) => prefetchManifest(ctx, parsed, featureId));
@@ -221,12 +230,36 @@ async function loadFeature(run: FeatureRun, featureId: string, pin: Pin): Promis
     checkRollback(file, draft.state.releases[featureId], releases.sequence, digest);
     draft.state.releases[featureId] = raise(draft.state.releases[featureId], releases.sequence, digest);
 
-    const { channel, version } = selectVersion(releases, ctx.channel);
-    if (version === null) {
-      refuse("not-found", file, `${file} has no version on the ${ctx.channel} channel: ${featureId} is not released there yet; nothing to load`);
+    const weight = weightOf(releases);
+    const own = sideFor(ctx.channel, featureId, weight, ctx.ownKey);
+    const loaded: Partial<Record<Side, LoadedFeature>> = {};
+    for (const side of sidesToLoad(ctx, own.side, weight, releases)) {
+      const version = releases[side];
+      if (version === null) {
+        refuse("not-found", file, `${file} has no version on the ${side} side: ${featureId} is not released there yet; nothing to load`);
+      }
+      loaded[side] = await loadVersion(run, featureId, version, releases.versions.get(version)!, { channel: side, sequence: releases.sequence, keyids, canaryWeight: weight });
     }
-    const manifestSha256 = releases.versions.get(version)!;
-    file = manifestPath(featureId, version);
+    return {
+      own: deepFreeze({ ...loaded[own.side]!, bucket: own.bucket }),
+      sides: deepFreeze({ weight, stable: loaded.stable ?? null, canary: loaded.canary ?? null }),
+    };
+  } catch (error) {
+    throw toRefusal(error, file);
+  }
+}
+
+/** One version's manifest and assets, each checked (steps 5 and 6). */
+async function loadVersion(
+  run: FeatureRun,
+  featureId: string,
+  version: string,
+  manifestSha256: string,
+  from: { channel: Side; sequence: number; keyids: readonly string[]; canaryWeight: number | null },
+): Promise<LoadedFeature> {
+  const { ctx, root } = run;
+  const file = manifestPath(featureId, version);
+  try {
     const manifestBytes = await ctx.downloads.get(manifestRequest(ctx, file));
     const digestM = await sha256Hex(manifestBytes);
     if (digestM !== manifestSha256) {
@@ -269,11 +302,13 @@ async function loadFeature(run: FeatureRun, featureId: string, pin: Pin): Promis
     return deepFreeze({
       featureId,
       version,
-      channel,
-      sequence: releases.sequence,
+      channel: from.channel,
+      canaryWeight: from.canaryWeight,
+      bucket: null,
+      sequence: from.sequence,
       remoteSequence: run.index.sequence,
       rootVersion: root.version,
-      keyids,
+      keyids: from.keyids,
       manifest: manifest.value,
       manifestSha256,
       entry: manifest.entry,
@@ -319,11 +354,12 @@ async function refreshWith(ctx: Run, prev: HostSnapshot): Promise<RefreshResult>
     // Any failure of the top level refuses the whole refresh: every feature stays as it was.
     const refusal = toRefusal(error, INDEX);
     refused.set(INDEX, asRefusal(refusal));
-    return { state: draft.state, root: draft.root, features: prev.features, remoteSequence: prev.remoteSequence, refused };
+    return { state: draft.state, root: draft.root, features: prev.features, sides: prev.sides, remoteSequence: prev.remoteSequence, refused };
   }
   const { index, root } = top;
   const bits = index.bits;
   const features = new Map(prev.features);
+  const sides = new Map(prev.sides);
 
   // Step 2: which shards are needed, fetched once each.
   const needed = ctx.features;
@@ -378,11 +414,15 @@ async function refreshWith(ctx: Run, prev: HostSnapshot): Promise<RefreshResult>
   const run: FeatureRun = { ctx, draft, index, root, artifacts: new Map() };
   await eachLimit(tasks, PARALLEL, async ([id, pin]) => {
     try {
-      features.set(id, await loadFeature(run, id, pin));
+      const { own, sides: all } = await loadFeature(run, id, pin);
+      features.set(id, own);
+      sides.set(id, all);
     } catch (error) {
       refused.set(id, asRefusal(toRefusal(error, releasesPath(id))));
     }
   });
-  return { state: draft.state, root: draft.root, features, remoteSequence: index.sequence, refused };
+  // What was dropped from `features` above is dropped with all its sides.
+  for (const id of sides.keys()) if (!features.has(id)) sides.delete(id);
+  return { state: draft.state, root: draft.root, features, sides, remoteSequence: index.sequence, refused };
 }
 

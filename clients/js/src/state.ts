@@ -1,3 +1,4 @@
+import { checkBucketingKey } from "./bucketing.js";
 import { isObject, jcs } from "./canonical.js";
 import { isInteger, isSha256 } from "./values.js";
 
@@ -24,6 +25,8 @@ export interface HostState {
   root: { version: number; text: string } | null;
   index: Mark | null;
   releases: Record<string, Mark>;
+  /** The random bucketing key this host drew at its first canary (never one it was given). */
+  bucketingKey?: string;
 }
 
 const FORMAT = "releasecontrol-host-state/2";
@@ -63,11 +66,19 @@ export function parseState(text: string): HostState {
   if (v["index"] !== null && !isMark(v["index"])) bad("has a damaged remote-index.json mark");
   const releases = v["releases"];
   if (!isObject(releases) || !Object.values(releases).every(isMark)) bad("has damaged releases.json marks");
+  const key = v["bucketingKey"];
+  try {
+    if (key !== undefined) checkBucketingKey(key);
+  } catch {
+    // A new key would quietly move this host to a random side of every running canary.
+    bad("has a damaged bucketing key");
+  }
   return {
     trust: v["trust"] as string,
     root: root as HostState["root"],
     index: v["index"] as Mark | null,
     releases: { ...(releases as Record<string, Mark>) },
+    ...(key === undefined ? {} : { bucketingKey: key as string }),
   };
 }
 

@@ -7,7 +7,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { makeFixture } from "./helpers/fixture.js";
+import { CHECKOUT_V1, CHECKOUT_V2, makeFixture } from "./helpers/fixture.js";
 
 const CHROMIUM = [process.env.CHROMIUM, "/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"].find(
   (p) => p && existsSync(p),
@@ -45,23 +45,20 @@ try {
 await fetch("/result", { method: "POST", body: JSON.stringify(out) });
 </script>`;
 
-test("in Chromium, load() runs a verified feature and refuses bytes the CDN changed after the refresh", { skip: !CHROMIUM && "no Chromium here" }, async () => {
-  const fx = await makeFixture();
+/**
+ * Serves `page` (and the bundle) from the fixture's origin, opens it in headless
+ * Chromium, and resolves with what the page POSTs to /result. `routes` adds
+ * handlers ({name: (req, res) => …}) the page may call.
+ */
+async function inChromium(fx, page, routes = {}) {
   const profile = await mkdtemp(join(tmpdir(), "rc-chromium-"));
   let browser;
   try {
-    const files = fx.origin.files;
-    files.set("page.html", new TextEncoder().encode(PAGE(fx.trust)));
-    files.set("bundle.js", new Uint8Array(readFileSync(BUNDLE)));
-    const searchEntry = await fx.origin.artifactOf("search", "1.0.0", "index.js");
+    fx.origin.files.set("page.html", new TextEncoder().encode(page));
+    fx.origin.files.set("bundle.js", new Uint8Array(readFileSync(BUNDLE)));
     let resolveResult;
     const result = new Promise((resolve) => (resolveResult = resolve));
-    fx.server.behaviours.set("tamper", {
-      handler: (_req, res) => {
-        files.set(searchEntry, new TextEncoder().encode('globalThis.__tampered = true; export default "evil";\n'));
-        res.end("ok");
-      },
-    });
+    for (const [name, handler] of Object.entries(routes)) fx.server.behaviours.set(name, { handler });
     fx.server.behaviours.set("result", {
       handler: (req, res) => {
         let body = "";
@@ -78,10 +75,33 @@ test("in Chromium, load() runs a verified feature and refuses bytes the CDN chan
       { stdio: "ignore", detached: true },
     );
     let timer;
-    const out = await Promise.race([
+    return await Promise.race([
       result,
       new Promise((_, reject) => (timer = setTimeout(() => reject(new Error("no result from Chromium in 60 s")), 60_000))),
     ]).finally(() => clearTimeout(timer));
+  } finally {
+    if (browser?.pid) {
+      try {
+        process.kill(-browser.pid, "SIGKILL");
+      } catch {
+        /* already gone */
+      }
+    }
+    await rm(profile, { recursive: true, force: true });
+  }
+}
+
+test("in Chromium, load() runs a verified feature and refuses bytes the CDN changed after the refresh", { skip: !CHROMIUM && "no Chromium here" }, async () => {
+  const fx = await makeFixture();
+  try {
+    const files = fx.origin.files;
+    const searchEntry = await fx.origin.artifactOf("search", "1.0.0", "index.js");
+    const out = await inChromium(fx, PAGE(fx.trust), {
+      tamper: (_req, res) => {
+        files.set(searchEntry, new TextEncoder().encode('globalThis.__tampered = true; export default "evil";\n'));
+        res.end("ok");
+      },
+    });
 
     assert.equal(out.error, undefined);
     assert.deepEqual(out.loaded, { checkout: "1.0.0", search: "1.0.0" });
@@ -97,14 +117,53 @@ test("in Chromium, load() runs a verified feature and refuses bytes the CDN chan
     assert.equal(out.searchError.file, searchEntry);
     assert.equal(out.tamperedRan, false, "the browser did not run the changed bytes");
   } finally {
-    if (browser?.pid) {
-      try {
-        process.kill(-browser.pid, "SIGKILL");
-      } catch {
-        /* already gone */
-      }
-    }
     await fx.close();
-    await rm(profile, { recursive: true, force: true });
+  }
+});
+
+const CANARY_PAGE = (trust) => `<!doctype html>
+<meta charset="utf-8">
+<title>host</title>
+<script type="module">
+import { FeatureHost, bucket } from "/bundle.js";
+const out = {};
+try {
+  // No key given: the host draws one at the first canary and keeps it in localStorage with its state.
+  const options = { indexUrl: location.origin + "/remote-index.json", trust: ${JSON.stringify(trust)}, features: ["checkout"] };
+  const host = new FeatureHost(options);
+  await host.refresh();
+  const feature = host.features.get("checkout");
+  out.first = { version: feature.version, channel: feature.channel, weight: feature.canaryWeight, bucket: feature.bucket };
+  out.ran = (await host.load("checkout")).default;
+  const saved = JSON.parse(localStorage.getItem("releasecontrol-host:" + options.indexUrl));
+  out.savedBucket = bucket("checkout", saved.bucketingKey);
+  // Another host on this page (as after a reload) reads the same key: the same side.
+  const again = new FeatureHost(options);
+  await again.refresh();
+  out.again = again.features.get("checkout").bucket;
+} catch (e) {
+  out.error = String((e && e.stack) || e);
+}
+await fetch("/result", { method: "POST", body: JSON.stringify(out) });
+</script>`;
+
+test("in Chromium, a host with no key keeps the key it drew in localStorage and runs the side of its bucket", { skip: !CHROMIUM && "no Chromium here" }, async () => {
+  const fx = await makeFixture();
+  try {
+    fx.origin.setFeature("checkout", { versions: { "1.0.0": CHECKOUT_V1, "2.0.0": CHECKOUT_V2 }, stable: "1.0.0", canary: "2.0.0", canaryWeight: 5000 });
+    await fx.origin.publish();
+    const out = await inChromium(fx, CANARY_PAGE(fx.trust));
+    assert.equal(out.error, undefined);
+    const onCanary = out.savedBucket < 5000;
+    assert.deepEqual(out.first, {
+      version: onCanary ? "2.0.0" : "1.0.0",
+      channel: onCanary ? "canary" : "stable",
+      weight: 5000,
+      bucket: out.savedBucket,
+    });
+    assert.equal(out.ran, onCanary ? "checkout v2" : "checkout v1");
+    assert.equal(out.again, out.savedBucket);
+  } finally {
+    await fx.close();
   }
 });

@@ -43,7 +43,8 @@ describe("releasecontrol-host", () => {
     assert.match(stdout, /remote-index\.json sequence 1, root 1, channel stable/);
     const row = stdout.split("\n").find((l) => l.startsWith("checkout "));
     assert.ok(row, stdout);
-    assert.match(row, /^checkout\s+1\.0\.0\s+stable\s+#1\s+/);
+    // No canary runs: no weight, no bucket.
+    assert.match(row, /^checkout\s+1\.0\.0\s+stable\s+-\s+-\s+#1\s+/);
     assert.ok(row.includes(fx.indexKey.keyid.slice(0, 8)) && !row.includes(fx.indexKey.keyid), "short keyid");
     assert.ok(row.endsWith(fx.server.base + (await fx.origin.artifactOf("checkout", "1.0.0", "index.js"))));
   });
@@ -61,6 +62,8 @@ describe("releasecontrol-host", () => {
     const checkout = out.features.checkout;
     assert.equal(checkout.version, "1.0.0");
     assert.equal(checkout.channel, "stable");
+    assert.equal(checkout.canary_weight, null);
+    assert.equal(checkout.bucket, null);
     assert.equal(checkout.sequence, 1);
     assert.deepEqual(checkout.keyids, [fx.indexKey.keyid]);
     assert.match(checkout.entry_url, /\/artifacts\/[0-9a-f]{64}\.js$/);
@@ -94,6 +97,31 @@ describe("releasecontrol-host", () => {
     fx.serving = null;
     assert.equal(code, 1);
     assert.equal(JSON.parse(stdout).refused["remote-index.json"].code, "rollback");
+  });
+
+  test("verify shows a percentage canary's weight and the key's bucket, and verifies both versions", async () => {
+    const [files, features, sequence] = [fx.origin.snapshot(), new Map(fx.origin.features), fx.origin.sequence];
+    // "user-4" is in bucket 234 of checkout, "user-42" in bucket 4570 (tests/vectors/bucketing.json).
+    fx.origin.setFeature("checkout", { versions: { "1.0.0": CHECKOUT_V1, "2.0.0": CHECKOUT_V2 }, stable: "1.0.0", canary: "2.0.0", canaryWeight: 2500 });
+    await fx.origin.publish();
+    fx.serving = null;
+    try {
+      const low = await cli("verify", ...base(), "--feature", "checkout", "--bucketing-key", "user-4");
+      assert.equal(low.code, 0, low.stderr);
+      assert.match(low.stdout, /^checkout\s+2\.0\.0\s+canary\s+25%\s+234\s+#\d+\s+/m);
+      const high = await cli("verify", ...base(), "--feature", "checkout", "--bucketing-key", "user-42", "--output", "json");
+      assert.equal(high.code, 0, high.stderr);
+      const checkout = JSON.parse(high.stdout).features.checkout;
+      assert.deepEqual([checkout.version, checkout.channel, checkout.canary_weight, checkout.bucket], ["1.0.0", "stable", 2500, 4570]);
+      // A user on the other side may get the canary: it is verified too, so a broken one fails the run.
+      tamper(fx, await fx.origin.artifactOf("checkout", "2.0.0", "index.js"));
+      const broken = await cli("verify", ...base(), "--feature", "checkout", "--bucketing-key", "user-42");
+      assert.equal(broken.code, 1);
+      assert.match(broken.stderr, /checkout: length/);
+    } finally {
+      [fx.origin.files, fx.origin.features, fx.origin.sequence] = [files, features, sequence];
+      fx.serving = null;
+    }
   });
 
   test("verify --timeout bounds each request", async () => {
@@ -154,6 +182,7 @@ describe("releasecontrol-host", () => {
       [["verify", ...base(), "--channel", "beta"], /--channel must be stable or canary/],
       [["verify", ...base(), "--timeout", "soon"], /--timeout must be a positive number of seconds/],
       [["verify", ...base(), "--output", "xml"], /--output must be text or json/],
+      [["verify", ...base(), "--bucketing-key", ""], /^releasecontrol-host: --bucketing-key must be 1 to 256 bytes long in UTF-8, not empty$/m],
       [["verify", "--index-url", "not a url", "--trust", trustPath], /^releasecontrol-host: --index-url "not a url" is not an absolute URL/],
     ]) {
       const { code, stderr } = await cli(...args);

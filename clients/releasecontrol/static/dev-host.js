@@ -1,6 +1,7 @@
 // The page `releasectl dev-host` serves: every feature loaded in this browser by
 // @releasecontrol/host, straight from the CDN, after it verified everything
-// (docs/host-protocol.md). Shows per feature the verified version, channel,
+// (docs/host-protocol.md). Shows per feature the verified version, channel (with a
+// percentage canary's weight and this browser's bucket),
 // releases.json sequence and signing key, what ran, and what was refused and why.
 // The CDN is not trusted: everything shown from it goes in as text, never as HTML.
 import { FeatureHost } from "/static/releasecontrol-host.min.js";
@@ -23,6 +24,14 @@ function cell(text, className) {
   td.textContent = text;
   if (className) td.className = className;
   return td;
+}
+
+// The side served, and while a canary runs, its weight and this browser's bucket: the side is
+// the canary iff the bucket is below the weight (or the page follows the canary channel).
+function sideText(feature) {
+  if (feature.canaryWeight === null) return feature.channel;
+  const share = `canary at ${feature.canaryWeight / 100}%`;
+  return feature.bucket === null ? `${feature.channel} (opted in; ${share})` : `${feature.channel} (${share}, bucket ${feature.bucket})`;
 }
 
 function describeModule(namespace) {
@@ -57,7 +66,7 @@ function render(report) {
     tr.append(
       cell(feature.featureId, "feature"),
       cell(feature.version, "version"),
-      cell(feature.channel, "channel"),
+      cell(sideText(feature), "channel"),
       cell(String(feature.sequence), "sequence"),
       cell(feature.keyids.map((k) => k.slice(0, 8) + "…").join(", "), "keys"),
       cell(result ? result.text : "not run yet", result && result.failed ? "ran failed" : "ran"),

@@ -61,10 +61,13 @@ export class TestOrigin {
     this.indexKeys = indexKeys;
   }
 
-  /** Sets one feature: its versions ({version: {path: content}}), channels and entry. */
-  setFeature(id, { versions, stable = null, canary = null, entry = "index.js" }) {
+  /**
+   * Sets one feature: its versions ({version: {path: content}}), channels and
+   * entry, and the canary's weight out of 10,000 (undefined: no canary_weight field).
+   */
+  setFeature(id, { versions, stable = null, canary = null, entry = "index.js", canaryWeight = undefined }) {
     const previous = this.features.get(id);
-    this.features.set(id, { versions, stable, canary, entry, sequence: (previous?.sequence ?? 0) + 1 });
+    this.features.set(id, { versions, stable, canary, entry, canaryWeight, sequence: (previous?.sequence ?? 0) + 1 });
   }
 
   removeFeature(id) {
@@ -101,6 +104,7 @@ export class TestOrigin {
           active_version: f.stable,
           channels: { stable: f.stable, canary: f.canary },
           canary_soak: null,
+          ...(f.canaryWeight === undefined ? {} : { canary_weight: f.canaryWeight }),
           versions,
           issued_at: ISSUED,
           expires_at: expires,
