@@ -737,6 +737,7 @@ class ReleaseControlClient:
         weight: int = 0,
         steps: Sequence[int] = (),
         step_seconds: int = 0,
+        min_loads: int = 0,
         actor: str = "",
         reason: str = "",
         ticket: str = "",
@@ -755,6 +756,7 @@ class ReleaseControlClient:
             weight=weight,
             steps=list(steps),
             step_seconds=step_seconds,
+            min_loads=min_loads,
             context=_context(
                 actor=actor,
                 reason=reason,
@@ -798,6 +800,11 @@ class ReleaseControlClient:
         approved or expired lately)."""
         request = pb.ListApprovalsRequest(feature_id=feature_id, include_done=include_done)
         return self._unary(self._stub.ListApprovals, request, pb.ListApprovalsResponse)
+
+    def get_analysis(self, feature_id: str) -> pb.GetAnalysisResponse:
+        """The running canary's analysis verdict against stable, and each version's reach."""
+        request = pb.GetAnalysisRequest(feature_id=feature_id)
+        return self._unary(self._stub.GetAnalysis, request, pb.GetAnalysisResponse)
 
     def approve(self, approval_id: int) -> pb.ApproveResponse:
         """Apply waiting change `approval_id` as its requester asked it; the caller must be

@@ -65,7 +65,8 @@ def server_environment(
     base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The child's environment: `base` (default os.environ) without ReleaseControl variables,
-    then the state directory and ephemeral loopback listen addresses (gRPC, origin, admin UI),
+    then the state directory and ephemeral loopback listen addresses (gRPC, origin, admin UI,
+    beacons),
     then `overrides`."""
     source = os.environ if base is None else base
     env = {k: v for k, v in source.items() if not k.startswith(_ISOLATED_PREFIXES)}
@@ -74,6 +75,7 @@ def server_environment(
         RELEASECONTROL_GRPC_LISTEN="127.0.0.1:0",
         RELEASECONTROL_ORIGIN_HTTP_LISTEN="127.0.0.1:0",
         RELEASECONTROL_ADMIN_LISTEN="127.0.0.1:0",
+        RELEASECONTROL_BEACON_LISTEN="127.0.0.1:0",
     )
     env.update(overrides or {})
     return env

@@ -26,6 +26,7 @@ from releasectl._common import (
     open_client,
     output_option,
     print_transition,
+    printable,
     render_table,
     rfc3339,
     server_now,
@@ -101,6 +102,13 @@ percent_option = click.option(
     default=None,
     help="How long each step of --steps holds (e.g. 10m).",
 )
+@click.option(
+    "--min-loads",
+    type=click.IntRange(0, 1_000_000_000),
+    default=0,
+    help="Soak by exposure: the canary loads hosts must report (beacons) before it may be "
+    "promoted, besides the soak time.",
+)
 @change_options
 @output_option
 @click.pass_context
@@ -112,6 +120,7 @@ def canary(
     percent: int | None,
     steps: tuple[int, ...],
     step_soak: int | None,
+    min_loads: int,
     output: str,
     change: Change,
 ) -> None:
@@ -123,6 +132,7 @@ def canary(
       releasectl release canary --feature checkout --version 1.3.0 --percent 5
       releasectl release canary --feature checkout --version 1.3.0 \\
           --steps 5,25,50,100 --step-soak 10m
+      releasectl release canary --feature checkout --version 1.3.0 --soak 30m --min-loads 5000
     """
     if steps and (soak is not None or percent is not None):
         raise click.UsageError(
@@ -143,6 +153,7 @@ def canary(
             weight=percent or 0,
             steps=steps,
             step_seconds=step_soak or 0,
+            min_loads=min_loads,
             **change.kwargs(),
         )
     print_transition(response.transition, response.feature, output)
@@ -369,6 +380,64 @@ def history(ctx: click.Context, feature: str | None, limit: int, output: str) ->
         click.echo("no changes yet: publish a version with `releasectl publish --feature F`")
     else:
         click.echo(render_table(HISTORY_HEADERS, [history_row(t) for t in transitions]))
+
+
+# -- analysis ------------------------------------------------------------------------------------
+
+
+@release.command("analysis")
+@feature_option
+@output_option
+@click.pass_context
+def analysis(ctx: click.Context, feature: str, output: str) -> None:
+    """Show how the running canary compares with stable, from what hosts report, and the share
+    of hosts on each version (reach).
+
+    \b
+    Example:
+      releasectl release analysis --feature checkout
+    """
+    with open_client(ctx) as client:
+        found = client.get_analysis(feature)
+    if output == "json":
+        echo_json(
+            {
+                "feature_id": found.feature_id,
+                "enabled": found.enabled,
+                "canary": found.canary_version or None,
+                "stable": found.stable_version or None,
+                "verdict": found.verdict or None,
+                "reason": found.reason or None,
+                "canary_loads": found.canary_loads,
+                "canary_failures": found.canary_failures,
+                "stable_loads": found.stable_loads,
+                "stable_failures": found.stable_failures,
+                "min_loads": found.min_loads,
+                "judged_at": rfc3339(found.judged_at, present=found.HasField("judged_at")),
+                "reach": {r.version: {"share": r.share, "batches": r.batches} for r in found.reach},
+            }
+        )
+        return
+    if not found.enabled:
+        click.echo(
+            f"{feature}: no analysis: the control plane takes no beacons (set beacon_keys); "
+            "canaries are judged by time alone"
+        )
+        return
+    if not found.canary_version:
+        click.echo(f"{feature}: no canary is running (stable {found.stable_version or '-'})")
+    else:
+        click.echo(
+            printable(
+                f"{feature}: canary {found.canary_version} vs stable {found.stable_version}: "
+                f"{found.verdict}, {found.reason}"
+            )
+        )
+        if found.min_loads:
+            click.echo(f"  soak by exposure: {found.canary_loads:,} of {found.min_loads:,} loads")
+    if found.reach:
+        shares = ", ".join(f"{r.version} {r.share:.0%}" for r in found.reach)
+        click.echo(f"  reach (last 10 min): {shares}")
 
 
 # -- four eyes ------------------------------------------------------------------------------------

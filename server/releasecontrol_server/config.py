@@ -140,6 +140,18 @@ class Config:
     admin_listen: str = "127.0.0.1:8080"
     """Where the admin UI (`/_admin`) listens, `host:port`."""
 
+    beacon_listen: str = "127.0.0.1:4200"
+    """Where hosts send beacons (`POST /v1/beacons`, docs/beacons.md), `host:port`; served
+    only while `beacon_keys` names at least one key. Hosts anywhere reach it: in production,
+    behind the same kind of public endpoint as the CDN."""
+
+    analysis_interval_seconds: float = 5.0
+    """How often every running canary is judged from the beacons (analyzer.py)."""
+
+    beacon_keys: tuple[str, ...] = ()
+    """The publishable keys hosts put in their beacons (one per site; not secrets). With
+    none, no beacon is taken, and canaries are judged by time alone (no analysis)."""
+
     admin_session_secret_path: Path
     """The key that signs admin UI session cookies (default `home/admin/session.key`);
     made with mode 0600 on first start. Replacing it signs everyone out."""
@@ -556,6 +568,23 @@ def _parse_reserved_routes(raw: object, label: str, ctx: _Context) -> tuple[str,
     return tuple(dict.fromkeys(["/_admin", *routes]))
 
 
+_BEACON_KEY = re.compile(r"[A-Za-z0-9_-]{8,128}")
+
+
+def _parse_beacon_keys(raw: object, label: str, ctx: _Context) -> tuple[str, ...]:
+    fix = (
+        "set it to publishable keys of 8 to 128 letters, digits, '-' or '_' (a TOML list, or "
+        "comma-separated), e.g. pk_shop_4f9a2c"
+    )
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise _bad(label, raw, fix)
+    keys = [str(i).strip() for i in items if str(i).strip()]
+    if not all(_BEACON_KEY.fullmatch(k) for k in keys):
+        raise _bad(label, raw, fix)
+    return tuple(dict.fromkeys(keys))
+
+
 _FEATURE_PATTERN = re.compile(r"[a-z0-9*?\[\]!-]{1,128}")
 
 
@@ -754,6 +783,9 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("s3_region", _parse_s3_region, optional=True),
     _Setting("artifact_store", _parse_artifact_store),
     _Setting("admin_listen", _listen(allow_empty=False, example="127.0.0.1:8080")),
+    _Setting("beacon_listen", _listen(allow_empty=False, example="127.0.0.1:4200")),
+    _Setting("beacon_keys", _parse_beacon_keys),
+    _Setting("analysis_interval_seconds", _float_between(0.1, 3600)),
     _Setting("admin_session_secret_path", _parse_path),
     _Setting("admin_session_seconds", _int_between(60, _DAY_SECONDS, "seconds")),
     _Setting("database_path", _parse_path),

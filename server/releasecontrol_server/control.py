@@ -52,7 +52,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -70,9 +70,10 @@ from releasecontrol_server.approvals import (
 from releasecontrol_server.approvals import expires as approval_expiry
 from releasecontrol_server.approvals import required as approval_required
 from releasecontrol_server.artifacts import ArtifactStore
+from releasecontrol_server.beacons import Counts
 from releasecontrol_server.origin import Origin
 from releasecontrol_server.rebuild import Progress, Rebuild
-from releasecontrol_server.releases import AdvanceStep, ChangeMeta, Command, FeatureState
+from releasecontrol_server.releases import AdvanceStep, ChangeMeta, Command, FeatureState, Promote
 from releasecontrol_server.repair import OriginCheck, Refreshed
 from releasecontrol_server.signer import Signer
 from releasecontrol_server.store import SignedFile, SqliteStore, StoredTransition
@@ -275,10 +276,21 @@ class ReleaseController:
         loop = asyncio.get_running_loop()
         if artifacts:
             await self._keep_artifacts(feature_id, artifacts)
+        state = self._states.get(feature_id)
         if not meta.approved_by:
-            what = self.approvals.gate(feature_id, command, self._states.get(feature_id))
+            what = self.approvals.gate(feature_id, command, state)
             if what:  # kept, with its artifacts, until another principal approves it
                 raise await self._ask_approval(feature_id, command, meta, what, rpc, manifest)
+        canary_loads = 0
+        if (
+            isinstance(command, Promote | AdvanceStep)
+            and state is not None
+            and state.canary is not None
+            and state.canary.min_loads
+        ):  # a soak by exposure: what hosts reported of the canary so far
+            canary_loads = (await self.beacon_counts(feature_id, state.canary.soak_started_at))[
+                state.canary.version
+            ].loads
         request = Request(
             feature_id=feature_id,
             command=command,
@@ -286,6 +298,7 @@ class ReleaseController:
             rpc=rpc,
             request_id=request_id,
             manifest=manifest,
+            canary_loads=canary_loads,
         )
         waiting = _Waiting(request, loop.create_future())
         self._queue.append(waiting)
@@ -358,6 +371,29 @@ class ReleaseController:
                 None if transition is None else transition.id,
             )
         return done, applied
+
+    async def beacon_counts(self, feature_id: str, since: datetime) -> defaultdict[str, Counts]:
+        """What hosts reported of each version of `feature_id` since `since` (a version
+        without reports: zero counts)."""
+        kept = await self._read(lambda store: store.beacon_counts(feature_id, since))
+        out: defaultdict[str, Counts] = defaultdict(Counts)
+        for version, (loads, entry_errors, load_failures, refusals, batches) in kept.items():
+            out[version] = Counts(loads, entry_errors, load_failures, refusals, batches)
+        return out
+
+    async def add_beacon_counts(self, rows: Mapping[tuple[str, str, datetime], Counts]) -> None:
+        """Keep what the beacon tally summed (one transaction, on the write thread)."""
+        kept = [
+            (
+                feature,
+                version,
+                minute,
+                (c.loads, c.entry_errors, c.load_failures, c.refusals, c.batches),
+            )
+            for (feature, version, minute), c in rows.items()
+        ]
+        async with self._writing:
+            await self._on_write_thread(self._store.add_beacon_counts, kept)
 
     async def approval_requests(self, feature_id: str = "") -> list[ApprovalRequest]:
         return await self._read(lambda store: store.list_approvals(feature_id))
@@ -632,6 +668,10 @@ class ReleaseController:
     @property
     def hub(self) -> WatchHub:
         return self._hub
+
+    def state_of(self, feature_id: str) -> FeatureState | None:
+        """The committed state of `feature_id`, None when it was never published."""
+        return self._states.get(feature_id)
 
     def feature(self, feature_id: str) -> FeatureState:
         state = self._states.get(feature_id)

@@ -33,10 +33,13 @@ from releasecontrol_server.admin import (
     create_app,
     load_or_create_secret,
 )
+from releasecontrol_server.analyzer import CanaryAnalyzer
 from releasecontrol_server.approvals import ApprovalPolicy
 from releasecontrol_server.artifacts import open_artifact_store
 from releasecontrol_server.audit import OriginAuditor
 from releasecontrol_server.auth.interceptor import AuthInterceptor, authenticator_for
+from releasecontrol_server.beacons import PATH as BEACON_PATH
+from releasecontrol_server.beacons import BeaconFlusher, Ingest, beacon_app
 from releasecontrol_server.config import (
     Config,
     dev_admin_opens,
@@ -179,6 +182,26 @@ async def _serve(
     exposed = metrics_exposure(config)
     if exposed is not None:
         log.warning("%s", exposed)
+    ingest = Ingest(frozenset(config.beacon_keys), controller.state_of)
+    ingest.on_outcome = metrics.count_beacon
+    beacon_http = (
+        AdminServer(
+            beacon_app(ingest),
+            config.beacon_listen,
+            what="the beacon endpoint",
+            setting="beacon_listen",
+            path=BEACON_PATH,
+        )
+        if config.beacon_keys
+        else None
+    )
+    analyzer = CanaryAnalyzer(
+        controller,
+        enabled=bool(config.beacon_keys),
+        interval_seconds=config.analysis_interval_seconds,
+    )
+    analyzer.on_verdict = metrics.count_verdict
+    flusher = BeaconFlusher(ingest, controller.add_beacon_counts)
     try:
         await controller.start()
         # What start-up loaded lives as long as the process: keep it out of the
@@ -204,6 +227,7 @@ async def _serve(
                 max_manifest_bytes=config.max_manifest_bytes,
                 max_publish_bytes=config.max_publish_bytes,
                 origin_public_url=origin_url,
+                analyzer=analyzer,
             ),
             server,
         )
@@ -225,6 +249,8 @@ async def _serve(
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         admin_url = await admin.start()
+        if beacon_http is not None:
+            await beacon_http.start()
 
         grpc_host = f"[{host}]" if ":" in host else host
         endpoints = {
@@ -234,6 +260,8 @@ async def _serve(
             "metrics_url": admin.base_url + METRICS_PATH,
             "pid": os.getpid(),
         }
+        if beacon_http is not None:
+            endpoints["beacon_url"] = beacon_http.base_url
         config.endpoints_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(config.endpoints_path, (json.dumps(endpoints, indent=2) + "\n").encode())
         log.info(
@@ -252,7 +280,11 @@ async def _serve(
             loop.add_signal_handler(sig, stop.set)
         resigner = Resigner(controller, expiry_seconds=config.index_expiry_seconds)
         resigning = loop.create_task(resigner.run(stop), name="resign-before-expiry")
-        stepping = loop.create_task(StepRunner(controller).run(stop), name="canary-steps")
+        stepping = loop.create_task(
+            StepRunner(controller, analysis=analyzer.allows_step).run(stop), name="canary-steps"
+        )
+        judging = loop.create_task(analyzer.run(stop), name="canary-analysis")
+        flushing = loop.create_task(flusher.run(stop), name="beacon-counts")
 
         async def install(new: Keyring) -> None:
             await controller.install_keys(
@@ -271,10 +303,14 @@ async def _serve(
         log.info("shutting down")
         await resigning
         await stepping
+        await judging
+        await flushing
         await watching
         await auditing
     finally:
         await admin.stop()
+        if beacon_http is not None:
+            await beacon_http.stop()
         await server.stop(config.shutdown_grace_seconds)
         if origin_http is not None:
             origin_http.stop()

@@ -37,11 +37,14 @@ process_*, python_info
 
 Buckets of both histograms: `LATENCY_BUCKETS`, 1 ms to 10 s.
 
-Reserved for the next parts of issue 14 (not exported until they exist; add
-them in `ServerMetrics.__init__`, where the comment says, and to this list):
-`releasecontrol_analysis_verdicts_total{verdict}` (each analysis verdict:
-pass, fail, inconclusive) and `releasecontrol_beacons_total{outcome}` (beacons
-ingested or refused; its rate is the ingest rate).
+releasecontrol_beacons_total{outcome}  (counter)
+    Beacon batches received (beacons.py), by outcome: accepted, bad (not a batch),
+    forged (a key not configured), replayed (a batch id seen, or too old), unknown
+    (a feature or version never published), limited (over the rate); the rate of
+    `accepted` is the ingest rate.
+releasecontrol_analysis_verdicts_total{verdict}  (counter)
+    Canary analysis verdicts (analyzer.py), one per running canary each time the
+    analysis runs (every 5 s): waiting, running, pass, fail.
 
 Labels stay bounded: `service` and `method` come from the methods the server
 has, `code` from gRPC's 17 codes, `action` from the state machine's actions.
@@ -72,6 +75,9 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder
 
+from releasecontrol_server.analysis import Kind
+from releasecontrol_server.analyzer import Judged
+from releasecontrol_server.beacons import OUTCOMES as BEACON_OUTCOMES
 from releasecontrol_server.releases import Action
 from releasecontrol_server.watch import ChangeEvent
 
@@ -164,9 +170,24 @@ class ServerMetrics:
             "Open change streams: WatchReleases calls and admin UI live pages.",
             registry=registry,
         ).set_function(watch_subscribers)
-        # Reserved for the next parts of issue 14 (see the module docstring), here when
-        # they exist: releasecontrol_analysis_verdicts_total{verdict} and
-        # releasecontrol_beacons_total{outcome}.
+        self.beacons = Counter(
+            "releasecontrol_beacons",
+            "Beacon batches received, by outcome (accepted, bad, forged, replayed, unknown, "
+            "limited); the rate of accepted ones is the ingest rate.",
+            ("outcome",),
+            registry=registry,
+        )
+        for outcome in BEACON_OUTCOMES:
+            self.beacons.labels(outcome=outcome)
+        self.verdicts = Counter(
+            "releasecontrol_analysis_verdicts",
+            "Canary analysis verdicts reached, by kind (waiting, running, pass, fail): one per "
+            "canary each time its analysis runs.",
+            ("verdict",),
+            registry=registry,
+        )
+        for kind in Kind:
+            self.verdicts.labels(verdict=kind.value)
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
 
@@ -180,6 +201,14 @@ class ServerMetrics:
         self.changes.labels(action=str(event.transition.record.action)).inc()
 
     # The write path's observer (`writer.WriteObserver`), called on the write thread.
+
+    def count_beacon(self, outcome: str) -> None:
+        """A beacon batch's outcome (beacons.Ingest.on_outcome)."""
+        self.beacons.labels(outcome=outcome).inc()
+
+    def count_verdict(self, judged: Judged) -> None:
+        """An analysis verdict (analyzer.CanaryAnalyzer.on_verdict)."""
+        self.verdicts.labels(verdict=judged.verdict.kind.value).inc()
 
     def origin_published(self, seconds: float) -> None:
         """A committed batch's files are all in place on the origin, `seconds` after its

@@ -93,6 +93,9 @@ class Canary:
     step_seconds: int = 0
     step_started_at: datetime | None = None
     """When the current step began (the plan's steps are each held step_seconds)."""
+    min_loads: int = 0
+    """Soak by exposure: the canary loads hosts must have reported (beacons) before it may
+    be promoted, besides the time; 0: time alone."""
 
     @property
     def soak_ends_at(self) -> datetime:
@@ -122,6 +125,10 @@ class Canary:
                 f"{format_steps(self.steps)} (each {format_duration(self.step_seconds)})"
             )
         return text
+
+    def exposure_left(self, canary_loads: int) -> int:
+        """How many more canary loads the soak needs (0 once enough were reported)."""
+        return max(0, self.min_loads - canary_loads)
 
     def seconds_left(self, now: datetime) -> int:
         """Whole seconds until the soak ends (rounded up), 0 once it is over."""
@@ -193,6 +200,8 @@ class DeployCanary:
     """A step plan: the canary starts at steps[0]; the soak is then the whole plan
     (len(steps) x step_seconds) and `soak_seconds` and `weight` must be left 0."""
     step_seconds: int = 0
+    min_loads: int = 0
+    """Soak by exposure: canary loads to be reported before promotion (besides the soak)."""
 
 
 @dataclass(frozen=True)
@@ -209,6 +218,15 @@ class SetWeight:
 @dataclass(frozen=True)
 class AdvanceStep:
     """Sent by the server: the current step of the canary's plan held long enough."""
+
+    @property
+    def version(self) -> str:
+        return ""
+
+
+@dataclass(frozen=True)
+class AbortCanary:
+    """Take the canary off every host, stable staying (the analysis found it worse)."""
 
     @property
     def version(self) -> str:
@@ -263,10 +281,12 @@ Command = (
     | SetChannel
     | SetWeight
     | AdvanceStep
+    | AbortCanary
     | Resign
     | Reconcile
 )
-_NO_VERSION = (SetWeight, AdvanceStep, Resign, Reconcile)
+_NO_VERSION = (SetWeight, AdvanceStep, AbortCanary, Resign, Reconcile)
+MAX_MIN_LOADS = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -310,8 +330,13 @@ def apply(
     command: Command,
     meta: ChangeMeta,
     now: datetime,
+    *,
+    canary_loads: int = 0,
 ) -> Transition | Unchanged:
     """Apply `command` to `state` (None: the feature has never been published).
+
+    `canary_loads`: the loads of the running canary hosts reported since its soak began
+    (what a soak by exposure, `Canary.min_loads`, counts); the caller observes them.
 
     Returns the new state and its audit record, or Unchanged for an idempotent
     republish. Raises InvalidArgument, NotFound, AlreadyExists,
@@ -341,7 +366,7 @@ def apply(
         case DeployCanary():
             return _deploy_canary(state, command, meta, now)
         case Promote():
-            return _promote(state, command, meta, now)
+            return _promote(state, command, meta, now, canary_loads)
         case Rollback():
             return _rollback(state, command, meta, now)
         case SetChannel():
@@ -349,7 +374,9 @@ def apply(
         case SetWeight():
             return _set_weight(state, command, meta, now)
         case AdvanceStep():
-            return _advance_step(state, meta, now)
+            return _advance_step(state, meta, now, canary_loads)
+        case AbortCanary():
+            return _abort_canary(state, meta, now)
         case Reconcile(above=above):
             if above < state.sequence:
                 raise ValueError(f"reconcile above {above}, below the state's {state.sequence}")
@@ -548,6 +575,15 @@ def _deploy_canary(
 
 def _new_canary(cmd: DeployCanary, now: datetime) -> Canary:
     """The canary `cmd` starts: with a step plan, at its first step, soaking the whole plan."""
+    if not 0 <= cmd.min_loads <= MAX_MIN_LOADS:
+        raise InvalidArgument(
+            f"min_loads {cmd.min_loads} is out of range; give 0 to {MAX_MIN_LOADS:,}",
+            field="min_loads",
+        )
+    return dataclasses.replace(_timed_canary(cmd, now), min_loads=cmd.min_loads)
+
+
+def _timed_canary(cmd: DeployCanary, now: datetime) -> Canary:
     check_weight(cmd.weight)
     if not cmd.steps:
         if cmd.step_seconds:
@@ -633,7 +669,9 @@ def _set_weight(
     )
 
 
-def _advance_step(state: FeatureState, meta: ChangeMeta, now: datetime) -> Transition:
+def _advance_step(
+    state: FeatureState, meta: ChangeMeta, now: datetime, canary_loads: int
+) -> Transition:
     canary = _running_canary(state, "advance a step plan")
     due = canary.step_due_at()
     if due is None:
@@ -650,6 +688,7 @@ def _advance_step(state: FeatureState, meta: ChangeMeta, now: datetime) -> Trans
         )
     after = canary.next_step
     if after is None:  # the last step, of 100 %, held: the plan is done
+        _require_exposure(state, canary, canary_loads)
         return _commit(
             state,
             meta,
@@ -674,7 +713,32 @@ def _advance_step(state: FeatureState, meta: ChangeMeta, now: datetime) -> Trans
     )
 
 
-def _promote(state: FeatureState, cmd: Promote, meta: ChangeMeta, now: datetime) -> Transition:
+def _require_exposure(state: FeatureState, canary: Canary, canary_loads: int) -> None:
+    if canary.exposure_left(canary_loads):
+        raise SoakNotOver(
+            f"canary {canary.version} of feature {state.feature_id!r} is still soaking: "
+            f"{canary_loads:,} of the {canary.min_loads:,} loads it needs",
+            seconds_left=0,
+        )
+
+
+def _abort_canary(state: FeatureState, meta: ChangeMeta, now: datetime) -> Transition:
+    canary = _running_canary(state, "roll a canary back")
+    return _commit(
+        state,
+        meta,
+        now,
+        Action.ROLLBACK,
+        state.stable or "",
+        f"canary {canary.version} rolled back; stable {state.stable} stays",
+        stable=state.stable,
+        canary=None,
+    )
+
+
+def _promote(
+    state: FeatureState, cmd: Promote, meta: ChangeMeta, now: datetime, canary_loads: int
+) -> Transition:
     state.require(cmd.version)
     canary = state.canary
     if canary is None or canary.version != cmd.version:
@@ -686,12 +750,19 @@ def _promote(state: FeatureState, cmd: Promote, meta: ChangeMeta, now: datetime)
         )
     left = canary.seconds_left(now)
     detail = f"canary {canary.version} promoted after {format_duration(canary.soak_seconds)} soak"
-    if left > 0:
+    if canary.min_loads:
+        detail += f" and {canary_loads:,} loads"
+    short = canary.exposure_left(canary_loads)
+    if left > 0 or short:
+        missing = []
+        if left:
+            missing.append(f"{format_duration(left)} left (ends {_iso(canary.soak_ends_at)})")
+        if short:
+            missing.append(f"{canary_loads:,} of the {canary.min_loads:,} loads it needs")
         if not cmd.skip_soak:
             raise SoakNotOver(
                 f"canary {canary.version} of feature {state.feature_id!r} is still soaking: "
-                f"{format_duration(left)} left (ends {_iso(canary.soak_ends_at)}); wait, or "
-                "skip the rest of the soak, giving a reason",
+                f"{'; '.join(missing)}; wait, or skip the rest of the soak, giving a reason",
                 seconds_left=left,
             )
         if not meta.reason.strip():
@@ -700,6 +771,8 @@ def _promote(state: FeatureState, cmd: Promote, meta: ChangeMeta, now: datetime)
                 field="reason",
             )
         detail = f"soak skipped with {format_duration(left)} left"
+        if short:
+            detail += f" and {short:,} loads to go"
     return _commit(
         state,
         meta,

@@ -30,6 +30,7 @@ from releasecontrol.manifest import canonical_bytes, parse_manifest, sha256_hex,
 from releasecontrol.v1 import release_control_pb2 as pb
 from releasecontrol.v1 import release_control_pb2_grpc as pb_grpc
 from releasecontrol_server import releases
+from releasecontrol_server.analyzer import CanaryAnalyzer
 from releasecontrol_server.approvals import ApprovalRequest, pending_first
 from releasecontrol_server.auth.authorize import RPC_ACTIONS, permits, require, require_each
 from releasecontrol_server.auth.authorize import Action as AuthAction
@@ -141,6 +142,7 @@ def feature_to_proto(state: FeatureState) -> pb.Feature:
         due = canary.step_due_at()
         if due is not None:
             _set_time(out.canary.next_step_at, due)
+        out.canary.min_loads = canary.min_loads
     for v in state.versions:
         info = out.versions.add(
             version=v.version, manifest_sha256=v.manifest_sha256, was_stable=v.was_stable
@@ -393,8 +395,10 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
         max_manifest_bytes: int,
         max_publish_bytes: int,
         origin_public_url: str,
+        analyzer: CanaryAnalyzer | None = None,
     ) -> None:
         self._controller = controller
+        self._analyzer = analyzer or CanaryAnalyzer(controller, enabled=False)
         self._origin_public_url = origin_public_url
         self._max_manifest_bytes = max_manifest_bytes
         self._max_publish_bytes = max_publish_bytes
@@ -530,6 +534,40 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
                 and permits(caller, AuthAction.READ, a.feature_id)
             ]
         )
+
+    @maps_errors
+    async def GetAnalysis(
+        self, request: pb.GetAnalysisRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.GetAnalysisResponse:
+        validate_feature_id(request.feature_id)
+        require(AuthAction.READ, request.feature_id)
+        state = self._controller.feature(request.feature_id)  # NotFound names it
+        analyzer = self._analyzer
+        out = pb.GetAnalysisResponse(
+            feature_id=state.feature_id,
+            enabled=analyzer.enabled,
+            stable_version=state.stable or "",
+        )
+        canary = state.canary
+        if canary is not None:
+            out.canary_version = canary.version
+            out.min_loads = canary.min_loads
+            judged = await analyzer.judge(state) if analyzer.enabled else None
+            if judged is not None:
+                verdict = judged.verdict
+                out.verdict = verdict.kind.value
+                out.reason = verdict.reason
+                out.canary_loads = verdict.canary_loads
+                out.canary_failures = verdict.canary_failures
+                out.stable_loads = verdict.stable_loads
+                out.stable_failures = verdict.stable_failures
+                _set_time(out.judged_at, judged.at)
+        if analyzer.enabled:
+            for version, (share, batches) in sorted(
+                (await analyzer.reach(state.feature_id)).items()
+            ):
+                out.reach.add(version=version, share=share, batches=batches)
+        return out
 
     @maps_errors
     async def Approve(
@@ -795,6 +833,7 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
             weight=request.weight,
             steps=tuple(request.steps),
             step_seconds=request.step_seconds,
+            min_loads=request.min_loads,
         )
         return cast(
             pb.DeployCanaryResponse,

@@ -1,7 +1,9 @@
 """Canary step plans, advanced by the server.
 
 A canary deployed with `--steps 5,25,50,100 --step-soak 10m` starts at 5 %;
-each time the current step has held its step soak, the server moves it to the
+each time the current step has held its step soak, and the analysis of what
+hosts report (analyzer.py, when beacons are configured) neither waits for
+data nor fails, the server moves it to the
 next step as an ordinary change (sequence + 1, audit record by
 `releasecontrol-steps`), and after a last step of 100 % it promotes the canary,
 unless the feature needs approval to promote (approvals.py): then it holds at
@@ -38,8 +40,12 @@ class StepRunner:
         *,
         clock: Callable[[], datetime] = utc_now,
         interval_seconds: float = CHECK_SECONDS,
+        analysis: Callable[[str, str], bool] = lambda feature, version: True,
     ) -> None:
+        """`analysis(feature, canary version)`: whether the canary's analysis lets its plan
+        move on (`CanaryAnalyzer.allows_step`)."""
         self._controller = controller
+        self._analysis = analysis
         self._clock = clock
         self.interval_seconds = interval_seconds
 
@@ -53,6 +59,8 @@ class StepRunner:
                 continue
             if self._controller.approvals.gate(state.feature_id, AdvanceStep(), state):
                 continue  # a protected feature holds at its last step: people promote it
+            if canary is not None and not self._analysis(state.feature_id, canary.version):
+                continue  # the analysis waits for data, or is about to roll it back
             out.append((state.feature_id, state.sequence))
         return out
 

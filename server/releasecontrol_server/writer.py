@@ -125,6 +125,9 @@ class Request:
     rpc: str
     request_id: str
     manifest: bytes | None
+    canary_loads: int = 0
+    """The running canary's loads reported so far (a soak by exposure counts them); observed,
+    not asked, so not part of what a request id is bound to."""
 
 
 @dataclass(frozen=True)
@@ -446,7 +449,9 @@ class Writer:
                 # Kept before schema 5: the feature as it is stands in for the one answered.
                 then = prior.state or state or FeatureState(feature_id)
                 return Applied(then, prior.transition, prior.why_unchanged)
-        outcome = releases.apply(state, feature_id, request.command, request.meta, now)
+        outcome = releases.apply(
+            state, feature_id, request.command, request.meta, now, canary_loads=request.canary_loads
+        )
         if isinstance(outcome, releases.Unchanged):
             applied = Applied(outcome.state, None, outcome.why)
             if request_id and remember is not None:  # worked out on uncommitted changes

@@ -23,6 +23,7 @@ from releasecontrol_server.releases import ChangeMeta, Command
 from releasecontrol_server.signer import Signer
 from releasecontrol_server.store import SignedFile, SqliteStore
 from releasecontrol_server.watch import WatchHub
+from releasecontrol_server.writer import WriteObserver
 
 NOW = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
 KEY = SigningKey(Ed25519PrivateKey.from_private_bytes(bytes([9]) * 32))
@@ -36,6 +37,7 @@ def new_controller(
     key: SigningKey = KEY,
     roots: Sequence[SignedFile] = (),
     root_version: int = 1,
+    write_observer: WriteObserver | None = None,
 ) -> ReleaseController:
     """A controller on `tmp_path/db.sqlite` and `origin` (else `tmp_path/origin`), not started;
     `roots` and `root_version` as the server passes them from its keyring."""
@@ -49,6 +51,7 @@ def new_controller(
         clock=lambda: now,
         roots=roots,
         root_version=root_version,
+        write_observer=write_observer,
     )
 
 

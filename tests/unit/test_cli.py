@@ -634,7 +634,7 @@ CHANGES = [
         ["release", "canary", "--feature", "checkout", "--version", "1.3.0", "--soak", "30m"],
         "deploy_canary",
         ("checkout", "1.3.0"),
-        {"soak_seconds": 1800, "weight": 0, "steps": (), "step_seconds": 0},
+        {"soak_seconds": 1800, "weight": 0, "steps": (), "step_seconds": 0, "min_loads": 0},
         pb.DeployCanaryResponse(
             feature=feature(),
             transition=transition(pb.TRANSITION_ACTION_DEPLOY_CANARY, detail="soak 30m"),
@@ -646,7 +646,7 @@ CHANGES = [
         ["release", "canary", "--feature", "checkout", "--version", "1.3.0", "--percent", "2.5"],
         "deploy_canary",
         ("checkout", "1.3.0"),
-        {"soak_seconds": None, "weight": 250, "steps": (), "step_seconds": 0},
+        {"soak_seconds": None, "weight": 250, "steps": (), "step_seconds": 0, "min_loads": 0},
         pb.DeployCanaryResponse(
             feature=feature(),
             transition=transition(
@@ -671,7 +671,13 @@ CHANGES = [
         ],
         "deploy_canary",
         ("checkout", "1.3.0"),
-        {"soak_seconds": None, "weight": 0, "steps": (500, 2500, 5000, 10000), "step_seconds": 600},
+        {
+            "soak_seconds": None,
+            "weight": 0,
+            "steps": (500, 2500, 5000, 10000),
+            "step_seconds": 600,
+            "min_loads": 0,
+        },
         pb.DeployCanaryResponse(
             feature=feature(),
             transition=transition(

@@ -24,7 +24,6 @@ from releasecontrol.errors import ConfigError, Unauthenticated, Unavailable
 from releasecontrol_server.auth.interceptor import AuthInterceptor
 from releasecontrol_server.auth.principal import AuthContext, Metadata, Principal, Role
 from releasecontrol_server.config import Config, load_config, metrics_exposure
-from releasecontrol_server.main import _observe_writes
 from releasecontrol_server.metrics import ServerMetrics, metrics_endpoint
 from releasecontrol_server.origin.filesystem import FilesystemOrigin, Staged
 from releasecontrol_server.releases import Action, AuditRecord, FeatureState, Publish
@@ -338,9 +337,10 @@ class TestOriginMetrics:
         """A committed batch whose files reach the origin is one observation; one whose
         write fails is a failure (not an observation), and the outbox gauge shows its files."""
         origin = SwitchableOrigin(tmp_path / "origin")
-        control = new_controller(tmp_path, origin)
-        metrics = ServerMetrics(outbox_files=control.pending_count, watch_subscribers=lambda: 0)
-        _observe_writes(control, metrics)
+        metrics = ServerMetrics(
+            outbox_files=lambda: control.pending_count(), watch_subscribers=lambda: 0
+        )
+        control = new_controller(tmp_path, origin, write_observer=metrics)
         get = metrics.registry.get_sample_value
         await control.start()
         try:

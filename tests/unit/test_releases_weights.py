@@ -6,6 +6,7 @@ exact error class, names the field and leaves the state as it was.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import pytest
@@ -13,10 +14,12 @@ import pytest
 from releasecontrol.errors import FailedPrecondition, InvalidArgument, SoakNotOver
 from releasecontrol_server.releases import (
     MAX_SOAK_SECONDS,
+    AbortCanary,
     Action,
     AdvanceStep,
     Canary,
     DeployCanary,
+    FeatureState,
     Promote,
     Resign,
     SetWeight,
@@ -290,3 +293,79 @@ class TestStickyRamp:
             state = result.state
         assert weights == list(PLAN)
         assert state.stable == "1.1.0"
+
+
+class TestSoakByExposure:
+    def soaked(self, min_loads: int = 5000) -> FeatureState:
+        """1.1.0 in canary, its 30m soak over, needing `min_loads` canary loads."""
+        running = Canary("1.1.0", NOW - timedelta(hours=1), 1800, min_loads=min_loads)
+        return feature("1.0.0", "1.1.0", stable="1.0.0", running=running)
+
+    def test_promote_waits_for_the_loads_after_the_time(self) -> None:
+        with pytest.raises(SoakNotOver) as caught:
+            apply(self.soaked(), FEATURE, Promote("1.1.0"), meta(), NOW, canary_loads=1200)
+        error = caught.value
+        assert_says(error, ["is still soaking: 1,200 of the 5,000 loads it needs"])
+
+    def test_promote_waits_for_both_time_and_loads(self) -> None:
+        running = Canary("1.1.0", NOW - timedelta(minutes=20), 1800, min_loads=5000)
+        state = feature("1.0.0", "1.1.0", stable="1.0.0", running=running)
+        error = refused(state, Promote("1.1.0"), SoakNotOver)
+        assert_says(error, ["10m left", "0 of the 5,000 loads it needs"])
+
+    def test_enough_loads_promote_and_the_record_says_how_many(self) -> None:
+        result = apply(self.soaked(), FEATURE, Promote("1.1.0"), meta(), NOW, canary_loads=5200)
+        assert not isinstance(result, Unchanged)
+        assert result.state.stable == "1.1.0"
+        assert result.record.detail == "canary 1.1.0 promoted after 30m soak and 5,200 loads"
+
+    def test_skipping_names_the_loads_to_go(self) -> None:
+        result = apply(
+            self.soaked(),
+            FEATURE,
+            Promote("1.1.0", skip_soak=True),
+            meta(reason="hotfix"),
+            NOW,
+            canary_loads=1000,
+        )
+        assert not isinstance(result, Unchanged)
+        assert result.record.detail == "soak skipped with 0s left and 4,000 loads to go"
+
+    def test_a_ramp_holds_its_last_step_until_the_loads(self) -> None:
+        state = ramping(10_000)
+        assert state.canary is not None
+        state = feature(
+            "1.0.0",
+            "1.1.0",
+            stable="1.0.0",
+            running=dataclasses.replace(state.canary, min_loads=800),
+        )
+        with pytest.raises(SoakNotOver, match="100 of the 800 loads"):
+            apply(state, FEATURE, AdvanceStep(), meta(), NOW, canary_loads=100)
+        done = apply(state, FEATURE, AdvanceStep(), meta(), NOW, canary_loads=900)
+        assert not isinstance(done, Unchanged) and done.state.stable == "1.1.0"
+
+    def test_min_loads_off_the_scale_is_refused(self) -> None:
+        error = refused(
+            with_stable_and_candidate(),
+            DeployCanary("1.1.0", 60, min_loads=-1),
+            InvalidArgument,
+        )
+        assert error.field == "min_loads"
+
+
+class TestAbortCanary:
+    def test_the_canary_is_taken_off_and_stable_stays(self) -> None:
+        result = applied(
+            ramping(2500),
+            AbortCanary(),
+            meta(actor="releasecontrol-analysis", reason="failure rate 3.1% vs 0.4%"),
+        )
+        assert (result.state.stable, result.state.canary) == ("1.0.0", None)
+        assert result.record.action is Action.ROLLBACK
+        assert (result.record.from_canary, result.record.to_canary) == ("1.1.0", None)
+        assert result.record.detail == "canary 1.1.0 rolled back; stable 1.0.0 stays"
+        assert result.record.reason == "failure rate 3.1% vs 0.4%"
+
+    def test_without_a_canary_it_is_refused(self) -> None:
+        refused(only_stable(), AbortCanary(), FailedPrecondition)

@@ -173,6 +173,7 @@ class TestOpen:
             conn.execute("ALTER TABLE features DROP COLUMN updated_by_principal")
             conn.execute("ALTER TABLE features DROP COLUMN canary_rollout")  # from 8
             conn.execute("DROP TABLE approvals")  # from 9
+            conn.execute("DROP TABLE beacon_counts")  # from 10
             conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
         conn.close()
         reopened = SqliteStore(db_path)
@@ -203,6 +204,7 @@ class TestOpen:
             conn.execute("ALTER TABLE requests DROP COLUMN answered_at")
             conn.execute("ALTER TABLE features DROP COLUMN canary_rollout")  # from 8
             conn.execute("DROP TABLE approvals")  # from 9
+            conn.execute("DROP TABLE beacon_counts")  # from 10
             conn.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
         conn.close()
         with SqliteStore(db_path) as reopened:
@@ -294,6 +296,7 @@ class TestCommit:
         with conn:  # as version 7 left it
             conn.execute("ALTER TABLE features DROP COLUMN canary_rollout")
             conn.execute("DROP TABLE approvals")
+            conn.execute("DROP TABLE beacon_counts")
             conn.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
         conn.close()
         with SqliteStore(db_path) as reopened:
@@ -461,6 +464,7 @@ class TestStaleChangesWriteNothing:
         """The nothing-written check compares every table the schema has."""
         assert set(dump(db_path)) == {
             "approvals",
+            "beacon_counts",
             "features",
             "files",
             "manifests",
@@ -667,6 +671,7 @@ class TestRequests:
             conn.execute("ALTER TABLE features DROP COLUMN updated_by_principal")  # from 6
             conn.execute("ALTER TABLE features DROP COLUMN canary_rollout")  # from 8
             conn.execute("DROP TABLE approvals")  # from 9
+            conn.execute("DROP TABLE beacon_counts")  # from 10
             conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
         conn.close()
 

@@ -202,6 +202,7 @@ class CanaryState(_message.Message):
     STEP_SECONDS_FIELD_NUMBER: _builtins.int
     STEP_STARTED_AT_FIELD_NUMBER: _builtins.int
     NEXT_STEP_AT_FIELD_NUMBER: _builtins.int
+    MIN_LOADS_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     soak_seconds: _builtins.int
     weight: _builtins.int
@@ -210,6 +211,10 @@ class CanaryState(_message.Message):
     """
     step_seconds: _builtins.int
     """How long each step holds."""
+    min_loads: _builtins.int
+    """Soak by exposure: the canary loads hosts must report before promotion
+    (besides the time); 0: time alone.
+    """
     @_builtins.property
     def soak_started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -238,10 +243,11 @@ class CanaryState(_message.Message):
         step_seconds: _builtins.int = ...,
         step_started_at: _timestamp_pb2.Timestamp | None = ...,
         next_step_at: _timestamp_pb2.Timestamp | None = ...,
+        min_loads: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["next_step_at", b"next_step_at", "soak_ends_at", b"soak_ends_at", "soak_started_at", b"soak_started_at", "step_started_at", b"step_started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_step_at", b"next_step_at", "soak_ends_at", b"soak_ends_at", "soak_seconds", b"soak_seconds", "soak_started_at", b"soak_started_at", "step_seconds", b"step_seconds", "step_started_at", b"step_started_at", "steps", b"steps", "version", b"version", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_loads", b"min_loads", "next_step_at", b"next_step_at", "soak_ends_at", b"soak_ends_at", "soak_seconds", b"soak_seconds", "soak_started_at", b"soak_started_at", "step_seconds", b"step_seconds", "step_started_at", b"step_started_at", "steps", b"steps", "version", b"version", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -635,6 +641,7 @@ class DeployCanaryRequest(_message.Message):
     WEIGHT_FIELD_NUMBER: _builtins.int
     STEPS_FIELD_NUMBER: _builtins.int
     STEP_SECONDS_FIELD_NUMBER: _builtins.int
+    MIN_LOADS_FIELD_NUMBER: _builtins.int
     feature_id: _builtins.str
     version: _builtins.str
     soak_seconds: _builtins.int
@@ -644,6 +651,8 @@ class DeployCanaryRequest(_message.Message):
     opt into the canary channel.
     """
     step_seconds: _builtins.int
+    min_loads: _builtins.int
+    """Soak by exposure: canary loads hosts must report before promotion."""
     @_builtins.property
     def context(self) -> Global___ChangeContext: ...
     @_builtins.property
@@ -662,10 +671,11 @@ class DeployCanaryRequest(_message.Message):
         weight: _builtins.int = ...,
         steps: _abc.Iterable[_builtins.int] | None = ...,
         step_seconds: _builtins.int = ...,
+        min_loads: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_soak_seconds", b"_soak_seconds", "context", b"context", "soak_seconds", b"soak_seconds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_soak_seconds", b"_soak_seconds", "context", b"context", "feature_id", b"feature_id", "soak_seconds", b"soak_seconds", "step_seconds", b"step_seconds", "steps", b"steps", "version", b"version", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_soak_seconds", b"_soak_seconds", "context", b"context", "feature_id", b"feature_id", "min_loads", b"min_loads", "soak_seconds", b"soak_seconds", "step_seconds", b"step_seconds", "steps", b"steps", "version", b"version", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__soak_seconds: _TypeAlias = _typing.Literal["soak_seconds"]  # noqa: Y015
     _WhichOneofArgType__soak_seconds: _TypeAlias = _typing.Literal["_soak_seconds", b"_soak_seconds"]  # noqa: Y015
@@ -1063,6 +1073,113 @@ class ApproveResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ApproveResponse: _TypeAlias = ApproveResponse  # noqa: Y015
+
+@_typing.final
+class GetAnalysisRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURE_ID_FIELD_NUMBER: _builtins.int
+    feature_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        feature_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_id", b"feature_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAnalysisRequest: _TypeAlias = GetAnalysisRequest  # noqa: Y015
+
+@_typing.final
+class VersionReach(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    SHARE_FIELD_NUMBER: _builtins.int
+    BATCHES_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    share: _builtins.float
+    """Share of the beacon batches of the last 10 minutes that report this version."""
+    batches: _builtins.int
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        share: _builtins.float = ...,
+        batches: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "share", b"share", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VersionReach: _TypeAlias = VersionReach  # noqa: Y015
+
+@_typing.final
+class GetAnalysisResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURE_ID_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    CANARY_VERSION_FIELD_NUMBER: _builtins.int
+    STABLE_VERSION_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CANARY_LOADS_FIELD_NUMBER: _builtins.int
+    CANARY_FAILURES_FIELD_NUMBER: _builtins.int
+    STABLE_LOADS_FIELD_NUMBER: _builtins.int
+    STABLE_FAILURES_FIELD_NUMBER: _builtins.int
+    JUDGED_AT_FIELD_NUMBER: _builtins.int
+    MIN_LOADS_FIELD_NUMBER: _builtins.int
+    REACH_FIELD_NUMBER: _builtins.int
+    feature_id: _builtins.str
+    enabled: _builtins.bool
+    """False when no beacon key is configured: canaries are judged by time alone."""
+    canary_version: _builtins.str
+    """Empty when no canary runs."""
+    stable_version: _builtins.str
+    verdict: _builtins.str
+    """"waiting", "running", "pass" or "fail"; empty when nothing was judged yet."""
+    reason: _builtins.str
+    """In a sentence, with the figures: "failure rate 3.1% vs 0.4% over 12,400 loads"."""
+    canary_loads: _builtins.int
+    canary_failures: _builtins.int
+    stable_loads: _builtins.int
+    stable_failures: _builtins.int
+    min_loads: _builtins.int
+    """The canary's soak by exposure (0: none)."""
+    @_builtins.property
+    def judged_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def reach(self) -> _containers.RepeatedCompositeFieldContainer[Global___VersionReach]: ...
+    def __init__(
+        self,
+        *,
+        feature_id: _builtins.str = ...,
+        enabled: _builtins.bool = ...,
+        canary_version: _builtins.str = ...,
+        stable_version: _builtins.str = ...,
+        verdict: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        canary_loads: _builtins.int = ...,
+        canary_failures: _builtins.int = ...,
+        stable_loads: _builtins.int = ...,
+        stable_failures: _builtins.int = ...,
+        judged_at: _timestamp_pb2.Timestamp | None = ...,
+        min_loads: _builtins.int = ...,
+        reach: _abc.Iterable[Global___VersionReach] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["judged_at", b"judged_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary_failures", b"canary_failures", "canary_loads", b"canary_loads", "canary_version", b"canary_version", "enabled", b"enabled", "feature_id", b"feature_id", "judged_at", b"judged_at", "min_loads", b"min_loads", "reach", b"reach", "reason", b"reason", "stable_failures", b"stable_failures", "stable_loads", b"stable_loads", "stable_version", b"stable_version", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAnalysisResponse: _TypeAlias = GetAnalysisResponse  # noqa: Y015
 
 @_typing.final
 class GetReleaseIndexRequest(_message.Message):

@@ -79,6 +79,11 @@ class ReleaseControlStub:
                 request_serializer=releasecontrol_dot_v1_dot_release__control__pb2.ListApprovalsRequest.SerializeToString,
                 response_deserializer=releasecontrol_dot_v1_dot_release__control__pb2.ListApprovalsResponse.FromString,
                 _registered_method=True)
+        self.GetAnalysis = channel.unary_unary(
+                '/releasecontrol.v1.ReleaseControl/GetAnalysis',
+                request_serializer=releasecontrol_dot_v1_dot_release__control__pb2.GetAnalysisRequest.SerializeToString,
+                response_deserializer=releasecontrol_dot_v1_dot_release__control__pb2.GetAnalysisResponse.FromString,
+                _registered_method=True)
         self.Approve = channel.unary_unary(
                 '/releasecontrol.v1.ReleaseControl/Approve',
                 request_serializer=releasecontrol_dot_v1_dot_release__control__pb2.ApproveRequest.SerializeToString,
@@ -178,6 +183,14 @@ class ReleaseControlServicer:
     def ListApprovals(self, request, context):
         """Changes waiting for a second principal's approval (require_approval), and
         those approved or expired lately.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAnalysis(self, request, context):
+        """What hosts report of a feature: the running canary's analysis verdict
+        against stable, and each version's reach.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -285,6 +298,11 @@ def add_ReleaseControlServicer_to_server(servicer, server):
                     servicer.ListApprovals,
                     request_deserializer=releasecontrol_dot_v1_dot_release__control__pb2.ListApprovalsRequest.FromString,
                     response_serializer=releasecontrol_dot_v1_dot_release__control__pb2.ListApprovalsResponse.SerializeToString,
+            ),
+            'GetAnalysis': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAnalysis,
+                    request_deserializer=releasecontrol_dot_v1_dot_release__control__pb2.GetAnalysisRequest.FromString,
+                    response_serializer=releasecontrol_dot_v1_dot_release__control__pb2.GetAnalysisResponse.SerializeToString,
             ),
             'Approve': grpc.unary_unary_rpc_method_handler(
                     servicer.Approve,
@@ -565,6 +583,33 @@ class ReleaseControl:
             '/releasecontrol.v1.ReleaseControl/ListApprovals',
             releasecontrol_dot_v1_dot_release__control__pb2.ListApprovalsRequest.SerializeToString,
             releasecontrol_dot_v1_dot_release__control__pb2.ListApprovalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAnalysis(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/releasecontrol.v1.ReleaseControl/GetAnalysis',
+            releasecontrol_dot_v1_dot_release__control__pb2.GetAnalysisRequest.SerializeToString,
+            releasecontrol_dot_v1_dot_release__control__pb2.GetAnalysisResponse.FromString,
             options,
             channel_credentials,
             insecure,

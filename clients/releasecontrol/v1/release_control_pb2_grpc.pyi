@@ -55,6 +55,10 @@ class ReleaseControlStub:
     """Changes waiting for a second principal's approval (require_approval), and
     those approved or expired lately.
     """
+    GetAnalysis: _grpc.UnaryUnaryMultiCallable[_release_control_pb2.GetAnalysisRequest, _release_control_pb2.GetAnalysisResponse]
+    """What hosts report of a feature: the running canary's analysis verdict
+    against stable, and each version's reach.
+    """
     Approve: _grpc.UnaryUnaryMultiCallable[_release_control_pb2.ApproveRequest, _release_control_pb2.ApproveResponse]
     """Apply a waiting change as its requester asked it; the caller must be
     another principal with the approver role.
@@ -101,6 +105,10 @@ class ReleaseControlAsyncStub(ReleaseControlStub):
     ListApprovals: _aio.UnaryUnaryMultiCallable[_release_control_pb2.ListApprovalsRequest, _release_control_pb2.ListApprovalsResponse]  # type: ignore[assignment]
     """Changes waiting for a second principal's approval (require_approval), and
     those approved or expired lately.
+    """
+    GetAnalysis: _aio.UnaryUnaryMultiCallable[_release_control_pb2.GetAnalysisRequest, _release_control_pb2.GetAnalysisResponse]  # type: ignore[assignment]
+    """What hosts report of a feature: the running canary's analysis verdict
+    against stable, and each version's reach.
     """
     Approve: _aio.UnaryUnaryMultiCallable[_release_control_pb2.ApproveRequest, _release_control_pb2.ApproveResponse]  # type: ignore[assignment]
     """Apply a waiting change as its requester asked it; the caller must be
@@ -199,6 +207,16 @@ class ReleaseControlServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_release_control_pb2.ListApprovalsResponse, _abc.Awaitable[_release_control_pb2.ListApprovalsResponse]]:
         """Changes waiting for a second principal's approval (require_approval), and
         those approved or expired lately.
+        """
+
+    @_abc_1.abstractmethod
+    def GetAnalysis(
+        self,
+        request: _release_control_pb2.GetAnalysisRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_release_control_pb2.GetAnalysisResponse, _abc.Awaitable[_release_control_pb2.GetAnalysisResponse]]:
+        """What hosts report of a feature: the running canary's analysis verdict
+        against stable, and each version's reach.
         """
 
     @_abc_1.abstractmethod

@@ -50,8 +50,14 @@ class AdminServer:
         graceful_seconds: int = 2,
         trusted_proxies: str = "",
         routes: Mapping[str, ASGIApp] | None = None,
+        what: str = "the admin UI",
+        setting: str = "admin_listen",
+        path: str = "/_admin",
     ) -> None:
-        """`routes`: exact paths (`/metrics`) answered by their own app instead of `app`."""
+        """`routes`: exact paths (`/metrics`) answered by their own app instead of `app`.
+        `what`, `setting` and `path` name the listener in errors and logs, and where `url`
+        points (the beacon listener reuses this class)."""
+        self._what, self._setting, self._path = what, setting, path
         self._app = _with_routes(app, dict(routes or {}))
         # Behind a TLS-terminating proxy the browser's origin is https://…; trusting the
         # proxy's X-Forwarded-Proto/For makes the same-origin check and Secure cookies right.
@@ -76,8 +82,8 @@ class AdminServer:
             sock = _bind(host, port)
         except OSError as exc:
             raise ConfigError(
-                f"cannot serve the admin UI on {self._listen} (admin_listen): {exc.strerror}; "
-                "free the port or set RELEASECONTROL_ADMIN_LISTEN"
+                f"cannot serve {self._what} on {self._listen} ({self._setting}): "
+                f"{exc.strerror}; free the port or set RELEASECONTROL_{self._setting.upper()}"
             ) from exc
         bound_port = sock.getsockname()[1]
         config = uvicorn.Config(
@@ -93,18 +99,18 @@ class AdminServer:
         )
         self._server = _Server(config)
         self._task = asyncio.get_running_loop().create_task(
-            self._server.serve(sockets=[sock]), name="admin-ui"
+            self._server.serve(sockets=[sock]), name=self._setting
         )
         async with asyncio.timeout(_START_TIMEOUT_SECONDS):
             while not self._server.started:
                 if self._task.done():
                     self._task.result()  # raises what stopped it
-                    raise ConfigError(f"the admin UI on {self._listen} stopped while starting")
+                    raise ConfigError(f"{self._what} on {self._listen} stopped while starting")
                 await asyncio.sleep(0.01)
         shown = f"[{host}]" if ":" in host else host
         self.base_url = f"http://{shown}:{bound_port}"
-        self.url = f"{self.base_url}/_admin"
-        log.info("admin UI serving url=%s", self.url)
+        self.url = f"{self.base_url}{self._path}"
+        log.info("%s serving url=%s", self._what, self.url)
         return self.url
 
     async def stop(self) -> None:
@@ -117,10 +123,10 @@ class AdminServer:
         try:
             await asyncio.wait_for(asyncio.shield(self._task), self._graceful_seconds + 3)
         except TimeoutError:
-            log.warning("admin UI did not stop in time; cancelling it")
+            log.warning("%s did not stop in time; cancelling it", self._what)
             self._task.cancel()
         except Exception:  # pragma: no cover - logged, shutdown goes on
-            log.exception("admin UI stopped with an error")
+            log.exception("%s stopped with an error", self._what)
 
 
 def _with_routes(app: ASGIApp, routes: dict[str, ASGIApp]) -> ASGIApp:

@@ -78,6 +78,7 @@ RPC_ACTIONS: Mapping[str, Action] = MappingProxyType(
         "Rollback": Action.ROLLBACK,
         "SetChannel": Action.SET_CHANNEL,
         "ListApprovals": Action.READ,
+        "GetAnalysis": Action.READ,
         "Approve": Action.APPROVE,
         "RefreshManifests": Action.REFRESH_MANIFESTS,
         "RebuildOrigin": Action.ADMIN,

@@ -74,7 +74,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 BUSY_TIMEOUT_MS = 10_000
 WAL_CHECKPOINT_PAGES = 16_384
 CACHE_KIB = 32_768
@@ -221,6 +221,22 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
         "CREATE INDEX approvals_by_feature ON approvals (feature_id, id)",
+    ),
+    # 10: what hosts reported of each feature version, per minute (beacons.py).
+    (
+        """
+        CREATE TABLE beacon_counts (
+            feature_id TEXT NOT NULL,
+            version TEXT NOT NULL,
+            minute TEXT NOT NULL,
+            loads INTEGER NOT NULL,
+            entry_errors INTEGER NOT NULL,
+            load_failures INTEGER NOT NULL,
+            refusals INTEGER NOT NULL,
+            batches INTEGER NOT NULL,
+            PRIMARY KEY (feature_id, version, minute)
+        ) WITHOUT ROWID
+        """,
     ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
@@ -914,6 +930,36 @@ class SqliteStore:
             )
         return int(cursor.rowcount)
 
+    # -- beacons ------------------------------------------------------------
+
+    def add_beacon_counts(self, rows: Sequence[tuple[str, str, datetime, Sequence[int]]]) -> None:
+        """Add (feature, version, minute, (loads, entry_errors, load_failures, refusals,
+        batches)) to what is kept, in one transaction (not synced: counts are statistics)."""
+        with self._write():
+            self._db.conn.executemany(
+                "INSERT INTO beacon_counts VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (feature_id, version, minute) DO UPDATE SET "
+                "loads = loads + excluded.loads, "
+                "entry_errors = entry_errors + excluded.entry_errors, "
+                "load_failures = load_failures + excluded.load_failures, "
+                "refusals = refusals + excluded.refusals, "
+                "batches = batches + excluded.batches",
+                [(f, v, _text(m), *counts) for f, v, m, counts in rows],
+            )
+
+    def beacon_counts(self, feature_id: str, since: datetime) -> dict[str, tuple[int, ...]]:
+        """Per version of `feature_id`, the sums since the minute of `since`: (loads,
+        entry_errors, load_failures, refusals, batches)."""
+        minute = since.astimezone(UTC).replace(second=0, microsecond=0)
+        with self._lock:
+            rows = self._db.conn.execute(
+                "SELECT version, sum(loads), sum(entry_errors), sum(load_failures), "
+                "sum(refusals), sum(batches) FROM beacon_counts "
+                "WHERE feature_id = ? AND minute >= ? GROUP BY version",
+                [feature_id, _text(minute)],
+            ).fetchall()
+        return {str(row[0]): tuple(int(n) for n in row[1:]) for row in rows}
+
     # -- approvals ----------------------------------------------------------
 
     def add_approval(
@@ -1137,9 +1183,10 @@ def _approval_from_row(row: dict[str, Any]) -> ApprovalRequest:
 def _rollout(canary: Canary) -> dict[str, Any] | None:
     """A canary's weight and step plan as kept (in `features.canary_rollout` and in request
     results); None for weight 0 without a plan, as every canary was before weights."""
-    if not canary.weight and not canary.steps:
+    if not canary.weight and not canary.steps and not canary.min_loads:
         return None
     return {
+        "min_loads": canary.min_loads,
         "weight": canary.weight,
         "steps": list(canary.steps),
         "step_seconds": canary.step_seconds,
@@ -1167,6 +1214,7 @@ def _canary(
         steps=tuple(int(step) for step in rollout["steps"]),
         step_seconds=int(rollout["step_seconds"]),
         step_started_at=_optional_moment(rollout["step_started_at"]),
+        min_loads=int(rollout.get("min_loads", 0)),
     )
 
 
