@@ -24,7 +24,7 @@ from releasecontrol.devhost import render_page
 from releasecontrol.errors import ConfigError, InvalidArgument, NotFound
 from releasecontrol.fetch import Fetcher
 from releasecontrol.host import KEY_FILE, FeatureHost
-from releasecontrol.index import REMOTE_INDEX_PATH
+from releasecontrol.index import REMOTE_INDEX_PATH, releases_path
 from releasecontrol.manifest import artifact_path, manifest_path
 from releasecontrol_server.origin.http import OriginHttpServer
 
@@ -177,6 +177,33 @@ class TestOwnSide:
                 assert host.features["checkout"].channel == (
                     "canary" if at < weight else "stable"
                 ), (key, weight)
+
+
+class TestMalformedWeights:
+    @pytest.mark.parametrize(
+        ("weight", "canary", "words"),
+        [
+            pytest.param(10_001, CANARY, "an integer from 0 to 10000", id="above-the-scale"),
+            pytest.param(-1, CANARY, "an integer from 0 to 10000", id="negative"),
+            pytest.param(25.5, CANARY, "an integer from 0 to 10000", id="fraction"),
+            pytest.param(True, CANARY, "an integer from 0 to 10000", id="bool"),
+            pytest.param(500, None, "canary_weight is set but no canary runs", id="no-canary"),
+        ],
+    )
+    def test_a_bad_weight_refuses_the_releases_file_and_keeps_the_last_good_state(
+        self, origin: Origin, make_host: MakeHost, weight: Any, canary: str | None, words: str
+    ) -> None:
+        """A weight off the 0-10,000 scale, or one without a canary, is malformed: the file
+        is refused and the host keeps serving what it had."""
+        host = refreshed(make_host(bucketing_key=LOW_KEY))
+        origin.repo.set_channels("checkout", stable=STABLE, canary=canary)
+        origin.repo.publish_releases("checkout", canary_weight=weight)
+        origin.repo.publish()
+        report = host.refresh()
+        refusal = report.refusals["checkout"]
+        assert (refusal.code, refusal.file) == ("malformed", releases_path("checkout"))
+        assert words in refusal.message
+        assert side(host) == (STABLE, "stable", 0, LOW_BUCKET)
 
 
 class TestTheRandomKey:

@@ -230,3 +230,21 @@ test("a one-user host (bothSides off) fetches only its own side and says it cann
       (e) => e instanceof RefusalError && e.code === "not-found" && /keeps only its own side of checkout; serving this user the canary side needs bothSides: true/.test(e.message),
     );
   }));
+
+test("a canary_weight off the scale, or set without a canary, refuses the releases.json as malformed", () =>
+  withFixture(async (fx) => {
+    const host = await refreshed(fx.host({ bucketingKey: LOW.key }));
+    for (const [weight, canary, words] of [
+      [10001, "2.0.0", /signed\.canary_weight is not an integer from 0 to 10000 \(found 10001\)/],
+      [-1, "2.0.0", /signed\.canary_weight is not an integer from 0 to 10000/],
+      [25.5, "2.0.0", /signed\.canary_weight is not an integer from 0 to 10000 \(found 25\.5\)/],
+      [true, "2.0.0", /signed\.canary_weight is not an integer/],
+      [500, null, /signed\.canary_weight is set, but no canary runs/],
+    ]) {
+      await setWeight(fx, weight, { canary });
+      const report = await host.refresh();
+      assert.deepEqual(codes(report.refused), { checkout: { code: "malformed", file: "features/checkout/releases.json" } }, String(weight));
+      assert.match(report.refused.checkout.message, words);
+      assert.equal(host.features.get("checkout").version, "1.0.0", "the last good state stays");
+    }
+  }));
