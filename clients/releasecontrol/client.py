@@ -806,6 +806,11 @@ class ReleaseControlClient:
         request = pb.GetAnalysisRequest(feature_id=feature_id)
         return self._unary(self._stub.GetAnalysis, request, pb.GetAnalysisResponse)
 
+    def test_webhooks(self, name: str = "") -> pb.TestWebhooksResponse:
+        """POST a test event to the configured webhooks (`name`, or all); each answer."""
+        request = pb.TestWebhooksRequest(name=name)
+        return self._unary(self._stub.TestWebhooks, request, pb.TestWebhooksResponse)
+
     def approve(self, approval_id: int) -> pb.ApproveResponse:
         """Apply waiting change `approval_id` as its requester asked it; the caller must be
         another principal with the approver role. Approving twice applies it once."""

@@ -38,6 +38,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "token": ("releasectl.token", "token"),
     "validate": ("releasectl.lint", "validate"),
     "verify": ("releasectl.verify", "verify"),
+    "webhook": ("releasectl.webhook", "webhook"),
 }
 
 

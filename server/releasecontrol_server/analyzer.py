@@ -80,6 +80,7 @@ class CanaryAnalyzer:
         self.interval_seconds = interval_seconds
         self.latest: dict[str, Judged] = {}
         self.on_verdict: Callable[[Judged], None] | None = None
+        self._told: dict[tuple[str, str], Kind] = {}  # the verdict webhooks heard last
 
     async def judge(self, state: FeatureState) -> Judged | None:
         """The verdict on `state`'s canary from the counts so far (None: no canary)."""
@@ -107,9 +108,34 @@ class CanaryAnalyzer:
             out.append(judged)
             if self.on_verdict is not None:
                 self.on_verdict(judged)
+            await self._tell(judged)
             if judged.verdict.kind is Kind.FAIL:
                 await self._roll_back(state, judged)
         return out
+
+    async def _tell(self, judged: Judged) -> None:
+        """A verdict event for the webhooks when a canary's analysis reaches pass or fail
+        (once per canary and kind; a process restarted may tell one again)."""
+        key = (judged.feature_id, judged.canary_version)
+        kind = judged.verdict.kind
+        if kind not in (Kind.PASS, Kind.FAIL) or self._told.get(key) is kind:
+            return
+        self._told[key] = kind
+        verdict = judged.verdict
+        await self._controller.add_event(
+            "verdict",
+            judged.feature_id,
+            {
+                "canary_version": judged.canary_version,
+                "stable_version": judged.stable_version,
+                "verdict": kind.value,
+                "reason": verdict.reason,
+                "canary_loads": verdict.canary_loads,
+                "canary_failures": verdict.canary_failures,
+                "stable_loads": verdict.stable_loads,
+                "stable_failures": verdict.stable_failures,
+            },
+        )
 
     async def _roll_back(self, state: FeatureState, judged: Judged) -> None:
         try:

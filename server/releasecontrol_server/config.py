@@ -148,6 +148,13 @@ class Config:
     analysis_interval_seconds: float = 5.0
     """How often every running canary is judged from the beacons (analyzer.py)."""
 
+    webhooks: tuple[WebhookConfig, ...] = ()
+    """Where to tell every change, approval request and analysis verdict (webhooks.py): TOML
+    `[[webhooks]]` tables, or RELEASECONTROL_WEBHOOKS as a JSON list of the same objects,
+    each with `name`, `url`, `secret_path` (the HMAC-SHA256 key, at least 16 bytes),
+    optional `format` ("json" or "slack") and `events` (of "change", "approval",
+    "verdict"; default all)."""
+
     beacon_keys: tuple[str, ...] = ()
     """The publishable keys hosts put in their beacons (one per site; not secrets). With
     none, no beacon is taken, and canaries are judged by time alone (no analysis)."""
@@ -568,6 +575,69 @@ def _parse_reserved_routes(raw: object, label: str, ctx: _Context) -> tuple[str,
     return tuple(dict.fromkeys(["/_admin", *routes]))
 
 
+WEBHOOK_EVENTS = ("change", "approval", "verdict")
+WEBHOOK_FORMATS = ("json", "slack")
+_WEBHOOK_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+_WEBHOOK_FIELDS = frozenset({"name", "url", "secret_path", "format", "events"})
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """One webhook: where, signed with which key, in which body, told which events."""
+
+    name: str
+    url: str
+    secret_path: Path
+    format: str = "json"
+    events: tuple[str, ...] = WEBHOOK_EVENTS
+
+
+def _parse_webhooks(raw: object, label: str, ctx: _Context) -> tuple[WebhookConfig, ...]:
+    if raw == "":
+        return ()
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError:
+            raise ConfigError(
+                f"{label} is not JSON; set it to a list of webhooks, e.g. "
+                '[{"name": "ops", "url": "https://…", "secret_path": "/etc/…"}]'
+            ) from None
+    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+        raise ConfigError(f"{label} must be a list of webhook tables ([[webhooks]] in TOML)")
+    out: list[WebhookConfig] = []
+    for at, item in enumerate(raw):
+        where = f"{label}[{at}]"
+        unknown = sorted(set(item) - _WEBHOOK_FIELDS)
+        if unknown:
+            raise ConfigError(
+                f"{where} has an unknown field {unknown[0]!r}; webhooks take "
+                f"{', '.join(sorted(_WEBHOOK_FIELDS))}"
+            )
+        name = item.get("name")
+        if not isinstance(name, str) or not _WEBHOOK_NAME.fullmatch(name):
+            raise _bad(f"{where}.name", name, "set it to a short name: a-z, 0-9 and '-'")
+        if name in {w.name for w in out}:
+            raise ConfigError(f"{where}.name {name!r} is used twice; give each webhook its own")
+        url = item.get("url")
+        parts = urlsplit(url if isinstance(url, str) else "")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise _bad(f"{where}.url", url, "set it to the http(s) URL that receives the events")
+        secret = _parse_path(item.get("secret_path"), f"{where}.secret_path", ctx)
+        kind = item.get("format", "json")
+        if kind not in WEBHOOK_FORMATS:
+            raise _bad(f"{where}.format", kind, "set it to 'json' or 'slack'")
+        events = item.get("events", list(WEBHOOK_EVENTS))
+        if (
+            not isinstance(events, list)
+            or not events
+            or not all(e in WEBHOOK_EVENTS for e in events)
+        ):
+            raise _bad(f"{where}.events", events, f"set it to some of {', '.join(WEBHOOK_EVENTS)}")
+        out.append(WebhookConfig(name, str(url), secret, str(kind), tuple(dict.fromkeys(events))))
+    return tuple(out)
+
+
 _BEACON_KEY = re.compile(r"[A-Za-z0-9_-]{8,128}")
 
 
@@ -785,6 +855,7 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("admin_listen", _listen(allow_empty=False, example="127.0.0.1:8080")),
     _Setting("beacon_listen", _listen(allow_empty=False, example="127.0.0.1:4200")),
     _Setting("beacon_keys", _parse_beacon_keys),
+    _Setting("webhooks", _parse_webhooks),
     _Setting("analysis_interval_seconds", _float_between(0.1, 3600)),
     _Setting("admin_session_secret_path", _parse_path),
     _Setting("admin_session_seconds", _int_between(60, _DAY_SECONDS, "seconds")),

@@ -57,7 +57,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Generic, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
 from releasecontrol.errors import FailedPrecondition, NotFound, OriginPending, Unavailable
 from releasecontrol.index import REMOTE_INDEX_PATH
@@ -76,7 +76,7 @@ from releasecontrol_server.rebuild import Progress, Rebuild
 from releasecontrol_server.releases import AdvanceStep, ChangeMeta, Command, FeatureState, Promote
 from releasecontrol_server.repair import OriginCheck, Refreshed
 from releasecontrol_server.signer import Signer
-from releasecontrol_server.store import SignedFile, SqliteStore, StoredTransition
+from releasecontrol_server.store import Event, SignedFile, SqliteStore, StoredTransition
 from releasecontrol_server.upload import ReceivedAsset
 from releasecontrol_server.watch import ChangeEvent, RefreshEvent, WatchHub
 from releasecontrol_server.writer import (
@@ -141,6 +141,9 @@ class ReleaseController:
         remote-index.json is signed under (see `install_keys`); `approvals`: which changes wait
         for a second principal (approvals.py)."""
         self.approvals = approvals
+        self.event_listeners: list[Callable[[], None]] = []
+        """Called on the loop whenever an event for the webhooks was kept (a change, an
+        approval request or approval, a verdict)."""
         self._store = store
         self._origin = origin
         self._artifacts = artifacts
@@ -323,7 +326,7 @@ class ReleaseController:
         now = self._clock()
         async with self._writing:
             request = await self._on_write_thread(
-                self._store.add_approval,
+                self._store.add_approval,  # and its event, for the webhooks
                 feature_id,
                 rpc,
                 command,
@@ -340,6 +343,7 @@ class ReleaseController:
             meta.principal,
             what,
         )
+        self._events_kept()
         return approval_required(request, now)
 
     async def approve(self, approval_id: int, approver: str) -> tuple[ApprovalRequest, Applied]:
@@ -370,6 +374,7 @@ class ReleaseController:
                 self._clock(),
                 None if transition is None else transition.id,
             )
+        self._events_kept()
         return done, applied
 
     async def beacon_counts(self, feature_id: str, since: datetime) -> defaultdict[str, Counts]:
@@ -394,6 +399,31 @@ class ReleaseController:
         ]
         async with self._writing:
             await self._on_write_thread(self._store.add_beacon_counts, kept)
+
+    def _events_kept(self) -> None:
+        for listener in self.event_listeners:
+            listener()
+
+    async def add_event(self, kind: str, feature_id: str, body: dict[str, Any]) -> None:
+        """Keep an event for the webhooks (an analysis verdict)."""
+        async with self._writing:
+            await self._on_write_thread(
+                self._store.add_event, kind, self._clock(), feature_id, body
+            )
+        self._events_kept()
+
+    async def events_after(self, after: int) -> list[Event]:
+        return await self._read(lambda store: store.events_after(after))
+
+    async def last_event_id(self) -> int:
+        return await self._read(lambda store: store.last_event_id())
+
+    async def webhook_cursor(self, name: str) -> int | None:
+        return await self._read(lambda store: store.webhook_cursor(name))
+
+    async def set_webhook_cursor(self, name: str, delivered: int) -> None:
+        async with self._writing:
+            await self._on_write_thread(self._store.set_webhook_cursor, name, delivered)
 
     async def approval_requests(self, feature_id: str = "") -> list[ApprovalRequest]:
         return await self._read(lambda store: store.list_approvals(feature_id))
@@ -497,6 +527,8 @@ class ReleaseController:
         for item in result.committed.values():
             change = item.change
             self._hub.publish(ChangeEvent(change.global_sequence, change.state, item.transition))
+        if result.committed:
+            self._events_kept()
 
     async def idle(self) -> None:
         """Return once every queued change was answered, its files on the origin synced and

@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from releasecontrol.errors import ConfigError, ReleaseControlError
 from releasecontrol.files import atomic_write
 from releasecontrol.keyfiles import load_or_create_dev_keys
+from releasecontrol_server import webhooks
 from releasecontrol_server.admin import (
     AdminServer,
     AdminSettings,
@@ -160,6 +161,12 @@ async def _serve(
     origin_http: OriginHttpServer | None = None
     # The metrics interceptor first: it sees the calls the auth interceptor refuses.
     server = aio.server(interceptors=[metrics.interceptor(), AuthInterceptor(authenticator)])
+    analyzer = CanaryAnalyzer(
+        controller,
+        enabled=bool(config.beacon_keys),
+        interval_seconds=config.analysis_interval_seconds,
+    )
+    analyzer.on_verdict = metrics.count_verdict
     admin_app = create_app(
         controller,
         authenticator,
@@ -171,6 +178,7 @@ async def _serve(
             token_store_path=config.token_store_path,
             listen_host=split_listen_address(config.admin_listen)[0],
         ),
+        analyzer=analyzer,
     )
     admin = AdminServer(
         admin_app.app,
@@ -195,13 +203,21 @@ async def _serve(
         if config.beacon_keys
         else None
     )
-    analyzer = CanaryAnalyzer(
-        controller,
-        enabled=bool(config.beacon_keys),
-        interval_seconds=config.analysis_interval_seconds,
-    )
-    analyzer.on_verdict = metrics.count_verdict
     flusher = BeaconFlusher(ingest, controller.add_beacon_counts)
+    http_client = webhooks.new_client()
+    senders = [
+        webhooks.Sender(
+            hook,
+            events_after=controller.events_after,
+            cursor=controller.webhook_cursor,
+            save_cursor=controller.set_webhook_cursor,
+            last_event_id=controller.last_event_id,
+            client=http_client,
+        )
+        for hook in webhooks.load(config.webhooks)
+    ]
+    for sender in senders:
+        controller.event_listeners.append(sender.wake.set)
     try:
         await controller.start()
         # What start-up loaded lives as long as the process: keep it out of the
@@ -228,6 +244,7 @@ async def _serve(
                 max_publish_bytes=config.max_publish_bytes,
                 origin_public_url=origin_url,
                 analyzer=analyzer,
+                webhooks=senders,
             ),
             server,
         )
@@ -285,6 +302,10 @@ async def _serve(
         )
         judging = loop.create_task(analyzer.run(stop), name="canary-analysis")
         flushing = loop.create_task(flusher.run(stop), name="beacon-counts")
+        telling = [
+            loop.create_task(sender.run(stop), name=f"webhook-{sender.hook.name}")
+            for sender in senders
+        ]
 
         async def install(new: Keyring) -> None:
             await controller.install_keys(
@@ -305,6 +326,8 @@ async def _serve(
         await stepping
         await judging
         await flushing
+        for told in telling:
+            await told
         await watching
         await auditing
     finally:
@@ -315,6 +338,7 @@ async def _serve(
         if origin_http is not None:
             origin_http.stop()
         await controller.stop()
+        await http_client.aclose()
         store.close()
         config.endpoints_path.unlink(missing_ok=True)
 

@@ -16,12 +16,14 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar, cast
 
 import grpc
+import httpx
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 
 from releasecontrol.errors import (
     InvalidArgument,
+    NotFound,
     ReleaseControlError,
 )
 from releasecontrol.index import REMOTE_INDEX_PATH, releases_path
@@ -29,7 +31,7 @@ from releasecontrol.limits import check_change_context
 from releasecontrol.manifest import canonical_bytes, parse_manifest, sha256_hex, validate_feature_id
 from releasecontrol.v1 import release_control_pb2 as pb
 from releasecontrol.v1 import release_control_pb2_grpc as pb_grpc
-from releasecontrol_server import releases
+from releasecontrol_server import releases, webhooks
 from releasecontrol_server.analyzer import CanaryAnalyzer
 from releasecontrol_server.approvals import ApprovalRequest, pending_first
 from releasecontrol_server.auth.authorize import RPC_ACTIONS, permits, require, require_each
@@ -396,9 +398,11 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
         max_publish_bytes: int,
         origin_public_url: str,
         analyzer: CanaryAnalyzer | None = None,
+        webhooks: Sequence[webhooks.Sender] = (),
     ) -> None:
         self._controller = controller
         self._analyzer = analyzer or CanaryAnalyzer(controller, enabled=False)
+        self._webhooks = list(webhooks)
         self._origin_public_url = origin_public_url
         self._max_manifest_bytes = max_manifest_bytes
         self._max_publish_bytes = max_publish_bytes
@@ -567,6 +571,27 @@ class ReleaseControlServicer(pb_grpc.ReleaseControlServicer):
                 (await analyzer.reach(state.feature_id)).items()
             ):
                 out.reach.add(version=version, share=share, batches=batches)
+        return out
+
+    @maps_errors
+    async def TestWebhooks(
+        self, request: pb.TestWebhooksRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.TestWebhooksResponse:
+        require(AuthAction.ADMIN)
+        chosen = [s for s in self._webhooks if not request.name or s.hook.name == request.name]
+        if request.name and not chosen:
+            known = ", ".join(s.hook.name for s in self._webhooks) or "none is configured"
+            raise NotFound(f"no webhook is named {request.name!r} (webhooks: {known})")
+        out = pb.TestWebhooksResponse()
+        for sender in chosen:
+            result = out.results.add(name=sender.hook.name, url=sender.hook.url)
+            try:
+                result.status, result.seconds = await webhooks.send_test(sender)
+            except httpx.HTTPError as exc:
+                result.error = f"could not reach it: {exc!r}"
+                continue
+            if not 200 <= result.status < 300:
+                result.error = webhooks.describe(result.status)
         return out
 
     @maps_errors

@@ -174,6 +174,8 @@ class TestOpen:
             conn.execute("ALTER TABLE features DROP COLUMN canary_rollout")  # from 8
             conn.execute("DROP TABLE approvals")  # from 9
             conn.execute("DROP TABLE beacon_counts")  # from 10
+            conn.execute("DROP TABLE events")  # from 11
+            conn.execute("DROP TABLE webhook_cursors")
             conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
         conn.close()
         reopened = SqliteStore(db_path)
@@ -205,6 +207,8 @@ class TestOpen:
             conn.execute("ALTER TABLE features DROP COLUMN canary_rollout")  # from 8
             conn.execute("DROP TABLE approvals")  # from 9
             conn.execute("DROP TABLE beacon_counts")  # from 10
+            conn.execute("DROP TABLE events")  # from 11
+            conn.execute("DROP TABLE webhook_cursors")
             conn.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
         conn.close()
         with SqliteStore(db_path) as reopened:
@@ -297,6 +301,8 @@ class TestCommit:
             conn.execute("ALTER TABLE features DROP COLUMN canary_rollout")
             conn.execute("DROP TABLE approvals")
             conn.execute("DROP TABLE beacon_counts")
+            conn.execute("DROP TABLE events")
+            conn.execute("DROP TABLE webhook_cursors")
             conn.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
         conn.close()
         with SqliteStore(db_path) as reopened:
@@ -465,6 +471,7 @@ class TestStaleChangesWriteNothing:
         assert set(dump(db_path)) == {
             "approvals",
             "beacon_counts",
+            "events",
             "features",
             "files",
             "manifests",
@@ -473,6 +480,7 @@ class TestStaleChangesWriteNothing:
             "requests",
             "transitions",
             "versions",
+            "webhook_cursors",
         }
 
 
@@ -672,6 +680,8 @@ class TestRequests:
             conn.execute("ALTER TABLE features DROP COLUMN canary_rollout")  # from 8
             conn.execute("DROP TABLE approvals")  # from 9
             conn.execute("DROP TABLE beacon_counts")  # from 10
+            conn.execute("DROP TABLE events")  # from 11
+            conn.execute("DROP TABLE webhook_cursors")
             conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
         conn.close()
 

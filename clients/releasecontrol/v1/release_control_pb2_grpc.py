@@ -84,6 +84,11 @@ class ReleaseControlStub:
                 request_serializer=releasecontrol_dot_v1_dot_release__control__pb2.GetAnalysisRequest.SerializeToString,
                 response_deserializer=releasecontrol_dot_v1_dot_release__control__pb2.GetAnalysisResponse.FromString,
                 _registered_method=True)
+        self.TestWebhooks = channel.unary_unary(
+                '/releasecontrol.v1.ReleaseControl/TestWebhooks',
+                request_serializer=releasecontrol_dot_v1_dot_release__control__pb2.TestWebhooksRequest.SerializeToString,
+                response_deserializer=releasecontrol_dot_v1_dot_release__control__pb2.TestWebhooksResponse.FromString,
+                _registered_method=True)
         self.Approve = channel.unary_unary(
                 '/releasecontrol.v1.ReleaseControl/Approve',
                 request_serializer=releasecontrol_dot_v1_dot_release__control__pb2.ApproveRequest.SerializeToString,
@@ -196,6 +201,14 @@ class ReleaseControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TestWebhooks(self, request, context):
+        """POST a test event to the configured webhooks (one, or all) and say how
+        each receiver answered. Needs the admin role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Approve(self, request, context):
         """Apply a waiting change as its requester asked it; the caller must be
         another principal with the approver role.
@@ -303,6 +316,11 @@ def add_ReleaseControlServicer_to_server(servicer, server):
                     servicer.GetAnalysis,
                     request_deserializer=releasecontrol_dot_v1_dot_release__control__pb2.GetAnalysisRequest.FromString,
                     response_serializer=releasecontrol_dot_v1_dot_release__control__pb2.GetAnalysisResponse.SerializeToString,
+            ),
+            'TestWebhooks': grpc.unary_unary_rpc_method_handler(
+                    servicer.TestWebhooks,
+                    request_deserializer=releasecontrol_dot_v1_dot_release__control__pb2.TestWebhooksRequest.FromString,
+                    response_serializer=releasecontrol_dot_v1_dot_release__control__pb2.TestWebhooksResponse.SerializeToString,
             ),
             'Approve': grpc.unary_unary_rpc_method_handler(
                     servicer.Approve,
@@ -610,6 +628,33 @@ class ReleaseControl:
             '/releasecontrol.v1.ReleaseControl/GetAnalysis',
             releasecontrol_dot_v1_dot_release__control__pb2.GetAnalysisRequest.SerializeToString,
             releasecontrol_dot_v1_dot_release__control__pb2.GetAnalysisResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TestWebhooks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/releasecontrol.v1.ReleaseControl/TestWebhooks',
+            releasecontrol_dot_v1_dot_release__control__pb2.TestWebhooksRequest.SerializeToString,
+            releasecontrol_dot_v1_dot_release__control__pb2.TestWebhooksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,10 @@ class ReleaseControlStub:
     """What hosts report of a feature: the running canary's analysis verdict
     against stable, and each version's reach.
     """
+    TestWebhooks: _grpc.UnaryUnaryMultiCallable[_release_control_pb2.TestWebhooksRequest, _release_control_pb2.TestWebhooksResponse]
+    """POST a test event to the configured webhooks (one, or all) and say how
+    each receiver answered. Needs the admin role.
+    """
     Approve: _grpc.UnaryUnaryMultiCallable[_release_control_pb2.ApproveRequest, _release_control_pb2.ApproveResponse]
     """Apply a waiting change as its requester asked it; the caller must be
     another principal with the approver role.
@@ -109,6 +113,10 @@ class ReleaseControlAsyncStub(ReleaseControlStub):
     GetAnalysis: _aio.UnaryUnaryMultiCallable[_release_control_pb2.GetAnalysisRequest, _release_control_pb2.GetAnalysisResponse]  # type: ignore[assignment]
     """What hosts report of a feature: the running canary's analysis verdict
     against stable, and each version's reach.
+    """
+    TestWebhooks: _aio.UnaryUnaryMultiCallable[_release_control_pb2.TestWebhooksRequest, _release_control_pb2.TestWebhooksResponse]  # type: ignore[assignment]
+    """POST a test event to the configured webhooks (one, or all) and say how
+    each receiver answered. Needs the admin role.
     """
     Approve: _aio.UnaryUnaryMultiCallable[_release_control_pb2.ApproveRequest, _release_control_pb2.ApproveResponse]  # type: ignore[assignment]
     """Apply a waiting change as its requester asked it; the caller must be
@@ -217,6 +225,16 @@ class ReleaseControlServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_release_control_pb2.GetAnalysisResponse, _abc.Awaitable[_release_control_pb2.GetAnalysisResponse]]:
         """What hosts report of a feature: the running canary's analysis verdict
         against stable, and each version's reach.
+        """
+
+    @_abc_1.abstractmethod
+    def TestWebhooks(
+        self,
+        request: _release_control_pb2.TestWebhooksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_release_control_pb2.TestWebhooksResponse, _abc.Awaitable[_release_control_pb2.TestWebhooksResponse]]:
+        """POST a test event to the configured webhooks (one, or all) and say how
+        each receiver answered. Needs the admin role.
         """
 
     @_abc_1.abstractmethod

@@ -79,6 +79,7 @@ RPC_ACTIONS: Mapping[str, Action] = MappingProxyType(
         "SetChannel": Action.SET_CHANNEL,
         "ListApprovals": Action.READ,
         "GetAnalysis": Action.READ,
+        "TestWebhooks": Action.ADMIN,
         "Approve": Action.APPROVE,
         "RefreshManifests": Action.REFRESH_MANIFESTS,
         "RebuildOrigin": Action.ADMIN,

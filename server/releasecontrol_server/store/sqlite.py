@@ -74,7 +74,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 BUSY_TIMEOUT_MS = 10_000
 WAL_CHECKPOINT_PAGES = 16_384
 CACHE_KIB = 32_768
@@ -237,6 +237,20 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (feature_id, version, minute)
         ) WITHOUT ROWID
         """,
+    ),
+    # 11: what webhooks tell (webhooks.py), written in the transaction of what happened, and
+    # how far each webhook delivered.
+    (
+        """
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,  -- never deleted, so never reused
+            kind TEXT NOT NULL,
+            at TEXT NOT NULL,
+            feature_id TEXT NOT NULL,
+            body TEXT NOT NULL
+        )
+        """,
+        "CREATE TABLE webhook_cursors (name TEXT PRIMARY KEY, delivered INTEGER NOT NULL)",
     ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
@@ -768,6 +782,10 @@ class SqliteStore:
                 ],
             )
         self._set_meta("global_sequence", change.global_sequence)
+        if record.action is not Action.RESIGN:  # a re-sign changes nothing anyone sees
+            self._put_event(
+                "change", record.at, state.feature_id, _change_event(change.global_sequence, record)
+            )
         return StoredTransition(
             id=change.global_sequence,
             record=record,
@@ -960,6 +978,50 @@ class SqliteStore:
             ).fetchall()
         return {str(row[0]): tuple(int(n) for n in row[1:]) for row in rows}
 
+    # -- events (webhooks) --------------------------------------------------
+
+    def _put_event(self, kind: str, at: datetime, feature_id: str, body: dict[str, Any]) -> None:
+        """One event inside the open write transaction."""
+        self._db.execute(
+            "INSERT INTO events (kind, at, feature_id, body) VALUES (?, ?, ?, ?)",
+            [kind, _text(at), feature_id, json.dumps(body, separators=(",", ":"), sort_keys=True)],
+        )
+
+    def add_event(self, kind: str, at: datetime, feature_id: str, body: dict[str, Any]) -> None:
+        """Keep an event for the webhooks (an analysis verdict, say) in a transaction of its
+        own."""
+        with self._write():
+            self._put_event(kind, at, feature_id, body)
+
+    def events_after(self, after: int, limit: int = 100) -> list[Event]:
+        """The events after id `after`, oldest first."""
+        _check_limit(limit)
+        with self._lock:
+            rows = self._db.conn.execute(
+                "SELECT id, kind, at, feature_id, body FROM events WHERE id > ? ORDER BY id "
+                "LIMIT ?",
+                [after, limit],
+            ).fetchall()
+        return [
+            Event(int(r[0]), str(r[1]), _moment(r[2]), str(r[3]), json.loads(r[4])) for r in rows
+        ]
+
+    def last_event_id(self) -> int:
+        return int(self._value("SELECT coalesce(max(id), 0) FROM events") or 0)
+
+    def webhook_cursor(self, name: str) -> int | None:
+        """How far webhook `name` delivered (the last event id), None before its first start."""
+        value = self._value("SELECT delivered FROM webhook_cursors WHERE name = ?", [name])
+        return None if value is None else int(value)
+
+    def set_webhook_cursor(self, name: str, delivered: int) -> None:
+        with self._write():
+            self._db.execute(
+                "INSERT INTO webhook_cursors (name, delivered) VALUES (?, ?) ON CONFLICT (name) "
+                "DO UPDATE SET delivered = max(delivered, excluded.delivered)",
+                [name, delivered],
+            )
+
     # -- approvals ----------------------------------------------------------
 
     def add_approval(
@@ -1007,6 +1069,21 @@ class SqliteStore:
                     ],
                 )
                 approval_id = int(cursor.lastrowid or 0)
+                self._put_event(
+                    "approval",
+                    now,
+                    feature_id,
+                    {
+                        "state": "pending",
+                        "approval_id": approval_id,
+                        "what": what,
+                        "requested_by": meta.principal,
+                        "actor": meta.actor,
+                        "reason": meta.reason,
+                        "ticket": meta.ticket,
+                        "expires_at": _text(expires_at),
+                    },
+                )
         found = self.approval(approval_id)
         assert found is not None
         return found
@@ -1028,11 +1105,26 @@ class SqliteStore:
         self, approval_id: int, approver: str, at: datetime, transition_id: int | None
     ) -> ApprovalRequest:
         with self._write():
-            self._db.execute(
+            cursor = self._db.execute(
                 "UPDATE approvals SET approved_by = ?, approved_at = ?, transition_id = ? "
                 "WHERE id = ? AND approved_at IS NULL",
                 [approver, _text(at), transition_id, approval_id],
             )
+            if cursor.rowcount:
+                feature = self._value(
+                    "SELECT feature_id FROM approvals WHERE id = ?", [approval_id]
+                )
+                self._put_event(
+                    "approval",
+                    at,
+                    str(feature),
+                    {
+                        "state": "approved",
+                        "approval_id": approval_id,
+                        "approved_by": approver,
+                        "transition_id": transition_id,
+                    },
+                )
         found = self.approval(approval_id)
         assert found is not None
         return found
@@ -1153,6 +1245,35 @@ def _feature_from_row(row: dict[str, Any], versions: Sequence[PublishedVersion])
         updated_by=str(row["updated_by"]),
         updated_by_principal=str(row.get("updated_by_principal") or ""),
     )
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something webhooks tell: a change, an approval request or approval, a verdict."""
+
+    id: int
+    kind: str
+    at: datetime
+    feature_id: str
+    body: dict[str, Any]
+
+
+def _change_event(transition_id: int, record: AuditRecord) -> dict[str, Any]:
+    return {
+        "transition_id": transition_id,
+        "action": record.action.value,
+        "sequence": record.sequence,
+        "version": record.version,
+        "from_stable": record.from_stable,
+        "to_stable": record.to_stable,
+        "from_canary": record.from_canary,
+        "to_canary": record.to_canary,
+        "actor": record.actor,
+        "principal": record.principal,
+        "reason": record.reason,
+        "ticket": record.ticket,
+        "detail": record.detail,
+    }
 
 
 def _approval_from_row(row: dict[str, Any]) -> ApprovalRequest:
