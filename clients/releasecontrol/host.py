@@ -35,10 +35,18 @@ trusted root and the high-water marks) is kept in `<state_dir>/state.json`,
 written atomically once per refresh, so a restart does not forget it; verified
 assets are kept in `<state_dir>/artifacts/`.
 
+With a beacon URL and key (`beacon_url`, `beacon_key`), the host reports per
+feature version how many loads began and how many failed to the control plane,
+which judges a canary by them: the application calls `report_load` and
+`report_failure` (an entry that threw, a load that failed), and the host counts
+the files it could not download or refused for a version it was loading. Counts
+only, batched, sent off the caller's thread; `close()` sends the last batch.
+`releasecontrol.beacon` says what is sent and what each answer does.
+
 `FeatureHost.from_environment` reads the contract's settings:
 `FEATURE_REMOTE_INDEX_URL`, `FEATURE_TRUST_PUBLIC_KEYS_JSON` /
-`FEATURE_TRUST_PUBLIC_KEYS_PATH` and `FEATURE_ALLOW_INSECURE_DEV_KEYS`, and
-refuses dev keys in production.
+`FEATURE_TRUST_PUBLIC_KEYS_PATH`, `FEATURE_ALLOW_INSECURE_DEV_KEYS`,
+`FEATURE_BEACON_URL` and `FEATURE_BEACON_KEY`, and refuses dev keys in production.
 """
 
 from __future__ import annotations
@@ -57,6 +65,14 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
+from releasecontrol.beacon import (
+    DEFAULT_INTERVAL_SECONDS,
+    ENV_BEACON_KEY,
+    ENV_BEACON_URL,
+    Beacons,
+    FailureKind,
+    check_report,
+)
 from releasecontrol.bucketing import WEIGHT_SCALE, bucket, check_bucketing_key, new_bucketing_key
 from releasecontrol.errors import ConfigError, InvalidArgument, NotFound, VerificationError
 from releasecontrol.fetch import Fetched, Fetcher, FetchError
@@ -107,6 +123,8 @@ KEY_FILE = "bucketing-key"
 ARTIFACTS_DIR = "artifacts"
 # Fetching is mostly waiting on the origin; a few features at once hide that.
 DEFAULT_PARALLEL_FETCHES = 8
+# Refusal codes of a file that did not arrive (a failed load), not one that arrived wrong.
+_DOWNLOAD_CODES = frozenset({"fetch", "timeout"})
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 _FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
 
@@ -328,6 +346,9 @@ class FeatureHost:
         parallel_fetches: int = DEFAULT_PARALLEL_FETCHES,
         bucketing_key: str | None = None,
         both_sides: bool = True,
+        beacon_url: str | None = None,
+        beacon_key: str | None = None,
+        beacon_interval_seconds: float = DEFAULT_INTERVAL_SECONDS,
     ) -> None:
         """Raises ConfigError for an index URL that is not http(s), an unknown channel,
         a `parallel_fetches` below 1, a bucketing key that is not one, or a state directory
@@ -344,6 +365,11 @@ class FeatureHost:
         `both_sides`: also verify and keep the version on the other side of a running
         canary (when some key gets it), so `version_for` can hand every user theirs; False
         for a host serving one user, which then downloads only its own side.
+        `beacon_url`, `beacon_key`: the control plane's beacon listener and the site's
+        publishable key, both or neither; with them the host sends its counts of loads and
+        failures (`report_load`, `report_failure`) every `beacon_interval_seconds` while it
+        has any, and at `close()`. A URL that is not http(s), or a key that cannot be one,
+        is a ConfigError.
         """
         self._index_url = _normalize_index_url(index_url)
         if channel not in CHANNELS:
@@ -359,11 +385,18 @@ class FeatureHost:
             except InvalidArgument as exc:
                 raise ConfigError(exc.message) from None
         self._both_sides = bool(both_sides)
+        if (beacon_url is None) != (beacon_key is None):
+            missing = "beacon_key" if beacon_key is None else "beacon_url"
+            raise ConfigError(
+                f"{missing} is missing: beacons need both the beacon URL and the site's "
+                "publishable key (or neither, to send none)"
+            )
         self._needed = None if features is None else tuple(sorted(set(features)))
         self._verifier = Verifier(trust, allow_dev_keys=allow_insecure_dev_keys)
         self._channel = channel
         self._limits = limits
         self._clock = clock
+        self._own_fetcher = fetcher is None
         self._fetcher = fetcher if fetcher is not None else Fetcher()
         self._state_dir = Path(state_dir)
         self._state_file = self._state_dir / STATE_FILE
@@ -388,6 +421,12 @@ class FeatureHost:
         self._refusals: Mapping[str, Refusal] = MappingProxyType({})
         self._last_refresh_at: datetime | None = None
         self._base = _Base(self._index_url)
+        # Last: a Beacons registers its last flush at exit.
+        self._beacons = (
+            None
+            if beacon_url is None or beacon_key is None
+            else Beacons(beacon_url, beacon_key, interval_seconds=beacon_interval_seconds)
+        )
 
     @classmethod
     def from_environment(
@@ -401,7 +440,8 @@ class FeatureHost:
 
         `FEATURE_REMOTE_INDEX_URL` and a trust file (`FEATURE_TRUST_PUBLIC_KEYS_JSON`
         or `FEATURE_TRUST_PUBLIC_KEYS_PATH`) are required; `FEATURE_ALLOW_INSECURE_DEV_KEYS`
-        (1/true/yes/on) lets dev keys count. `state_dir` defaults to
+        (1/true/yes/on) lets dev keys count; `FEATURE_BEACON_URL` and `FEATURE_BEACON_KEY`
+        (both or neither) turn beacons on. `state_dir` defaults to
         `$RELEASECONTROL_HOME/host`, else `./.releasecontrol/host`. Other keyword
         arguments go to the constructor. Raises ConfigError naming the setting when
         one is missing or malformed, and when `RELEASECONTROL_ENV=production` (or
@@ -436,6 +476,17 @@ class FeatureHost:
                     f"{said}=production refuses insecure dev keys; "
                     "remove it from the trust file"
                 )
+        for name, setting in (("beacon_url", ENV_BEACON_URL), ("beacon_key", ENV_BEACON_KEY)):
+            value = env.get(setting, "").strip()
+            if name not in kwargs and value:
+                kwargs[name] = value
+        if ("beacon_url" in kwargs) != ("beacon_key" in kwargs):
+            missing = ENV_BEACON_KEY if "beacon_key" not in kwargs else ENV_BEACON_URL
+            raise ConfigError(
+                f"{missing} is not set: beacons need both {ENV_BEACON_URL} (the control "
+                f"plane's beacon listener) and {ENV_BEACON_KEY} (the site's publishable key), "
+                "or neither"
+            )
         if state_dir is None:
             home = env.get("RELEASECONTROL_HOME", "").strip()
             state_dir = (Path(home) if home else Path.cwd() / ".releasecontrol") / "host"
@@ -517,6 +568,59 @@ class FeatureHost:
             return "canary", None
         chosen_by = bucket(feature_id, self._key.get() if key is None else key)
         return ("canary" if chosen_by < weight else "stable"), chosen_by
+
+    # -- beacons --------------------------------------------------------------------------------
+
+    @property
+    def beacons(self) -> Beacons | None:
+        """The beacon reporter, None when the host has no beacon URL and key."""
+        return self._beacons
+
+    def report_load(self, feature_id: str, version: str) -> None:
+        """Count one load (begun) of `version` of `feature_id` for the control plane; nothing
+        without beacons. Never waits on the network.
+
+        Raises InvalidArgument for a feature id or version that cannot be one.
+        """
+        check_report(feature_id, version)
+        if self._beacons is not None:
+            self._beacons.report_load(feature_id, version)
+
+    def report_failure(self, feature_id: str, version: str, kind: FailureKind) -> None:
+        """Count one failed load of `version` of `feature_id`: `kind` "entry_error" (its
+        entry threw), "load_failure" (it could not be loaded) or "refusal" (a check refused
+        it). Report the load too (`report_load`): the control plane divides failures by
+        loads. Nothing without beacons; never waits on the network.
+
+        Raises InvalidArgument (field "kind", "feature_id" or "version") for a kind not among
+        those, or a feature id or version that cannot be one.
+        """
+        check_report(feature_id, version, kind)
+        if self._beacons is not None:
+            self._beacons.report_failure(feature_id, version, kind)
+
+    def close(self) -> None:
+        """Send the last batch of beacons and release the host's own connections. The host
+        still serves what it verified; refreshing again reopens connections."""
+        if self._beacons is not None:
+            self._beacons.close()
+        if self._own_fetcher:
+            self._fetcher.close()
+
+    def __enter__(self) -> FeatureHost:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _count_refused(self, feature_id: str, version: str, refusal: Refusal) -> None:
+        """A version the host was loading and refused: one load begun that failed, as a
+        `load_failure` when a file could not be downloaded, else a `refusal`."""
+        if self._beacons is None:
+            return
+        kind: FailureKind = "load_failure" if refusal.code in _DOWNLOAD_CODES else "refusal"
+        self._beacons.report_load(feature_id, version)
+        self._beacons.report_failure(feature_id, version, kind)
 
     @property
     def refusals(self) -> Mapping[str, Refusal]:
@@ -813,7 +917,11 @@ class FeatureHost:
         loaded: dict[str, LoadedFeature] = {}
         for side in wanted:  # the host's own side first: its refusal is the one reported
             entry = select_version(model, side)
-            loaded[side] = self._load_version(feature_id, entry, side, releases, weight, have)
+            try:
+                loaded[side] = self._load_version(feature_id, entry, side, releases, weight, have)
+            except Refusal as refused:
+                self._count_refused(feature_id, entry.version, refused)
+                raise
             have.append(loaded[side])
         outcome.sides = _Sides(weight, loaded.get("stable"), loaded.get("canary"))
         return replace(loaded[own], bucket=own_bucket)
