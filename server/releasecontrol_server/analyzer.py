@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from releasecontrol.errors import ReleaseControlError
 from releasecontrol_server.analysis import DEFAULT_POLICY, Kind, Policy, Sample, Verdict, judge
@@ -49,6 +50,27 @@ class Judged:
     at: datetime
 
 
+class CountSource(Protocol):
+    """Where the loads and failures of feature versions come from."""
+
+    async def counts(
+        self, feature_id: str, versions: Iterable[str], since: datetime, now: datetime
+    ) -> Mapping[str, Counts]: ...
+
+
+class BeaconSource:
+    """Counts from the beacons hosts sent (the default source)."""
+
+    def __init__(self, controller: ReleaseController) -> None:
+        self._controller = controller
+
+    async def counts(
+        self, feature_id: str, versions: Iterable[str], since: datetime, now: datetime
+    ) -> Mapping[str, Counts]:
+        kept = await self._controller.beacon_counts(feature_id, since)
+        return {version: kept[version] for version in versions}
+
+
 def sample(counts: Counts) -> Sample:
     return Sample(
         counts.loads,
@@ -72,8 +94,11 @@ class CanaryAnalyzer:
         policy: Policy = DEFAULT_POLICY,
         clock: Callable[[], datetime] = utc_now,
         interval_seconds: float = INTERVAL_SECONDS,
+        source: CountSource | None = None,
     ) -> None:
+        """`source`: where counts come from (default: the beacons)."""
         self._controller = controller
+        self.source: CountSource = source or BeaconSource(controller)
         self.enabled = enabled
         self.policy = policy
         self._clock = clock
@@ -87,7 +112,10 @@ class CanaryAnalyzer:
         canary = state.canary
         if canary is None:
             return None
-        counts = await self._controller.beacon_counts(state.feature_id, canary.soak_started_at)
+        versions = [canary.version, *([state.stable] if state.stable else [])]
+        counts = await self.source.counts(
+            state.feature_id, versions, canary.soak_started_at, self._clock()
+        )
         stable = counts[state.stable] if state.stable else Counts()
         verdict = judge(sample(counts[canary.version]), sample(stable), policy=self.policy)
         judged = Judged(state.feature_id, canary.version, state.stable, verdict, self._clock())
@@ -102,7 +130,14 @@ class CanaryAnalyzer:
             if feature_id not in running:
                 del self.latest[feature_id]
         for state in self._controller.status().features:
-            judged = await self.judge(state)
+            try:
+                judged = await self.judge(state)
+            except ReleaseControlError as error:  # the source failed: judged again next round
+                self.latest.pop(state.feature_id, None)  # a step plan holds without fresh data
+                log.warning(
+                    "canary not judged feature=%s error=%r", state.feature_id, error.message
+                )
+                continue
             if judged is None:
                 continue
             out.append(judged)
@@ -173,6 +208,11 @@ class CanaryAnalyzer:
             and judged.canary_version == canary_version
             and judged.verdict.kind in _ADVANCING
         )
+
+    async def canary_loads(self, feature_id: str, version: str, since: datetime) -> int:
+        """The loads of `version` reported since `since` (a soak by exposure counts them)."""
+        counts = await self.source.counts(feature_id, [version], since, self._clock())
+        return counts[version].loads
 
     async def reach(self, feature_id: str) -> dict[str, tuple[float, int]]:
         """Per version: its share of the batches hosts sent in the last REACH_WINDOW, and

@@ -145,6 +145,31 @@ class Config:
     only while `beacon_keys` names at least one key. Hosts anywhere reach it: in production,
     behind the same kind of public endpoint as the CDN."""
 
+    analysis_source: AnalysisSource = "beacons"
+    """Where the canary analysis gets loads and failures: `beacons` (hosts report to
+    beacon_listen, docs/beacons.md) or `prometheus` (two PromQL queries against
+    prometheus_url, prometheus.py; docs/analysis.md)."""
+
+    prometheus_url: str | None = None
+    """`prometheus`: the server's http(s) URL (`http://prometheus:9090`; a path prefix is
+    kept); no user or password in it."""
+
+    prometheus_loads_query: str | None = None
+    """`prometheus`: PromQL counting the loads of one feature version, with {feature},
+    {version} and {window}, e.g. `sum(increase(frontend_feature_loads_total{feature="{feature}",
+    version="{version}"}[{window}]))`; checked at load."""
+
+    prometheus_failures_query: str | None = None
+    """`prometheus`: PromQL counting the failed loads of one feature version, same placeholders;
+    may split them by a `kind` label (entry_errors, load_failures, refusals)."""
+
+    prometheus_bearer_token_path: Path | None = None
+    """`prometheus`: a file holding a bearer token for the server, read again when it changes;
+    unset: no Authorization header. The token is never logged or shown."""
+
+    prometheus_timeout_seconds: float = 5.0
+    """`prometheus`: how long one query may take."""
+
     analysis_interval_seconds: float = 5.0
     """How often every running canary is judged from the beacons (analyzer.py)."""
 
@@ -575,6 +600,35 @@ def _parse_reserved_routes(raw: object, label: str, ctx: _Context) -> tuple[str,
     return tuple(dict.fromkeys(["/_admin", *routes]))
 
 
+AnalysisSource = Literal["beacons", "prometheus"]
+ANALYSIS_SOURCES: tuple[AnalysisSource, ...] = ("beacons", "prometheus")
+
+
+def _parse_analysis_source(raw: object, label: str, ctx: _Context) -> AnalysisSource:
+    word = raw.strip().lower() if isinstance(raw, str) else None
+    if word == "beacons":
+        return "beacons"
+    if word == "prometheus":
+        return "prometheus"
+    raise _bad(label, raw, "set it to 'beacons' or 'prometheus'")
+
+
+def _parse_prometheus_url(raw: object, label: str, ctx: _Context) -> str | None:
+    if raw == "":
+        return None
+    from releasecontrol_server.prometheus import check_url  # httpx only when configured
+
+    return check_url(raw, label)
+
+
+def _parse_prometheus_query(raw: object, label: str, ctx: _Context) -> str | None:
+    if raw == "":
+        return None
+    from releasecontrol_server.prometheus import parse_query
+
+    return parse_query(raw, label).text
+
+
 WEBHOOK_EVENTS = ("change", "approval", "verdict")
 WEBHOOK_FORMATS = ("json", "slack")
 _WEBHOOK_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
@@ -857,6 +911,12 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("beacon_keys", _parse_beacon_keys),
     _Setting("webhooks", _parse_webhooks),
     _Setting("analysis_interval_seconds", _float_between(0.1, 3600)),
+    _Setting("analysis_source", _parse_analysis_source),
+    _Setting("prometheus_url", _parse_prometheus_url, optional=True),
+    _Setting("prometheus_loads_query", _parse_prometheus_query, optional=True),
+    _Setting("prometheus_failures_query", _parse_prometheus_query, optional=True),
+    _Setting("prometheus_bearer_token_path", _parse_optional_path, optional=True),
+    _Setting("prometheus_timeout_seconds", _float_between(0.1, 120)),
     _Setting("admin_session_secret_path", _parse_path),
     _Setting("admin_session_seconds", _int_between(60, _DAY_SECONDS, "seconds")),
     _Setting("database_path", _parse_path),
@@ -988,6 +1048,7 @@ def load_config(
         values.setdefault(name, default)
     _choose_trust_source(values, sources, home)
     _check_origin(values, sources)
+    _check_analysis(values, sources)
     _check_artifact_store(values, sources)
     for name in SETTING_NAMES:
         sources.setdefault(name, "default")
@@ -1071,6 +1132,37 @@ def _choose_trust_source(values: dict[str, Any], sources: dict[str, str], home: 
         sources["trust_public_keys_path"] = "default"
     values.setdefault("trust_public_keys_json", None)
     values.setdefault("trust_public_keys_path", None)
+
+
+_PROMETHEUS_NEEDS = ("prometheus_url", "prometheus_loads_query", "prometheus_failures_query")
+_PROMETHEUS_SETTINGS = (
+    *_PROMETHEUS_NEEDS,
+    "prometheus_bearer_token_path",
+    "prometheus_timeout_seconds",
+)
+
+
+def _check_analysis(values: dict[str, Any], sources: dict[str, str]) -> None:
+    """`prometheus` needs its server and both queries; `beacons` refuses prometheus_*
+    settings, which it would ignore."""
+    source = values.get("analysis_source", "beacons")
+    label = sources.get("analysis_source", "analysis_source")
+    if source == "prometheus":
+        missing = [name for name in _PROMETHEUS_NEEDS if not values.get(name)]
+        if missing:
+            raise ConfigError(
+                f"analysis_source is 'prometheus' ({label}) but {', '.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} not set; set "
+                f"{', '.join(f'RELEASECONTROL_{m.upper()}' for m in missing)} (docs/analysis.md)."
+            )
+        return
+    for name in _PROMETHEUS_SETTINGS:
+        if values.get(name) is not None and name in sources:
+            raise ConfigError(
+                f"{sources[name]} is set, but analysis_source is {source!r} ({label}), so it "
+                "would be ignored; set analysis_source to 'prometheus' "
+                f"(RELEASECONTROL_ANALYSIS_SOURCE=prometheus) or remove {sources[name]}."
+            )
 
 
 def _check_origin(values: dict[str, Any], sources: dict[str, str]) -> None:

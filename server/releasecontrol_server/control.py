@@ -53,7 +53,7 @@ import asyncio
 import bisect
 import logging
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -141,6 +141,9 @@ class ReleaseController:
         remote-index.json is signed under (see `install_keys`); `approvals`: which changes wait
         for a second principal (approvals.py)."""
         self.approvals = approvals
+        self.count_canary_loads: Callable[[str, str, datetime], Awaitable[int]] = self._beacon_loads
+        """Where a soak by exposure gets the canary's loads (the analysis' source, set by
+        main; the beacons by default)."""
         self.event_listeners: list[Callable[[], None]] = []
         """Called on the loop whenever an event for the webhooks was kept (a change, an
         approval request or approval, a verdict)."""
@@ -291,9 +294,9 @@ class ReleaseController:
             and state.canary is not None
             and state.canary.min_loads
         ):  # a soak by exposure: what hosts reported of the canary so far
-            canary_loads = (await self.beacon_counts(feature_id, state.canary.soak_started_at))[
-                state.canary.version
-            ].loads
+            canary_loads = await self.count_canary_loads(
+                feature_id, state.canary.version, state.canary.soak_started_at
+            )
         request = Request(
             feature_id=feature_id,
             command=command,
@@ -399,6 +402,9 @@ class ReleaseController:
         ]
         async with self._writing:
             await self._on_write_thread(self._store.add_beacon_counts, kept)
+
+    async def _beacon_loads(self, feature_id: str, version: str, since: datetime) -> int:
+        return (await self.beacon_counts(feature_id, since))[version].loads
 
     def _events_kept(self) -> None:
         for listener in self.event_listeners:

@@ -119,6 +119,9 @@ def configure_logging(
         old.close()
     root.addHandler(handler)
     root.setLevel(level)
+    # httpx logs every request at INFO, URL and query included (webhooks, Prometheus):
+    # what went wrong is logged by our own code, with what matters and no secrets.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, level))
 
 
 def log_change(event: ChangeEvent) -> None:

@@ -18,7 +18,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -62,6 +62,9 @@ from releasecontrol_server.steps import StepRunner
 from releasecontrol_server.store import SqliteStore
 from releasecontrol_server.tls import ReloadingServerCredentials
 from releasecontrol_server.watch import WatchHub
+
+if TYPE_CHECKING:
+    from releasecontrol_server.prometheus import PrometheusSource
 
 log = logging.getLogger("releasecontrol_server")
 
@@ -161,11 +164,14 @@ async def _serve(
     origin_http: OriginHttpServer | None = None
     # The metrics interceptor first: it sees the calls the auth interceptor refuses.
     server = aio.server(interceptors=[metrics.interceptor(), AuthInterceptor(authenticator)])
+    source = _prometheus_source(config)
     analyzer = CanaryAnalyzer(
         controller,
-        enabled=bool(config.beacon_keys),
+        enabled=bool(config.beacon_keys) or source is not None,
         interval_seconds=config.analysis_interval_seconds,
+        source=source,
     )
+    controller.count_canary_loads = analyzer.canary_loads
     analyzer.on_verdict = metrics.count_verdict
     admin_app = create_app(
         controller,
@@ -339,8 +345,28 @@ async def _serve(
             origin_http.stop()
         await controller.stop()
         await http_client.aclose()
+        if source is not None:
+            await source.aclose()
         store.close()
         config.endpoints_path.unlink(missing_ok=True)
+
+
+def _prometheus_source(config: Config) -> PrometheusSource | None:
+    """The analysis' Prometheus source when `analysis_source` is `prometheus`."""
+    if config.analysis_source != "prometheus":
+        return None
+    from releasecontrol_server.prometheus import PrometheusSource, TokenFile
+
+    assert config.prometheus_url and config.prometheus_loads_query
+    assert config.prometheus_failures_query  # load_config refuses it unset (_check_analysis)
+    path = config.prometheus_bearer_token_path
+    return PrometheusSource(
+        config.prometheus_url,
+        config.prometheus_loads_query,
+        config.prometheus_failures_query,
+        timeout=config.prometheus_timeout_seconds,
+        bearer_token=TokenFile(path) if path else None,
+    )
 
 
 def _origin_description(config: Config) -> str:
