@@ -446,6 +446,7 @@ def feature_json(feature: pb.Feature, now: datetime) -> dict[str, Any]:
             "steps_percent": [step / 100 for step in c.steps],
             "step_seconds": c.step_seconds or None,
             "next_step_at": rfc3339(c.next_step_at, present=c.HasField("next_step_at")),
+            "min_loads": c.min_loads,
         }
     return {
         "feature_id": feature.feature_id,

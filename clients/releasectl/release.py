@@ -281,6 +281,14 @@ def rollback(
     help="Keep following the control plane's watch feed and redraw the table on every "
     "change (one JSON object a line with --output json) until Ctrl-C.",
 )
+@click.option(
+    "--analysis",
+    "-a",
+    "with_analysis",
+    is_flag=True,
+    help="Also what hosts report: each canary's verdict, its loads against a soak by "
+    "exposure, and the share of hosts on each version (reach).",
+)
 @output_option
 @click.pass_context
 def status(
@@ -289,6 +297,7 @@ def status(
     index_url: str | None,
     allow_dev_keys: bool,
     watch: bool,
+    with_analysis: bool,
     output: str,
 ) -> None:
     """Show the stable and canary version of every feature, from the control plane or a CDN.
@@ -320,15 +329,48 @@ def status(
 
         watch_status(ctx, features, output)
         return
+    if with_analysis and (watch or index_url is not None):
+        raise click.UsageError("--analysis goes with the control plane's status only", ctx)
     with open_client(ctx) as client:
         response = client.get_status(features)
+        found = (
+            {f.feature_id: client.get_analysis(f.feature_id) for f in response.features}
+            if with_analysis
+            else {}
+        )
     now = server_now(response)
     if output == "json":
-        echo_json([feature_json(f, now) for f in response.features])
+        rows = [feature_json(f, now) for f in response.features]
+        for row in rows if with_analysis else ():
+            row["analysis"] = _analysis_json(found[row["feature_id"]])
+        echo_json(rows)
     elif not response.features:
         click.echo("no features yet: publish one with `releasectl publish --feature F`")
+    elif with_analysis:
+        click.echo(
+            render_table(
+                (*STATUS_HEADERS, "VERDICT", "LOADS", "REACH"),
+                [
+                    [*status_row(f, now), *_analysis_cells(found[f.feature_id])]
+                    for f in response.features
+                ],
+            )
+        )
     else:
         click.echo(render_table(STATUS_HEADERS, [status_row(f, now) for f in response.features]))
+
+
+def _analysis_cells(found: pb.GetAnalysisResponse) -> list[str]:
+    """VERDICT, LOADS (the canary's, against a soak by exposure) and REACH cells."""
+    if not found.enabled:
+        return ["off", "-", "-"]
+    loads = "-"
+    if found.canary_version:
+        loads = f"{found.canary_loads:,}"
+        if found.min_loads:
+            loads += f"/{found.min_loads:,}"
+    reach = " ".join(f"{r.version} {r.share:.0%}" for r in found.reach) or "-"
+    return [found.verdict or "-", loads, reach]
 
 
 @release.command("history")
@@ -400,23 +442,7 @@ def analysis(ctx: click.Context, feature: str, output: str) -> None:
     with open_client(ctx) as client:
         found = client.get_analysis(feature)
     if output == "json":
-        echo_json(
-            {
-                "feature_id": found.feature_id,
-                "enabled": found.enabled,
-                "canary": found.canary_version or None,
-                "stable": found.stable_version or None,
-                "verdict": found.verdict or None,
-                "reason": found.reason or None,
-                "canary_loads": found.canary_loads,
-                "canary_failures": found.canary_failures,
-                "stable_loads": found.stable_loads,
-                "stable_failures": found.stable_failures,
-                "min_loads": found.min_loads,
-                "judged_at": rfc3339(found.judged_at, present=found.HasField("judged_at")),
-                "reach": {r.version: {"share": r.share, "batches": r.batches} for r in found.reach},
-            }
-        )
+        echo_json(_analysis_json(found))
         return
     if not found.enabled:
         click.echo(
@@ -438,6 +464,24 @@ def analysis(ctx: click.Context, feature: str, output: str) -> None:
     if found.reach:
         shares = ", ".join(f"{r.version} {r.share:.0%}" for r in found.reach)
         click.echo(f"  reach (last 10 min): {shares}")
+
+
+def _analysis_json(found: pb.GetAnalysisResponse) -> dict[str, Any]:
+    return {
+        "feature_id": found.feature_id,
+        "enabled": found.enabled,
+        "canary": found.canary_version or None,
+        "stable": found.stable_version or None,
+        "verdict": found.verdict or None,
+        "reason": found.reason or None,
+        "canary_loads": found.canary_loads,
+        "canary_failures": found.canary_failures,
+        "stable_loads": found.stable_loads,
+        "stable_failures": found.stable_failures,
+        "min_loads": found.min_loads,
+        "judged_at": rfc3339(found.judged_at, present=found.HasField("judged_at")),
+        "reach": {r.version: {"share": r.share, "batches": r.batches} for r in found.reach},
+    }
 
 
 # -- four eyes ------------------------------------------------------------------------------------

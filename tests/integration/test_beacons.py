@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RunningServer, make_feature, start_server
+from conftest import RunningServer, make_feature, releasectl, start_server
 
 from releasecontrol import errors
 from releasecontrol.client import ReleaseControlClient
@@ -101,6 +101,18 @@ def test_counts_reach_the_analysis_and_reach(server: RunningServer) -> None:
     assert found.verdict == "waiting"
     assert "canary has 100 of 500 loads needed" in found.reason
     assert {r.version: round(r.share, 2) for r in found.reach} == {"1.0.0": 0.75, "1.1.0": 0.25}
+
+    table = releasectl(server, server.home, "release", "status", "--analysis")
+    assert table.returncode == 0, table.stderr
+    header, line = table.stdout.splitlines()[:2]
+    assert header.split()[-3:] == ["VERDICT", "LOADS", "REACH"]
+    assert line.split()[-6:] == ["waiting", "100", "1.0.0", "75%", "1.1.0", "25%"]
+    said = releasectl(server, server.home, "release", "analysis", "--feature", "checkout")
+    assert said.stdout.splitlines() == [
+        "checkout: canary 1.1.0 vs stable 1.0.0: waiting, canary has 100 of 500 loads needed; "
+        "stable has 300 of 500 loads needed",
+        "  reach (last 10 min): 1.0.0 75%, 1.1.0 25%",
+    ]
 
 
 def test_a_worse_canary_is_rolled_back_by_the_server(server: RunningServer) -> None:

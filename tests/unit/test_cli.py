@@ -553,6 +553,7 @@ class TestStatus:
                 "steps_percent": [],
                 "step_seconds": None,
                 "next_step_at": None,
+                "min_loads": 0,
             },
             "versions": [
                 {
