@@ -389,9 +389,17 @@ def _banner(config: Config, endpoints: dict[str, Any]) -> str:
             f"  trust file     {config.trust_public_keys_path or 'FEATURE_TRUST_PUBLIC_KEYS_JSON'}",
             f"  admin UI       {endpoints['admin_url']}   {_admin_sign_in(config)}",
             f"  metrics        {endpoints['metrics_url']}   {_metrics_access(config)}",
+            _beacons_line(config, endpoints),
             "Try `releasectl release status` in another terminal. Stop with Ctrl-C.",
         ]
     )
+
+
+def _beacons_line(config: Config, endpoints: dict[str, Any]) -> str:
+    if "beacon_url" not in endpoints:
+        return "  beacons        off: set beacon_keys (RELEASECONTROL_BEACON_KEYS) to take them"
+    keys = ", ".join(config.beacon_keys)
+    return f"  beacons        {endpoints['beacon_url']}/v1/beacons   keys: {keys}"
 
 
 def _admin_sign_in(config: Config) -> str:
