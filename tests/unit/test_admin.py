@@ -29,6 +29,8 @@ from releasecontrol_server import releases
 from releasecontrol_server.admin import AdminApp, AdminSettings
 from releasecontrol_server.admin.session import COOKIE_NAME
 from releasecontrol_server.admin.signin import SignInThrottle
+from releasecontrol_server.analyzer import CanaryAnalyzer
+from releasecontrol_server.approvals import ApprovalPolicy
 from releasecontrol_server.artifacts import ArtifactStore
 from releasecontrol_server.auth.dfs import DfsAuthenticator, issue_dfs_token
 from releasecontrol_server.auth.interceptor import Authenticator, MtlsOnlyAuthenticator
@@ -41,6 +43,7 @@ from releasecontrol_server.store import SqliteStore
 from releasecontrol_server.watch import WatchHub
 
 BASE = "http://127.0.0.1:8080"
+NO_APPROVALS = ApprovalPolicy()
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
 
@@ -55,9 +58,14 @@ class Clock:
 
 
 def make_controller(
-    root: Path, clock: Callable[[], datetime], *, hub: WatchHub | None = None
+    root: Path,
+    clock: Callable[[], datetime],
+    *,
+    hub: WatchHub | None = None,
+    approvals: ApprovalPolicy = NO_APPROVALS,
 ) -> tuple[ReleaseController, SqliteStore]:
-    """A real controller over SQLite and a folder origin under `root`, and its store to close."""
+    """A real controller over SQLite and a folder origin under `root`, and its store to close;
+    `approvals`: which changes wait for a second principal."""
     store = SqliteStore(root / "releasecontrol.db")
     controller = ReleaseController(
         store=store,
@@ -67,6 +75,7 @@ def make_controller(
         hub=hub or WatchHub(64),
         default_soak_seconds=1800,
         clock=clock,
+        approvals=approvals,
     )
     return controller, store
 
@@ -124,6 +133,7 @@ class Admin:
     clock: Clock
     root: Path
     tokens: Path
+    analyzer: CanaryAnalyzer | None = None
 
     async def publish(self, feature_id: str, version: str, **kwargs: Any) -> None:
         await publish(self.controller, feature_id, version, **kwargs)
@@ -182,9 +192,17 @@ async def build(
     base_url: str = BASE,
     throttle: SignInThrottle | None = None,
     client_address: str = "127.0.0.1",
+    approvals: ApprovalPolicy = NO_APPROVALS,
+    analysis: bool | None = None,
 ) -> AsyncIterator[Admin]:
+    """The app over a fresh controller; `analysis`: an analyzer that is on (True), off
+    (False, as without beacon keys) or none at all (None)."""
     clock = Clock()
-    controller, store = make_controller(tmp_path, clock)
+    controller, store = make_controller(tmp_path, clock, approvals=approvals)
+    analyzer = None
+    if analysis is not None:
+        analyzer = CanaryAnalyzer(controller, enabled=analysis, clock=clock)
+        controller.count_canary_loads = analyzer.canary_loads  # as main.py wires them
     tokens = tmp_path / "auth" / "tokens.json"
     create_token(tokens, "bootstrap", ["viewer"])
     if authenticator is None:
@@ -204,12 +222,13 @@ async def build(
         ),
         clock=clock,
         throttle=throttle,
+        analyzer=analyzer,
     )
     transport = httpx.ASGITransport(app=app.app, client=(client_address, 40000))
     async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
         await controller.start()
         try:
-            yield Admin(controller, client, clock, tmp_path, tokens)
+            yield Admin(controller, client, clock, tmp_path, tokens, analyzer)
         finally:
             await controller.stop()
             store.close()

@@ -9,6 +9,8 @@
 Percentages and step ramps are read by the CLI's own helpers (releasecontrol.weights),
 so a form refuses exactly what `release canary --percent/--steps/--step-soak` and
 `release set-weight` refuse; the one-line messages name the form's fields, not flags.
+Min loads (a soak by exposure) is read by the rule of `--min-loads`: a whole number
+from 0 to 1,000,000,000, refused in the CLI's words.
 
 No rule is decided here: `releases.apply` decides the preview, and the
 controller decides (again, on the state at that moment) when the change is
@@ -43,7 +45,13 @@ from releasecontrol_server import releases
 from releasecontrol_server.auth.authorize import RPC_ACTIONS
 from releasecontrol_server.auth.authorize import Action as AuthAction
 from releasecontrol_server.control import ReleaseController
-from releasecontrol_server.releases import Canary, ChangeMeta, Channel, FeatureState
+from releasecontrol_server.releases import (
+    MAX_MIN_LOADS,
+    Canary,
+    ChangeMeta,
+    Channel,
+    FeatureState,
+)
 from releasecontrol_server.service import change_answer
 
 
@@ -122,6 +130,8 @@ class ChangeRequest:
     """CANARY: a step ramp (weights, increasing); the soak is then the whole ramp."""
     step_seconds: int = 0
     """CANARY: how long each step of `steps` holds."""
+    min_loads: int = 0
+    """CANARY: soak by exposure, the canary loads hosts must report before a promote."""
     expected_sequence: int | None = None
     request_id: str = ""
     principal: str = ""
@@ -155,10 +165,11 @@ class ChangeRequest:
             if not version:
                 raise InvalidArgument("choose a version", field="version")
             validate_version(version)
-        soak, weight, step_seconds = default_soak_seconds, 0, 0
+        soak, weight, step_seconds, min_loads = default_soak_seconds, 0, 0, 0
         steps: tuple[int, ...] = ()
         if kind is Kind.CANARY:
             soak, weight, steps, step_seconds = _canary_fields(form, default_soak_seconds)
+            min_loads = _min_loads_field(form)
         elif kind is Kind.SET_WEIGHT:
             weight = _weight_field(form)
         channel_text = form.get("channel", "stable")
@@ -188,6 +199,7 @@ class ChangeRequest:
             weight=weight,
             steps=steps,
             step_seconds=step_seconds,
+            min_loads=min_loads,
             expected_sequence=int(expected_text) if expected_text else None,
             request_id=request_id,
             principal=principal_name,
@@ -210,6 +222,7 @@ class ChangeRequest:
                 weight=self.weight,
                 steps=self.steps,
                 step_seconds=self.step_seconds,
+                min_loads=self.min_loads,
             )
         if self.kind is Kind.SET_WEIGHT:
             return releases.SetWeight(self.weight)
@@ -254,6 +267,8 @@ class ChangeRequest:
                 fields.append(("soak", str(self.soak_seconds)))
                 if self.weight:
                     fields.append(("percent", _percents([self.weight])))
+            if self.min_loads:
+                fields.append(("min_loads", str(self.min_loads)))
         if self.kind is Kind.SET_WEIGHT:
             fields.append(("percent", _percents([self.weight])))
         if self.skip_soak:
@@ -293,6 +308,34 @@ def _canary_fields(
     return (default_soak_seconds if soak is None else soak), weight or 0, (), 0
 
 
+def _min_loads_field(form: Mapping[str, str]) -> int:
+    """Min loads, by the rule and in the words of `release canary --min-loads` (a click
+    IntRange of 0 to MAX_MIN_LOADS): empty is 0, time alone."""
+    text = form.get("min_loads", "").strip()
+    if not text:
+        return 0
+    try:
+        loads = int(text)  # what click's integer types accept, no more
+    except ValueError:
+        raise InvalidArgument(
+            f"min_loads {_shown(text)!r} is not a valid integer range; give a whole number "
+            f"of canary loads from 0 to {MAX_MIN_LOADS:,}, without separators (e.g. 5000)",
+            field="min_loads",
+        ) from None
+    if not 0 <= loads <= MAX_MIN_LOADS:
+        raise InvalidArgument(
+            f"min_loads {loads} is not in the range 0<=x<={MAX_MIN_LOADS}; give a whole number "
+            f"of canary loads from 0 to {MAX_MIN_LOADS:,}",
+            field="min_loads",
+        )
+    return loads
+
+
+def _shown(text: str) -> str:
+    """Typed text as a message quotes it: at most 40 characters."""
+    return text if len(text) <= 40 else text[:40] + "…"
+
+
 def _weight_field(form: Mapping[str, str]) -> int:
     text = form.get("percent", "").strip()
     if not text:
@@ -322,7 +365,7 @@ def _percents(weights: Sequence[int]) -> str:
 
 _COMMON_INPUTS = frozenset({"actor", "reason", "ticket"})
 _INPUTS: Mapping[Kind, frozenset[str]] = {
-    Kind.CANARY: frozenset({"version", "soak", "percent", "steps", "step_soak"}),
+    Kind.CANARY: frozenset({"version", "soak", "percent", "steps", "step_soak", "min_loads"}),
     Kind.SET_WEIGHT: frozenset({"percent"}),
     Kind.PROMOTE: frozenset({"version", "skip_soak"}),
     Kind.ROLLBACK: frozenset({"version"}),
@@ -393,16 +436,34 @@ class Preview:
     """False when the state machine answers that nothing would change (then no Confirm)."""
 
 
-def preview(state: FeatureState, request: ChangeRequest, now: datetime) -> Preview:
+def preview(
+    state: FeatureState, request: ChangeRequest, now: datetime, *, canary_loads: int = 0
+) -> Preview:
     """What `request` would change on `state` at `now`, decided by the state machine.
 
-    Nothing is written. Raises the state machine's errors (the same classes and
-    messages the CLI gets) when the change would be refused now.
+    `canary_loads`: the running canary's loads reported so far, which a soak by exposure
+    counts (as the controller passes them). Nothing is written. Raises the state
+    machine's errors (the same classes and messages the CLI gets) when the change would
+    be refused now.
     """
-    outcome = releases.apply(state, request.feature_id, request.command(), request.meta(), now)
+    outcome = releases.apply(
+        state,
+        request.feature_id,
+        request.command(),
+        request.meta(),
+        now,
+        canary_loads=canary_loads,
+    )
     if isinstance(outcome, releases.Unchanged):  # a weight the canary already serves
         return Preview(f"Nothing to change: {outcome.why}", [], "", changes=False)
-    after = outcome.state
+    return Preview(
+        _headline(state, request, now), compare(state, outcome.state), outcome.record.detail
+    )
+
+
+def compare(state: FeatureState, after: FeatureState) -> list[tuple[str, str, str]]:
+    """The rows of a confirmation table: stable, canary, step plan (when either side has
+    one) and sequence, before and after."""
     rows = [
         ("Stable", state.stable or "none", after.stable or "none"),
         ("Canary", _canary(state), _canary(after)),
@@ -411,13 +472,19 @@ def preview(state: FeatureState, request: ChangeRequest, now: datetime) -> Previ
     if plans != ("none", "none"):
         rows.append(("Step plan", *plans))
     rows.append(("Sequence", str(state.sequence), str(after.sequence)))
-    return Preview(_headline(state, request, now), rows, outcome.record.detail)
+    return rows
 
 
 def _canary(state: FeatureState) -> str:
     if state.canary is None:
         return "none"
-    return f"{canary_text(state.canary)} (soak {format_duration(state.canary.soak_seconds)})"
+    return f"{canary_text(state.canary)} (soak {soak_text(state.canary)})"
+
+
+def soak_text(canary: Canary) -> str:
+    """'30m', or '30m and 5,000 loads' with a soak by exposure."""
+    text = format_duration(canary.soak_seconds)
+    return f"{text} and {canary.min_loads:,} loads" if canary.min_loads else text
 
 
 def _plan(state: FeatureState) -> str:
@@ -432,11 +499,16 @@ def _headline(state: FeatureState, request: ChangeRequest, now: datetime) -> str
         now_text = f"(canary now {canary}, stable stays {stable})"
         if request.steps:
             then = ", then promoted" if request.steps[-1] == WEIGHT_SCALE else ""
+            if request.min_loads:  # a promote waits for the loads too
+                loads = f"once hosts reported {request.min_loads:,} canary loads"
+                then = f"{then} {loads}" if then else f", promotable {loads}"
             return (
                 f"Deploy {fid} {version} as canary in steps of {format_steps(request.steps)}, "
                 f"each held {format_duration(request.step_seconds)}{then} {now_text}"
             )
         soak = format_duration(request.soak_seconds)
+        if request.min_loads:
+            soak += f" and {request.min_loads:,} loads"
         return (
             f"Deploy {fid} {version} as canary to {weight_text(request.weight)} "
             f"with a {soak} soak {now_text}"

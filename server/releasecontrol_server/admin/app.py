@@ -4,6 +4,11 @@
     GET  /_admin/features/<id>            versions, history, and the change forms
     POST /_admin/features/<id>/review     the confirmation page: exactly what would change
     POST /_admin/features/<id>/apply      the change, as the matching RPC would make it
+                                          (on a protected feature: an approval request)
+    GET  /_admin/approvals                approval requests: pending first, then the rest
+    GET  /_admin/approvals/<n>            one request, with its Approve button
+    POST /_admin/approvals/<n>/review     what approving it would change
+    POST /_admin/approvals/<n>/apply      approve it: the change applied, as Approve would
     POST /_admin/refresh                  hot refresh: re-verify manifests, tell hosts
     GET  /_admin/events                   server-sent events: someone changed a release
     GET  /_admin/signin, POST /_admin/signin, POST /_admin/signout
@@ -16,13 +21,16 @@ counts only while its session id is open on this server (sign-out closes it),
 and failed sign-ins are limited per client address and per principal (429
 with Retry-After; see signin.py for the numbers). Each page and change
 asks the one `authorize()` the RPCs use; refusals are shown with the domain
-error's message, never a stack trace. Every admin action is logged as one line:
-`admin action=... principal=... feature=... result=...`.
+error's message, never a stack trace. A change that waits for a second approver
+(four eyes) is not a refusal: the page names the request and links to it. Every
+admin action is logged as one line: `admin action=... principal=... feature=...
+result=...`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import math
@@ -47,7 +55,13 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from releasecontrol.errors import ReleaseControlError, status_code_name
+from releasecontrol.errors import (
+    ApprovalRequired,
+    NotFound,
+    ReleaseControlError,
+    StaleSequence,
+    status_code_name,
+)
 from releasecontrol.manifest import format_duration, validate_feature_id
 from releasecontrol.weights import format_steps, format_weight
 from releasecontrol_server.admin.actions import (
@@ -60,9 +74,15 @@ from releasecontrol_server.admin.actions import (
     next_step_text,
     plan_text,
     preview,
+    soak_text,
     weight_text,
 )
 from releasecontrol_server.admin.actions import apply as apply_change
+from releasecontrol_server.admin.analysis import OFF as ANALYSIS_OFF
+from releasecontrol_server.admin.analysis import Exposure, canary_loads, exposure
+from releasecontrol_server.admin.analysis import panel as analysis_panel
+from releasecontrol_server.admin.approvals import approval_row, requester
+from releasecontrol_server.admin.approvals import preview as approval_preview
 from releasecontrol_server.admin.events import event_stream
 from releasecontrol_server.admin.session import (
     CSRF_FIELD,
@@ -71,6 +91,8 @@ from releasecontrol_server.admin.session import (
     SessionRegistry,
 )
 from releasecontrol_server.admin.signin import SignIn, SignInThrottle, claimed_principal
+from releasecontrol_server.analyzer import CanaryAnalyzer
+from releasecontrol_server.approvals import ApprovalRequest, check_approver, pending_first
 from releasecontrol_server.auth.authorize import Action, authorize, decide, permits
 from releasecontrol_server.auth.interceptor import Authenticator
 from releasecontrol_server.auth.principal import Principal
@@ -163,8 +185,11 @@ class AdminApp:
         clock: Callable[[], datetime] = utc_now,
         throttle: SignInThrottle | None = None,
         sessions: SessionRegistry | None = None,
+        analyzer: CanaryAnalyzer | None = None,
     ) -> None:
+        """`analyzer`: the server's canary analysis (None: the pages say there is none)."""
         self._controller = controller
+        self._analyzer = analyzer
         self._settings = settings
         self._clock = clock
         self._signin = SignIn(
@@ -185,7 +210,12 @@ class AdminApp:
             undefined=jinja2.StrictUndefined,
         )
         self._templates.filters.update(
-            when=_when, iso=_iso, duration=format_duration, short=lambda s: s[:12]
+            when=_when,
+            iso=_iso,
+            duration=format_duration,
+            short=lambda s: s[:12],
+            capfirst=lambda s: s[:1].upper() + s[1:],  # not capitalize(): it lowercases the rest
+            thousands=lambda n: f"{n:,}",
         )
         self.app = Starlette(
             routes=[
@@ -218,6 +248,18 @@ class AdminApp:
                 Route(
                     "/_admin/features/{feature_id}/apply",
                     self._endpoint(self._apply, post=True),
+                    methods=["POST"],
+                ),
+                Route("/_admin/approvals", self._endpoint(self._approvals)),
+                Route("/_admin/approvals/{approval_id}", self._endpoint(self._approval)),
+                Route(
+                    "/_admin/approvals/{approval_id}/review",
+                    self._endpoint(self._approval_review, post=True),
+                    methods=["POST"],
+                ),
+                Route(
+                    "/_admin/approvals/{approval_id}/apply",
+                    self._endpoint(self._approval_apply, post=True),
                     methods=["POST"],
                 ),
                 Mount("/_admin/static", StaticFiles(directory=_HERE / "static"), name="static"),
@@ -364,6 +406,7 @@ class AdminApp:
             "csrf_field": CSRF_FIELD,
             "unauthenticated_mode": self._signin.allow_unauthenticated,
             "events_url": "",
+            "poll_seconds": 0,
             "error": None,
             "error_code": "",
             "error_anchor": "",
@@ -482,7 +525,10 @@ class AdminApp:
         pages = max(1, math.ceil(len(matching) / size))
         page = min(max(1, _int(params.get("page", ""), 1)), pages)
         now = status.server_time
-        rows = [_row(s, now) for s in matching[(page - 1) * size : page * size]]
+        rows = [
+            _row(s, now, await exposure(self._controller, s))
+            for s in matching[(page - 1) * size : page * size]
+        ]
         return self._render(
             ctx,
             "features.html",
@@ -520,6 +566,12 @@ class AdminApp:
         state = self._controller.feature(feature_id)
         now = self._clock()
         params = ctx.request.query_params
+        analysis = await analysis_panel(self._controller, self._analyzer, state)
+        soak_by_exposure = await exposure(self._controller, state)
+        asked = await self._controller.approval_requests(feature_id)
+        approvals_now = self._controller.now()
+        waiting = _int(params.get("waiting", ""), 0)
+        protected = self._controller.approvals.protects(feature_id)
         size = self._settings.history_page_size
         before = _int(params.get("before", ""), 0)
         history = await self._controller.transitions(
@@ -540,7 +592,16 @@ class AdminApp:
             {
                 "title": feature_id,
                 "feature": state,
-                "row": _row(state, now),
+                "row": _row(state, now, soak_by_exposure),
+                "analysis": analysis,
+                "analysis_off": ANALYSIS_OFF,
+                "protected": protected,
+                "pending_approvals": [
+                    approval_row(r, approvals_now)
+                    for r in pending_first(asked, approvals_now)
+                    if r.state(approvals_now) == "pending"
+                ],
+                "waiting": await self._waiting(feature_id, waiting),
                 "versions": [
                     {
                         "version": v.version,
@@ -576,9 +637,21 @@ class AdminApp:
                 else None,
                 "error_anchor": f"{kind}-{field}" if field is not None else "",
                 "events_url": f"/_admin/events?feature={quote(feature_id)}",
+                # Beacons and approval requests arrive without a change event: re-read.
+                "poll_seconds": 5 if analysis.enabled else 15 if protected else 0,
             },
             status,
         )
+
+    async def _waiting(self, feature_id: str, approval_id: int) -> dict[str, Any] | None:
+        """The approval request a change from this page just asked for (`?waiting=<id>`),
+        as it stands now, if it is this feature's."""
+        if approval_id <= 0:
+            return None
+        request = await self._controller.approval_request(approval_id)
+        if request is None or request.feature_id != feature_id:
+            return None
+        return approval_row(request, self._controller.now())
 
     async def _done(
         self, feature_id: str, done_id: int, shown: list[StoredTransition]
@@ -614,13 +687,20 @@ class AdminApp:
         try:
             request = self._change_request(ctx, feature_id)
             state = self._controller.feature(feature_id)
-            shown = preview(state, request, self._clock())
+            loads = await canary_loads(self._controller, state, request.command())
+            shown = preview(state, request, self._clock(), canary_loads=loads)
         except ReleaseControlError as error:
             self._log(ctx, action, feature_id, "refused", error=error, step="review")
             return await self._feature_page(
                 ctx, feature_id, error=error, status=http_status(error), prefill=ctx.form
             )
         confirmed = request.confirmed(state.sequence)
+        needs_approval = self._controller.approvals.gate(feature_id, request.command(), state)
+        if needs_approval:
+            # The approver reviews the change against the feature as it is then; pinning the
+            # sequence now would only make the kept request fail after any other change.
+            confirmed = dataclasses.replace(confirmed, expected_sequence=None)
+        page = self._url(feature_id)
         return self._render(
             ctx,
             "confirm.html",
@@ -628,7 +708,19 @@ class AdminApp:
                 "title": f"Confirm: {shown.headline}" if shown.changes else shown.headline,
                 "feature_id": feature_id,
                 "preview": shown,
-                "request": confirmed,
+                "meta": [
+                    ("Actor", confirmed.actor),
+                    ("Reason", confirmed.reason or "—"),
+                    ("Ticket", confirmed.ticket or "—"),
+                ],
+                "needs_approval": needs_approval,
+                "hint": f"If someone else changes {feature_id} before you confirm, nothing "
+                "happens and you are told."
+                if not needs_approval
+                else "",
+                "crumbs": [("/_admin", "Features"), (page, feature_id)],
+                "apply_url": f"{page}/apply",
+                "cancel_url": page,
                 "hidden": confirmed.hidden_fields(),
                 "events_url": f"/_admin/events?feature={quote(feature_id)}",
             },
@@ -640,6 +732,19 @@ class AdminApp:
         try:
             request = self._change_request(ctx, feature_id)
             response = await apply_change(self._controller, request)
+        except ApprovalRequired as asked:  # kept until another principal approves it
+            self._log(
+                ctx,
+                action,
+                feature_id,
+                "waits_for_approval",
+                step="apply",
+                approval=asked.approval_id,
+                actor=ctx.form.get("actor", ""),
+            )
+            return RedirectResponse(
+                f"{self._url(feature_id)}?waiting={asked.approval_id}", status_code=303
+            )
         except ReleaseControlError as error:
             self._log(ctx, action, feature_id, "refused", error=error, step="apply")
             return await self._feature_page(
@@ -657,9 +762,186 @@ class AdminApp:
             actor=request.actor,
             **_weight_fields(request),
         )
-        target = f"/_admin/features/{quote(feature_id)}"
+        target = self._url(feature_id)
         if has_transition:
             target += f"?done={response.transition.id}"
+        return RedirectResponse(target, status_code=303)
+
+    @staticmethod
+    def _url(feature_id: str) -> str:
+        return f"/_admin/features/{quote(feature_id)}"
+
+    # -- approvals (four eyes) ----------------------------------------------------------
+
+    async def _approvals(self, ctx: _Ctx) -> Response:
+        """Every approval request the principal may read: pending ones first (oldest first),
+        then the approved and expired ones (newest first)."""
+        authorize(ctx.who, Action.READ)
+        feature_id = ctx.request.query_params.get("feature", "").strip()
+        if feature_id:
+            validate_feature_id(feature_id)
+            authorize(ctx.who, Action.READ, feature_id)
+        now = self._controller.now()
+        kept = await self._controller.approval_requests(feature_id)
+        shown = [r for r in pending_first(kept, now) if permits(ctx.who, Action.READ, r.feature_id)]
+        policy = self._controller.approvals
+        return self._render(
+            ctx,
+            "approvals.html",
+            {
+                "title": "Approvals",
+                "feature_id": feature_id,
+                "rows": [self._approval_view(ctx, r, now) for r in shown],
+                "pending": sum(r.state(now) == "pending" for r in shown),
+                "patterns": policy.patterns,
+                "ttl": format_duration(policy.ttl_seconds),
+                "events_url": "/_admin/events",
+                "poll_seconds": 10,  # a new request comes with no change event
+            },
+        )
+
+    def _approval_view(self, ctx: _Ctx, request: ApprovalRequest, now: datetime) -> dict[str, Any]:
+        """A request's row, with whether the signed-in principal may approve it and why not."""
+        may = decide(ctx.who, Action.APPROVE, request.feature_id)
+        own = request.meta.principal == ctx.who.name
+        return {
+            **approval_row(request, now),
+            "may": may.allowed and not own,
+            "note": "You asked for this: another principal with the approver role approves it."
+            if own
+            else ("" if may.allowed else may.reason),
+        }
+
+    async def _approval(
+        self,
+        ctx: _Ctx,
+        *,
+        error: ReleaseControlError | None = None,
+        status: int = 200,
+    ) -> Response:
+        """One approval request: what waits, who asked, and its Approve button."""
+        approval_id = _approval_id(ctx)
+        request = await self._controller.approval_request(approval_id)
+        if request is None:
+            raise NotFound(
+                f"there is no approval request {approval_id}; the Approvals page lists them"
+            )
+        if error is not None and not permits(ctx.who, Action.READ, request.feature_id):
+            raise error  # a refusal of a principal who may not see the request: only its words
+        authorize(ctx.who, Action.READ, request.feature_id)
+        now = self._controller.now()
+        return self._render(
+            ctx,
+            "approval.html",
+            {
+                "title": f"Approval request {approval_id}",
+                "a": self._approval_view(ctx, request, now),
+                "error": error.message if error else None,
+                "error_code": status_code_name(error) if error else "",
+                "events_url": f"/_admin/events?feature={quote(request.feature_id)}",
+                "poll_seconds": 10 if request.state(now) == "pending" else 0,
+            },
+            status,
+        )
+
+    async def _approvable(self, ctx: _Ctx, approval_id: int) -> ApprovalRequest:
+        """The request, once the principal is shown to be allowed to approve it now: the
+        approver role (the one authorize(), as the Approve RPC asks it), not the requester,
+        and the request neither approved nor expired."""
+        authorize(ctx.who, Action.APPROVE)
+        request = await self._controller.approval_request(approval_id)
+        if request is not None:
+            authorize(ctx.who, Action.APPROVE, request.feature_id)
+        return check_approver(request, approval_id, ctx.who.name, self._controller.now())
+
+    async def _approval_review(self, ctx: _Ctx) -> Response:
+        approval_id = _approval_id(ctx)
+        feature_id = "-"
+        try:
+            request = await self._approvable(ctx, approval_id)
+            feature_id = request.feature_id
+            state = self._controller.state_of(feature_id)
+            shown = approval_preview(
+                state,
+                request,
+                ctx.who.name,
+                self._controller.now(),
+                canary_loads=await canary_loads(self._controller, state, request.command),
+            )
+        except ReleaseControlError as error:
+            self._log(
+                ctx, "approve", feature_id, "refused", error=error, step="review",
+                approval=approval_id,
+            )  # fmt: skip
+            return await self._approval(ctx, error=error, status=http_status(error))
+        meta = request.meta
+        return self._render(
+            ctx,
+            "confirm.html",
+            {
+                "title": f"Confirm: {shown.headline}",
+                "feature_id": feature_id,
+                "preview": shown,
+                "meta": [
+                    ("Asked by", requester(request)),
+                    ("Actor", meta.actor),
+                    ("Reason", meta.reason or "—"),
+                    ("Ticket", meta.ticket or "—"),
+                ],
+                "needs_approval": "",
+                "hint": f"Confirming applies the change as {requester(request)} asked it, its "
+                "record "
+                f"naming you as the approver. If {feature_id} changes before you confirm, nothing "
+                "happens and you are told.",
+                "crumbs": [
+                    ("/_admin/approvals", "Approvals"),
+                    (f"/_admin/approvals/{approval_id}", f"request {approval_id}"),
+                ],
+                "apply_url": f"/_admin/approvals/{approval_id}/apply",
+                "cancel_url": f"/_admin/approvals/{approval_id}",
+                "hidden": [("sequence", str(state.sequence if state else 0))],
+                "events_url": f"/_admin/events?feature={quote(feature_id)}",
+            },
+        )
+
+    async def _approval_apply(self, ctx: _Ctx) -> Response:
+        approval_id = _approval_id(ctx)
+        feature_id = "-"
+        try:
+            request = await self._approvable(ctx, approval_id)
+            feature_id = request.feature_id
+            state = self._controller.state_of(feature_id)
+            seen, current = ctx.form.get("sequence", ""), state.sequence if state else 0
+            # Approve takes no expected sequence: this check narrows the window in which the
+            # feature could change between the review and the approval to nothing awaited.
+            if seen.isdigit() and int(seen) != current:
+                raise StaleSequence(
+                    f"feature {feature_id!r} changed since you reviewed request {approval_id} "
+                    f"(sequence {seen} then, {current} now); nothing was applied and the request "
+                    "still waits: review it again"
+                )
+            done, applied = await self._controller.approve(approval_id, ctx.who.name)
+        except ReleaseControlError as error:
+            self._log(
+                ctx, "approve", feature_id, "refused", error=error, step="apply",
+                approval=approval_id,
+            )  # fmt: skip
+            return await self._approval(ctx, error=error, status=http_status(error))
+        transition = applied.transition
+        self._log(
+            ctx,
+            "approve",
+            feature_id,
+            "ok" if transition is not None else "unchanged",
+            step="apply",
+            approval=approval_id,
+            requested_by=done.meta.principal,
+            version=done.command.version,
+            sequence=applied.state.sequence,
+        )
+        target = self._url(feature_id)
+        if transition is not None:
+            target += f"?done={transition.id}"
         return RedirectResponse(target, status_code=303)
 
     async def _refresh(self, ctx: _Ctx) -> Response:
@@ -734,9 +1016,12 @@ def create_app(
     controller: ReleaseController,
     authenticator: Authenticator,
     settings: AdminSettings,
+    *,
+    analyzer: CanaryAnalyzer | None = None,
 ) -> AdminApp:
-    """The admin UI over `controller`; serve `.app`, and call `.close()` when stopping."""
-    return AdminApp(controller, authenticator, settings)
+    """The admin UI over `controller`, showing `analyzer`'s verdicts and reach (None: the
+    pages say there is no analysis); serve `.app`, and call `.close()` when stopping."""
+    return AdminApp(controller, authenticator, settings, analyzer=analyzer)
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -833,6 +1118,18 @@ def _int(text: str, default: int) -> int:
     return int(text) if text.isdigit() and len(text) < 12 else default
 
 
+def _approval_id(ctx: _Ctx) -> int:
+    """The approval request id in the path; NotFound for anything but a plain number."""
+    text = ctx.request.path_params["approval_id"]
+    found = _int(text, 0)
+    if found <= 0:
+        raise NotFound(
+            f"there is no approval request {text[:40]!r}; requests are numbered from 1 (the "
+            "Approvals page lists them)"
+        )
+    return found
+
+
 def _when(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%SZ") if moment is not None else "—"
 
@@ -841,7 +1138,9 @@ def _iso(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment is not None else ""
 
 
-def _row(state: FeatureState, now: datetime) -> dict[str, Any]:
+def _row(state: FeatureState, now: datetime, loads: Exposure | None = None) -> dict[str, Any]:
+    """A feature as the list and its page's state panel show it; `loads`: its canary's soak
+    by exposure so far, if it has one."""
     canary = state.canary
     left = canary.seconds_left(now) if canary else 0
     return {
@@ -851,6 +1150,8 @@ def _row(state: FeatureState, now: datetime) -> dict[str, Any]:
         "canary_text": canary_text(canary) if canary else None,
         "weight": weight_text(canary.weight) if canary else None,
         "soak_seconds": canary.soak_seconds if canary else 0,
+        "soak_text": soak_text(canary) if canary else None,
+        "exposure": loads,
         "soak_left": (format_duration(left) if left else "over") if canary else None,
         "soak_ends": canary.soak_ends_at if canary else None,
         "sequence": state.sequence,

@@ -1,4 +1,5 @@
-// ReleaseControl admin: live updates without a reload, ticking soaks and steps, a live filter.
+// ReleaseControl admin: live updates without a reload, ticking soaks, steps and approval
+// expiries, a live filter.
 // The server renders everything; this only re-reads the page and swaps the [data-live] parts.
 "use strict";
 (function () {
@@ -49,9 +50,19 @@
     document.querySelectorAll("[data-step-due]").forEach(function (el) {
       countdown(el, el.dataset.stepDue, "due now", "in ");
     });
+    document.querySelectorAll("[data-expires]").forEach(function (el) {
+      countdown(el, el.dataset.expires, "expired", "in ");
+    });
   }
   tick();
   setInterval(tick, 1000);
+
+  // What arrives without a change event (hosts' beacons, a new approval request) is
+  // re-read every data-poll seconds while the page is visible.
+  const poll = Number(document.body.dataset.poll || 0);
+  if (poll > 0) {
+    setInterval(function () { if (!document.hidden) refreshLive(); }, poll * 1000);
+  }
 
   const events = document.body.dataset.events;
   if (events && window.EventSource) {
