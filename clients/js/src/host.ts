@@ -1,3 +1,4 @@
+import { Beacons, KINDS, type FailureKind } from "./beacons.js";
 import { checkBucketingKey, newBucketingKey, sideFor } from "./bucketing.js";
 import { RefusalError, type Refusal } from "./errors.js";
 import { releasesPath } from "./files.js";
@@ -45,6 +46,16 @@ export interface FeatureHostOptions {
    * true for NodeFeatureHost, which serves many users).
    */
   bothSides?: boolean;
+  /**
+   * The control plane's beacon listener (e.g. the `beacon_url` `releasectl dev`
+   * prints); with `beaconKey`, the host reports per feature version the loads
+   * and failures it sees (docs/beacons.md). Both or neither.
+   */
+  beaconUrl?: string;
+  /** The site's publishable beacon key (one of the control plane's `beacon_keys`). */
+  beaconKey?: string;
+  /** The most often a batch of beacons is sent while there are counts (default 10 s). */
+  beaconIntervalMs?: number;
 }
 
 export interface ChangeDetail {
@@ -107,6 +118,7 @@ export class FeatureHost extends EventTarget {
   /** The key given, else the random one from the state or drawn at the first canary. */
   #key: string | null = null;
   readonly #keyGiven: boolean;
+  readonly #beacons: Beacons | undefined;
 
   constructor(options: FeatureHostOptions) {
     super();
@@ -146,6 +158,22 @@ export class FeatureHost extends EventTarget {
     this.#assetCache = options.assetCache;
     this.bothSides = options.bothSides ?? false;
     if (typeof this.bothSides !== "boolean") configError("bothSides must be true or false");
+    const { beaconUrl, beaconKey, beaconIntervalMs = 1e4 } = options;
+    if (beaconUrl ?? beaconKey) {
+      if (!/^https?:\/\/[^/]/.test(beaconUrl!) || !/^[\w-]{8,128}$/.test(beaconKey ?? "") || !(beaconIntervalMs > 0)) {
+        configError("beacons need beaconUrl (http or https), beaconKey (8 to 128 of A-Z a-z 0-9 _ -) and a positive beaconIntervalMs");
+      }
+      // The listener's URL, or its /v1/beacons.
+      const url = beaconUrl!.replace(/\/*(v1\/beacons)?\/*$/, "/v1/beacons");
+      const beacons = (this.#beacons = new Beacons(url, beaconKey!, beaconIntervalMs, this.#fetch, () => this.#now().getTime()));
+      if (isBrowser()) {
+        // A page that hides may never come back: what is counted goes now, by sendBeacon.
+        // After close() the beacons are stopped, and these send nothing.
+        const hide = (event: Event): unknown => (event.type === "pagehide" || document.visibilityState === "hidden") && beacons.flush(true);
+        document.addEventListener("visibilitychange", hide);
+        addEventListener("pagehide", hide);
+      }
+    }
     this.#keyGiven = options.bucketingKey !== undefined;
     if (this.#keyGiven) {
       try {
@@ -251,6 +279,11 @@ export class FeatureHost extends EventTarget {
         bothSides: this.bothSides,
         ownKey: () => this.#ownKey(),
         knownKey: () => this.#key,
+        // A version the refresh could not download (fetch, timeout) or refused: a load that failed.
+        failed: (id, version, code) => {
+          this.#count(id, version, 0);
+          this.#count(id, version, /^(fetch|timeout)$/.test(code) ? 2 : 3);
+        },
       },
       before,
     );
@@ -320,6 +353,49 @@ export class FeatureHost extends EventTarget {
   }
 
   /**
+   * Counts one load (begun) of `version` of `featureId` for the control plane's
+   * analysis; nothing without beacons. Throws a TypeError for a feature id or
+   * version that cannot be one.
+   */
+  reportLoad(featureId: string, version: string): void {
+    this.#report(featureId, version, 0);
+  }
+
+  /**
+   * Counts one failed load: `kind` "entry_error" (the entry threw), "load_failure"
+   * (it could not be loaded) or "refusal" (a check refused it). Report the load
+   * too: failures are read per load. Throws a TypeError for anything else.
+   */
+  reportFailure(featureId: string, version: string, kind: FailureKind): void {
+    this.#report(featureId, version, KINDS.indexOf(kind) + 1 || -1);
+  }
+
+  #report(featureId: string, version: string, at: number): void {
+    if (at < 0 || !isFeatureId(featureId) || !/^.{1,128}$/su.test(version)) {
+      throw new TypeError(`FeatureHost: a report needs a feature id, its version and a kind of ${KINDS}`);
+    }
+    this.#count(featureId, version, at);
+  }
+
+  #count(featureId: string, version: string, at: number): void {
+    this.#beacons?.count(`${featureId} ${version}`, at);
+  }
+
+  /** Sends the beacons counted so far now (they go every beaconIntervalMs anyway). */
+  flushBeacons(): Promise<void> {
+    return this.#beacons?.flush() ?? Promise.resolve();
+  }
+
+  /** stop(), and the last batch of beacons; later reports are not sent. */
+  async close(): Promise<void> {
+    this.stop();
+    if (this.#beacons) {
+      await this.#beacons.flush(true);
+      this.#beacons.stopped = true;
+    }
+  }
+
+  /**
    * Runs a feature's entry module and returns its namespace. In a browser the
    * browser itself checks every JavaScript asset against the signed manifest
    * (import map integrity and a modulepreload with SRI) before it runs.
@@ -331,7 +407,7 @@ export class FeatureHost extends EventTarget {
     if (!isBrowser()) {
       throw new Error("FeatureHost.load() needs a browser; in Node use NodeFeatureHost from @releasecontrol/host/node");
     }
-    return loadInBrowser(feature);
+    return loadInBrowser(feature, (at) => this.#count(featureId, feature.version, at));
   }
 
   /** The served feature `featureId`, or a RefusalError "not-found". */

@@ -2,6 +2,7 @@
 // running any feature from it. Browser and Node; Node-only extras are in "./node".
 
 export { FeatureHost, type FeatureHostOptions, type ChangeDetail, type RefusedDetail } from "./host.js";
+export type { FailureKind } from "./beacons.js";
 export { binOf } from "./bins.js";
 export { BUCKETS, MAX_BUCKETING_KEY_BYTES, bucket, checkBucketingKey, newBucketingKey, onCanary } from "./bucketing.js";
 export { memoryState, localStorageState, type StateStorage } from "./state.js";

@@ -53,12 +53,22 @@ function preload(feature: LoadedFeature): Promise<void> {
   return done;
 }
 
-export async function loadInBrowser(feature: LoadedFeature): Promise<unknown> {
+/** `count(at)`: a beacon count of this version: 0 a load, 1 an entry error, 2 a failed load. */
+export async function loadInBrowser(feature: LoadedFeature, count: (at: number) => void): Promise<unknown> {
+  count(0);
   addImportMap(feature);
-  await preload(feature);
+  try {
+    await preload(feature);
+  } catch (error) {
+    // The browser refused the entry's bytes or could not fetch them: a failed load.
+    count(2);
+    throw error;
+  }
   try {
     return await import(/* webpackIgnore: true */ /* @vite-ignore */ feature.entryUrl);
   } catch (error) {
+    // The module (or one it imports) threw or did not load, after the host verified it.
+    count(1);
     // A module that threw while it ran is the feature's own error; a TypeError is the loader's
     // (a dependency that failed its integrity check or could not be fetched).
     if (!(error instanceof TypeError)) throw error;

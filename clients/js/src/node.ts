@@ -113,7 +113,11 @@ export class NodeFeatureHost extends FeatureHost {
     });
     this.cacheDir = cacheDir;
     this.#artifacts = artifacts;
+    // Node runs beforeExit when nothing is left to do: the counts still pending go then.
+    if (options.beaconUrl) process.on("beforeExit", this.#exit);
   }
+
+  readonly #exit = (): void => void this.close();
 
   /**
    * The folder holding `featureId`'s served version (or the version user
@@ -169,7 +173,26 @@ export class NodeFeatureHost extends FeatureHost {
    */
   override async load(featureId: string, bucketingKey?: string): Promise<unknown> {
     const feature = bucketingKey === undefined ? this.requireFeature(featureId) : this.versionFor(featureId, bucketingKey);
-    const dir = await this.featureDir(featureId, bucketingKey);
-    return import(pathToFileURL(join(dir, ...feature.entry.split("/"))).href);
+    // Beacons: a load of that version, and whether its files were refused or its entry threw.
+    this.reportLoad(featureId, feature.version);
+    let dir: string;
+    try {
+      dir = await this.featureDir(featureId, bucketingKey);
+    } catch (error) {
+      this.reportFailure(featureId, feature.version, error instanceof RefusalError ? "refusal" : "load_failure");
+      throw error;
+    }
+    try {
+      return await import(pathToFileURL(join(dir, ...feature.entry.split("/"))).href);
+    } catch (error) {
+      this.reportFailure(featureId, feature.version, "entry_error");
+      throw error;
+    }
+  }
+
+  /** The last batch of beacons, and no more refreshes; also run when the process is about to exit. */
+  override close(): Promise<void> {
+    process.off("beforeExit", this.#exit);
+    return super.close();
   }
 }

@@ -3,7 +3,7 @@ import { isObject } from "./canonical.js";
 import { toBase64 } from "./bytes.js";
 import { Ed25519Unsupported } from "./crypto.js";
 import { Downloads } from "./downloads.js";
-import { RefusalError, asRefusal, refuse, type Refusal } from "./errors.js";
+import { RefusalError, asRefusal, refuse, type Refusal, type RefusalCode } from "./errors.js";
 import type { FetchLike } from "./fetch.js";
 import {
   artifactPath,
@@ -55,6 +55,8 @@ export interface RefreshContext {
   ownKey: () => string;
   /** This host's key if it has one already, without drawing one. */
   knownKey: () => string | null;
+  /** A version whose manifest or an asset could not be loaded or was refused (for beacons). */
+  failed?: (featureId: string, version: string, code: RefusalCode) => void;
 }
 
 export interface HostSnapshot {
@@ -316,7 +318,9 @@ async function loadVersion(
       assets,
     });
   } catch (error) {
-    throw toRefusal(error, file);
+    const refusal = toRefusal(error, file);
+    ctx.failed?.(featureId, version, refusal.code);
+    throw refusal;
   }
 }
 

@@ -8,6 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { CHECKOUT_V1, CHECKOUT_V2, makeFixture } from "./helpers/fixture.js";
+import { receiver } from "./helpers/receiver.js";
 
 const CHROMIUM = [process.env.CHROMIUM, "/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"].find(
   (p) => p && existsSync(p),
@@ -164,6 +165,55 @@ test("in Chromium, a host with no key keeps the key it drew in localStorage and 
     assert.equal(out.ran, onCanary ? "checkout v2" : "checkout v1");
     assert.equal(out.again, out.savedBucket);
   } finally {
+    await fx.close();
+  }
+});
+
+const BEACON_PAGE = (trust, beaconUrl) => `<!doctype html>
+<meta charset="utf-8">
+<title>host</title>
+<script type="module">
+import { FeatureHost } from "/bundle.js";
+const out = { sent: [] };
+try {
+  // What the page hands navigator.sendBeacon, passed on unchanged.
+  const sendBeacon = navigator.sendBeacon.bind(navigator);
+  navigator.sendBeacon = (url, data) => {
+    out.sent.push({ url, type: typeof data });
+    return sendBeacon(url, data);
+  };
+  const host = new FeatureHost({ indexUrl: location.origin + "/remote-index.json", trust: ${JSON.stringify(trust)},
+    beaconUrl: ${JSON.stringify(beaconUrl)}, beaconKey: "pk_test_shop" });
+  await host.refresh();
+  out.checkout = (await host.load("checkout")).default;
+  host.reportFailure("checkout", "1.0.0", "entry_error");
+  out.beforeHide = out.sent.length;
+  // The page goes away: what is counted leaves by sendBeacon.
+  dispatchEvent(new PageTransitionEvent("pagehide"));
+} catch (e) {
+  out.error = String((e && e.stack) || e);
+}
+await fetch("/result", { method: "POST", body: JSON.stringify(out) });
+</script>`;
+
+test("in Chromium, the counts leave by navigator.sendBeacon with a text/plain string when the page hides: no preflight to another origin", { skip: !CHROMIUM && "no Chromium here" }, async () => {
+  const fx = await makeFixture();
+  const rx = await receiver();
+  try {
+    const out = await inChromium(fx, BEACON_PAGE(fx.trust, rx.url));
+    assert.equal(out.error, undefined);
+    assert.equal(out.checkout, "checkout v1");
+    assert.equal(out.beforeHide, 0, "nothing sent before the interval or the page hiding");
+    assert.deepEqual(out.sent, [{ url: `${rx.url}/v1/beacons`, type: "string" }]);
+    const [request] = await rx.arrived(1);
+    assert.deepEqual(
+      rx.requests.map((r) => [r.method, r.type]),
+      [["POST", "text/plain;charset=UTF-8"]],
+      "one simple request: no OPTIONS preflight",
+    );
+    assert.deepEqual(request.body.counts, [{ feature: "checkout", version: "1.0.0", loads: 1, entry_errors: 1, load_failures: 0, refusals: 0 }]);
+  } finally {
+    await rx.close();
     await fx.close();
   }
 });

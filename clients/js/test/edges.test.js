@@ -106,10 +106,10 @@ test("mismatch: a manifest of another feature served under this one's pin", () =
     assert.deepEqual(codes(report.refused), { search: { code: "mismatch", file: "features/search/1.0.0/manifest.json" } });
   }));
 
-test("the browser bundle is one ES module without Node imports, under 16 KB gzipped, and builds to the same bytes", async () => {
+test("the browser bundle is one ES module without Node imports, under 17 KB gzipped, and builds to the same bytes", async () => {
   const bundle = readFileSync(new URL("../dist/releasecontrol-host.min.js", import.meta.url));
   assert.doesNotMatch(bundle.toString(), /from\s*"node:|import\("node:|require\(/);
-  assert.ok(gzipSync(bundle, { level: 9 }).length <= 16 * 1024, `${gzipSync(bundle, { level: 9 }).length} bytes gzipped`);
+  assert.ok(gzipSync(bundle, { level: 9 }).length <= 17 * 1024, `${gzipSync(bundle, { level: 9 }).length} bytes gzipped`);
   const build = () =>
     esbuild.build({ ...bundleOptions, entryPoints: [new URL("../src/index.ts", import.meta.url).pathname], write: false });
   const [a, b] = [await build(), await build()];
