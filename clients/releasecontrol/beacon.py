@@ -40,13 +40,15 @@ waits on the network. The answers (docs/beacons.md, "Answers"):
 - 429: the counts are kept and sent with the next batch after Retry-After.
 - 403: the key is not the control plane's: counts are dropped and nothing more is
   sent until the host is made again with another key (logged once).
-- 400, 409: the batch is dropped (logged once per status). A 422 naming a row (a
-  feature or version the control plane never published) drops that row, and the
-  other rows are sent again at once: one bad report does not silence the others.
+- 400, 409 and any other 4xx: the batch is dropped (logged once per status). A 422
+  naming a row (a feature or version the control plane never published) drops
+  that row, and the other rows are sent again at once: one bad report does not
+  silence the others.
 - 413: the rows are split into two batches.
-- no answer, or another status (a 5xx): the same batch, with its id, is sent again
-  next time, so a batch that did arrive is counted once (the server refuses the
-  replay); after `MAX_RETRY_SECONDS` it is dropped.
+- no answer, or a 5xx (the server or a proxy in front of it failed): the same
+  batch, with its id, is sent again next time, so a batch that did arrive is
+  counted once (the server refuses the replay); after `MAX_RETRY_SECONDS` it is
+  dropped.
 """
 
 from __future__ import annotations
@@ -401,9 +403,9 @@ class Beacons:
                 self._drop(_Batch({bad: batch.rows[bad]}), f"422 {answer.get('error', '')}")
                 if rows:
                     queue.insert(0, _Batch(rows))
-            elif status in (400, 409, 413, 422):
+            elif 400 <= status < 500:  # 400, 409, 413 of one row, 422 of no row: a bug
                 self._drop(batch, f"{status} {answer.get('error', '')}")
-            else:  # no answer, or one that does not say the batch was not counted
+            else:  # no answer, or a 5xx: neither says the batch was not counted
                 if final:
                     self._drop(batch, f"no answer at close ({answer.get('error', status)})")
                     continue
