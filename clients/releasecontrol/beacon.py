@@ -146,10 +146,14 @@ def check_report(feature_id: str, version: str, kind: str | None = None) -> int:
     """Which count a report adds to (0 a load, else the kind's) after checking it: raises
     InvalidArgument naming "feature_id", "version" or "kind" for one that cannot be."""
     validate_feature_id(feature_id)
-    if not isinstance(version, str) or not 0 < len(version) <= _MAX_VERSION_CHARS:
+    if (
+        not isinstance(version, str)
+        or not 0 < len(version) <= _MAX_VERSION_CHARS
+        or any(c.isspace() for c in version)
+    ):
         raise InvalidArgument(
             f"version must be the version as releases.json names it, 1 to "
-            f"{_MAX_VERSION_CHARS} characters, not {version!r}",
+            f"{_MAX_VERSION_CHARS} characters without spaces, not {version!r}",
             field="version",
         )
     if kind is None:

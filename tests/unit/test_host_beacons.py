@@ -435,6 +435,7 @@ class TestConfiguration:
             pytest.param(("checkout", "1.0.0", "crash"), "kind", id="kind"),
             pytest.param(("Checkout!", "1.0.0", "refusal"), "feature_id", id="feature"),
             pytest.param(("checkout", "", "refusal"), "version", id="version"),
+            pytest.param(("checkout", "1.0.0 beta", "refusal"), "version", id="version-space"),
         ],
     )
     def test_a_bad_report_is_refused_naming_the_field(

@@ -355,7 +355,7 @@ export class FeatureHost extends EventTarget {
   /**
    * Counts one load (begun) of `version` of `featureId` for the control plane's
    * analysis; nothing without beacons. Throws a TypeError for a feature id or
-   * version that cannot be one.
+   * version that cannot be one (a version is 1 to 128 characters, no space).
    */
   reportLoad(featureId: string, version: string): void {
     this.#report(featureId, version, 0);
@@ -371,7 +371,7 @@ export class FeatureHost extends EventTarget {
   }
 
   #report(featureId: string, version: string, at: number): void {
-    if (at < 0 || !isFeatureId(featureId) || !/^.{1,128}$/su.test(version)) {
+    if (at < 0 || !isFeatureId(featureId) || !/^\S{1,128}$/u.test(version)) {
       throw new TypeError(`FeatureHost: a report needs a feature id, its version and a kind of ${KINDS}`);
     }
     this.#count(featureId, version, at);

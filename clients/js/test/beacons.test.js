@@ -242,6 +242,7 @@ test("a bad report is a TypeError; a bad beacon setting is a configuration error
     assert.throws(() => h.reportFailure("checkout", "1.0.0", "crash"), TypeError);
     assert.throws(() => h.reportLoad("Checkout!", "1.0.0"), TypeError);
     assert.throws(() => h.reportLoad("checkout", ""), TypeError);
+    assert.throws(() => h.reportLoad("checkout", "1.0.0 beta"), TypeError, "a space would split the row's id");
     for (const options of [{ beaconUrl: rx.url }, { beaconKey: KEY }, { beaconUrl: "ftp://x", beaconKey: KEY }, { beaconUrl: rx.url, beaconKey: "pk" }, { beaconUrl: rx.url, beaconKey: KEY, beaconIntervalMs: 0 }]) {
       assert.throws(() => fx.host(options), /FeatureHost: beacons need beaconUrl/, JSON.stringify(options));
     }
