@@ -6,8 +6,12 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from browser_kit import CHROMIUM, CHROMIUM_ARGS
-from playwright.sync_api import Browser, sync_playwright
+from browser_kit import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
+from playwright.sync_api import Browser, BrowserContext, expect, sync_playwright
+
+# Assertions wait as long as actions do: pages follow the server through live events and
+# polls, which a loaded CI machine can take more than Playwright's 5 s default to deliver.
+expect.set_options(timeout=TIMEOUT_MS)
 
 
 @pytest.fixture(scope="module")
@@ -21,3 +25,12 @@ def browser() -> Iterator[Browser]:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield launched
         launched.close()
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    """A fresh browser context (its own cookies) per test."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    ctx.set_default_timeout(TIMEOUT_MS)
+    yield ctx
+    ctx.close()

@@ -1,9 +1,9 @@
 """The admin UI end to end: the real server process, `releasectl` processes, and Debian's
 Chromium driven by Playwright.
 
-One server (rpc-token auth) serves the whole module; each test uses its own
-feature and its own browser context (cookies), so the tests do not depend on
-each other's order.
+One server (rpc-token auth, features matching `pay*` under four eyes) serves the
+whole module; each test uses its own feature and its own browser context (cookies),
+so the tests do not depend on each other's order.
 """
 
 from __future__ import annotations
@@ -40,19 +40,26 @@ class Site:
         self.url: str = server.endpoints["admin_url"]
         self.origin = self.url.removesuffix("/_admin")
 
-    def releasectl(self, *args: str, token: str = "ci-bot") -> subprocess.CompletedProcess[str]:
-        """Run `releasectl ARGS` as a user would, with a token from the store; must succeed."""
+    def releasectl(
+        self, *args: str, token: str = "ci-bot", check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `releasectl ARGS` as a user would, with a token from the store; must succeed
+        unless `check` is False."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("RELEASECONTROL_")}
         env["RELEASECONTROL_HOME"] = str(self.server.home)
         env["RELEASECONTROL_TOKEN"] = self.tokens[token]
         done = subprocess.run(
             [*RELEASECTL, *args], cwd=self.work, env=env, capture_output=True, text=True, timeout=60
         )
-        assert done.returncode == 0, f"releasectl {' '.join(args)}: {done.stderr}"
+        assert done.returncode == 0 or not check, f"releasectl {' '.join(args)}: {done.stderr}"
         return done
 
     def publish(self, feature_id: str, version: str, *extra: str) -> None:
         """Write features/<id>/manifest.json and its files, then `releasectl publish` it."""
+        self._write_feature(feature_id, version)
+        self.releasectl("publish", "--feature", feature_id, *extra)
+
+    def _write_feature(self, feature_id: str, version: str) -> None:
         folder = self.work / "features" / feature_id
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "index.js").write_text(f"export const version = '{version}';\n")
@@ -65,7 +72,11 @@ class Site:
             "assets": [{"path": "index.js"}],
         }
         (folder / "manifest.json").write_text(json.dumps(manifest))
-        self.releasectl("publish", "--feature", feature_id, *extra)
+
+    def publish_unchecked(self, feature_id: str, version: str) -> subprocess.CompletedProcess[str]:
+        """`publish` that may be refused (a feature under four eyes waits for an approver)."""
+        self._write_feature(feature_id, version)
+        return self.releasectl("publish", "--feature", feature_id, check=False)
 
     def status(self, feature_id: str) -> dict[str, Any]:
         """What `releasectl release status --output json` says about one feature."""
@@ -83,22 +94,21 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         "alice": create_token(store, "alice", ["admin"]),
         "victor": create_token(store, "victor", ["viewer"]),
         "ci-bot": create_token(store, "ci-bot", ["releaser", "approver"]),
+        "bob": create_token(store, "bob", ["approver"]),
+        "carol": create_token(store, "carol", ["approver"]),
     }
     server = LocalServer(
-        home, env={"RELEASECONTROL_AUTH_MODE": "rpc-token", "RELEASECONTROL_LOG_LEVEL": "INFO"}
+        home,
+        env={
+            "RELEASECONTROL_AUTH_MODE": "rpc-token",
+            "RELEASECONTROL_LOG_LEVEL": "INFO",
+            "RELEASECONTROL_REQUIRE_APPROVAL": "pay*",
+        },
     ).start()
     try:
         yield Site(server, tokens, home.parent)
     finally:
         server.stop()
-
-
-@pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
-    ctx.set_default_timeout(TIMEOUT_MS)
-    yield ctx
-    ctx.close()
 
 
 def sign_in(page: Page, site: Site, who: str) -> None:
@@ -411,3 +421,114 @@ def test_a_step_ramp_moves_on_the_open_page(site: Site, context: BrowserContext)
         "stairs: advance step 1.1.0 by releasecontrol-steps"
     )
     assert page.evaluate("window.__notReloaded") is True
+
+
+def test_four_eyes_a_promote_waits_and_another_approver_approves(
+    site: Site, browser: Browser
+) -> None:
+    """On a feature under four eyes, bob's promote from the UI waits as a request the page
+    names and links; bob's own Approve is refused; carol, signed in in another browser,
+    approves it there, and stable changes (also on bob's open page, without a reload)."""
+    # Setup from the CLI: the first publish of pay-checkout waits too; alice approves it.
+    first = site.publish_unchecked("pay-checkout", "1.0.0")
+    assert "needs a second approver" in " ".join(first.stderr.split())
+    pending = json.loads(site.releasectl("release", "approvals", "--output", "json").stdout)
+    site.releasectl("release", "approve", "--id", str(pending[0]["id"]), token="alice")
+    site.publish("pay-checkout", "1.1.0", "--channel", "canary", "--soak", "0s")
+
+    bobs = browser.new_context(viewport={"width": 1280, "height": 900})
+    carols = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        for ctx in (bobs, carols):
+            ctx.set_default_timeout(TIMEOUT_MS)
+        page = bobs.new_page()
+        sign_in(page, site, "bob")
+        page.goto(f"{site.url}/features/pay-checkout")
+        expect(page.locator("#four-eyes")).to_contain_text("pay-checkout is under four eyes")
+        expect(page.locator("#analysis-off")).to_have_text(
+            "No analysis: the control plane takes no beacons (set beacon_keys); canaries are "
+            "judged by time alone."
+        )
+
+        # bob promotes: the confirmation says it asks for a second approver.
+        promote = page.locator("form", has=page.get_by_role("heading", name="Promote canary"))
+        expect(promote.locator("#promote-approval")).to_contain_text("Needs a second approver")
+        promote.get_by_label("Reason", exact=True).fill("fix for INC-7")
+        promote.get_by_label("Ticket").fill("INC-7")
+        promote.get_by_role("button", name="Review promote…").click()
+        expect(page.locator("#needs-approval")).to_contain_text(
+            "This needs a second approver: promoting 1.1.0 to stable of pay-checkout"
+        )
+        page.get_by_role("button", name="Confirm and ask for approval").click()
+
+        # Not an error: the page names the waiting request and links to it.
+        waiting = page.locator("#waiting")
+        expect(waiting).to_contain_text(
+            re.compile(r"Promoting 1\.1\.0 to stable waits for a second approver: request \d+")
+        )
+        expect(page.get_by_role("alert")).to_have_count(0)
+        approval_id = page.locator("#waiting-link").inner_text().removeprefix("request ")
+        assert state(page)["stable"] == "1.0.0"
+        assert site.status("pay-checkout")["stable"] == "1.0.0"
+
+        # bob's own Approve is refused with the four-eyes sentence; nothing changes.
+        page.locator("#waiting-link").click()
+        expect(page.locator("#approval-state")).to_contain_text("pending, expires in")
+        expect(page.locator("#approve-note")).to_have_text(
+            "You asked for this: another principal with the approver role approves it."
+        )
+        page.get_by_role("button", name=f"Approve request {approval_id}…").click()
+        alert = page.get_by_role("alert")
+        expect(alert).to_contain_text("PERMISSION_DENIED")
+        expect(alert).to_contain_text(
+            f"bob asked for request {approval_id} and cannot approve it too: four eyes means "
+            "another principal with the approver role approves"
+        )
+        assert site.status("pay-checkout")["stable"] == "1.0.0"
+
+        # bob keeps the feature page open while carol approves in her browser.
+        watching = bobs.new_page()
+        watching.goto(f"{site.url}/features/pay-checkout")
+        watching.wait_for_selector('body[data-live="connected"]', state="attached")
+        watching.evaluate("window.__notReloaded = true")
+        expect(watching.locator("#pending-approvals")).to_contain_text(
+            f"request {approval_id}: promoting 1.1.0 to stable, asked by bob (fix for INC-7)"
+        )
+
+        other = carols.new_page()
+        sign_in(other, site, "carol")
+        other.get_by_role("navigation", name="Main").get_by_role("link", name="Approvals").click()
+        row = other.locator(f'tr[data-approval="{approval_id}"]')
+        expect(row).to_contain_text("pay-checkout")
+        expect(row).to_contain_text("promoting 1.1.0 to stable")
+        expect(row).to_contain_text("bob")
+        expect(row).to_contain_text("fix for INC-7")
+        expect(row).to_contain_text("INC-7")
+        expect(row.locator("td.state")).to_contain_text(re.compile(r"pending\s*expires in 2[34]h"))
+        ARTIFACTS.mkdir(exist_ok=True)
+        other.screenshot(path=str(ARTIFACTS / "admin-approvals.png"), full_page=True)
+        row.get_by_role("button", name=f"Approve request {approval_id}…").click()
+        expect(other.locator("#headline")).to_have_text(
+            f"Approve request {approval_id} of bob: promoting 1.1.0 to stable of pay-checkout "
+            "(stable now 1.0.0)"
+        )
+        expect(other.locator("#changes-table tr.changed").first).to_contain_text("1.1.0")
+        other.get_by_role("button", name="Confirm").click()
+        expect(other.locator("#done")).to_contain_text("Promote 1.1.0 applied as sequence")
+        expect(other.locator("#done")).to_contain_text("approved by carol")
+        expect(other.locator("#state-stable")).to_have_text("1.1.0")
+        assert site.status("pay-checkout")["stable"] == "1.1.0"
+
+        # bob's open page follows: stable 1.1.0, nothing waits, the history names both.
+        expect(watching.locator("#state-stable")).to_have_text("1.1.0")
+        expect(watching.locator("#pending-approvals")).to_have_text("No request waits.")
+        first_row = watching.locator("#history-table tbody tr").first
+        expect(first_row).to_contain_text("promote 1.1.0")
+        expect(first_row).to_contain_text("approved by carol")
+        expect(first_row).to_contain_text("fix for INC-7")
+        assert watching.evaluate("window.__notReloaded") is True
+        other.goto(f"{site.url}/approvals/{approval_id}")
+        expect(other.locator("#approval-state")).to_have_text("approved by carol")
+    finally:
+        bobs.close()
+        carols.close()

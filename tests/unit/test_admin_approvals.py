@@ -165,7 +165,7 @@ class TestApprovalsPage:
         assert [(n, state) for n, state, _ in rows] == [("2", "pending"), ("1", "approved")]
         assert text(rows[0][2]) == (
             "2 pay-checkout promoting 1.1.0 to stable bob 2030-01-01 12:00:00Z fix for INC-7 "
-            "INC-7 pending expires in 1h Approve request 2…"
+            "INC-7 pending expires in 1h Approve…"
         )
         assert 'data-expires="2030-01-01T13:00:00Z"' in rows[0][2]
         assert 'action="/_admin/approvals/2/review"' in rows[0][2]

@@ -2,6 +2,8 @@
 
 app.py       the Starlette app: pages, forms, the request pipeline (session, CSRF, authorize)
 ├── actions.py   a form -> the same domain command the RPCs build; preview; apply
+├── approvals.py four eyes: requests as rows, what approving one would change
+├── analysis.py  the feature page's verdict, soak by exposure and reach
 ├── events.py    live updates: the WatchHub as server-sent events
 ├── session.py   the signed session cookie and its CSRF token
 └── signin.py    sign-in with the RPCs' credentials, by auth mode
