@@ -16,7 +16,7 @@ page) to the entry's module namespace, the page's own loading included (the
 verified page imports the library as an app imports its bundle). Runs
 alternate; the medians are compared. Target: verified ≤
 1.3 times the baseline. Also recorded: the library as a browser loads it (the minified
-bundle, gzipped), target ≤ 16 KB (15 KB until per-user bucketing joined it, issue 14).
+bundle, gzipped), target ≤ 17 KB (15 KB until per-user bucketing and beacons joined it, issue 14).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ BUNDLE = (
     Path(__file__).resolve().parents[1] / "clients/releasecontrol/static/releasecontrol-host.min.js"
 )
 RATIO = 1.3
-BUNDLE_KB = 16.0
+BUNDLE_KB = 17.0
 FULL = {"features": 1_000, "runs": 15}
 QUICK = {"features": 20, "runs": 3}
 

@@ -176,8 +176,15 @@ def _row(raw: Any, at: int) -> Row:
                 400, f"{where}.{name} must be an integer from 0 to {MAX_COUNT}", f"{where}.{name}"
             )
         values[name] = value
-    if values["loads"] == 0 and not any(values[k] for k in _FAILURE_KINDS):
-        raise Refused(400, f"{where} counts nothing; leave it out", f"{where}.loads")
+    if values["loads"] == 0:
+        if not any(values[k] for k in _FAILURE_KINDS):
+            raise Refused(400, f"{where} counts nothing; leave it out", f"{where}.loads")
+        raise Refused(
+            400,
+            f"{where} counts failures but no loads: a failed load is a load begun; count it "
+            "in loads too",
+            f"{where}.loads",
+        )
     return Row(str(feature), version, Counts(**values, batches=1))
 
 

@@ -78,6 +78,7 @@ def prometheus() -> Iterator[FakePrometheus]:
     fake = FakePrometheus()
     yield fake
     fake.server.shutdown()
+    fake.server.server_close()
 
 
 @pytest.fixture

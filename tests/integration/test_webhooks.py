@@ -71,6 +71,7 @@ def receiver() -> Iterator[Receiver]:
     made = Receiver()
     yield made
     made.server.shutdown()
+    made.server.server_close()
 
 
 def environment(tmp_path: Path, receiver: Receiver) -> dict[str, str]:

@@ -132,6 +132,12 @@ def test_an_accepted_batch_is_summed_per_version_and_minute(ingest: Ingest) -> N
             "counts nothing",
         ),
         (
+            body({"feature": "checkout", "version": "1.1.0", "loads": 0, "refusals": 1}),
+            400,
+            "counts[0].loads",
+            "failures but no loads",
+        ),
+        (
             body({"feature": "checkout", "version": "1.1.0", "loads": 1, "ip": "1.2.3.4"}),
             400,
             "counts[0].ip",
