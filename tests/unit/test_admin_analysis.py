@@ -268,6 +268,16 @@ class TestVerdict:
             "Failure rate 10.0% vs 0.1% over 55,000 loads (canary: 500 entry errors)."
         )
 
+    async def test_a_step_plan_is_said_to_wait_for_the_analysis(self, analysed: Admin) -> None:
+        """With a ramp running, the panel says a step moves on only while the analysis has
+        data and does not fail; without one it does not."""
+        shown = await page(analysed)
+        assert "A step moves on only while" not in shown
+        await deploy(analysed, steps="5,50", step_soak="10m")
+        assert "A step moves on only while the analysis has data and does not fail." in (
+            await page(analysed)
+        )
+
     async def test_no_canary_nothing_to_judge(self, analysed: Admin) -> None:
         """After a promote there is no verdict, only reach."""
         review = await analysed.review(

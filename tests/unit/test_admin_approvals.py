@@ -23,7 +23,9 @@ from test_admin import BASE, Admin, build
 from test_admin_weights import by_id, text
 
 from releasecontrol.errors import ApprovalRequired
+from releasecontrol_server import releases
 from releasecontrol_server.approvals import ApprovalPolicy
+from releasecontrol_server.releases import ChangeMeta
 
 PAY = "pay-checkout"
 POLICY = ApprovalPolicy(("pay*",), ttl_seconds=3600)
@@ -152,6 +154,38 @@ class TestAskingFromTheUI:
         page = (await asked.client.get(f"/_admin/features/{PAY}?waiting=2")).text
         assert "request 2 expired before anyone approved it; ask again" in by_id(page, "waiting")
         assert by_id(page, "pending-approvals") == "No request waits."
+
+
+class TestAStepPlanUnderFourEyes:
+    async def test_its_last_step_holds_instead_of_promoting(self, four_eyes: Admin) -> None:
+        """A ramp ending at 100 % never promotes a protected feature by itself: the page says
+        it holds for an approved promote, with no countdown to a promotion that will not
+        come; the list says the same."""
+        await sign_in(four_eyes, "alice", "admin")
+        review = await four_eyes.review(
+            PAY, action="canary", version="1.1.0", steps="50,100", step_soak="10m"
+        )
+        await four_eyes.confirm(review)
+        page = (await four_eyes.client.get(f"/_admin/features/{PAY}")).text
+        assert by_id(page, "state-next-step").startswith("next 100% of users in 10m")
+        four_eyes.clock.now += timedelta(minutes=10)
+        await four_eyes.controller.change(
+            PAY,
+            releases.AdvanceStep(),
+            ChangeMeta(actor="releasecontrol-steps", principal="releasecontrol-steps"),
+            rpc="AdvanceStep",
+            request_id="",
+        )
+        page = (await four_eyes.client.get(f"/_admin/features/{PAY}")).text
+        assert by_id(page, "state-canary") == "1.1.0 — 100% of users"
+        assert by_id(page, "state-next-step") == (
+            "last step: holds at 100% until promoted and a second approver approves"
+        )
+        assert "data-step-due" not in page
+        listing = (await four_eyes.client.get("/_admin")).text
+        assert "holds at 100% until promoted and a second approver approves" in listing
+        unprotected = (await four_eyes.client.get("/_admin/features/checkout")).text
+        assert 'id="four-eyes"' not in unprotected
 
 
 class TestApprovalsPage:

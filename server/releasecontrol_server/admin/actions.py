@@ -411,18 +411,20 @@ def plan_text(canary: Canary) -> str | None:
     )
 
 
-def next_step_text(canary: Canary) -> str | None:
+def next_step_text(canary: Canary, *, protected: bool = False) -> str | None:
     """What happens when the current step has held: 'next 50% of users', 'promotes to
     stable' (after a last step of 100 %), 'last step: holds at 50% until promoted';
-    None when no step plan runs."""
+    None when no step plan runs. `protected`: the feature is under four eyes, where a plan
+    never promotes by itself."""
     if not canary.steps:
         return None
     after = canary.next_step
     if after is not None:
         return f"next {weight_text(after)}"
-    if canary.weight == WEIGHT_SCALE:
+    if canary.weight == WEIGHT_SCALE and not protected:
         return "promotes to stable"
-    return f"last step: holds at {format_weight(canary.weight)} until promoted"
+    held = f"last step: holds at {format_weight(canary.weight)} until promoted"
+    return f"{held} and a second approver approves" if protected else held
 
 
 @dataclass(frozen=True)

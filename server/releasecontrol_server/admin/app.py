@@ -525,9 +525,13 @@ class AdminApp:
         pages = max(1, math.ceil(len(matching) / size))
         page = min(max(1, _int(params.get("page", ""), 1)), pages)
         now = status.server_time
+        shown = matching[(page - 1) * size : page * size]
+        # Concurrently: with a Prometheus source each count is a query to another server.
+        exposures = await asyncio.gather(*(exposure(self._controller, s) for s in shown))
+        policy = self._controller.approvals
         rows = [
-            _row(s, now, await exposure(self._controller, s))
-            for s in matching[(page - 1) * size : page * size]
+            _row(s, now, loads, protected=policy.protects(s.feature_id))
+            for s, loads in zip(shown, exposures, strict=True)
         ]
         return self._render(
             ctx,
@@ -566,9 +570,11 @@ class AdminApp:
         state = self._controller.feature(feature_id)
         now = self._clock()
         params = ctx.request.query_params
-        analysis = await analysis_panel(self._controller, self._analyzer, state)
-        soak_by_exposure = await exposure(self._controller, state)
-        asked = await self._controller.approval_requests(feature_id)
+        analysis, soak_by_exposure, asked = await asyncio.gather(  # counts may be remote queries
+            analysis_panel(self._controller, self._analyzer, state),
+            exposure(self._controller, state),
+            self._controller.approval_requests(feature_id),
+        )
         approvals_now = self._controller.now()
         waiting = _int(params.get("waiting", ""), 0)
         protected = self._controller.approvals.protects(feature_id)
@@ -592,7 +598,7 @@ class AdminApp:
             {
                 "title": feature_id,
                 "feature": state,
-                "row": _row(state, now, soak_by_exposure),
+                "row": _row(state, now, soak_by_exposure, protected=protected),
                 "analysis": analysis,
                 "analysis_off": ANALYSIS_OFF,
                 "protected": protected,
@@ -1138,9 +1144,11 @@ def _iso(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment is not None else ""
 
 
-def _row(state: FeatureState, now: datetime, loads: Exposure | None = None) -> dict[str, Any]:
+def _row(
+    state: FeatureState, now: datetime, loads: Exposure | None = None, *, protected: bool = False
+) -> dict[str, Any]:
     """A feature as the list and its page's state panel show it; `loads`: its canary's soak
-    by exposure so far, if it has one."""
+    by exposure so far, if it has one; `protected`: under four eyes."""
     canary = state.canary
     left = canary.seconds_left(now) if canary else 0
     return {
@@ -1158,17 +1166,19 @@ def _row(state: FeatureState, now: datetime, loads: Exposure | None = None) -> d
         "updated_at": state.updated_at,
         "updated_by": state.updated_by,
         "updated_by_principal": state.updated_by_principal,
-        **_steps(canary, now),
+        **_steps(canary, now, protected=protected),
     }
 
 
-def _steps(canary: Canary | None, now: datetime) -> dict[str, Any]:
+def _steps(canary: Canary | None, now: datetime, *, protected: bool) -> dict[str, Any]:
     """The step plan of a row: which step, what comes next, and when (None: no plan)."""
     due = canary.step_due_at() if canary else None
+    if canary is not None and protected and canary.next_step is None:
+        due = None  # four eyes: a plan never promotes by itself, it holds at its last step
     left = math.ceil((due - now).total_seconds()) if due else 0
     return {
         "plan": plan_text(canary) if canary else None,
-        "next_step": next_step_text(canary) if canary else None,
+        "next_step": next_step_text(canary, protected=protected) if canary else None,
         "step_due": due,
         "step_due_left": f"in {format_duration(left)}" if left > 0 else "due now",
     }
