@@ -468,6 +468,8 @@ def test_four_eyes_a_promote_waits_and_another_approver_approves(
         )
         expect(page.get_by_role("alert")).to_have_count(0)
         approval_id = page.locator("#waiting-link").inner_text().removeprefix("request ")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "admin-waiting-for-approval.png"))
         assert state(page)["stable"] == "1.0.0"
         assert site.status("pay-checkout")["stable"] == "1.0.0"
 
@@ -505,7 +507,6 @@ def test_four_eyes_a_promote_waits_and_another_approver_approves(
         expect(row).to_contain_text("fix for INC-7")
         expect(row).to_contain_text("INC-7")
         expect(row.locator("td.state")).to_contain_text(re.compile(r"pending\s*expires in 2[34]h"))
-        ARTIFACTS.mkdir(exist_ok=True)
         other.screenshot(path=str(ARTIFACTS / "admin-approvals.png"), full_page=True)
         row.get_by_role("button", name=f"Approve request {approval_id}…").click()
         expect(other.locator("#headline")).to_have_text(
