@@ -51,7 +51,9 @@ await fetch("/result", { method: "POST", body: JSON.stringify(out) });
  * Chromium, and resolves with what the page POSTs to /result. `routes` adds
  * handlers ({name: (req, res) => …}) the page may call.
  */
-async function inChromium(fx, page, routes = {}) {
+// `keepUntil`: a promise Chromium is kept running for after the page's result (up to 30 s),
+// e.g. a beacon the page queued with sendBeacon, which leaves after the page is done.
+async function inChromium(fx, page, routes = {}, { keepUntil } = {}) {
   const profile = await mkdtemp(join(tmpdir(), "rc-chromium-"));
   let browser;
   try {
@@ -76,10 +78,16 @@ async function inChromium(fx, page, routes = {}) {
       { stdio: "ignore", detached: true },
     );
     let timer;
-    return await Promise.race([
+    const out = await Promise.race([
       result,
       new Promise((_, reject) => (timer = setTimeout(() => reject(new Error("no result from Chromium in 60 s")), 60_000))),
     ]).finally(() => clearTimeout(timer));
+    if (keepUntil) {
+      await Promise.race([keepUntil, new Promise((resolve) => (timer = setTimeout(resolve, 30_000)))]).finally(() =>
+        clearTimeout(timer),
+      );
+    }
+    return out;
   } finally {
     if (browser?.pid) {
       try {
@@ -200,12 +208,13 @@ test("in Chromium, the counts leave by navigator.sendBeacon with a text/plain st
   const fx = await makeFixture();
   const rx = await receiver();
   try {
-    const out = await inChromium(fx, BEACON_PAGE(fx.trust, rx.url));
+    const arrival = rx.arrived(1);
+    const out = await inChromium(fx, BEACON_PAGE(fx.trust, rx.url), {}, { keepUntil: arrival });
     assert.equal(out.error, undefined);
     assert.equal(out.checkout, "checkout v1");
     assert.equal(out.beforeHide, 0, "nothing sent before the interval or the page hiding");
     assert.deepEqual(out.sent, [{ url: `${rx.url}/v1/beacons`, type: "string" }]);
-    const [request] = await rx.arrived(1);
+    const [request] = await arrival;
     assert.deepEqual(
       rx.requests.map((r) => [r.method, r.type]),
       [["POST", "text/plain;charset=UTF-8"]],

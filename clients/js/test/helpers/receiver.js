@@ -28,9 +28,17 @@ export async function receiver() {
     get batches() {
       return requests.map((r) => r.body);
     },
-    /** Resolves once `n` requests arrived. */
-    async arrived(n) {
-      while (requests.length < n) await new Promise((resolve) => waiting.push(resolve));
+    /** Resolves once `n` requests arrived; rejects after `ms` (a test fails, never hangs). */
+    async arrived(n, ms = 30_000) {
+      const deadline = Date.now() + ms;
+      while (requests.length < n) {
+        const left = deadline - Date.now();
+        if (left <= 0) throw new Error(`${requests.length} of ${n} requests arrived in ${ms} ms`);
+        await new Promise((resolve) => {
+          const timer = setTimeout(resolve, left);
+          waiting.push(() => (clearTimeout(timer), resolve()));
+        });
+      }
       return requests;
     },
     async close() {
