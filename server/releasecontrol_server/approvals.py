@@ -2,7 +2,8 @@
 
 A policy names feature id patterns (`require_approval = ["feature-pay*"]`). On
 such a feature, promoting to stable (`release promote`, with or without
-`--skip-soak`) and publishing straight to stable are not applied when asked:
+`--skip-soak`), publishing straight to stable and setting stable by operator
+fallback (`channel fallback --to stable`) are not applied when asked:
 the control plane keeps the request (who asked, the command, its reason) and
 answers ApprovalRequired with the request's id. Another principal with the
 approver role runs `release approve --id N`; the change is then applied as the
@@ -35,6 +36,7 @@ from releasecontrol_server.releases import (
     FeatureState,
     Promote,
     Publish,
+    SetChannel,
 )
 
 
@@ -57,6 +59,8 @@ class ApprovalPolicy:
                 return f"promoting {command.version} to stable"
             case Publish(channel=Channel.STABLE):
                 return f"publishing {command.version} straight to stable"
+            case SetChannel(channel=Channel.STABLE):
+                return f"setting stable to {command.version} by operator fallback"
             case AdvanceStep() if (
                 state is not None and state.canary is not None and (state.canary.next_step is None)
             ):
@@ -152,6 +156,13 @@ def command_json(command: Command) -> str:
                 "channel": command.channel.value,
                 "soak_seconds": command.soak_seconds,
             }
+        case SetChannel():
+            body = {
+                "kind": "set_channel",
+                "version": command.version,
+                "channel": command.channel.value,
+                "soak_seconds": command.soak_seconds,
+            }
         case _:
             raise ValueError(f"{type(command).__name__} never needs approval")
     return json.dumps(body, separators=(",", ":"), sort_keys=True)
@@ -168,6 +179,10 @@ def command_from_json(text: str) -> Command:
             str(body["manifest_sha256"]),
             channel=Channel(body["channel"]),
             soak_seconds=int(body["soak_seconds"]),
+        )
+    if kind == "set_channel":
+        return SetChannel(
+            str(body["version"]), Channel(body["channel"]), soak_seconds=int(body["soak_seconds"])
         )
     raise ValueError(f"unknown command kind {kind!r} in an approval request")
 

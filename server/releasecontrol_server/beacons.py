@@ -150,7 +150,18 @@ def parse_batch(body: bytes, *, keys: frozenset[str], now: datetime, since: date
         raise Refused(400, "counts must be a non-empty list of rows", "counts")
     if len(rows) > MAX_ROWS:
         raise Refused(400, f"counts has {len(rows)} rows; send at most {MAX_ROWS}", "counts")
-    return Batch(key, batch_id, sent_at, tuple(_row(r, i) for i, r in enumerate(rows)))
+    parsed = tuple(_row(r, i) for i, r in enumerate(rows))
+    seen: dict[tuple[str, str], int] = {}
+    for at, row in enumerate(parsed):
+        first = seen.setdefault((row.feature, row.version), at)
+        if first != at:
+            raise Refused(
+                400,
+                f"counts[{at}] repeats the feature and version of counts[{first}]; send one "
+                "row per feature version",
+                f"counts[{at}]",
+            )
+    return Batch(key, batch_id, sent_at, parsed)
 
 
 def _row(raw: Any, at: int) -> Row:

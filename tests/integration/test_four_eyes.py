@@ -107,7 +107,15 @@ def test_a_lone_principal_cannot_promote_and_a_second_approver_can(
     with pytest.raises(errors.FailedPrecondition, match="already approved by bob"):
         bob.approve(approval_id)
     assert bob.list_approvals().approvals == []
+
+    # The operator fallback cannot put a version on stable alone either.
+    with pytest.raises(errors.ApprovalRequired, match="setting stable to 1.0.0 by operator"):
+        alice.set_channel(PAY, "1.0.0", "stable", reason="back")
+    assert stable_on_origin(server, PAY) == "1.1.0"
+    bob.approve(bob.list_approvals().approvals[0].id)
+    assert stable_on_origin(server, PAY) == "1.0.0"
     assert [a.state for a in bob.list_approvals(include_done=True).approvals] == [
+        "approved",
         "approved",
         "approved",
     ]

@@ -33,6 +33,7 @@ from releasecontrol_server.releases import (
     Promote,
     Publish,
     Rollback,
+    SetChannel,
     SetWeight,
 )
 from releasecontrol_server.store import SqliteStore
@@ -62,10 +63,14 @@ class TestPolicy:
             (Promote("1.1.0"), "promoting 1.1.0 to stable"),
             (Promote("1.1.0", skip_soak=True), "promoting 1.1.0 to stable before its soak is over"),
             (Publish("1.1.0", "a" * 64), "publishing 1.1.0 straight to stable"),
+            (
+                SetChannel("1.0.0", Channel.STABLE),
+                "setting stable to 1.0.0 by operator fallback",
+            ),
         ],
     )
     def test_promotions_to_stable_of_a_protected_feature_wait(
-        self, command: Promote | Publish, what: str
+        self, command: Promote | Publish | SetChannel, what: str
     ) -> None:
         assert POLICY.gate("feature-payments", command, None) == what
         assert POLICY.gate("checkout", command, None) == what
@@ -77,6 +82,7 @@ class TestPolicy:
             DeployCanary("1.1.0", 60),
             SetWeight(2500),
             Rollback("1.0.0"),
+            SetChannel("1.1.0", Channel.CANARY, soak_seconds=60),
         ],
     )
     def test_other_changes_do_not_wait(self, command: object) -> None:
@@ -144,6 +150,7 @@ class TestApprover:
         Promote("1.1.0"),
         Promote("1.1.0", skip_soak=True),
         Publish("2.0.0", "b" * 64, channel=Channel.STABLE),
+        SetChannel("1.0.0", Channel.STABLE),
     ],
 )
 def test_commands_round_trip_through_the_stores_json(command: object) -> None:
@@ -171,6 +178,8 @@ class TestStore:
 
             first = ask()
             assert ask().id == first.id
+            pinned = ask(ChangeMeta(actor="alice", principal="alice", expected_sequence=4))
+            assert pinned.id != first.id  # another change: it names the sequence it was for
             other = ask(ChangeMeta(actor="carol", principal="carol"))
             assert other.id != first.id
             later = ask(at=NOW + timedelta(hours=2))
@@ -183,6 +192,7 @@ class TestStore:
             assert [r.id for r in store.list_approvals("feature-pay")] == [
                 later.id,
                 other.id,
+                pinned.id,
                 first.id,
             ]
             assert store.list_approvals("checkout") == []

@@ -132,6 +132,15 @@ def test_an_accepted_batch_is_summed_per_version_and_minute(ingest: Ingest) -> N
             "counts nothing",
         ),
         (
+            body(
+                {"feature": "checkout", "version": "1.1.0", "loads": 1},
+                {"feature": "checkout", "version": "1.1.0", "loads": 2},
+            ),
+            400,
+            "counts[1]",
+            "repeats the feature and version of counts[0]",
+        ),
+        (
             body({"feature": "checkout", "version": "1.1.0", "loads": 0, "refusals": 1}),
             400,
             "counts[0].loads",

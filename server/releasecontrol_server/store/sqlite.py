@@ -1042,9 +1042,9 @@ class SqliteStore:
         with self._write():
             row = self._db.execute(
                 "SELECT id FROM approvals WHERE feature_id = ? AND rpc = ? AND command = ? "
-                "AND requested_by = ? AND approved_at IS NULL AND expires_at > ? "
-                "ORDER BY id DESC LIMIT 1",
-                [feature_id, rpc, asked, meta.principal, _text(now)],
+                "AND requested_by = ? AND expected_sequence IS ? AND approved_at IS NULL "
+                "AND expires_at > ? ORDER BY id DESC LIMIT 1",
+                [feature_id, rpc, asked, meta.principal, meta.expected_sequence, _text(now)],
             ).fetchone()
             if row is not None:
                 approval_id = int(row[0])
