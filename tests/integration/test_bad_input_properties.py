@@ -46,7 +46,15 @@ DOCUMENTED = {
     grpc.StatusCode.PERMISSION_DENIED,
 }
 LEAKS = ("Traceback", "Exceeds the limit", "maximum recursion", "int_max_str_digits", "Error(")
-WRITES = {"PublishVersion", "DeployCanary", "Promote", "Rollback", "SetChannel"}
+WRITES = {
+    "PublishVersion",
+    "DeployCanary",
+    "Promote",
+    "Rollback",
+    "SetChannel",
+    "SetCanaryWeight",
+    "Approve",
+}
 TIMEOUT = 30.0
 
 SETTINGS = settings(
@@ -216,6 +224,7 @@ FEATURE_LISTS = st.lists(KNOWN_FEATURES, max_size=2)
 WILD_FEATURE_LISTS = st.lists(st.one_of(KNOWN_FEATURES, WILD_FEATURE_IDS), min_size=1, max_size=5)
 SOAKS = st.none() | st.integers(0, 3600)
 WILD_SOAKS = UINT32
+WEIGHTS = st.integers(0, 10_000)
 CHANNELS = st.sampled_from([pb.CHANNEL_STABLE, pb.CHANNEL_CANARY])
 WILD_CHANNELS = st.integers(0, 4)
 
@@ -398,13 +407,42 @@ REQUESTS: dict[str, tuple[int, st.SearchStrategy[Callable[[Probe], Any]]]] = {
     ),
     "RebuildOrigin": (3, st.builds(pb.RebuildOriginRequest, force=st.booleans()).map(rebuild)),
     "DeployCanary": (
-        50,
+        60,
         unaries(
             "DeployCanary",
-            {**CHANGE, "soak_seconds": SOAKS},
-            {**WILD_CHANGE, "soak_seconds": WILD_SOAKS},
+            {**CHANGE, "soak_seconds": SOAKS, "weight": WEIGHTS},
+            {
+                **WILD_CHANGE,
+                "soak_seconds": WILD_SOAKS,
+                "weight": UINT32,
+                "steps": st.lists(st.integers(0, 20_000), max_size=25),
+                "step_seconds": UINT32,
+                "min_loads": UINT32,
+            },
         ),
     ),
+    "SetCanaryWeight": (
+        40,
+        unaries(
+            "SetCanaryWeight",
+            {**FEATURE, "weight": WEIGHTS, "context": CONTEXTS},
+            {**WILD_FEATURE, "weight": UINT32},
+        ),
+    ),
+    "ListApprovals": (
+        20,
+        unaries("ListApprovals", {**FEATURE, "include_done": st.booleans()}, WILD_FEATURE),
+    ),
+    "Approve": (
+        20,
+        unaries(
+            "Approve",
+            {"approval_id": st.integers(0, 5)},
+            {"approval_id": st.integers(0, 2**64 - 1)},
+        ),
+    ),
+    "GetAnalysis": (20, unaries("GetAnalysis", FEATURE, WILD_FEATURE)),
+    "TestWebhooks": (10, unaries("TestWebhooks", {}, {"name": WILD_TEXT})),
     "Promote": (50, unaries("Promote", {**CHANGE, "skip_soak": st.booleans()}, WILD_CHANGE)),
     "Rollback": (50, unaries("Rollback", CHANGE, WILD_CHANGE)),
     "SetChannel": (
