@@ -28,19 +28,32 @@ pytestmark = pytest.mark.integration
 KEY = "pk_test_shop"
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
+def canary_at_half(root: Path) -> RunningServer:
     """checkout 1.0.0 stable, 1.1.0 in canary at 50 % (30m soak); beacons on, judged often."""
     running = start_server(
-        tmp_path / "home",
+        root / "home",
         RELEASECONTROL_BEACON_KEYS=KEY,
         RELEASECONTROL_ANALYSIS_INTERVAL_SECONDS="0.2",
     )
     client = running.client()
-    client.publish(load_feature_folder(make_feature(tmp_path / "a", "checkout", "1.0.0")))
-    client.publish(load_feature_folder(make_feature(tmp_path / "b", "checkout", "1.1.0")))
+    client.publish(load_feature_folder(make_feature(root / "a", "checkout", "1.0.0")))
+    client.publish(load_feature_folder(make_feature(root / "b", "checkout", "1.1.0")))
     client.rollback("checkout", "1.0.0")
     client.deploy_canary("checkout", "1.1.0", soak_seconds=1800, weight=5000)
+    return running
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RunningServer]:
+    running = canary_at_half(tmp_path)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def refusing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """The same, for the tests of refused batches only: nothing is ever counted on it."""
+    running = canary_at_half(tmp_path_factory.mktemp("refusing"))
     yield running
     running.stop()
 
@@ -176,8 +189,9 @@ def test_a_flood_of_canary_failures_alone_cannot_roll_back(server: RunningServer
     ],
 )
 def test_bad_batches_are_refused_and_count_nothing(
-    server: RunningServer, make: Any, status: int, field: str
+    refusing: RunningServer, make: Any, status: int, field: str
 ) -> None:
+    server = refusing
     code, answer = post(server, make())
     assert code == status, answer
     assert answer["error"] and "\n" not in answer["error"]

@@ -21,16 +21,29 @@ from releasecontrol.verifier import Refusal
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
+def with_a_canary(root: Path) -> RunningServer:
     """checkout 1.0.0 stable and 1.1.0 published as canary (weight 0, 30m soak)."""
-    running = start_server(tmp_path / "home")
+    running = start_server(root / "home")
     client = running.client()
-    client.publish(load_feature_folder(make_feature(tmp_path / "a", "checkout", "1.0.0")))
+    client.publish(load_feature_folder(make_feature(root / "a", "checkout", "1.0.0")))
     client.publish(
-        load_feature_folder(make_feature(tmp_path / "b", "checkout", "1.1.0")),
+        load_feature_folder(make_feature(root / "b", "checkout", "1.1.0")),
         channel="canary",
     )
+    return running
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RunningServer]:
+    running = with_a_canary(tmp_path)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def refusing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """The same, for the tests of refused changes only: each checks nothing changed."""
+    running = with_a_canary(tmp_path_factory.mktemp("refusing"))
     yield running
     running.stop()
 
@@ -154,12 +167,13 @@ def _unchanged(client: ReleaseControlClient) -> bytes:
     ],
 )
 def test_bad_weights_are_refused_and_change_nothing(
-    server: RunningServer,
+    refusing: RunningServer,
     call: object,
     error: type[errors.ReleaseControlError],
     field: str,
     fragment: str,
 ) -> None:
+    server = refusing
     client = server.client(retry_seconds=0)
     before, origin_before = _unchanged(client), on_origin(server)
     with pytest.raises(error) as caught:

@@ -448,23 +448,3 @@ def test_kills_at_a_write_path_point_lose_no_acknowledged_change(
     # Each round passes `point` at least HOOK_MAX_NTH times: a round the hook did not kill
     # means the hook no longer fires where its name says, and the rounds proved less.
     assert run.not_killed == [], run.rounds
-
-
-def test_kills_at_random_moments_lose_no_acknowledged_change(tmp_path: Path) -> None:
-    """SIGKILLed from outside 0.05-0.5 s into a stream of changes (wherever it is then: an
-    upload, signing, a commit, an fsync, an answer), the server restarts with every
-    acknowledged change, its sequences and a clean, verifying origin."""
-    run = start_run(tmp_path, "random")
-    low, high = RANDOM_KILL_DELAY_SECONDS
-    for round_no in range(1, RANDOM_ROUNDS + 1):
-        delay = round(run.rng.uniform(low, high), 3)
-        run_round(
-            run,
-            f"round {round_no} (SIGKILL after {delay} s)",
-            env={},
-            kill_after=delay,
-            max_changes=RANDOM_MAX_CHANGES,
-        )
-    print("\n".join(run.rounds))  # shown with -s, or when the test fails
-    assert run.not_killed == [], run.rounds
-    assert len(run.acked) > RANDOM_ROUNDS * 3, "too few changes ran to be killed among"
