@@ -89,7 +89,7 @@ class Sizes:
 
 
 FULL = Sizes(artifact_mib=200, rounds=3, idle_seconds=12.0)
-QUICK = Sizes(artifact_mib=16, rounds=1, idle_seconds=2.0)
+QUICK = Sizes(artifact_mib=4, rounds=1, idle_seconds=1.0)
 
 
 # -- the probe ----------------------------------------------------------------------------
