@@ -170,6 +170,20 @@ class Config:
     prometheus_timeout_seconds: float = 5.0
     """`prometheus`: how long one query may take."""
 
+    analysis_budget_ratio: float = 1.5
+    """The canary's failure budget against stable: it may fail this many times as often as
+    stable, or `analysis_budget_points` more, whichever allows more (docs/analysis.md)."""
+
+    analysis_budget_points: float = 0.1
+    """The budget in percentage points of failure rate above stable's."""
+
+    analysis_alpha: float = 0.01
+    """The chance of rolling back a canary that is within budget, over its whole life."""
+
+    analysis_min_loads: int = 500
+    """Loads each side (canary and stable) must have before the analysis says anything:
+    what keeps a burst of reports from one side from rolling a canary back."""
+
     analysis_interval_seconds: float = 5.0
     """How often every running canary is judged from the beacons (analyzer.py)."""
 
@@ -911,6 +925,10 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("beacon_keys", _parse_beacon_keys),
     _Setting("webhooks", _parse_webhooks),
     _Setting("analysis_interval_seconds", _float_between(0.1, 3600)),
+    _Setting("analysis_budget_ratio", _float_between(1.0, 1000.0)),
+    _Setting("analysis_budget_points", _float_between(0.0, 100.0)),
+    _Setting("analysis_alpha", _float_between(0.0001, 0.5)),
+    _Setting("analysis_min_loads", _int_between(1, 1_000_000_000, "loads")),
     _Setting("analysis_source", _parse_analysis_source),
     _Setting("prometheus_url", _parse_prometheus_url, optional=True),
     _Setting("prometheus_loads_query", _parse_prometheus_query, optional=True),

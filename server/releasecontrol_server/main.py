@@ -24,7 +24,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from releasecontrol.errors import ConfigError, ReleaseControlError
+from releasecontrol.errors import ConfigError, InvalidArgument, ReleaseControlError
 from releasecontrol.files import atomic_write
 from releasecontrol.keyfiles import load_or_create_dev_keys
 from releasecontrol_server import webhooks
@@ -34,6 +34,7 @@ from releasecontrol_server.admin import (
     create_app,
     load_or_create_secret,
 )
+from releasecontrol_server.analysis import DEFAULT_POLICY, Policy
 from releasecontrol_server.analyzer import CanaryAnalyzer
 from releasecontrol_server.approvals import ApprovalPolicy
 from releasecontrol_server.artifacts import open_artifact_store
@@ -170,6 +171,7 @@ async def _serve(
         enabled=bool(config.beacon_keys) or source is not None,
         interval_seconds=config.analysis_interval_seconds,
         source=source,
+        policy=analysis_policy(config),
     )
     controller.count_canary_loads = analyzer.canary_loads
     analyzer.on_verdict = metrics.count_verdict
@@ -349,6 +351,21 @@ async def _serve(
             await source.aclose()
         store.close()
         config.endpoints_path.unlink(missing_ok=True)
+
+
+def analysis_policy(config: Config) -> Policy:
+    """The analysis' budget and error rates from the config; ConfigError naming the setting
+    when they do not make a policy (a budget above the 'clearly worse' ratio, say)."""
+    try:
+        return Policy(
+            budget_ratio=config.analysis_budget_ratio,
+            budget_points=config.analysis_budget_points,
+            worse_ratio=max(DEFAULT_POLICY.worse_ratio, 2 * config.analysis_budget_ratio),
+            alpha=config.analysis_alpha,
+            min_loads=config.analysis_min_loads,
+        )
+    except InvalidArgument as exc:
+        raise ConfigError(f"analysis_{exc.field}: {exc.message}") from None
 
 
 def _prometheus_source(config: Config) -> PrometheusSource | None:
