@@ -706,38 +706,33 @@ def _parse_webhooks(raw: object, label: str, ctx: _Context) -> tuple[WebhookConf
     return tuple(out)
 
 
-_BEACON_KEY = re.compile(r"[A-Za-z0-9_-]{8,128}")
+def _words(pattern: str, fix: str) -> _Parser:
+    """A parser of a list of words that each match `pattern` (a TOML list, or comma-separated
+    in the environment): duplicates dropped, order kept."""
+    compiled = re.compile(pattern)
+
+    def parse(raw: object, label: str, ctx: _Context) -> tuple[str, ...]:
+        items = raw.split(",") if isinstance(raw, str) else raw
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise _bad(label, raw, fix)
+        words = [str(i).strip() for i in items if str(i).strip()]
+        if not all(compiled.fullmatch(w) for w in words):
+            raise _bad(label, raw, fix)
+        return tuple(dict.fromkeys(words))
+
+    return parse
 
 
-def _parse_beacon_keys(raw: object, label: str, ctx: _Context) -> tuple[str, ...]:
-    fix = (
-        "set it to publishable keys of 8 to 128 letters, digits, '-' or '_' (a TOML list, or "
-        "comma-separated), e.g. pk_shop_4f9a2c"
-    )
-    items = raw.split(",") if isinstance(raw, str) else raw
-    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
-        raise _bad(label, raw, fix)
-    keys = [str(i).strip() for i in items if str(i).strip()]
-    if not all(_BEACON_KEY.fullmatch(k) for k in keys):
-        raise _bad(label, raw, fix)
-    return tuple(dict.fromkeys(keys))
-
-
-_FEATURE_PATTERN = re.compile(r"[a-z0-9*?\[\]!-]{1,128}")
-
-
-def _parse_feature_patterns(raw: object, label: str, ctx: _Context) -> tuple[str, ...]:
-    fix = (
-        "set it to feature id patterns such as 'feature-pay*' (a TOML list, or comma-separated): "
-        "lowercase letters, digits, '-' and the glob characters * ? [ ] !"
-    )
-    items = raw.split(",") if isinstance(raw, str) else raw
-    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
-        raise _bad(label, raw, fix)
-    patterns = [str(i).strip() for i in items if str(i).strip()]
-    if not all(_FEATURE_PATTERN.fullmatch(p) for p in patterns):
-        raise _bad(label, raw, fix)
-    return tuple(dict.fromkeys(patterns))
+_parse_beacon_keys = _words(
+    r"[A-Za-z0-9_-]{8,128}",
+    "set it to publishable keys of 8 to 128 letters, digits, '-' or '_' (a TOML list, or "
+    "comma-separated), e.g. pk_shop_4f9a2c",
+)
+_parse_feature_patterns = _words(
+    r"[a-z0-9*?\[\]!-]{1,128}",
+    "set it to feature id patterns such as 'feature-pay*' (a TOML list, or comma-separated): "
+    "lowercase letters, digits, '-' and the glob characters * ? [ ] !",
+)
 
 
 def _parse_text(raw: object, label: str, ctx: _Context) -> str:
