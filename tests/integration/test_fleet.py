@@ -1,6 +1,7 @@
 """A simulated fleet through a percentage ramp (issue 14, "Done when").
 
-Eight server-side hosts of the real Python host library, 100 users each (a bucketing key
+Eight server-side hosts of the real Python host library and two of the JavaScript one
+(NodeFeatureHost in Node processes, fleet_node_host.mjs), 100 users each (a bucketing key
 per user), load `checkout` from a real origin (the origin folder served over HTTP by the
 test, so it stays put while the control plane restarts) and report every load, and the
 failures the test injects, as beacons to the real control plane:
@@ -19,7 +20,10 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
+import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +46,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 KEY = "pk_fleet_test"
 SECRET = b"fleet-webhook-secret-0123456789"
 HOSTS, USERS = 8, 100
+NODE_HOSTS = 2
+NODE_HOST = Path(__file__).with_name("fleet_node_host.mjs")
+JS_BUILT = Path(__file__).resolve().parents[2] / "clients" / "js" / "dist" / "node.js"
 PLAN = (500, 2500, 10_000)
 
 
@@ -116,6 +123,31 @@ class Fleet:
             host.close()
 
 
+def start_node_hosts(
+    root: Path, index_url: str, trust_path: Path, beacon_url: str
+) -> list[tuple[subprocess.Popen[bytes], Path]]:
+    """NODE_HOSTS Node processes running NodeFeatureHost, failing 1.2.0 one load in ten."""
+    if shutil.which("node") is None or not JS_BUILT.is_file():
+        pytest.fail("node and the built clients/js are needed: `make js-test` builds it")
+    started = []
+    for n in range(NODE_HOSTS):
+        out = root / f"node-{n}.json"
+        args = [index_url, str(trust_path), str(root / f"node-{n}"), beacon_url, KEY]
+        args += [f"node-{n}", str(USERS), "1.2.0", "0.1", str(out)]
+        started.append((subprocess.Popen(["node", str(NODE_HOST), *args]), out))
+    return started
+
+
+def stop_node_hosts(started: list[tuple[subprocess.Popen[bytes], Path]]) -> dict[str, Any]:
+    """Each Node user's sides, after the hosts sent their last beacons."""
+    sides: dict[str, Any] = {}
+    for process, out in started:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        sides.update(json.loads(out.read_text()))
+    return sides
+
+
 def drive(
     fleet: Fleet,
     client: ReleaseControlClient,
@@ -157,6 +189,7 @@ def test_a_fleet_ramps_a_healthy_canary_and_rolls_a_failing_one_back(
     }
     server: RunningServer = start_server(tmp_path / "home", **env)
     fleet: Fleet | None = None
+    node_hosts: list[tuple[subprocess.Popen[bytes], Path]] = []
     try:
         client = server.client()
         for version in ("1.0.0", "1.1.0", "1.2.0"):
@@ -168,6 +201,12 @@ def test_a_fleet_ramps_a_healthy_canary_and_rolls_a_failing_one_back(
             tmp_path / "fleet",
             origin.url + "remote-index.json",
             TrustStore.from_file(server.trust_path),
+            f"http://127.0.0.1:{beacon_port}",
+        )
+        node_hosts = start_node_hosts(
+            tmp_path / "fleet",
+            origin.url + "remote-index.json",
+            server.trust_path,
             f"http://127.0.0.1:{beacon_port}",
         )
 
@@ -216,6 +255,21 @@ def test_a_fleet_ramps_a_healthy_canary_and_rolls_a_failing_one_back(
         assert last.detail == "canary 1.2.0 rolled back; stable 1.1.0 stays"
         fleet.tick(lambda version, rng: False, random.Random(0))
         assert {loads[-1][0] for loads in fleet.sides.values()} == {"1.1.0"}
+        time.sleep(1)  # the Node hosts' next refresh
+        node_sides = stop_node_hosts(node_hosts)
+        node_hosts = []
+        assert len(node_sides) == NODE_HOSTS * USERS
+        on_canary = 0
+        for user, loads in node_sides.items():
+            versions = [version for version, _ in loads]
+            assert versions[-1] == "1.1.0", (user, versions)
+            if "1.1.0" in versions:  # never back to 1.0.0 once on 1.1.0
+                assert "1.0.0" not in versions[versions.index("1.1.0") :], (user, versions)
+            if "1.2.0" in versions:  # on 1.2.0 until the rollback, then off it for good
+                on_canary += 1
+                after = versions[versions.index("1.2.0") :]
+                assert "1.2.0" not in after[after.index("1.1.0") :], (user, versions)
+        assert on_canary > 0, "no Node user was ever on the failing canary"
 
         # 4. Every event, once by id, in order, signed.
         changes = [
@@ -230,6 +284,8 @@ def test_a_fleet_ramps_a_healthy_canary_and_rolls_a_failing_one_back(
             assert time.monotonic() < deadline, receiver.got
             time.sleep(0.1)
     finally:
+        for process, _ in node_hosts:
+            process.kill()
         if fleet is not None:
             fleet.close()
         server.stop()
