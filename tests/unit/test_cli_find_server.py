@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,6 +210,13 @@ class TestOneDevPerHome:
             [sys.executable, "-c", "import time; time.sleep(30)", "releasecontrol-server"]
         )
         try:
+            # Until the child has exec'd, its command line is still pytest's (a loaded
+            # machine showed it): wait for the name the check looks for.
+            cmdline = Path(f"/proc/{server.pid}/cmdline")
+            deadline = time.monotonic() + 10
+            while b"releasecontrol-server" not in cmdline.read_bytes():
+                assert time.monotonic() < deadline, "the stand-in server never started"
+                time.sleep(0.01)
             home = make_home(isolated / "home", pid=server.pid)
             result = run("--home", str(home), "dev")
         finally:
