@@ -287,16 +287,7 @@ class ReleaseController:
             what = self.approvals.gate(feature_id, command, state)
             if what:  # kept, with its artifacts, until another principal approves it
                 raise await self._ask_approval(feature_id, command, meta, what, rpc, manifest)
-        canary_loads = 0
-        if (
-            isinstance(command, Promote | AdvanceStep)
-            and state is not None
-            and state.canary is not None
-            and state.canary.min_loads
-        ):  # a soak by exposure: what hosts reported of the canary so far
-            canary_loads = await self.count_canary_loads(
-                feature_id, state.canary.version, state.canary.soak_started_at
-            )
+        canary_loads = await self.canary_loads_for(state, command)
         request = Request(
             feature_id=feature_id,
             command=command,
@@ -402,6 +393,19 @@ class ReleaseController:
         ]
         async with self._writing:
             await self._on_write_thread(self._store.add_beacon_counts, kept)
+
+    async def canary_loads_for(self, state: FeatureState | None, command: Command) -> int:
+        """The canary loads `command` is judged with (a soak by exposure): only a promote or a
+        step of a canary with `min_loads` counts them, from the analysis' source; else 0.
+        The admin UI's previews ask this too, so they decide as the change will."""
+        canary = state.canary if state is not None else None
+        if state is None or canary is None or not canary.min_loads:
+            return 0
+        if not isinstance(command, Promote | AdvanceStep):
+            return 0
+        return await self.count_canary_loads(
+            state.feature_id, canary.version, canary.soak_started_at
+        )
 
     async def _beacon_loads(self, feature_id: str, version: str, since: datetime) -> int:
         return (await self.beacon_counts(feature_id, since))[version].loads

@@ -21,7 +21,7 @@ from releasecontrol.errors import ReleaseControlError
 from releasecontrol_server.analysis import Kind, percent
 from releasecontrol_server.analyzer import REACH_WINDOW, CanaryAnalyzer
 from releasecontrol_server.control import ReleaseController
-from releasecontrol_server.releases import AdvanceStep, Command, FeatureState, Promote
+from releasecontrol_server.releases import Command, FeatureState
 
 OFF = (
     "No analysis: the control plane takes no beacons (set beacon_keys); canaries are "
@@ -80,17 +80,10 @@ async def exposure(controller: ReleaseController, state: FeatureState) -> Exposu
 async def canary_loads(
     controller: ReleaseController, state: FeatureState | None, command: Command
 ) -> int:
-    """The canary loads `ReleaseController.change` counts for `command` on `state`, for a
-    preview to decide as the change will: only a promote or a step of a canary with a soak
-    by exposure counts them (else 0). Raises what the count source raises."""
-    canary = state.canary if state is not None else None
-    if state is None or canary is None or not canary.min_loads:
-        return 0
-    if not isinstance(command, Promote | AdvanceStep):
-        return 0
-    return await controller.count_canary_loads(
-        state.feature_id, canary.version, canary.soak_started_at
-    )
+    """The canary loads `ReleaseController.change` counts for `command` on `state`
+    (`ReleaseController.canary_loads_for`: the rule has one home). Raises what the count
+    source raises."""
+    return await controller.canary_loads_for(state, command)
 
 
 @dataclass(frozen=True)
