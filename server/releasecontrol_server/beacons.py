@@ -33,7 +33,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -250,16 +250,6 @@ class _Buckets:
         return 0.0
 
 
-@dataclass
-class IngestStats:
-    """What happened to the batches received, by outcome (for /metrics and tests)."""
-
-    by_outcome: dict[str, int] = field(default_factory=dict)
-
-    def count(self, outcome: str) -> None:
-        self.by_outcome[outcome] = self.by_outcome.get(outcome, 0) + 1
-
-
 class Ingest:
     """Checks each batch against the keys, replays, the rate and what is published, and
     tallies what passes. Runs on the event loop; never waits."""
@@ -280,7 +270,6 @@ class Ingest:
         self._monotonic = monotonic
         self.started_at = clock()
         self.tally = Tally()
-        self.stats = IngestStats()
         self._buckets = _Buckets(rate_per_second, burst)
         self._seen: OrderedDict[str, datetime] = OrderedDict()
         self.on_outcome: Callable[[str], None] | None = None
@@ -328,8 +317,7 @@ class Ingest:
             self._seen.popitem(last=False)
 
     def _outcome(self, outcome: str) -> None:
-        self.stats.count(outcome)
-        if self.on_outcome is not None:
+        if self.on_outcome is not None:  # /metrics counts them (releasecontrol_beacons_total)
             self.on_outcome(outcome)
 
 

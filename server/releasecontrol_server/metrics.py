@@ -61,7 +61,7 @@ import hmac
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc import aio
@@ -76,10 +76,12 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 
 from releasecontrol_server.analysis import Kind
-from releasecontrol_server.analyzer import Judged
 from releasecontrol_server.beacons import OUTCOMES as BEACON_OUTCOMES
 from releasecontrol_server.releases import Action
 from releasecontrol_server.watch import ChangeEvent
+
+if TYPE_CHECKING:  # an annotation only: /metrics does not need the analyzer to load
+    from releasecontrol_server.analyzer import Judged
 
 __all__ = ["LATENCY_BUCKETS", "METRICS_PATH", "ServerMetrics", "metrics_endpoint"]
 
