@@ -28,7 +28,7 @@ from releasecontrol_server.main import prepare_dev
 from releasecontrol_server.releases import ChangeMeta, FeatureState, Publish
 from releasecontrol_server.sharding import ShardedIndex
 from releasecontrol_server.signer import Signer, pin_of
-from releasecontrol_server.store import Change, SignedFile, SqliteStore
+from releasecontrol_server.store import Change, SignedFile, open_store
 from releasectl.launcher import server_environment
 
 _CHANGES_PER_TRANSACTION = 5000
@@ -126,7 +126,7 @@ def seed_home(
     meta = ChangeMeta(actor="bench-seed", reason="benchmark data set")
     pins: dict[str, Pin] = {}
     to_write: list[SignedFile] = []
-    with SqliteStore(config.database_path) as store:
+    with open_store(config.database_path) as store:
         global_sequence = store.global_sequence()
         batch: list[Change] = []
         for i in range(features):

@@ -13,7 +13,7 @@ it is applied at most once (its change carries the request id
 `approval-<N>`). A step plan never promotes a protected feature by itself: it
 holds at its last step until a person asks and another approves.
 
-Pure: the store keeps requests (`SqliteStore.add_approval`), the controller
+Pure: the store keeps requests (`Store.add_approval`), the controller
 calls `gate` before queuing a change and `check_approver` before applying one.
 """
 

@@ -206,7 +206,12 @@ class Config:
     """How long an admin UI sign-in lasts (a `dfs` sign-in ends with its token)."""
 
     database_path: Path
-    """The SQLite database (default `home/releasecontrol.db`)."""
+    """The SQLite database (default `home/releasecontrol.db`), unless `database_url` is set."""
+
+    database_url: str | None = field(default=None, repr=False)
+    """`postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=…]`: run on PostgreSQL,
+    shared by several replicas, instead of the SQLite file. May carry a password: never
+    logged or shown in full (`store.postgres.redact`)."""
 
     tls_cert_path: Path
     """The server's TLS certificate, PEM (default `home/pki/server.pem`)."""
@@ -335,6 +340,11 @@ class Config:
     def is_production(self) -> bool:
         """True when env is production."""
         return self.env == "production"
+
+    @property
+    def database(self) -> Path | str:
+        """Where the store is: `database_url` when set (PostgreSQL), else `database_path`."""
+        return self.database_url or self.database_path
 
     @property
     def endpoints_path(self) -> Path:
@@ -591,6 +601,29 @@ def _parse_path(raw: object, label: str, ctx: _Context) -> Path:
     if not isinstance(raw, str) or not raw.strip():
         raise _bad(label, raw, "set it to a file or directory path")
     return _absolute(raw, ctx.cwd)
+
+
+def _parse_database_url(raw: object, label: str, ctx: _Context) -> str | None:
+    text = raw.strip() if isinstance(raw, str) else None
+    if text == "":
+        return None
+    fix = (
+        "set it to postgresql://USER@HOST:PORT/DATABASE (a password may follow USER after a "
+        "colon), or leave it unset to keep the SQLite file database_path"
+    )
+    if text is None:
+        raise _bad(label, raw, fix)
+    parts = urlsplit(text)
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+        # Not echoed: it may carry a password.
+        raise ConfigError(f"{label} is not a PostgreSQL URL; {fix}.")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ConfigError(f"{label} has a port that is not a number; {fix}.") from None
+    if not parts.path.strip("/"):
+        raise ConfigError(f"{label} names no database (the path after the host); {fix}.")
+    return text
 
 
 def _parse_host_version(raw: object, label: str, ctx: _Context) -> str | None:
@@ -933,6 +966,7 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("admin_session_secret_path", _parse_path),
     _Setting("admin_session_seconds", _int_between(60, _DAY_SECONDS, "seconds")),
     _Setting("database_path", _parse_path),
+    _Setting("database_url", _parse_database_url, optional=True),
     _Setting("tls_cert_path", _parse_path),
     _Setting("tls_key_path", _parse_path),
     _Setting("tls_client_ca_path", _parse_path),

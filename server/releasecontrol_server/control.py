@@ -76,7 +76,7 @@ from releasecontrol_server.rebuild import Progress, Rebuild
 from releasecontrol_server.releases import AdvanceStep, ChangeMeta, Command, FeatureState, Promote
 from releasecontrol_server.repair import OriginCheck, Refreshed
 from releasecontrol_server.signer import Signer
-from releasecontrol_server.store import Event, SignedFile, SqliteStore, StoredTransition
+from releasecontrol_server.store import Event, SignedFile, Store, StoredTransition
 from releasecontrol_server.upload import ReceivedAsset
 from releasecontrol_server.watch import ChangeEvent, RefreshEvent, WatchHub
 from releasecontrol_server.writer import (
@@ -125,7 +125,7 @@ class ReleaseController:
     def __init__(
         self,
         *,
-        store: SqliteStore,
+        store: Store,
         origin: Origin,
         artifacts: ArtifactStore,
         signer: Signer,
@@ -161,9 +161,9 @@ class ReleaseController:
         self._artifact_thread = ThreadPoolExecutor(1, thread_name_prefix="releasecontrol-artifact")
         self._writing = asyncio.Lock()
         self._read_thread = ThreadPoolExecutor(1, thread_name_prefix="releasecontrol-read")
-        self._reader: SqliteStore | None = None  # opened at start, used on the read thread
+        self._reader: Store | None = None  # opened at start, used on the read thread
         self._audit_thread = ThreadPoolExecutor(1, thread_name_prefix="releasecontrol-audit")
-        self._audit_store: SqliteStore | None = None  # opened by the audit thread
+        self._audit_store: Store | None = None  # opened by the audit thread
         self._queue: list[_Waiting] = []
         self._drain: asyncio.Task[None] | None = None
         self._retry_task: asyncio.Task[None] | None = None
@@ -207,7 +207,7 @@ class ReleaseController:
             self._feature_ids = sorted(self._states)
             self._global_sequence = self._writer.global_sequence
             self._top = self._writer.index.top
-            self._reader = SqliteStore.open_reader(self._store.path)
+            self._reader = self._store.reader()
             self._remember(await self._on_write_thread(self._writer.ensure_index, self._clock()))
             # The files every host reads (roots, remote-index.json, the shards): checked and
             # repaired before serving; each feature's own files by the OriginAuditor after.
@@ -613,7 +613,7 @@ class ReleaseController:
 
         def look() -> Refreshed:
             if self._audit_store is None:
-                self._audit_store = SqliteStore.open_reader(self._store.path)
+                self._audit_store = self._store.reader()
             check = OriginCheck(self._writer, self._audit_store)
             return check.features(states, live_only=True, repair=False)
 
@@ -653,7 +653,7 @@ class ReleaseController:
             raise FailedPrecondition("an origin rebuild is running already; wait for it to end")
         self._rebuilding = True
         loop = asyncio.get_running_loop()
-        reader = SqliteStore.open_reader(self._store.path)
+        reader = self._store.reader()
         # A thread of its own: a long rebuild never holds up a publish's artifacts.
         rebuilding = ThreadPoolExecutor(1, thread_name_prefix="releasecontrol-rebuild")
         try:
@@ -786,7 +786,7 @@ class ReleaseController:
             )
         )
 
-    async def _read(self, fn: Callable[[SqliteStore], R]) -> R:
+    async def _read(self, fn: Callable[[Store], R]) -> R:
         """`fn` of the read-only store connection, on the read thread."""
         reader = self._reader
         if reader is None:

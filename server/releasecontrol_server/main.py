@@ -60,7 +60,7 @@ from releasecontrol_server.pki import ensure_dev_pki
 from releasecontrol_server.service import SERVICE_NAME, ReleaseControlServicer, add_to_server
 from releasecontrol_server.signer import Signer
 from releasecontrol_server.steps import StepRunner
-from releasecontrol_server.store import SqliteStore
+from releasecontrol_server.store import open_store
 from releasecontrol_server.tls import ReloadingServerCredentials
 from releasecontrol_server.watch import WatchHub
 
@@ -141,7 +141,7 @@ async def _serve(
         require_client_auth=config.require_client_cert,
     )
 
-    store = SqliteStore(config.database_path)
+    store = open_store(config.database)
     origin = open_origin(config)
     hub = WatchHub(config.watch_queue_size)
     metrics = ServerMetrics(
@@ -433,11 +433,26 @@ def _metrics_access(config: Config) -> str:
     return "bearer token (metrics_token)"
 
 
+def migrate(config: Config) -> int:
+    """`releasecontrol-server migrate`: the store opened (which migrates it) and closed."""
+    with open_store(config.database) as store:
+        print(f"the database {store.where} is at schema version {store.schema_version()}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `releasecontrol-server`; returns the exit code."""
     parser = argparse.ArgumentParser(
         prog="releasecontrol-server",
         description="Run the ReleaseControl control plane (gRPC over mTLS, CDN origin).",
+    )
+    parser.add_argument(
+        "command",
+        nargs="?",
+        choices=("serve", "migrate"),
+        default="serve",
+        help="serve (the default), or migrate: bring the database's schema up to date and exit "
+        "(serve does it too; run it once before rolling out replicas of a new version)",
     )
     parser.add_argument("--config", type=Path, help="TOML config file (env vars win over it)")
     parser.add_argument("--home", type=Path, help="state directory (RELEASECONTROL_HOME)")
@@ -455,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging("text", level)  # until the config says which format
         config = load_config(environ, args.config)
         configure_logging(config.log_format, level)
+        if args.command == "migrate":
+            return migrate(config)
         if args.dev:
             prepare_dev(config)
             config = open_dev_admin(config)

@@ -35,7 +35,7 @@ from releasecontrol.manifest import artifact_path, manifest_path
 from releasecontrol_server.artifacts import ArtifactStore
 from releasecontrol_server.origin import Origin
 from releasecontrol_server.releases import FeatureState
-from releasecontrol_server.store import SignedFile, SqliteStore
+from releasecontrol_server.store import SignedFile, Store
 from releasecontrol_server.writer import Writer
 
 __all__ = ["Progress", "Rebuild"]
@@ -81,7 +81,7 @@ class Rebuild:
         *,
         origin: Origin,
         artifacts: ArtifactStore,
-        store: SqliteStore,
+        store: Store,
         report: Callable[[Progress], None],
         force: bool = False,
     ) -> None:

@@ -23,7 +23,7 @@ from releasecontrol.index import REMOTE_INDEX_PATH, releases_path
 from releasecontrol.manifest import manifest_path, sha256_hex
 from releasecontrol.shards import bin_of, shard_path
 from releasecontrol_server.releases import FeatureState, PublishedVersion
-from releasecontrol_server.store import SqliteStore
+from releasecontrol_server.store import Store
 from releasecontrol_server.writer import Writer, signed_sequence
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class OriginCheck:
     """Compares the origin with what `writer` committed, reading recorded bytes from `store`
     (the writer's own store on the write thread; a read-only connection elsewhere)."""
 
-    def __init__(self, writer: Writer, store: SqliteStore) -> None:
+    def __init__(self, writer: Writer, store: Store) -> None:
         self._writer = writer
         self._store = store
 

@@ -1,7 +1,7 @@
 """Webhooks: every change, approval request and analysis verdict told to the configured URLs.
 
 What happened is kept as an event in the store, in the transaction of the thing
-itself (a change's event commits with the change: `SqliteStore._put_event`), so
+itself (a change's event commits with the change: `Store._put_event`), so
 nothing acknowledged goes untold, across a restart too. One sender per webhook
 reads the events after its cursor (`webhook_cursors`), in order, and POSTs each
 one; the cursor moves once the receiver answered 2xx. A receiver that is down or

@@ -70,7 +70,7 @@ from releasecontrol_server.store import (
     Change,
     FileDigest,
     SignedFile,
-    SqliteStore,
+    Store,
     StoredTransition,
 )
 
@@ -202,7 +202,7 @@ class Writer:
     def __init__(
         self,
         *,
-        store: SqliteStore,
+        store: Store,
         origin: Origin,
         signer: Signer,
         roots: Sequence[SignedFile] = (),

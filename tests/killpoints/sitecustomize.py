@@ -35,7 +35,7 @@ _passes = 0
 
 def _install(point: str, nth: int) -> None:
     from releasecontrol_server.origin.filesystem import FilesystemOrigin
-    from releasecontrol_server.store import SqliteStore
+    from releasecontrol_server.store import Store
 
     def after(owner: Any, name: str, counts: Any = None) -> None:
         original = getattr(owner, name)
@@ -60,12 +60,12 @@ def _install(point: str, nth: int) -> None:
     elif point == "stage":
         after(FilesystemOrigin, "stage", lambda a, kw: signed(str(a[0])))
     elif point == "commit":
-        after(SqliteStore, "commit_many", lambda a, kw: bool(a and a[0]))
+        after(Store, "commit_many", lambda a, kw: bool(a and a[0]))
     elif point == "publish":
         after(FilesystemOrigin, "publish", lambda a, kw: signed(a[0].path))
     elif point == "mark":
-        after(SqliteStore, "mark_all_written", lambda a, kw: bool(a and a[0]))
-        after(SqliteStore, "commit_many", lambda a, kw: bool(kw.get("written")))
+        after(Store, "mark_all_written", lambda a, kw: bool(a and a[0]))
+        after(Store, "commit_many", lambda a, kw: bool(kw.get("written")))
     else:
         raise SystemExit(f"RELEASECONTROL_TEST_KILL: unknown point {point!r}")
 

@@ -21,7 +21,7 @@ from releasecontrol_server.control import ReleaseController
 from releasecontrol_server.origin.filesystem import FilesystemOrigin
 from releasecontrol_server.releases import ChangeMeta, Command
 from releasecontrol_server.signer import Signer
-from releasecontrol_server.store import SignedFile, SqliteStore
+from releasecontrol_server.store import SignedFile, open_store
 from releasecontrol_server.watch import WatchHub
 from releasecontrol_server.writer import WriteObserver
 
@@ -42,7 +42,7 @@ def new_controller(
     """A controller on `tmp_path/db.sqlite` and `origin` (else `tmp_path/origin`), not started;
     `roots` and `root_version` as the server passes them from its keyring."""
     return ReleaseController(
-        store=SqliteStore(tmp_path / "db.sqlite"),
+        store=open_store(tmp_path / "db.sqlite"),
         origin=origin if origin is not None else FilesystemOrigin(tmp_path / "origin"),
         artifacts=ArtifactStore.in_folder(tmp_path / "artifacts"),
         signer=Signer([key], 3600),

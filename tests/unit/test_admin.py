@@ -39,7 +39,7 @@ from releasecontrol_server.control import ReleaseController, Status
 from releasecontrol_server.origin.filesystem import FilesystemOrigin
 from releasecontrol_server.releases import ChangeMeta, Channel, FeatureState, PublishedVersion
 from releasecontrol_server.signer import Signer
-from releasecontrol_server.store import SqliteStore
+from releasecontrol_server.store import Store, open_store
 from releasecontrol_server.watch import WatchHub
 
 BASE = "http://127.0.0.1:8080"
@@ -63,10 +63,10 @@ def make_controller(
     *,
     hub: WatchHub | None = None,
     approvals: ApprovalPolicy = NO_APPROVALS,
-) -> tuple[ReleaseController, SqliteStore]:
+) -> tuple[ReleaseController, Store]:
     """A real controller over SQLite and a folder origin under `root`, and its store to close;
     `approvals`: which changes wait for a second principal."""
-    store = SqliteStore(root / "releasecontrol.db")
+    store = open_store(root / "releasecontrol.db")
     controller = ReleaseController(
         store=store,
         origin=FilesystemOrigin(root / "origin"),

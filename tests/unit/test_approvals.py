@@ -36,7 +36,7 @@ from releasecontrol_server.releases import (
     SetChannel,
     SetWeight,
 )
-from releasecontrol_server.store import SqliteStore
+from releasecontrol_server.store import open_store
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 POLICY = ApprovalPolicy(("feature-pay*", "checkout"), ttl_seconds=3600)
@@ -162,7 +162,7 @@ class TestStore:
         """The same change asked again while it waits is the same request; another principal's,
         or one asked after the first expired, is a new one; marking records who and which
         transition."""
-        with SqliteStore(tmp_path / "db.sqlite") as store:
+        with open_store(tmp_path / "db.sqlite") as store:
 
             def ask(meta: ChangeMeta = ALICE, at: datetime = NOW) -> ApprovalRequest:
                 return store.add_approval(

@@ -23,7 +23,7 @@ from releasecontrol_server.control import Applied, ReleaseController
 from releasecontrol_server.origin.filesystem import FilesystemOrigin
 from releasecontrol_server.releases import ChangeMeta, Command, DeployCanary, Promote, Publish
 from releasecontrol_server.signer import Signer
-from releasecontrol_server.store import SqliteStore
+from releasecontrol_server.store import open_store
 from releasecontrol_server.watch import ChangeEvent, WatchHub
 
 NOW = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
@@ -43,7 +43,7 @@ def summary(applied: Applied) -> str:
 
 @pytest.fixture
 async def controller(tmp_path: Path) -> AsyncIterator[ReleaseController]:
-    store = SqliteStore(tmp_path / "db.sqlite")
+    store = open_store(tmp_path / "db.sqlite")
     control = ReleaseController(
         store=store,
         origin=FilesystemOrigin(tmp_path / "origin"),
@@ -163,7 +163,7 @@ class TestReadsFromMemory:
             change(controller, "a-new-one", Publish("0.1.0", digest("new"))),
         )
         status = controller.status()
-        store = SqliteStore(tmp_path / "db.sqlite")
+        store = open_store(tmp_path / "db.sqlite")
         try:
             assert status.features == store.list_features(limit=1000)
             assert status.global_sequence == store.global_sequence()

@@ -27,7 +27,7 @@ from releasecontrol.verifier import Verifier
 from releasecontrol_server.origin.filesystem import FilesystemOrigin
 from releasecontrol_server.releases import DeployCanary, Publish
 from releasecontrol_server.signer import Signer
-from releasecontrol_server.store import SignedFile, SqliteStore
+from releasecontrol_server.store import SignedFile, open_store
 
 ROOT_KEY = SigningKey(Ed25519PrivateKey.from_private_bytes(bytes([21]) * 32))
 NEW_KEY = SigningKey(Ed25519PrivateKey.from_private_bytes(bytes([22]) * 32))
@@ -242,18 +242,18 @@ class TestUpgradeFromV1:
         await change(first, "checkout", Publish("1.1.0", digest("1.1.0")))
         await stop(first)
         # Make the store what a v1 server left: a schema-1 releases.json, no index files.
-        store = SqliteStore(tmp_path / "db.sqlite")
+        store = open_store(tmp_path / "db.sqlite")
         body = dict(
             Envelope.from_bytes(store.signed_file(releases_path("checkout")).content).signed
         )
         body["schema_version"] = 1
         v1 = sign(body, [KEY]).to_bytes()
-        store._db.execute(
+        store.engine.execute(
             "UPDATE files SET content = ?, sha256 = ? WHERE path = ?",
             [v1, sha256_hex(v1), releases_path("checkout")],
         )
-        store._db.execute("DELETE FROM outbox")
-        store._db.execute(
+        store.engine.execute("DELETE FROM outbox")
+        store.engine.execute(
             "DELETE FROM files WHERE path LIKE 'index/%' OR path = ?", [REMOTE_INDEX_PATH]
         )
         store.close()
@@ -276,7 +276,7 @@ class TestStoreIndexFiles:
     def test_index_files_commit_alone_and_never_go_backwards(self, tmp_path: Path) -> None:
         """Index files commit without a change, are listed by index_files(), written in the
         order pins point (roots first, top last), and a lower sequence is refused."""
-        with SqliteStore(tmp_path / "db.sqlite") as store:
+        with open_store(tmp_path / "db.sqlite") as store:
 
             def file(path: str, sequence: int) -> SignedFile:
                 data = f"{path} {sequence}".encode()

@@ -2,7 +2,7 @@
 
 The controller is the store's only writer, so `status().pending_origin_writes`
 follows the outbox without asking the store; these tests hold it to
-`SqliteStore.pending_count()` through commits, a failed origin write, its retry
+`Store.pending_count()` through commits, a failed origin write, its retry
 and restarts.
 """
 

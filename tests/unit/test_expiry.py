@@ -15,7 +15,7 @@ from releasecontrol_server.expiry import ACTOR, Resigner
 from releasecontrol_server.origin.filesystem import FilesystemOrigin
 from releasecontrol_server.releases import Action, ChangeMeta, Publish
 from releasecontrol_server.signer import Signer
-from releasecontrol_server.store import SqliteStore
+from releasecontrol_server.store import open_store
 from releasecontrol_server.watch import WatchHub
 
 WEEK = 7 * 24 * 3600
@@ -33,7 +33,7 @@ class Clock:
 async def build(tmp_path: Path, clock: Clock) -> tuple[ReleaseController, SigningKey]:
     key = SigningKey.generate()
     controller = ReleaseController(
-        store=SqliteStore(tmp_path / "db.sqlite"),
+        store=open_store(tmp_path / "db.sqlite"),
         origin=FilesystemOrigin(tmp_path / "origin"),
         artifacts=ArtifactStore.in_folder(tmp_path / "artifacts"),
         signer=Signer([key], WEEK),

@@ -1,4 +1,4 @@
-"""SqliteStore: commits are atomic, checked, ordered for the origin, and durable."""
+"""Store: commits are atomic, checked, ordered for the origin, and durable."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from releasecontrol.errors import AlreadyExists, ConfigError, StaleSequence
@@ -28,7 +29,7 @@ from releasecontrol_server.releases import (
     Publish,
     PublishedVersion,
 )
-from releasecontrol_server.store import SCHEMA_VERSION, Change, SignedFile, SqliteStore
+from releasecontrol_server.store import SCHEMA_VERSION, Change, SignedFile, Store, open_store
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 SHA_A = "a" * 64
@@ -40,7 +41,7 @@ def signed(path: str, content: bytes, sequence: int) -> SignedFile:
 
 
 def make_change(
-    store: SqliteStore,
+    store: Store,
     feature_id: str,
     command: Command,
     *,
@@ -77,7 +78,7 @@ def make_change(
 
 
 def publish(
-    store: SqliteStore,
+    store: Store,
     feature_id: str,
     version: str,
     *,
@@ -96,22 +97,41 @@ def publish(
     return change
 
 
-def dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table, read through a connection of its own."""
-    conn = sqlite3.connect(path)
+def raw(location: str, sql: str) -> list[tuple[Any, ...]]:
+    """`sql`'s rows, run through a connection of its own on either engine."""
+    if location.startswith("postgresql://"):
+        with psycopg.connect(location, autocommit=True) as pg:
+            cursor = pg.execute(sql.encode())
+            return cursor.fetchall() if cursor.description is not None else []
+    conn = sqlite3.connect(location)
     try:
-        tables = [
-            name
-            for (name,) in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
-            )
-        ]
-        return {
-            table: sorted(conn.execute(f'SELECT * FROM "{table}"').fetchall(), key=repr)
-            for table in tables
-        }
+        with conn:
+            return conn.execute(sql).fetchall()
     finally:
         conn.close()
+
+
+def dump(location: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, read through a connection of its own."""
+    if location.startswith("postgresql://"):
+        query = (
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = current_schema() ORDER BY table_name"
+        )
+    else:
+        query = "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+    return {
+        table: sorted(raw(location, f'SELECT * FROM "{table}"'), key=repr)
+        for (table,) in raw(location, query)
+    }
+
+
+@pytest.fixture
+def store(store_location: str) -> Iterator[Store]:
+    """A new store, on each engine in turn."""
+    opened = open_store(store_location)
+    yield opened
+    opened.close()
 
 
 @pytest.fixture
@@ -119,15 +139,8 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "releasecontrol.db"
 
 
-@pytest.fixture
-def store(db_path: Path) -> Iterator[SqliteStore]:
-    opened = SqliteStore(db_path)
-    yield opened
-    opened.close()
-
-
 class TestOpen:
-    def test_new_store_is_empty(self, store: SqliteStore) -> None:
+    def test_new_store_is_empty(self, store: Store) -> None:
         """A new database has no features, no transitions, no files and global sequence 0."""
         assert store.global_sequence() == 0
         assert store.feature_count() == 0
@@ -137,8 +150,26 @@ class TestOpen:
         assert store.pending_writes() == []
         assert store.signed_file("remote-index.json") is None
 
+    def test_newer_schema_is_refused(self, store: Store, store_location: str) -> None:
+        """A database written by a newer schema is refused with ConfigError naming both versions."""
+        store.close()
+        raw(store_location, "UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+        with pytest.raises(ConfigError, match=rf"schema version 99.*up to {SCHEMA_VERSION}"):
+            open_store(store_location)
+
+
+class TestSqliteFile:
+    """What only the SQLite engine has: the file's mode, and migrations from its first schema
+    (PostgreSQL starts at schema 11)."""
+
+    @pytest.fixture
+    def store(self, db_path: Path) -> Iterator[Store]:
+        opened = open_store(db_path)
+        yield opened
+        opened.close()
+
     def test_database_uses_wal_and_records_schema_version(
-        self, store: SqliteStore, db_path: Path
+        self, store: Store, db_path: Path
     ) -> None:
         """The file is in WAL mode and its meta table names the schema version."""
         conn = sqlite3.connect(db_path)
@@ -150,18 +181,8 @@ class TestOpen:
         finally:
             conn.close()
 
-    def test_newer_schema_is_refused(self, store: SqliteStore, db_path: Path) -> None:
-        """A database written by a newer schema is refused with ConfigError naming both versions."""
-        store.close()
-        conn = sqlite3.connect(db_path)
-        with conn:
-            conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-        conn.close()
-        with pytest.raises(ConfigError, match=rf"schema version 99.*up to {SCHEMA_VERSION}"):
-            SqliteStore(db_path)
-
     def test_a_version_2_database_gains_the_principal_column(
-        self, store: SqliteStore, db_path: Path
+        self, store: Store, db_path: Path
     ) -> None:
         """Opening a schema-2 database adds transitions.principal: old records read '',
         new ones keep the caller."""
@@ -178,7 +199,7 @@ class TestOpen:
             conn.execute("DROP TABLE webhook_cursors")
             conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
         conn.close()
-        reopened = SqliteStore(db_path)
+        reopened = open_store(db_path)
         try:
             (old,) = reopened.list_transitions(limit=10)
             assert (old.record.actor, old.record.principal) == ("alice", "")
@@ -193,7 +214,7 @@ class TestOpen:
             reopened.close()
 
     def test_a_version_5_database_gains_the_feature_principal(
-        self, store: SqliteStore, db_path: Path
+        self, store: Store, db_path: Path
     ) -> None:
         """Opening a schema-5 database keeps its features (last changed by nobody known) and
         records the authenticated caller of every later change beside its actor."""
@@ -211,7 +232,7 @@ class TestOpen:
             conn.execute("DROP TABLE webhook_cursors")
             conn.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
         conn.close()
-        with SqliteStore(db_path) as reopened:
+        with open_store(db_path) as reopened:
             old = reopened.load_feature("checkout")
             assert old is not None
             assert (old.updated_by, old.updated_by_principal) == ("alice", "")
@@ -225,11 +246,71 @@ class TestOpen:
     def test_missing_folder_is_a_config_error(self, tmp_path: Path) -> None:
         """A database path in a folder that does not exist raises ConfigError naming the path."""
         with pytest.raises(ConfigError, match="no-such-folder"):
-            SqliteStore(tmp_path / "no-such-folder" / "db.sqlite")
+            open_store(tmp_path / "no-such-folder" / "db.sqlite")
+
+    def test_a_version_7_database_reads_its_canaries_at_weight_zero(
+        self, store: Store, db_path: Path
+    ) -> None:
+        """A canary kept before weights (schema 7) loads as weight 0 with no plan: only hosts
+        that opt into the canary channel get it, as before the upgrade."""
+        publish(store, "checkout", "1.0.0")
+        publish(store, "checkout", "1.1.0", channel=Channel.CANARY, at=T0 + timedelta(minutes=1))
+        store.close()
+        conn = sqlite3.connect(db_path)
+        with conn:  # as version 7 left it
+            conn.execute("ALTER TABLE features DROP COLUMN canary_rollout")
+            conn.execute("DROP TABLE approvals")
+            conn.execute("DROP TABLE beacon_counts")
+            conn.execute("DROP TABLE events")
+            conn.execute("DROP TABLE webhook_cursors")
+            conn.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+        conn.close()
+        with open_store(db_path) as reopened:
+            loaded = reopened.load_feature("checkout")
+        assert loaded is not None and loaded.canary is not None
+        assert (loaded.canary.version, loaded.canary.weight, loaded.canary.steps) == (
+            "1.1.0",
+            0,
+            (),
+        )
+
+    def test_requests_kept_as_answer_bytes_are_migrated(self, store: Store, db_path: Path) -> None:
+        """A schema-4 database kept each request's protobuf answer: opening it keeps every
+        request_id (a retry is still never applied twice) with the transition it committed;
+        the feature it answered with was only in the bytes, so none is kept."""
+        publish(store, "checkout", "1.0.0", request_id="r-change")
+        store.close()
+        conn = sqlite3.connect(db_path)
+        with conn:  # as schema 4 left it
+            conn.execute("DROP TABLE requests")
+            conn.execute(
+                "CREATE TABLE requests (request_id TEXT PRIMARY KEY, rpc TEXT NOT NULL, "
+                "response BLOB NOT NULL, global_sequence INTEGER NOT NULL)"
+            )
+            conn.executemany(
+                "INSERT INTO requests VALUES (?, ?, ?, 1)",
+                [("r-change", "PublishVersion A", b"\x0a\x01x"), ("r-same", "Promote B", b"")],
+            )
+            conn.execute("ALTER TABLE features DROP COLUMN updated_by_principal")  # from 6
+            conn.execute("ALTER TABLE features DROP COLUMN canary_rollout")  # from 8
+            conn.execute("DROP TABLE approvals")  # from 9
+            conn.execute("DROP TABLE beacon_counts")  # from 10
+            conn.execute("DROP TABLE events")  # from 11
+            conn.execute("DROP TABLE webhook_cursors")
+            conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+        conn.close()
+
+        with open_store(db_path) as reopened:
+            change, same = reopened.answered("r-change"), reopened.answered("r-same")
+
+        assert change is not None and same is not None
+        assert (change.rpc, change.state) == ("PublishVersion A", None)
+        assert change.transition is not None and change.transition.request_id == "r-change"
+        assert (same.rpc, same.state, same.transition) == ("Promote B", None, None)
 
 
 class TestCommit:
-    def test_round_trips_state_with_canary_and_versions(self, store: SqliteStore) -> None:
+    def test_round_trips_state_with_canary_and_versions(self, store: Store) -> None:
         """A committed FeatureState with versions and a canary loads back exactly equal."""
         publish(store, "checkout", "1.0.0")
         publish(store, "checkout", "1.1.0", at=T0 + timedelta(minutes=5))
@@ -256,7 +337,7 @@ class TestCommit:
             updated_by="alice",
         )
 
-    def test_round_trips_a_weighted_canary_on_a_step_plan(self, store: SqliteStore) -> None:
+    def test_round_trips_a_weighted_canary_on_a_step_plan(self, store: Store) -> None:
         """A canary's weight and step plan load back exactly: from the feature row, from the
         feature list, and from the answer kept for its request id; a weight set by hand after
         the plan (no plan any more) too."""
@@ -288,33 +369,7 @@ class TestCommit:
             (),
         )
 
-    def test_a_version_7_database_reads_its_canaries_at_weight_zero(
-        self, store: SqliteStore, db_path: Path
-    ) -> None:
-        """A canary kept before weights (schema 7) loads as weight 0 with no plan: only hosts
-        that opt into the canary channel get it, as before the upgrade."""
-        publish(store, "checkout", "1.0.0")
-        publish(store, "checkout", "1.1.0", channel=Channel.CANARY, at=T0 + timedelta(minutes=1))
-        store.close()
-        conn = sqlite3.connect(db_path)
-        with conn:  # as version 7 left it
-            conn.execute("ALTER TABLE features DROP COLUMN canary_rollout")
-            conn.execute("DROP TABLE approvals")
-            conn.execute("DROP TABLE beacon_counts")
-            conn.execute("DROP TABLE events")
-            conn.execute("DROP TABLE webhook_cursors")
-            conn.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
-        conn.close()
-        with SqliteStore(db_path) as reopened:
-            loaded = reopened.load_feature("checkout")
-        assert loaded is not None and loaded.canary is not None
-        assert (loaded.canary.version, loaded.canary.weight, loaded.canary.steps) == (
-            "1.1.0",
-            0,
-            (),
-        )
-
-    def test_datetimes_come_back_as_aware_utc(self, store: SqliteStore) -> None:
+    def test_datetimes_come_back_as_aware_utc(self, store: Store) -> None:
         """A time given in another zone loads back as the same instant, in UTC."""
         paris = timezone(timedelta(hours=2))
         publish(store, "checkout", "1.0.0", at=T0.astimezone(paris))
@@ -327,7 +382,7 @@ class TestCommit:
         assert loaded.versions[0].published_at.tzinfo is UTC
         assert store.list_transitions()[0].record.at.tzinfo is UTC
 
-    def test_returns_the_stored_transition(self, store: SqliteStore) -> None:
+    def test_returns_the_stored_transition(self, store: Store) -> None:
         """commit returns the audit record with id = global sequence, as listed later."""
         publish(store, "checkout", "1.0.0")
         publish(store, "checkout", "1.1.0")
@@ -340,7 +395,7 @@ class TestCommit:
         assert store.list_transitions(limit=1) == [stored]
         assert store.global_sequence() == 3
 
-    def test_keeps_manifest_and_signed_files(self, store: SqliteStore) -> None:
+    def test_keeps_manifest_and_signed_files(self, store: Store) -> None:
         """The published manifest and every committed file are kept with their hash and sequence."""
         manifest_file = signed("features/checkout/1.0.0/manifest.json", b'{"m":1}', 1)
         change = publish(
@@ -359,22 +414,22 @@ class TestCommit:
         }
         assert store.signed_files([]) == {}
 
-    def test_stored_manifest_never_changes(self, store: SqliteStore, db_path: Path) -> None:
+    def test_stored_manifest_never_changes(self, store: Store, store_location: str) -> None:
         """Other bytes for a stored manifest raise AlreadyExists and nothing is written."""
         publish(store, "checkout", "1.0.0", manifest=("1.0.0", b"{}"))
         publish(store, "checkout", "1.1.0")
         change = make_change(
             store, "checkout", DeployCanary("1.0.0", 60), manifest=("1.0.0", b'{"x":1}')
         )
-        before = dump(db_path)
+        before = dump(store_location)
 
         with pytest.raises(AlreadyExists, match="different manifest"):
             store.commit(change)
 
-        assert dump(db_path) == before
+        assert dump(store_location) == before
         assert store.get_manifest("checkout", "1.0.0") == b"{}"
 
-    def test_later_commit_replaces_a_signed_file(self, store: SqliteStore) -> None:
+    def test_later_commit_replaces_a_signed_file(self, store: Store) -> None:
         """Committing a path again keeps only the newest bytes."""
         publish(store, "checkout", "1.0.0")
         publish(store, "checkout", "1.1.0")
@@ -384,9 +439,9 @@ class TestCommit:
         assert current == signed("remote-index.json", b"remote 2", 2)
 
 
-def _other_store_commits_first(store: SqliteStore, db_path: Path) -> Change:
+def _other_store_commits_first(store: Store, location: str) -> Change:
     change = make_change(store, "checkout", Publish("1.1.0", SHA_B))
-    with SqliteStore(db_path) as other:
+    with open_store(location) as other:
         other.commit(make_change(other, "checkout", Publish("1.1.0", SHA_B)))
     return change
 
@@ -401,7 +456,7 @@ def _renumber(change: Change, *, feature: int = 0, global_: int = 0) -> Change:
 
 # Each builds, on a store holding checkout 1.0.0 (sequence 1, global 1), a change
 # that must be refused.
-STALE_CASES: dict[str, Callable[[SqliteStore, Path], Change]] = {
+STALE_CASES: dict[str, Callable[[Store, str], Change]] = {
     "feature-sequence-behind": lambda store, _: _renumber(
         make_change(store, "checkout", Publish("1.1.0", SHA_B)), feature=-1
     ),
@@ -427,7 +482,7 @@ STALE_CASES: dict[str, Callable[[SqliteStore, Path], Change]] = {
 class TestStaleChangesWriteNothing:
     @pytest.mark.parametrize("build", STALE_CASES.values(), ids=STALE_CASES.keys())
     def test_stale_change_raises_and_writes_nothing(
-        self, store: SqliteStore, db_path: Path, build: Callable[[SqliteStore, Path], Change]
+        self, store: Store, store_location: str, build: Callable[[Store, str], Change]
     ) -> None:
         """A change built on stale sequences raises StaleSequence and no table changes."""
         publish(
@@ -438,37 +493,37 @@ class TestStaleChangesWriteNothing:
             request_id="r-first",
             rpc="PublishVersion",
         )
-        change = build(store, db_path)
+        change = build(store, store_location)
         change = dataclasses.replace(
             change,
             manifest=(change.state.versions[-1].version, b"{}"),
             request_id="r-stale",
             rpc="PublishVersion",
         )
-        before = dump(db_path)
+        before = dump(store_location)
 
         with pytest.raises(StaleSequence):
             store.commit(change)
 
-        assert dump(db_path) == before
+        assert dump(store_location) == before
         assert store.answered("r-stale") is None
 
     def test_reused_request_id_raises_already_exists_and_writes_nothing(
-        self, store: SqliteStore, db_path: Path
+        self, store: Store, store_location: str
     ) -> None:
         """Reusing an answered request_id raises AlreadyExists and writes nothing."""
         publish(store, "checkout", "1.0.0", request_id="r-1", rpc="PublishVersion")
         change = make_change(store, "checkout", Publish("1.1.0", SHA_B), request_id="r-1")
-        before = dump(db_path)
+        before = dump(store_location)
 
         with pytest.raises(AlreadyExists, match="r-1"):
             store.commit(change)
 
-        assert dump(db_path) == before
+        assert dump(store_location) == before
 
-    def test_every_table_is_covered(self, store: SqliteStore, db_path: Path) -> None:
+    def test_every_table_is_covered(self, store: Store, store_location: str) -> None:
         """The nothing-written check compares every table the schema has."""
-        assert set(dump(db_path)) == {
+        assert set(dump(store_location)) == {
             "approvals",
             "beacon_counts",
             "events",
@@ -484,7 +539,7 @@ class TestStaleChangesWriteNothing:
         }
 
 
-def _first(store: SqliteStore) -> Change:
+def _first(store: Store) -> Change:
     return make_change(store, "checkout", Publish("1.0.0", SHA_A))
 
 
@@ -517,31 +572,31 @@ class TestInconsistentChanges:
     )
     def test_inconsistent_change_is_refused(
         self,
-        store: SqliteStore,
-        db_path: Path,
+        store: Store,
+        store_location: str,
         corrupt: Callable[[Change], Change],
         message: str,
     ) -> None:
         """A change that contradicts itself raises ValueError saying why, before any write."""
-        before = dump(db_path)
+        before = dump(store_location)
 
         with pytest.raises(ValueError, match=message):
             store.commit(corrupt(_first(store)))
 
-        assert dump(db_path) == before
+        assert dump(store_location) == before
 
-    def test_naive_datetime_is_refused(self, store: SqliteStore, db_path: Path) -> None:
+    def test_naive_datetime_is_refused(self, store: Store, store_location: str) -> None:
         """A naive datetime raises ValueError and the transaction leaves nothing behind."""
-        before = dump(db_path)
+        before = dump(store_location)
 
         with pytest.raises(ValueError, match="naive"):
             publish(store, "checkout", "1.0.0", at=datetime(2026, 3, 1, 12, 0))
 
-        assert dump(db_path) == before
+        assert dump(store_location) == before
 
 
 class TestOutbox:
-    def test_pending_writes_put_indexes_last(self, store: SqliteStore) -> None:
+    def test_pending_writes_put_indexes_last(self, store: Store) -> None:
         """Pending files come out: other files, every releases.json, remote-index.json last."""
         publish(
             store,
@@ -575,7 +630,7 @@ class TestOutbox:
         ]
         assert store.pending_writes()[-1].content == b"ri2"
 
-    def test_mark_written_removes_the_entry(self, store: SqliteStore) -> None:
+    def test_mark_written_removes_the_entry(self, store: Store) -> None:
         """A file confirmed on the origin with its current sha256 leaves the outbox."""
         change = publish(store, "checkout", "1.0.0")
 
@@ -585,7 +640,7 @@ class TestOutbox:
         assert store.pending_writes() == []
         assert store.signed_file("remote-index.json") is not None
 
-    def test_mark_written_with_a_stale_sha_keeps_the_entry(self, store: SqliteStore) -> None:
+    def test_mark_written_with_a_stale_sha_keeps_the_entry(self, store: Store) -> None:
         """A file committed again after being read from the outbox stays queued, new bytes."""
         publish(store, "checkout", "1.0.0")
         read_before = {file.path: file for file in store.pending_writes()}
@@ -596,7 +651,7 @@ class TestOutbox:
         pending = {file.path: file for file in store.pending_writes()}
         assert pending["remote-index.json"] == signed("remote-index.json", b"remote 2", 2)
 
-    def test_mark_written_for_an_unknown_path_is_harmless(self, store: SqliteStore) -> None:
+    def test_mark_written_for_an_unknown_path_is_harmless(self, store: Store) -> None:
         """Confirming a path that is not queued changes nothing."""
         publish(store, "checkout", "1.0.0")
 
@@ -606,7 +661,7 @@ class TestOutbox:
 
 
 class TestRequests:
-    def test_commit_keeps_what_the_request_did(self, store: SqliteStore) -> None:
+    def test_commit_keeps_what_the_request_did(self, store: Store) -> None:
         """A change committed with a request_id is kept as domain values: the request, the
         feature afterwards and the transition it committed."""
         change = publish(store, "checkout", "1.0.0", request_id="r-1", rpc="PublishVersion X")
@@ -620,7 +675,7 @@ class TestRequests:
         assert (kept.transition.id, kept.transition.record) == (1, change.record)
         assert store.answered("r-2") is None
 
-    def test_remember_request_keeps_the_first_answer(self, store: SqliteStore) -> None:
+    def test_remember_request_keeps_the_first_answer(self, store: Store) -> None:
         """The first unchanged answer remembered for a request_id is kept; a second is ignored."""
         first = publish(store, "checkout", "1.0.0").state
         store.remember_request("r-1", "Promote A", first, "1.0.0 is stable already", T0)
@@ -637,12 +692,12 @@ class TestRequests:
         )
         assert store.global_sequence() == 1
 
-    def test_empty_request_id_cannot_be_remembered(self, store: SqliteStore) -> None:
+    def test_empty_request_id_cannot_be_remembered(self, store: Store) -> None:
         """remember_request refuses an empty request_id."""
         with pytest.raises(ValueError, match="empty"):
             store.remember_request("", "PublishVersion", FeatureState("checkout"), "", T0)
 
-    def test_old_request_ids_are_forgotten_and_recent_ones_kept(self, store: SqliteStore) -> None:
+    def test_old_request_ids_are_forgotten_and_recent_ones_kept(self, store: Store) -> None:
         """forget_requests drops what was answered before the cutoff, committed or not, and
         keeps the rest; the audit trail keeps every change's request_id."""
         publish(store, "checkout", "1.0.0", request_id="r-old", at=T0)
@@ -657,45 +712,9 @@ class TestRequests:
         assert store.answered("r-new") is not None
         assert {t.request_id for t in store.list_transitions()} == {"r-old", "r-new"}
 
-    def test_requests_kept_as_answer_bytes_are_migrated(
-        self, store: SqliteStore, db_path: Path
-    ) -> None:
-        """A schema-4 database kept each request's protobuf answer: opening it keeps every
-        request_id (a retry is still never applied twice) with the transition it committed;
-        the feature it answered with was only in the bytes, so none is kept."""
-        publish(store, "checkout", "1.0.0", request_id="r-change")
-        store.close()
-        conn = sqlite3.connect(db_path)
-        with conn:  # as schema 4 left it
-            conn.execute("DROP TABLE requests")
-            conn.execute(
-                "CREATE TABLE requests (request_id TEXT PRIMARY KEY, rpc TEXT NOT NULL, "
-                "response BLOB NOT NULL, global_sequence INTEGER NOT NULL)"
-            )
-            conn.executemany(
-                "INSERT INTO requests VALUES (?, ?, ?, 1)",
-                [("r-change", "PublishVersion A", b"\x0a\x01x"), ("r-same", "Promote B", b"")],
-            )
-            conn.execute("ALTER TABLE features DROP COLUMN updated_by_principal")  # from 6
-            conn.execute("ALTER TABLE features DROP COLUMN canary_rollout")  # from 8
-            conn.execute("DROP TABLE approvals")  # from 9
-            conn.execute("DROP TABLE beacon_counts")  # from 10
-            conn.execute("DROP TABLE events")  # from 11
-            conn.execute("DROP TABLE webhook_cursors")
-            conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
-        conn.close()
-
-        with SqliteStore(db_path) as reopened:
-            change, same = reopened.answered("r-change"), reopened.answered("r-same")
-
-        assert change is not None and same is not None
-        assert (change.rpc, change.state) == ("PublishVersion A", None)
-        assert change.transition is not None and change.transition.request_id == "r-change"
-        assert (same.rpc, same.state, same.transition) == ("Promote B", None, None)
-
 
 class TestListing:
-    def test_list_features_pages_in_feature_id_order(self, store: SqliteStore) -> None:
+    def test_list_features_pages_in_feature_id_order(self, store: Store) -> None:
         """Pages of list_features follow feature_id order, each strictly after the last id."""
         for feature_id in ["delta", "alpha", "echo", "charlie", "bravo"]:
             publish(store, feature_id, "1.0.0")
@@ -709,7 +728,7 @@ class TestListing:
         assert pages == [["alpha", "bravo"], ["charlie", "delta"], ["echo"]]
         assert store.feature_count() == 5
 
-    def test_list_features_only_some(self, store: SqliteStore) -> None:
+    def test_list_features_only_some(self, store: Store) -> None:
         """With only=, list_features returns just those features that exist, in order."""
         for feature_id in ["alpha", "bravo", "charlie"]:
             publish(store, feature_id, "1.0.0")
@@ -719,7 +738,7 @@ class TestListing:
         assert [state.feature_id for state in found] == ["alpha", "charlie"]
         assert found[0] == store.load_feature("alpha")
 
-    def test_list_transitions_newest_first_in_pages(self, store: SqliteStore) -> None:
+    def test_list_transitions_newest_first_in_pages(self, store: Store) -> None:
         """list_transitions pages from the newest, before_id giving the next page."""
         for index in range(5):
             publish(store, "checkout", f"1.{index}.0")
@@ -731,7 +750,7 @@ class TestListing:
         assert [t.id for t in first + second + third] == [5, 4, 3, 2, 1]
         assert [t.record.version for t in first] == ["1.4.0", "1.3.0"]
 
-    def test_list_transitions_of_one_feature(self, store: SqliteStore) -> None:
+    def test_list_transitions_of_one_feature(self, store: Store) -> None:
         """With feature_id=, list_transitions returns only that feature's records, newest first."""
         publish(store, "checkout", "1.0.0")
         publish(store, "search", "1.0.0")
@@ -748,7 +767,7 @@ class TestListing:
         assert [t.id for t in older] == [2]
 
     @pytest.mark.parametrize("limit", [0, -1], ids=["zero", "negative"])
-    def test_limit_below_one_is_refused(self, store: SqliteStore, limit: int) -> None:
+    def test_limit_below_one_is_refused(self, store: Store, limit: int) -> None:
         """A limit below 1 raises ValueError."""
         with pytest.raises(ValueError, match="limit"):
             store.list_features(limit=limit)
@@ -762,9 +781,9 @@ CHILD = textwrap.dedent(
     from datetime import datetime
     from pathlib import Path
     from releasecontrol_server import releases
-    from releasecontrol_server.store import Change, SqliteStore
+    from releasecontrol_server.store import Change, open_store
 
-    with SqliteStore(Path(sys.argv[1])) as store:
+    with open_store(sys.argv[1]) as store:
         state = store.load_feature("checkout")
         print(json.dumps({
             "sequence": state.sequence,
@@ -785,13 +804,13 @@ CHILD = textwrap.dedent(
 
 
 class TestDurability:
-    def test_reopened_store_sees_every_commit(self, store: SqliteStore, db_path: Path) -> None:
-        """A new SqliteStore on the same file sees features, files, outbox, requests and audit."""
+    def test_reopened_store_sees_every_commit(self, store: Store, store_location: str) -> None:
+        """A new Store on the same file sees features, files, outbox, requests and audit."""
         publish(store, "checkout", "1.0.0")
         change = publish(store, "checkout", "1.1.0", manifest=("1.1.0", b"{}"), request_id="r-1")
         store.close()
 
-        with SqliteStore(db_path) as reopened:
+        with open_store(store_location) as reopened:
             assert reopened.load_feature("checkout") == change.state
             assert reopened.global_sequence() == 2
             assert reopened.get_manifest("checkout", "1.1.0") == b"{}"
@@ -801,7 +820,7 @@ class TestDurability:
             assert {f.path for f in reopened.pending_writes()} == {f.path for f in change.files}
 
     def test_another_process_sees_commits_and_is_seen(
-        self, store: SqliteStore, db_path: Path
+        self, store: Store, store_location: str
     ) -> None:
         """A second process reads what this one committed, and this open store reads its commit."""
         publish(store, "checkout", "1.0.0")
@@ -815,7 +834,7 @@ class TestDurability:
         )
 
         child = subprocess.run(
-            [sys.executable, "-c", CHILD, str(db_path), T0.isoformat()],
+            [sys.executable, "-c", CHILD, store_location, T0.isoformat()],
             capture_output=True,
             text=True,
             timeout=60,

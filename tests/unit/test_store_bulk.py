@@ -1,4 +1,4 @@
-"""SqliteStore's batch and summary methods: commit_many, releases_digests, pending_count,
+"""Store's batch and summary methods: commit_many, releases_digests, pending_count,
 mark_all_written."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import pytest
 from releasecontrol.errors import StaleSequence
 from releasecontrol_server import releases
 from releasecontrol_server.releases import ChangeMeta, Command, FeatureState, Publish
-from releasecontrol_server.store import Change, FileDigest, SignedFile, SqliteStore
+from releasecontrol_server.store import Change, FileDigest, SignedFile, Store, open_store
+from releasecontrol_server.store.sqlite import SqliteEngine
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -40,14 +41,15 @@ def change(
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    opened = SqliteStore(tmp_path / "db.sqlite")
+def store(store_location: str) -> Iterator[Store]:
+    """A new store, on each engine in turn."""
+    opened = open_store(store_location)
     yield opened
     opened.close()
 
 
 class TestCommitMany:
-    def test_changes_commit_in_order_in_one_transaction(self, store: SqliteStore) -> None:
+    def test_changes_commit_in_order_in_one_transaction(self, store: Store) -> None:
         """Three changes (two of one feature) commit with their own sequences and records."""
         first = change(None, "cart", Publish("1.0.0", "a" * 64), 1)
         second = change(first.state, "cart", Publish("1.1.0", "b" * 64), 2)
@@ -60,7 +62,7 @@ class TestCommitMany:
         remote = store.signed_file("remote-index.json")
         assert remote is not None and remote.content == b"i3"
 
-    def test_one_stale_change_writes_none_of_them(self, store: SqliteStore) -> None:
+    def test_one_stale_change_writes_none_of_them(self, store: Store) -> None:
         """A change that does not follow the one before it fails the whole batch."""
         first = change(None, "cart", Publish("1.0.0", "a" * 64), 1)
         stale = change(None, "search", Publish("2.0.0", "c" * 64), 5)
@@ -72,9 +74,7 @@ class TestCommitMany:
 
 
 class TestSummaries:
-    def test_releases_digests_name_each_feature_file_without_its_bytes(
-        self, store: SqliteStore
-    ) -> None:
+    def test_releases_digests_name_each_feature_file_without_its_bytes(self, store: Store) -> None:
         """feature_id -> path, sha256, sequence and length of its newest releases.json."""
         first = change(None, "cart", Publish("1.0.0", "a" * 64), 1)
         second = change(first.state, "cart", Publish("1.1.0", "b" * 64, soak_seconds=60), 2)
@@ -88,7 +88,7 @@ class TestSummaries:
             ),
         }
 
-    def test_pending_count_and_mark_all_written(self, store: SqliteStore) -> None:
+    def test_pending_count_and_mark_all_written(self, store: Store) -> None:
         """Every committed file is pending until marked; a stale hash keeps its entry."""
         first = change(None, "cart", Publish("1.0.0", "a" * 64), 1)
         store.commit(first)
@@ -100,12 +100,11 @@ class TestSummaries:
         store.mark_all_written([])
         store.mark_all_written([(remote.path, remote.sha256)])
         assert store.pending_count() == 0
-        # The store is back to synchronous=FULL for the next commit.
-        assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+        if isinstance(store.engine, SqliteEngine):
+            # The file is back to synchronous=FULL for the next commit.
+            assert store.engine.pragma("synchronous") == 2
 
-    def test_pending_digests_list_pending_writes_without_their_bytes(
-        self, store: SqliteStore
-    ) -> None:
+    def test_pending_digests_list_pending_writes_without_their_bytes(self, store: Store) -> None:
         """Same files, same order as pending_writes: indexes last."""
         first = change(None, "cart", Publish("1.0.0", "a" * 64), 1)
         store.commit_many([first, change(None, "search", Publish("2.0.0", "c" * 64), 2)])
@@ -114,11 +113,13 @@ class TestSummaries:
         ]
         assert store.pending_digests()[-1].path == "remote-index.json"
 
-    def test_the_wal_is_checkpointed_every_64_mb(self, store: SqliteStore) -> None:
+    def test_the_wal_is_checkpointed_every_64_mb(self, tmp_path: Path) -> None:
         """Large WAL between checkpoints, so a rewritten big file's old pages are rarely copied."""
-        assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 16_384
+        with open_store(tmp_path / "db.sqlite") as store:
+            assert isinstance(store.engine, SqliteEngine)
+            assert store.engine.pragma("wal_autocheckpoint") == 16_384
 
-    def test_feature_ids_in_id_order(self, store: SqliteStore) -> None:
+    def test_feature_ids_in_id_order(self, store: Store) -> None:
         """Every committed feature's id, sorted as list_features sorts them."""
         store.commit_many(
             [

@@ -10,13 +10,13 @@ import pytest
 
 from releasecontrol.errors import ConfigError
 from releasecontrol_server.releases import Publish
-from releasecontrol_server.store import SqliteStore
+from releasecontrol_server.store import open_store
 from tests.unit.test_store import make_change
 
 
 def fresh(path: Path) -> Path:
     """A real store with one committed change, closed (the WAL folded into the file)."""
-    with SqliteStore(path) as store:
+    with open_store(path) as store:
         store.commit(make_change(store, "checkout", Publish("1.0.0", "a" * 64)))
     return path
 
@@ -27,7 +27,7 @@ class TestRefusedFiles:
         path = tmp_path / "releasecontrol.db"
         path.write_bytes(b"")
         with pytest.raises(ConfigError, match=r"is empty \(0 bytes\).*releasectl restore"):
-            SqliteStore(path)
+            open_store(path)
         assert path.read_bytes() == b""
 
     def test_a_file_that_is_not_sqlite_is_refused(self, tmp_path: Path) -> None:
@@ -35,7 +35,7 @@ class TestRefusedFiles:
         path = tmp_path / "releasecontrol.db"
         path.write_bytes(b"PK\x03\x04 a zip, not a database" * 20)
         with pytest.raises(ConfigError, match=r"is not a SQLite file \(it starts with b'PK"):
-            SqliteStore(path)
+            open_store(path)
 
     def test_another_applications_database_is_refused_and_left_alone(self, tmp_path: Path) -> None:
         """A SQLite file with foreign tables is not migrated into ours."""
@@ -45,7 +45,7 @@ class TestRefusedFiles:
         connection.commit()
         connection.close()
         with pytest.raises(ConfigError, match="is not a ReleaseControl database"):
-            SqliteStore(path)
+            open_store(path)
         connection = sqlite3.connect(path)
         tables = {r[0] for r in connection.execute("SELECT name FROM sqlite_master")}
         connection.close()
@@ -61,7 +61,7 @@ class TestRefusedFiles:
         data[(page - 1) * size : (page - 1) * size + 16] = b"\x13" * 16
         path.write_bytes(bytes(data))
         with pytest.raises(ConfigError) as caught:
-            SqliteStore(path)
+            open_store(path)
         assert str(path) in caught.value.message
         assert "\n" not in caught.value.message
         assert "restore" in caught.value.message
@@ -69,12 +69,12 @@ class TestRefusedFiles:
     def test_a_sound_database_opens_with_its_data(self, tmp_path: Path) -> None:
         """The checks pass a healthy file: its committed change is there."""
         path = fresh(tmp_path / "releasecontrol.db")
-        with SqliteStore(path) as store:
+        with open_store(path) as store:
             assert store.global_sequence() == 1
             loaded = store.load_feature("checkout")
             assert loaded is not None and loaded.stable == "1.0.0"
 
     def test_a_missing_file_becomes_a_new_store(self, tmp_path: Path) -> None:
         """No file yet is the first start, not an error."""
-        with SqliteStore(tmp_path / "new.db") as store:
+        with open_store(tmp_path / "new.db") as store:
             assert store.global_sequence() == 0

@@ -1,19 +1,25 @@
 """Persistence of the control plane: features, audit trail, signed files, outbox.
 
-`SqliteStore` (store.sqlite) is the embedded default; a server database engine
-can come later behind the same methods.
+`Store` (store.py) is the same on both engines: SQLite (sqlite.py), the embedded
+default, one file; PostgreSQL (postgres.py), shared by several replicas. Which one
+is decided by where the database is (`open_store`); the schema of both is in
+schema.py.
 """
 
 from __future__ import annotations
 
-from releasecontrol_server.store.sqlite import (
-    SCHEMA_VERSION,
+from pathlib import Path
+
+from releasecontrol_server.store.postgres import PostgresEngine, is_postgres_url
+from releasecontrol_server.store.schema import SCHEMA_VERSION
+from releasecontrol_server.store.sqlite import SqliteEngine
+from releasecontrol_server.store.store import (
     Answered,
     Change,
     Event,
     FileDigest,
     SignedFile,
-    SqliteStore,
+    Store,
     StoredTransition,
 )
 
@@ -24,6 +30,15 @@ __all__ = [
     "Event",
     "FileDigest",
     "SignedFile",
-    "SqliteStore",
+    "Store",
     "StoredTransition",
+    "open_store",
 ]
+
+
+def open_store(location: Path | str) -> Store:
+    """The store at `location`: a PostgreSQL URL (postgresql://…), else a SQLite file path
+    (created when missing). Raises ConfigError when it cannot be opened or used."""
+    if isinstance(location, str) and is_postgres_url(location):
+        return Store(PostgresEngine(location))
+    return Store(SqliteEngine(Path(location)))

@@ -1,0 +1,78 @@
+"""What the store needs of a database engine: transactions, statements, a few dialect words.
+
+`Store` (store.py) writes its SQL once, with `?` placeholders, in what SQLite and
+PostgreSQL both understand; an engine (sqlite.py, postgres.py) runs it. The words
+that differ are asked of the engine (`any_of`). Every statement's rows are read
+before `execute` returns (`Result`), so no cursor outlives its connection.
+
+Transactions: `transaction(write=True)` is the only way to write, and writes are
+serialised across every process using the database (SQLite's `BEGIN IMMEDIATE`;
+on PostgreSQL a transaction-scoped advisory lock), so ids and sequences are
+handed out, and committed, in order. Inside a transaction every statement of the
+calling thread runs in it; outside one, each statement is its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = ["Engine", "Result"]
+
+
+@dataclass(frozen=True)
+class Result:
+    """A statement's rows (tuples, in column order; [] for a statement without rows) and how
+    many rows it changed."""
+
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    rowcount: int = -1
+    columns: tuple[str, ...] = ()
+
+    def first(self) -> tuple[Any, ...] | None:
+        return self.rows[0] if self.rows else None
+
+    def value(self) -> Any:
+        """The first column of the first row; None without rows."""
+        return self.rows[0][0] if self.rows else None
+
+    def dicts(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
+
+
+class Engine(Protocol):
+    dialect: str
+    """"sqlite" or "postgresql": which migrations apply (schema.steps)."""
+    where: str
+    """The database, for messages: a path, or a URL without its password."""
+    errors: tuple[type[BaseException], ...]
+    """What the driver raises for a database it cannot use."""
+
+    def transaction(
+        self, *, write: bool, durable: bool = True
+    ) -> contextlib.AbstractContextManager[None]:
+        """One transaction for the calling thread's statements: committed at the end, rolled
+        back on an exception. `write`: serialised with every other writer. `durable=False`:
+        a commit a power cut may lose (marks that only cause a rewrite)."""
+        ...
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Result: ...
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+    def any_of(self, column: str, values: Sequence[Any]) -> tuple[str, Any]:
+        """A condition "`column` is one of `values`" with one placeholder, and its parameter."""
+        ...
+
+    def tables(self) -> set[str]:
+        """The tables the database (or its schema) holds."""
+        ...
+
+    def reader(self) -> Engine:
+        """An engine for a background reader that must neither wait on nor hold up the writer:
+        its own connection(s). Only reads work on it."""
+        ...
+
+    def close(self) -> None: ...

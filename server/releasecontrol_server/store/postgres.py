@@ -1,0 +1,169 @@
+"""The server engine: a PostgreSQL database shared by every replica, through psycopg 3's pool.
+
+Chosen by `database_url = "postgresql://…"` (or RELEASECONTROL_DATABASE_URL). Each
+transaction takes a connection from the pool for the calling thread; every
+statement the thread runs until it ends runs on it. Writes take one
+transaction-scoped advisory lock (`WRITE_LOCK`) first, so writers on every
+replica commit one after another, as on SQLite: ids and sequences are handed out
+in commit order, which the watch feed and the webhooks read by.
+
+A lost connection is `Unavailable`, naming the database and what failed; the pool
+drops broken connections and opens new ones, so a replica recovers by itself
+once the database is back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from releasecontrol.errors import ConfigError, Unavailable
+from releasecontrol_server.store.engine import Result
+
+__all__ = ["WRITE_LOCK", "PostgresEngine", "is_postgres_url", "redact"]
+
+WRITE_LOCK = 0x5243_0001
+"""The advisory lock key every write transaction holds (per database: "RC" 1)."""
+CONNECT_SECONDS = 5.0
+"""How long opening a connection, or waiting for one from the pool, may take."""
+POOL_SIZE = 8
+
+
+def is_postgres_url(location: str) -> bool:
+    return location.startswith(("postgresql://", "postgres://"))
+
+
+def redact(url: str) -> str:
+    """`url` without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{netloc[-1]}"))
+
+
+class PostgresEngine:
+    """The database at `url`. Raises ConfigError when it cannot be reached or logged into."""
+
+    dialect = "postgresql"
+    errors: tuple[type[BaseException], ...] = (psycopg.Error,)
+
+    def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
+        self.url = url
+        self.where = redact(url)
+        try:  # one connection first, for a clear reason when it fails
+            psycopg.connect(url, connect_timeout=int(CONNECT_SECONDS)).close()
+        except psycopg.Error as exc:
+            raise ConfigError(
+                f"cannot connect to the database {self.where}: {_reason(exc)}; check "
+                "database_url (RELEASECONTROL_DATABASE_URL) and that PostgreSQL is running"
+            ) from None
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            timeout=CONNECT_SECONDS,
+            kwargs={"connect_timeout": int(CONNECT_SECONDS)},
+            # Each connection checked as it is handed out: after the database restarted, the
+            # idle ones are dead, and the first statement must not fail on one of them.
+            check=ConnectionPool.check_connection,
+            open=True,
+            name="releasecontrol",
+        )
+        self._owner = True
+        self._local = threading.local()
+
+    def reader(self) -> PostgresEngine:
+        """The same pool (PostgreSQL serves readers beside writers); closing it keeps the pool."""
+        view = object.__new__(PostgresEngine)
+        view.url, view.where, view._pool = self.url, self.where, self._pool
+        view._owner = False
+        view._local = threading.local()
+        return view
+
+    def close(self) -> None:
+        if self._owner:
+            self._pool.close()
+
+    @contextlib.contextmanager
+    def transaction(self, *, write: bool, durable: bool = True) -> Iterator[None]:
+        if getattr(self._local, "conn", None) is not None:  # the caller's: part of it
+            yield
+            return
+        with self._failures(), self._pool.connection() as conn, conn.transaction():
+            if write:
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", [WRITE_LOCK])
+                if not durable:
+                    conn.execute("SET LOCAL synchronous_commit TO OFF")
+            else:
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            self._local.conn = conn
+            try:
+                yield
+            finally:
+                self._local.conn = None
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
+        with self._failures(), self._connection() as conn:
+            cursor = conn.execute(_native(sql), list(params))
+            rows = cursor.fetchall() if cursor.description is not None else []
+            columns = tuple(c.name for c in cursor.description or ())
+            return Result(rows, cursor.rowcount, columns)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        with self._failures(), self._connection() as conn, conn.cursor() as cursor:
+            cursor.executemany(_native(sql), [list(row) for row in rows])
+
+    def any_of(self, column: str, values: Sequence[Any]) -> tuple[str, Any]:
+        return f"{column} = ANY(?)", list(values)
+
+    def tables(self) -> set[str]:
+        rows = self.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        ).rows
+        return {str(row[0]) for row in rows}
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            yield conn
+            return
+        with self._pool.connection() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def _failures(self) -> Iterator[None]:
+        """A database that cannot be reached as `Unavailable`, with the reason."""
+        try:
+            yield
+        except PoolTimeout as exc:
+            raise Unavailable(
+                f"the database {self.where} cannot be reached ({exc}); changes wait until it is "
+                "back: retry"
+            ) from exc
+        except psycopg.OperationalError as exc:
+            raise Unavailable(
+                f"the database {self.where} failed: {_reason(exc)}; retry when it is back"
+            ) from exc
+
+
+@functools.lru_cache(maxsize=512)
+def _native(sql: str) -> str:
+    """The store's `?` placeholders as psycopg's `%s` (a literal % doubled)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of what PostgreSQL or libpq said."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
