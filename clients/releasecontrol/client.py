@@ -27,6 +27,7 @@ reads "cannot reach the ReleaseControl server at ...: is the server running?".
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import threading
@@ -82,6 +83,8 @@ _TLS_FAILURE = "handshake failed"  # how gRPC says it, in the details of UNAVAIL
 # The retry loop (`ReleaseControlClient._retrying`): how long it keeps trying after the
 # first retryable failure (covers a server restart, 1.3-2.6 s), and its backoff.
 DEFAULT_RETRY_SECONDS = 5.0
+_POLL_TICK_SECONDS = 0.25
+"""grpc's connectivity poller's tick (0.2 s), and a margin."""
 _FIRST_BACKOFF_SECONDS = 0.1
 _MAX_BACKOFF_SECONDS = 1.0
 # The channel reconnects to a server that went away at most this far apart (gRPC's
@@ -476,6 +479,7 @@ class ReleaseControlClient:
         self.channel: Any = grpc.secure_channel(settings.target, credentials, options=options)
         """The underlying `grpc.Channel`, for the standard services (health, reflection)."""
         self._stub = pb_grpc.ReleaseControlStub(self.channel)
+        self._unsubscribed_at = -math.inf
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {settings.token}"),) if settings.token else ()
         )
@@ -495,6 +499,12 @@ class ReleaseControlClient:
         return cls(settings, timeout_seconds=timeout_seconds, retry_seconds=retry_seconds)
 
     def close(self) -> None:
+        # grpc's connectivity poller (started by `subscribe` in `_pause`) looks whether it is
+        # still wanted every 0.2 s; closing the channel before it did makes it raise "Channel
+        # closed!" on its thread. So a close right after a pause waits that tick out.
+        left = self._unsubscribed_at + _POLL_TICK_SECONDS - time.monotonic()
+        if left > 0:
+            time.sleep(left)
         self.channel.close()
 
     def __enter__(self) -> ReleaseControlClient:
@@ -614,6 +624,7 @@ class ReleaseControlClient:
                 changed.wait_for(reconnected, timeout=seconds)
         finally:
             self.channel.unsubscribe(on_change)
+            self._unsubscribed_at = time.monotonic()
 
     def _call(
         self,

@@ -82,6 +82,7 @@ from releasecontrol_server.watch import ChangeEvent, RefreshEvent, WatchHub
 from releasecontrol_server.writer import (
     Applied,
     Batch,
+    Followed,
     Request,
     WriteObserver,
     Writer,
@@ -99,6 +100,8 @@ P = ParamSpec("P")
 
 _RETRY_SECONDS = 5.0
 """How often a failed origin write is tried again."""
+FOLLOW_SECONDS = 1.0
+"""How often the follower looks for other replicas' commits without being woken."""
 _CACHED_FILES = 16_384
 """Signed files (releases.json) kept in memory for reads, the most recently used."""
 
@@ -167,6 +170,7 @@ class ReleaseController:
         self._queue: list[_Waiting] = []
         self._drain: asyncio.Task[None] | None = None
         self._retry_task: asyncio.Task[None] | None = None
+        self._follower: asyncio.Task[None] | None = None
         self._rebuilding = False
         # The snapshot reads answer from; only the loop changes it, after each commit.
         self._states: dict[str, FeatureState] = {}
@@ -180,11 +184,56 @@ class ReleaseController:
         return self._default_soak
 
     async def _on_write_thread(self, fn: Callable[P, R], *args: P.args, **kw: P.kwargs) -> R:
-        """`fn` run on the write thread; the caller holds `_writing`."""
+        """`fn` run on the write thread, holding the database's lease (one replica at a time
+        signs and writes the origin), after following what other replicas committed (into
+        the snapshot first: their changes come before `fn`'s); the caller holds `_writing`."""
         assert self._writing.locked()
-        return await asyncio.get_running_loop().run_in_executor(
-            self._write_thread, lambda: fn(*args, **kw)
+
+        def leased() -> tuple[Followed, R]:
+            with self._store.exclusive():
+                followed = self._writer.follow()
+                return followed, fn(*args, **kw)
+
+        followed, result = await asyncio.get_running_loop().run_in_executor(
+            self._write_thread, leased
         )
+        self._apply_followed(followed)
+        return result
+
+    def _apply_followed(self, followed: Followed) -> None:
+        """On the loop: what other replicas committed into the snapshot, and told to watchers,
+        in commit order."""
+        self._remember(followed.files)
+        for transition, state in followed.changes:
+            if state.feature_id not in self._states:
+                bisect.insort(self._feature_ids, state.feature_id)
+            self._states[state.feature_id] = state
+            self._global_sequence = transition.global_sequence
+            self._hub.publish(ChangeEvent(transition.global_sequence, state, transition))
+        if followed.changes and self.pending_count():
+            self._schedule_retry()  # a replica that died mid-publish left the origin owed
+
+    async def _follow(self) -> None:
+        """The follower: whenever another replica commits (LISTEN/NOTIFY on PostgreSQL; at
+        least every FOLLOW_SECONDS), its changes into the snapshot and to watchers."""
+        loop = asyncio.get_running_loop()
+        listener = self._store.listener()
+        listening = ThreadPoolExecutor(1, thread_name_prefix="releasecontrol-listen")
+        try:
+            while True:
+                await loop.run_in_executor(listening, listener.wait, FOLLOW_SECONDS)
+                async with self._writing:
+                    try:
+                        followed = await loop.run_in_executor(
+                            self._write_thread, self._writer.follow
+                        )
+                    except Unavailable as exc:
+                        log.warning("following the database failed: %s", exc)
+                        continue
+                    self._apply_followed(followed)
+        finally:
+            listener.close()
+            listening.shutdown(wait=False)
 
     async def start(self) -> None:
         """Load every feature's state and the index, publish the roots, sign the index again if
@@ -220,11 +269,13 @@ class ReleaseController:
                 log.info("finishing %d origin writes left by the previous run", pending)
             if not await self._on_write_thread(self._writer.flush):
                 self._schedule_retry()
+        self._follower = asyncio.get_running_loop().create_task(self._follow())
 
     async def stop(self) -> None:
         """Stop retrying origin writes; wait for the changes the write thread took."""
-        if self._retry_task is not None:
-            self._retry_task.cancel()
+        for task in (self._retry_task, self._follower):
+            if task is not None:
+                task.cancel()
         await self.idle()
         pools = (self._write_thread, self._artifact_thread, self._read_thread, self._audit_thread)
         for pool in pools:

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from releasecontrol.errors import (
+    ConfigError,
     FailedPrecondition,
     InvalidArgument,
     OriginPending,
@@ -59,7 +60,7 @@ from releasecontrol.index import (
     releases_path,
 )
 from releasecontrol.manifest import manifest_path, sha256_hex
-from releasecontrol.shards import Pin
+from releasecontrol.shards import Pin, bin_of, shard_path
 from releasecontrol_server import releases
 from releasecontrol_server.origin import Origin
 from releasecontrol_server.origin.filesystem import FilesystemOrigin, Staged
@@ -137,6 +138,17 @@ class Committed:
     request: Request
     change: Change
     transition: StoredTransition
+
+
+@dataclass
+class Followed:
+    """What other processes on the database (replicas) committed since this writer last
+    looked (`Writer.follow`): for the loop's snapshot and watchers."""
+
+    changes: list[tuple[StoredTransition, FeatureState]] = field(default_factory=list)
+    """Each change, in commit order, with its feature's state afterwards."""
+    files: list[SignedFile] = field(default_factory=list)
+    """The committed files memory now holds for them (releases.json, shards, top level)."""
 
 
 @dataclass
@@ -266,6 +278,64 @@ class Writer:
             return self.origin.remove_leftovers()
         return []
 
+    def follow(self) -> Followed:
+        """Bring memory (states, index, outbox) up to what the database holds when another
+        process committed since this writer last committed or looked: replicas on one
+        PostgreSQL. Returns what they committed, in order. One query when nothing was.
+
+        Called before every piece of write-thread work, holding the database's exclusive
+        lease (nothing commits meanwhile), and by the loop's follower; it reads one moment
+        of the database either way.
+        """
+        with self.store.snapshot():
+            global_sequence, top_sequence = self.store.heads()
+            if global_sequence == self.global_sequence and top_sequence == self.index.sequence:
+                return Followed()
+            changes: list[tuple[StoredTransition, FeatureState | None]] = []
+            while page := self.store.changes_after(
+                changes[-1][0].id if changes else self.global_sequence
+            ):
+                changes += page
+            latest = {t.record.feature_id: state for t, state in changes}
+            unknown = [fid for fid, state in latest.items() if state is None]
+            loaded = (
+                {
+                    s.feature_id: s
+                    for s in self.store.list_features(only=unknown, limit=len(unknown))
+                }
+                if unknown
+                else {}
+            )
+            releases = self.store.signed_files([releases_path(fid) for fid in latest])
+            pins = {path.split("/")[1]: pin_of(file) for path, file in releases.items()}
+            bits = self.index.bits
+            shards = sorted({shard_path(bits, bin_of(fid, bits)) for fid in pins})
+            index_files = list(self.store.signed_files([*shards, REMOTE_INDEX_PATH]).values())
+            self.index.apply(pins, index_files)
+            if self.index.sequence != top_sequence:  # index files signed again (keys, root)
+                self.index = ShardedIndex(
+                    {
+                        fid: Pin(d.sha256, d.length, d.sequence)
+                        for fid, d in self.store.releases_digests().items()
+                    },
+                    self.store.index_files(),
+                )
+                index_files = [*self.index.shard_files(), *filter(None, [self.index.top])]
+            self.unmarked = {d.path: d.sha256 for d in self.store.pending_digests()}
+        final = {fid: state or loaded[fid] for fid, state in latest.items()}
+        self.states.update(final)
+        self.global_sequence = global_sequence
+        if changes:
+            log.info(
+                "followed %d changes other replicas committed (global_sequence %d)",
+                len(changes),
+                global_sequence,
+            )
+        return Followed(
+            [(t, state or final[t.record.feature_id]) for t, state in changes],
+            [*releases.values(), *index_files],
+        )
+
     def install_keys(
         self, signer: Signer, roots: Sequence[SignedFile], root_version: int, now: datetime
     ) -> list[SignedFile]:
@@ -279,6 +349,7 @@ class Writer:
         was not signed under the current root by the current keys (a rotation, or an origin
         of host protocol v1). Returns the files committed."""
         stored = self.store.index_files()
+        self._refuse_foreign_roots(stored)
         files = [r for r in self.roots if getattr(stored.get(r.path), "sha256", None) != r.sha256]
         top = self.index.top
         stale = top is not None and not self._current(top)
@@ -309,6 +380,29 @@ class Writer:
             self.unmarked[file.path] = file.sha256
         self.index.apply(changed, index_files)
         return files
+
+    def _refuse_foreign_roots(self, stored: Mapping[str, SignedFile]) -> None:
+        """Refuse a database whose roots are not ours: another cluster's signing keys (two
+        clusters on one database), or a newer root than this process was given (a replica
+        started with a keyring from before a rotation)."""
+        ours = {root.path: root for root in self.roots}
+        for path, file in stored.items():
+            if not path.startswith("roots/"):
+                continue
+            mine = ours.get(path)
+            if mine is None:
+                raise ConfigError(
+                    f"the database {self.store.where} holds {path}, a root newer than this "
+                    f"server's (root {self.root_version}): its keys were rotated; give this "
+                    "server the current keyring (signing keys and root_dir) and start it again"
+                )
+            if mine.sha256 != file.sha256:
+                raise ConfigError(
+                    f"the database {self.store.where} belongs to a control plane with other "
+                    f"signing keys ({path} differs from this server's): two clusters must not "
+                    "share a database; point database_url at this cluster's own, or give this "
+                    "server that cluster's keyring"
+                )
 
     def _current(self, file: SignedFile) -> bool:
         """Whether a stored top level is signed by our keys under the current root."""
@@ -687,6 +781,13 @@ class Writer:
         place, to be renamed into it (in place at once for readers, durable once
         `sync` ran). What is staged but not published is removed.
         """
+        if not self.store.holds_exclusive():
+            # The lease was lost with its session (the database restarted): another replica
+            # may be writing newer files; what is owed stays in the outbox for the holder.
+            log.warning("not writing the origin: this replica no longer holds the lease")
+            for leftover in (staged or {}).values():
+                self._discard(leftover)
+            return False
         known = {(f.path, f.sha256): f for f in held}
         unpublished = dict(staged or {})
         written: list[tuple[str, str]] = []

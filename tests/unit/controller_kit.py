@@ -38,11 +38,13 @@ def new_controller(
     roots: Sequence[SignedFile] = (),
     root_version: int = 1,
     write_observer: WriteObserver | None = None,
+    database: str | None = None,
 ) -> ReleaseController:
-    """A controller on `tmp_path/db.sqlite` and `origin` (else `tmp_path/origin`), not started;
-    `roots` and `root_version` as the server passes them from its keyring."""
+    """A controller on `database` (default `tmp_path/db.sqlite`) and `origin` (else
+    `tmp_path/origin`), not started; `roots` and `root_version` as the server passes them from
+    its keyring."""
     return ReleaseController(
-        store=open_store(tmp_path / "db.sqlite"),
+        store=open_store(database or tmp_path / "db.sqlite"),
         origin=origin if origin is not None else FilesystemOrigin(tmp_path / "origin"),
         artifacts=ArtifactStore.in_folder(tmp_path / "artifacts"),
         signer=Signer([key], 3600),

@@ -197,6 +197,7 @@ class TestSqliteFile:
             conn.execute("DROP TABLE beacon_counts")  # from 10
             conn.execute("DROP TABLE events")  # from 11
             conn.execute("DROP TABLE webhook_cursors")
+            conn.execute("ALTER TABLE transitions DROP COLUMN state")  # from 12
             conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
         conn.close()
         reopened = open_store(db_path)
@@ -230,6 +231,7 @@ class TestSqliteFile:
             conn.execute("DROP TABLE beacon_counts")  # from 10
             conn.execute("DROP TABLE events")  # from 11
             conn.execute("DROP TABLE webhook_cursors")
+            conn.execute("ALTER TABLE transitions DROP COLUMN state")  # from 12
             conn.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
         conn.close()
         with open_store(db_path) as reopened:
@@ -263,6 +265,7 @@ class TestSqliteFile:
             conn.execute("DROP TABLE beacon_counts")
             conn.execute("DROP TABLE events")
             conn.execute("DROP TABLE webhook_cursors")
+            conn.execute("ALTER TABLE transitions DROP COLUMN state")  # from 12
             conn.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
         conn.close()
         with open_store(db_path) as reopened:
@@ -297,6 +300,7 @@ class TestSqliteFile:
             conn.execute("DROP TABLE beacon_counts")  # from 10
             conn.execute("DROP TABLE events")  # from 11
             conn.execute("DROP TABLE webhook_cursors")
+            conn.execute("ALTER TABLE transitions DROP COLUMN state")  # from 12
             conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
         conn.close()
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["Engine", "Result"]
+__all__ = ["Engine", "Listener", "Result"]
 
 
 @dataclass(frozen=True)
@@ -70,9 +70,37 @@ class Engine(Protocol):
         """The tables the database (or its schema) holds."""
         ...
 
+    def notify(self) -> None:
+        """Inside a write transaction: wake every listener (`listener`) once it commits."""
+        ...
+
+    def listener(self) -> Listener:
+        """A way to wait until another process commits."""
+        ...
+
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        """Held by one process at a time, across every process on the database, waiting for
+        it: whoever holds it signs and writes to the origin. Raises Unavailable when the
+        database cannot be reached."""
+        ...
+
+    def holds_exclusive(self) -> bool:
+        """Inside `exclusive`: whether it is still held (its connection alive), checked before
+        writing to the origin."""
+        ...
+
     def reader(self) -> Engine:
         """An engine for a background reader that must neither wait on nor hold up the writer:
         its own connection(s). Only reads work on it."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Listener(Protocol):
+    def wait(self, timeout: float) -> bool:
+        """Block until another process commits (True; or, unsure, True too), or `timeout`
+        seconds pass (False)."""
         ...
 
     def close(self) -> None: ...

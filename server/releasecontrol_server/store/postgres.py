@@ -16,21 +16,34 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from releasecontrol.errors import ConfigError, Unavailable
 from releasecontrol_server.store.engine import Result
 
-__all__ = ["WRITE_LOCK", "PostgresEngine", "is_postgres_url", "redact"]
+log = logging.getLogger(__name__)
+
+__all__ = ["LEASE_LOCK", "WRITE_LOCK", "PostgresEngine", "is_postgres_url", "redact"]
 
 WRITE_LOCK = 0x5243_0001
 """The advisory lock key every write transaction holds (per database: "RC" 1)."""
+LEASE_LOCK = 0x5243_0002
+"""The advisory lock the replica that signs and writes to the origin holds, on a session of
+its own (`exclusive`): released by PostgreSQL the moment that session ends, so a replica
+that dies hands it on at once."""
+CHANNEL = "releasecontrol_changes"
+"""What every commit NOTIFYs and every replica LISTENs to (`listener`)."""
+KEEPALIVE = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
+"""TCP keepalives on the lease and listen sessions: a database that vanished is noticed in
+about 11 s rather than the system's two hours."""
 CONNECT_SECONDS = 5.0
 """How long opening a connection, or waiting for one from the pool, may take."""
 POOL_SIZE = 8
@@ -79,6 +92,8 @@ class PostgresEngine:
         )
         self._owner = True
         self._local = threading.local()
+        self._lease: psycopg.Connection[Any] | None = None
+        self._lease_lock = threading.Lock()
 
     def reader(self) -> PostgresEngine:
         """The same pool (PostgreSQL serves readers beside writers); closing it keeps the pool."""
@@ -86,11 +101,58 @@ class PostgresEngine:
         view.url, view.where, view._pool = self.url, self.where, self._pool
         view._owner = False
         view._local = threading.local()
+        view._lease, view._lease_lock = None, threading.Lock()
         return view
 
     def close(self) -> None:
+        if self._lease is not None:
+            self._lease.close()
         if self._owner:
             self._pool.close()
+
+    def notify(self) -> None:
+        self.execute(f"NOTIFY {CHANNEL}")
+
+    def listener(self) -> _Listener:
+        return _Listener(self)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._lease_lock, self._failures():
+            if self._lease is None or self._lease.closed or self._lease.broken:
+                self._lease = self._session()
+            lease = self._lease
+            try:
+                lease.execute("SELECT pg_advisory_lock(%s)", [LEASE_LOCK])
+            except psycopg.OperationalError:
+                self._lease = None
+                raise
+        try:
+            yield
+        finally:
+            with self._lease_lock:
+                try:
+                    lease.execute("SELECT pg_advisory_unlock(%s)", [LEASE_LOCK])
+                except psycopg.Error:  # the session is gone, and the lock with it
+                    self._lease = None
+                    lease.close()
+
+    def holds_exclusive(self) -> bool:
+        with self._lease_lock:
+            lease = self._lease
+            if lease is None:
+                return False
+            try:
+                lease.execute("SELECT 1")
+            except psycopg.Error:
+                self._lease = None
+                return False
+            return True
+
+    def _session(self) -> psycopg.Connection[Any]:
+        """A connection of its own, outside the pool, for a session lock or LISTEN."""
+        conninfo = make_conninfo(self.url, connect_timeout=int(CONNECT_SECONDS), **KEEPALIVE)
+        return psycopg.connect(conninfo, autocommit=True)
 
     @contextlib.contextmanager
     def transaction(self, *, write: bool, durable: bool = True) -> Iterator[None]:
@@ -155,6 +217,45 @@ class PostgresEngine:
             raise Unavailable(
                 f"the database {self.where} failed: {_reason(exc)}; retry when it is back"
             ) from exc
+
+
+class _Listener:
+    """LISTENs on a session of its own; after losing it, says True (a commit may have been
+    missed) and listens again on a new one."""
+
+    def __init__(self, engine: PostgresEngine) -> None:
+        self._engine = engine
+        self._conn: psycopg.Connection[Any] | None = None
+        self._closed = threading.Event()
+
+    def wait(self, timeout: float) -> bool:
+        if self._closed.is_set():
+            return False
+        try:
+            if self._conn is None:
+                self._conn = self._engine._session()
+                self._conn.execute(f"LISTEN {CHANNEL}")
+                return True  # commits before the LISTEN were not heard
+            for _ in self._conn.notifies(timeout=timeout, stop_after=1):
+                return True
+            return False
+        except psycopg.Error as exc:
+            if self._closed.is_set():
+                return False
+            log.warning("listening to %s failed (%s); listening again", self._engine.where, exc)
+            self.close_connection()
+            self._closed.wait(min(timeout, 1.0))
+            return True
+
+    def close_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.close_connection()
 
 
 @functools.lru_cache(maxsize=512)

@@ -15,11 +15,16 @@ migrate`), inside one write transaction, after refusing a database of a newer ve
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 """The version this code writes; a database of a higher one is refused."""
 
 META_TABLE = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 """Where the version is kept (with the global sequence), on both engines."""
+
+# 12 (both engines): each change's feature state afterwards (JSON, as `requests` keeps it),
+# so the change log alone tells what every change did: replicas follow one another by it
+# (the watch feed of a replica shows changes another one committed). NULL for older rows.
+_V12 = ("ALTER TABLE transitions ADD COLUMN state TEXT",)
 
 # SQLite: one tuple of statements per schema version; SQLITE_MIGRATIONS[n - 1] takes the
 # schema from version n - 1 to n. Append, never edit a released entry.
@@ -190,6 +195,7 @@ SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE TABLE webhook_cursors (name TEXT PRIMARY KEY, delivered INTEGER NOT NULL)",
     ),
+    _V12,
 )
 
 POSTGRES_BASELINE_VERSION = 11
@@ -324,7 +330,7 @@ POSTGRES_BASELINE: tuple[str, ...] = (
     "CREATE TABLE webhook_cursors (name TEXT PRIMARY KEY, delivered BIGINT NOT NULL)",
 )
 # PostgreSQL: version -> the statements taking it from version - 1, after the baseline.
-POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {}
+POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {12: _V12}
 
 assert len(SQLITE_MIGRATIONS) == SCHEMA_VERSION
 assert sorted(POSTGRES_MIGRATIONS) == list(range(POSTGRES_BASELINE_VERSION + 1, SCHEMA_VERSION + 1))

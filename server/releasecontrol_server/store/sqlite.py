@@ -24,7 +24,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from releasecontrol.errors import ConfigError
-from releasecontrol_server.store.engine import Result
+from releasecontrol_server.store.engine import Listener, Result
 
 __all__ = ["SqliteEngine", "check_database_file"]
 
@@ -83,6 +83,18 @@ class SqliteEngine:
         except BaseException:
             conn.close()
             raise
+
+    def notify(self) -> None:
+        """Nothing: one server process per file (its state directory is locked)."""
+
+    def listener(self) -> Listener:
+        return _Sleeper()
+
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def holds_exclusive(self) -> bool:
+        return True
 
     def reader(self) -> SqliteEngine:
         return SqliteEngine(self.path, read_only=True)
@@ -156,6 +168,20 @@ class SqliteEngine:
                 f"the database {self.path} is damaged ({'; '.join(problems)}); restore it from "
                 "a backup (`releasectl restore PATH`) or move it away to start an empty store"
             )
+
+
+class _Sleeper:
+    """No other process commits to the file: waiting is sleeping (until closed)."""
+
+    def __init__(self) -> None:
+        self._closed = threading.Event()
+
+    def wait(self, timeout: float) -> bool:
+        self._closed.wait(timeout)
+        return False
+
+    def close(self) -> None:
+        self._closed.set()
 
 
 def damaged(path: Path, exc: BaseException) -> ConfigError:

@@ -57,7 +57,7 @@ from releasecontrol_server.releases import (
     FeatureState,
     PublishedVersion,
 )
-from releasecontrol_server.store.engine import Engine, Result
+from releasecontrol_server.store.engine import Engine, Listener, Result
 from releasecontrol_server.store.schema import META_TABLE, SCHEMA_VERSION
 from releasecontrol_server.store.schema import steps as schema_steps
 
@@ -95,6 +95,7 @@ _TRANSITION_COLUMNS = (
     "detail",
     "request_id",
     "principal",
+    "state",
 )
 _INSERT_TRANSITION = (
     f"INSERT INTO transitions ({', '.join(_TRANSITION_COLUMNS)}) "
@@ -501,6 +502,7 @@ class Store:
                 self._check_file_sequences(index_files)
                 queued_at = changes[-1].global_sequence if changes else self.global_sequence()
                 self._put_files(index_files, queued_at)
+            self._engine.notify()  # other processes following the database look now
             return stored
 
     def _put_change(self, change: Change) -> StoredTransition:
@@ -512,6 +514,7 @@ class Store:
             self._put_manifest(state.feature_id, *change.manifest)
         row = {"id": change.global_sequence, **_record_to_row(record)}
         row["request_id"] = change.request_id
+        row["state"] = json.dumps(_state_to_json(state), separators=(",", ":"))
         self._execute(_INSERT_TRANSITION, [row[name] for name in _TRANSITION_COLUMNS])
         if change.files:
             self._put_files(change.files, change.global_sequence)
@@ -918,6 +921,53 @@ class Store:
         )
         return [_transition_from_row(row) for row in rows]
 
+    # -- following other processes on the database ----------------------------
+
+    def heads(self) -> tuple[int, int]:
+        """The global sequence and remote-index.json's sequence (0: none): one query that says
+        whether anything was committed since they were last read."""
+        row = self._execute(
+            "SELECT (SELECT value FROM meta WHERE key = 'global_sequence'), "
+            "(SELECT sequence FROM files WHERE path = ?)",
+            [REMOTE_INDEX_NAME],
+        ).first()
+        assert row is not None
+        return int(row[0] or 0), int(row[1] or 0)
+
+    def changes_after(
+        self, after: int, limit: int = 1000
+    ) -> list[tuple[StoredTransition, FeatureState | None]]:
+        """The changes committed after global sequence `after`, oldest first, each with the
+        feature's state afterwards (None for a change kept before schema 12)."""
+        _check_limit(limit)
+        rows = self._rows(
+            "SELECT * FROM transitions WHERE id > ? ORDER BY id LIMIT ?", [after, limit]
+        )
+        return [
+            (
+                _transition_from_row(row),
+                _state_from_json(json.loads(row["state"])) if row.get("state") else None,
+            )
+            for row in rows
+        ]
+
+    def snapshot(self) -> contextlib.AbstractContextManager[None]:
+        """Reads in this block (of this thread) see one moment of the database."""
+        return self._read()
+
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        """Held by one process on the database at a time (the one that signs and writes the
+        origin); waits for it. See Engine.exclusive."""
+        return self._engine.exclusive()
+
+    def holds_exclusive(self) -> bool:
+        """Inside `exclusive`: whether it is still held (Engine.holds_exclusive)."""
+        return self._engine.holds_exclusive()
+
+    def listener(self) -> Listener:
+        """Something to wait on until another process commits (Engine.listener)."""
+        return self._engine.listener()
+
 
 # -- conversions --------------------------------------------------------------
 
@@ -1193,34 +1243,35 @@ def _check_files(files: Sequence[SignedFile]) -> None:
 
 def _result_json(state: FeatureState, transition_id: int | None, why: str) -> str:
     """A request's result as kept in `requests`: the feature, the transition's id, why."""
-    canary = state.canary
     return json.dumps(
-        {
-            "state": {
-                "feature_id": state.feature_id,
-                "sequence": state.sequence,
-                "stable": state.stable,
-                "canary": None
-                if canary is None
-                else [
-                    canary.version,
-                    _text(canary.soak_started_at),
-                    canary.soak_seconds,
-                    _rollout(canary),
-                ],
-                "versions": [
-                    [v.version, v.manifest_sha256, _text(v.published_at), v.was_stable]
-                    for v in state.versions
-                ],
-                "updated_at": None if state.updated_at is None else _text(state.updated_at),
-                "updated_by": state.updated_by,
-                "updated_by_principal": state.updated_by_principal,
-            },
-            "transition": transition_id,
-            "why": why,
-        },
+        {"state": _state_to_json(state), "transition": transition_id, "why": why},
         separators=(",", ":"),
     )
+
+
+def _state_to_json(state: FeatureState) -> dict[str, Any]:
+    """A feature's state as kept in `requests` and `transitions` (`_state_from_json`)."""
+    canary = state.canary
+    return {
+        "feature_id": state.feature_id,
+        "sequence": state.sequence,
+        "stable": state.stable,
+        "canary": None
+        if canary is None
+        else [
+            canary.version,
+            _text(canary.soak_started_at),
+            canary.soak_seconds,
+            _rollout(canary),
+        ],
+        "versions": [
+            [v.version, v.manifest_sha256, _text(v.published_at), v.was_stable]
+            for v in state.versions
+        ],
+        "updated_at": None if state.updated_at is None else _text(state.updated_at),
+        "updated_by": state.updated_by,
+        "updated_by_principal": state.updated_by_principal,
+    }
 
 
 def _state_from_json(data: dict[str, Any]) -> FeatureState:

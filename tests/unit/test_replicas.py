@@ -1,0 +1,196 @@
+"""Replicas on one PostgreSQL, in one process: two controllers on one database and one origin
+answer reads and take changes, each following what the other committed (snapshot and watch
+feed, in order, without gaps), a request id applied once across them, an expected sequence
+checked against the database, and a replica of another cluster refused at start.
+
+The three-process failure test (kills, a database restart) is
+tests/integration/test_replicas.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from controller_kit import KEY, NOW, change, new_controller, origin_pin, origin_top, stop
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from postgres_kit import PostgresServer
+
+from releasecontrol.errors import ConfigError, StaleSequence
+from releasecontrol.manifest import sha256_hex
+from releasecontrol.root import Root, root_path
+from releasecontrol.trust import SigningKey
+from releasecontrol_server.control import ReleaseController
+from releasecontrol_server.origin.filesystem import FilesystemOrigin
+from releasecontrol_server.releases import ChangeMeta, Channel, Promote, Publish
+from releasecontrol_server.store import SignedFile
+from releasecontrol_server.watch import ChangeEvent, Subscription
+
+ROOT_KEY = SigningKey(Ed25519PrivateKey.from_private_bytes(bytes([31]) * 32))
+OTHER_KEY = SigningKey(Ed25519PrivateKey.from_private_bytes(bytes([32]) * 32))
+
+
+def root_file(key: SigningKey) -> SignedFile:
+    root = Root.create(
+        version=1,
+        root_keys=[ROOT_KEY.trusted_key()],
+        index_keys=[key.trusted_key()],
+        issued_at=NOW,
+        expires_at=NOW + timedelta(days=365),
+    )
+    data = root.sign([ROOT_KEY]).to_bytes()
+    return SignedFile(root_path(1), data, sha256_hex(data), 1)
+
+
+def sha(text: str) -> str:
+    return sha256_hex(text.encode())
+
+
+@pytest.fixture
+async def replicas(
+    tmp_path: Path, postgres: PostgresServer
+) -> AsyncIterator[tuple[ReleaseController, ReleaseController]]:
+    url = postgres.new_database()
+    origin = tmp_path / "origin"
+    a, b = (
+        new_controller(
+            tmp_path / name,
+            FilesystemOrigin(origin),
+            database=url,
+            roots=[root_file(KEY)],
+        )
+        for name in ("a", "b")
+    )
+    await a.start()
+    await b.start()
+    yield a, b
+    await stop(a)
+    await stop(b)
+
+
+async def until(condition: object, seconds: float = 10.0) -> None:
+    """Wait until `condition()` is true (the follower runs on NOTIFY, at most a second late)."""
+    assert callable(condition)
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("not followed in time")
+
+
+async def drain(sub: Subscription, count: int) -> list[ChangeEvent]:
+    events: list[ChangeEvent] = []
+    while len(events) < count:
+        event = await asyncio.wait_for(sub.next(), 10)
+        assert isinstance(event, ChangeEvent)
+        events.append(event)
+    return events
+
+
+async def test_each_replica_reads_and_watches_what_the_other_committed(
+    replicas: tuple[ReleaseController, ReleaseController], tmp_path: Path
+) -> None:
+    a, b = replicas
+    watching_b = b.hub.subscribe()
+    await change(a, "checkout", Publish("1.0.0", sha("1.0.0")))
+    await until(lambda: b.state_of("checkout") is not None)
+    assert b.feature("checkout").stable == "1.0.0"
+    assert b.status().global_sequence == 1
+
+    await change(b, "checkout", Publish("1.1.0", sha("1.1.0"), channel=Channel.CANARY))
+    await until(lambda: a.feature("checkout").sequence == 2)
+    assert a.feature("checkout").canary is not None
+    # The origin has what the last writer signed, above what the first one did.
+    assert origin_top(tmp_path / "origin").sequence == 2
+    assert origin_pin(tmp_path / "origin", "checkout").sequence == 2
+    # B's watchers heard A's change, then B's own, in order.
+    events = await drain(watching_b, 2)
+    assert [(e.global_sequence, e.state.sequence, e.transition.record.version) for e in events] == [
+        (1, 1, "1.0.0"),
+        (2, 2, "1.1.0"),
+    ]
+    assert (await b.signed_file("features/checkout/releases.json")).sequence == 2
+    assert (await a.signed_file("features/checkout/releases.json")).sequence == 2
+
+
+async def test_changes_through_both_replicas_at_once_get_one_order_seen_alike(
+    replicas: tuple[ReleaseController, ReleaseController],
+) -> None:
+    """20 changes through each replica at the same time: every one acknowledged, the global
+    sequences 1..40 each once, and watchers on both replicas see all 40 in that order."""
+    a, b = replicas
+    subs = [a.hub.subscribe(), b.hub.subscribe()]
+
+    async def through(replica: ReleaseController, name: str) -> None:
+        for n in range(10):
+            await change(replica, f"{name}-{n % 3}", Publish(f"1.{n}.0", sha(f"{name}{n}")))
+
+    await asyncio.gather(*(through(r, f"{n}{i}") for i, r in enumerate((a, b)) for n in "xy"))
+    for sub in subs:
+        events = await drain(sub, 40)
+        assert [e.global_sequence for e in events] == list(range(1, 41))
+    by_feature: dict[str, list[int]] = {}
+    for event in events:
+        by_feature.setdefault(event.state.feature_id, []).append(event.state.sequence)
+    assert all(seqs == list(range(1, len(seqs) + 1)) for seqs in by_feature.values())
+    await until(lambda: a.status().global_sequence == b.status().global_sequence == 40)
+    assert a.status().features == b.status().features
+
+
+async def test_a_request_id_is_applied_once_across_replicas(
+    replicas: tuple[ReleaseController, ReleaseController],
+) -> None:
+    a, b = replicas
+    await change(a, "checkout", Publish("1.0.0", sha("1.0.0")))
+    await change(a, "checkout", Publish("1.1.0", sha("1.1.0"), channel=Channel.CANARY))
+    meta = ChangeMeta(actor="ci", reason="ship")
+    first = await a.change(
+        "checkout", Promote("1.1.0", skip_soak=True), meta, rpc="Promote", request_id="r-42"
+    )
+    again = await b.change(
+        "checkout", Promote("1.1.0", skip_soak=True), meta, rpc="Promote", request_id="r-42"
+    )
+    assert first.transition is not None and again.transition is not None
+    assert again.transition.id == first.transition.id == 3
+    assert b.status().global_sequence == 3
+
+
+async def test_an_expected_sequence_is_checked_against_the_database_not_a_stale_snapshot(
+    replicas: tuple[ReleaseController, ReleaseController],
+) -> None:
+    """B's change, computed on sequence 1 while A already moved the feature to 2, is refused,
+    even if B's follower has not caught up yet: the write path follows first."""
+    a, b = replicas
+    await change(a, "checkout", Publish("1.0.0", sha("1.0.0")))
+    await until(lambda: b.state_of("checkout") is not None)
+    await change(a, "checkout", Publish("1.1.0", sha("1.1.0"), channel=Channel.CANARY))
+    with pytest.raises(StaleSequence, match="sequence 2"):
+        await b.change(
+            "checkout",
+            Promote("1.1.0", skip_soak=True),
+            ChangeMeta(actor="ops", expected_sequence=1),
+            rpc="Promote",
+            request_id="",
+        )
+    assert b.feature("checkout").sequence == 2
+
+
+async def test_a_replica_with_other_signing_keys_is_refused_at_start(
+    replicas: tuple[ReleaseController, ReleaseController],
+    tmp_path: Path,
+    postgres: PostgresServer,
+) -> None:
+    a, _ = replicas
+    await change(a, "checkout", Publish("1.0.0", sha("1.0.0")))
+    url = a._store.engine.url  # type: ignore[attr-defined]
+    other = new_controller(
+        tmp_path / "other", database=url, key=OTHER_KEY, roots=[root_file(OTHER_KEY)]
+    )
+    with pytest.raises(ConfigError, match=r"other signing keys.*roots/1\.json"):
+        await other.start()
+    await stop(other)
+    # Nothing of the other cluster was written: the first one goes on.
+    await change(a, "checkout", Publish("1.1.0", sha("1.1.0")))
+    assert a.feature("checkout").sequence == 2
