@@ -796,13 +796,15 @@ class Writer:
             # common case), else from the store, in the order pins point; without what
             # memory knows is in place already (renamed, its sync running or not yet
             # marked in the store).
-            pending = (
-                [FileDigest(f.path, f.sha256, f.sequence) for f in held]
-                if held and self._only(held)
-                else [
-                    d for d in self.store.pending_digests() if self.unmarked.get(d.path) == d.sha256
-                ]
-            )
+            if held and self._only(held):
+                pending = [FileDigest(f.path, f.sha256, f.sequence) for f in held]
+            else:
+                listed = self.store.pending_digests()
+                # What another replica marked written since this one followed is not owed.
+                keys = {(d.path, d.sha256) for d in listed}
+                for gone in [k for k in self.unmarked.items() if k not in keys]:
+                    self._drop_unmarked(gone)
+                pending = [d for d in listed if self.unmarked.get(d.path) == d.sha256]
             behind = 0
             for digest in pending:
                 key = (digest.path, digest.sha256)
