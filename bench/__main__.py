@@ -19,7 +19,18 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import _server, browser, cli, hosts, propagation, reads, scale, streaming, writes
+from bench import (
+    _server,
+    browser,
+    cli,
+    hosts,
+    propagation,
+    reads,
+    replicas,
+    scale,
+    streaming,
+    writes,
+)
 from bench._report import Outcome, describe_machine, print_outcome, record, render_results
 
 BENCHMARKS: dict[str, Callable[..., Outcome]] = {
@@ -31,6 +42,7 @@ BENCHMARKS: dict[str, Callable[..., Outcome]] = {
     "propagation": propagation.run,
     "cli": cli.run,
     "streaming": streaming.run,
+    "replicas": replicas.run,
 }
 
 

@@ -126,7 +126,7 @@ def seed_home(
     meta = ChangeMeta(actor="bench-seed", reason="benchmark data set")
     pins: dict[str, Pin] = {}
     to_write: list[SignedFile] = []
-    with open_store(config.database_path) as store:
+    with open_store(config.database) as store:
         global_sequence = store.global_sequence()
         batch: list[Change] = []
         for i in range(features):
@@ -186,5 +186,6 @@ def seed_home(
         for file in to_write:
             write_plain(origin, file.path, file.content)
         store.mark_all_written([(f.path, f.sha256) for f in to_write])
-        database_bytes = config.database_path.stat().st_size
+        # On PostgreSQL (database_url) there is no file to measure.
+        database_bytes = 0 if config.database_url else config.database_path.stat().st_size
     return Seeded(features, versions, global_sequence, len(remote.content), database_bytes)

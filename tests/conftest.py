@@ -3,11 +3,17 @@ location on either engine (the store suite runs on both)."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from postgres_kit import PostgresServer, running_postgres
+
+# `bench` (which holds the PostgreSQL starter the benchmarks use too) lives at the top of the
+# repository, beside `tests`, and is not installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._postgres import PostgresServer, running_postgres
 
 ENGINES = ("sqlite", "postgresql")
 

@@ -147,6 +147,15 @@ class ReleaseController:
         self.count_canary_loads: Callable[[str, str, datetime], Awaitable[int]] = self._beacon_loads
         """Where a soak by exposure gets the canary's loads (the analysis' source, set by
         main; the beacons by default)."""
+        self.leading = store.lead()
+        """Whether this replica runs the one-per-cluster jobs (canary steps, analysis, webhooks,
+        re-signing, the origin check): always on SQLite; on PostgreSQL, the one replica holding
+        the leader lock, asked again every second by the follower."""
+        self.database_ok = True
+        """Whether the database answered the follower's last look (health: NOT_SERVING when
+        not, so the replica gets no traffic, until it answers again)."""
+        self.health_listeners: list[Callable[[bool], None]] = []
+        """Called on the loop with `database_ok` each time it changes."""
         self.event_listeners: list[Callable[[], None]] = []
         """Called on the loop whenever an event for the webhooks was kept (a change, an
         approval request or approval, a verdict)."""
@@ -215,25 +224,47 @@ class ReleaseController:
 
     async def _follow(self) -> None:
         """The follower: whenever another replica commits (LISTEN/NOTIFY on PostgreSQL; at
-        least every FOLLOW_SECONDS), its changes into the snapshot and to watchers."""
+        least every FOLLOW_SECONDS), its changes into the snapshot and to watchers; and, each
+        time, whether this replica leads and whether the database answers."""
         loop = asyncio.get_running_loop()
         listener = self._store.listener()
         listening = ThreadPoolExecutor(1, thread_name_prefix="releasecontrol-listen")
+
+        def look() -> tuple[Followed, bool]:
+            return self._writer.follow(), self._store.lead()
+
         try:
             while True:
                 await loop.run_in_executor(listening, listener.wait, FOLLOW_SECONDS)
                 async with self._writing:
                     try:
-                        followed = await loop.run_in_executor(
-                            self._write_thread, self._writer.follow
-                        )
+                        followed, leading = await loop.run_in_executor(self._write_thread, look)
                     except Unavailable as exc:
-                        log.warning("following the database failed: %s", exc)
+                        self._database_answers(False, exc.message)
                         continue
+                    self._database_answers(True)
+                    self._lead(leading)
                     self._apply_followed(followed)
         finally:
             listener.close()
             listening.shutdown(wait=False)
+
+    def _database_answers(self, answers: bool, reason: str = "") -> None:
+        if answers == self.database_ok:
+            return
+        self.database_ok = answers
+        if answers:
+            log.info("the database answers again")
+        else:
+            log.warning("the database does not answer: %s", reason)
+            self._lead(False)
+        for listener in self.health_listeners:
+            listener(answers)
+
+    def _lead(self, leading: bool) -> None:
+        if leading != self.leading:
+            log.info("this replica %s", "leads" if leading else "no longer leads")
+            self.leading = leading
 
     async def start(self) -> None:
         """Load every feature's state and the index, publish the roots, sign the index again if

@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,7 @@ from releasecontrol_server.config import (
 from releasecontrol_server.control import ReleaseController
 from releasecontrol_server.expiry import Resigner
 from releasecontrol_server.keyring import Keyring, KeyWatcher, load_keyring
+from releasecontrol_server.leader import while_leading
 from releasecontrol_server.logs import configure_logging, log_change, parse_level
 from releasecontrol_server.metrics import METRICS_PATH, ServerMetrics, metrics_endpoint
 from releasecontrol_server.origin import open_origin
@@ -273,6 +274,17 @@ async def _serve(
         await server.start()
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+        def database_answers(answers: bool) -> None:
+            # The service, not the server (""): liveness stays, readiness follows the database.
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if answers
+                else (health_pb2.HealthCheckResponse.NOT_SERVING)
+            )
+            asyncio.get_running_loop().create_task(health_servicer.set(SERVICE_NAME, status))
+
+        controller.health_listeners.append(database_answers)
         admin_url = await admin.start()
         if beacon_http is not None:
             await beacon_http.start()
@@ -304,16 +316,18 @@ async def _serve(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         resigner = Resigner(controller, expiry_seconds=config.index_expiry_seconds)
-        resigning = loop.create_task(resigner.run(stop), name="resign-before-expiry")
-        stepping = loop.create_task(
-            StepRunner(controller, analysis=analyzer.allows_step).run(stop), name="canary-steps"
-        )
-        judging = loop.create_task(analyzer.run(stop), name="canary-analysis")
+
+        def led(
+            job: Callable[[asyncio.Event], Coroutine[Any, Any, None]], name: str
+        ) -> asyncio.Task[None]:
+            """One job per cluster: run on the replica that leads (leader.py)."""
+            return loop.create_task(while_leading(controller, stop, job, name), name=name)
+
+        resigning = led(resigner.run, "resign-before-expiry")
+        stepping = led(StepRunner(controller, analysis=analyzer.allows_step).run, "canary-steps")
+        judging = led(analyzer.run, "canary-analysis")
         flushing = loop.create_task(flusher.run(stop), name="beacon-counts")
-        telling = [
-            loop.create_task(sender.run(stop), name=f"webhook-{sender.hook.name}")
-            for sender in senders
-        ]
+        telling = [led(sender.run, f"webhook-{sender.hook.name}") for sender in senders]
 
         async def install(new: Keyring) -> None:
             await controller.install_keys(
@@ -327,7 +341,7 @@ async def _serve(
             controller,
             interval_seconds=config.origin_check_interval_seconds or None,
         )
-        auditing = loop.create_task(auditor.run(stop), name="check-origin")
+        auditing = led(auditor.run, "check-origin")
         await stop.wait()
         log.info("shutting down")
         await resigning

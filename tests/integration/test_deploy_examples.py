@@ -266,13 +266,19 @@ def doctor(config: Path, cwd: Path) -> tuple[int, dict[str, str], str]:
     )
 
 
-def probe_script(grpc: str, probe_dir: Path) -> str:
-    """The Deployment's health probe, pointed at this server and these files."""
+def probe_script(
+    grpc: str,
+    probe_dir: Path,
+    deployment: Path = DEPLOY / "kubernetes" / "deployment.yaml",
+    probe: str = "readinessProbe",
+) -> list[str]:
+    """The Deployment's health probe (`probe`), pointed at this server and these files: the
+    script and its arguments, for `python -c`."""
     import yaml  # PyYAML comes with the dev dependencies (moto)
 
-    documents = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "deployment.yaml").read_text()))
+    documents = list(yaml.safe_load_all(deployment.read_text()))
     [container] = documents[0]["spec"]["template"]["spec"]["containers"]
-    command = container["readinessProbe"]["exec"]["command"]
+    command = container[probe]["exec"]["command"]
     assert command[:2] == ["python", "-c"]
     script = str(command[2])
     for old, new in (
@@ -286,7 +292,7 @@ def probe_script(grpc: str, probe_dir: Path) -> str:
     ):
         assert old in script, old
         script = script.replace(old, new)
-    return script
+    return [script, *command[3:]]
 
 
 class TestExampleConfigs:
@@ -329,7 +335,7 @@ class TestExampleConfigs:
             ):
                 install(source, probe / name)
             result = subprocess.run(
-                [sys.executable, "-c", probe_script(endpoints["grpc"], probe)],
+                [sys.executable, "-c", *probe_script(endpoints["grpc"], probe)],
                 capture_output=True,
                 text=True,
                 timeout=30,

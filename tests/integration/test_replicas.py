@@ -32,6 +32,8 @@ import json
 import random
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,8 +43,9 @@ from typing import Any
 
 import pytest
 from conftest import folder_read, host_view, make_feature
-from postgres_kit import PostgresServer, running_postgres
+from test_deploy_examples import probe_script
 
+from bench._postgres import PostgresServer, running_postgres
 from releasecontrol import errors
 from releasecontrol.client import ReleaseControlClient
 from releasecontrol.index import Envelope
@@ -491,3 +494,48 @@ def test_three_replicas_lose_nothing_through_kills_and_a_database_restart(
         + "\n"
     )
     print(f"\n{len(acked)} changes; failovers: {failovers}; database: {database_failover}")
+
+
+REPLICAS_DEPLOYMENT = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes-replicas"
+
+
+def probe(server: LocalServer, which: str) -> bool:
+    """The three-replica Deployment's `which` probe (readinessProbe, livenessProbe), run
+    against `server` with its dev PKI as the probe certificate: whether it passes."""
+    command = probe_script(
+        server.grpc, server.home / "pki", REPLICAS_DEPLOYMENT / "deployment.yaml", which
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", *command], capture_output=True, text=True, timeout=30, check=False
+    )
+    return done.returncode == 0
+
+
+def test_a_replica_that_loses_the_database_is_not_ready_until_it_is_back(tmp_path: Path) -> None:
+    """The readiness probe of deploy/kubernetes-replicas fails while the replica cannot reach
+    PostgreSQL (its changes are refused as UNAVAILABLE, saying so) and passes again, by
+    itself, once the database is back; liveness passes throughout (an outage of the database
+    must not restart every replica)."""
+    with running_postgres() as database:
+        url = database.new_database()
+        server = LocalServer(tmp_path / "replica", env={"RELEASECONTROL_DATABASE_URL": url}).start()
+        try:
+            client = server.client(timeout_seconds=CALL_TIMEOUT_SECONDS, retry_seconds=0.0)
+            src = tmp_path / "src"
+            for version in ("1.0.0", "1.1.0"):
+                folder = make_feature(src / version, "checkout", version)
+                client.publish(load_feature_folder(folder, feature_id="checkout"))
+            assert probe(server, "readinessProbe") and probe(server, "livenessProbe")
+
+            database.stop("immediate")
+            wait_for(lambda: not probe(server, "readinessProbe"), 20, "readiness failing")
+            assert probe(server, "livenessProbe")
+            with pytest.raises(errors.Unavailable, match="database"):
+                client.rollback("checkout", "1.0.0", reason="during the outage")
+
+            database.start()
+            wait_for(lambda: probe(server, "readinessProbe"), 20, "readiness back")
+            answer = client.rollback("checkout", "1.0.0", reason="after the outage")
+            assert answer.feature.stable_version == "1.0.0"
+        finally:
+            server.stop()

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from postgres_kit import PostgresServer, running_postgres
 
+from bench._postgres import PostgresServer, running_postgres
 from releasecontrol.errors import ConfigError, Unavailable
 from releasecontrol_server.config import load_config
 from releasecontrol_server.store import SCHEMA_VERSION, open_store

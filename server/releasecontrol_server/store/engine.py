@@ -89,6 +89,12 @@ class Engine(Protocol):
         writing to the origin."""
         ...
 
+    def lead(self) -> bool:
+        """Whether this process leads: runs the jobs only one process on the database should
+        (canary steps, analysis, webhooks, re-signing, the origin check). Taken when free,
+        kept while this process's session lives; asked again every second or so."""
+        ...
+
     def reader(self) -> Engine:
         """An engine for a background reader that must neither wait on nor hold up the writer:
         its own connection(s). Only reads work on it."""

@@ -31,7 +31,7 @@ from releasecontrol_server.store.engine import Result
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LEASE_LOCK", "WRITE_LOCK", "PostgresEngine", "is_postgres_url", "redact"]
+__all__ = ["LEADER_LOCK", "LEASE_LOCK", "WRITE_LOCK", "PostgresEngine", "is_postgres_url", "redact"]
 
 WRITE_LOCK = 0x5243_0001
 """The advisory lock key every write transaction holds (per database: "RC" 1)."""
@@ -39,6 +39,8 @@ LEASE_LOCK = 0x5243_0002
 """The advisory lock the replica that signs and writes to the origin holds, on a session of
 its own (`exclusive`): released by PostgreSQL the moment that session ends, so a replica
 that dies hands it on at once."""
+LEADER_LOCK = 0x5243_0003
+"""The advisory lock of the replica that runs the one-per-cluster jobs (`lead`)."""
 CHANNEL = "releasecontrol_changes"
 """What every commit NOTIFYs and every replica LISTENs to (`listener`)."""
 KEEPALIVE = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
@@ -94,6 +96,8 @@ class PostgresEngine:
         self._local = threading.local()
         self._lease: psycopg.Connection[Any] | None = None
         self._lease_lock = threading.Lock()
+        self._leader: psycopg.Connection[Any] | None = None
+        self._leading = False
 
     def reader(self) -> PostgresEngine:
         """The same pool (PostgreSQL serves readers beside writers); closing it keeps the pool."""
@@ -102,11 +106,13 @@ class PostgresEngine:
         view._owner = False
         view._local = threading.local()
         view._lease, view._lease_lock = None, threading.Lock()
+        view._leader, view._leading = None, False
         return view
 
     def close(self) -> None:
-        if self._lease is not None:
-            self._lease.close()
+        for session in (self._lease, self._leader):
+            if session is not None:
+                session.close()
         if self._owner:
             self._pool.close()
 
@@ -148,6 +154,21 @@ class PostgresEngine:
                 self._lease = None
                 return False
             return True
+
+    def lead(self) -> bool:
+        try:
+            if self._leader is None or self._leader.closed or self._leader.broken:
+                self._leader, self._leading = self._session(), False
+            if self._leading:
+                self._leader.execute("SELECT 1")  # the session, and the lock with it, lives
+                return True
+            row = self._leader.execute("SELECT pg_try_advisory_lock(%s)", [LEADER_LOCK]).fetchone()
+            self._leading = bool(row and row[0])
+        except psycopg.Error:
+            if self._leader is not None:
+                self._leader.close()
+            self._leader, self._leading = None, False
+        return self._leading
 
     def _session(self) -> psycopg.Connection[Any]:
         """A connection of its own, outside the pool, for a session lock or LISTEN."""

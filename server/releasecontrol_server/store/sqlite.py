@@ -96,6 +96,9 @@ class SqliteEngine:
     def holds_exclusive(self) -> bool:
         return True
 
+    def lead(self) -> bool:
+        return True  # the only server on the file
+
     def reader(self) -> SqliteEngine:
         return SqliteEngine(self.path, read_only=True)
 

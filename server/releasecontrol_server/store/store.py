@@ -964,6 +964,10 @@ class Store:
         """Inside `exclusive`: whether it is still held (Engine.holds_exclusive)."""
         return self._engine.holds_exclusive()
 
+    def lead(self) -> bool:
+        """Whether this process runs the one-per-cluster jobs (Engine.lead)."""
+        return self._engine.lead()
+
     def listener(self) -> Listener:
         """Something to wait on until another process commits (Engine.listener)."""
         return self._engine.listener()

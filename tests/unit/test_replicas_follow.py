@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from controller_kit import KEY, NOW, change, new_controller, origin_pin, origin_top, stop
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from postgres_kit import PostgresServer
 
+from bench._postgres import PostgresServer
 from releasecontrol.errors import ConfigError, StaleSequence
 from releasecontrol.manifest import sha256_hex
 from releasecontrol.root import Root, root_path
@@ -66,8 +66,13 @@ async def replicas(
     await a.start()
     await b.start()
     yield a, b
-    await stop(a)
-    await stop(b)
+    for replica in (a, b):
+        if replica not in STOPPED:
+            await stop(replica)
+
+
+STOPPED: list[ReleaseController] = []
+"""Replicas a test stopped itself (the fixture stops the others)."""
 
 
 async def until(condition: object, seconds: float = 10.0) -> None:
@@ -194,3 +199,16 @@ async def test_a_replica_with_other_signing_keys_is_refused_at_start(
     # Nothing of the other cluster was written: the first one goes on.
     await change(a, "checkout", Publish("1.1.0", sha("1.1.0")))
     assert a.feature("checkout").sequence == 2
+
+
+async def test_one_replica_leads_and_another_takes_over_when_it_stops(
+    replicas: tuple[ReleaseController, ReleaseController],
+) -> None:
+    """Exactly one replica runs the one-per-cluster jobs; when it goes, the other leads
+    within a couple of follower rounds."""
+    a, b = replicas
+    await until(lambda: a.leading != b.leading)
+    first, second = (a, b) if a.leading else (b, a)
+    STOPPED.append(first)
+    await stop(first)  # its leader session closes with its store
+    await until(lambda: second.leading, seconds=5)

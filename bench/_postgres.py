@@ -1,5 +1,6 @@
-"""A PostgreSQL server of the tests' own: `initdb` and `pg_ctl` in a temporary folder,
-listening on a free loopback port, stopped at the end. Never a system service.
+"""A PostgreSQL server of the tests' (and benchmarks') own: `initdb` and `pg_ctl` in a
+temporary folder, listening on a free loopback port, stopped at the end. Never a system
+service.
 
 The binaries come from PATH or Debian's /usr/lib/postgresql/<version>/bin (`.ci/run`
 installs the `postgresql` package). PostgreSQL refuses to run as root, so as root the
