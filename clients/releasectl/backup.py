@@ -47,6 +47,12 @@ def _database_option(command: Any) -> Any:
 def _database(ctx: click.Context, given: Path | None) -> Path:
     if given is not None:
         return given
+    if os.environ.get("RELEASECONTROL_DATABASE_URL"):
+        raise OneLineError(
+            "the database is PostgreSQL (RELEASECONTROL_DATABASE_URL is set), which backup and "
+            "restore do not copy: use pg_dump / pg_restore or your provider's snapshots, then "
+            "`releasectl origin rebuild` after a restore; --database FILE copies a SQLite file"
+        )
     return state_dir(ctx) / DATABASE_FILE
 
 

@@ -34,12 +34,14 @@ from cryptography.x509.oid import NameOID
 
 from releasecontrol import compat, routes
 from releasecontrol.errors import ConfigError, InvalidArgument, ReleaseControlError
-from releasecontrol.index import REMOTE_INDEX_PATH
+from releasecontrol.index import REMOTE_INDEX_PATH, Envelope
 from releasecontrol.keyfiles import ROOT_RENEW_BEFORE
 from releasecontrol.published import Published, folder_reader, http_reader, read_published
 from releasecontrol.trust import TrustStore, short_keyid
 from releasecontrol_server.config import Config, dev_admin_opens, load_config
 from releasecontrol_server.keyring import load_keyring, trusted_keys
+from releasecontrol_server.store import SCHEMA_VERSION
+from releasecontrol_server.store.inspect import inspect_database
 
 __all__ = [
     "CHECK_NAMES",
@@ -50,6 +52,7 @@ __all__ = [
     "Status",
     "check_auth_mode",
     "check_compat",
+    "check_database",
     "check_dev_keys_off",
     "check_origin_headers",
     "check_production_mode",
@@ -80,6 +83,7 @@ CHECK_NAMES: tuple[str, ...] = (
     "auth-mode",
     "tls",
     "signing-keys",
+    "database",
     "lint-routes",
     "validate-compat",
     "origin-headers",
@@ -571,6 +575,98 @@ class PublishedRead:
     error: str = ""
 
 
+MIN_POSTGRES = 13
+"""The oldest PostgreSQL the store is tested against the features of (identity columns,
+advisory locks, LISTEN/NOTIFY are older; 13 is the oldest still supported upstream)."""
+
+
+def check_database(config: Config, read: PublishedRead) -> CheckResult:
+    """The database: reachable, of a schema this release knows, for PostgreSQL a supported
+    version with connections enough for its replicas, and the one whose index the origin
+    serves (a second database publishing to the same origin, or a restored one, shows as an
+    origin ahead of it)."""
+    name = "database"
+    setting = _where(config, "database_url" if config.database_url else "database_path")
+    try:
+        facts = inspect_database(config.database)
+    except ConfigError as exc:
+        fix = (
+            "check database_url and that PostgreSQL runs and lets this user in"
+            if config.database_url
+            else "restore the database file from a backup (`releasectl restore PATH`)"
+        )
+        return _fail(name, [(f"{exc.message} ({setting})", fix)])
+    problems: list[tuple[str, str]] = []
+    if facts.schema_version > SCHEMA_VERSION:
+        problems.append(
+            (
+                f"the database {facts.where} has schema version {facts.schema_version}, newer "
+                f"than this release's {SCHEMA_VERSION}",
+                "run the release that wrote it, or a newer one",
+            )
+        )
+    if facts.engine == "postgresql":
+        major = int(facts.server_version.split(".")[0].split()[0])
+        if major < MIN_POSTGRES:
+            problems.append(
+                (
+                    f"PostgreSQL {facts.server_version} is older than {MIN_POSTGRES}",
+                    f"upgrade PostgreSQL to {MIN_POSTGRES} or newer",
+                )
+            )
+        need = facts.per_replica * (len(facts.replicas) + 1)  # a rolling update adds one
+        if facts.connection_limit < need:
+            problems.append(
+                (
+                    f"PostgreSQL lets ordinary roles open {facts.connection_limit} connections; "
+                    f"{len(facts.replicas)} replicas use up to {facts.per_replica} each, and a "
+                    f"rolling update starts one more: {need}",
+                    "raise max_connections (a pooler in front must run in session mode: the "
+                    "replicas hold advisory locks and LISTEN)",
+                )
+            )
+    origin = read.published.remote_sequence if read.published is not None else None
+    ours = _signed_sequence(facts.top)
+    if origin is not None and ours is not None and origin > ours:
+        problems.append(
+            (
+                f"the origin serves remote-index.json at sequence {origin}, above this "
+                f"database's {ours}: another database publishes to this origin, or this one was "
+                "restored from an older backup",
+                "point every replica at one database (database_url); for a restored one, run "
+                "`releasectl origin rebuild`",
+            )
+        )
+    if problems:
+        return _fail(name, problems)
+    what = f"{facts.engine} {facts.server_version} at {facts.where} ({setting})"
+    if facts.schema_version < SCHEMA_VERSION:
+        when = "empty" if facts.schema_version == 0 else f"schema {facts.schema_version}"
+        return CheckResult(
+            name,
+            "WARN",
+            f"{what} is {when}; the server brings it to schema {SCHEMA_VERSION} at start",
+            "start the server, or run `releasecontrol-server migrate` first",
+        )
+    reason = f"{what}, schema {facts.schema_version}"
+    if facts.engine == "postgresql":
+        reason += (
+            f"; {len(facts.replicas)} replica{'' if len(facts.replicas) == 1 else 's'} connected"
+            + (f" ({', '.join(facts.replicas)})" if facts.replicas else "")
+            + f"; {facts.connections_used} of {facts.connection_limit} connections in use"
+        )
+    return _pass(name, reason)
+
+
+def _signed_sequence(data: bytes | None) -> int | None:
+    if data is None:
+        return None
+    try:
+        return int(Envelope.from_bytes(data).signed["sequence"])
+    except (ReleaseControlError, KeyError, TypeError, ValueError):
+        return None
+
+
 def read_origin(config: Config, *, timeout_seconds: float = 10.0) -> PublishedRead:
     """The live manifests on the config's origin: the files directly for a filesystem
     origin, else over HTTP(S) from origin_public_url. Never raises."""
@@ -867,6 +963,7 @@ def run_doctor(
         check_auth_mode(config),
         check_tls(config, now=now),
         check_signing_keys(config),
+        check_database(config, published),
         check_routes(config, published),
         check_compat(config, published),
         check_origin_headers(

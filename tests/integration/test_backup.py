@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
 from pathlib import Path
 
-from conftest import make_feature, releasectl, start_server
+from conftest import RELEASECTL, make_feature, releasectl, start_server
 
 
 def test_backup_while_serving_and_restore_after_stopping(tmp_path: Path) -> None:
@@ -74,3 +76,27 @@ def test_restore_refuses_what_is_not_a_releasecontrol_database(tmp_path: Path) -
         done = releasectl(home, tmp_path, "restore", str(source))
         assert done.returncode == 1 and why in done.stderr, done.stderr
     assert database.read_bytes() == b"the current database"
+
+
+def test_backup_and_restore_refuse_a_postgresql_database_naming_the_tools(tmp_path: Path) -> None:
+    """With RELEASECONTROL_DATABASE_URL set there is no file to copy: both commands say what
+    to use instead, in one line, and change nothing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELEASECONTROL_", "FEATURE_"))}
+    env |= {
+        "RELEASECONTROL_HOME": str(tmp_path / "home"),
+        "RELEASECONTROL_DATABASE_URL": "postgresql://rc@db.internal/releasecontrol",
+    }
+    kept = tmp_path / "kept.db"
+    kept.write_bytes(b"a backup")
+    for command, path in (("backup", tmp_path / "copy.db"), ("restore", kept)):
+        done = subprocess.run(
+            [*RELEASECTL, command, str(path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 1
+        (line,) = done.stderr.splitlines()
+        assert line.startswith("error: the database is PostgreSQL") and "pg_dump" in line
+    assert not (tmp_path / "copy.db").exists() and not (tmp_path / "home").exists()

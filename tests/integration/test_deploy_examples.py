@@ -307,7 +307,7 @@ class TestExampleConfigs:
             code, statuses, output = doctor(deployment.config_path, tmp_path)
             assert code == 0, output
             assert set(statuses.values()) == {"PASS"}, output
-            assert len(statuses) == 10
+            assert len(statuses) == 11  # database included
 
             # A production host (no dev keys) pinning the trust file, the root key alone,
             # follows root 1 from the origin to the online key and loads the feature.

@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
+import socket
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -49,6 +51,11 @@ about 11 s rather than the system's two hours."""
 CONNECT_SECONDS = 5.0
 """How long opening a connection, or waiting for one from the pool, may take."""
 POOL_SIZE = 8
+CONNECTIONS_PER_REPLICA = POOL_SIZE + 3
+"""The pool, and the sessions of the lease, the leader lock and the listener."""
+APPLICATION_PREFIX = "releasecontrol "
+"""How every connection of a replica names itself (`application_name`: this, the host, the
+pid), so `releasectl doctor` lists the replicas connected to a database."""
 
 
 def is_postgres_url(location: str) -> bool:
@@ -73,15 +80,16 @@ class PostgresEngine:
     def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
         self.url = url
         self.where = redact(url)
+        self._conninfo = make_conninfo(url, application_name=_application_name())
         try:  # one connection first, for a clear reason when it fails
-            psycopg.connect(url, connect_timeout=int(CONNECT_SECONDS)).close()
+            psycopg.connect(self._conninfo, connect_timeout=int(CONNECT_SECONDS)).close()
         except psycopg.Error as exc:
             raise ConfigError(
                 f"cannot connect to the database {self.where}: {_reason(exc)}; check "
                 "database_url (RELEASECONTROL_DATABASE_URL) and that PostgreSQL is running"
             ) from None
         self._pool = ConnectionPool(
-            url,
+            self._conninfo,
             min_size=1,
             max_size=pool_size,
             timeout=CONNECT_SECONDS,
@@ -103,6 +111,7 @@ class PostgresEngine:
         """The same pool (PostgreSQL serves readers beside writers); closing it keeps the pool."""
         view = object.__new__(PostgresEngine)
         view.url, view.where, view._pool = self.url, self.where, self._pool
+        view._conninfo = self._conninfo
         view._owner = False
         view._local = threading.local()
         view._lease, view._lease_lock = None, threading.Lock()
@@ -172,7 +181,7 @@ class PostgresEngine:
 
     def _session(self) -> psycopg.Connection[Any]:
         """A connection of its own, outside the pool, for a session lock or LISTEN."""
-        conninfo = make_conninfo(self.url, connect_timeout=int(CONNECT_SECONDS), **KEEPALIVE)
+        conninfo = make_conninfo(self._conninfo, connect_timeout=int(CONNECT_SECONDS), **KEEPALIVE)
         return psycopg.connect(conninfo, autocommit=True)
 
     @contextlib.contextmanager
@@ -277,6 +286,10 @@ class _Listener:
     def close(self) -> None:
         self._closed.set()
         self.close_connection()
+
+
+def _application_name() -> str:
+    return f"{APPLICATION_PREFIX}{socket.gethostname()} {os.getpid()}"[:63]
 
 
 @functools.lru_cache(maxsize=512)
