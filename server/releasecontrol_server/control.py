@@ -37,6 +37,14 @@ sequence they reflect, and the signed files used lately. Only the drain task
 changes it, on the loop, after the commit, so a read never sees a change that
 did not commit, and the states and the sequence always match.
 
+Several replicas on one PostgreSQL: every piece of write-thread work holds the
+database's lease (one replica at a time signs and writes the origin) and first
+follows what other replicas committed (`Writer.follow`), putting their changes
+into the snapshot and to watchers before its own; the **follower** task does the
+same whenever another replica commits (LISTEN/NOTIFY) and at least every
+second, and keeps `leading` (the one-per-cluster jobs, leader.py) and
+`database_ok` (gRPC health) up to date.
+
 Changes that arrive while the write thread is busy are taken together (group
 commit): each is applied in arrival order with its own sequence, audit record
 and answer, but they share one transaction, one shard per touched bin and one

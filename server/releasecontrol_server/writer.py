@@ -287,10 +287,10 @@ class Writer:
         lease (nothing commits meanwhile), and by the loop's follower; it reads one moment
         of the database either way.
         """
+        if self.store.heads() == (self.global_sequence, self.index.sequence):
+            return Followed()  # the common case: one query, no transaction
         with self.store.snapshot():
             global_sequence, top_sequence = self.store.heads()
-            if global_sequence == self.global_sequence and top_sequence == self.index.sequence:
-                return Followed()
             changes: list[tuple[StoredTransition, FeatureState | None]] = []
             while page := self.store.changes_after(
                 changes[-1][0].id if changes else self.global_sequence
@@ -819,9 +819,17 @@ class Writer:
                 file = known.get(key) or self.store.signed_file(digest.path)
                 if file is None:  # the outbox only names stored files
                     continue
-                if key not in known and self._origin_ahead_of(file):
-                    behind += 1
-                    continue
+                if key not in known:
+                    remote = self.origin.read(file.path)
+                    if remote == file.content:
+                        # Put there already (by another replica, or by this process before a
+                        # crash): made durable rather than written again.
+                        self._sync_in_place(file.path)
+                        written.append(key)
+                        continue
+                    if self._origin_ahead_of(file, remote):
+                        behind += 1
+                        continue
                 self.origin.write(file.path, file.content)  # durable when it returns
                 written.append(key)
         except OSError as exc:
@@ -838,14 +846,22 @@ class Writer:
                 self._syncing.append(self._sync_thread.submit(self._sync, done))
         return behind == 0
 
-    def _origin_ahead_of(self, file: SignedFile) -> bool:
-        """Whether the origin holds `file`'s index file at a higher sequence, signed by our
-        keys: an outbox older than the origin (a database restored from a backup taken
-        while files were owed) must not put hosts back. Such a file stays owed, and changes
-        are refused, until `releasectl origin rebuild` signs the store's state above it."""
+    def _sync_in_place(self, path: str) -> None:
+        """Make the file at origin `path` durable where it is (a filesystem origin: fsync it
+        and its folder; an object store's PUT was durable already)."""
+        if isinstance(self.origin, FilesystemOrigin):
+            target = self.origin.root.joinpath(*path.split("/"))
+            _fsync_path(target)
+            _fsync_path(target.parent)
+
+    def _origin_ahead_of(self, file: SignedFile, remote: bytes | None) -> bool:
+        """Whether the origin holds (as `remote`) `file`'s index file at a higher sequence,
+        signed by our keys: an outbox older than the origin (a database restored from a backup
+        taken while files were owed) must not put hosts back. Such a file stays owed, and
+        changes are refused, until `releasectl origin rebuild` signs the store's state above
+        it."""
         if not _is_index_file(file.path):
             return False
-        remote = self.origin.read(file.path)
         if remote is None or remote == file.content:
             return False
         remote_sequence = signed_sequence(remote, self.signer, file.path)
