@@ -15,6 +15,7 @@ from bench._postgres import PostgresServer, running_postgres
 from releasecontrol.errors import ConfigError, Unavailable
 from releasecontrol_server.config import load_config
 from releasecontrol_server.store import SCHEMA_VERSION, open_store
+from releasectl.launcher import LocalServer
 
 
 def server_command(tmp_path: Path, *args: str, url: str) -> subprocess.CompletedProcess[str]:
@@ -124,3 +125,24 @@ def test_a_store_that_loses_the_database_is_unavailable_and_recovers_by_itself(
             store.global_sequence()
         own_postgres.start()
         assert store.global_sequence() == 0
+
+
+def test_a_second_cluster_with_other_keys_is_refused_at_start_in_one_line(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    """Two clusters pointed at one database: the second, with signing keys of its own, stops
+    at start naming the database and the root that differs, and writes nothing."""
+    url = postgres.new_database()
+    first = LocalServer(tmp_path / "first", env={"RELEASECONTROL_DATABASE_URL": url}).start()
+    first.stop()
+    with open_store(url) as store:
+        before = store.heads(), store.signed_file("roots/1.json")
+
+    done = server_command(tmp_path / "second", "serve", "--dev", url=url)
+
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the database postgresql://") and "other signing keys" in last
+    assert "roots/1.json" in last
+    with open_store(url) as store:
+        assert (store.heads(), store.signed_file("roots/1.json")) == before

@@ -7,9 +7,19 @@ transaction-scoped advisory lock (`WRITE_LOCK`) first, so writers on every
 replica commit one after another, as on SQLite: ids and sequences are handed out
 in commit order, which the watch feed and the webhooks read by.
 
+Three sessions of its own, outside the pool, hold what must last longer than a
+transaction, and end with the process (PostgreSQL then releases their locks at once):
+
+- the *lease* (`exclusive`, LEASE_LOCK): held around every piece of write-thread work,
+  so one replica at a time signs and writes the origin; lock order is always the lease,
+  then WRITE_LOCK;
+- the *leader lock* (`lead`, LEADER_LOCK): tried every second, kept while held; its
+  holder runs the one-per-cluster jobs (leader.py);
+- the *listener* (`listener`): LISTEN on CHANNEL, which every commit NOTIFYs.
+
 A lost connection is `Unavailable`, naming the database and what failed; the pool
-drops broken connections and opens new ones, so a replica recovers by itself
-once the database is back.
+checks each connection it hands out and opens new ones, and the sessions reconnect
+on their next use, so a replica recovers by itself once the database is back.
 """
 
 from __future__ import annotations
