@@ -148,6 +148,8 @@ async def _serve(
     metrics = ServerMetrics(
         outbox_files=lambda: controller.pending_count(),  # read at scrape time
         watch_subscribers=lambda: hub.subscriber_count,
+        database_up=lambda: controller.database_ok,
+        leader=lambda: controller.leading,
     )
     controller = ReleaseController(
         store=store,

@@ -32,6 +32,9 @@ releasecontrol_outbox_files  (gauge, read at scrape time)
     Committed files the origin may still lack: 0 once writes have settled.
 releasecontrol_watch_subscribers  (gauge, read at scrape time)
     Open change streams: WatchReleases calls and admin UI live pages.
+releasecontrol_database_up, releasecontrol_leader  (gauges, read at scrape time)
+    1 while the database answers this replica (its gRPC health is SERVING); 1 on the one
+    replica that runs the one-per-cluster jobs (always 1 on SQLite).
 process_*, python_info
     prometheus_client's process (CPU, memory, file descriptors) and platform collectors.
 
@@ -126,6 +129,8 @@ class ServerMetrics:
         *,
         outbox_files: Callable[[], int],
         watch_subscribers: Callable[[], int],
+        database_up: Callable[[], bool] = lambda: True,
+        leader: Callable[[], bool] = lambda: True,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
@@ -172,6 +177,16 @@ class ServerMetrics:
             "Open change streams: WatchReleases calls and admin UI live pages.",
             registry=registry,
         ).set_function(watch_subscribers)
+        Gauge(
+            "releasecontrol_database_up",
+            "1 while the database answers this replica (gRPC health SERVING), else 0.",
+            registry=registry,
+        ).set_function(lambda: int(database_up()))
+        Gauge(
+            "releasecontrol_leader",
+            "1 on the replica that runs the one-per-cluster jobs (leader.py), else 0.",
+            registry=registry,
+        ).set_function(lambda: int(leader()))
         self.beacons = Counter(
             "releasecontrol_beacons",
             "Beacon batches received, by outcome (accepted, bad, forged, replayed, unknown, "

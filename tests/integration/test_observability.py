@@ -169,6 +169,9 @@ class TestMetrics:
         assert value(after, "releasecontrol_origin_publish_duration_seconds_count") == 5
         assert value(after, "releasecontrol_origin_write_failures_total") == 0
         assert value(after, "releasecontrol_outbox_files") == 0
+        # One server on SQLite: the database answers, and it runs the cluster's jobs.
+        assert value(after, "releasecontrol_database_up") == 1
+        assert value(after, "releasecontrol_leader") == 1
 
     def test_the_token_is_required_when_configured(self, server: RunningServer) -> None:
         """With metrics_token set, a scrape without it or with another one is 401, with it 200."""

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import folder_read, host_view, make_feature
 from test_deploy_examples import probe_script
@@ -483,6 +484,14 @@ def test_three_replicas_lose_nothing_through_kills_and_a_database_restart(
         assert len(watcher.sequences) > 5, f"watcher {watcher.replica} saw too little"
     logs = [server.log() for server in cluster.replicas]
     assert all("followed" in log for log in logs), "a replica never followed the others"
+    # Exactly one replica leads (runs steps, analysis, webhooks), as each one's /metrics says.
+    leaders = [
+        line
+        for server in cluster.replicas
+        for line in httpx.get(server.endpoints["metrics_url"], timeout=10).text.splitlines()
+        if line.startswith("releasecontrol_leader ")
+    ]
+    assert sorted(leaders) == ["releasecontrol_leader 0.0"] * 2 + ["releasecontrol_leader 1.0"]
     assert len(failovers) == KILLS
 
     ARTIFACTS.mkdir(exist_ok=True)

@@ -302,6 +302,19 @@ class TestChangesAndGauges:
         assert get("releasecontrol_outbox_files") == 0
         assert get("releasecontrol_watch_subscribers") == 0
 
+    def test_the_replica_gauges_follow_the_database_and_leadership(self) -> None:
+        state = {"up": True, "leads": False}
+        metrics = ServerMetrics(
+            outbox_files=lambda: 0,
+            watch_subscribers=lambda: 0,
+            database_up=lambda: state["up"],
+            leader=lambda: state["leads"],
+        )
+        get = metrics.registry.get_sample_value
+        assert (get("releasecontrol_database_up"), get("releasecontrol_leader")) == (1, 0)
+        state.update(up=False, leads=True)
+        assert (get("releasecontrol_database_up"), get("releasecontrol_leader")) == (0, 1)
+
     def test_two_servers_in_one_process_count_apart(self) -> None:
         """Each ServerMetrics has its own registry: one server's changes are not another's."""
         first, second = new_metrics(), new_metrics()
