@@ -62,6 +62,7 @@ from releasecontrol_server.service import SERVICE_NAME, ReleaseControlServicer, 
 from releasecontrol_server.signer import Signer
 from releasecontrol_server.steps import StepRunner
 from releasecontrol_server.store import open_store
+from releasecontrol_server.store.postgres import redact
 from releasecontrol_server.tls import ReloadingServerCredentials
 from releasecontrol_server.watch import WatchHub
 
@@ -418,6 +419,7 @@ def _banner(config: Config, endpoints: dict[str, Any]) -> str:
             f"  CDN origin     {origin_url}   {_origin_description(config)}",
             f"  remote index   {origin_url}remote-index.json",
             f"  state          {home}",
+            f"  database       {_database_description(config)}",
             f"  client TLS     {home / 'pki' / 'client.pem'} (used by releasectl)",
             f"  trust file     {config.trust_public_keys_path or 'FEATURE_TRUST_PUBLIC_KEYS_JSON'}",
             f"  admin UI       {endpoints['admin_url']}   {_admin_sign_in(config)}",
@@ -426,6 +428,12 @@ def _banner(config: Config, endpoints: dict[str, Any]) -> str:
             "Try `releasectl release status` in another terminal. Stop with Ctrl-C.",
         ]
     )
+
+
+def _database_description(config: Config) -> str:
+    if config.database_url:
+        return f"{redact(config.database_url)} (PostgreSQL: several replicas may share it)"
+    return f"{config.database_path} (SQLite)"
 
 
 def _beacons_line(config: Config, endpoints: dict[str, Any]) -> str:

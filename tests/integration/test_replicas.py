@@ -535,6 +535,8 @@ def test_a_replica_that_loses_the_database_is_not_ready_until_it_is_back(tmp_pat
                 folder = make_feature(src / version, "checkout", version)
                 client.publish(load_feature_folder(folder, feature_id="checkout"))
             assert probe(server, "readinessProbe") and probe(server, "livenessProbe")
+            banner = f"  database       {url} (PostgreSQL: several replicas may share it)"
+            assert banner in server.log()
 
             database.stop("immediate")
             wait_for(lambda: not probe(server, "readinessProbe"), 20, "readiness failing")
