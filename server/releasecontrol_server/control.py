@@ -227,8 +227,10 @@ class ReleaseController:
             self._states[state.feature_id] = state
             self._global_sequence = transition.global_sequence
             self._hub.publish(ChangeEvent(transition.global_sequence, state, transition))
-        if followed.changes and self.pending_count():
-            self._schedule_retry()  # a replica that died mid-publish left the origin owed
+        if followed.changes:
+            self._events_kept()  # their events, for this replica's webhooks if it leads
+            if self.pending_count():
+                self._schedule_retry()  # a replica that died mid-publish left the origin owed
 
     async def _follow(self) -> None:
         """The follower: whenever another replica commits (LISTEN/NOTIFY on PostgreSQL; at

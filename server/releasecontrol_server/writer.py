@@ -404,6 +404,26 @@ class Writer:
                     "server that cluster's keyring"
                 )
 
+    def _keys_behind(self) -> FailedPrecondition | None:
+        """Why this process must not sign, when the committed top level is signed under a newer
+        root than its keyring's: another replica's keys were rotated and this one's keyring
+        not yet (hosts that saw the newer root may refuse what this one signs). The key
+        watcher installs the new keyring when its files change (`install_keys`)."""
+        top = self.index.top
+        if top is None:
+            return None
+        try:
+            cluster = int(Envelope.from_bytes(top.content).signed.get("root_version", 0))
+        except (VerificationError, TypeError, ValueError):
+            return None
+        if cluster <= self.root_version:
+            return None
+        return FailedPrecondition(
+            f"this replica signs under root {self.root_version}, but the cluster signs under "
+            f"root {cluster} (its keys were rotated): give this replica the current keyring "
+            "(signing keys and root_dir; it is picked up without a restart), then retry"
+        )
+
     def _current(self, file: SignedFile) -> bool:
         """Whether a stored top level is signed by our keys under the current root."""
         try:
@@ -437,6 +457,9 @@ class Writer:
     def write_batch(self, batch: Sequence[Request], now: datetime) -> Batch:
         """Apply `batch` in arrival order on top of the committed states: steps 1 to 4 of the
         module docstring. Never raises for one request: its error is in the result."""
+        behind = self._keys_behind()
+        if behind is not None:
+            return Batch(errors=dict.fromkeys(range(len(batch)), behind))
         self._forget_old_requests(now)
         result = Batch()
         prepared: list[tuple[int, Committed]] = []

@@ -18,13 +18,14 @@ from controller_kit import KEY, NOW, change, new_controller, origin_pin, origin_
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench._postgres import PostgresServer
-from releasecontrol.errors import ConfigError, StaleSequence
+from releasecontrol.errors import ConfigError, FailedPrecondition, StaleSequence
 from releasecontrol.manifest import sha256_hex
 from releasecontrol.root import Root, root_path
 from releasecontrol.trust import SigningKey
 from releasecontrol_server.control import ReleaseController
 from releasecontrol_server.origin.filesystem import FilesystemOrigin
 from releasecontrol_server.releases import ChangeMeta, Channel, Promote, Publish
+from releasecontrol_server.signer import Signer
 from releasecontrol_server.store import SignedFile
 from releasecontrol_server.watch import ChangeEvent, Subscription
 
@@ -32,16 +33,16 @@ ROOT_KEY = SigningKey(Ed25519PrivateKey.from_private_bytes(bytes([31]) * 32))
 OTHER_KEY = SigningKey(Ed25519PrivateKey.from_private_bytes(bytes([32]) * 32))
 
 
-def root_file(key: SigningKey) -> SignedFile:
+def root_file(key: SigningKey, version: int = 1) -> SignedFile:
     root = Root.create(
-        version=1,
+        version=version,
         root_keys=[ROOT_KEY.trusted_key()],
         index_keys=[key.trusted_key()],
         issued_at=NOW,
         expires_at=NOW + timedelta(days=365),
     )
     data = root.sign([ROOT_KEY]).to_bytes()
-    return SignedFile(root_path(1), data, sha256_hex(data), 1)
+    return SignedFile(root_path(version), data, sha256_hex(data), version)
 
 
 def sha(text: str) -> str:
@@ -212,3 +213,21 @@ async def test_one_replica_leads_and_another_takes_over_when_it_stops(
     STOPPED.append(first)
     await stop(first)  # its leader session closes with its store
     await until(lambda: second.leading, seconds=5)
+
+
+async def test_a_replica_whose_keyring_is_behind_a_rotation_refuses_to_sign_until_it_has_it(
+    replicas: tuple[ReleaseController, ReleaseController],
+) -> None:
+    """A rotates to root 2 (a new online key); B, still on root 1's key, refuses changes
+    rather than sign what hosts that saw root 2 may refuse; with the new keyring it goes on."""
+    a, b = replicas
+    await change(a, "checkout", Publish("1.0.0", sha("1.0.0")))
+    roots = [root_file(KEY), root_file(OTHER_KEY, 2)]
+    await a.install_keys(Signer([OTHER_KEY], 3600), roots, 2)
+    with pytest.raises(FailedPrecondition, match=r"signs under root 1.*root 2"):
+        await change(b, "checkout", Publish("1.1.0", sha("1.1.0")))
+    assert b.feature("checkout").sequence == 1
+
+    await b.install_keys(Signer([OTHER_KEY], 3600), roots, 2)
+    await change(b, "checkout", Publish("1.1.0", sha("1.1.0")))
+    await until(lambda: a.feature("checkout").sequence == 2)
