@@ -412,10 +412,7 @@ class Writer:
         top = self.index.top
         if top is None:
             return None
-        try:
-            cluster = int(Envelope.from_bytes(top.content).signed.get("root_version", 0))
-        except (VerificationError, TypeError, ValueError):
-            return None
+        cluster = _root_version_of(top.sha256, top.content)
         if cluster <= self.root_version:
             return None
         return FailedPrecondition(
@@ -956,6 +953,16 @@ class Writer:
         self.store.mark_all_written(written)
         for key in written:
             self._drop_unmarked(key)
+
+
+@functools.lru_cache(maxsize=4)
+def _root_version_of(sha256: str, content: bytes) -> int:
+    """The root a top level was signed under (0 when unreadable); by its hash, so each top
+    level is parsed once."""
+    try:
+        return int(Envelope.from_bytes(content).signed.get("root_version", 0))
+    except (VerificationError, TypeError, ValueError):
+        return 0
 
 
 def _fsync_path(path: Path) -> None:

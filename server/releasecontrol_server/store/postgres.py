@@ -30,6 +30,8 @@ import logging
 import os
 import socket
 import threading
+import time
+import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -90,6 +92,7 @@ class PostgresEngine:
     def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
         self.url = url
         self.where = redact(url)
+        self._token = uuid.uuid4().hex  # this engine's commits, in NOTIFY payloads
         self._conninfo = make_conninfo(url, application_name=_application_name())
         try:  # one connection first, for a clear reason when it fails
             psycopg.connect(self._conninfo, connect_timeout=int(CONNECT_SECONDS)).close()
@@ -121,7 +124,7 @@ class PostgresEngine:
         """The same pool (PostgreSQL serves readers beside writers); closing it keeps the pool."""
         view = object.__new__(PostgresEngine)
         view.url, view.where, view._pool = self.url, self.where, self._pool
-        view._conninfo = self._conninfo
+        view._conninfo, view._token = self._conninfo, self._token
         view._owner = False
         view._local = threading.local()
         view._lease, view._lease_lock = None, threading.Lock()
@@ -136,7 +139,8 @@ class PostgresEngine:
             self._pool.close()
 
     def notify(self) -> None:
-        self.execute(f"NOTIFY {CHANNEL}")
+        # The payload names this process, so its own listener does not wake for its commits.
+        self.execute("SELECT pg_notify(?, ?)", [CHANNEL, self._token])
 
     def listener(self) -> _Listener:
         return _Listener(self)
@@ -276,8 +280,11 @@ class _Listener:
                 self._conn = self._engine._session()
                 self._conn.execute(f"LISTEN {CHANNEL}")
                 return True  # commits before the LISTEN were not heard
-            for _ in self._conn.notifies(timeout=timeout, stop_after=1):
-                return True
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0:
+                for notice in self._conn.notifies(timeout=left, stop_after=1):
+                    if notice.payload != self._engine._token:  # another engine committed
+                        return True
             return False
         except psycopg.Error as exc:
             if self._closed.is_set():

@@ -497,18 +497,25 @@ class Store:
         with self._write():
             if written:
                 self._delete_written(written)
-            stored = [self._put_change(change) for change in changes]
+            # Read once and followed in memory: each change must be the one after the last.
+            global_sequence = self.global_sequence()
+            stored = []
+            for change in changes:
+                stored.append(self._put_change(change, global_sequence))
+                global_sequence = change.global_sequence
+            if changes:
+                self._set_meta("global_sequence", global_sequence)
             if index_files:
                 self._check_file_sequences(index_files)
-                queued_at = changes[-1].global_sequence if changes else self.global_sequence()
-                self._put_files(index_files, queued_at)
+                self._put_files(index_files, global_sequence)
             self._engine.notify()  # other processes following the database look now
             return stored
 
-    def _put_change(self, change: Change) -> StoredTransition:
-        """One change inside the open write transaction; see `commit`."""
+    def _put_change(self, change: Change, stored_global: int) -> StoredTransition:
+        """One change inside the open write transaction, the global sequence being
+        `stored_global` before it (the caller sets it after); see `commit`."""
         state, record = change.state, change.record
-        self._check_sequences(change)
+        self._check_sequences(change, stored_global)
         self._put_feature(state)
         if change.manifest is not None:
             self._put_manifest(state.feature_id, *change.manifest)
@@ -530,7 +537,6 @@ class Store:
                     _text(record.at),
                 ],
             )
-        self._set_meta("global_sequence", change.global_sequence)
         if record.action is not Action.RESIGN:  # a re-sign changes nothing anyone sees
             self._put_event(
                 "change", record.at, state.feature_id, _change_event(change.global_sequence, record)
@@ -555,10 +561,16 @@ class Store:
             [(f.path, queued_at) for f in files],
         )
 
-    def _check_sequences(self, change: Change) -> None:
+    def _check_sequences(self, change: Change, stored_global: int) -> None:
         feature_id = change.state.feature_id
-        stored = self._value("SELECT sequence FROM features WHERE feature_id = ?", [feature_id])
-        stored_sequence = int(stored) if stored is not None else 0
+        # One query: the feature's sequence, and whether the request id was answered.
+        row = self._execute(
+            "SELECT (SELECT sequence FROM features WHERE feature_id = ?), "
+            "(SELECT count(*) FROM requests WHERE request_id = ?)",
+            [feature_id, change.request_id],
+        ).first()
+        assert row is not None
+        stored_sequence = int(row[0]) if row[0] is not None else 0
         # Only a reconcile jumps (above what the origin served); every other change is + 1.
         jumps = change.record.action == Action.RECONCILE
         if stored_sequence != change.state.sequence - 1 and not (
@@ -569,16 +581,13 @@ class Store:
                 f"change was computed from sequence {change.state.sequence - 1}: someone else "
                 "changed it; re-read the state and retry"
             )
-        stored_global = self.global_sequence()
         if stored_global != change.global_sequence - 1:
             raise StaleSequence(
                 f"the global sequence is {stored_global} in the store, but the change was "
                 f"computed from {change.global_sequence - 1}: another change committed first; "
                 "re-read the state and retry"
             )
-        if change.request_id and self._value(
-            "SELECT 1 FROM requests WHERE request_id = ?", [change.request_id]
-        ):
+        if change.request_id and row[1]:
             raise AlreadyExists(
                 f"request_id {change.request_id!r} was already answered; "
                 "use a new request_id for a new request"
