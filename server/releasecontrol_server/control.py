@@ -59,15 +59,22 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import logging
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import Any, Generic, NoReturn, ParamSpec, TypeVar
 
-from releasecontrol.errors import FailedPrecondition, NotFound, OriginPending, Unavailable
+from releasecontrol.errors import (
+    FailedPrecondition,
+    NotFound,
+    OriginPending,
+    ReleaseControlError,
+    Unavailable,
+)
 from releasecontrol.index import REMOTE_INDEX_PATH
 from releasecontrol.manifest import artifact_path
 from releasecontrol_server.approvals import (
@@ -206,16 +213,21 @@ class ReleaseController:
         the snapshot first: their changes come before `fn`'s); the caller holds `_writing`."""
         assert self._writing.locked()
 
-        def leased() -> tuple[Followed, R]:
+        def leased() -> tuple[Followed, Callable[[], R]]:
             with self._store.exclusive():
                 followed = self._writer.follow()
-                return followed, fn(*args, **kw)
+                try:
+                    result = fn(*args, **kw)
+                except Exception as exc:  # raised on the loop, once what was followed is in
+                    return followed, functools.partial(_reraise, exc)
+                return followed, lambda: result
 
-        followed, result = await asyncio.get_running_loop().run_in_executor(
+        followed, outcome = await asyncio.get_running_loop().run_in_executor(
             self._write_thread, leased
         )
+        # The writer's memory has moved on: the snapshot must too, whatever `fn` did.
         self._apply_followed(followed)
-        return result
+        return outcome()
 
     def _apply_followed(self, followed: Followed) -> None:
         """On the loop: what other replicas committed into the snapshot, and told to watchers,
@@ -575,6 +587,11 @@ class ReleaseController:
                     result = await self._on_write_thread(
                         self._writer.write_batch, [w.request for w in batch], self._clock()
                     )
+                except ReleaseControlError as exc:  # the database is away, say: no traceback
+                    log.warning("a batch of %d changes failed: %s", len(batch), exc.message)
+                    for waiting in batch:
+                        _fail(waiting.answer, exc)
+                    continue
                 except Exception as exc:  # a bug: answer with it rather than hang
                     log.exception("applying a batch of %d changes failed", len(batch))
                     for waiting in batch:
@@ -904,6 +921,10 @@ def _nothing_committed(feature_id: str, where: str, exc: OSError) -> Unavailable
         f"writing the artifacts of {feature_id!r} to {where} failed ({exc}); nothing was "
         "committed: retry when it is reachable"
     )
+
+
+def _reraise(error: Exception) -> NoReturn:
+    raise error
 
 
 def _fail(answer: asyncio.Future[Applied], error: BaseException) -> None:

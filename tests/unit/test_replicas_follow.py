@@ -231,3 +231,26 @@ async def test_a_replica_whose_keyring_is_behind_a_rotation_refuses_to_sign_unti
     await b.install_keys(Signer([OTHER_KEY], 3600), roots, 2)
     await change(b, "checkout", Publish("1.1.0", sha("1.1.0")))
     await until(lambda: a.feature("checkout").sequence == 2)
+
+
+async def test_what_was_followed_reaches_the_snapshot_even_when_the_work_after_it_fails(
+    replicas: tuple[ReleaseController, ReleaseController],
+) -> None:
+    """Write-thread work follows first; if the work itself then fails (the origin is down,
+    say), the changes followed are still put into the snapshot and told to watchers: the
+    writer's memory has moved past them and would not report them again."""
+    a, b = replicas
+    assert b._follower is not None
+    b._follower.cancel()  # only the write path follows from here on
+    watching = b.hub.subscribe()
+    await change(a, "checkout", Publish("1.0.0", sha("1.0.0")))
+    assert b.state_of("checkout") is None
+
+    def origin_down() -> None:
+        raise OSError("the origin is down")
+
+    async with b._writing:
+        with pytest.raises(OSError, match="origin is down"):
+            await b._on_write_thread(origin_down)
+    assert b.feature("checkout").stable == "1.0.0"
+    assert [e.global_sequence for e in await drain(watching, 1)] == [1]

@@ -271,14 +271,20 @@ class _Listener:
         self._engine = engine
         self._conn: psycopg.Connection[Any] | None = None
         self._closed = threading.Event()
+        self._lock = threading.Lock()
 
     def wait(self, timeout: float) -> bool:
         if self._closed.is_set():
             return False
         try:
             if self._conn is None:
-                self._conn = self._engine._session()
-                self._conn.execute(f"LISTEN {CHANNEL}")
+                conn = self._engine._session()
+                with self._lock:
+                    if self._closed.is_set():  # closed while connecting
+                        conn.close()
+                        return False
+                    self._conn = conn
+                conn.execute(f"LISTEN {CHANNEL}")
                 return True  # commits before the LISTEN were not heard
             deadline = time.monotonic() + timeout
             while (left := deadline - time.monotonic()) > 0:
@@ -295,13 +301,15 @@ class _Listener:
             return True
 
     def close_connection(self) -> None:
-        conn, self._conn = self._conn, None
+        with self._lock:
+            conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(psycopg.Error):
                 conn.close()
 
     def close(self) -> None:
-        self._closed.set()
+        with self._lock:
+            self._closed.set()
         self.close_connection()
 
 
