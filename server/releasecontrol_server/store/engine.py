@@ -10,6 +10,11 @@ serialised across every process using the database (SQLite's `BEGIN IMMEDIATE`;
 on PostgreSQL a transaction-scoped advisory lock), so ids and sequences are
 handed out, and committed, in order. Inside a transaction every statement of the
 calling thread runs in it; outside one, each statement is its own.
+
+Several processes on one database (replicas, PostgreSQL only) also need: the
+`exclusive` lease around signing and writing the origin, `lead` for the jobs one
+process runs for all, and `notify`/`listener` to hear each other's commits. On
+SQLite (one server per file) these are trivial.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ class Result:
 
 class Engine(Protocol):
     dialect: str
-    """"sqlite" or "postgresql": which migrations apply (schema.steps)."""
+    """Which engine, `sqlite` or `postgresql`: which migrations apply (schema.steps)."""
     where: str
     """The database, for messages: a path, or a URL without its password."""
     errors: tuple[type[BaseException], ...]

@@ -199,7 +199,7 @@ class Store:
 
     @property
     def dialect(self) -> str:
-        """ "sqlite" or "postgresql"."""
+        """Which engine: `sqlite` or `postgresql` (schema.steps)."""
         return self._engine.dialect
 
     def reader(self) -> Store:
