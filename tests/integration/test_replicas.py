@@ -45,6 +45,7 @@ import httpx
 import pytest
 from conftest import folder_read, host_view, make_feature
 from test_deploy_examples import probe_script
+from test_kill import all_transitions
 
 from bench._postgres import PostgresServer, running_postgres
 from releasecontrol import errors
@@ -440,13 +441,7 @@ def test_three_replicas_lose_nothing_through_kills_and_a_database_restart(
                 10,
                 "every replica following the last change",
             )
-        history: list[pb.Transition] = []
-        token = ""
-        while True:
-            page = final.list_transitions(page_size=500, page_token=token)
-            history.extend(page.transitions)
-            if not (token := page.next_page_token):
-                break
+        history = all_transitions(final)
     finally:
         for c in clients:
             if c is not None:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from releasecontrol.index import Envelope
+from releasecontrol.manifest import sha256_hex
+from releasecontrol.root import Root, root_path
 from releasecontrol.shards import Pin, RemoteIndex, Shard, shard_path
 from releasecontrol.trust import SigningKey
 from releasecontrol_server.artifacts import ArtifactStore
@@ -27,6 +29,19 @@ from releasecontrol_server.writer import WriteObserver
 
 NOW = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
 KEY = SigningKey(Ed25519PrivateKey.from_private_bytes(bytes([9]) * 32))
+
+
+def root_file(version: int, key: SigningKey, root_key: SigningKey) -> SignedFile:
+    """Root `version` naming `key` as the online key, signed by `root_key`."""
+    root = Root.create(
+        version=version,
+        root_keys=[root_key.trusted_key()],
+        index_keys=[key.trusted_key()],
+        issued_at=NOW,
+        expires_at=NOW + timedelta(days=365),
+    )
+    data = root.sign([root_key]).to_bytes()
+    return SignedFile(root_path(version), data, sha256_hex(data), version)
 
 
 def new_controller(

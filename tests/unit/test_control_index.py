@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 from controller_kit import KEY, NOW, change, digest, new_controller, origin_pin, origin_top, stop
+from controller_kit import root_file as kit_root_file
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from releasecontrol.errors import StaleSequence, Unavailable
 from releasecontrol.index import REMOTE_INDEX_PATH, Envelope, releases_path, sign
 from releasecontrol.manifest import sha256_hex
-from releasecontrol.root import Root, root_path
+from releasecontrol.root import root_path
 from releasecontrol.shards import bin_of, shard_path
 from releasecontrol.trust import SigningKey, TrustStore
 from releasecontrol.verifier import Verifier
@@ -36,15 +37,7 @@ TRUST = TrustStore.for_keys([ROOT_KEY.trusted_key()])
 
 def root_file(version: int, key: SigningKey) -> SignedFile:
     """Root `version` naming `key` as the online key, signed by ROOT_KEY."""
-    root = Root.create(
-        version=version,
-        root_keys=[ROOT_KEY.trusted_key()],
-        index_keys=[key.trusted_key()],
-        issued_at=NOW,
-        expires_at=NOW + timedelta(days=365),
-    )
-    data = root.sign([ROOT_KEY]).to_bytes()
-    return SignedFile(root_path(version), data, sha256_hex(data), version)
+    return kit_root_file(version, key, ROOT_KEY)
 
 
 def origin_files(origin: Path) -> dict[str, bytes]:

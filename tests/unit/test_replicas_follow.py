@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from controller_kit import KEY, NOW, change, new_controller, origin_pin, origin_top, stop
+from controller_kit import KEY, change, new_controller, origin_pin, origin_top, stop
+from controller_kit import root_file as kit_root_file
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench._postgres import PostgresServer
 from releasecontrol.errors import ConfigError, FailedPrecondition, StaleSequence
 from releasecontrol.manifest import sha256_hex
-from releasecontrol.root import Root, root_path
 from releasecontrol.trust import SigningKey
 from releasecontrol_server.control import ReleaseController
 from releasecontrol_server.origin.filesystem import FilesystemOrigin
@@ -34,15 +33,7 @@ OTHER_KEY = SigningKey(Ed25519PrivateKey.from_private_bytes(bytes([32]) * 32))
 
 
 def root_file(key: SigningKey, version: int = 1) -> SignedFile:
-    root = Root.create(
-        version=version,
-        root_keys=[ROOT_KEY.trusted_key()],
-        index_keys=[key.trusted_key()],
-        issued_at=NOW,
-        expires_at=NOW + timedelta(days=365),
-    )
-    data = root.sign([ROOT_KEY]).to_bytes()
-    return SignedFile(root_path(version), data, sha256_hex(data), version)
+    return kit_root_file(version, key, ROOT_KEY)
 
 
 def sha(text: str) -> str:
