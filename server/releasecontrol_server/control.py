@@ -322,7 +322,8 @@ class ReleaseController:
                 log.info("finishing %d origin writes left by the previous run", pending)
             if not await self._on_write_thread(self._writer.flush):
                 self._schedule_retry()
-        self._follower = asyncio.get_running_loop().create_task(self._follow())
+        if self._store.shared:  # replicas: another process may commit
+            self._follower = asyncio.get_running_loop().create_task(self._follow())
 
     async def stop(self) -> None:
         """Stop retrying origin writes; wait for the changes the write thread took."""

@@ -234,6 +234,9 @@ class Writer:
         # writer, so memory follows it): each committed file not yet marked written, path ->
         # sha256. Written by the write thread, read by anyone (a dict read is atomic).
         self.unmarked: dict[str, str] = {}
+        self.followed_root_version = 0
+        """The root the top level another replica committed was signed under (`follow`): above
+        this process's, its keyring is behind a rotation (`_keys_behind`)."""
         self.observer: WriteObserver | None = None
         """Told how committed files reach the origin; set before the first batch."""
         self._staging = origin if isinstance(origin, _Staging) else None
@@ -287,6 +290,8 @@ class Writer:
         lease (nothing commits meanwhile), and by the loop's follower; it reads one moment
         of the database either way.
         """
+        if not self.store.shared:
+            return Followed()  # one server per SQLite file: nobody else commits
         if self.store.heads() == (self.global_sequence, self.index.sequence):
             return Followed()  # the common case: one query, no transaction
         with self.store.snapshot():
@@ -323,6 +328,9 @@ class Writer:
                 index_files = [*self.index.shard_files(), *filter(None, [self.index.top])]
             self.unmarked = {d.path: d.sha256 for d in self.store.pending_digests()}
         final = {fid: state or loaded[fid] for fid, state in latest.items()}
+        top = self.index.top
+        if top is not None:  # what another replica signed under; its own never exceed this
+            self.followed_root_version = _root_version_of(top.content)
         self.states.update(final)
         self.global_sequence = global_sequence
         if changes:
@@ -409,10 +417,7 @@ class Writer:
         root than its keyring's: another replica's keys were rotated and this one's keyring
         not yet (hosts that saw the newer root may refuse what this one signs). The key
         watcher installs the new keyring when its files change (`install_keys`)."""
-        top = self.index.top
-        if top is None:
-            return None
-        cluster = _root_version_of(top.sha256, top.content)
+        cluster = self.followed_root_version
         if cluster <= self.root_version:
             return None
         return FailedPrecondition(
@@ -955,10 +960,8 @@ class Writer:
             self._drop_unmarked(key)
 
 
-@functools.lru_cache(maxsize=4)
-def _root_version_of(sha256: str, content: bytes) -> int:
-    """The root a top level was signed under (0 when unreadable); by its hash, so each top
-    level is parsed once."""
+def _root_version_of(content: bytes) -> int:
+    """The root a top level was signed under (0 when unreadable)."""
     try:
         return int(Envelope.from_bytes(content).signed.get("root_version", 0))
     except (VerificationError, TypeError, ValueError):

@@ -54,6 +54,9 @@ class Engine(Protocol):
     """The database, for messages: a path, or a URL without its password."""
     errors: tuple[type[BaseException], ...]
     """What the driver raises for a database it cannot use."""
+    shared: bool
+    """Whether other server processes may commit to it (replicas): only then is there
+    anything to follow, to lead or to listen for."""
 
     def transaction(
         self, *, write: bool, durable: bool = True

@@ -88,6 +88,7 @@ class PostgresEngine:
 
     dialect = "postgresql"
     errors: tuple[type[BaseException], ...] = (psycopg.Error,)
+    shared = True
 
     def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
         self.url = url

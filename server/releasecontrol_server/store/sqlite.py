@@ -38,6 +38,7 @@ class SqliteEngine:
 
     dialect = "sqlite"
     errors: tuple[type[BaseException], ...] = (sqlite3.DatabaseError,)
+    shared = False  # one server per file: its state directory is locked
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         """Raises ConfigError when the file cannot be opened, or is not a sound SQLite file."""

@@ -198,6 +198,11 @@ class Store:
         return self._engine
 
     @property
+    def shared(self) -> bool:
+        """Whether other server processes may commit to this database (Engine.shared)."""
+        return self._engine.shared
+
+    @property
     def dialect(self) -> str:
         """Which engine: `sqlite` or `postgresql` (schema.steps)."""
         return self._engine.dialect
