@@ -211,7 +211,7 @@ class Config:
     database_url: str | None = field(default=None, repr=False)
     """`postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=…]`: run on PostgreSQL,
     shared by several replicas, instead of the SQLite file. May carry a password: never
-    logged or shown in full (`store.postgres.redact`)."""
+    logged or shown in full (`store.location.redact`)."""
 
     tls_cert_path: Path
     """The server's TLS certificate, PEM (default `home/pki/server.pem`)."""

@@ -62,7 +62,7 @@ from releasecontrol_server.service import SERVICE_NAME, ReleaseControlServicer, 
 from releasecontrol_server.signer import Signer
 from releasecontrol_server.steps import StepRunner
 from releasecontrol_server.store import open_store
-from releasecontrol_server.store.postgres import redact
+from releasecontrol_server.store.location import redact
 from releasecontrol_server.tls import ReloadingServerCredentials
 from releasecontrol_server.watch import WatchHub
 

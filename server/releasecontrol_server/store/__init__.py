@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from releasecontrol_server.store.postgres import PostgresEngine, is_postgres_url
+from releasecontrol_server.store.location import is_postgres_url
 from releasecontrol_server.store.schema import SCHEMA_VERSION
 from releasecontrol_server.store.sqlite import SqliteEngine
 from releasecontrol_server.store.store import (
@@ -40,5 +40,8 @@ def open_store(location: Path | str) -> Store:
     """The store at `location`: a PostgreSQL URL (postgresql://…), else a SQLite file path
     (created when missing). Raises ConfigError when it cannot be opened or used."""
     if isinstance(location, str) and is_postgres_url(location):
+        # Imported here: a server on SQLite never loads psycopg (store/location.py).
+        from releasecontrol_server.store.postgres import PostgresEngine
+
         return Store(PostgresEngine(location))
     return Store(SqliteEngine(Path(location)))

@@ -17,12 +17,8 @@ from pathlib import Path
 import psycopg
 
 from releasecontrol.errors import ConfigError
-from releasecontrol_server.store.postgres import (
-    APPLICATION_PREFIX,
-    CONNECTIONS_PER_REPLICA,
-    is_postgres_url,
-    redact,
-)
+from releasecontrol_server.store.location import is_postgres_url, redact
+from releasecontrol_server.store.postgres import APPLICATION_PREFIX, CONNECTIONS_PER_REPLICA
 from releasecontrol_server.store.sqlite import check_database_file
 
 __all__ = ["Inspection", "inspect_database"]

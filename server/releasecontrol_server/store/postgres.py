@@ -34,7 +34,6 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg.conninfo import make_conninfo
@@ -42,10 +41,11 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from releasecontrol.errors import ConfigError, Unavailable
 from releasecontrol_server.store.engine import Result
+from releasecontrol_server.store.location import redact
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LEADER_LOCK", "LEASE_LOCK", "WRITE_LOCK", "PostgresEngine", "is_postgres_url", "redact"]
+__all__ = ["LEADER_LOCK", "LEASE_LOCK", "WRITE_LOCK", "PostgresEngine"]
 
 WRITE_LOCK = 0x5243_0001
 """The advisory lock key every write transaction holds (per database: "RC" 1)."""
@@ -68,19 +68,6 @@ CONNECTIONS_PER_REPLICA = POOL_SIZE + 3
 APPLICATION_PREFIX = "releasecontrol "
 """How every connection of a replica names itself (`application_name`: this, the host, the
 pid), so `releasectl doctor` lists the replicas connected to a database."""
-
-
-def is_postgres_url(location: str) -> bool:
-    return location.startswith(("postgresql://", "postgres://"))
-
-
-def redact(url: str) -> str:
-    """`url` without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{netloc[-1]}"))
 
 
 class PostgresEngine:
