@@ -112,7 +112,7 @@ async def _writes(servers: list[BenchServer], sizes: Sizes) -> tuple[float, list
         await release_cycle(stub, features[0], sizes.versions, server.metadata)
     times: list[float] = []
 
-    async def run(
+    async def cycles(
         server: BenchServer, stub: pb_grpc.ReleaseControlStub, features: list[str]
     ) -> None:
         for i in range(sizes.cycles_per_client):
@@ -120,7 +120,7 @@ async def _writes(servers: list[BenchServer], sizes: Sizes) -> tuple[float, list
             times.extend(await release_cycle(stub, feature, sizes.versions, server.metadata))
 
     start = time.perf_counter()
-    await asyncio.gather(*(run(*client) for client in clients))
+    await asyncio.gather(*(cycles(*client) for client in clients))
     elapsed = time.perf_counter() - start
     for server in servers:
         await server.close_channels()
@@ -164,8 +164,11 @@ async def _failover(
     stop = asyncio.Event()
     acks: list[tuple[float, int]] = []  # (when, replica)
     alive = [True] * len(servers)
+    starts = [0] * len(servers)  # how often each replica was started again
 
     async def client(number: int) -> None:
+        # One connection per replica (and per start of it), kept like a real client's.
+        stubs: dict[tuple[int, int], pb_grpc.ReleaseControlStub] = {}
         feature = feature_name(number)
         stable = version_name(sizes.versions)
         target = number % len(servers)
@@ -182,11 +185,14 @@ async def _failover(
                     target = (target + 1) % len(servers)
                     continue
                 server = servers[target]
+                key = (target, starts[target])
+                if key not in stubs:
+                    stubs[key] = server.stub(server.channel())
                 try:
-                    stub = server.stub(server.channel())
-                    await stub.Rollback(request, metadata=server.metadata, timeout=10)
+                    await stubs[key].Rollback(request, metadata=server.metadata, timeout=10)
                     break
                 except grpc.aio.AioRpcError:
+                    del stubs[key]
                     target = (target + 1) % len(servers)
                     await asyncio.sleep(0.05)
             stable = version
@@ -214,6 +220,7 @@ async def _failover(
             results.append((next_ack, caught_up))
             await servers[victim].close_channels()
             await asyncio.to_thread(servers[victim].running.start)  # the same home again
+            starts[victim] += 1
             alive[victim] = True
     finally:
         stop.set()

@@ -69,6 +69,7 @@ import semver
 from releasecontrol.errors import ConfigError
 from releasecontrol.manifest import DEFAULT_MAX_MANIFEST_BYTES
 from releasecontrol_server.releases import MAX_SOAK_SECONDS
+from releasecontrol_server.store.location import is_postgres_url
 
 Environment = Literal["development", "production"]
 AuthMode = Literal["rpc-token", "trusted-cluster", "dfs"]
@@ -614,7 +615,7 @@ def _parse_database_url(raw: object, label: str, ctx: _Context) -> str | None:
     if text is None:
         raise _bad(label, raw, fix)
     parts = urlsplit(text)
-    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+    if not is_postgres_url(text) or not parts.hostname:
         # Not echoed: it may carry a password.
         raise ConfigError(f"{label} is not a PostgreSQL URL; {fix}.")
     try:

@@ -14,32 +14,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RunningServer, make_feature, start_server
+from conftest import RunningServer
+from test_beacons import KEY, canary_at_half
 
 from releasecontrol.bucketing import bucket
 from releasecontrol.host import FeatureHost
-from releasecontrol.manifest import load_feature_folder
 from releasecontrol.trust import TrustStore
 
 pytestmark = pytest.mark.integration
 
-KEY = "pk_test_shop"
 USERS = [f"user-{n}" for n in range(12)]
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[RunningServer]:
     """checkout 1.0.0 stable, 1.1.0 in canary at 50 % (30m soak); beacons on."""
-    running = start_server(
-        tmp_path / "home",
-        RELEASECONTROL_BEACON_KEYS=KEY,
-        RELEASECONTROL_ANALYSIS_INTERVAL_SECONDS="0.2",
-    )
-    client = running.client()
-    client.publish(load_feature_folder(make_feature(tmp_path / "a", "checkout", "1.0.0")))
-    client.publish(load_feature_folder(make_feature(tmp_path / "b", "checkout", "1.1.0")))
-    client.rollback("checkout", "1.0.0")
-    client.deploy_canary("checkout", "1.1.0", soak_seconds=1800, weight=5000)
+    running = canary_at_half(tmp_path)
     yield running
     running.stop()
 

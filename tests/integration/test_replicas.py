@@ -375,12 +375,10 @@ def test_three_replicas_lose_nothing_through_kills_and_a_database_restart(
                 30,
                 "the origin catching up after a kill",
             )
-            client_of_victim = [w for w in writers if w.target != victim or w.moves]
             failovers.append(
                 {"killed": victim, "origin_caught_up_s": round(caught_up, 3), "at": killed_at}
             )
             cluster.start(victim)  # back, on its own state directory
-            assert client_of_victim
         time.sleep(max(0.0, began + RUN_SECONDS - time.monotonic()))
     finally:
         stop.set()

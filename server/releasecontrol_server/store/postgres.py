@@ -25,6 +25,7 @@ on their next use, so a replica recovers by itself once the database is back.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import logging
 import os
@@ -109,10 +110,9 @@ class PostgresEngine:
         self._leading = False
 
     def reader(self) -> PostgresEngine:
-        """The same pool (PostgreSQL serves readers beside writers); closing it keeps the pool."""
-        view = object.__new__(PostgresEngine)
-        view.url, view.where, view._pool = self.url, self.where, self._pool
-        view._conninfo, view._token = self._conninfo, self._token
+        """The same pool (PostgreSQL serves readers beside writers); closing it keeps the pool.
+        Its own thread bindings and sessions: it takes no lease and never leads."""
+        view = copy.copy(self)
         view._owner = False
         view._local = threading.local()
         view._lease, view._lease_lock = None, threading.Lock()

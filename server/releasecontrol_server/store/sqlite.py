@@ -89,7 +89,7 @@ class SqliteEngine:
         """Nothing: one server process per file (its state directory is locked)."""
 
     def listener(self) -> Listener:
-        return _Sleeper()
+        raise NotImplementedError("a SQLite store is not shared: no other process commits to it")
 
     def exclusive(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
@@ -172,20 +172,6 @@ class SqliteEngine:
                 f"the database {self.path} is damaged ({'; '.join(problems)}); restore it from "
                 "a backup (`releasectl restore PATH`) or move it away to start an empty store"
             )
-
-
-class _Sleeper:
-    """No other process commits to the file: waiting is sleeping (until closed)."""
-
-    def __init__(self) -> None:
-        self._closed = threading.Event()
-
-    def wait(self, timeout: float) -> bool:
-        self._closed.wait(timeout)
-        return False
-
-    def close(self) -> None:
-        self._closed.set()
 
 
 def damaged(path: Path, exc: BaseException) -> ConfigError:
