@@ -22,7 +22,7 @@ Failover is measured and printed (and kept in `test-artifacts/failover.json`, wh
 docs/benchmarks.md quotes): kill -> the killed replica's client acknowledged through
 another replica; kill -> the origin serves everything committed at the kill.
 
-Bounds: seeded; about 12 s of changes; every call times out after 10 s; a change is
+Bounds: seeded; about 8 s of changes; every call times out after 10 s; a change is
 retried for at most 30 s.
 """
 
@@ -60,7 +60,7 @@ pytestmark = pytest.mark.integration
 SEED = 15_04  # issue 15, item 4
 REPLICAS = 3
 WRITERS = 3
-RUN_SECONDS = 12.0
+RUN_SECONDS = 8.0
 KILLS = 2
 CALL_TIMEOUT_SECONDS = 10.0
 RETRY_FOR_SECONDS = 30.0
