@@ -25,9 +25,9 @@ Kills come from the test-only hooks of tests/killpoints (`killed_at`: the n-th p
 hook is, from a SIGKILL sent by the test at a random moment while changes run.
 
 Bounds. Seeded (deterministic choices of changes, kill points, passes and delays); per
-kill point 4 rounds of at most 12 changes; 10 rounds of random-moment kills 0.05-0.5 s
+kill point 3 rounds of at most 12 changes; 7 rounds of random-moment kills 0.05-0.5 s
 into changes (at most 300 changes, the kill ends each round long before); every call
-times out after 10 s. About 40 s in all on 2 cores.
+times out after 10 s. About 30 s in all on 2 cores.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ FEATURES = ("checkout", "search", "profile")
 CALL_TIMEOUT_SECONDS = 10.0
 EXIT_TIMEOUT_SECONDS = 15.0
 
-HOOK_ROUNDS = 4
+HOOK_ROUNDS = 3
 """Rounds per kill point, each killed at the n-th pass, n drawn from 1..HOOK_MAX_NTH."""
 HOOK_MAX_NTH = {"artifact": 4, "stage": 24, "commit": 8, "publish": 30, "mark": 8}
 """So that the kill comes at any change of a round, not only the first."""
@@ -80,7 +80,7 @@ NO_RETRY: dict[str, float] = (
 for 5 s on every kill, and the test wants the failure at once (the same request is sent
 again, by the test, after the restart)."""
 
-RANDOM_ROUNDS = 10
+RANDOM_ROUNDS = 7
 RANDOM_KILL_DELAY_SECONDS = (0.05, 0.5)
 RANDOM_MAX_CHANGES = 300
 """A bound only: at a few ms or more a change, the kill ends the round well before."""
