@@ -35,6 +35,7 @@ import functools
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -79,6 +80,11 @@ log = logging.getLogger(__name__)
 
 # Threads writing new files beside their place on the origin while the store commits.
 _STAGE_THREADS = 3
+SYNC_DELAY_SECONDS = 0.05
+"""How long files renamed into place wait before they are synced, so that the changes of that
+while share one fsync per file and folder (remote-index.json and its folder are in every
+change). Only marking them written waits: a change is durable in the store when it is
+acknowledged, and its files are in place (served) at once."""
 REQUEST_IDS_KEPT = timedelta(days=7)
 """How long a request_id is answered alike: far longer than any retry."""
 
@@ -245,6 +251,11 @@ class Writer:
         # keys synced and not yet marked written in the store (the next commit does).
         self._unsynced: list[tuple[tuple[str, str], Path]] = []
         self._syncing: list[Future[tuple[list[tuple[str, str]], list[tuple[str, str]]]]] = []
+        # What the sync queued and not yet started takes (None: none is queued); `_sync_now`
+        # cuts its wait short (`settle`, `close`).
+        self._sync_next: list[tuple[tuple[str, str], Path]] | None = None
+        self._sync_lock = threading.Lock()
+        self._sync_now = threading.Event()
         self._marks: list[tuple[str, str]] = []
         self._forgot_at: datetime | None = None
         self._sync_thread = ThreadPoolExecutor(1, thread_name_prefix="releasecontrol-sync")
@@ -253,6 +264,7 @@ class Writer:
         )
 
     def close(self) -> None:
+        self._sync_now.set()
         self._sync_thread.shutdown(wait=True)
         self._stage_pool.shutdown(wait=True)
 
@@ -868,7 +880,7 @@ class Writer:
             self._mark_written(written)
             if self._unsynced:
                 done, self._unsynced = self._unsynced, []
-                self._syncing.append(self._sync_thread.submit(self._sync, done))
+                self._queue_sync(done)
         return behind == 0
 
     def _sync_in_place(self, path: str) -> None:
@@ -900,6 +912,24 @@ class Writer:
             remote_sequence,
         )
         return True
+
+    def _queue_sync(self, renamed: list[tuple[tuple[str, str], Path]]) -> None:
+        """`renamed` synced in the background, with whatever else is renamed within
+        SYNC_DELAY_SECONDS: the sync queued and not started yet takes it, else a new one."""
+        with self._sync_lock:
+            if self._sync_next is not None:
+                self._sync_next.extend(renamed)
+                return
+            self._sync_next = list(renamed)
+        self._syncing.append(self._sync_thread.submit(self._sync_queued))
+
+    def _sync_queued(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """On the sync thread: after SYNC_DELAY_SECONDS (or less: `_sync_now`), what was queued
+        meanwhile synced at once."""
+        self._sync_now.wait(SYNC_DELAY_SECONDS)
+        with self._sync_lock:
+            done, self._sync_next = self._sync_next or [], None
+        return self._sync(done)
 
     def _sync(
         self, done: list[tuple[tuple[str, str], Path]]
@@ -936,7 +966,11 @@ class Writer:
     def settle(self) -> None:
         """Wait for the background syncs and mark what they synced written in the store: the
         outbox then says exactly what the origin may lack (before a stop, say)."""
-        self._collect_syncs(wait=True)
+        self._sync_now.set()  # the queued sync starts now
+        try:
+            self._collect_syncs(wait=True)
+        finally:
+            self._sync_now.clear()
         if self._marks:
             self.store.mark_all_written(self._marks)
             self._marks = []

@@ -18,6 +18,7 @@ from controller_kit import KEY, NOW, change, digest, new_controller, origin_top,
 from releasecontrol.errors import Unavailable
 from releasecontrol.index import Envelope, sign
 from releasecontrol_server import control as control_module
+from releasecontrol_server import writer as writer_module
 from releasecontrol_server.control import ReleaseController
 from releasecontrol_server.origin.filesystem import FilesystemOrigin, Staged
 from releasecontrol_server.releases import ChangeMeta, DeployCanary, Promote, Publish
@@ -157,5 +158,36 @@ async def test_a_rebuild_reconciles_a_top_level_alone_ahead_of_the_store(tmp_pat
 
         assert batch.committed == {} and batch.flushed
         assert origin_top(origin_dir).sequence > body["sequence"]
+    finally:
+        await stop(control)
+
+
+async def test_changes_made_together_share_one_sync_and_idle_marks_them_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every change renames remote-index.json into the origin's top folder: syncing it and
+    # that folder once for all the changes of a short while is most of what coalescing saves.
+    synced: list[Path] = []
+    fsync_path = writer_module._fsync_path
+    monkeypatch.setattr(writer_module, "_fsync_path", lambda p: (synced.append(p), fsync_path(p)))
+    control = new_controller(tmp_path)
+    await control.start()
+    try:
+        await change(control, "checkout", Publish("1.0.0", digest("1.0.0")))
+        await control.idle()
+        top = tmp_path / "origin" / "remote-index.json"
+        synced.clear()
+        await asyncio.gather(
+            *(change(control, f"feature-{n}", Publish("1.0.0", digest(str(n)))) for n in range(10))
+        )
+        for n in range(10):  # one at a time, each well within the sync delay of the last
+            await change(control, "checkout", Publish(f"1.{n + 1}.0", digest(str(n))))
+        await control.idle()
+        # Twenty changes: their files are all synced and marked written…
+        assert await pending(control) == 0
+        assert top in synced and top.parent in synced
+        # …the top level and its folder far fewer times than once a change.
+        assert synced.count(top) <= 5, synced.count(top)
+        assert synced.count(top.parent) <= 5
     finally:
         await stop(control)
