@@ -16,7 +16,7 @@ from datetime import datetime
 
 from releasecontrol.index import REMOTE_INDEX_PATH
 from releasecontrol.shards import DEFAULT_BITS, Pin, bin_of, shard_path
-from releasecontrol_server.signer import Signer, pin_of
+from releasecontrol_server.signer import PinMembers, Signer, pin_of
 from releasecontrol_server.store import SignedFile
 
 __all__ = ["ShardedIndex"]
@@ -42,12 +42,14 @@ class ShardedIndex:
         for feature_id, pin in pins.items():
             self._bins.setdefault(bin_of(feature_id, bits), {})[feature_id] = pin
         self._shards: dict[str, SignedFile] = {}
-        self._shard_pins: dict[str, Pin] = {}  # kept beside: a change pins them all again
         for name in self._bins:
             file = files.get(shard_path(bits, name))
             if file is not None:
                 self._shards[name] = file
-                self._shard_pins[name] = pin_of(file)
+        # Kept encoded beside: every change pins them all again.
+        self._shard_pins = PinMembers(
+            bits, {name: pin_of(file) for name, file in self._shards.items()}
+        )
         self.top: SignedFile | None = files.get(REMOTE_INDEX_PATH)
 
     @property
@@ -106,8 +108,7 @@ class ShardedIndex:
             name: signer.shard_file(self.bits, name, features, sequence, now)
             for name, features in sorted(touched.items())
         }
-        pins = dict(self._shard_pins)
-        pins.update({name: pin_of(file) for name, file in shards.items()})
+        pins = self._shard_pins.with_changes({name: pin_of(file) for name, file in shards.items()})
         top = signer.top_file(sequence, root_version, self.bits, pins, now)
         return [*shards.values(), top]
 
@@ -135,10 +136,12 @@ class ShardedIndex:
         the index."""
         for feature_id, pin in changed.items():
             self._bins.setdefault(bin_of(feature_id, self.bits), {})[feature_id] = pin
+        shard_pins = {}
         for file in files:
             if file.path == REMOTE_INDEX_PATH:
                 self.top = file
             else:
                 name = file.path.rsplit("/", 1)[1].removesuffix(".json")
                 self._shards[name] = file
-                self._shard_pins[name] = pin_of(file)
+                shard_pins[name] = pin_of(file)
+        self._shard_pins = self._shard_pins.with_changes(shard_pins)

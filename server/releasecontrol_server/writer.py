@@ -18,7 +18,8 @@ only queues changes, hands a batch over, and answers when it comes back
    in ONE store transaction (group commit: one sync for the batch);
 4. renames the files into place on the origin in the order pins point
    (releases.json, shards, remote-index.json last; `flush`), then hands them to
-   the sync thread, which fsyncs them and their folders in the background;
+   the sync thread, which fsyncs them and their folders in the background, with
+   what is renamed in the next SYNC_DELAY_SECONDS (one fsync per file and folder);
    what it synced is marked written with the next commit (or `settle`).
 
 A change is acknowledged only once the origin serves it. If the origin write

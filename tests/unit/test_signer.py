@@ -15,7 +15,7 @@ from releasecontrol.index import Envelope, sign, verify_signatures
 from releasecontrol.shards import Pin, RemoteIndex, Shard, bin_of, shard_path
 from releasecontrol.trust import SigningKey, TrustStore
 from releasecontrol_server.releases import Canary, FeatureState, PublishedVersion
-from releasecontrol_server.signer import Signer, jcs, pin_of
+from releasecontrol_server.signer import PinMembers, Signer, jcs, pin_of
 
 NOW = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
 EXPIRY_SECONDS = 7 * 24 * 3600
@@ -75,6 +75,27 @@ class TestSignerBytes:
         )
         trust = TrustStore.for_keys([k.trusted_key() for k in keys])
         verify_signatures(Envelope.from_bytes(top.content), trust)
+
+    def test_a_top_level_kept_encoded_equals_one_encoded_whole(self) -> None:
+        """Pins changed, added and refused through PinMembers sign the same bytes as the map."""
+        rng = random.Random(7)
+        signer = Signer([KEY_A], EXPIRY_SECONDS)
+
+        def pin(n: int) -> Pin:
+            return Pin(hashlib.sha256(bytes([n % 256])).hexdigest(), rng.randrange(1, 9999), n)
+
+        names = sorted({bin_of(f"f{i}", 7) for i in range(300)})
+        whole = {name: pin(n) for n, name in enumerate(names[::2])}
+        kept = PinMembers(7, whole)
+        for step in range(40):  # replace one, add one (between others, first or last)
+            changed = {rng.choice(sorted(whole)): pin(step), rng.choice(names): pin(step + 1)}
+            kept = kept.with_changes(changed)
+            whole = {**whole, **changed}
+            expected = signer.top_file(step + 1, 1, 7, dict(whole), NOW).content
+            assert signer.top_file(step + 1, 1, 7, kept, NOW).content == expected
+        # A name that is no bin of these bits goes through the model, which refuses it.
+        with pytest.raises(ValueError):
+            signer.top_file(99, 1, 7, kept.with_changes({"zz": pin(1)}), NOW)
 
     def test_resign_keeps_the_body_and_sequence_with_the_new_keys(self) -> None:
         """A rotation's re-signing changes the signatures only; signed_by_us tells them apart."""
