@@ -111,6 +111,7 @@ class Signer:
         self._keys = tuple(keys)
         # Each distinct key signs once, in the order given.
         self._distinct = tuple({k.keyid: k for k in self._keys}.values())
+        self._signing = tuple((k, k.keyid.encode("ascii")) for k in self._distinct)
         self._expiry = timedelta(seconds=expiry_seconds)
 
     @property
@@ -288,12 +289,16 @@ class Signer:
         return SignedFile(path=path, content=content, sha256=sha256_hex(content), sequence=sequence)
 
     def _envelope(self, signed: bytes) -> bytes:
-        """The JCS bytes of {"signatures": [...], "signed": <signed>}; "signatures" sorts first."""
-        signatures = [
-            {"keyid": key.keyid, "sig": base64.b64encode(key.sign(signed)).decode("ascii")}
-            for key in self._distinct
-        ]
-        return b'{"signatures":' + jcs(signatures) + b',"signed":' + signed + b"}"
+        """The JCS bytes of {"signatures": [...], "signed": <signed>}; "signatures" sorts first.
+
+        Each signature is {"keyid": <lowercase hex>, "sig": <base64>}: ASCII that JSON
+        escapes nothing of, so its JCS form is written out rather than encoded.
+        """
+        signatures = b",".join(
+            b'{"keyid":"' + keyid + b'","sig":"' + base64.b64encode(key.sign(signed)) + b'"}'
+            for key, keyid in self._signing
+        )
+        return b'{"signatures":[' + signatures + b'],"signed":' + signed + b"}"
 
     def signed_by_us(self, content: bytes) -> bool:
         """Whether `content` carries a signature by every one of our keys (and no other)."""
