@@ -222,8 +222,12 @@ class CanaryAnalyzer:
         return {version: (share, batches[version]) for version, share in shares(batches).items()}
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Judge now and then every `interval_seconds` until `stop` is set."""
-        while self.enabled and not stop.is_set():
+        """Judge now and then every `interval_seconds` until `stop` is set (disabled: only
+        wait for it, as a job that leadership runs must)."""
+        if not self.enabled:
+            await stop.wait()
+            return
+        while not stop.is_set():
             try:
                 await self.judge_all()
             except Exception:  # a bug: logged, and the next round tries again

@@ -47,9 +47,12 @@ async def while_leading(
         task = asyncio.create_task(job(its_stop), name=name)
         while replica.leading and not stop.is_set() and not task.done():
             await _wait(stop, LOOK_SECONDS)
+        ended_by_itself = task.done() and replica.leading and not stop.is_set()
         its_stop.set()
         await task
-        if not stop.is_set():
+        if ended_by_itself:  # every job loops until told to stop: this one should not end
+            log.warning("job %s ended by itself; starting it again", name)
+        elif not stop.is_set():
             log.info("job %s stopped here: this replica no longer leads", name)
 
 

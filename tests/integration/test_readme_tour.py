@@ -83,3 +83,7 @@ def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
         assert [f["feature_id"] for f in json.loads(status.stdout)] == ["checkout"]
     finally:
         assert dev.stop() == 0, dev.log.read_text()
+    # One process on SQLite leads all along: its jobs start once and never move or restart
+    # (a disabled canary analysis used to end at once and restart every second).
+    log = dev.log.read_text()
+    assert "no longer leads" not in log and "ended by itself" not in log, log

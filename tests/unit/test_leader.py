@@ -50,7 +50,9 @@ async def test_the_job_runs_while_leading_and_moves_with_leadership() -> None:
     assert runs == ["start", "stop", "start", "stop"]
 
 
-async def test_a_job_that_ends_by_itself_is_started_again_while_leading() -> None:
+async def test_a_job_that_ends_by_itself_is_started_again_while_leading(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     replica = Replica(leading=True)
     stop = asyncio.Event()
     runs = 0
@@ -64,3 +66,6 @@ async def test_a_job_that_ends_by_itself_is_started_again_while_leading() -> Non
     stop.set()
     await asyncio.wait_for(task, 1)
     assert runs >= 2
+    # Said as it is: the replica still leads.
+    assert "short-job ended by itself" in caplog.text
+    assert "no longer leads" not in caplog.text
