@@ -143,7 +143,8 @@ async def _serve(
         require_client_auth=config.require_client_cert,
     )
 
-    store = open_store(config.database)
+    # Checked while the controller loads; it waits for the check before writing.
+    store = open_store(config.database, wait_for_check=False)
     origin = open_origin(config)
     hub = WatchHub(config.watch_queue_size)
     metrics = ServerMetrics(

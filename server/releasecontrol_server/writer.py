@@ -276,8 +276,21 @@ class Writer:
     # -- start ---------------------------------------------------------------------------------
 
     def load(self) -> list[str]:
-        """What the store holds: every feature's state, the index and the outbox. Returns the
-        staging files a killed process left on the origin, which are removed."""
+        """What the store holds: every feature's state, the index and the outbox, read while
+        the store's integrity check runs, and then that check passed (ConfigError naming the
+        damage if not; everything after writes). Returns the staging files a killed process
+        left on the origin, which are removed."""
+        try:
+            self._load()
+        except self.store.engine.errors:
+            self.store.checked()  # a damaged file: the check's sentence, not the driver's
+            raise
+        self.store.checked()
+        if isinstance(self.origin, FilesystemOrigin):
+            return self.origin.remove_leftovers()
+        return []
+
+    def _load(self) -> None:
         self.global_sequence = self.store.global_sequence()
         self.states = {}
         after = ""
@@ -290,9 +303,6 @@ class Writer:
         }
         self.index = ShardedIndex(pins, self.store.index_files())
         self.unmarked = {d.path: d.sha256 for d in self.store.pending_digests()}
-        if isinstance(self.origin, FilesystemOrigin):
-            return self.origin.remove_leftovers()
-        return []
 
     def follow(self) -> Followed:
         """Bring memory (states, index, outbox) up to what the database holds when another

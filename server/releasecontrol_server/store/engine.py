@@ -103,6 +103,11 @@ class Engine(Protocol):
         kept while this process's session lives; asked again every second or so."""
         ...
 
+    def checked(self) -> None:
+        """Wait for the integrity check opening the database started (SQLite: on a thread of
+        its own, so a start loads while it runs); raises ConfigError naming the damage."""
+        ...
+
     def reader(self) -> Engine:
         """An engine for a background reader that must neither wait on nor hold up the writer:
         its own connection(s). Only reads work on it."""

@@ -109,6 +109,9 @@ class PostgresEngine:
         self._leader: psycopg.Connection[Any] | None = None
         self._leading = False
 
+    def checked(self) -> None:
+        """Nothing to wait for: PostgreSQL checks its own pages as it reads them."""
+
     def reader(self) -> PostgresEngine:
         """The same pool (PostgreSQL serves readers beside writers); closing it keeps the pool.
         Its own thread bindings and sessions: it takes no lease and never leads."""

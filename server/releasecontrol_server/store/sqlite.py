@@ -8,7 +8,9 @@ its own (`reader`), which WAL lets read while the writer commits.
 
 Opening refuses, with one sentence, what cannot be ReleaseControl's database:
 a 0-byte file (something truncated it), a file that is not SQLite, a damaged
-one (`PRAGMA quick_check`).
+one (`PRAGMA quick_check`). The check reads the whole file (0.9 s at 10,000 features,
+650 MB), so it runs on a connection and a thread of its own while the server loads;
+`checked()` waits for it, before anything is written.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +65,8 @@ class SqliteEngine:
             ) from exc
         self._db = Database(conn, recursive_triggers=False, execute_plugins=False)
         self._depth = 0
+        self._integrity: Future[None] = Future()
+        self._integrity.set_result(None)  # a reader: its writer checked the file
         try:
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             if read_only:
@@ -77,7 +82,7 @@ class SqliteEngine:
             # B-tree pages (features, versions, transitions, files) stay in memory.
             self._db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             self._db.execute("PRAGMA foreign_keys = ON")
-            self._check_integrity()
+            self._integrity = _check_integrity(self.path)
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise damaged(self.path, exc) from exc
@@ -99,6 +104,9 @@ class SqliteEngine:
 
     def lead(self) -> bool:
         return True  # the only server on the file
+
+    def checked(self) -> None:
+        self._integrity.result()
 
     def reader(self) -> SqliteEngine:
         return SqliteEngine(self.path, read_only=True)
@@ -159,19 +167,42 @@ class SqliteEngine:
         """A PRAGMA's value (the tests check how the file is kept)."""
         return self.execute(f"PRAGMA {name}").value()
 
-    def _check_integrity(self) -> None:
-        """SQLite's quick_check (every page, index and constraint it can check without
-        cross-checking indexes against tables): a damaged file stops the start with a sentence,
-        never with a traceback halfway through serving."""
-        problems = [
-            " ".join(str(row[0]).replace("*** in database main ***", "").split())
-            for row in self._db.execute("PRAGMA quick_check(3)")
-        ]
-        if problems != ["ok"]:
-            raise ConfigError(
-                f"the database {self.path} is damaged ({'; '.join(problems)}); restore it from "
-                "a backup (`releasectl restore PATH`) or move it away to start an empty store"
-            )
+
+def _check_integrity(path: Path) -> Future[None]:
+    """SQLite's quick_check (every page, index and constraint it can check without
+    cross-checking indexes against tables), on a read-only connection and a thread of its
+    own: a damaged file stops the start with a sentence, never with a traceback halfway
+    through serving. The future holds None, or the ConfigError to raise."""
+    outcome: Future[None] = Future()
+
+    def check() -> None:
+        try:
+            connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+            try:
+                problems = [
+                    " ".join(str(row[0]).replace("*** in database main ***", "").split())
+                    for row in connection.execute("PRAGMA quick_check(3)")
+                ]
+            finally:
+                connection.close()
+        except sqlite3.DatabaseError as exc:
+            outcome.set_exception(damaged(path, exc))
+        except BaseException as exc:  # handed to whoever waits for it
+            outcome.set_exception(exc)
+        else:
+            if problems == ["ok"]:
+                outcome.set_result(None)
+            else:
+                outcome.set_exception(
+                    ConfigError(
+                        f"the database {path} is damaged ({'; '.join(problems)}); restore it "
+                        "from a backup (`releasectl restore PATH`) or move it away to start an "
+                        "empty store"
+                    )
+                )
+
+    threading.Thread(target=check, name="sqlite-quick-check", daemon=True).start()
+    return outcome
 
 
 def damaged(path: Path, exc: BaseException) -> ConfigError:

@@ -184,7 +184,10 @@ class Store:
         try:
             self._migrate()
         except engine.errors as exc:
-            engine.close()
+            try:
+                engine.checked()  # a damaged file: the integrity check names the damage
+            finally:
+                engine.close()
             raise ConfigError(
                 f"cannot use the database {self.where}: {exc}; restore it from a backup "
                 "(`releasectl restore PATH`) or move it away to start an empty store"
@@ -192,6 +195,11 @@ class Store:
         except BaseException:
             engine.close()
             raise
+
+    def checked(self) -> None:
+        """Wait for the database's integrity check (started when it was opened; see
+        `open_store`); raises ConfigError naming the damage. Call before writing."""
+        self._engine.checked()
 
     @property
     def engine(self) -> Engine:
