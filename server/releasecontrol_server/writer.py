@@ -90,13 +90,20 @@ REQUEST_IDS_KEPT = timedelta(days=7)
 """How long a request_id is answered alike: far longer than any retry."""
 
 
+_Renamed = tuple[tuple[str, str], Path, Path | None]
+"""A file renamed into place, not yet synced: its (path, sha256), where it is, and the file
+it displaced, still to be removed (None: none)."""
+
+
 @runtime_checkable
 class _Staging(Protocol):
     """An origin that can write a file's bytes first and put it in place later."""
 
     def stage(self, path: str, data: bytes, *, sync: bool = True) -> Staged: ...
 
-    def publish(self, staged: Staged, *, sync: bool = True) -> None: ...
+    def publish(self, staged: Staged, *, sync: bool = True) -> Path | None: ...
+
+    def remove_displaced(self, displaced: Path) -> None: ...
 
     def discard(self, staged: Staged) -> None: ...
 
@@ -247,14 +254,15 @@ class Writer:
         self.observer: WriteObserver | None = None
         """Told how committed files reach the origin; set before the first batch."""
         self._staging = origin if isinstance(origin, _Staging) else None
-        # Renamed into place, not yet synced: (path, sha256) and where it is; then the syncs
-        # running in the background (each: the keys synced, the keys that failed); then the
-        # keys synced and not yet marked written in the store (the next commit does).
-        self._unsynced: list[tuple[tuple[str, str], Path]] = []
+        # Renamed into place, not yet synced: (path, sha256), where it is, and the file it
+        # displaced, to remove (`FilesystemOrigin.publish`); then the syncs running in the
+        # background (each: the keys synced, the keys that failed); then the keys synced and
+        # not yet marked written in the store (the next commit does).
+        self._unsynced: list[_Renamed] = []
         self._syncing: list[Future[tuple[list[tuple[str, str]], list[tuple[str, str]]]]] = []
         # What the sync queued and not yet started takes (None: none is queued); `_sync_now`
         # cuts its wait short (`settle`, `close`).
-        self._sync_next: list[tuple[tuple[str, str], Path]] | None = None
+        self._sync_next: list[_Renamed] | None = None
         self._sync_lock = threading.Lock()
         self._sync_now = threading.Event()
         self._marks: list[tuple[str, str]] = []
@@ -860,8 +868,8 @@ class Writer:
                 if ready is not None and self._staging is not None:
                     # Renamed one after another, in the order pins point: a host sees
                     # each file as soon as it is renamed.
-                    self._staging.publish(ready, sync=False)
-                    self._unsynced.append((key, ready.target))
+                    displaced = self._staging.publish(ready, sync=False)
+                    self._unsynced.append((key, ready.target, displaced))
                     self._drop_unmarked(key)
                     continue
                 file = known.get(key) or self.store.signed_file(digest.path)
@@ -924,9 +932,10 @@ class Writer:
         )
         return True
 
-    def _queue_sync(self, renamed: list[tuple[tuple[str, str], Path]]) -> None:
-        """`renamed` synced in the background, with whatever else is renamed within
-        SYNC_DELAY_SECONDS: the sync queued and not started yet takes it, else a new one."""
+    def _queue_sync(self, renamed: list[_Renamed]) -> None:
+        """`renamed` synced in the background (and the files they displaced removed), with
+        whatever else is renamed within SYNC_DELAY_SECONDS: the sync queued and not started
+        yet takes it, else a new one."""
         with self._sync_lock:
             if self._sync_next is not None:
                 self._sync_next.extend(renamed)
@@ -942,13 +951,16 @@ class Writer:
             done, self._sync_next = self._sync_next or [], None
         return self._sync(done)
 
-    def _sync(
-        self, done: list[tuple[tuple[str, str], Path]]
-    ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-        """On the sync thread: the files renamed into place, and their folders, synced (all
-        at once, on the stage threads). Returns the keys synced and those that failed."""
-        paths = {target for _, target in done} | {target.parent for _, target in done}
-        keys = [key for key, _ in done]
+    def _sync(self, done: list[_Renamed]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """On the sync thread: the files renamed into place displaced removed (off the write
+        thread: freeing their blocks is most of a rename's time), then the files and their
+        folders synced (all at once, on the stage threads). Returns the keys synced and those
+        that failed."""
+        if self._staging is not None:
+            displaced = [old for *_, old in done if old is not None]
+            list(self._stage_pool.map(self._staging.remove_displaced, displaced))
+        paths = {target for _, target, _ in done} | {target.parent for _, target, _ in done}
+        keys = [key for key, *_ in done]
         try:
             list(self._stage_pool.map(_fsync_path, paths))  # raises what a sync raised
         except OSError as exc:

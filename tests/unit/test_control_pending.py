@@ -189,5 +189,8 @@ async def test_changes_made_together_share_one_sync_and_idle_marks_them_written(
         # …the top level and its folder far fewer times than once a change.
         assert synced.count(top) <= 5, synced.count(top)
         assert synced.count(top.parent) <= 5
+        # The files they replaced (swapped out of place, removed by the syncs) are gone.
+        hidden = [p for p in (tmp_path / "origin").rglob(".*") if p.is_file()]
+        assert hidden == []
     finally:
         await stop(control)

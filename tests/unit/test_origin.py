@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from releasecontrol_server.origin import Origin, validate_origin_path
+from releasecontrol_server.origin import Origin, filesystem, validate_origin_path
 from releasecontrol_server.origin.filesystem import FilesystemOrigin
 from releasecontrol_server.origin.http import OriginHttpServer
 
@@ -103,17 +103,23 @@ class TestFilesystemOrigin:
 
         assert (tmp_path / "remote-index.json").stat().st_mode & 0o777 == 0o644
 
+    @pytest.mark.parametrize("failing", ["swap", "replace"])
     def test_failed_write_keeps_the_old_file(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
     ) -> None:
-        """When the rename fails the old bytes stay and the temporary file is removed."""
+        """When the rename fails (the swap of names, or os.replace where there is no swap)
+        the old bytes stay and the temporary file is removed."""
         origin = FilesystemOrigin(tmp_path)
         origin.write("remote-index.json", b"old")
 
-        def refuse(src: object, dst: object) -> None:
+        def refuse(src: object, dst: object) -> bool:
             raise OSError(28, "No space left on device")
 
-        monkeypatch.setattr(os, "replace", refuse)
+        if failing == "swap":
+            monkeypatch.setattr(filesystem, "_swap", refuse)
+        else:
+            monkeypatch.setattr(filesystem, "_swap", lambda temp, target: False)
+            monkeypatch.setattr(os, "replace", refuse)
         with pytest.raises(OSError, match="No space"):
             origin.write("remote-index.json", b"new")
 
@@ -170,6 +176,40 @@ class TestStaging:
         assert origin.read("features/a/releases.json") == b"new"
         assert all_files(tmp_path) == {"features/a/releases.json"}
         assert os.stat(tmp_path / "features/a/releases.json").st_mode & 0o777 == 0o644
+
+    def test_publish_swaps_names_and_hands_back_the_old_file(self, tmp_path: Path) -> None:
+        """Without sync, publish puts the new file in place and hands back the one it replaced,
+        hidden beside it with its old bytes, for the caller to remove; a reader that opened
+        the old file reads it whole."""
+        if filesystem._renameat2 is None:
+            pytest.skip("no renameat2 here: publish renames with os.replace")
+        origin = FilesystemOrigin(tmp_path)
+        origin.write("features/a/releases.json", b"old" * 1000)
+        with (tmp_path / "features/a/releases.json").open("rb") as reader:
+            displaced = origin.publish(origin.stage("features/a/releases.json", b"new"), sync=False)
+            assert displaced is not None
+            assert origin.read("features/a/releases.json") == b"new"
+            assert displaced.parent == tmp_path / "features" / "a"
+            assert displaced.name.startswith(".") and displaced.name.endswith(".tmp")
+            assert displaced.read_bytes() == b"old" * 1000
+            origin.remove_displaced(displaced)
+            assert reader.read() == b"old" * 1000
+        assert all_files(tmp_path) == {"features/a/releases.json"}
+        assert origin.unchanged_since_written("features/a/releases.json")
+        # A new path displaces nothing; with sync, nothing is handed back or left.
+        assert origin.publish(origin.stage("features/b/releases.json", b"b"), sync=False) is None
+        assert origin.publish(origin.stage("features/a/releases.json", b"newer")) is None
+        assert all_files(tmp_path) == {"features/a/releases.json", "features/b/releases.json"}
+
+    def test_a_folder_in_a_files_place_is_not_swapped_away(self, tmp_path: Path) -> None:
+        """Publishing over a folder fails as a rename does, and the folder stays where it is."""
+        origin = FilesystemOrigin(tmp_path)
+        (tmp_path / "remote-index.json").mkdir()
+        staged = origin.stage("remote-index.json", b"new")
+        with pytest.raises(IsADirectoryError):
+            origin.publish(staged, sync=False)
+        assert (tmp_path / "remote-index.json").is_dir()
+        assert not staged.temp.exists()
 
     def test_discard_leaves_the_old_file(self, tmp_path: Path) -> None:
         origin = FilesystemOrigin(tmp_path)

@@ -11,6 +11,12 @@ crash the file is the old one or the new one. Temporary files are hidden
 something else, and several at once; `publish` is the rename and the folder's
 fsync, done in the order the files must appear.
 
+On Linux, `publish` swaps the two names (renameat2 RENAME_EXCHANGE, as atomic for
+readers as a rename) and removes the old file after: a rename over a file frees
+the old file's blocks before it returns, which on ext4 cost 230 µs a rename on the
+benchmark machine, against 30 µs for the swap; with `sync=False` the caller
+removes the displaced file when it is not in a hurry (the writer's sync thread).
+
 The origin remembers the stamp (inode, mtime, size) of each file it wrote,
 so `unchanged_since_written` tells without reading a file back that it still
 holds the bytes this process wrote last.
@@ -19,8 +25,12 @@ holds the bytes this process wrote last.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import itertools
 import os
+import stat
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,23 +146,38 @@ class FilesystemOrigin:
     def _create(temp: Path) -> int:
         return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
 
-    def publish(self, staged: Staged, *, sync: bool = True) -> None:
+    def publish(self, staged: Staged, *, sync: bool = True) -> Path | None:
         """The second half of `write`: put `staged` in place and make the rename durable.
 
         With `sync=False` the rename is visible at once but durable only once its folder
         is synced (`staged.target.parent`, by the caller: several folders can be synced at
-        the same time). Raises OSError when the rename fails (the temporary file is
+        the same time), and the file it replaced may be returned, still on disk under the
+        hidden temporary name, for the caller to remove (`remove_displaced`); None when
+        there is none. Raises OSError when the rename fails (the temporary file is
         removed then).
         """
         self._forget(staged.path)
         try:
-            os.replace(staged.temp, staged.target)
+            swapped = _swap(staged.temp, staged.target)
+            if not swapped:
+                os.replace(staged.temp, staged.target)
         except BaseException:
             _unlink_quietly(staged.temp)
             raise
+        displaced = staged.temp if swapped else None
         if sync:
+            if displaced is not None:
+                self.remove_displaced(displaced)
+                displaced = None
             fsync_dir(staged.target.parent)
         self._remember(staged.path, staged.stamp)
+        return displaced
+
+    @staticmethod
+    def remove_displaced(displaced: Path) -> None:
+        """Remove a file `publish` displaced. A process killed first leaves it as a hidden
+        temporary file, which `remove_leftovers` removes at the next start."""
+        _unlink_quietly(displaced)
 
     def discard(self, staged: Staged) -> None:
         """Drop a staged file that will not be published."""
@@ -212,6 +237,52 @@ class FilesystemOrigin:
 
     def __repr__(self) -> str:
         return f"FilesystemOrigin({str(self.root)!r})"
+
+
+_AT_FDCWD = -100  # <fcntl.h>: paths relative to the working folder (ours are absolute)
+_RENAME_EXCHANGE = 2  # <linux/fs.h>
+
+
+def _load_renameat2() -> Callable[..., int] | None:
+    """libc's renameat2 (glibc 2.28+, Linux 3.15+), or None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    function.restype = ctypes.c_int
+    return function
+
+
+_renameat2 = _load_renameat2()
+
+
+def _swap(temp: Path, target: Path) -> bool:
+    """Exchange the names `temp` and `target` in one step: True when done (`temp` then names
+    what was at `target`); False where it cannot be, for os.replace to do instead: no
+    renameat2, a filesystem without RENAME_EXCHANGE, or no regular file at `target` (a
+    folder stays refused by os.replace, as before). Raises OSError for other failures."""
+    if _renameat2 is None:
+        return False
+    try:
+        if not stat.S_ISREG(os.lstat(target).st_mode):
+            return False
+    except FileNotFoundError:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(temp), _AT_FDCWD, os.fsencode(target), _RENAME_EXCHANGE):
+        code = ctypes.get_errno()
+        if code in (errno.EINVAL, errno.ENOSYS, errno.ENOENT, errno.EOPNOTSUPP):
+            return False
+        raise OSError(code, os.strerror(code), str(target))
+    return True
 
 
 def _unlink_quietly(path: Path) -> None:
