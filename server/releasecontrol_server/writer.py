@@ -17,10 +17,12 @@ only queues changes, hands a batch over, and answers when it comes back
    request id did, and the files the last syncs made durable (marked written)
    in ONE store transaction (group commit: one sync for the batch);
 4. renames the files into place on the origin in the order pins point
-   (releases.json, shards, remote-index.json last; `flush`), then hands them to
-   the sync thread, which fsyncs them and their folders in the background, with
-   what is renamed in the next SYNC_DELAY_SECONDS (one fsync per file and folder);
-   what it synced is marked written with the next commit (or `settle`).
+   (releases.json, shards, remote-index.json last; `flush`; on Linux a swap of
+   names that leaves the replaced file to remove, `FilesystemOrigin.publish`),
+   then hands them to the sync thread, which removes the replaced files and
+   fsyncs the new ones and their folders in the background, with what is renamed
+   in the next SYNC_DELAY_SECONDS (one fsync per file and folder); what it synced
+   is marked written with the next commit (or `settle`).
 
 A change is acknowledged only once the origin serves it. If the origin write
 fails, the change stands (it committed), the caller hears exactly that, and the
