@@ -34,6 +34,13 @@ DATABASE_FILE = "releasecontrol.db"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
+def _read_only(path: Path) -> str:
+    # Imported here: only backup and restore open a database.
+    from releasecontrol_server.store.sqlite import read_only_uri
+
+    return read_only_uri(path)
+
+
 def _database_option(command: Any) -> Any:
     return click.option(
         "--database",
@@ -68,7 +75,7 @@ def _describe(path: Path) -> dict[str, Any]:
         raise OneLineError(f"cannot read {path} ({exc.strerror or exc})") from None
     if head != _SQLITE_MAGIC:
         raise OneLineError(f"{path} is not a SQLite database (it starts with {head[:8]!r})")
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    connection = sqlite3.connect(_read_only(path), uri=True)
     try:
         problems = [str(row[0]) for row in connection.execute("PRAGMA integrity_check(3)")]
         if problems != ["ok"]:
@@ -132,7 +139,7 @@ def backup(
     _describe(source)
     temp = target.with_name(f".{target.name}.partial")
     temp.unlink(missing_ok=True)
-    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    src = sqlite3.connect(_read_only(source), uri=True)
     dst = sqlite3.connect(temp)
     try:
         with click.progressbar(length=100, label="backing up", file=sys.stderr) as bar:

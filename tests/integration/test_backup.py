@@ -10,6 +10,10 @@ from pathlib import Path
 
 from conftest import RELEASECTL, make_feature, releasectl, start_server
 
+from releasecontrol_server.releases import Publish
+from releasecontrol_server.store import open_store
+from tests.unit.test_store import make_change
+
 
 def test_backup_while_serving_and_restore_after_stopping(tmp_path: Path) -> None:
     """A backup taken while the server runs restores the state of that moment; a restore is
@@ -56,6 +60,31 @@ def test_backup_while_serving_and_restore_after_stopping(tmp_path: Path) -> None
         assert [(f["feature_id"], f["stable"]) for f in status] == [("checkout", "1.0.0")]
     finally:
         again.stop()
+
+
+def test_backup_of_a_database_in_a_folder_with_uri_characters(tmp_path: Path) -> None:
+    """`releasectl backup --database PATH` opens PATH read-only by URI: '#', '?' and '%' in a
+    folder's name are part of the file's name, not the URI's fragment or query."""
+    folder = tmp_path / "state #1 ?x %41"
+    folder.mkdir()
+    database = folder / "releasecontrol.db"
+    with open_store(database) as store:
+        store.commit(make_change(store, "checkout", Publish("1.0.0", "a" * 64)))
+    copy = tmp_path / "copy.db"
+    done = releasectl(
+        tmp_path / "home",
+        tmp_path,
+        "backup",
+        str(copy),
+        "--database",
+        str(database),
+        "--output",
+        "json",
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["global_sequence"] == 1
+    with open_store(copy) as restored:
+        assert restored.global_sequence() == 1
 
 
 def test_restore_refuses_what_is_not_a_releasecontrol_database(tmp_path: Path) -> None:

@@ -15,22 +15,21 @@ from conftest import make_feature, releasectl, start_server
 
 from releasectl.launcher import LocalServerError
 
-PAGE = 4096
 
-
-def pages_of(database: Path, table: str) -> list[int]:
-    """The page numbers (1-based) SQLite keeps `table`'s rows in."""
+def first_page_of(database: Path, table: str) -> tuple[int, int]:
+    """The first page (1-based) SQLite keeps `table`'s rows in, and the page size."""
     connection = sqlite3.connect(database)
     try:
         rows = connection.execute("SELECT pageno FROM dbstat WHERE name = ?", (table,))
-        return sorted(int(row[0]) for row in rows)
+        first = min(int(row[0]) for row in rows)
+        return first, int(connection.execute("PRAGMA page_size").fetchone()[0])
     finally:
         connection.close()
 
 
-def overwrite_page(database: Path, page: int) -> None:
+def overwrite_page(database: Path, page: int, size: int) -> None:
     with database.open("r+b") as file:
-        file.seek((page - 1) * PAGE + 8)  # past the page header's type byte: still a page
+        file.seek((page - 1) * size + 8)  # past the page header's type byte: still a page
         file.write(b"\x13" * 64)
 
 
@@ -57,7 +56,7 @@ def test_a_damaged_database_stops_the_start_in_one_line_before_any_write(
         assert server.stop() == 0
     database = home / "releasecontrol.db"
     assert not database.with_name("releasecontrol.db-wal").exists()  # folded in at stop
-    overwrite_page(database, pages_of(database, table)[0])
+    overwrite_page(database, *first_page_of(database, table))
     # A sound start would restore this file (the origin check at start): this one must not.
     (home / "origin" / "remote-index.json").unlink()
 

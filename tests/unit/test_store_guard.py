@@ -78,3 +78,18 @@ class TestRefusedFiles:
         """No file yet is the first start, not an error."""
         with open_store(tmp_path / "new.db") as store:
             assert store.global_sequence() == 0
+
+    def test_a_path_with_uri_characters_opens_and_reads(self, tmp_path: Path) -> None:
+        """The integrity check and the reader open the file by URI: '#', '?', '%' and spaces in
+        a folder's name must not cut the file name short."""
+        folder = tmp_path / "state #1 ?x %41"
+        folder.mkdir()
+        path = fresh(folder / "releasecontrol.db")
+        with open_store(path) as store:
+            assert store.global_sequence() == 1
+            reader = store.reader()
+            try:
+                loaded = reader.load_feature("checkout")
+                assert loaded is not None and loaded.stable == "1.0.0"
+            finally:
+                reader.close()

@@ -24,6 +24,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+RESTORE_ADVICE = (
+    "restore it from a backup (`releasectl restore PATH`) or move it away to start an empty store"
+)
+"""How every refusal of a damaged or unusable database ends."""
+
 __all__ = ["Engine", "Listener", "Result"]
 
 

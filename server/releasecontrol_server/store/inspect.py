@@ -19,7 +19,7 @@ import psycopg
 from releasecontrol.errors import ConfigError
 from releasecontrol_server.store.location import is_postgres_url, redact
 from releasecontrol_server.store.postgres import APPLICATION_PREFIX, CONNECTIONS_PER_REPLICA
-from releasecontrol_server.store.sqlite import check_database_file
+from releasecontrol_server.store.sqlite import check_database_file, read_only_uri
 
 __all__ = ["Inspection", "inspect_database"]
 
@@ -54,7 +54,7 @@ def _sqlite(path: Path) -> Inspection:
     if not path.exists():
         return Inspection("sqlite", str(path), version, 0)
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = sqlite3.connect(read_only_uri(path), uri=True)
         try:
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             row = conn.execute("SELECT content FROM files WHERE path = 'remote-index.json'")

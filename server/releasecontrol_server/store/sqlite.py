@@ -27,9 +27,9 @@ from typing import Any
 from sqlite_utils import Database
 
 from releasecontrol.errors import ConfigError
-from releasecontrol_server.store.engine import Listener, Result
+from releasecontrol_server.store.engine import RESTORE_ADVICE, Listener, Result
 
-__all__ = ["SqliteEngine", "check_database_file"]
+__all__ = ["SqliteEngine", "check_database_file", "read_only_uri"]
 
 BUSY_TIMEOUT_MS = 10_000
 WAL_CHECKPOINT_PAGES = 16_384
@@ -52,7 +52,7 @@ class SqliteEngine:
             check_database_file(self.path)
         try:
             conn = sqlite3.connect(
-                f"file:{self.path}?mode=ro" if read_only else self.path,
+                read_only_uri(self.path) if read_only else self.path,
                 uri=read_only,
                 timeout=BUSY_TIMEOUT_MS / 1000,
                 isolation_level=None,
@@ -177,7 +177,7 @@ def _check_integrity(path: Path) -> Future[None]:
 
     def check() -> None:
         try:
-            connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+            connection = sqlite3.connect(read_only_uri(path), uri=True, check_same_thread=False)
             try:
                 problems = [
                     " ".join(str(row[0]).replace("*** in database main ***", "").split())
@@ -195,9 +195,7 @@ def _check_integrity(path: Path) -> Future[None]:
             else:
                 outcome.set_exception(
                     ConfigError(
-                        f"the database {path} is damaged ({'; '.join(problems)}); restore it "
-                        "from a backup (`releasectl restore PATH`) or move it away to start an "
-                        "empty store"
+                        f"the database {path} is damaged ({'; '.join(problems)}); {RESTORE_ADVICE}"
                     )
                 )
 
@@ -206,10 +204,14 @@ def _check_integrity(path: Path) -> Future[None]:
 
 
 def damaged(path: Path, exc: BaseException) -> ConfigError:
-    return ConfigError(
-        f"cannot use the database {path}: {exc}; restore it from a backup "
-        "(`releasectl restore PATH`) or move it away to start an empty store"
-    )
+    return ConfigError(f"cannot use the database {path}: {exc}; {RESTORE_ADVICE}")
+
+
+def read_only_uri(path: Path) -> str:
+    """The URI that opens `path` read-only (`sqlite3.connect(..., uri=True)`), its
+    characters escaped: in `file:{path}?mode=ro` a '#' or '?' in a folder's name would
+    end the file name there."""
+    return f"{Path(path).absolute().as_uri()}?mode=ro"
 
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"

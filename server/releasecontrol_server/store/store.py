@@ -57,7 +57,7 @@ from releasecontrol_server.releases import (
     FeatureState,
     PublishedVersion,
 )
-from releasecontrol_server.store.engine import Engine, Listener, Result
+from releasecontrol_server.store.engine import RESTORE_ADVICE, Engine, Listener, Result
 from releasecontrol_server.store.schema import META_TABLE, SCHEMA_VERSION
 from releasecontrol_server.store.schema import steps as schema_steps
 
@@ -189,8 +189,7 @@ class Store:
             finally:
                 engine.close()
             raise ConfigError(
-                f"cannot use the database {self.where}: {exc}; restore it from a backup "
-                "(`releasectl restore PATH`) or move it away to start an empty store"
+                f"cannot use the database {self.where}: {exc}; {RESTORE_ADVICE}"
             ) from exc
         except BaseException:
             engine.close()
@@ -1018,7 +1017,6 @@ _FEATURE_COLUMNS = (
     "feature_id, sequence, stable, canary_version, canary_soak_started_at, "
     "canary_soak_seconds, updated_at, updated_by, updated_by_principal, canary_rollout"
 )
-_FEATURE_COLUMN_COUNT = _FEATURE_COLUMNS.count(",") + 1
 
 
 def _feature_from_tuple(row: Sequence[Any], versions: Sequence[PublishedVersion]) -> FeatureState:
