@@ -241,8 +241,10 @@ class ReleaseController:
             self._hub.publish(ChangeEvent(transition.global_sequence, state, transition))
         if followed.changes:
             self._events_kept()  # their events, for this replica's webhooks if it leads
-            if self.pending_count():
-                self._schedule_retry()  # a replica that died mid-publish left the origin owed
+        if self.pending_count():
+            # Owed as the store says: a replica that died mid-publish left it so, or one that
+            # is alive will mark it written; the retry writes it or sees it marked.
+            self._schedule_retry()
 
     async def _follow(self) -> None:
         """The follower: whenever another replica commits (LISTEN/NOTIFY on PostgreSQL; at
@@ -263,6 +265,9 @@ class ReleaseController:
                         followed, leading = await loop.run_in_executor(self._write_thread, look)
                     except Unavailable as exc:
                         self._database_answers(False, exc.message)
+                        continue
+                    except Exception:  # a bug: loud, and the follower goes on
+                        log.exception("following the other replicas' commits failed")
                         continue
                     self._database_answers(True)
                     self._lead(leading)
@@ -667,12 +672,20 @@ class ReleaseController:
             self._retry_task = asyncio.get_running_loop().create_task(self._retry())
 
     async def _retry(self) -> None:
+        """Write what the origin is owed every _RETRY_SECONDS until it has it all. Whatever a
+        try raises (the database away, say), the next one comes: a retry that ended with it
+        would leave the origin owed until something else scheduled another."""
         while True:
             await asyncio.sleep(_RETRY_SECONDS)
-            async with self._writing:
-                if await self._on_write_thread(self._writer.flush):
-                    log.info("pending origin writes finished")
-                    return
+            try:
+                async with self._writing:
+                    if await self._on_write_thread(self._writer.flush):
+                        log.info("pending origin writes finished")
+                        return
+            except ReleaseControlError as exc:
+                log.warning("writing the pending origin writes failed, retried: %s", exc.message)
+            except Exception:  # a bug: loud, and still retried
+                log.exception("writing the pending origin writes failed, retried")
 
     # -- the origin checked ------------------------------------------------
 

@@ -430,7 +430,15 @@ def test_three_replicas_lose_nothing_through_kills_and_a_database_restart(
         def settled() -> bool:
             return all(c is not None and c.get_status().pending_origin_writes == 0 for c in clients)
 
-        wait_for(settled, 30, "the outbox emptied")
+        try:
+            wait_for(settled, 30, "the outbox emptied")
+        except pytest.fail.Exception:
+            owed = [c.get_status().pending_origin_writes if c else None for c in clients]
+            tails = [
+                f"--- replica {n} ({owed[n]} owed) ---\n" + "\n".join(s.log().splitlines()[-40:])
+                for n, s in enumerate(cluster.replicas)
+            ]
+            pytest.fail(f"the outbox emptied: not within 30 s; owed {owed}\n" + "\n".join(tails))
         status = final.get_status()
         for other in clients[1:]:
             assert other is not None

@@ -111,6 +111,43 @@ async def test_pending_writes_follow_the_store_through_failure_retry_and_restart
         await stop(third)
 
 
+async def test_the_retry_outlives_a_database_that_is_away_for_a_while(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The background retry of origin writes meets a database that does not answer (a
+    restart): it tries again later rather than ending, and the origin gets what it is owed
+    once the database is back."""
+    monkeypatch.setattr(control_module, "_RETRY_SECONDS", 0.05)
+    origin = SwitchableOrigin(tmp_path / "origin")
+    control = new_controller(tmp_path, origin)
+    await control.start()
+    try:
+        origin.down = True
+        with pytest.raises(Unavailable, match="committed"):
+            await change(control, "checkout", Publish("1.0.0", digest("1.0.0")))
+        store = control._writer.store
+        away = [3]  # the next three looks at the outbox fail, as a restarting database would
+        pending_digests = store.pending_digests
+
+        def answering() -> object:
+            if away[0]:
+                away[0] -= 1
+                raise Unavailable("the database test.db failed: restarting; retry when it is back")
+            return pending_digests()
+
+        monkeypatch.setattr(store, "pending_digests", answering)
+        origin.down = False
+        for _ in range(300):
+            if control.status().pending_origin_writes == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert away == [0]  # the retry met the database away three times…
+        assert await pending(control) == 0  # …and still wrote everything after
+        assert origin_top(tmp_path / "origin").sequence == control.status().global_sequence
+    finally:
+        await stop(control)
+
+
 async def test_an_outbox_behind_the_origin_is_never_written_over_it(tmp_path: Path) -> None:
     """A database restored from a backup taken while files were owed to the origin: at
     start its outbox (an older releases.json, shard and top level) must not replace the
