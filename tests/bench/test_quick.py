@@ -7,6 +7,7 @@ whatever machine CI has, and a missed target is a result, not a failure.
 from __future__ import annotations
 
 import math
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from bench._report import (
     record,
     render_results,
 )
+from bench._work import FLOOR_SIZES, protocol_floor
 
 pytestmark = pytest.mark.integration
 
@@ -70,3 +72,26 @@ class TestRecord:
         record(fresh, results.replace("12.5", "13.0"))
         assert fresh.read_text().count(RESULTS_START) == 1
         assert "13.0 ops/s" in fresh.read_text()
+
+
+def test_the_protocol_floor_does_the_work_it_measures(tmp_path: Path) -> None:
+    """The floor the writes benchmark compares the server with commits, signs and swaps every
+    file of the changes into place each round, and leaves nothing hidden behind."""
+    times, cpu = protocol_floor(tmp_path, 3, batch=2)
+    assert len(times) == len(cpu) == 3
+    assert all(t > 0 for t in times) and all(c > 0 for c in cpu)
+    origin = tmp_path / "origin"
+    placed = sorted(str(p.relative_to(origin)) for p in origin.rglob("*") if p.is_file())
+    assert placed == [
+        "features/feature-00000/releases.json",
+        "features/feature-00001/releases.json",
+        "index/7/0.json",
+        "index/7/1.json",
+        "remote-index.json",
+    ]
+    # Each file holds its body and a 64-byte signature, the last round's.
+    top = (origin / "remote-index.json").read_bytes()
+    assert len(top) == FLOOR_SIZES["top"] + 64
+    with sqlite3.connect(tmp_path / "floor-2.db") as db:
+        (stored,) = db.execute("SELECT body FROM files WHERE path = 'remote-index.json'").fetchone()
+    assert stored == top
