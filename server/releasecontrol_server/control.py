@@ -679,6 +679,8 @@ class ReleaseController:
             await asyncio.sleep(_RETRY_SECONDS)
             try:
                 async with self._writing:
+                    if not self.pending_count():  # written meanwhile (by a change's flush)
+                        return
                     if await self._on_write_thread(self._writer.flush):
                         log.info("pending origin writes finished")
                         return
