@@ -1,4 +1,5 @@
-"""Workloads several benchmarks share: release cycles over gRPC, the durable-write baseline."""
+"""Workloads several benchmarks share: release cycles over gRPC, the durable-write baseline,
+the fixed work of a change (`protocol_floor`)."""
 
 from __future__ import annotations
 
