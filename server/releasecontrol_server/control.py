@@ -194,6 +194,7 @@ class ReleaseController:
         self._queue: list[_Waiting] = []
         self._drain: asyncio.Task[None] | None = None
         self._retry_task: asyncio.Task[None] | None = None
+        self._stopping = False  # set by stop(): no retry is scheduled after it
         self._follower: asyncio.Task[None] | None = None
         self._rebuilding = False
         # The snapshot reads answer from; only the loop changes it, after each commit.
@@ -332,6 +333,7 @@ class ReleaseController:
 
     async def stop(self) -> None:
         """Stop retrying origin writes; wait for the changes the write thread took."""
+        self._stopping = True
         for task in (self._retry_task, self._follower):
             if task is not None:
                 task.cancel()
@@ -668,6 +670,8 @@ class ReleaseController:
         return self._writer.pending_count()
 
     def _schedule_retry(self) -> None:
+        if self._stopping:  # what is owed stays in the store's outbox for the next start
+            return
         if self._retry_task is None or self._retry_task.done():
             self._retry_task = asyncio.get_running_loop().create_task(self._retry())
 

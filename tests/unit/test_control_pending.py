@@ -148,6 +148,24 @@ async def test_the_retry_outlives_a_database_that_is_away_for_a_while(
         await stop(control)
 
 
+async def test_a_stopped_controller_retries_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stopped while the origin is owed files: what is owed stays in the store for the next
+    start, and no retry outlives the stop (its threads are gone: each try would fail)."""
+    monkeypatch.setattr(control_module, "_RETRY_SECONDS", 0.02)
+    origin = SwitchableOrigin(tmp_path / "origin")
+    control = new_controller(tmp_path, origin)
+    await control.start()
+    origin.down = True
+    with pytest.raises(Unavailable, match="committed"):
+        await change(control, "checkout", Publish("1.0.0", digest("1.0.0")))
+    await stop(control)
+    caplog.clear()
+    await asyncio.sleep(0.2)  # ten retry periods
+    assert [r.getMessage() for r in caplog.records] == []
+
+
 async def test_an_outbox_behind_the_origin_is_never_written_over_it(tmp_path: Path) -> None:
     """A database restored from a backup taken while files were owed to the origin: at
     start its outbox (an older releases.json, shard and top level) must not replace the
