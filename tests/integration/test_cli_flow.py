@@ -255,8 +255,16 @@ def test_status_watch_redraws_the_table_on_every_change(
     assert releasectl(server, tmp_path, "publish", "--feature", "checkout").returncode == 0
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RELEASECONTROL_", "FEATURE_"))}
     env["RELEASECONTROL_HOME"] = str(server.home)
+    # Ctrl-C reaches it as in a terminal, even where this suite runs as a background job
+    # (whose children inherit SIGINT ignored, and Python then installs no handler for it).
+    interruptible = [
+        RELEASECTL[0],
+        "-c",
+        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        + RELEASECTL[2],
+    ]
     with subprocess.Popen(
-        [*RELEASECTL, "release", "status", "--watch"],
+        [*interruptible, "release", "status", "--watch"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
@@ -293,7 +301,12 @@ def test_status_watch_redraws_the_table_on_every_change(
             assert redrawn[-1].split()[:3] == ["checkout", "1.2.0", "1.3.0"]
         finally:
             watcher.send_signal(signal.SIGINT)
-            assert watcher.wait(timeout=20) == 0
+            try:
+                code = watcher.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                watcher.kill()  # else leaving the `with` would wait for it forever
+                raise AssertionError("release status --watch did not stop on Ctrl-C") from None
+        assert code == 0
         assert watcher.stderr is not None and watcher.stderr.read() == ""
 
 
