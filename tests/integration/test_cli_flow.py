@@ -260,8 +260,7 @@ def test_status_watch_redraws_the_table_on_every_change(
     interruptible = [
         RELEASECTL[0],
         "-c",
-        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-        + RELEASECTL[2],
+        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); " + RELEASECTL[2],
     ]
     with subprocess.Popen(
         [*interruptible, "release", "status", "--watch"],
