@@ -13,6 +13,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench._seed import version_name
+from releasecontrol.files import fsync_path
 from releasecontrol.v1 import release_control_pb2 as pb
 from releasecontrol.v1 import release_control_pb2_grpc as pb_grpc
 from releasecontrol_server.origin.filesystem import FilesystemOrigin
@@ -158,11 +159,7 @@ def protocol_floor(
                 if old is not None:
                     origin.remove_displaced(old)
             for synced in {t for t, _ in displaced} | {t.parent for t, _ in displaced}:
-                fd = os.open(synced, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_path(synced)
             cpu.append(time.thread_time() - start_cpu)
     finally:
         conn.close()

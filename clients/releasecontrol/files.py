@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_create", "atomic_write", "file_stamp", "fsync_dir"]
+__all__ = ["atomic_create", "atomic_write", "file_stamp", "fsync_dir", "fsync_path"]
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
@@ -59,6 +59,19 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     except OSError:
         pass
+    finally:
+        os.close(fd)
+
+
+def fsync_path(path: Path) -> None:
+    """Make a file's bytes durable, or a folder's entries (`fsync_dir`: a rename into it).
+    Raises OSError when a file cannot be synced."""
+    if path.is_dir():
+        fsync_dir(path)
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -55,7 +54,7 @@ from releasecontrol.errors import (
     Unavailable,
     VerificationError,
 )
-from releasecontrol.files import fsync_dir
+from releasecontrol.files import fsync_path
 from releasecontrol.index import (
     REMOTE_INDEX_PATH,
     SCHEMA_VERSION,
@@ -909,8 +908,8 @@ class Writer:
         and its folder; an object store's PUT was durable already)."""
         if isinstance(self.origin, FilesystemOrigin):
             target = self.origin.root.joinpath(*path.split("/"))
-            _fsync_path(target)
-            _fsync_path(target.parent)
+            fsync_path(target)
+            fsync_path(target.parent)
 
     def _origin_ahead_of(self, file: SignedFile, remote: bytes | None) -> bool:
         """Whether the origin holds (as `remote`) `file`'s index file at a higher sequence,
@@ -960,11 +959,14 @@ class Writer:
         that failed."""
         if self._staging is not None:
             displaced = [old for *_, old in done if old is not None]
-            list(self._stage_pool.map(self._staging.remove_displaced, displaced))
+            try:
+                list(self._stage_pool.map(self._staging.remove_displaced, displaced))
+            except OSError as exc:  # housekeeping only: the next start removes what is left
+                log.warning("removing a file the origin no longer serves failed: %s", exc)
         paths = {target for _, target, _ in done} | {target.parent for _, target, _ in done}
         keys = [key for key, *_ in done]
         try:
-            list(self._stage_pool.map(_fsync_path, paths))  # raises what a sync raised
+            list(self._stage_pool.map(fsync_path, paths))  # raises what a sync raised
         except OSError as exc:
             log.warning("syncing the origin failed; written again in full: %s", exc)
             return [], keys
@@ -1025,18 +1027,6 @@ def _root_version_of(content: bytes) -> int:
         return int(Envelope.from_bytes(content).signed.get("root_version", 0))
     except (VerificationError, TypeError, ValueError):
         return 0
-
-
-def _fsync_path(path: Path) -> None:
-    """fsync a file, or a folder (its entries: a rename into it)."""
-    if path.is_dir():
-        fsync_dir(path)
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remember_later(

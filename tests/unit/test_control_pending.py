@@ -20,6 +20,7 @@ from releasecontrol.index import Envelope, sign
 from releasecontrol_server import control as control_module
 from releasecontrol_server import writer as writer_module
 from releasecontrol_server.control import ReleaseController
+from releasecontrol_server.origin import filesystem
 from releasecontrol_server.origin.filesystem import FilesystemOrigin, Staged
 from releasecontrol_server.releases import ChangeMeta, DeployCanary, Promote, Publish
 
@@ -223,8 +224,8 @@ async def test_changes_made_together_share_one_sync_and_idle_marks_them_written(
     # Every change renames remote-index.json into the origin's top folder: syncing it and
     # that folder once for all the changes of a short while is most of what coalescing saves.
     synced: list[Path] = []
-    fsync_path = writer_module._fsync_path
-    monkeypatch.setattr(writer_module, "_fsync_path", lambda p: (synced.append(p), fsync_path(p)))
+    fsync_path = writer_module.fsync_path
+    monkeypatch.setattr(writer_module, "fsync_path", lambda p: (synced.append(p), fsync_path(p)))
     control = new_controller(tmp_path)
     await control.start()
     try:
@@ -247,5 +248,32 @@ async def test_changes_made_together_share_one_sync_and_idle_marks_them_written(
         # The files they replaced (swapped out of place, removed by the syncs) are gone.
         hidden = [p for p in (tmp_path / "origin").rglob(".*") if p.is_file()]
         assert hidden == []
+    finally:
+        await stop(control)
+
+
+class UnlinkRefusingOrigin(FilesystemOrigin):
+    """A folder origin where removing a replaced file fails (a permission changed, say)."""
+
+    @staticmethod
+    def remove_displaced(displaced: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(displaced))
+
+
+async def test_a_replaced_file_that_cannot_be_removed_does_not_keep_a_change_owed(
+    tmp_path: Path,
+) -> None:
+    """Removing the file a rename replaced is housekeeping: when it fails, the new files are
+    still synced and marked written (the next start removes what was left)."""
+    if filesystem._renameat2 is None:
+        pytest.skip("no renameat2 here: nothing is displaced")
+    control = new_controller(tmp_path, UnlinkRefusingOrigin(tmp_path / "origin"))
+    await control.start()
+    try:
+        await change(control, "checkout", Publish("1.0.0", digest("1.0.0")))
+        await change(control, "checkout", Publish("1.1.0", digest("1.1.0")))  # replaces files
+        assert await pending(control) == 0
+        hidden = [p for p in (tmp_path / "origin").rglob(".*") if p.is_file()]
+        assert hidden, "the replaced files stay, hidden, until the next start"
     finally:
         await stop(control)
